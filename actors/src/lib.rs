@@ -1,0 +1,1 @@
+//! Worker pods for dtasks (under construction).

@@ -1,0 +1,1 @@
+//! RabbitMQ transport for dtasks (under construction).

@@ -1,0 +1,266 @@
+//! Starting instances and getting their results from any process.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, decode_value, encode};
+use crate::engine::status_write;
+use crate::error::Error;
+use crate::registry::Registry;
+use crate::state::{InstanceId, InstanceState, Outcome, ReplyTo, ResultRecord, TaskMessage};
+use crate::transport::{Destination, Outgoing, Transport};
+use crate::DTask;
+
+/// Where an instance is in its life.
+///
+/// Tracked for root instances (those started by a [`Client`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Status {
+    /// Published; no worker has taken it yet.
+    Pending,
+    /// A worker took it and it has not suspended yet.
+    Running,
+    /// Waiting on distributed operations (children, timers). A step resumed after a
+    /// suspension keeps reporting `Suspended` until it suspends again or finishes.
+    Suspended,
+    /// Finished with a value.
+    Succeeded,
+    /// Finished with a [`Failure`](crate::Failure).
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl Status {
+    /// Whether the instance has finished.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
+    }
+}
+
+/// Starts DTask instances and reads their results. Cheap to clone.
+///
+/// A client needs no registry: it can run in a process that is not a worker.
+#[derive(Clone)]
+pub struct Client {
+    transport: Arc<dyn Transport>,
+    registry: Option<Registry>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client on `transport`.
+    pub fn new(transport: impl Transport) -> Self {
+        Self::from_arc(Arc::new(transport))
+    }
+
+    /// A client on a shared transport.
+    pub fn from_arc(transport: Arc<dyn Transport>) -> Self {
+        Self {
+            transport,
+            registry: None,
+        }
+    }
+
+    /// A client that checks names and inputs against `registry` before starting
+    /// (unknown names and bad inputs fail at once instead of waiting for a worker).
+    pub fn with_registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Starts `task` (a call of a `#[dtask]` function) as a new root instance.
+    ///
+    /// ```
+    /// # use dtasks::{dtask, Runtime};
+    /// #[dtask]
+    /// async fn add_one(x: u64) -> u64 { x + 1 }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dtasks::Error> {
+    /// let rt = Runtime::builder().register(add_one).build()?;
+    /// let handle = rt.client().start(add_one(41)).await?;
+    /// assert_eq!(handle.result().await?, 42);
+    /// # Ok(()) }
+    /// ```
+    pub async fn start<T>(&self, task: DTask<T>) -> Result<Handle<T>, Error> {
+        self.start_with_id(InstanceId::random(), task).await
+    }
+
+    /// Starts `task` under the chosen `id`. Starting the same id twice runs it once: the
+    /// second start's result register write is refused, so both handles see one result.
+    pub async fn start_with_id<T>(&self, id: InstanceId, task: DTask<T>) -> Result<Handle<T>, Error> {
+        let (name, input) = task.into_call().ok_or_else(|| {
+            Error::bad_input(
+                "only a call of a #[dtask] function can be started (not a delay or a combinator)",
+            )
+        })?;
+        let input = input.map_err(|e| Error::bad_input(format!("the input cannot be encoded: {e}")))?;
+        self.publish_start(id, name, input).await
+    }
+
+    /// Starts the DTask registered as `name` with `input`: the MessagePack encoding of the
+    /// tuple of its arguments (an array, e.g. `[41]` for one argument). For the CLI and
+    /// callers in other languages; read the result with [`Handle::result_bytes`].
+    pub async fn start_by_name(&self, name: &str, input: Vec<u8>) -> Result<Handle<Untyped>, Error> {
+        self.start_by_name_with_id(InstanceId::random(), name, input).await
+    }
+
+    /// [`Client::start_by_name`] under the chosen `id`.
+    pub async fn start_by_name_with_id(
+        &self,
+        id: InstanceId,
+        name: &str,
+        input: Vec<u8>,
+    ) -> Result<Handle<Untyped>, Error> {
+        if name.is_empty() || name.len() > 200 {
+            return Err(Error::bad_input("a DTask name has 1 to 200 bytes"));
+        }
+        self.publish_start(id, name.to_string(), input).await
+    }
+
+    async fn publish_start<T>(&self, id: InstanceId, name: String, input: Vec<u8>) -> Result<Handle<T>, Error> {
+        if let Some(reg) = &self.registry {
+            let entry = reg.get(&name).ok_or_else(|| Error::unknown_dtask(&name))?;
+            // Builds (never polls) the body: checks that the input decodes as the arguments.
+            let _unpolled_body = entry
+                .start(&input)
+                .map_err(|f| Error::bad_input(f.message().to_string()))?;
+        }
+        let state = InstanceState::new(id.clone(), name.clone(), input, ReplyTo::Root);
+        let status = status_write(&state, Status::Pending);
+        let start = Outgoing {
+            destination: Destination::Task { name: name.clone() },
+            body: encode(&TaskMessage::Step {
+                state: Box::new(state),
+                completion: None,
+            }),
+            message_id: format!("{id}:start"),
+            instance: id.clone(),
+            dtask: name,
+        };
+        self.transport.publish(vec![status, start]).await?;
+        Ok(self.handle(id))
+    }
+
+    /// A handle to the root instance `id` (started earlier, maybe by another process).
+    pub fn handle<T>(&self, id: InstanceId) -> Handle<T> {
+        Handle {
+            id,
+            transport: self.transport.clone(),
+            _t: PhantomData,
+        }
+    }
+
+    /// The status of the root instance `id`; [`Error::is_not_found`] when unknown.
+    pub async fn status(&self, id: &InstanceId) -> Result<Status, Error> {
+        status_of(&*self.transport, id).await
+    }
+}
+
+async fn status_of(t: &dyn Transport, id: &InstanceId) -> Result<Status, Error> {
+    if let Some(bytes) = t.read_result(id).await? {
+        let rec: ResultRecord = decode(&bytes)?;
+        return Ok(match rec.outcome {
+            Outcome::Ok(_) => Status::Succeeded,
+            Outcome::Failed(_) => Status::Failed,
+        });
+    }
+    match t.read_status(id).await? {
+        Some(bytes) => decode::<Status>(&bytes),
+        None => Err(Error::not_found(id.as_str())),
+    }
+}
+
+/// The result type of handles from [`Client::start_by_name`]: read them with
+/// [`Handle::result_bytes`], or convert with [`Handle::typed`].
+#[derive(Debug, Clone, Copy)]
+pub enum Untyped {}
+
+/// A handle to a root instance: its id, its status and its result.
+pub struct Handle<T> {
+    id: InstanceId,
+    transport: Arc<dyn Transport>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Handle<T> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            transport: self.transport.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Handle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle").field("id", &self.id).finish()
+    }
+}
+
+impl<T> Handle<T> {
+    /// The instance's id: keep it to get the result later with [`Client::handle`].
+    pub fn id(&self) -> &InstanceId {
+        &self.id
+    }
+
+    /// The instance's status.
+    pub async fn status(&self) -> Result<Status, Error> {
+        status_of(&*self.transport, &self.id).await
+    }
+
+    /// Waits for the result and returns it as MessagePack bytes.
+    pub async fn result_bytes(&self) -> Result<Vec<u8>, Error> {
+        let bytes = self.transport.wait_result(&self.id).await?;
+        outcome_bytes(&bytes)
+    }
+
+    /// The same instance with a different result type.
+    pub fn typed<U>(self) -> Handle<U> {
+        Handle {
+            id: self.id,
+            transport: self.transport,
+            _t: PhantomData,
+        }
+    }
+}
+
+fn outcome_bytes(record: &[u8]) -> Result<Vec<u8>, Error> {
+    let rec: ResultRecord = decode(record)?;
+    match rec.outcome {
+        Outcome::Ok(b) => Ok(b),
+        Outcome::Failed(f) => Err(Error::failed(f)),
+    }
+}
+
+impl<T: DeserializeOwned> Handle<T> {
+    /// Waits for the instance to finish and returns its result, or
+    /// [`Error::is_failed`] with its [`Failure`](crate::Failure).
+    pub async fn result(&self) -> Result<T, Error> {
+        let bytes = self.result_bytes().await?;
+        decode_value(&bytes).map_err(Error::decode)
+    }
+
+    /// The result if the instance has finished, without waiting.
+    pub async fn try_result(&self) -> Result<Option<T>, Error> {
+        match self.transport.read_result(&self.id).await? {
+            None => Ok(None),
+            Some(bytes) => {
+                let b = outcome_bytes(&bytes)?;
+                decode_value(&b).map(Some).map_err(Error::decode)
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The execution context of one step of a replay-model instance.
+//!
+//! The driver installs the context in a thread-local slot for the duration of each poll of
+//! the instance's future; DTask leaf futures reach it from there. That keeps the API free
+//! of an explicit context parameter, as in plain async/await.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::error::{Failure, FailureKind};
+use crate::state::{Command, Entry, InstanceId, Outcome, Seq};
+
+pub(crate) struct Exec {
+    pub(crate) instance: InstanceId,
+    pub(crate) journal: Vec<Entry>,
+    /// Journal length when the step started: entries at or past it were issued now.
+    pub(crate) replayed: usize,
+    pub(crate) recorded: u32,
+    pub(crate) next_seq: Seq,
+    /// Leaf operations that reported `Pending` for want of a result in the last poll.
+    pub(crate) blocked: u32,
+    pub(crate) failure: Option<Failure>,
+    pub(crate) now: SystemTime,
+    /// Encoded inputs of the child calls issued in this step, by position.
+    pub(crate) child_inputs: HashMap<Seq, Vec<u8>>,
+}
+
+impl Exec {
+    pub(crate) fn new(
+        instance: InstanceId,
+        journal: Vec<Entry>,
+        recorded: u32,
+        now: SystemTime,
+    ) -> Self {
+        let replayed = journal.len();
+        Self {
+            instance,
+            journal,
+            replayed,
+            recorded,
+            next_seq: 0,
+            blocked: 0,
+            failure: None,
+            now,
+            child_inputs: HashMap::new(),
+        }
+    }
+
+    /// Records the first failure; later ones are consequences.
+    pub(crate) fn fail(&mut self, failure: Failure) {
+        if self.failure.is_none() {
+            self.failure = Some(failure);
+        }
+    }
+
+    /// Takes the next position for `cmd`, checking it against the journal on replay.
+    pub(crate) fn claim(&mut self, cmd: Command) -> Option<Seq> {
+        if self.failure.is_some() {
+            return None;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        match self.journal.get(seq as usize) {
+            Some(recorded) if !recorded.cmd.matches(&cmd) => {
+                let msg = format!(
+                    "at journal position {seq} the recorded command is `{}` but replay issued `{}`",
+                    recorded.cmd, cmd
+                );
+                self.fail(Failure::new(FailureKind::NonDeterminism, msg));
+                None
+            }
+            Some(_) => Some(seq),
+            None => {
+                self.journal.push(Entry {
+                    cmd,
+                    result: None,
+                    order: 0,
+                });
+                Some(seq)
+            }
+        }
+    }
+
+    /// The recorded result at `seq`, with its order.
+    pub(crate) fn result(&self, seq: Seq) -> Option<(Result<Vec<u8>, Failure>, u32)> {
+        let e = self.journal.get(seq as usize)?;
+        match &e.result {
+            Some(Outcome::Ok(b)) => Some((Ok(b.clone()), e.order)),
+            Some(Outcome::Failed(f)) => Some((Err(f.clone()), e.order)),
+            None => None,
+        }
+    }
+
+    /// Records the result of a local operation (a `DTask::run`).
+    pub(crate) fn record_local(&mut self, seq: Seq, bytes: Vec<u8>) -> u32 {
+        self.recorded += 1;
+        let order = self.recorded;
+        if let Some(e) = self.journal.get_mut(seq as usize) {
+            e.result = Some(Outcome::Ok(bytes));
+            e.order = order;
+        }
+        order
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<Mutex<Exec>>>> = const { RefCell::new(None) };
+}
+
+/// Installs `exec` as the current context until the guard drops.
+pub(crate) fn enter(exec: Arc<Mutex<Exec>>) -> EnterGuard {
+    let prev = CURRENT.with(|c| c.borrow_mut().replace(exec));
+    EnterGuard { prev }
+}
+
+pub(crate) struct EnterGuard {
+    prev: Option<Arc<Mutex<Exec>>>,
+}
+
+impl Drop for EnterGuard {
+    fn drop(&mut self) {
+        let prev = self.prev.take();
+        CURRENT.with(|c| *c.borrow_mut() = prev);
+    }
+}
+
+/// Runs `f` on the current context.
+///
+/// # Panics
+/// Outside of a DTask's execution. The panic fails the instance when it happens inside
+/// one (for example in a task started with `tokio::spawn`).
+pub(crate) fn with<R>(f: impl FnOnce(&mut Exec) -> R) -> R {
+    let exec = CURRENT.with(|c| c.borrow().clone());
+    let Some(exec) = exec else {
+        panic!(
+            "DTask operations can only be used inside a #[dtask] function, polled by its \
+             worker (not in a task it spawned with tokio::spawn); to run a DTask from \
+             ordinary code, start it with a Client"
+        );
+    };
+    let mut guard = exec.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut guard)
+}

@@ -1,0 +1,552 @@
+//! What a worker does with each message: decide the step, run it, and say what to publish.
+//! Transport-independent; see `docs/architecture.md` for the protocol.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tracing::{debug, warn};
+
+use crate::codec::{decode, encode};
+use crate::context::Exec;
+use crate::driver::{drive, StepEnd};
+use crate::error::{Error, Failure, FailureKind};
+use crate::registry::Registry;
+use crate::state::{
+    from_millis, to_millis, Command, InstanceState, MailboxItem, Outcome, ReplyTo, ResultRecord,
+    Seq, TaskMessage,
+};
+use crate::transport::{Destination, Outgoing};
+use crate::Status;
+
+/// MessagePack for `()`, the value of fired timers and yields.
+const UNIT: [u8; 1] = [0xc0];
+
+/// Default size budget of one message (state included).
+pub(crate) const DEFAULT_STATE_BUDGET: usize = 4 * 1024 * 1024;
+
+pub(crate) struct Engine {
+    pub(crate) registry: Registry,
+    pub(crate) budget: usize,
+}
+
+/// What to do with the messages drained from a mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settlement {
+    Ack,
+    Requeue,
+    DeadLetter,
+}
+
+pub(crate) struct MailboxPlan {
+    pub(crate) outputs: Vec<Outgoing>,
+    pub(crate) settle: Vec<(Settlement, String)>,
+    /// Events wait for a state that is not in the mailbox (it is being executed).
+    pub(crate) waiting_for_state: bool,
+}
+
+/// What a task message asks for, read before running it.
+pub(crate) struct TaskInfo {
+    pub(crate) root_first_step: Option<Outgoing>,
+}
+
+impl Engine {
+    pub(crate) fn new(registry: Registry, budget: usize) -> Self {
+        Self { registry, budget }
+    }
+
+    /// Decodes a task message. An error means the message is poison.
+    pub(crate) fn decode_task(&self, body: &[u8]) -> Result<TaskMessage, Error> {
+        decode::<TaskMessage>(body)
+    }
+
+    /// The status write to make before running `msg`, if it is a root's first step.
+    pub(crate) fn info(&self, msg: &TaskMessage) -> TaskInfo {
+        let root_first_step = match msg {
+            TaskMessage::Step {
+                state,
+                completion: None,
+            } if state.reply == ReplyTo::Root && state.journal.is_empty() => {
+                Some(status_write(state, Status::Running))
+            }
+            _ => None,
+        };
+        TaskInfo { root_first_step }
+    }
+
+    /// Handles a task message; returns what to publish before acking it.
+    pub(crate) async fn handle_task(&self, msg: TaskMessage, now: SystemTime) -> Vec<Outgoing> {
+        match msg {
+            TaskMessage::Step { state, completion } => {
+                let mut state = *state;
+                if let Some((seq, outcome)) = completion {
+                    if let Some(at) = state
+                        .journal
+                        .get(seq as usize)
+                        .and_then(|e| e.cmd.fire_at())
+                    {
+                        if at > now {
+                            // Arrived early (clock skew, delay rounding): wait the rest.
+                            let id = format!("{}:r{seq}", state.id);
+                            let msg = TaskMessage::Step {
+                                state: Box::new(state.clone()),
+                                completion: Some((seq, outcome)),
+                            };
+                            return vec![out(
+                                Destination::Delayed {
+                                    name: state.name.clone(),
+                                    at,
+                                },
+                                &msg,
+                                id,
+                                &state,
+                            )];
+                        }
+                    }
+                    if !state.record(seq, outcome) {
+                        debug!(instance = %state.id, seq, "duplicate or unknown completion dropped");
+                        return Vec::new();
+                    }
+                }
+                self.step(state, now).await
+            }
+            TaskMessage::Forward {
+                instance,
+                name,
+                item,
+                not_before_ms,
+            } => {
+                if not_before_ms > to_millis(now) {
+                    let body = TaskMessage::Forward {
+                        instance: instance.clone(),
+                        name: name.clone(),
+                        item,
+                        not_before_ms,
+                    };
+                    return vec![Outgoing {
+                        destination: Destination::Delayed {
+                            name: name.clone(),
+                            at: from_millis(not_before_ms),
+                        },
+                        body: encode(&body),
+                        message_id: format!("{instance}:fwd:{not_before_ms}"),
+                        instance,
+                        dtask: name,
+                    }];
+                }
+                let message_id = match &item {
+                    MailboxItem::Event { seq, .. } => format!("{instance}:e{seq}"),
+                    MailboxItem::State(s) => format!("{instance}:v{}", s.version),
+                };
+                vec![Outgoing {
+                    destination: Destination::Mailbox {
+                        instance: instance.clone(),
+                    },
+                    body: encode(&item),
+                    message_id,
+                    instance,
+                    dtask: name,
+                }]
+            }
+        }
+    }
+
+    /// Merges the messages drained from a mailbox and runs the instance when something new
+    /// arrived. `items` are the raw bodies, in mailbox order.
+    pub(crate) async fn handle_mailbox(&self, items: &[Vec<u8>], now: SystemTime) -> MailboxPlan {
+        let mut settle: Vec<(Settlement, String)> =
+            vec![(Settlement::Ack, String::new()); items.len()];
+        let mut state: Option<(usize, InstanceState)> = None;
+        let mut events: Vec<(usize, Seq, Outcome)> = Vec::new();
+        for (i, body) in items.iter().enumerate() {
+            match decode::<MailboxItem>(body) {
+                Ok(MailboxItem::State(s)) => {
+                    let newer = state.as_ref().is_none_or(|(_, cur)| {
+                        (s.finished, s.version) > (cur.finished, cur.version)
+                    });
+                    if newer {
+                        state = Some((i, *s));
+                    }
+                }
+                Ok(MailboxItem::Event { seq, outcome }) => events.push((i, seq, outcome)),
+                Err(e) => settle[i] = (Settlement::DeadLetter, e.to_string()),
+            }
+        }
+        let Some((state_at, mut state)) = state else {
+            for (i, _, _) in &events {
+                settle[*i].0 = Settlement::Requeue;
+            }
+            return MailboxPlan {
+                outputs: Vec::new(),
+                waiting_for_state: !events.is_empty(),
+                settle,
+            };
+        };
+        if state.finished {
+            // Late results for a finished instance (e.g. `when_any` losers) are dropped.
+            settle[state_at].0 = Settlement::Requeue;
+            return MailboxPlan {
+                outputs: Vec::new(),
+                settle,
+                waiting_for_state: false,
+            };
+        }
+        let mut merged = 0;
+        for (_, seq, outcome) in events {
+            if state.record(seq, outcome) {
+                merged += 1;
+            }
+        }
+        if merged == 0 {
+            settle[state_at].0 = Settlement::Requeue;
+            return MailboxPlan {
+                outputs: Vec::new(),
+                settle,
+                waiting_for_state: false,
+            };
+        }
+        debug!(instance = %state.id, merged, "mailbox merged");
+        let outputs = if self.registry.contains(&state.name) {
+            self.step(state, now).await
+        } else {
+            // This worker does not run this DTask: hand the merged state to one that does.
+            // It comes back to the mailbox at its next suspension.
+            let id = format!("{}:m{}", state.id, state.recorded);
+            let msg = TaskMessage::Step {
+                state: Box::new(state.clone()),
+                completion: None,
+            };
+            vec![out(
+                Destination::Task {
+                    name: state.name.clone(),
+                },
+                &msg,
+                id,
+                &state,
+            )]
+        };
+        MailboxPlan {
+            outputs,
+            settle,
+            waiting_for_state: false,
+        }
+    }
+
+    /// Runs one step of `state` and returns what to publish.
+    async fn step(&self, mut state: InstanceState, now: SystemTime) -> Vec<Outgoing> {
+        let Some(reg) = self.registry.get(&state.name) else {
+            let f = Failure::new(
+                FailureKind::UnknownDTask,
+                format!("no DTask named `{}` is registered in this worker", state.name),
+            );
+            return self.finish(state, Outcome::Failed(f), &[]);
+        };
+        let body = match reg.start(&state.input) {
+            Ok(b) => b,
+            Err(f) => return self.finish(state, Outcome::Failed(f), &[]),
+        };
+        let journal = std::mem::take(&mut state.journal);
+        let exec = Arc::new(Mutex::new(Exec::new(
+            state.id.clone(),
+            journal,
+            state.recorded,
+            now,
+        )));
+        let end = drive(body, &exec).await;
+        let (replayed, inputs) = {
+            let mut ex = exec.lock().unwrap_or_else(|p| p.into_inner());
+            state.journal = std::mem::take(&mut ex.journal);
+            state.recorded = ex.recorded;
+            (ex.replayed, std::mem::take(&mut ex.child_inputs))
+        };
+        let outputs = match end {
+            StepEnd::Completed(bytes) => {
+                let detached: Vec<(Seq, Vec<u8>)> = inputs.into_iter().collect();
+                self.finish(state.clone(), Outcome::Ok(bytes), &detached)
+            }
+            StepEnd::Failed(f) => {
+                warn!(instance = %state.id, dtask = %state.name, failure = %f, "instance failed");
+                self.finish(state.clone(), Outcome::Failed(f), &[])
+            }
+            StepEnd::Suspended => self.suspend(state.clone(), replayed, inputs),
+        };
+        if let Some(big) = outputs.iter().find(|o| o.body.len() > self.budget) {
+            let f = Failure::new(
+                FailureKind::StateTooLarge,
+                format!(
+                    "a message of {} bytes exceeds the state budget of {} bytes (journal of {} \
+                     entries); keep arguments and results small, or split the work into \
+                     child DTasks",
+                    big.body.len(),
+                    self.budget,
+                    state.journal.len()
+                ),
+            );
+            warn!(instance = %state.id, failure = %f, "instance failed");
+            state.journal.clear();
+            return self.finish(state, Outcome::Failed(f), &[]);
+        }
+        outputs
+    }
+
+    /// The messages that end an instance with `outcome`.
+    fn finish(
+        &self,
+        state: InstanceState,
+        outcome: Outcome,
+        detached: &[(Seq, Vec<u8>)],
+    ) -> Vec<Outgoing> {
+        let mut outputs = Vec::new();
+        if state.mailbox {
+            let tomb = MailboxItem::State(Box::new(state.tombstone()));
+            outputs.push(Outgoing {
+                destination: Destination::Mailbox {
+                    instance: state.id.clone(),
+                },
+                body: encode(&tomb),
+                message_id: format!("{}:end", state.id),
+                instance: state.id.clone(),
+                dtask: state.name.clone(),
+            });
+        }
+        // Children spawned and never awaited still run; nobody waits for their result.
+        for (seq, input) in detached {
+            if let Some(Command::Child { name, .. }) =
+                state.journal.get(*seq as usize).map(|e| &e.cmd)
+            {
+                let child = InstanceState::new(
+                    state.id.child(*seq),
+                    name.clone(),
+                    input.clone(),
+                    ReplyTo::Detached,
+                );
+                outputs.push(start_child(child));
+            }
+        }
+        match state.reply {
+            ReplyTo::Root => {
+                let rec = ResultRecord { outcome };
+                outputs.push(Outgoing {
+                    destination: Destination::Result {
+                        instance: state.id.clone(),
+                    },
+                    body: encode(&rec),
+                    message_id: format!("{}:result", state.id),
+                    instance: state.id.clone(),
+                    dtask: state.name.clone(),
+                });
+            }
+            ReplyTo::Continuation { parent, seq } => {
+                let id = format!("{}:r{seq}", parent.id);
+                let msg = TaskMessage::Step {
+                    state: parent,
+                    completion: Some((seq, outcome)),
+                };
+                let TaskMessage::Step { state: p, .. } = &msg else {
+                    unreachable!()
+                };
+                let (pid, pname) = (p.id.clone(), p.name.clone());
+                outputs.push(Outgoing {
+                    destination: Destination::Task {
+                        name: pname.clone(),
+                    },
+                    body: encode(&msg),
+                    message_id: id,
+                    instance: pid,
+                    dtask: pname,
+                });
+            }
+            ReplyTo::Mailbox {
+                parent,
+                parent_name,
+                seq,
+            } => {
+                let item = MailboxItem::Event { seq, outcome };
+                outputs.push(Outgoing {
+                    destination: Destination::Mailbox {
+                        instance: parent.clone(),
+                    },
+                    body: encode(&item),
+                    message_id: format!("{parent}:e{seq}"),
+                    instance: parent,
+                    dtask: parent_name,
+                });
+            }
+            ReplyTo::Detached => {}
+        }
+        outputs
+    }
+
+    /// The messages that suspend an instance after a step issued the operations at
+    /// positions `replayed..`.
+    fn suspend(
+        &self,
+        mut state: InstanceState,
+        replayed: usize,
+        mut inputs: std::collections::HashMap<Seq, Vec<u8>>,
+    ) -> Vec<Outgoing> {
+        let new: Vec<Seq> = (replayed..state.journal.len())
+            .filter(|i| {
+                let e = &state.journal[*i];
+                e.cmd.is_distributed() && e.result.is_none()
+            })
+            .map(|i| i as Seq)
+            .collect();
+        let mut outputs = Vec::new();
+        if state.reply == ReplyTo::Root {
+            outputs.push(status_write(&state, Status::Suspended));
+        }
+        if !state.mailbox && new.len() == 1 && state.outstanding() == 1 {
+            // Waiting on one operation: the state rides along with it.
+            let seq = new[0];
+            let cmd = state.journal[seq as usize].cmd.clone();
+            match cmd {
+                Command::Child { name, .. } => {
+                    let input = inputs.remove(&seq).unwrap_or_default();
+                    let child = InstanceState::new(
+                        state.id.child(seq),
+                        name,
+                        input,
+                        ReplyTo::Continuation {
+                            parent: Box::new(state),
+                            seq,
+                        },
+                    );
+                    outputs.push(start_child(child));
+                }
+                Command::Delay { .. } | Command::DelayUntil { .. } => {
+                    let at = cmd.fire_at().unwrap_or(SystemTime::UNIX_EPOCH);
+                    let id = format!("{}:r{seq}", state.id);
+                    let dest = Destination::Delayed {
+                        name: state.name.clone(),
+                        at,
+                    };
+                    let msg = TaskMessage::Step {
+                        state: Box::new(state.clone()),
+                        completion: Some((seq, Outcome::Ok(UNIT.to_vec()))),
+                    };
+                    outputs.push(out(dest, &msg, id, &state));
+                }
+                Command::Yield => {
+                    let id = format!("{}:r{seq}", state.id);
+                    let dest = Destination::Task {
+                        name: state.name.clone(),
+                    };
+                    let msg = TaskMessage::Step {
+                        state: Box::new(state.clone()),
+                        completion: Some((seq, Outcome::Ok(UNIT.to_vec()))),
+                    };
+                    outputs.push(out(dest, &msg, id, &state));
+                }
+                Command::Run => unreachable!("local runs are not distributed"),
+            }
+            return outputs;
+        }
+        // Waiting on several operations (or already in mailbox mode): the state is kept
+        // in the instance's mailbox, where the results are merged one at a time.
+        state.mailbox = true;
+        state.version += 1;
+        let me = MailboxItem::State(Box::new(state.clone()));
+        outputs.push(Outgoing {
+            destination: Destination::Mailbox {
+                instance: state.id.clone(),
+            },
+            body: encode(&me),
+            message_id: format!("{}:v{}", state.id, state.version),
+            instance: state.id.clone(),
+            dtask: state.name.clone(),
+        });
+        for seq in new {
+            let cmd = state.journal[seq as usize].cmd.clone();
+            match cmd {
+                Command::Child { name, .. } => {
+                    let input = inputs.remove(&seq).unwrap_or_default();
+                    let child = InstanceState::new(
+                        state.id.child(seq),
+                        name,
+                        input,
+                        ReplyTo::Mailbox {
+                            parent: state.id.clone(),
+                            parent_name: state.name.clone(),
+                            seq,
+                        },
+                    );
+                    outputs.push(start_child(child));
+                }
+                Command::Delay { .. } | Command::DelayUntil { .. } => {
+                    let at = cmd.fire_at().unwrap_or(SystemTime::UNIX_EPOCH);
+                    let msg = TaskMessage::Forward {
+                        instance: state.id.clone(),
+                        name: state.name.clone(),
+                        item: MailboxItem::Event {
+                            seq,
+                            outcome: Outcome::Ok(UNIT.to_vec()),
+                        },
+                        not_before_ms: to_millis(at),
+                    };
+                    let dest = Destination::Delayed {
+                        name: state.name.clone(),
+                        at,
+                    };
+                    outputs.push(out(dest, &msg, format!("{}:t{seq}", state.id), &state));
+                }
+                Command::Yield => {
+                    let item = MailboxItem::Event {
+                        seq,
+                        outcome: Outcome::Ok(UNIT.to_vec()),
+                    };
+                    outputs.push(Outgoing {
+                        destination: Destination::Mailbox {
+                            instance: state.id.clone(),
+                        },
+                        body: encode(&item),
+                        message_id: format!("{}:e{seq}", state.id),
+                        instance: state.id.clone(),
+                        dtask: state.name.clone(),
+                    });
+                }
+                Command::Run => unreachable!("local runs are not distributed"),
+            }
+        }
+        outputs
+    }
+}
+
+fn out(dest: Destination, msg: &TaskMessage, id: String, state: &InstanceState) -> Outgoing {
+    Outgoing {
+        destination: dest,
+        body: encode(msg),
+        message_id: id,
+        instance: state.id.clone(),
+        dtask: state.name.clone(),
+    }
+}
+
+fn start_child(child: InstanceState) -> Outgoing {
+    let id = format!("{}:start", child.id);
+    let (cid, cname) = (child.id.clone(), child.name.clone());
+    let msg = TaskMessage::Step {
+        state: Box::new(child),
+        completion: None,
+    };
+    Outgoing {
+        destination: Destination::Task {
+            name: cname.clone(),
+        },
+        body: encode(&msg),
+        message_id: id,
+        instance: cid,
+        dtask: cname,
+    }
+}
+
+pub(crate) fn status_write(state: &InstanceState, status: Status) -> Outgoing {
+    Outgoing {
+        destination: Destination::Status {
+            instance: state.id.clone(),
+        },
+        body: encode(&status),
+        message_id: format!("{}:status:{}", state.id, state.recorded),
+        instance: state.id.clone(),
+        dtask: state.name.clone(),
+    }
+}

@@ -1,0 +1,227 @@
+//! Error types: [`Failure`] (why an instance failed, carried in its state and messages)
+//! and [`Error`] (what a client or worker call returns).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a DTask instance failed.
+///
+/// A failure is a value: it is recorded in the instance's result, travels to an awaiting
+/// parent (which then fails too, unless it used [`DTask::catch_failure`]) and is returned
+/// to clients by [`Handle::result`]. Inspect it with the `is_*` predicates.
+///
+/// [`DTask::catch_failure`]: crate::DTask::catch_failure
+/// [`Handle::result`]: crate::Handle::result
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    kind: FailureKind,
+    message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum FailureKind {
+    Panic,
+    NonDeterminism,
+    ChildFailed,
+    UnknownDTask,
+    BadInput,
+    StateTooLarge,
+    Stuck,
+    Misuse,
+}
+
+impl Failure {
+    pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The human-readable description of the failure.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The DTask's code panicked.
+    pub fn is_panic(&self) -> bool {
+        self.kind == FailureKind::Panic
+    }
+
+    /// On replay the code issued a different distributed operation than the one recorded
+    /// at the same position of the journal (or stopped issuing recorded ones).
+    pub fn is_nondeterminism(&self) -> bool {
+        self.kind == FailureKind::NonDeterminism
+    }
+
+    /// A child DTask this instance awaited failed.
+    pub fn is_child_failure(&self) -> bool {
+        self.kind == FailureKind::ChildFailed
+    }
+
+    /// The instance names a DTask that the worker running it does not know.
+    pub fn is_unknown_dtask(&self) -> bool {
+        self.kind == FailureKind::UnknownDTask
+    }
+
+    /// The input (arguments) or a recorded result could not be encoded or decoded.
+    pub fn is_bad_input(&self) -> bool {
+        self.kind == FailureKind::BadInput
+    }
+
+    /// The instance's serialized state grew past the configured size budget.
+    pub fn is_state_too_large(&self) -> bool {
+        self.kind == FailureKind::StateTooLarge
+    }
+
+    /// The instance was pending on something that can never wake it (neither a local
+    /// future holding a waker nor a distributed operation).
+    pub fn is_stuck(&self) -> bool {
+        self.kind == FailureKind::Stuck
+    }
+
+    /// A DTask API was used outside of its rules (for example [`DTask::spawn`] of a
+    /// combinator, or a handle awaited in another instance).
+    ///
+    /// [`DTask::spawn`]: crate::DTask::spawn
+    pub fn is_misuse(&self) -> bool {
+        self.kind == FailureKind::Misuse
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            FailureKind::Panic => "panicked",
+            FailureKind::NonDeterminism => "non-determinism detected",
+            FailureKind::ChildFailed => "child failed",
+            FailureKind::UnknownDTask => "unknown DTask",
+            FailureKind::BadInput => "bad input",
+            FailureKind::StateTooLarge => "state too large",
+            FailureKind::Stuck => "stuck",
+            FailureKind::Misuse => "misuse",
+        };
+        write!(f, "{kind}: {}", self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// The error returned by client, worker and transport operations.
+///
+/// Opaque by design: ask it questions with the `is_*` predicates, get the instance's
+/// [`Failure`] with [`Error::failure`], and print it for the details.
+#[derive(Debug)]
+pub struct Error {
+    repr: Repr,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Repr {
+    #[error("the instance failed: {0}")]
+    Failed(Failure),
+    #[error("no DTask named `{0}` is registered")]
+    UnknownDTask(String),
+    #[error("bad input: {0}")]
+    BadInput(String),
+    #[error("could not decode a message or state: {0}")]
+    Decode(String),
+    #[error("no instance `{0}` is known")]
+    NotFound(String),
+    #[error("transport error: {0}")]
+    Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    pub(crate) fn failed(f: Failure) -> Self {
+        Self {
+            repr: Repr::Failed(f),
+        }
+    }
+    pub(crate) fn unknown_dtask(name: impl Into<String>) -> Self {
+        Self {
+            repr: Repr::UnknownDTask(name.into()),
+        }
+    }
+    pub(crate) fn bad_input(msg: impl Into<String>) -> Self {
+        Self {
+            repr: Repr::BadInput(msg.into()),
+        }
+    }
+    pub(crate) fn decode(msg: impl Into<String>) -> Self {
+        Self {
+            repr: Repr::Decode(msg.into()),
+        }
+    }
+    pub(crate) fn not_found(id: impl Into<String>) -> Self {
+        Self {
+            repr: Repr::NotFound(id.into()),
+        }
+    }
+    pub(crate) fn config(msg: impl Into<String>) -> Self {
+        Self {
+            repr: Repr::Config(msg.into()),
+        }
+    }
+
+    /// Wraps an error of a transport (a broker client error, an I/O error).
+    ///
+    /// For transport implementations.
+    pub fn transport(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self {
+            repr: Repr::Transport(err.into()),
+        }
+    }
+
+    /// The instance ran and failed; [`Error::failure`] says why.
+    pub fn is_failed(&self) -> bool {
+        matches!(self.repr, Repr::Failed(_))
+    }
+    /// The instance's failure, when [`Error::is_failed`].
+    pub fn failure(&self) -> Option<&Failure> {
+        match &self.repr {
+            Repr::Failed(f) => Some(f),
+            _ => None,
+        }
+    }
+    /// A DTask name is not registered (where registration is known, e.g. the embedded
+    /// runtime).
+    pub fn is_unknown_dtask(&self) -> bool {
+        matches!(self.repr, Repr::UnknownDTask(_))
+    }
+    /// The input could not be encoded, or does not match the DTask's arguments.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self.repr, Repr::BadInput(_))
+    }
+    /// Bytes could not be decoded (corrupt, truncated, or of an unknown version).
+    pub fn is_decode(&self) -> bool {
+        matches!(self.repr, Repr::Decode(_))
+    }
+    /// No instance with this id is known.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self.repr, Repr::NotFound(_))
+    }
+    /// The transport (broker connection, channel) failed.
+    pub fn is_transport(&self) -> bool {
+        matches!(self.repr, Repr::Transport(_))
+    }
+    /// The configuration is invalid.
+    pub fn is_config(&self) -> bool {
+        matches!(self.repr, Repr::Config(_))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.repr, f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.repr)
+    }
+}

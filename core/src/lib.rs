@@ -1,0 +1,126 @@
+//! # dtasks: async/await for distributed, long-running work
+//!
+//! A [`DTask<T>`] is an awaitable like a future, but awaiting it may suspend the task and
+//! resume it later in another process: `DTask::delay(one_day).await`, awaiting a child
+//! DTask, [`DTask::when_all`] / [`DTask::when_any`] fan-out and fan-in, [`DTask::spawn`].
+//! Write a DTask as an `async fn` marked [`#[dtask]`](macro@dtask); run it on the embedded
+//! [`Runtime`] (in-memory, the default) or on RabbitMQ with `dtasks-amqp` workers.
+//!
+//! ```
+//! use std::time::Duration;
+//! use dtasks::{dtask, DTask, Runtime};
+//!
+//! #[dtask]
+//! async fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! #[dtask]
+//! async fn sum_of_squares(n: u64) -> u64 {
+//!     // Fan-out to n child instances, fan-in their results.
+//!     let squares = DTask::when_all((1..=n).map(square)).await;
+//!     // A durable timer: the instance suspends; no worker holds it meanwhile.
+//!     DTask::delay(Duration::from_millis(10)).await;
+//!     squares.iter().sum()
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), dtasks::Error> {
+//! let rt = Runtime::builder().register(square).register(sum_of_squares).build()?;
+//! let handle = rt.client().start(sum_of_squares(3)).await?;
+//! assert_eq!(handle.result().await?, 1 + 4 + 9);
+//! # Ok(()) }
+//! ```
+//!
+//! The execution model (replay of a journal), its guarantees and its limits are described
+//! in `docs/architecture.md`.
+#![doc(test(attr(deny(warnings))))]
+
+// Lets `#[dtask]` expansions name `::dtasks` inside this crate's own tests.
+#[allow(unused_extern_crates)]
+extern crate self as dtasks;
+
+mod client;
+mod codec;
+mod context;
+mod driver;
+mod dtask;
+mod engine;
+mod error;
+mod memory;
+mod registry;
+mod runtime;
+mod state;
+pub mod transport;
+mod worker;
+
+pub use client::{Client, Handle, Status, Untyped};
+pub use codec::ENVELOPE_VERSION;
+pub use dtask::{DTask, Join, SpawnHandle};
+pub use dtasks_macros::dtask;
+pub use error::{Error, Failure};
+pub use memory::{DeadLetter, MemoryTransport, MemoryTransportBuilder};
+pub use registry::{DTaskFn, Registry};
+pub use runtime::{Runtime, RuntimeBuilder};
+pub use state::InstanceId;
+pub use transport::Transport;
+pub use worker::{Worker, WorkerBuilder, WorkerStats};
+
+/// Support for the code `#[dtask]` generates. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    use std::any::TypeId;
+    use std::future::Future;
+
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
+    pub use crate::registry::Registration;
+    pub use inventory;
+
+    use crate::error::{Failure, FailureKind};
+    use crate::DTask;
+
+    /// The boxed body future stored in a [`Registration`].
+    pub type BodyFuture = crate::registry::BodyFuture;
+
+    /// A call of the DTask `name` with the encoded argument tuple.
+    pub fn call<T, A: Serialize>(name: &'static str, args: &A) -> DTask<T> {
+        DTask::call(name.to_string(), crate::codec::encode_value(args))
+    }
+
+    /// Decodes the argument tuple of a DTask.
+    pub fn decode_args<A: DeserializeOwned>(name: &str, input: &[u8]) -> Result<A, Failure> {
+        crate::codec::decode_value(input).map_err(|e| {
+            Failure::new(
+                FailureKind::BadInput,
+                format!(
+                    "the input does not decode as the arguments of `{name}` ({}): {e}",
+                    std::any::type_name::<A>()
+                ),
+            )
+        })
+    }
+
+    /// Boxes a DTask body, encoding its output.
+    pub fn body<T, F>(f: F) -> BodyFuture
+    where
+        T: Serialize,
+        F: Future<Output = T> + Send + 'static,
+    {
+        Box::pin(async move {
+            let out = f.await;
+            crate::codec::encode_value(&out).map_err(|e| {
+                Failure::new(
+                    FailureKind::BadInput,
+                    format!("the result cannot be encoded: {e}"),
+                )
+            })
+        })
+    }
+
+    /// The `TypeId` of a function item, to find its registration.
+    pub fn type_id_of<F: 'static>(_: &F) -> TypeId {
+        TypeId::of::<F>()
+    }
+}

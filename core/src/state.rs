@@ -1,0 +1,282 @@
+//! The replay model's instance state and the messages that carry it.
+//!
+//! Everything here is serialized with rmp-serde inside a versioned envelope (see
+//! [`crate::codec`]). Field order is part of the wire format: add fields only at the end
+//! of a struct, with `#[serde(default)]`, or bump the envelope version.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Failure;
+
+/// Position of an operation in an instance's journal.
+pub(crate) type Seq = u32;
+
+/// The identifier of a DTask instance.
+///
+/// Root instances get a random id (or one chosen by the caller of
+/// [`Client::start_with_id`](crate::Client::start_with_id)); children get a deterministic
+/// id derived from their parent's id and the position of the call in the parent, so a
+/// replayed or redelivered start names the same child.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    /// Creates a fresh random id.
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// Uses `id` as an instance id. Ids are limited to 200 bytes of ASCII letters, digits
+    /// and `-_.:` so they can name broker resources.
+    pub fn new(id: impl Into<String>) -> Result<Self, crate::Error> {
+        let id = id.into();
+        let ok = !id.is_empty()
+            && id.len() <= 200
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if ok {
+            Ok(Self(id))
+        } else {
+            Err(crate::Error::bad_input(format!(
+                "`{id}` is not a valid instance id (1-200 of A-Z a-z 0-9 - _ . :)"
+            )))
+        }
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn child(&self, seq: Seq) -> Self {
+        Self(format!("{}.{seq}", self.0))
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn to_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis().min(u64::MAX as u128) as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// A distributed operation as recorded in the journal. Two commands at the same position
+/// must match on replay, else the instance fails with a non-determinism error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Command {
+    /// Start a child instance of DTask `name` with input whose hash is `input_hash`.
+    Child { name: String, input_hash: u64 },
+    /// A relative timer; `fire_at_ms` is fixed when the command is first issued.
+    Delay { millis: u64, fire_at_ms: u64 },
+    /// An absolute timer.
+    DelayUntil { at_ms: u64 },
+    /// Suspend and resume at once, possibly elsewhere.
+    Yield,
+    /// A local side effect whose result is recorded.
+    Run,
+}
+
+impl Command {
+    /// Whether a command issued on replay matches the recorded one.
+    pub(crate) fn matches(&self, new: &Command) -> bool {
+        match (self, new) {
+            // A relative timer's fire time depends on when it was first issued.
+            (Command::Delay { millis: a, .. }, Command::Delay { millis: b, .. }) => a == b,
+            (a, b) => a == b,
+        }
+    }
+
+    pub(crate) fn fire_at(&self) -> Option<SystemTime> {
+        match self {
+            Command::Delay { fire_at_ms, .. } => Some(from_millis(*fire_at_ms)),
+            Command::DelayUntil { at_ms } => Some(from_millis(*at_ms)),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_distributed(&self) -> bool {
+        !matches!(self, Command::Run)
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Child { name, input_hash } => {
+                write!(f, "call `{name}` (input hash {input_hash:016x})")
+            }
+            Command::Delay { millis, .. } => write!(f, "delay {millis} ms"),
+            Command::DelayUntil { at_ms } => write!(f, "delay until {at_ms} ms after epoch"),
+            Command::Yield => f.write_str("yield"),
+            Command::Run => f.write_str("run (local side effect)"),
+        }
+    }
+}
+
+/// The result of an operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    /// The operation's value, MessagePack-encoded.
+    Ok(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The operation (a child) failed.
+    Failed(Failure),
+}
+
+/// One journal entry: the command issued at this position and, once known, its result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    pub(crate) cmd: Command,
+    pub(crate) result: Option<Outcome>,
+    /// The order in which results were recorded (1-based); decides `when_any` winners
+    /// deterministically on replay.
+    pub(crate) order: u32,
+}
+
+/// Where an instance's result goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ReplyTo {
+    /// A root instance: the result goes to the result register.
+    Root,
+    /// The parent is suspended on this child alone; its state rides along and comes back
+    /// with the reply.
+    Continuation { parent: Box<InstanceState>, seq: Seq },
+    /// The parent keeps its state in its mailbox; the reply is merged there.
+    Mailbox {
+        parent: InstanceId,
+        parent_name: String,
+        seq: Seq,
+    },
+    /// Nobody awaits the result (a spawned child whose parent finished first).
+    Detached,
+}
+
+/// The state of a replay-model instance: its input plus the journal of operations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InstanceState {
+    pub(crate) id: InstanceId,
+    pub(crate) name: String,
+    #[serde(with = "serde_bytes")]
+    pub(crate) input: Vec<u8>,
+    pub(crate) journal: Vec<Entry>,
+    pub(crate) reply: ReplyTo,
+    /// Once an instance waits on several operations at once, its state lives in its
+    /// mailbox for the rest of its life.
+    pub(crate) mailbox: bool,
+    /// Incremented at every write of the state to the mailbox; the highest wins.
+    pub(crate) version: u64,
+    /// Number of results recorded so far (source of [`Entry::order`]).
+    pub(crate) recorded: u32,
+    /// Set on the tombstone written to the mailbox when the instance finished.
+    pub(crate) finished: bool,
+}
+
+impl InstanceState {
+    pub(crate) fn new(id: InstanceId, name: String, input: Vec<u8>, reply: ReplyTo) -> Self {
+        Self {
+            id,
+            name,
+            input,
+            journal: Vec::new(),
+            reply,
+            mailbox: false,
+            version: 0,
+            recorded: 0,
+            finished: false,
+        }
+    }
+
+    /// Records `outcome` as the result of operation `seq`. Returns false when the result
+    /// is already known or `seq` is not an outstanding operation (a duplicate).
+    pub(crate) fn record(&mut self, seq: Seq, outcome: Outcome) -> bool {
+        match self.journal.get_mut(seq as usize) {
+            Some(e) if e.result.is_none() && e.cmd.is_distributed() => {
+                self.recorded += 1;
+                e.result = Some(outcome);
+                e.order = self.recorded;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Operations issued whose results are still unknown.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.journal
+            .iter()
+            .filter(|e| e.cmd.is_distributed() && e.result.is_none())
+            .count()
+    }
+
+    pub(crate) fn tombstone(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            input: Vec::new(),
+            journal: Vec::new(),
+            reply: ReplyTo::Root,
+            mailbox: true,
+            version: self.version + 1,
+            recorded: self.recorded,
+            finished: true,
+        }
+    }
+}
+
+/// A message on a task queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum TaskMessage {
+    /// Run a step of the instance whose state this carries, first recording the result of
+    /// operation `completion.0` when given (a start has none).
+    Step {
+        state: Box<InstanceState>,
+        completion: Option<(Seq, Outcome)>,
+    },
+    /// Put `item` into the mailbox of `instance` (of DTask `name`), no earlier than
+    /// `not_before_ms` (used for timers of mailbox-mode instances).
+    Forward {
+        instance: InstanceId,
+        name: String,
+        item: MailboxItem,
+        not_before_ms: u64,
+    },
+}
+
+/// A message in an instance's mailbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum MailboxItem {
+    /// The instance's state (highest `version` wins).
+    State(Box<InstanceState>),
+    /// The result of operation `seq`.
+    Event { seq: Seq, outcome: Outcome },
+}
+
+/// The final result of a root instance, as kept in the result register.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ResultRecord {
+    pub(crate) outcome: Outcome,
+}
+
+/// 64-bit FNV-1a: a stable hash for recording inputs in the journal.
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

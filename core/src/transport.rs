@@ -1,0 +1,187 @@
+//! The transport contract: how workers and clients move messages.
+//!
+//! The core decides *what* to send; a transport decides *how*. Implement [`Transport`] to
+//! run dtasks over a message broker; [`MemoryTransport`](crate::MemoryTransport) is the
+//! in-process implementation and `dtasks-amqp` the RabbitMQ one. Both must give these
+//! semantics:
+//!
+//! - **At-least-once delivery.** A delivery that is not acked (worker crash, lost
+//!   connection, explicit requeue) is delivered again. The core is idempotent against
+//!   duplicates.
+//! - **Publish means durable.** [`Transport::publish`] resolves only when every message of
+//!   the batch is durable (broker-confirmed). Workers ack an incoming message only after
+//!   publishing everything it caused.
+//! - **Delays.** A message for [`Destination::Delayed`] reaches the task queue no earlier
+//!   than its time, and survives restarts while it waits.
+//! - **Mailboxes.** A message for [`Destination::Mailbox`] is stored durably in the
+//!   instance's mailbox, then a doorbell for the instance is delivered through
+//!   [`Transport::consume`]. Doorbells of one instance are never outstanding twice at
+//!   once: the next is delivered only after the previous one is settled. The doorbell's
+//!   handler takes the mailbox's messages with [`Transport::drain_mailbox`], and settles
+//!   each (ack removes it, requeue puts it back).
+//! - **Registers.** A [`Destination::Result`] is written once: a second write is refused
+//!   and reported as [`Published::Duplicate`]. A [`Destination::Status`] keeps the last
+//!   write.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+use crate::error::Error;
+use crate::state::InstanceId;
+
+/// Where an outgoing message goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Destination {
+    /// The task queue of the DTask `name`.
+    Task {
+        /// The DTask name.
+        name: String,
+    },
+    /// The task queue of the DTask `name`, no earlier than `at`.
+    Delayed {
+        /// The DTask name.
+        name: String,
+        /// The earliest delivery time.
+        at: SystemTime,
+    },
+    /// The mailbox of `instance`, followed by a doorbell.
+    Mailbox {
+        /// The instance.
+        instance: InstanceId,
+    },
+    /// The result register of `instance` (written once).
+    Result {
+        /// The instance.
+        instance: InstanceId,
+    },
+    /// The status register of `instance` (last write wins).
+    Status {
+        /// The instance.
+        instance: InstanceId,
+    },
+}
+
+/// A message to publish.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// Where it goes.
+    pub destination: Destination,
+    /// The encoded envelope.
+    pub body: Vec<u8>,
+    /// A deterministic id: redelivered or replayed work produces the same id.
+    pub message_id: String,
+    /// The instance the message is about (for headers and logs).
+    pub instance: InstanceId,
+    /// The DTask name of that instance.
+    pub dtask: String,
+}
+
+/// What a publish did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Published {
+    /// The message is durable at its destination.
+    Stored,
+    /// A result register already held a value; this write was refused.
+    Duplicate,
+}
+
+/// What a delivery asks the worker to do.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum DeliveryKind {
+    /// A message from a task queue.
+    Task {
+        /// The encoded envelope.
+        body: Vec<u8>,
+        /// The message's id, when it carries one.
+        message_id: Option<String>,
+    },
+    /// New messages wait in the mailbox of `instance`.
+    Doorbell {
+        /// The instance.
+        instance: InstanceId,
+    },
+}
+
+/// Settles one delivery or mailbox message. Dropping it unsettled means requeue.
+pub trait Settle: Send {
+    /// Removes the message for good.
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
+    /// Puts the message back to be delivered again.
+    fn requeue(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
+    /// Moves the message to the dead-letter queue with `reason`.
+    fn dead_letter(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>>;
+}
+
+/// A message handed to a worker.
+pub struct Delivery {
+    /// What it is.
+    pub kind: DeliveryKind,
+    /// How many times it was delivered before (0 on first delivery).
+    pub redeliveries: u32,
+    /// Settles it.
+    pub settle: Box<dyn Settle>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("kind", &self.kind)
+            .field("redeliveries", &self.redeliveries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message taken from a mailbox.
+pub struct MailboxMessage {
+    /// The encoded envelope.
+    pub body: Vec<u8>,
+    /// Settles it: ack removes it from the mailbox, requeue puts it back.
+    pub settle: Box<dyn Settle>,
+}
+
+impl fmt::Debug for MailboxMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailboxMessage")
+            .field("len", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Moves dtasks messages. See the [module docs](self) for the semantics required.
+pub trait Transport: Send + Sync + 'static {
+    /// The current time, for timers. Transports with virtual time override it.
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    /// Publishes a batch; resolves when every message is durable, with one [`Published`]
+    /// per message in order.
+    fn publish(&self, batch: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Published>, Error>>;
+
+    /// Starts consuming the task queues of `names` and the doorbells of all mailboxes.
+    fn consume(
+        &self,
+        names: Vec<String>,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Delivery, Error>>, Error>>;
+
+    /// Takes every message now in the mailbox of `instance`.
+    fn drain_mailbox(
+        &self,
+        instance: &InstanceId,
+    ) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>>;
+
+    /// Reads the result register of `instance`.
+    fn read_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>>;
+
+    /// Waits until the result register of `instance` holds a value.
+    fn wait_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Vec<u8>, Error>>;
+
+    /// Reads the status register of `instance`.
+    fn read_status(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>>;
+}

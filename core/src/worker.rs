@@ -1,0 +1,405 @@
+//! The worker: consumes a transport's queues and runs the steps of DTask instances.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::engine::{Engine, Settlement, DEFAULT_STATE_BUDGET};
+use crate::error::Error;
+use crate::registry::{DTaskFn, Registry};
+use crate::transport::{Delivery, DeliveryKind, Transport};
+
+/// Configures a [`Worker`].
+pub struct WorkerBuilder {
+    transport: Arc<dyn Transport>,
+    registry: Registry,
+    errors: Vec<Error>,
+    concurrency: usize,
+    budget: usize,
+    dedupe_window: usize,
+    max_redeliveries: u32,
+    summary_every: Option<Duration>,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("registry", &self.registry)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerBuilder {
+    /// Registers the `#[dtask]` function `f`; this worker consumes its queue.
+    pub fn register<F, M>(mut self, f: F) -> Self
+    where
+        F: DTaskFn<M>,
+    {
+        if let Err(e) = self.registry.register(f) {
+            self.errors.push(e);
+        }
+        self
+    }
+
+    /// Registers every function in `registry`.
+    pub fn registry(mut self, registry: &Registry) -> Self {
+        if let Err(e) = self.registry.extend(registry) {
+            self.errors.push(e);
+        }
+        self
+    }
+
+    /// Registers every `#[dtask]` function linked into the binary.
+    pub fn register_all(mut self) -> Self {
+        match Registry::all() {
+            Ok(all) => return self.registry(&all),
+            Err(e) => self.errors.push(e),
+        }
+        self
+    }
+
+    /// How many deliveries are handled at once (default 64).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// The largest message (state included) an instance may produce, in bytes (default
+    /// 4 MiB). An instance past it fails with [`Failure::is_state_too_large`].
+    ///
+    /// [`Failure::is_state_too_large`]: crate::Failure::is_state_too_large
+    pub fn state_budget(mut self, bytes: usize) -> Self {
+        self.budget = bytes;
+        self
+    }
+
+    /// How many recently handled message ids this worker remembers to drop redeliveries
+    /// of work it already finished (default 10,000; 0 turns it off). This only saves work:
+    /// correctness never depends on it.
+    pub fn dedupe_window(mut self, n: usize) -> Self {
+        self.dedupe_window = n;
+        self
+    }
+
+    /// How often a failing delivery is retried before it is dead-lettered (default 5).
+    pub fn max_redeliveries(mut self, n: u32) -> Self {
+        self.max_redeliveries = n;
+        self
+    }
+
+    /// Logs a one-line summary (processed, in flight) at info level every `every`.
+    pub fn summary_every(mut self, every: Duration) -> Self {
+        self.summary_every = Some(every);
+        self
+    }
+
+    /// Builds the worker.
+    pub fn build(self) -> Result<Worker, Error> {
+        if let Some(e) = self.errors.into_iter().next() {
+            return Err(e);
+        }
+        if self.registry.names().is_empty() {
+            return Err(Error::config("a worker needs at least one registered DTask"));
+        }
+        Ok(Worker {
+            inner: Arc::new(Inner {
+                transport: self.transport,
+                engine: Engine::new(self.registry, self.budget),
+                concurrency: self.concurrency,
+                dedupe: Mutex::new(Dedupe::new(self.dedupe_window)),
+                max_redeliveries: self.max_redeliveries,
+                summary_every: self.summary_every,
+                stats: Stats::default(),
+            }),
+        })
+    }
+}
+
+/// Runs DTask instances: consumes the task queues of its registered DTasks and the
+/// mailbox doorbells, and handles each delivery (ack only after every message it caused
+/// is durable).
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("dtasks", &self.inner.engine.registry.names())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    transport: Arc<dyn Transport>,
+    engine: Engine,
+    concurrency: usize,
+    dedupe: Mutex<Dedupe>,
+    max_redeliveries: u32,
+    summary_every: Option<Duration>,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    processed: AtomicU64,
+    in_flight: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+/// Counters of a worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// Deliveries handled to completion.
+    pub processed: u64,
+    /// Deliveries being handled now.
+    pub in_flight: u64,
+    /// Deliveries moved to the dead-letter queue.
+    pub dead_lettered: u64,
+}
+
+struct Dedupe {
+    cap: usize,
+    seen: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Dedupe {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Marks `id` taken; false when it already was.
+    fn take(&mut self, id: &str) -> bool {
+        if self.cap == 0 {
+            return true;
+        }
+        if self.seen.contains(id) {
+            return false;
+        }
+        self.seen.insert(id.to_string());
+        self.order.push_back(id.to_string());
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+
+    fn release(&mut self, id: &str) {
+        self.seen.remove(id);
+    }
+}
+
+impl Worker {
+    /// Configures a worker on `transport`.
+    pub fn builder(transport: impl Transport) -> WorkerBuilder {
+        Self::builder_arc(Arc::new(transport))
+    }
+
+    /// Configures a worker on a shared transport.
+    pub fn builder_arc(transport: Arc<dyn Transport>) -> WorkerBuilder {
+        WorkerBuilder {
+            transport,
+            registry: Registry::new(),
+            errors: Vec::new(),
+            concurrency: 64,
+            budget: DEFAULT_STATE_BUDGET,
+            dedupe_window: 10_000,
+            max_redeliveries: 5,
+            summary_every: None,
+        }
+    }
+
+    /// The names of the DTasks this worker runs.
+    pub fn dtasks(&self) -> Vec<String> {
+        self.inner.engine.registry.names()
+    }
+
+    /// The worker's counters.
+    pub fn stats(&self) -> WorkerStats {
+        let s = &self.inner.stats;
+        WorkerStats {
+            processed: s.processed.load(Ordering::Relaxed),
+            in_flight: s.in_flight.load(Ordering::Relaxed),
+            dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs until the transport's stream ends or fails.
+    pub async fn run(self) -> Result<(), Error> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Runs until `shutdown` resolves, then stops taking deliveries and finishes the ones
+    /// in flight before returning (graceful shutdown).
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let inner = self.inner.clone();
+        let mut stream = inner.transport.consume(inner.engine.registry.names()).await?;
+        let permits = Arc::new(Semaphore::new(inner.concurrency));
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        let mut summary = inner
+            .summary_every
+            .map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
+        let result = loop {
+            let permit = tokio::select! {
+                biased;
+                _ = &mut shutdown => break Ok(()),
+                p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            };
+            let next = tokio::select! {
+                biased;
+                _ = &mut shutdown => break Ok(()),
+                _ = tick(&mut summary) => {
+                    let s = self.stats();
+                    info!(processed = s.processed, in_flight = s.in_flight, dead_lettered = s.dead_lettered, "worker summary");
+                    continue;
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                n = stream.next() => n,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    let inner = inner.clone();
+                    tasks.spawn(async move {
+                        inner.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                        inner.handle(delivery).await;
+                        inner.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        inner.stats.processed.fetch_add(1, Ordering::Relaxed);
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            }
+        };
+        drop(stream);
+        while tasks.join_next().await.is_some() {}
+        result
+    }
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Inner {
+    async fn handle(&self, delivery: Delivery) {
+        let Delivery {
+            kind,
+            redeliveries,
+            settle,
+        } = delivery;
+        match kind {
+            DeliveryKind::Task { body, message_id } => {
+                if redeliveries > self.max_redeliveries {
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!("failed {redeliveries} times (retry budget exhausted)");
+                    warn!(%reason, "dead-lettering a message");
+                    let _ = settle.dead_letter(reason).await;
+                    return;
+                }
+                let msg = match self.engine.decode_task(&body) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "dead-lettering an undecodable message");
+                        let _ = settle.dead_letter(e.to_string()).await;
+                        return;
+                    }
+                };
+                if let Some(id) = &message_id {
+                    let fresh = self.dedupe.lock().unwrap_or_else(|p| p.into_inner()).take(id);
+                    if !fresh {
+                        debug!(message_id = %id, "dropping a redelivery of finished work");
+                        let _ = settle.ack().await;
+                        return;
+                    }
+                }
+                let span = info_span!("dtask.step", message_id = message_id.as_deref().unwrap_or(""));
+                let outcome = async {
+                    if let Some(status) = self.engine.info(&msg).root_first_step {
+                        self.transport.publish(vec![status]).await?;
+                    }
+                    let outputs = self.engine.handle_task(msg, self.transport.now()).await;
+                    debug!(outputs = outputs.len(), "step done");
+                    self.transport.publish(outputs).await
+                }
+                .instrument(span)
+                .await;
+                match outcome {
+                    Ok(_) => {
+                        let _ = settle.ack().await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "publishing a step's messages failed; the message will be redelivered");
+                        if let Some(id) = &message_id {
+                            self.dedupe.lock().unwrap_or_else(|p| p.into_inner()).release(id);
+                        }
+                        let _ = settle.requeue().await;
+                    }
+                }
+            }
+            DeliveryKind::Doorbell { instance } => {
+                let span = info_span!("dtask.mailbox", instance = %instance);
+                async {
+                    let items = match self.transport.drain_mailbox(&instance).await {
+                        Ok(items) => items,
+                        Err(e) => {
+                            warn!(error = %e, "draining a mailbox failed");
+                            let _ = settle.requeue().await;
+                            return;
+                        }
+                    };
+                    let bodies: Vec<Vec<u8>> = items.iter().map(|m| m.body.clone()).collect();
+                    let plan = self.engine.handle_mailbox(&bodies, self.transport.now()).await;
+                    if let Err(e) = self.transport.publish(plan.outputs).await {
+                        warn!(error = %e, "publishing a mailbox step failed; it will be retried");
+                        for m in items {
+                            let _ = m.settle.requeue().await;
+                        }
+                        let _ = settle.requeue().await;
+                        return;
+                    }
+                    for (m, (how, reason)) in items.into_iter().zip(plan.settle) {
+                        let _ = match how {
+                            Settlement::Ack => m.settle.ack().await,
+                            Settlement::Requeue => m.settle.requeue().await,
+                            Settlement::DeadLetter => {
+                                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                                m.settle.dead_letter(reason).await
+                            }
+                        };
+                    }
+                    if plan.waiting_for_state {
+                        debug!("events wait for the instance's state");
+                    }
+                    let _ = settle.ack().await;
+                }
+                .instrument(span)
+                .await;
+            }
+        }
+    }
+}

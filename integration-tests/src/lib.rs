@@ -1,0 +1,1 @@
+//! Integration tests of dtasks against a real RabbitMQ.
