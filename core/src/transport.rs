@@ -18,7 +18,10 @@
 //!   [`Transport::consume`]. Doorbells of one instance are never outstanding twice at
 //!   once: the next is delivered only after the previous one is settled. The doorbell's
 //!   handler takes the mailbox's messages with [`Transport::drain_mailbox`], and settles
-//!   each (ack removes it, requeue puts it back).
+//!   each (ack removes it, requeue puts it back). A doorbell redelivered after a consumer
+//!   failed should be handed out only after a short pause, so that the mailbox messages the
+//!   failed consumer held are back in the mailbox when it is drained (the broker requeues
+//!   the two queues independently).
 //! - **Registers.** A [`Destination::Result`] is written once: a second write is refused
 //!   and reported as [`Published::Duplicate`]. A [`Destination::Status`] keeps the last
 //!   write.
