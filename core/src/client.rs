@@ -99,21 +99,31 @@ impl Client {
 
     /// Starts `task` under the chosen `id`. Starting the same id twice runs it once: the
     /// second start's result register write is refused, so both handles see one result.
-    pub async fn start_with_id<T>(&self, id: InstanceId, task: DTask<T>) -> Result<Handle<T>, Error> {
+    pub async fn start_with_id<T>(
+        &self,
+        id: InstanceId,
+        task: DTask<T>,
+    ) -> Result<Handle<T>, Error> {
         let (name, input) = task.into_call().ok_or_else(|| {
             Error::bad_input(
                 "only a call of a #[dtask] function can be started (not a delay or a combinator)",
             )
         })?;
-        let input = input.map_err(|e| Error::bad_input(format!("the input cannot be encoded: {e}")))?;
+        let input =
+            input.map_err(|e| Error::bad_input(format!("the input cannot be encoded: {e}")))?;
         self.publish_start(id, name, input).await
     }
 
     /// Starts the DTask registered as `name` with `input`: the MessagePack encoding of the
     /// tuple of its arguments (an array, e.g. `[41]` for one argument). For the CLI and
     /// callers in other languages; read the result with [`Handle::result_bytes`].
-    pub async fn start_by_name(&self, name: &str, input: Vec<u8>) -> Result<Handle<Untyped>, Error> {
-        self.start_by_name_with_id(InstanceId::random(), name, input).await
+    pub async fn start_by_name(
+        &self,
+        name: &str,
+        input: Vec<u8>,
+    ) -> Result<Handle<Untyped>, Error> {
+        self.start_by_name_with_id(InstanceId::random(), name, input)
+            .await
     }
 
     /// [`Client::start_by_name`] under the chosen `id`.
@@ -129,7 +139,12 @@ impl Client {
         self.publish_start(id, name.to_string(), input).await
     }
 
-    async fn publish_start<T>(&self, id: InstanceId, name: String, input: Vec<u8>) -> Result<Handle<T>, Error> {
+    async fn publish_start<T>(
+        &self,
+        id: InstanceId,
+        name: String,
+        input: Vec<u8>,
+    ) -> Result<Handle<T>, Error> {
         if let Some(reg) = &self.registry {
             let entry = reg.get(&name).ok_or_else(|| Error::unknown_dtask(&name))?;
             // Builds (never polls) the body: checks that the input decodes as the arguments.

@@ -82,3 +82,154 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, 
 pub(crate) fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::error::{Failure, FailureKind};
+    use crate::state::{Command, Entry, InstanceId, InstanceState, Outcome, ReplyTo};
+
+    fn failure() -> impl Strategy<Value = Failure> {
+        (0usize..8, ".{0,40}").prop_map(|(k, m)| {
+            let kind = [
+                FailureKind::Panic,
+                FailureKind::NonDeterminism,
+                FailureKind::ChildFailed,
+                FailureKind::UnknownDTask,
+                FailureKind::BadInput,
+                FailureKind::StateTooLarge,
+                FailureKind::Stuck,
+                FailureKind::Misuse,
+            ][k];
+            Failure::new(kind, m)
+        })
+    }
+
+    fn outcome() -> impl Strategy<Value = Outcome> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(Outcome::Ok),
+            failure().prop_map(Outcome::Failed),
+        ]
+    }
+
+    fn command() -> impl Strategy<Value = Command> {
+        prop_oneof![
+            ("[a-z_.]{1,20}", any::<u64>())
+                .prop_map(|(name, input_hash)| Command::Child { name, input_hash }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(millis, fire_at_ms)| Command::Delay { millis, fire_at_ms }),
+            any::<u64>().prop_map(|at_ms| Command::DelayUntil { at_ms }),
+            Just(Command::Yield),
+            Just(Command::Run),
+        ]
+    }
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        (command(), proptest::option::of(outcome()), any::<u32>())
+            .prop_map(|(cmd, result, order)| Entry { cmd, result, order })
+    }
+
+    fn leaf_state() -> impl Strategy<Value = InstanceState> {
+        (
+            "[a-z0-9.]{1,30}",
+            "[a-z_]{1,20}",
+            proptest::collection::vec(any::<u8>(), 0..64),
+            proptest::collection::vec(entry(), 0..12),
+            any::<bool>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(id, name, input, journal, mailbox, version, recorded, finished)| {
+                    let mut s = InstanceState::new(
+                        InstanceId::new(id).expect("valid id"),
+                        name,
+                        input,
+                        ReplyTo::Root,
+                    );
+                    s.journal = journal;
+                    s.mailbox = mailbox;
+                    s.version = version;
+                    s.recorded = recorded;
+                    s.finished = finished;
+                    s
+                },
+            )
+    }
+
+    fn state() -> impl Strategy<Value = InstanceState> {
+        leaf_state().prop_recursive(4, 16, 2, |inner| {
+            (leaf_state(), inner, any::<u32>(), 0usize..3).prop_map(|(mut s, parent, seq, how)| {
+                s.reply = match how {
+                    0 => ReplyTo::Continuation {
+                        parent: Box::new(parent),
+                        seq,
+                    },
+                    1 => ReplyTo::Mailbox {
+                        parent: parent.id.clone(),
+                        parent_name: parent.name.clone(),
+                        seq,
+                    },
+                    _ => ReplyTo::Detached,
+                };
+                s
+            })
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_state_survives_encode_decode(s in state(), seq in any::<u32>(), o in outcome()) {
+            let msg = TaskMessage::Step { state: Box::new(s.clone()), completion: Some((seq, o.clone())) };
+            prop_assert_eq!(decode::<TaskMessage>(&encode(&msg)).unwrap(), msg);
+            let item = MailboxItem::State(Box::new(s));
+            prop_assert_eq!(decode::<MailboxItem>(&encode(&item)).unwrap(), item);
+            let rec = ResultRecord { outcome: o };
+            prop_assert_eq!(decode::<ResultRecord>(&encode(&rec)).unwrap(), rec);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<TaskMessage>(&bytes);
+            let _ = decode::<MailboxItem>(&bytes);
+            let mut framed = vec![b'D', b'T', ENVELOPE_VERSION, Kind::Task as u8];
+            framed.extend_from_slice(&bytes);
+            let _ = decode::<TaskMessage>(&framed);
+        }
+
+        #[test]
+        fn truncated_or_corrupted_states_give_errors_not_panics(s in state(), cut in any::<prop::sample::Index>(), flip in any::<prop::sample::Index>()) {
+            let msg = TaskMessage::Step { state: Box::new(s), completion: None };
+            let bytes = encode(&msg);
+            let n = cut.index(bytes.len());
+            let _ = decode::<TaskMessage>(&bytes[..n]);
+            let mut corrupt = bytes.clone();
+            let i = flip.index(corrupt.len());
+            corrupt[i] ^= 0xff;
+            let _ = decode::<TaskMessage>(&corrupt);
+        }
+    }
+
+    #[test]
+    fn envelope_checks_come_first() {
+        assert!(decode::<TaskMessage>(b"")
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
+        let e = decode::<TaskMessage>(&[b'D', b'T', 7, 1, 0xc0]).unwrap_err();
+        assert!(e.is_decode() && e.to_string().contains("version 7"), "{e}");
+        let e = decode::<TaskMessage>(&[b'D', b'T', ENVELOPE_VERSION, 3, 0xc0]).unwrap_err();
+        assert!(e.to_string().contains("kind 3"), "{e}");
+    }
+
+    #[test]
+    fn deeply_nested_input_is_an_error_not_a_stack_overflow() {
+        // 100k nested arrays: the decoder's depth limit must stop it.
+        let mut bytes = vec![b'D', b'T', ENVELOPE_VERSION, Kind::Task as u8];
+        bytes.extend(std::iter::repeat_n(0x91u8, 100_000));
+        assert!(decode::<TaskMessage>(&bytes).is_err());
+    }
+}

@@ -478,7 +478,9 @@ impl DTask<()> {
                         Err(e) => {
                             fail_now(Failure::new(
                                 FailureKind::BadInput,
-                                format!("the recorded result of DTask::run at {s} does not decode: {e}"),
+                                format!(
+                                    "the recorded result of DTask::run at {s} does not decode: {e}"
+                                ),
                             ));
                             Poll::Pending
                         }

@@ -236,7 +236,10 @@ impl Engine {
         let Some(reg) = self.registry.get(&state.name) else {
             let f = Failure::new(
                 FailureKind::UnknownDTask,
-                format!("no DTask named `{}` is registered in this worker", state.name),
+                format!(
+                    "no DTask named `{}` is registered in this worker",
+                    state.name
+                ),
             );
             return self.finish(state, Outcome::Failed(f), &[]);
         };

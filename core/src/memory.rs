@@ -223,11 +223,14 @@ impl MemoryTransport {
     /// Puts raw bytes on the task queue of `name`, as a broken or hostile publisher might.
     pub fn inject_raw(&self, name: &str, body: Vec<u8>) {
         let mut mem = self.shared.lock();
-        mem.tasks.entry(name.to_string()).or_default().push_back(Msg {
-            body,
-            message_id: None,
-            redeliveries: 0,
-        });
+        mem.tasks
+            .entry(name.to_string())
+            .or_default()
+            .push_back(Msg {
+                body,
+                message_id: None,
+                redeliveries: 0,
+            });
         drop(mem);
         self.shared.changed.notify_waiters();
     }
@@ -415,10 +418,7 @@ impl Transport for MemoryTransport {
                     if mem.fire_due() {
                         shared.changed.notify_waiters();
                     }
-                    let ready = mem
-                        .doorbells
-                        .iter()
-                        .position(|i| !mem.busy.contains(i));
+                    let ready = mem.doorbells.iter().position(|i| !mem.busy.contains(i));
                     if let Some(pos) = ready {
                         let instance = mem.doorbells.remove(pos).expect("position is valid");
                         mem.busy.insert(instance.clone());

@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use crate::error::Error;
 use crate::memory::MemoryTransport;
 use crate::registry::{DTaskFn, Registry};
-use crate::{Client, Worker};
+use crate::{Client, Worker, WorkerStats};
 
 /// Configures a [`Runtime`].
 #[derive(Debug, Default)]
@@ -103,6 +103,7 @@ impl RuntimeBuilder {
         let transport = t.build();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers = Vec::new();
+        let mut handles = Vec::new();
         for _ in 0..self.workers.unwrap_or(1) {
             let mut b = Worker::builder(transport.clone()).registry(&self.registry);
             if let Some(c) = self.concurrency {
@@ -115,6 +116,7 @@ impl RuntimeBuilder {
                 b = b.state_budget(n);
             }
             let worker = b.build()?;
+            handles.push(worker.clone());
             let mut stop = stop_rx.clone();
             workers.push(tokio::spawn(async move {
                 worker
@@ -130,6 +132,7 @@ impl RuntimeBuilder {
             client,
             stop: stop_tx,
             workers,
+            handles,
         })
     }
 }
@@ -161,9 +164,18 @@ pub struct Runtime {
     client: Client,
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<Result<(), Error>>>,
+    handles: Vec<Worker>,
 }
 
 impl Runtime {
+    /// The counters of all workers, summed.
+    pub fn stats(&self) -> WorkerStats {
+        self.handles
+            .iter()
+            .map(Worker::stats)
+            .fold(WorkerStats::default(), |a, b| a + b)
+    }
+
     /// Configures a runtime.
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder::default()

@@ -154,7 +154,10 @@ pub(crate) enum ReplyTo {
     Root,
     /// The parent is suspended on this child alone; its state rides along and comes back
     /// with the reply.
-    Continuation { parent: Box<InstanceState>, seq: Seq },
+    Continuation {
+        parent: Box<InstanceState>,
+        seq: Seq,
+    },
     /// The parent keeps its state in its mailbox; the reply is merged there.
     Mailbox {
         parent: InstanceId,

@@ -14,7 +14,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::engine::{Engine, Settlement, DEFAULT_STATE_BUDGET};
 use crate::error::Error;
 use crate::registry::{DTaskFn, Registry};
-use crate::transport::{Delivery, DeliveryKind, Transport};
+use crate::transport::{Delivery, DeliveryKind, Published, Transport};
 
 /// Configures a [`Worker`].
 pub struct WorkerBuilder {
@@ -107,7 +107,9 @@ impl WorkerBuilder {
             return Err(e);
         }
         if self.registry.names().is_empty() {
-            return Err(Error::config("a worker needs at least one registered DTask"));
+            return Err(Error::config(
+                "a worker needs at least one registered DTask",
+            ));
         }
         Ok(Worker {
             inner: Arc::new(Inner {
@@ -154,6 +156,7 @@ struct Stats {
     processed: AtomicU64,
     in_flight: AtomicU64,
     dead_lettered: AtomicU64,
+    duplicate_results: AtomicU64,
 }
 
 /// Counters of a worker.
@@ -166,6 +169,22 @@ pub struct WorkerStats {
     pub in_flight: u64,
     /// Deliveries moved to the dead-letter queue.
     pub dead_lettered: u64,
+    /// Result writes refused because the instance's result was already recorded (work
+    /// redone after a redelivery; the first result stands).
+    pub duplicate_results: u64,
+}
+
+impl std::ops::Add for WorkerStats {
+    type Output = WorkerStats;
+
+    fn add(self, o: WorkerStats) -> WorkerStats {
+        WorkerStats {
+            processed: self.processed + o.processed,
+            in_flight: self.in_flight + o.in_flight,
+            dead_lettered: self.dead_lettered + o.dead_lettered,
+            duplicate_results: self.duplicate_results + o.duplicate_results,
+        }
+    }
 }
 
 struct Dedupe {
@@ -238,6 +257,7 @@ impl Worker {
             processed: s.processed.load(Ordering::Relaxed),
             in_flight: s.in_flight.load(Ordering::Relaxed),
             dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
+            duplicate_results: s.duplicate_results.load(Ordering::Relaxed),
         }
     }
 
@@ -250,7 +270,10 @@ impl Worker {
     /// in flight before returning (graceful shutdown).
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let inner = self.inner.clone();
-        let mut stream = inner.transport.consume(inner.engine.registry.names()).await?;
+        let mut stream = inner
+            .transport
+            .consume(inner.engine.registry.names())
+            .await?;
         let permits = Arc::new(Semaphore::new(inner.concurrency));
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
@@ -305,6 +328,17 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 }
 
 impl Inner {
+    fn count_duplicates(&self, report: &[Published]) {
+        let n = report
+            .iter()
+            .filter(|p| **p == Published::Duplicate)
+            .count() as u64;
+        if n > 0 {
+            debug!(n, "duplicate results refused by the result register");
+            self.stats.duplicate_results.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     async fn handle(&self, delivery: Delivery) {
         let Delivery {
             kind,
@@ -330,14 +364,21 @@ impl Inner {
                     }
                 };
                 if let Some(id) = &message_id {
-                    let fresh = self.dedupe.lock().unwrap_or_else(|p| p.into_inner()).take(id);
+                    let fresh = self
+                        .dedupe
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take(id);
                     if !fresh {
                         debug!(message_id = %id, "dropping a redelivery of finished work");
                         let _ = settle.ack().await;
                         return;
                     }
                 }
-                let span = info_span!("dtask.step", message_id = message_id.as_deref().unwrap_or(""));
+                let span = info_span!(
+                    "dtask.step",
+                    message_id = message_id.as_deref().unwrap_or("")
+                );
                 let outcome = async {
                     if let Some(status) = self.engine.info(&msg).root_first_step {
                         self.transport.publish(vec![status]).await?;
@@ -349,13 +390,17 @@ impl Inner {
                 .instrument(span)
                 .await;
                 match outcome {
-                    Ok(_) => {
+                    Ok(report) => {
+                        self.count_duplicates(&report);
                         let _ = settle.ack().await;
                     }
                     Err(e) => {
                         warn!(error = %e, "publishing a step's messages failed; the message will be redelivered");
                         if let Some(id) = &message_id {
-                            self.dedupe.lock().unwrap_or_else(|p| p.into_inner()).release(id);
+                            self.dedupe
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .release(id);
                         }
                         let _ = settle.requeue().await;
                     }
@@ -374,13 +419,16 @@ impl Inner {
                     };
                     let bodies: Vec<Vec<u8>> = items.iter().map(|m| m.body.clone()).collect();
                     let plan = self.engine.handle_mailbox(&bodies, self.transport.now()).await;
-                    if let Err(e) = self.transport.publish(plan.outputs).await {
-                        warn!(error = %e, "publishing a mailbox step failed; it will be retried");
-                        for m in items {
-                            let _ = m.settle.requeue().await;
+                    match self.transport.publish(plan.outputs).await {
+                        Ok(report) => self.count_duplicates(&report),
+                        Err(e) => {
+                            warn!(error = %e, "publishing a mailbox step failed; it will be retried");
+                            for m in items {
+                                let _ = m.settle.requeue().await;
+                            }
+                            let _ = settle.requeue().await;
+                            return;
                         }
-                        let _ = settle.requeue().await;
-                        return;
                     }
                     for (m, (how, reason)) in items.into_iter().zip(plan.settle) {
                         let _ = match how {

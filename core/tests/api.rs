@@ -67,7 +67,10 @@ async fn when_all_of_100_children() -> TestResult {
 
 #[tokio::test]
 async fn when_all_of_nothing_is_empty() -> TestResult {
-    let rt = Runtime::builder().register(fan_out).register(add_one).build()?;
+    let rt = Runtime::builder()
+        .register(fan_out)
+        .register(add_one)
+        .build()?;
     assert_eq!(rt.client().start(fan_out(0)).await?.result().await?, 0);
     Ok(())
 }
@@ -89,11 +92,7 @@ async fn slow_loser(ms: u64) -> String {
 
 #[dtask]
 async fn race() -> (usize, String) {
-    DTask::when_any([
-        slow_loser(3_600_000),
-        sleep_then(1_000, "fast".into()),
-    ])
-    .await
+    DTask::when_any([slow_loser(3_600_000), sleep_then(1_000, "fast".into())]).await
 }
 
 #[tokio::test]
@@ -131,7 +130,12 @@ async fn ship(p: Parcel) -> Parcel {
 
 #[dtask]
 async fn mixed() -> (u64, String, Parcel) {
-    DTask::join((add_one(1), sleep_then(5, "x".into()), ship(Parcel { id: 7 }))).await
+    DTask::join((
+        add_one(1),
+        sleep_then(5, "x".into()),
+        ship(Parcel { id: 7 }),
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -191,9 +195,15 @@ async fn checkout(cents: u64) -> Result<String, PayError> {
 
 #[tokio::test]
 async fn a_child_error_reaches_the_parent_as_a_value() -> TestResult {
-    let rt = Runtime::builder().register(checkout).register(charge).build()?;
+    let rt = Runtime::builder()
+        .register(checkout)
+        .register(charge)
+        .build()?;
     let c = rt.client();
-    assert_eq!(c.start(checkout(5)).await?.result().await?, Ok("paid 5".into()));
+    assert_eq!(
+        c.start(checkout(5)).await?.result().await?,
+        Ok("paid 5".into())
+    );
     assert_eq!(
         c.start(checkout(5000)).await?.result().await?,
         Err(PayError::Declined("5000 is over the limit".into()))
@@ -229,14 +239,31 @@ async fn a_child_panic_fails_the_parent_instead_of_hanging() -> TestResult {
         .register(catches_explosion)
         .register(explode)
         .build()?;
-    let err = rt.client().start(awaits_explosion()).await?.result().await.unwrap_err();
+    let err = rt
+        .client()
+        .start(awaits_explosion())
+        .await?
+        .result()
+        .await
+        .unwrap_err();
     let failure = err.failure().expect("the instance failed");
     assert!(failure.is_child_failure(), "{failure}");
     assert!(failure.message().contains("boom at 3"), "{failure}");
-    let caught = rt.client().start(catches_explosion()).await?.result().await?;
+    let caught = rt
+        .client()
+        .start(catches_explosion())
+        .await?
+        .result()
+        .await?;
     assert_eq!(caught, "caught: true");
     // The panicking instance itself, started directly, fails as a panic.
-    let err = rt.client().start(explode(1)).await?.result().await.unwrap_err();
+    let err = rt
+        .client()
+        .start(explode(1))
+        .await?
+        .result()
+        .await
+        .unwrap_err();
     assert!(err.failure().is_some_and(Failure::is_panic));
     Ok(())
 }
@@ -249,7 +276,10 @@ async fn thirty_days() -> String {
 
 #[tokio::test]
 async fn a_30_day_delay_under_virtual_time() -> TestResult {
-    let rt = Runtime::builder().register(thirty_days).virtual_time().build()?;
+    let rt = Runtime::builder()
+        .register(thirty_days)
+        .virtual_time()
+        .build()?;
     let h = rt.client().start(thirty_days()).await?;
     rt.wait_idle().await;
     assert_eq!(h.status().await?, Status::Suspended);
@@ -271,8 +301,15 @@ async fn until_deadline(at_ms: u64) -> u64 {
 
 #[tokio::test]
 async fn delay_until_a_deadline() -> TestResult {
-    let rt = Runtime::builder().register(until_deadline).virtual_time().build()?;
-    let now = rt.transport().now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    let rt = Runtime::builder()
+        .register(until_deadline)
+        .virtual_time()
+        .build()?;
+    let now = rt
+        .transport()
+        .now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
     let h = rt.client().start(until_deadline(now + 5_000)).await?;
     rt.wait_idle().await;
     rt.advance(Duration::from_millis(4_999));
@@ -281,7 +318,10 @@ async fn delay_until_a_deadline() -> TestResult {
     rt.advance(Duration::from_millis(1));
     assert_eq!(h.result().await?, now + 5_000);
     // A deadline in the past fires at once.
-    assert_eq!(rt.client().start(until_deadline(1)).await?.result().await?, 1);
+    assert_eq!(
+        rt.client().start(until_deadline(1)).await?.result().await?,
+        1
+    );
     Ok(())
 }
 
@@ -331,7 +371,10 @@ async fn ordinary_futures_work_inside_a_dtask() -> TestResult {
         .register(local_futures)
         .register(add_one)
         .build()?;
-    assert_eq!(rt.client().start(local_futures()).await?.result().await?, 42);
+    assert_eq!(
+        rt.client().start(local_futures()).await?.result().await?,
+        42
+    );
     Ok(())
 }
 
@@ -380,7 +423,13 @@ async fn never_wakes() -> u64 {
 #[tokio::test]
 async fn a_future_that_can_never_wake_fails_as_stuck() -> TestResult {
     let rt = Runtime::builder().register(never_wakes).build()?;
-    let err = rt.client().start(never_wakes()).await?.result().await.unwrap_err();
+    let err = rt
+        .client()
+        .start(never_wakes())
+        .await?
+        .result()
+        .await
+        .unwrap_err();
     assert!(err.failure().is_some_and(Failure::is_stuck), "{err}");
     Ok(())
 }
@@ -389,7 +438,10 @@ async fn a_future_that_can_never_wake_fails_as_stuck() -> TestResult {
 async fn unknown_names_and_bad_input_are_clear_errors() -> TestResult {
     let rt = Runtime::builder().register(add_one).build()?;
     let c = rt.client();
-    let err = c.start_by_name("no_such_dtask", vec![0x90]).await.unwrap_err();
+    let err = c
+        .start_by_name("no_such_dtask", vec![0x90])
+        .await
+        .unwrap_err();
     assert!(err.is_unknown_dtask(), "{err}");
     assert!(err.to_string().contains("no_such_dtask"));
     // `add_one` takes one u64; a string is bad input.
@@ -402,13 +454,19 @@ async fn unknown_names_and_bad_input_are_clear_errors() -> TestResult {
     let bytes = h.result_bytes().await?;
     assert_eq!(rmp_serde::from_slice::<u64>(&bytes)?, 42);
     // Only calls can be started.
-    let err = c.start(DTask::delay(Duration::from_secs(1))).await.unwrap_err();
+    let err = c
+        .start(DTask::delay(Duration::from_secs(1)))
+        .await
+        .unwrap_err();
     assert!(err.is_bad_input(), "{err}");
     // Registering a plain function is refused.
     fn not_a_dtask(_x: u64) -> DTask<u64> {
         DTask::ready(1)
     }
-    let err = Runtime::builder().register(not_a_dtask).build().unwrap_err();
+    let err = Runtime::builder()
+        .register(not_a_dtask)
+        .build()
+        .unwrap_err();
     assert!(err.is_config(), "{err}");
     Ok(())
 }
@@ -417,7 +475,9 @@ async fn unknown_names_and_bad_input_are_clear_errors() -> TestResult {
 async fn grows(n: u64) -> u64 {
     let mut total = 0;
     for i in 0..n {
-        total += DTask::run(move || async move { vec![i as u8; 1024] }).await.len() as u64;
+        total += DTask::run(move || async move { vec![i as u8; 1024] })
+            .await
+            .len() as u64;
         DTask::yield_now().await;
     }
     total
@@ -430,7 +490,13 @@ async fn a_state_past_the_budget_fails_clearly() -> TestResult {
         .state_budget(16 * 1024)
         .build()?;
     assert_eq!(rt.client().start(grows(3)).await?.result().await?, 3 * 1024);
-    let err = rt.client().start(grows(100)).await?.result().await.unwrap_err();
+    let err = rt
+        .client()
+        .start(grows(100))
+        .await?
+        .result()
+        .await
+        .unwrap_err();
     let f = err.failure().expect("failed");
     assert!(f.is_state_too_large(), "{f}");
     assert!(f.message().contains("16384"), "{f}");
@@ -439,7 +505,10 @@ async fn a_state_past_the_budget_fails_clearly() -> TestResult {
 
 #[tokio::test]
 async fn results_by_id_later_and_status() -> TestResult {
-    let rt = Runtime::builder().register(thirty_days).virtual_time().build()?;
+    let rt = Runtime::builder()
+        .register(thirty_days)
+        .virtual_time()
+        .build()?;
     let c = rt.client();
     let id = InstanceId::new("order-17")?;
     let h = c.start_with_id(id.clone(), thirty_days()).await?;
@@ -460,9 +529,12 @@ async fn results_by_id_later_and_status() -> TestResult {
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_and_the_worker_keeps_serving() -> TestResult {
     let rt = Runtime::builder().register(add_one).build()?;
-    rt.transport().inject_raw("add_one", b"not an envelope".to_vec());
-    rt.transport().inject_raw("add_one", vec![b'D', b'T', 99, 1, 0]);
-    rt.transport().inject_raw("add_one", vec![b'D', b'T', 1, 1, 0xc1, 0xff]);
+    rt.transport()
+        .inject_raw("add_one", b"not an envelope".to_vec());
+    rt.transport()
+        .inject_raw("add_one", vec![b'D', b'T', 99, 1, 0]);
+    rt.transport()
+        .inject_raw("add_one", vec![b'D', b'T', 1, 1, 0xc1, 0xff]);
     let h = rt.client().start(add_one(1)).await?;
     assert_eq!(h.result().await?, 2);
     rt.wait_idle().await;

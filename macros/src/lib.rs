@@ -85,12 +85,16 @@ impl<'ast> Visit<'ast> for Borrowed {
             .get_or_insert((r.span(), "a reference cannot travel in a message: take an owned value (`String` for `&str`, `Vec<T>` for `&[T]`)"));
     }
     fn visit_lifetime(&mut self, l: &'ast syn::Lifetime) {
-        self.found
-            .get_or_insert((l.span(), "a borrowed type cannot travel in a message: take an owned value"));
+        self.found.get_or_insert((
+            l.span(),
+            "a borrowed type cannot travel in a message: take an owned value",
+        ));
     }
     fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
-        self.found
-            .get_or_insert((t.span(), "`impl Trait` is generic; a DTask's types must be concrete serde types"));
+        self.found.get_or_insert((
+            t.span(),
+            "`impl Trait` is generic; a DTask's types must be concrete serde types",
+        ));
     }
     fn visit_type_ptr(&mut self, t: &'ast syn::TypePtr) {
         self.found
@@ -102,7 +106,10 @@ fn check_type(ty: &Type, what: &str) -> syn::Result<()> {
     let mut v = Borrowed::default();
     v.visit_type(ty);
     match v.found {
-        Some((span, why)) => Err(Error::new(span, format!("{what} of a #[dtask] function: {why}"))),
+        Some((span, why)) => Err(Error::new(
+            span,
+            format!("{what} of a #[dtask] function: {why}"),
+        )),
         None => Ok(()),
     }
 }
@@ -119,13 +126,22 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
         return Err(Error::new(c.span(), "#[dtask] functions cannot be `const`"));
     }
     if let Some(u) = &sig.unsafety {
-        return Err(Error::new(u.span(), "#[dtask] functions cannot be `unsafe`"));
+        return Err(Error::new(
+            u.span(),
+            "#[dtask] functions cannot be `unsafe`",
+        ));
     }
     if let Some(abi) = &sig.abi {
-        return Err(Error::new(abi.span(), "#[dtask] functions cannot have an ABI"));
+        return Err(Error::new(
+            abi.span(),
+            "#[dtask] functions cannot have an ABI",
+        ));
     }
     if let Some(v) = &sig.variadic {
-        return Err(Error::new(v.span(), "#[dtask] functions cannot be variadic"));
+        return Err(Error::new(
+            v.span(),
+            "#[dtask] functions cannot be variadic",
+        ));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         return Err(Error::new(
@@ -159,7 +175,9 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
             FnArg::Typed(pt) => {
                 check_type(&pt.ty, "an argument")?;
                 let id = match &*pt.pat {
-                    Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => pi.ident.clone(),
+                    Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
+                        pi.ident.clone()
+                    }
                     _ => format_ident!("__dtask_arg{}", i),
                 };
                 let ty = &pt.ty;

@@ -1,0 +1,8 @@
+use dtasks::dtask;
+
+#[dtask]
+async fn name() -> &'static str {
+    "fixed"
+}
+
+fn main() {}

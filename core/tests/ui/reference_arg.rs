@@ -1,0 +1,8 @@
+use dtasks::dtask;
+
+#[dtask]
+async fn greet(name: &str) -> String {
+    format!("hello {name}")
+}
+
+fn main() {}
