@@ -215,11 +215,6 @@ impl MemoryTransport {
         self.shared.lock().dead.clone()
     }
 
-    /// Number of timers waiting to fire.
-    pub fn pending_timers(&self) -> usize {
-        self.shared.lock().timers.len()
-    }
-
     /// Puts raw bytes on the task queue of `name`, as a broken or hostile publisher might.
     pub fn inject_raw(&self, name: &str, body: Vec<u8>) {
         let mut mem = self.shared.lock();
@@ -530,5 +525,10 @@ impl Transport for MemoryTransport {
     fn read_status(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
         let r = self.shared.lock().statuses.get(instance).cloned();
         futures::future::ready(Ok(r)).boxed()
+    }
+
+    fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
+        let n = self.shared.lock().timers.len() as u64;
+        futures::future::ready(Ok(Some(n))).boxed()
     }
 }

@@ -187,4 +187,9 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Reads the status register of `instance`.
     fn read_status(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>>;
+
+    /// How many timers wait to fire, when the transport can tell (for progress summaries).
+    fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
+        Box::pin(futures::future::ready(Ok(None)))
+    }
 }
