@@ -1,1 +1,67 @@
-//! RabbitMQ transport for dtasks (under construction).
+//! # dtasks-amqp: the RabbitMQ transport for dtasks
+//!
+//! [`AmqpTransport`] implements [`dtasks::Transport`] on RabbitMQ (3.10 or later) with
+//! nothing but stock features: no plugin, no management API.
+//!
+//! ```no_run
+//! use dtasks::{dtask, Client, Worker};
+//! use dtasks_amqp::{AmqpConfig, AmqpTransport};
+//!
+//! #[dtask]
+//! async fn add_one(x: u64) -> u64 {
+//!     x + 1
+//! }
+//!
+//! # async fn run() -> Result<(), dtasks::Error> {
+//! // AMQP_URL and DTASKS_PREFIX, or the defaults.
+//! let transport = AmqpTransport::connect(AmqpConfig::from_env()).await?;
+//! // A worker (any number of them, in any number of processes)...
+//! let worker = Worker::builder(transport.clone()).register(add_one).build()?;
+//! tokio::spawn(worker.run());
+//! // ...and a client, anywhere.
+//! let handle = Client::new(transport).start(add_one(41)).await?;
+//! assert_eq!(handle.result().await?, 42);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Topology
+//!
+//! Every name starts with the prefix `P` ([`AmqpConfig::prefix`]). Queues are declared
+//! when first needed, always with the same arguments; all messages are persistent and
+//! every publish waits for the broker's confirm.
+//!
+//! | queue | type | arguments | holds |
+//! |---|---|---|---|
+//! | `P.task.<dtask>` | quorum | | steps of instances of one DTask |
+//! | `P.dead` | quorum | | dead letters, with `x-dtasks-reason` and `x-dtasks-queue` headers |
+//! | `P.delay.<k>`, k = 0..=32 | quorum | `x-message-ttl` 2^k ms, dead-letter to `P.delay.ready` (at-least-once, `x-overflow` reject-publish) | timers |
+//! | `P.delay.ready` | quorum | | timers that left a level, re-routed by every consumer |
+//! | `P.shard.<i>`, i < shards | quorum | `x-single-active-consumer` | doorbells, routed by FNV-1a of the instance id |
+//! | `P.mbox.<instance>` | classic | `x-expires` (mailbox retention) | the mailbox of an instance |
+//! | `P.result.<instance>` | classic | `x-max-length` 1, `x-overflow` reject-publish, `x-expires` | the result (written once) |
+//! | `P.status.<instance>` | classic | `x-max-length` 1, `x-overflow` drop-head, `x-expires` | the last status |
+//!
+//! Messages carry `message_id` and the headers `x-dtasks-instance`, `x-dtasks-dtask` and
+//! `x-dtasks-envelope`; delayed ones also `x-dtasks-at` (due time, epoch ms) and
+//! `x-dtasks-target` (the DTask whose queue they go to).
+//!
+//! ## Failures
+//!
+//! A lost connection (a broker restart, a network cut) does not end a worker's delivery
+//! stream: the transport reconnects with exponential backoff (up to 5 s) and subscribes
+//! again; deliveries in flight on the dead connection are redelivered by the broker.
+//! Publishing retries on a fresh channel for up to [`AmqpConfig::publish_timeout`].
+//! Waiting for a result survives reconnects too.
+//!
+//! The library emits `tracing` events and installs no subscriber.
+
+mod config;
+mod conn;
+mod consume;
+mod delay;
+mod error;
+mod topology;
+mod transport;
+
+pub use config::{AmqpConfig, DEFAULT_PREFIX, DEFAULT_URL};
+pub use transport::AmqpTransport;

@@ -1,1 +1,425 @@
 //! Integration tests of dtasks against a real RabbitMQ.
+//!
+//! The broker is the one at `AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
+//! With the `testcontainers` feature, when `AMQP_URL` is unset and Docker is reachable, a
+//! RabbitMQ container is started instead. A test fails (never skips) when no broker can
+//! be reached.
+//!
+//! Each test takes a [`Broker`]: a unique queue prefix, transports and workers under it,
+//! and a cleanup that deletes every queue of the prefix.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use dtasks::{Client, Registry, Worker, WorkerStats};
+use dtasks_amqp::{AmqpConfig, AmqpTransport};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Installs a `tracing` subscriber once (filtered by `RUST_LOG`, default `warn`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// The broker address for the tests.
+async fn broker_url() -> anyhow::Result<(String, Option<Container>)> {
+    if let Some(url) = std::env::var("AMQP_URL").ok().filter(|s| !s.is_empty()) {
+        return Ok((url, None));
+    }
+    #[cfg(feature = "testcontainers")]
+    if docker_reachable() {
+        let (url, c) = container::start().await?;
+        return Ok((url, Some(c)));
+    }
+    Ok((dtasks_amqp::DEFAULT_URL.to_string(), None))
+}
+
+#[cfg(feature = "testcontainers")]
+fn docker_reachable() -> bool {
+    std::env::var_os("DOCKER_HOST").is_some()
+        || std::path::Path::new("/var/run/docker.sock").exists()
+}
+
+#[cfg(feature = "testcontainers")]
+type Container = container::Running;
+#[cfg(not(feature = "testcontainers"))]
+type Container = ();
+
+#[cfg(feature = "testcontainers")]
+mod container {
+    use anyhow::Context as _;
+    use testcontainers_modules::rabbitmq::RabbitMq;
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    use testcontainers_modules::testcontainers::ContainerAsync;
+
+    pub(crate) type Running = ContainerAsync<RabbitMq>;
+
+    pub(crate) async fn start() -> anyhow::Result<(String, Running)> {
+        let node = RabbitMq::default()
+            .start()
+            .await
+            .context("starting a RabbitMQ container")?;
+        let host = node.get_host().await?;
+        let port = node.get_host_port_ipv4(5672).await?;
+        Ok((format!("amqp://guest:guest@{host}:{port}/%2f"), node))
+    }
+}
+
+/// One test's corner of the broker: a unique prefix, the transports made under it, and
+/// the cleanup of its queues.
+pub struct Broker {
+    url: String,
+    prefix: String,
+    raw: Connection,
+    transports: Mutex<Vec<AmqpTransport>>,
+    cleaned: bool,
+    _container: Option<Container>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Connects to the test broker under a fresh prefix. Fails when the broker is
+    /// unreachable.
+    pub async fn start() -> anyhow::Result<Self> {
+        init_tracing();
+        let (url, container) = broker_url().await?;
+        let raw = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .with_context(|| format!("no RabbitMQ at {url} (set AMQP_URL)"))?;
+        let prefix = format!("dtit-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        Ok(Self {
+            url,
+            prefix,
+            raw,
+            transports: Mutex::new(Vec::new()),
+            cleaned: false,
+            _container: container,
+        })
+    }
+
+    /// The prefix of this test's queues.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The configuration of this test's transports.
+    pub fn config(&self) -> AmqpConfig {
+        AmqpConfig::new(&self.url).prefix(&self.prefix)
+    }
+
+    /// A new transport (its own connections, like another process) under the prefix.
+    pub async fn transport(&self) -> anyhow::Result<AmqpTransport> {
+        self.transport_with(|c| c).await
+    }
+
+    /// A new transport with an adjusted configuration.
+    pub async fn transport_with(
+        &self,
+        f: impl FnOnce(AmqpConfig) -> AmqpConfig,
+    ) -> anyhow::Result<AmqpTransport> {
+        let t = AmqpTransport::connect(f(self.config())).await?;
+        self.transports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(t.clone());
+        Ok(t)
+    }
+
+    /// A client on a transport of its own.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(self.transport().await?))
+    }
+
+    /// Starts `n` workers, each on a transport of its own, running `registry`.
+    pub async fn workers(&self, n: usize, registry: &Registry) -> anyhow::Result<Workers> {
+        self.workers_with(n, registry, |b| b).await
+    }
+
+    /// Starts `n` workers with an adjusted builder.
+    pub async fn workers_with(
+        &self,
+        n: usize,
+        registry: &Registry,
+        f: impl Fn(dtasks::WorkerBuilder) -> dtasks::WorkerBuilder,
+    ) -> anyhow::Result<Workers> {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut handles = Vec::new();
+        let mut workers = Vec::new();
+        for _ in 0..n {
+            let t = self.transport().await?;
+            let worker = f(Worker::builder(t).registry(registry)).build()?;
+            workers.push(worker.clone());
+            let mut stop = stop_rx.clone();
+            handles.push(tokio::spawn(async move {
+                worker
+                    .run_until(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            }));
+        }
+        // `run_until` subscribes asynchronously: wait until every worker's consumers exist,
+        // so that a test's first message is not published before anyone listens.
+        for name in registry.names() {
+            let queue = format!("{}.task.{name}", self.prefix);
+            wait_for(Duration::from_secs(10), || async {
+                Ok(self.consumers(&queue).await? >= n as u32)
+            })
+            .await
+            .with_context(|| format!("workers did not subscribe to {queue}"))?;
+        }
+        Ok(Workers {
+            stop,
+            handles,
+            workers,
+        })
+    }
+
+    /// A channel on the test's own raw connection, for looking at queues.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(self.raw.create_channel().await?)
+    }
+
+    async fn declare_passive(&self, queue: &str) -> anyhow::Result<Option<lapin::Queue>> {
+        // A passive declare of a missing queue closes its channel: use a throwaway one.
+        let ch = self.channel().await?;
+        let opts = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let r = ch
+            .queue_declare(queue.into(), opts, FieldTable::default())
+            .await;
+        match r {
+            Ok(q) => {
+                let _ = ch.close(200, "OK".into()).await;
+                Ok(Some(q))
+            }
+            Err(e) if e.to_string().contains("NOT_FOUND") || e.to_string().contains("404") => {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The number of ready messages in `queue` (`None` when it does not exist).
+    pub async fn queue_len(&self, queue: &str) -> anyhow::Result<Option<u32>> {
+        Ok(self
+            .declare_passive(queue)
+            .await?
+            .map(|q| q.message_count()))
+    }
+
+    /// The number of consumers of `queue` (0 when it does not exist).
+    pub async fn consumers(&self, queue: &str) -> anyhow::Result<u32> {
+        Ok(self
+            .declare_passive(queue)
+            .await?
+            .map_or(0, |q| q.consumer_count()))
+    }
+
+    /// Takes every message of `queue` (acked: they are gone afterwards).
+    pub async fn take_all(&self, queue: &str) -> anyhow::Result<Vec<lapin::message::Delivery>> {
+        let ch = self.channel().await?;
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await?
+        {
+            out.push(m.delivery);
+        }
+        let _ = ch.close(200, "OK".into()).await;
+        Ok(out)
+    }
+
+    /// Every queue this test knows of: those its transports declared, and (when
+    /// `rabbitmqctl` is available) those the broker lists under the prefix.
+    pub async fn known_queues(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .transports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flat_map(|t| t.declared_queues())
+            .collect();
+        names.extend(listed_queues(&self.prefix).await.unwrap_or_default());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Deletes every queue of the prefix, then checks (with `rabbitmqctl`, when
+    /// available) that none is left. Stop the workers first.
+    pub async fn cleanup(mut self) -> anyhow::Result<()> {
+        self.cleaned = true;
+        let names = self.known_queues().await;
+        delete_queues(&self.raw, &names).await?;
+        if let Some(left) = listed_queues(&self.prefix).await {
+            if !left.is_empty() {
+                bail!("queues left after cleanup: {left:?}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        // The test failed before its cleanup: delete what we can, from a thread of our
+        // own (this may run inside the test's runtime).
+        let mut names: Vec<String> = self
+            .transports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flat_map(|t| t.declared_queues())
+            .collect();
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                // Let stopped workers' consumers go away first, or they declare again.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                names.extend(listed_queues(&prefix).await.unwrap_or_default());
+                if let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await {
+                    let _ = delete_queues(&conn, &names).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn delete_queues(conn: &Connection, names: &[String]) -> anyhow::Result<()> {
+    let ch = conn.create_channel().await?;
+    for name in names {
+        ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .with_context(|| format!("deleting {name}"))?;
+    }
+    let _ = ch.close(200, "OK".into()).await;
+    Ok(())
+}
+
+/// The queues under `prefix` according to `rabbitmqctl` (`None` when it cannot run).
+pub async fn listed_queues(prefix: &str) -> Option<Vec<String>> {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "--quiet", "--no-table-headers"])
+        .output()
+        .await
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let start = format!("{prefix}.");
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with(&start))
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// Workers started by [`Broker::workers`].
+pub struct Workers {
+    stop: watch::Sender<bool>,
+    handles: Vec<JoinHandle<Result<(), dtasks::Error>>>,
+    workers: Vec<Worker>,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("n", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Workers {
+    /// The counters of each worker.
+    pub fn stats(&self) -> Vec<WorkerStats> {
+        self.workers.iter().map(Worker::stats).collect()
+    }
+
+    /// Whether every worker is still running.
+    pub fn running(&self) -> bool {
+        self.handles.iter().all(|h| !h.is_finished())
+    }
+
+    /// Stops the workers (graceful) and returns the first error one of them ended with.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let mut first = Ok(());
+        for h in std::mem::take(&mut self.handles) {
+            let r = h.await.context("a worker panicked")?;
+            if let (Err(e), true) = (r, first.is_ok()) {
+                first = Err(anyhow::Error::from(e).context("a worker failed"));
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for h in &self.handles {
+            h.abort();
+        }
+    }
+}
+
+/// Polls `check` until it holds, failing after `limit`.
+pub async fn wait_for<F, Fut>(limit: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("condition not met within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A registry of the given `#[dtask]` functions.
+#[macro_export]
+macro_rules! registry {
+    ($($f:expr),* $(,)?) => {{
+        let mut r = ::dtasks::Registry::new();
+        $( r.register($f).expect("a #[dtask] function"); )*
+        r
+    }};
+}

@@ -1,0 +1,134 @@
+//! Connections and channels: pooled, checked before reuse, replaced when the broker went
+//! away.
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use deadpool_lapin::{PoolConfig, Runtime, Timeouts};
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, ConnectionProperties};
+
+use crate::error::{AmqpError, Context, Result};
+
+/// How long getting a connection or a channel may take before it counts as a failure.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A pool of connections (deadpool-lapin): a dead connection is replaced on the next get.
+pub(crate) fn connection_pool(
+    url: &str,
+    name: String,
+    size: usize,
+) -> Result<deadpool_lapin::Pool> {
+    let mut pool = PoolConfig::new(size);
+    pool.timeouts = Timeouts {
+        wait: Some(CREATE_TIMEOUT),
+        create: Some(CREATE_TIMEOUT),
+        recycle: Some(CREATE_TIMEOUT),
+    };
+    let cfg = deadpool_lapin::Config {
+        url: Some(url.to_string()),
+        pool: Some(pool),
+    };
+    cfg.create_pool(
+        move || ConnectionProperties::default().with_connection_name(name.clone().into()),
+        Runtime::Tokio1,
+    )
+    .map_err(|e| AmqpError::Config(e.to_string()))
+}
+
+/// Opens a channel on a connection of `conns`.
+pub(crate) async fn open_channel(conns: &deadpool_lapin::Pool) -> Result<Channel> {
+    let conn = conns
+        .get()
+        .await
+        .map_err(|e| AmqpError::Connect(e.to_string()))?;
+    // The channel keeps its connection open; the pool keeps the connection for reuse.
+    conn.create_channel()
+        .await
+        .context(|| "opening a channel".into())
+}
+
+/// Makes channels in publisher-confirm mode for the publish pool.
+pub(crate) struct ConfirmChannels {
+    pub(crate) conns: deadpool_lapin::Pool,
+}
+
+impl managed::Manager for ConfirmChannels {
+    type Type = Channel;
+    type Error = AmqpError;
+
+    async fn create(&self) -> Result<Channel> {
+        let ch = open_channel(&self.conns).await?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context(|| "enabling publisher confirms".into())?;
+        Ok(ch)
+    }
+
+    async fn recycle(&self, ch: &mut Channel, _: &Metrics) -> RecycleResult<AmqpError> {
+        if ch.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("the channel is closed"))
+        }
+    }
+}
+
+pub(crate) type ChannelPool = managed::Pool<ConfirmChannels>;
+
+pub(crate) fn channel_pool(conns: deadpool_lapin::Pool, size: usize) -> Result<ChannelPool> {
+    managed::Pool::builder(ConfirmChannels { conns })
+        .max_size(size)
+        .wait_timeout(Some(CREATE_TIMEOUT * 3))
+        .create_timeout(Some(CREATE_TIMEOUT))
+        .recycle_timeout(Some(CREATE_TIMEOUT))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| AmqpError::Config(e.to_string()))
+}
+
+pub(crate) async fn get_channel(pool: &ChannelPool) -> Result<managed::Object<ConfirmChannels>> {
+    pool.get().await.map_err(|e| match e {
+        managed::PoolError::Backend(e) => e,
+        other => AmqpError::Connect(other.to_string()),
+    })
+}
+
+/// Exponential backoff with jitter, for reconnects and publish retries.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    first: Duration,
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            next: first,
+            max,
+        }
+    }
+
+    /// The next pause: doubles each time up to the cap, minus up to a quarter at random
+    /// so that many clients do not reconnect in lockstep.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter = random_u64() % 1000;
+        d - d.mul_f64(jitter as f64 / 4000.0)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+/// A random number from the standard library's randomly keyed hasher.
+fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}

@@ -1,0 +1,90 @@
+//! The transport's internal error, exposed only through `dtasks::Error::transport`.
+
+use lapin::ErrorKind;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AmqpError {
+    #[error("{context}: {source}")]
+    Broker {
+        context: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("no connection to the broker: {0}")]
+    Connect(String),
+    #[error("the broker returned a message for `{0}` as unroutable (the queue is missing)")]
+    Returned(String),
+    #[error("the broker refused (nack) a message for `{0}`")]
+    Nacked(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Reply codes of channel errors that retrying cannot fix.
+const ACCESS_REFUSED: u16 = 403;
+const NOT_FOUND: u16 = 404;
+const RESOURCE_LOCKED: u16 = 405;
+const PRECONDITION_FAILED: u16 = 406;
+
+impl AmqpError {
+    pub(crate) fn broker(context: impl Into<String>, source: lapin::Error) -> Self {
+        Self::Broker {
+            context: context.into(),
+            source,
+        }
+    }
+
+    fn reply_code(&self) -> Option<u16> {
+        match self {
+            Self::Broker { source, .. } => reply_code(source),
+            _ => None,
+        }
+    }
+
+    /// An error that a retry on a fresh channel or connection cannot fix (a queue declared
+    /// with other arguments, refused access).
+    pub(crate) fn is_permanent(&self) -> bool {
+        match self {
+            Self::Config(_) | Self::Invalid(_) => true,
+            _ => matches!(
+                self.reply_code(),
+                Some(ACCESS_REFUSED | RESOURCE_LOCKED | PRECONDITION_FAILED)
+            ),
+        }
+    }
+}
+
+/// The broker closed the channel because a queue does not exist.
+pub(crate) fn is_not_found(e: &lapin::Error) -> bool {
+    reply_code(e) == Some(NOT_FOUND)
+}
+
+fn reply_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        ErrorKind::ProtocolError(p) => Some(p.get_id()),
+        _ => None,
+    }
+}
+
+impl From<AmqpError> for dtasks::Error {
+    fn from(e: AmqpError) -> Self {
+        dtasks::Error::transport(e)
+    }
+}
+
+pub(crate) type Result<T, E = AmqpError> = std::result::Result<T, E>;
+
+/// Adds what was being done to a broker error.
+pub(crate) trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for std::result::Result<T, lapin::Error> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| AmqpError::broker(what(), e))
+    }
+}
