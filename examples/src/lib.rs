@@ -1,1 +1,160 @@
-//! Examples of dtasks.
+//! The order-processing flow used by the examples: charge the card, wait out a cooling-off
+//! period on a durable timer, ship every item in parallel (fan-out), and collect the
+//! shipments (fan-in).
+//!
+//! Steps print as they happen. Parent-level prints go through [`DTask::run`] so that a
+//! replay (each resume re-runs the function from the top) does not print them again.
+
+use std::time::Duration;
+
+use dtasks::{dtask, DTask};
+use serde::{Deserialize, Serialize};
+
+/// An order to process.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Order {
+    /// The order number.
+    pub id: u32,
+    /// Who ordered.
+    pub customer: String,
+    /// What to ship.
+    pub items: Vec<Item>,
+    /// The amount to charge, in cents.
+    pub cents: u64,
+}
+
+/// One line of an order.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Item {
+    /// Stock-keeping unit.
+    pub sku: String,
+    /// How many.
+    pub qty: u32,
+}
+
+/// A shipped item.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Shipment {
+    /// The item shipped.
+    pub sku: String,
+    /// The carrier's tracking number.
+    pub tracking: String,
+}
+
+/// The result of a processed order.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Receipt {
+    /// The order number.
+    pub order: u32,
+    /// The payment reference.
+    pub payment: String,
+    /// One shipment per item.
+    pub shipments: Vec<Shipment>,
+}
+
+/// Why an order failed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum OrderError {
+    /// The card was declined.
+    PaymentDeclined(String),
+}
+
+impl std::fmt::Display for OrderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OrderError::PaymentDeclined(why) => write!(f, "payment declined: {why}"),
+        }
+    }
+}
+
+/// Charges `cents` for order `order` (a stand-in for a payment API call).
+#[dtask(name = "shop.charge")]
+pub async fn charge(order: u32, cents: u64) -> Result<String, OrderError> {
+    println!("  [charge]   order {order}: charging {cents} cents");
+    // An ordinary future inside a DTask: local work, driven to completion.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    if cents == 0 {
+        return Err(OrderError::PaymentDeclined("nothing to charge".into()));
+    }
+    Ok(format!("pay-{order}-{cents}"))
+}
+
+/// Ships one item of order `order`.
+#[dtask(name = "shop.ship")]
+pub async fn ship(order: u32, item: Item) -> Shipment {
+    println!("  [ship]     order {order}: shipping {} x {}", item.qty, item.sku);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Shipment {
+        tracking: format!("TRK-{order}-{}", item.sku),
+        sku: item.sku,
+    }
+}
+
+/// Processes an order: charge, a durable cooling-off delay, fan-out shipping, fan-in.
+#[dtask(name = "shop.process_order")]
+pub async fn process_order(order: Order, cooling_off_ms: u64) -> Result<Receipt, OrderError> {
+    let id = order.id;
+    say(format!(
+        "  [order {id}] received from {}: {} items, {} cents",
+        order.customer,
+        order.items.len(),
+        order.cents
+    ))
+    .await;
+    // Request-reply with a child DTask; its `Err` arrives as a value.
+    let payment = charge(id, order.cents).await?;
+    say(format!(
+        "  [order {id}] paid ({payment}); cooling-off for {cooling_off_ms} ms on a durable timer"
+    ))
+    .await;
+    DTask::delay(Duration::from_millis(cooling_off_ms)).await;
+    say(format!(
+        "  [order {id}] shipping {} items in parallel",
+        order.items.len()
+    ))
+    .await;
+    let shipments = DTask::when_all(order.items.into_iter().map(|item| ship(id, item))).await;
+    say(format!("  [order {id}] all {} items shipped", shipments.len())).await;
+    Ok(Receipt {
+        order: id,
+        payment,
+        shipments,
+    })
+}
+
+/// Prints once: the print is a recorded side effect, not re-run on replay.
+async fn say(line: String) {
+    DTask::run(move || async move { println!("{line}") }).await
+}
+
+/// A sample order.
+pub fn sample_order(id: u32) -> Order {
+    Order {
+        id,
+        customer: format!("customer-{id}"),
+        items: ["book", "lamp", "mug"]
+            .iter()
+            .enumerate()
+            .map(|(i, sku)| Item {
+                sku: (*sku).to_string(),
+                qty: i as u32 + 1,
+            })
+            .collect(),
+        cents: 4_200 + u64::from(id),
+    }
+}
+
+/// Reads a setting from the environment, with a default.
+pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Installs a log subscriber that honours `RUST_LOG` (default: `info` for dtasks).
+pub fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
