@@ -95,48 +95,47 @@ async fn subscribe(ch: &Channel, queue: &str) -> Result<lapin::Consumer> {
 
 async fn open(shared: &Shared, names: &[String]) -> Result<Session> {
     let topo = &shared.topo;
-    let mut streams = SelectAll::new();
-
     let task_ch = conn::open_channel(&shared.consume_conns).await?;
-    task_ch
-        .basic_qos(shared.cfg.prefetch, BasicQosOptions::default())
-        .await
-        .context(|| "setting the task prefetch".into())?;
-    for name in names {
-        let queue = topo.task(name);
-        shared
-            .declare_uncached(&task_ch, &queue, Kind::Task)
-            .await?;
-        let c = subscribe(&task_ch, &queue).await?;
-        streams.push(tagged(c, Source::Task(queue.into())));
-    }
-
     // Prefetch 1 per shard consumer: doorbells of one shard, hence of one instance, are
     // handled one at a time. The mailbox is drained on this same channel, so that a dead
     // consumer's doorbell and mailbox messages go back together.
     let shard_ch = conn::open_channel(&shared.consume_conns).await?;
-    shard_ch
-        .basic_qos(1, BasicQosOptions::default())
-        .await
-        .context(|| "setting the shard prefetch".into())?;
-    for i in 0..topo.shards() {
-        let queue = topo.shard(i);
-        shared
-            .declare_uncached(&shard_ch, &queue, Kind::Shard)
-            .await?;
-        let c = subscribe(&shard_ch, &queue).await?;
-        streams.push(tagged(c, Source::Shard(queue.into())));
-    }
-
     let ready_ch = conn::open_channel(&shared.consume_conns).await?;
-    ready_ch
-        .basic_qos(shared.cfg.delay_prefetch, BasicQosOptions::default())
-        .await
-        .context(|| "setting the timer prefetch".into())?;
+    let tasks: Vec<String> = names.iter().map(|n| topo.task(n)).collect();
+    let shards: Vec<String> = (0..topo.shards()).map(|i| topo.shard(i)).collect();
     let ready = topo.delay_ready();
+
+    // Declare everything before consuming anything: a quorum queue consumed right after
+    // its creation can still be starting (RabbitMQ 3.10 then closes the connection).
+    for queue in &tasks {
+        shared.declare_uncached(&task_ch, queue, Kind::Task).await?;
+    }
+    for queue in &shards {
+        shared.declare_uncached(&shard_ch, queue, Kind::Shard).await?;
+    }
     shared
         .declare_uncached(&ready_ch, &ready, Kind::DelayReady)
         .await?;
+
+    let qos = [
+        (&task_ch, shared.cfg.prefetch),
+        (&shard_ch, 1),
+        (&ready_ch, shared.cfg.delay_prefetch),
+    ];
+    for (ch, n) in qos {
+        ch.basic_qos(n, BasicQosOptions::default())
+            .await
+            .context(|| "setting the prefetch".into())?;
+    }
+    let mut streams = SelectAll::new();
+    for queue in tasks {
+        let c = subscribe(&task_ch, &queue).await?;
+        streams.push(tagged(c, Source::Task(queue.into())));
+    }
+    for queue in shards {
+        let c = subscribe(&shard_ch, &queue).await?;
+        streams.push(tagged(c, Source::Shard(queue.into())));
+    }
     let c = subscribe(&ready_ch, &ready).await?;
     streams.push(tagged(c, Source::Ready));
 
@@ -162,6 +161,7 @@ async fn supervise(
     first: oneshot::Sender<Result<()>>,
 ) {
     let mut first = Some(first);
+    let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(100), shared.cfg.max_backoff);
     loop {
         let opened = tokio::select! {
@@ -190,11 +190,16 @@ async fn supervise(
                 }
             }
             Err(e) => {
-                if let Some(f) = first.take() {
-                    let _ = f.send(Err(e));
+                // The first subscription reports what retrying cannot fix (or a broker
+                // away for longer than the publish timeout) to the caller.
+                let give_up = e.is_permanent() || started.elapsed() >= shared.cfg.publish_timeout;
+                if first.is_some() && give_up {
+                    if let Some(f) = first.take() {
+                        let _ = f.send(Err(e));
+                    }
                     return;
                 }
-                warn!(error = %e, "re-subscribing failed; retrying");
+                warn!(error = %e, "subscribing failed; retrying");
             }
         }
         tokio::select! {
