@@ -82,7 +82,10 @@ pub async fn charge(order: u32, cents: u64) -> Result<String, OrderError> {
 /// Ships one item of order `order`.
 #[dtask(name = "shop.ship")]
 pub async fn ship(order: u32, item: Item) -> Shipment {
-    println!("  [ship]     order {order}: shipping {} x {}", item.qty, item.sku);
+    println!(
+        "  [ship]     order {order}: shipping {} x {}",
+        item.qty, item.sku
+    );
     tokio::time::sleep(Duration::from_millis(10)).await;
     Shipment {
         tracking: format!("TRK-{order}-{}", item.sku),
@@ -114,7 +117,11 @@ pub async fn process_order(order: Order, cooling_off_ms: u64) -> Result<Receipt,
     ))
     .await;
     let shipments = DTask::when_all(order.items.into_iter().map(|item| ship(id, item))).await;
-    say(format!("  [order {id}] all {} items shipped", shipments.len())).await;
+    say(format!(
+        "  [order {id}] all {} items shipped",
+        shipments.len()
+    ))
+    .await;
     Ok(Receipt {
         order: id,
         payment,

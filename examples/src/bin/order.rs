@@ -42,13 +42,18 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     } else {
-        println!("dtasks order example on the embedded in-memory runtime (set AMQP_URL for RabbitMQ)");
+        println!(
+            "dtasks order example on the embedded in-memory runtime (set AMQP_URL for RabbitMQ)"
+        );
         let rt = Runtime::builder()
             .register(process_order)
             .register(charge)
             .register(ship)
             .build()?;
-        let handle = rt.client().start(process_order(order, cooling_off_ms)).await?;
+        let handle = rt
+            .client()
+            .start(process_order(order, cooling_off_ms))
+            .await?;
         println!("started instance {}", handle.id());
         match handle.result().await? {
             Ok(receipt) => println!("result: {receipt:?}"),

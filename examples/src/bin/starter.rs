@@ -26,7 +26,12 @@ async fn main() -> anyhow::Result<()> {
     }
     for h in handles {
         match h.result().await? {
-            Ok(r) => println!("{}: order {} shipped {} items", h.id(), r.order, r.shipments.len()),
+            Ok(r) => println!(
+                "{}: order {} shipped {} items",
+                h.id(),
+                r.order,
+                r.shipments.len()
+            ),
             Err(e) => println!("{}: order failed: {e}", h.id()),
         }
     }
