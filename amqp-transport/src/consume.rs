@@ -111,7 +111,9 @@ async fn open(shared: &Shared, names: &[String]) -> Result<Session> {
         shared.declare_uncached(&task_ch, queue, Kind::Task).await?;
     }
     for queue in &shards {
-        shared.declare_uncached(&shard_ch, queue, Kind::Shard).await?;
+        shared
+            .declare_uncached(&shard_ch, queue, Kind::Shard)
+            .await?;
     }
     shared
         .declare_uncached(&ready_ch, &ready, Kind::DelayReady)
