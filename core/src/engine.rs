@@ -86,7 +86,8 @@ impl Engine {
                     {
                         if at > now {
                             // Arrived early (clock skew, delay rounding): wait the rest.
-                            let id = format!("{}:r{seq}", state.id);
+                            // A fresh id: the dedupe window has seen this message's id.
+                            let id = format!("{}:r{seq}@{}", state.id, to_millis(now));
                             let msg = TaskMessage::Step {
                                 state: Box::new(state.clone()),
                                 completion: Some((seq, outcome)),
@@ -128,7 +129,7 @@ impl Engine {
                             at: from_millis(not_before_ms),
                         },
                         body: encode(&body),
-                        message_id: format!("{instance}:fwd:{not_before_ms}"),
+                        message_id: format!("{instance}:fwd{not_before_ms}@{}", to_millis(now)),
                         instance,
                         dtask: name,
                     }];
@@ -551,5 +552,58 @@ pub(crate) fn status_write(state: &InstanceState, status: Status) -> Outgoing {
         message_id: format!("{}:status:{}", state.id, state.recorded),
         instance: state.id.clone(),
         dtask: state.name.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::state::{Entry, InstanceId};
+
+    fn timer_step(fire_at: SystemTime) -> TaskMessage {
+        let mut state = InstanceState::new(
+            InstanceId::new("early").expect("valid"),
+            "sleeper".into(),
+            Vec::new(),
+            ReplyTo::Root,
+        );
+        state.journal.push(Entry {
+            cmd: Command::Delay {
+                millis: 1_000,
+                fire_at_ms: to_millis(fire_at),
+            },
+            result: None,
+            order: 0,
+        });
+        TaskMessage::Step {
+            state: Box::new(state),
+            completion: Some((0, Outcome::Ok(UNIT.to_vec()))),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_early_timer_waits_again_under_a_fresh_message_id() {
+        let engine = Engine::new(Registry::new(), DEFAULT_STATE_BUDGET);
+        let now = from_millis(1_700_000_000_000);
+        let fire_at = now + Duration::from_millis(1_000);
+        let out = engine.handle_task(timer_step(fire_at), now).await;
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].destination,
+            Destination::Delayed {
+                name: "sleeper".into(),
+                at: fire_at
+            }
+        );
+        // The original message's id is `early:r0`; the worker's dedupe window has seen it.
+        assert_ne!(out[0].message_id, "early:r0");
+        // Early a second time (clock skew): yet another id.
+        let again = decode::<TaskMessage>(&out[0].body).expect("decodes");
+        let later = now + Duration::from_millis(10);
+        let out2 = engine.handle_task(again, later).await;
+        assert_eq!(out2.len(), 1);
+        assert_ne!(out2[0].message_id, out[0].message_id);
     }
 }
