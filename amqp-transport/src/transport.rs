@@ -126,13 +126,6 @@ pub(crate) enum Route {
     },
 }
 
-/// What a register read found.
-enum Peek {
-    Missing,
-    Empty,
-    Value(Vec<u8>),
-}
-
 /// One message of a raw publish, and whether it is done.
 #[derive(Debug)]
 pub(crate) struct RawItem {
@@ -276,7 +269,12 @@ impl Shared {
                     self.cfg.publish_timeout
                 )));
             }
-            warn!(error = %e, attempt, "publish failed; retrying");
+            if attempt < 3 {
+                // A quorum queue refuses publishes for a moment after its creation.
+                debug!(error = %e, attempt, "publish failed; retrying");
+            } else {
+                warn!(error = %e, attempt, "publish failed; retrying");
+            }
             tokio::time::sleep(pause).await;
         }
     }
@@ -468,8 +466,12 @@ impl Shared {
 
     /// Reads a register without consuming it: takes its messages and puts them back.
     /// `last` picks the newest (status) instead of the oldest (result).
-    async fn peek(&self, queue: &str, last: bool) -> Result<Peek> {
+    async fn peek(&self, queue: &str, kind: Kind, last: bool) -> Result<Option<Vec<u8>>> {
         let ch: Object<ConfirmChannels> = conn::get_channel(&self.channels).await?;
+        // Declared rather than checked: without the management API, looking for a missing
+        // queue closes the channel with an error. A register read before it is written
+        // is created empty, and expires after the retention period like any other.
+        self.declare_uncached(&ch, queue, kind).await?;
         let mut got = Vec::new();
         loop {
             match ch
@@ -484,9 +486,9 @@ impl Shared {
                 }
                 Ok(None) => break,
                 Err(e) if is_not_found(&e) => {
-                    // The broker closed this channel: keep it out of the pool.
+                    // Deleted this instant (expired): as good as empty.
                     drop(Object::take(ch));
-                    return Ok(Peek::Missing);
+                    return Ok(None);
                 }
                 Err(e) => return Err(AmqpError::broker(format!("reading `{queue}`"), e)),
             }
@@ -506,28 +508,18 @@ impl Shared {
         } else {
             got.into_iter().next()
         };
-        Ok(match pick {
-            Some(d) => Peek::Value(d.data),
-            None => Peek::Empty,
-        })
-    }
-
-    async fn read_result(&self, queue: &str) -> Result<Option<Vec<u8>>> {
-        Ok(match self.peek(queue, false).await? {
-            Peek::Value(v) => Some(v),
-            Peek::Missing | Peek::Empty => None,
-        })
+        Ok(pick.map(|d| d.data))
     }
 
     async fn read_status(&self, queue: &str) -> Result<Option<Vec<u8>>> {
-        // The register is declared right before its first write, so an existing but empty
-        // one is being read by someone else this instant (a read takes the message and
-        // puts it back), or its first write is on the way: look again shortly.
-        for _ in 0..3 {
-            match self.peek(queue, true).await? {
-                Peek::Value(v) => return Ok(Some(v)),
-                Peek::Missing => return Ok(None),
-                Peek::Empty => tokio::time::sleep(Duration::from_millis(20)).await,
+        // A register being read by someone else this instant looks empty (a read takes
+        // the message and puts it back): look again shortly before calling it unwritten.
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            if let Some(v) = self.peek(queue, Kind::Status, true).await? {
+                return Ok(Some(v));
             }
         }
         Ok(None)
@@ -751,7 +743,7 @@ impl Transport for AmqpTransport {
         instance: &InstanceId,
     ) -> BoxFuture<'_, std::result::Result<Option<Vec<u8>>, dtasks::Error>> {
         let queue = self.shared.topo.result(instance.as_str());
-        async move { Ok(self.shared.read_result(&queue).await?) }.boxed()
+        async move { Ok(self.shared.peek(&queue, Kind::Result, false).await?) }.boxed()
     }
 
     fn wait_result(

@@ -80,7 +80,7 @@ mod container {
 pub struct Broker {
     url: String,
     prefix: String,
-    raw: Connection,
+    raw: tokio::sync::Mutex<Connection>,
     transports: Mutex<Vec<AmqpTransport>>,
     cleaned: bool,
     _container: Option<Container>,
@@ -107,7 +107,7 @@ impl Broker {
         Ok(Self {
             url,
             prefix,
-            raw,
+            raw: tokio::sync::Mutex::new(raw),
             transports: Mutex::new(Vec::new()),
             cleaned: false,
             _container: container,
@@ -192,9 +192,14 @@ impl Broker {
         })
     }
 
-    /// A channel on the test's own raw connection, for looking at queues.
+    /// A channel on the test's own raw connection, for looking at queues. The
+    /// connection is made again when the broker closed it.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(self.raw.create_channel().await?)
+        let mut raw = self.raw.lock().await;
+        if !raw.status().connected() {
+            *raw = Connection::connect(&self.url, ConnectionProperties::default()).await?;
+        }
+        Ok(raw.create_channel().await?)
     }
 
     async fn declare_passive(&self, queue: &str) -> anyhow::Result<Option<lapin::Queue>> {
@@ -270,7 +275,7 @@ impl Broker {
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
         self.cleaned = true;
         let names = self.known_queues().await;
-        delete_queues(&self.raw, &names).await?;
+        delete_queues(&self.channel().await?, &names).await?;
         if let Some(left) = listed_queues(&self.prefix).await {
             if !left.is_empty() {
                 bail!("queues left after cleanup: {left:?}");
@@ -307,7 +312,9 @@ impl Drop for Broker {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 names.extend(listed_queues(&prefix).await.unwrap_or_default());
                 if let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await {
-                    let _ = delete_queues(&conn, &names).await;
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = delete_queues(&ch, &names).await;
+                    }
                 }
             });
         })
@@ -315,8 +322,7 @@ impl Drop for Broker {
     }
 }
 
-async fn delete_queues(conn: &Connection, names: &[String]) -> anyhow::Result<()> {
-    let ch = conn.create_channel().await?;
+async fn delete_queues(ch: &Channel, names: &[String]) -> anyhow::Result<()> {
     for name in names {
         ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default())
             .await
@@ -324,6 +330,44 @@ async fn delete_queues(conn: &Connection, names: &[String]) -> anyhow::Result<()
     }
     let _ = ch.close(200, "OK".into()).await;
     Ok(())
+}
+
+/// Runs `rabbitmqctl` with `args` and returns its output.
+pub async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .await
+        .context("running rabbitmqctl")?;
+    if !out.status.success() {
+        bail!(
+            "rabbitmqctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Broker {
+    /// Has the broker close every connection of this test's transports (their client
+    /// name holds the prefix), as a network cut would. Returns how many it closed.
+    pub async fn cut_connections(&self) -> anyhow::Result<usize> {
+        let list = rabbitmqctl(&[
+            "list_connections",
+            "pid",
+            "client_properties",
+            "--quiet",
+            "--no-table-headers",
+        ])
+        .await?;
+        let mut n = 0;
+        for line in list.lines().filter(|l| l.contains(&self.prefix)) {
+            let pid = line.split_whitespace().next().context("no pid")?;
+            rabbitmqctl(&["close_connection", pid, "cut by a test"]).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
 }
 
 /// The queues under `prefix` according to `rabbitmqctl` (`None` when it cannot run).

@@ -1,0 +1,82 @@
+//! Lost connections and broker restarts: workers and clients carry on.
+
+use std::time::Duration;
+
+use dtasks::{dtask, DTask};
+use dtasks_integration_tests::{rabbitmqctl, registry, wait_for, Broker};
+
+#[dtask]
+async fn pause(ms: u64) -> u64 {
+    DTask::delay(Duration::from_millis(ms)).await;
+    ms
+}
+
+#[dtask]
+async fn pauses(n: u64, ms: u64) -> u64 {
+    DTask::when_all((0..n).map(|i| pause(ms + i)))
+        .await
+        .iter()
+        .sum()
+}
+
+fn expected(n: u64, ms: u64) -> u64 {
+    (0..n).map(|i| ms + i).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_and_clients_survive_lost_connections() -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    let w = b.workers(2, &registry![pauses, pause]).await?;
+    let c = b.client().await?;
+    let h = c.start(pauses(20, 1_000)).await?;
+    // While the children wait on their timers, a client waits for the result.
+    let waiting = tokio::spawn({
+        let h = h.clone();
+        async move { h.result().await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let cut = b.cut_connections().await?;
+    // Two workers and a client, each with a publisher and a consumer connection.
+    assert!(cut >= 5, "only {cut} connections were cut");
+    assert_eq!(waiting.await??, expected(20, 1_000));
+    // The workers re-subscribed and keep serving.
+    assert!(w.running());
+    let again = c.start(pauses(5, 10)).await?;
+    assert_eq!(again.result().await?, expected(5, 10));
+    let queue = format!("{}.task.pause", b.prefix());
+    wait_for(Duration::from_secs(10), || async {
+        Ok(b.consumers(&queue).await? == 2)
+    })
+    .await?;
+    assert_eq!(b.queue_len(&format!("{}.dead", b.prefix())).await?, Some(0));
+    w.stop().await?;
+    b.cleanup().await
+}
+
+/// Restarts the broker's application under everyone using it: run alone, with
+/// `cargo test -p dtasks-integration-tests --test failures -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts the shared broker; run on its own with --ignored"]
+async fn a_broker_restart_loses_nothing() -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    let w = b.workers(1, &registry![pauses, pause]).await?;
+    let c = b.client().await?;
+    let before = c.start(pauses(10, 3_000)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rabbitmqctl(&["stop_app"]).await?;
+    // A start during the outage waits for the broker instead of failing.
+    let starting = tokio::spawn({
+        let c = c.clone();
+        async move { c.start(pauses(3, 100)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rabbitmqctl(&["start_app"]).await?;
+    let during = starting.await??;
+    assert_eq!(before.result().await?, expected(10, 3_000));
+    assert_eq!(during.result().await?, expected(3, 100));
+    assert!(w.running());
+    let after = c.start(pauses(3, 10)).await?;
+    assert_eq!(after.result().await?, expected(3, 10));
+    w.stop().await?;
+    b.cleanup().await
+}
