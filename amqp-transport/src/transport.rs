@@ -623,6 +623,29 @@ impl Shared {
         Ok(out)
     }
 
+    /// The timers waiting in the delay levels and the ready queue.
+    async fn pending_timers(&self) -> Result<u64> {
+        let ch = conn::get_channel(&self.channels).await?;
+        // Declared, not looked up: a missing queue would close the channel with an error.
+        // The levels are part of the deployment's topology anyway.
+        let mut queues: Vec<(String, Kind)> = (0..=topology::MAX_LEVEL)
+            .map(|k| (self.topo.delay_level(k), Kind::DelayLevel(k)))
+            .collect();
+        queues.push((self.topo.delay_ready(), Kind::DelayReady));
+        let mut n = 0u64;
+        for (queue, kind) in queues {
+            let (opts, args) = self.topo.declaration(kind);
+            let q = ch
+                .queue_declare(short(&queue)?, opts, args)
+                .await
+                .context(|| format!("declaring queue `{queue}`"))?;
+            lock(&self.declared).insert(queue.clone());
+            lock(&self.ever_declared).insert(queue);
+            n += u64::from(q.message_count());
+        }
+        Ok(n)
+    }
+
     /// Records that `instance`'s doorbell is outstanding on `ch`; returns a token for
     /// [`Shared::doorbell_done`].
     pub(crate) fn doorbell_out(&self, instance: &str, ch: &Channel) -> u64 {
@@ -760,5 +783,9 @@ impl Transport for AmqpTransport {
     ) -> BoxFuture<'_, std::result::Result<Option<Vec<u8>>, dtasks::Error>> {
         let queue = self.shared.topo.status(instance.as_str());
         async move { Ok(self.shared.read_status(&queue).await?) }.boxed()
+    }
+
+    fn pending_timers(&self) -> BoxFuture<'_, std::result::Result<Option<u64>, dtasks::Error>> {
+        async move { Ok(Some(self.shared.pending_timers().await?)) }.boxed()
     }
 }

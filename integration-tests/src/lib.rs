@@ -273,9 +273,10 @@ impl Broker {
     /// Deletes every queue of the prefix, then checks (with `rabbitmqctl`, when
     /// available) that none is left. Stop the workers first.
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
-        self.cleaned = true;
         let names = self.known_queues().await;
         delete_queues(&self.channel().await?, &names).await?;
+        // Past here, dropping `self` need not try again.
+        self.cleaned = true;
         if let Some(left) = listed_queues(&self.prefix).await {
             if !left.is_empty() {
                 bail!("queues left after cleanup: {left:?}");

@@ -534,7 +534,7 @@ async fn results_by_id_from_a_second_client_and_status() -> anyhow::Result<()> {
     // Reading does not consume: again, from the first client.
     assert_eq!(h.result().await?, "later");
     assert_eq!(c.status(&id).await?, Status::Succeeded);
-    // Starting the same id again runs it once more at most: one result for both.
+    // Starting the same id again: one result for both.
     let again = c.start_with_id(id.clone(), later(1)).await?;
     assert_eq!(again.result().await?, "later");
     w.stop().await?;

@@ -164,6 +164,7 @@ async fn a_ten_day_delay_is_parked_in_a_high_level() -> anyhow::Result<()> {
         Some(0)
     );
     assert_eq!(h.try_result().await?, None);
+    assert_eq!(b.transport().await?.pending_timers().await?, Some(1));
     w.stop().await?;
     b.cleanup().await
 }
