@@ -1,0 +1,139 @@
+//! A transport wrapper that counts what the core publishes: messages and bytes by
+//! destination, and publish batches (each is one wait for the broker's confirms).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use dtasks::transport::{Delivery, Destination, MailboxMessage, Outgoing, Published, Transport};
+use dtasks::{Error, InstanceId};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+/// Destination kinds, in the order of [`KINDS`].
+pub(crate) const KINDS: [&str; 6] = ["task", "delayed", "mailbox", "result", "status", "other"];
+
+fn kind_of(d: &Destination) -> usize {
+    match d {
+        Destination::Task { .. } => 0,
+        Destination::Delayed { .. } => 1,
+        Destination::Mailbox { .. } => 2,
+        Destination::Result { .. } => 3,
+        Destination::Status { .. } => 4,
+        _ => 5,
+    }
+}
+
+/// Counters shared by the wrappers of one environment.
+#[derive(Default)]
+pub(crate) struct Counters {
+    batches: AtomicU64,
+    msgs: [AtomicU64; 6],
+    bytes: [AtomicU64; 6],
+}
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) batches: u64,
+    pub(crate) msgs: [u64; 6],
+    pub(crate) bytes: [u64; 6],
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> Counts {
+        let mut c = Counts {
+            batches: self.batches.load(Ordering::Relaxed),
+            ..Counts::default()
+        };
+        for i in 0..6 {
+            c.msgs[i] = self.msgs[i].load(Ordering::Relaxed);
+            c.bytes[i] = self.bytes[i].load(Ordering::Relaxed);
+        }
+        c
+    }
+}
+
+impl Counts {
+    /// What happened between `earlier` and `self`.
+    pub(crate) fn since(&self, earlier: &Counts) -> Counts {
+        let mut c = Counts {
+            batches: self.batches - earlier.batches,
+            ..Counts::default()
+        };
+        for i in 0..6 {
+            c.msgs[i] = self.msgs[i] - earlier.msgs[i];
+            c.bytes[i] = self.bytes[i] - earlier.bytes[i];
+        }
+        c
+    }
+
+    pub(crate) fn total_msgs(&self) -> u64 {
+        self.msgs.iter().sum()
+    }
+
+    pub(crate) fn total_bytes(&self) -> u64 {
+        self.bytes.iter().sum()
+    }
+}
+
+/// Wraps a transport and counts its publishes.
+pub(crate) struct Counting {
+    inner: Arc<dyn Transport>,
+    counters: Arc<Counters>,
+}
+
+impl Counting {
+    pub(crate) fn new(inner: Arc<dyn Transport>, counters: Arc<Counters>) -> Self {
+        Self { inner, counters }
+    }
+}
+
+impl Transport for Counting {
+    fn now(&self) -> SystemTime {
+        self.inner.now()
+    }
+
+    fn publish(&self, batch: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Published>, Error>> {
+        if !batch.is_empty() {
+            let c = &self.counters;
+            c.batches.fetch_add(1, Ordering::Relaxed);
+            for o in &batch {
+                let k = kind_of(&o.destination);
+                c.msgs[k].fetch_add(1, Ordering::Relaxed);
+                c.bytes[k].fetch_add(o.body.len() as u64, Ordering::Relaxed);
+            }
+        }
+        self.inner.publish(batch)
+    }
+
+    fn consume(
+        &self,
+        names: Vec<String>,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Delivery, Error>>, Error>> {
+        self.inner.consume(names)
+    }
+
+    fn drain_mailbox(
+        &self,
+        instance: &InstanceId,
+    ) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>> {
+        self.inner.drain_mailbox(instance)
+    }
+
+    fn read_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
+        self.inner.read_result(instance)
+    }
+
+    fn wait_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Vec<u8>, Error>> {
+        self.inner.wait_result(instance)
+    }
+
+    fn read_status(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
+        self.inner.read_status(instance)
+    }
+
+    fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
+        self.inner.pending_timers()
+    }
+}

@@ -1,0 +1,190 @@
+//! Where the workloads run: workers and a client on the in-memory transport or on
+//! RabbitMQ, behind the counting wrapper.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dtasks::{Client, MemoryTransport, Transport, Worker, WorkerStats};
+use dtasks_amqp::{AmqpConfig, AmqpTransport};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::counting::{Counters, Counting};
+use crate::sys::Admin;
+use crate::tasks::{chain, fan, step, timer};
+
+/// The settings every workload runs with (recorded with the results).
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// Worker loops (in-memory: on one transport; RabbitMQ: each on its own connections).
+    pub(crate) workers: usize,
+    /// Deliveries each worker handles at once.
+    pub(crate) concurrency: usize,
+    /// Task-queue prefetch per worker (RabbitMQ).
+    pub(crate) prefetch: u16,
+    /// User payload bytes carried by each step (and by each raw baseline message).
+    pub(crate) payload: u32,
+    /// Child steps per chain (W1, W4).
+    pub(crate) steps: u32,
+}
+
+/// Which transport an environment runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Which {
+    Memory,
+    Amqp,
+}
+
+/// Workers and a client on one transport.
+pub(crate) struct Env {
+    pub(crate) which: Which,
+    pub(crate) client: Client,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) broker_pid: Option<String>,
+    pub(crate) prefix: Option<String>,
+    stop: watch::Sender<bool>,
+    handles: Vec<JoinHandle<Result<(), dtasks::Error>>>,
+    workers: Vec<Worker>,
+    memory: Option<MemoryTransport>,
+    amqp: Vec<AmqpTransport>,
+}
+
+fn worker(t: Arc<dyn Transport>, s: &Settings) -> Result<Worker, dtasks::Error> {
+    Worker::builder_arc(t)
+        .register(chain)
+        .register(step)
+        .register(fan)
+        .register(timer)
+        .concurrency(s.concurrency)
+        .build()
+}
+
+impl Env {
+    fn spawn(which: Which, workers: Vec<Worker>, client: Client, counters: Arc<Counters>) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let handles = workers
+            .iter()
+            .map(|w| {
+                let w = w.clone();
+                let mut stop = stop_rx.clone();
+                tokio::spawn(async move {
+                    w.run_until(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+                })
+            })
+            .collect();
+        Self {
+            which,
+            client,
+            counters,
+            broker_pid: None,
+            prefix: None,
+            stop,
+            handles,
+            workers,
+            memory: None,
+            amqp: Vec::new(),
+        }
+    }
+
+    /// Workers sharing one in-memory transport, and a client on it.
+    pub(crate) fn memory(s: &Settings) -> anyhow::Result<Self> {
+        let counters = Arc::new(Counters::default());
+        let mem = MemoryTransport::new();
+        let shared: Arc<dyn Transport> = Arc::new(Counting::new(
+            Arc::new(mem.clone()) as Arc<dyn Transport>,
+            counters.clone(),
+        ));
+        let workers = (0..s.workers)
+            .map(|_| worker(shared.clone(), s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let client = Client::from_arc(shared);
+        let mut env = Self::spawn(Which::Memory, workers, client, counters);
+        env.memory = Some(mem);
+        Ok(env)
+    }
+
+    /// Workers each on a transport (connections) of its own under `prefix`, and a client
+    /// on another; returns once every worker consumes its task queues.
+    pub(crate) async fn amqp(
+        s: &Settings,
+        prefix: &str,
+        admin: &Admin,
+        broker_pid: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let counters = Arc::new(Counters::default());
+        let cfg = || AmqpConfig::from_env().prefix(prefix).prefetch(s.prefetch);
+        let mut transports = Vec::new();
+        let mut workers = Vec::new();
+        for _ in 0..s.workers {
+            let t = AmqpTransport::connect(cfg()).await?;
+            transports.push(t.clone());
+            let counted: Arc<dyn Transport> =
+                Arc::new(Counting::new(Arc::new(t), counters.clone()));
+            workers.push(worker(counted, s)?);
+        }
+        let ct = AmqpTransport::connect(cfg()).await?;
+        transports.push(ct.clone());
+        let client = Client::from_arc(Arc::new(Counting::new(Arc::new(ct), counters.clone())));
+        let mut env = Self::spawn(Which::Amqp, workers, client, counters);
+        let queues: Vec<String> = ["bench.chain", "bench.step", "bench.fan", "bench.timer"]
+            .iter()
+            .map(|n| transports[0].task_queue(n))
+            .collect();
+        env.amqp = transports;
+        env.prefix = Some(prefix.to_string());
+        env.broker_pid = broker_pid;
+        admin
+            .wait_consumers(&queues, s.workers as u32, Duration::from_secs(30))
+            .await?;
+        Ok(env)
+    }
+
+    /// The workers' counters, summed.
+    pub(crate) fn stats(&self) -> WorkerStats {
+        self.workers
+            .iter()
+            .map(Worker::stats)
+            .fold(WorkerStats::default(), |a, b| a + b)
+    }
+
+    /// How many messages are in the dead letters now.
+    pub(crate) async fn dead_letters(&self, admin: Option<&Admin>) -> anyhow::Result<u64> {
+        match (self.which, &self.memory, admin) {
+            (Which::Memory, Some(m), _) => Ok(m.dead_letters().len() as u64),
+            (Which::Amqp, _, Some(admin)) => {
+                let q = self.amqp[0].dead_letter_queue();
+                Ok(admin.peek(&q).await?.map_or(0, |(n, _)| u64::from(n)))
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// Stops the workers (graceful); returns every queue the transports declared.
+    pub(crate) async fn stop(self) -> anyhow::Result<Vec<String>> {
+        let _ = self.stop.send(true);
+        for h in self.handles {
+            h.await??;
+        }
+        let mut names: Vec<String> = self.amqp.iter().flat_map(|t| t.declared_queues()).collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+}
+
+/// Every queue name a deployment under `prefix` may have declared that does not belong to
+/// one instance: task queues of the bench DTasks, shards, delay levels, ready, dead.
+pub(crate) fn fixed_queues(prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = ["bench.chain", "bench.step", "bench.fan", "bench.timer"]
+        .iter()
+        .map(|n| format!("{prefix}.task.{n}"))
+        .collect();
+    v.extend((0..1024).map(|i| format!("{prefix}.shard.{i}")).take(16));
+    v.extend((0..=32).map(|k| format!("{prefix}.delay.{k}")));
+    v.push(format!("{prefix}.delay.ready"));
+    v.push(format!("{prefix}.dead"));
+    v
+}

@@ -1,0 +1,432 @@
+//! The dtasks benchmark: runs the workloads of `WORKLOADS.md` (W1a chain latency, W1b
+//! chain throughput, W2 fan-out/fan-in, W3 timers, W4 recovery) on the in-memory
+//! transport and on RabbitMQ, with the raw lapin step hand-off baseline in the same run,
+//! and prints one table with the ratios. See `bench/README.md`.
+//!
+//! ```text
+//! cargo run --release -p dtasks-bench -- [--quick] [--transport memory|amqp|all]
+//! ```
+
+mod counting;
+mod env;
+mod raw;
+mod recovery;
+mod report;
+mod sys;
+mod tasks;
+mod workloads;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use crate::env::{fixed_queues, Env, Settings};
+use crate::raw::RawSpec;
+use crate::report::{Report, Set, Sizes};
+use crate::sys::Admin;
+
+const USAGE: &str = "\
+usage: dtasks-bench [--quick] [--transport memory|amqp|all] [options]
+
+  --quick              smaller workloads, one repetition (under 2 minutes)
+  --transport T        memory, amqp or all (default all)
+  --only LIST          comma-separated subset of w1a,w1b,w2,w3,w4,raw (no results file)
+  --workers N          dtasks workers, and raw baseline consumers (default 2)
+  --concurrency N      deliveries each worker handles at once (default 64)
+  --prefetch N         task-queue prefetch per worker and raw consumer (default 64)
+  --payload BYTES      user payload per step (default 256)
+  --reps N             repetitions of W1b and of the raw baseline (default 5, quick 1)
+  --out DIR            where the results go (default bench/results)
+  --no-write           print the table only
+
+The broker is AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f).";
+
+#[derive(Debug)]
+struct Args {
+    quick: bool,
+    memory: bool,
+    amqp: bool,
+    only: Option<Vec<String>>,
+    settings: Settings,
+    reps: Option<usize>,
+    out: Option<PathBuf>,
+    write: bool,
+    worker_mode: bool,
+    prefix: Option<String>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        quick: false,
+        memory: true,
+        amqp: true,
+        only: None,
+        settings: Settings {
+            workers: 2,
+            concurrency: 64,
+            prefetch: 64,
+            payload: 256,
+            steps: 10,
+        },
+        reps: None,
+        out: None,
+        write: true,
+        worker_mode: false,
+        prefix: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .with_context(|| format!("{name} needs a value\n\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--quick" => a.quick = true,
+            "--transport" => match value("--transport")?.as_str() {
+                "memory" => (a.memory, a.amqp) = (true, false),
+                "amqp" | "rabbitmq" => (a.memory, a.amqp) = (false, true),
+                "all" => (a.memory, a.amqp) = (true, true),
+                other => bail!("unknown transport `{other}`\n\n{USAGE}"),
+            },
+            "--only" => {
+                a.only = Some(
+                    value("--only")?
+                        .split(',')
+                        .map(|s| s.trim().to_lowercase())
+                        .collect(),
+                );
+            }
+            "--workers" => a.settings.workers = value("--workers")?.parse()?,
+            "--concurrency" => a.settings.concurrency = value("--concurrency")?.parse()?,
+            "--prefetch" => a.settings.prefetch = value("--prefetch")?.parse()?,
+            "--payload" => a.settings.payload = value("--payload")?.parse()?,
+            "--reps" => a.reps = Some(value("--reps")?.parse()?),
+            "--out" => a.out = Some(value("--out")?.into()),
+            "--no-write" => a.write = false,
+            "--worker-mode" => a.worker_mode = true,
+            "--prefix" => a.prefix = Some(value("--prefix")?),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument `{other}`\n\n{USAGE}"),
+        }
+    }
+    if a.settings.workers == 0 || a.settings.concurrency == 0 || a.settings.prefetch == 0 {
+        bail!("workers, concurrency and prefetch must be at least 1");
+    }
+    Ok(a)
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // lapin logs the broker's expected refusals (a passive declare of a queue that
+        // does not exist yet) at error level: off unless RUST_LOG asks for it.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+impl Args {
+    fn wants(&self, w: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| o.iter().any(|x| x == w))
+    }
+
+    fn sizes(&self) -> Sizes {
+        if self.quick {
+            Sizes {
+                w1a: 10,
+                w1b: 500,
+                w2_parents: 10,
+                w2_width: 100,
+                w3: 500,
+                w3_delay_ms: 2_000,
+                w4: 300,
+                raw_chains: 500,
+                reps: self.reps.unwrap_or(1).max(1),
+            }
+        } else {
+            Sizes {
+                w1a: 20,
+                w1b: 500,
+                w2_parents: 20,
+                w2_width: 100,
+                w3: 1_000,
+                w3_delay_ms: 2_000,
+                w4: 500,
+                raw_chains: 500,
+                reps: self.reps.unwrap_or(5).max(1),
+            }
+        }
+    }
+}
+
+fn step(msg: &str) {
+    eprintln!("[bench] {msg}");
+}
+
+async fn run_memory(a: &Args, z: &Sizes, notes: &mut Vec<String>) -> anyhow::Result<Set> {
+    let s = &a.settings;
+    let env = Env::memory(s)?;
+    let mut set = Set::default();
+    step("in-memory: warm-up");
+    let warm = workloads::w1b(&env, None, s, 20, 900_000_000).await?;
+    if !warm.errors.is_empty() {
+        notes.push(format!("in-memory warm-up errors: {:?}", warm.errors));
+    }
+    if a.wants("w1b") {
+        for rep in 0..z.reps {
+            step(&format!("in-memory: W1b rep {}", rep + 1));
+            set.w1b
+                .push(workloads::w1b(&env, None, s, z.w1b, rep as u64 * 10_000_000).await?);
+        }
+    }
+    if a.wants("w1a") {
+        step("in-memory: W1a");
+        set.w1a = Some(workloads::w1a(&env, None, s, z.w1a).await?);
+    }
+    if a.wants("w2") {
+        step("in-memory: W2");
+        set.w2 = Some(workloads::w2(&env, None, s, z.w2_parents, z.w2_width).await?);
+    }
+    if a.wants("w3") {
+        step("in-memory: W3");
+        set.w3 = Some(workloads::w3(&env, None, z.w3, z.w3_delay_ms).await?);
+    }
+    env.stop().await?;
+    Ok(set)
+}
+
+async fn cleanup(admin: &Admin, prefix: &str, mut names: Vec<String>) -> anyhow::Result<()> {
+    names.extend(fixed_queues(prefix));
+    names.extend(sys::listed_queues(prefix).unwrap_or_default());
+    names.sort();
+    names.dedup();
+    let failed = admin.delete(&names).await?;
+    if failed > 0 {
+        eprintln!("warning: {failed} queues of {prefix} could not be deleted");
+    }
+    if let Some(left) = sys::listed_queues(prefix) {
+        if !left.is_empty() {
+            eprintln!("warning: queues left under {prefix}: {left:?}");
+        }
+    }
+    Ok(())
+}
+
+struct AmqpOut {
+    set: Set,
+    raw: Vec<raw::RawRun>,
+    w4: Option<recovery::Recovery>,
+    w4_control: Option<recovery::Recovery>,
+}
+
+async fn run_amqp(
+    a: &Args,
+    z: &Sizes,
+    admin: &Admin,
+    prefix: &str,
+    broker: Option<String>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<AmqpOut> {
+    let s = &a.settings;
+    let mut out = AmqpOut {
+        set: Set::default(),
+        raw: Vec::new(),
+        w4: None,
+        w4_control: None,
+    };
+    let needs_env = ["w1a", "w1b", "w2", "w3"].iter().any(|w| a.wants(w));
+    if needs_env || a.wants("raw") {
+        let env = Env::amqp(s, prefix, admin, broker.clone()).await?;
+        let raw_queue = format!("{prefix}.raw");
+        let spec = RawSpec {
+            url: sys::amqp_url(),
+            queue: raw_queue.clone(),
+            chains: z.raw_chains,
+            steps: s.steps,
+            payload: s.payload,
+            consumers: s.workers,
+            prefetch: s.prefetch,
+        };
+        let result = async {
+            raw::declare(admin, &raw_queue).await?;
+            if needs_env {
+                step("RabbitMQ: warm-up");
+                let warm = workloads::w1b(&env, Some(admin), s, 20, 900_000_000).await?;
+                if !warm.errors.is_empty() {
+                    notes.push(format!("RabbitMQ warm-up errors: {:?}", warm.errors));
+                }
+            }
+            // The baseline and W1b alternate, so that both see the same machine.
+            for rep in 0..z.reps {
+                if a.wants("raw") {
+                    step(&format!("RabbitMQ: raw hand-off baseline rep {}", rep + 1));
+                    out.raw.push(raw::handoff(&spec, broker.as_deref()).await?);
+                }
+                if a.wants("w1b") {
+                    step(&format!("RabbitMQ: W1b rep {}", rep + 1));
+                    out.set.w1b.push(
+                        workloads::w1b(&env, Some(admin), s, z.w1b, rep as u64 * 10_000_000)
+                            .await?,
+                    );
+                }
+            }
+            if a.wants("w1a") {
+                step("RabbitMQ: W1a");
+                out.set.w1a = Some(workloads::w1a(&env, Some(admin), s, z.w1a).await?);
+            }
+            if a.wants("w2") {
+                step("RabbitMQ: W2");
+                out.set.w2 =
+                    Some(workloads::w2(&env, Some(admin), s, z.w2_parents, z.w2_width).await?);
+            }
+            if a.wants("w3") {
+                step("RabbitMQ: W3");
+                out.set.w3 = Some(workloads::w3(&env, Some(admin), z.w3, z.w3_delay_ms).await?);
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        let declared = env.stop().await?;
+        step("RabbitMQ: deleting the run's queues");
+        let mut names = declared;
+        names.push(raw_queue);
+        cleanup(admin, prefix, names).await?;
+        result?;
+    }
+    if a.wants("w4") {
+        let p4 = format!("{prefix}-w4");
+        let result = async {
+            step("RabbitMQ: W4 without a kill (control)");
+            let control = recovery::run(&p4, admin, s, z.w4, None, None, broker.as_deref()).await?;
+            let kill_after = Duration::from_secs_f64((control.cpu.wall * 0.5).max(0.2));
+            step(&format!(
+                "RabbitMQ: W4 with a worker process SIGKILLed at {:.2} s",
+                kill_after.as_secs_f64()
+            ));
+            let mut killed = recovery::run(
+                &p4,
+                admin,
+                s,
+                z.w4,
+                Some(kill_after),
+                None,
+                broker.as_deref(),
+            )
+            .await?;
+            // The control's completion gap after the same moment, for comparison.
+            let mut control = control;
+            if let Some(k) = killed.kill_at {
+                let mut prev = k;
+                let mut gap: f64 = 0.0;
+                for t in control.done_at.iter().copied().filter(|t| *t >= k) {
+                    gap = gap.max(t - prev);
+                    prev = t;
+                }
+                control.stall = Some(gap);
+            }
+            let mut names = std::mem::take(&mut killed.queues);
+            names.append(&mut control.queues);
+            anyhow::Ok((control, killed, names))
+        }
+        .await;
+        match result {
+            Ok((control, killed, names)) => {
+                out.w4_control = Some(control);
+                out.w4 = Some(killed);
+                cleanup(admin, &p4, names).await?;
+            }
+            Err(e) => {
+                cleanup(admin, &p4, Vec::new()).await?;
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn bench(a: Args) -> anyhow::Result<bool> {
+    let z = a.sizes();
+    let (date, time) = sys::utc_now();
+    let (commit, dirty) = sys::commit();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut notes = Vec::new();
+    let memory = if a.memory {
+        Some(run_memory(&a, &z, &mut notes).await?)
+    } else {
+        None
+    };
+    let (mut amqp, mut raw, mut w4, mut w4_control, mut broker) =
+        (None, Vec::new(), None, None, None);
+    let broker_pid = sys::broker_pid();
+    if a.amqp {
+        let url = sys::amqp_url();
+        let admin = Admin::connect(&url).await?;
+        broker = Some(sys::broker_version().unwrap_or_else(|| "(version unknown)".into()));
+        let prefix = format!(
+            "dtbench-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
+        let out = run_amqp(&a, &z, &admin, &prefix, broker_pid.clone(), &mut notes).await?;
+        amqp = Some(out.set);
+        raw = out.raw;
+        w4 = out.w4;
+        w4_control = out.w4_control;
+    }
+    let report = Report {
+        quick: a.quick,
+        date,
+        time,
+        commit,
+        dirty,
+        cores,
+        broker,
+        broker_cpu: broker_pid.is_some(),
+        settings: a.settings.clone(),
+        sizes: z,
+        memory,
+        amqp,
+        raw,
+        w4,
+        w4_control,
+        notes,
+    };
+    let text = report.render();
+    println!("{text}");
+    let complete = a.memory && a.amqp && a.only.is_none();
+    if a.write && (complete || a.out.is_some()) {
+        let dir = a
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
+        std::fs::create_dir_all(&dir)?;
+        let suffix = if a.quick { "-quick" } else { "" };
+        let name = format!("{}-{}{suffix}.md", report.date, report.commit);
+        std::fs::write(dir.join(&name), &text)?;
+        std::fs::write(dir.join("latest.md"), &text)?;
+        eprintln!("[bench] wrote {}", dir.join(name).display());
+    }
+    let errors = report.errors();
+    if !errors.is_empty() {
+        eprintln!("[bench] VERIFICATION FAILED: {} errors", errors.len());
+    }
+    Ok(errors.is_empty())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = parse_args()?;
+    init_logs();
+    if a.worker_mode {
+        let prefix = a.prefix.clone().context("--worker-mode needs --prefix")?;
+        return recovery::worker_mode(&prefix, &a.settings).await;
+    }
+    if !bench(a).await? {
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! The DTasks the workloads run.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dtasks::{dtask, DTask};
+use serde_bytes::ByteBuf;
+
+/// The byte every payload is filled with; a step checks it, so a corrupted payload fails
+/// the instance instead of passing unnoticed.
+pub(crate) const PAD_BYTE: u8 = 0xA5;
+
+/// A payload of `len` bytes.
+pub(crate) fn pad(len: u32) -> ByteBuf {
+    ByteBuf::from(vec![PAD_BYTE; len as usize])
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One step of a chain: returns its input + 1. Carries a payload, like the raw baseline's
+/// messages, and checks it.
+#[dtask(name = "bench.step")]
+pub(crate) async fn step(x: u64, payload: ByteBuf) -> u64 {
+    assert!(
+        payload.iter().all(|b| *b == PAD_BYTE),
+        "the payload of step {x} arrived corrupted"
+    );
+    x + 1
+}
+
+/// W1: awaits `steps` child steps in sequence; returns `start + steps`.
+#[dtask(name = "bench.chain")]
+pub(crate) async fn chain(start: u64, steps: u32, payload_len: u32) -> u64 {
+    let payload = pad(payload_len);
+    let mut v = start;
+    for _ in 0..steps {
+        v = step(v, payload.clone()).await;
+    }
+    v
+}
+
+/// W2: starts `width` child steps with `when_all` and sums them;
+/// returns `width * base + width * (width + 1) / 2`.
+#[dtask(name = "bench.fan")]
+pub(crate) async fn fan(base: u64, width: u32, payload_len: u32) -> u64 {
+    let payload = pad(payload_len);
+    let all = DTask::when_all((0..u64::from(width)).map(|i| step(base + i, payload.clone()))).await;
+    assert_eq!(all.len(), width as usize, "when_all lost results");
+    all.iter().sum()
+}
+
+/// The sum `fan(base, width, _)` must return.
+pub(crate) fn fan_expected(base: u64, width: u32) -> u64 {
+    let w = u64::from(width);
+    w * base + w * (w + 1) / 2
+}
+
+/// W3: a durable timer of `delay_ms` taken from the first step. Returns the intended wake
+/// time and the time the instance actually resumed (epoch ms). The intended time is read
+/// with `DTask::run` (recorded, so replays reuse it) and the timer is
+/// `DTask::delay_until(it + delay_ms)`: the same timer path as `DTask::delay`, with the
+/// intended wake known exactly.
+#[dtask(name = "bench.timer")]
+pub(crate) async fn timer(delay_ms: u64) -> (u64, u64) {
+    let t0 = DTask::run(|| async { now_ms() }).await;
+    let due = t0 + delay_ms;
+    DTask::delay_until(UNIX_EPOCH + Duration::from_millis(due)).await;
+    let woke = DTask::run(|| async { now_ms() }).await;
+    (due, woke)
+}
