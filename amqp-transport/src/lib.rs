@@ -54,6 +54,23 @@
 //! Waiting for a result survives reconnects too.
 //!
 //! The library emits `tracing` events and installs no subscriber.
+//!
+//! ## Limits worth knowing
+//!
+//! - A doorbell stays unacknowledged while its instance's mailbox step runs, and a task
+//!   message while its step runs: a step must finish well within the broker's
+//!   `consumer_timeout` (30 min by default), or the broker closes the channel and the
+//!   work is redelivered.
+//! - The single active consumer of each shard is the first worker that subscribed; other
+//!   workers take over when it goes away. Task queues are shared by all workers.
+//! - Every process of a deployment must use the same prefix, shard count and retention
+//!   periods ([`AmqpConfig`]).
+//! - A mailbox expires after [`AmqpConfig::mailbox_retention`] without use: keep it
+//!   longer than the longest wait of an instance that waits on several operations.
+//! - Each waiting [`Handle::result`](dtasks::Handle::result) holds a channel of its own
+//!   until the result arrives (RabbitMQ allows about 2,000 channels per connection).
+//! - Reading a register takes its message and puts it back, so two reads at the same
+//!   instant can see it missing; a status read looks again before answering "none".
 
 mod config;
 mod conn;
