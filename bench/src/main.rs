@@ -242,10 +242,10 @@ async fn run_amqp(
     let needs_env = ["w1a", "w1b", "w2", "w3"].iter().any(|w| a.wants(w));
     if needs_env || a.wants("raw") {
         let env = Env::amqp(s, prefix, admin, broker.clone()).await?;
-        let raw_queue = format!("{prefix}.raw");
+        let raw_queue = |rep: usize| format!("{prefix}.raw.{rep}");
         let spec = RawSpec {
             url: sys::amqp_url(),
-            queue: raw_queue.clone(),
+            queue: String::new(),
             chains: z.raw_chains,
             steps: s.steps,
             payload: s.payload,
@@ -253,7 +253,6 @@ async fn run_amqp(
             prefetch: s.prefetch,
         };
         let result = async {
-            raw::declare(admin, &raw_queue).await?;
             if needs_env {
                 step("RabbitMQ: warm-up");
                 let warm = workloads::w1b(&env, Some(admin), s, 20, 900_000_000).await?;
@@ -265,6 +264,12 @@ async fn run_amqp(
             for rep in 0..z.reps {
                 if a.wants("raw") {
                     step(&format!("RabbitMQ: raw hand-off baseline rep {}", rep + 1));
+                    // A fresh queue each time: nothing left over from the previous rep.
+                    let spec = RawSpec {
+                        queue: raw_queue(rep),
+                        ..spec.clone()
+                    };
+                    raw::declare(admin, &spec.queue).await?;
                     out.raw.push(raw::handoff(&spec, broker.as_deref()).await?);
                 }
                 if a.wants("w1b") {
@@ -294,7 +299,7 @@ async fn run_amqp(
         let declared = env.stop().await?;
         step("RabbitMQ: deleting the run's queues");
         let mut names = declared;
-        names.push(raw_queue);
+        names.extend((0..z.reps).map(raw_queue));
         cleanup(admin, prefix, names).await?;
         result?;
     }

@@ -4,6 +4,7 @@
 //! prefetch and concurrency as the dtasks workers.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,6 +115,10 @@ pub(crate) async fn declare(admin: &Admin, queue: &str) -> anyhow::Result<()> {
 /// Runs the baseline once. The queue must exist and be empty.
 pub(crate) async fn handoff(spec: &RawSpec, broker: Option<&str>) -> anyhow::Result<RawRun> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Result<u32, String>>();
+    // Acks sent: the connections close only after every delivery is acked, or the broker
+    // would put the unacked ones back (a chain's last step can finish before the ack of
+    // the step that published it).
+    let acked = Arc::new(AtomicU64::new(0));
     let mut conns = Vec::new();
     for _ in 0..spec.consumers {
         let conn = Connection::connect(&spec.url, ConnectionProperties::default()).await?;
@@ -133,6 +138,7 @@ pub(crate) async fn handoff(spec: &RawSpec, broker: Option<&str>) -> anyhow::Res
                 FieldTable::default(),
             )
             .await?;
+        let acked = acked.clone();
         let (tx, queue, steps, payload) = (
             tx.clone(),
             Arc::<str>::from(spec.queue.as_str()),
@@ -149,6 +155,7 @@ pub(crate) async fn handoff(spec: &RawSpec, broker: Option<&str>) -> anyhow::Res
                     }
                 };
                 let (tx, queue, pub_ch) = (tx.clone(), queue.clone(), pub_ch.clone());
+                let acked = acked.clone();
                 tokio::spawn(async move {
                     let r = async {
                         let (chain, step) = parse(&d.data, payload)?;
@@ -160,6 +167,7 @@ pub(crate) async fn handoff(spec: &RawSpec, broker: Option<&str>) -> anyhow::Res
                             .ack(BasicAckOptions::default())
                             .await
                             .map_err(|e| format!("raw ack: {e}"))?;
+                        acked.fetch_add(1, Ordering::Relaxed);
                         Ok::<_, String>((step == steps).then_some(chain))
                     }
                     .await;
@@ -234,6 +242,18 @@ pub(crate) async fn handoff(spec: &RawSpec, broker: Option<&str>) -> anyhow::Res
     }
     run.cpu = meter.stop();
     let _ = t0;
+    let all_acks = spec.chains as u64 * (u64::from(spec.steps) + 1);
+    let ack_deadline = Instant::now() + Duration::from_secs(30);
+    while acked.load(Ordering::Relaxed) < all_acks && run.errors.is_empty() {
+        if Instant::now() > ack_deadline {
+            run.errors.push(format!(
+                "raw baseline: {} of {all_acks} deliveries acked after 30 s",
+                acked.load(Ordering::Relaxed)
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     if done.len() != spec.chains {
         run.errors.push(format!(
             "raw baseline: {} of {} chains finished",
