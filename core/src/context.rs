@@ -1,4 +1,4 @@
-//! The execution context of one step of a replay-model instance.
+//! The execution context of one step of an instance (replay or snapshot model).
 //!
 //! The driver installs the context in a thread-local slot for the duration of each poll of
 //! the instance's future; DTask leaf futures reach it from there. That keeps the API free
@@ -15,8 +15,16 @@ use crate::state::{Command, Entry, InstanceId, Outcome, Seq};
 pub(crate) struct Exec {
     pub(crate) instance: InstanceId,
     pub(crate) journal: Vec<Entry>,
-    /// Journal length when the step started: entries at or past it were issued now.
+    /// The position of `journal[0]` (non-zero only for compacted snapshot journals).
+    pub(crate) base: Seq,
+    /// The first position of this step: entries at or past it were issued now.
     pub(crate) replayed: usize,
+    /// Snapshot model: operations are always new (nothing is replayed or checked).
+    pub(crate) snapshot: bool,
+    /// Snapshot model: what the await the machine is pending on saved, if anything.
+    pub(crate) saved: Saved,
+    /// Positions claimed by `DTask::spawn` in this step.
+    pub(crate) spawned: Vec<Seq>,
     pub(crate) recorded: u32,
     pub(crate) next_seq: Seq,
     /// Leaf operations that reported `Pending` for want of a result in the last poll.
@@ -27,6 +35,16 @@ pub(crate) struct Exec {
     pub(crate) child_inputs: HashMap<Seq, Vec<u8>>,
 }
 
+/// What the snapshot machine left for the engine at its last pending poll.
+pub(crate) enum Saved {
+    /// Not pending at an await of the machine's body.
+    Nothing,
+    /// Pending at a distributed await: its saved frame.
+    Frame(crate::snapshot::Frame),
+    /// Pending at an await that cannot be saved, and why.
+    Unsaveable(String),
+}
+
 impl Exec {
     pub(crate) fn new(
         instance: InstanceId,
@@ -34,13 +52,29 @@ impl Exec {
         recorded: u32,
         now: SystemTime,
     ) -> Self {
-        let replayed = journal.len();
+        Self::with_base(instance, journal, 0, false, recorded, now)
+    }
+
+    /// A context whose journal starts at position `base`; `snapshot` selects the model.
+    pub(crate) fn with_base(
+        instance: InstanceId,
+        journal: Vec<Entry>,
+        base: Seq,
+        snapshot: bool,
+        recorded: u32,
+        now: SystemTime,
+    ) -> Self {
+        let next_seq = base + journal.len() as Seq;
         Self {
             instance,
             journal,
-            replayed,
+            base,
+            replayed: next_seq as usize,
+            snapshot,
+            saved: Saved::Nothing,
+            spawned: Vec::new(),
             recorded,
-            next_seq: 0,
+            next_seq: if snapshot { next_seq } else { 0 },
             blocked: 0,
             failure: None,
             now,
@@ -62,7 +96,16 @@ impl Exec {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        match self.journal.get(seq as usize) {
+        if self.snapshot {
+            // No replay: every operation is new and takes the next position.
+            self.journal.push(Entry {
+                cmd,
+                result: None,
+                order: 0,
+            });
+            return Some(seq);
+        }
+        match self.entry(seq) {
             Some(recorded) if !recorded.cmd.matches(&cmd) => {
                 let msg = format!(
                     "at journal position {seq} the recorded command is `{}` but replay issued `{}`",
@@ -83,9 +126,15 @@ impl Exec {
         }
     }
 
+    /// The journal entry at position `seq`.
+    pub(crate) fn entry(&self, seq: Seq) -> Option<&Entry> {
+        let i = seq.checked_sub(self.base)?;
+        self.journal.get(i as usize)
+    }
+
     /// The recorded result at `seq`, with its order.
     pub(crate) fn result(&self, seq: Seq) -> Option<(Result<Vec<u8>, Failure>, u32)> {
-        let e = self.journal.get(seq as usize)?;
+        let e = self.entry(seq)?;
         match &e.result {
             Some(Outcome::Ok(b)) => Some((Ok(b.clone()), e.order)),
             Some(Outcome::Failed(f)) => Some((Err(f.clone()), e.order)),
@@ -97,7 +146,8 @@ impl Exec {
     pub(crate) fn record_local(&mut self, seq: Seq, bytes: Vec<u8>) -> u32 {
         self.recorded += 1;
         let order = self.recorded;
-        if let Some(e) = self.journal.get_mut(seq as usize) {
+        let i = seq.checked_sub(self.base).map(|i| i as usize);
+        if let Some(e) = i.and_then(|i| self.journal.get_mut(i)) {
             e.result = Some(Outcome::Ok(bytes));
             e.order = order;
         }

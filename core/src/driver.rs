@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use crate::context::{enter, Exec};
 use crate::error::{Failure, FailureKind};
 use crate::registry::BodyFuture;
+use crate::state::Command;
 
 /// How a step ended.
 pub(crate) enum StepEnd {
@@ -111,11 +112,12 @@ fn decide(polled: Polled, ex: &mut Exec, flag: &Arc<Flag>) -> Decision {
                      FuturesUnordered; use DTask::when_all / when_any instead)",
                 )));
             }
-            if let Some(seq) = ex
+            if let Some(i) = ex
                 .journal
                 .iter()
-                .position(|e| !e.cmd.is_distributed() && e.result.is_none())
+                .position(|e| e.cmd == Command::Run && e.result.is_none())
             {
+                let seq = ex.base as usize + i;
                 return Decision::Done(StepEnd::Failed(Failure::new(
                     FailureKind::Stuck,
                     format!(
@@ -135,6 +137,10 @@ fn decide(polled: Polled, ex: &mut Exec, flag: &Arc<Flag>) -> Decision {
 
 /// A replay that stops before issuing every recorded command has diverged.
 fn unreached(ex: &Exec) -> Option<Failure> {
+    if ex.snapshot {
+        // The snapshot model replays nothing.
+        return None;
+    }
     let issued = ex.next_seq as usize;
     if issued < ex.replayed {
         let cmd = &ex.journal[issued].cmd;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{decode_value, encode_value};
 use crate::context::{with, Exec};
 use crate::error::{Failure, FailureKind};
+use crate::snapshot::{Shape, Spec};
 use crate::state::{stable_hash, to_millis, Command, InstanceId, Seq};
 
 type OrderedFuture<T> = Pin<Box<dyn Future<Output = (T, u32)> + Send>>;
@@ -31,6 +32,8 @@ type OrderedFuture<T> = Pin<Box<dyn Future<Output = (T, u32)> + Send>>;
 #[must_use = "a DTask does nothing unless it is awaited, spawned or started"]
 pub struct DTask<T> {
     kind: Kind<T>,
+    /// The structure of a combinator, for saving it in a snapshot.
+    spec: Spec,
 }
 
 enum Kind<T> {
@@ -85,6 +88,15 @@ impl fmt::Debug for LeafOp {
     }
 }
 
+impl Spec {
+    fn of_leaf(op: &LeafOp, catch: bool) -> Self {
+        match op {
+            LeafOp::Handle { seq, .. } => Spec::Handle { seq: *seq, catch },
+            _ => Spec::Claim { catch },
+        }
+    }
+}
+
 impl Leaf {
     fn new(op: LeafOp) -> Self {
         Self {
@@ -121,10 +133,7 @@ impl Leaf {
             LeafOp::Yield => Command::Yield,
             LeafOp::Handle { instance, seq } => {
                 let valid = *instance == ex.instance
-                    && ex
-                        .journal
-                        .get(*seq as usize)
-                        .is_some_and(|e| e.cmd.is_distributed());
+                    && ex.entry(*seq).is_some_and(|e| e.cmd.is_distributed());
                 if !valid {
                     let msg = format!(
                         "a spawn handle of instance `{instance}` (operation {seq}) was awaited in \
@@ -231,8 +240,38 @@ impl<T: DeserializeOwned + Send + 'static> Future for DTask<T> {
 
 impl<T> DTask<T> {
     pub(crate) fn call(name: String, input: Result<Vec<u8>, String>) -> Self {
+        Self::op(LeafOp::Child { name, input })
+    }
+
+    fn op(op: LeafOp) -> Self {
+        let spec = Spec::of_leaf(&op, false);
         Self {
-            kind: Kind::Op(Leaf::new(LeafOp::Child { name, input }), PhantomData),
+            kind: Kind::Op(Leaf::new(op), PhantomData),
+            spec,
+        }
+    }
+
+    /// How this DTask, pending after its first poll, is written into a snapshot:
+    /// `first..end` are the positions its first poll claimed.
+    pub(crate) fn shape(&self, first: Seq, end: Seq) -> Result<Shape, String> {
+        match &self.kind {
+            Kind::Op(leaf, _) => match leaf.seq {
+                Some(seq) => Ok(Shape::Op { seq, catch: false }),
+                None => Err("the operation was not issued".to_string()),
+            },
+            Kind::Ready(_) => Err("`DTask::ready` is complete at once".to_string()),
+            Kind::Future(_) => {
+                let mut next = first;
+                let shape = self.spec.assign(&mut next)?;
+                if next != end {
+                    return Err(format!(
+                        "the combinator claimed positions {first}..{end} but its structure \
+                         has {} operations",
+                        next - first
+                    ));
+                }
+                Ok(shape)
+            }
         }
     }
 
@@ -251,12 +290,13 @@ impl<T> DTask<T> {
         }
     }
 
-    fn from_future<F>(f: F) -> Self
+    fn from_future<F>(f: F, spec: Spec) -> Self
     where
         F: Future<Output = (T, u32)> + Send + 'static,
     {
         Self {
             kind: Kind::Future(Box::pin(f)),
+            spec,
         }
     }
 }
@@ -267,24 +307,18 @@ impl DTask<()> {
     ///
     /// The fire time is fixed when the delay is first issued; replays reuse it.
     pub fn delay(duration: Duration) -> DTask<()> {
-        DTask {
-            kind: Kind::Op(Leaf::new(LeafOp::Delay(duration)), PhantomData),
-        }
+        DTask::op(LeafOp::Delay(duration))
     }
 
     /// A durable timer that fires at `deadline` (at once when it has passed).
     pub fn delay_until(deadline: SystemTime) -> DTask<()> {
-        DTask {
-            kind: Kind::Op(Leaf::new(LeafOp::DelayUntil(deadline)), PhantomData),
-        }
+        DTask::op(LeafOp::DelayUntil(deadline))
     }
 
     /// Suspends the instance and resumes it at once, possibly in another worker. Use it to
     /// checkpoint long computations or let other instances run.
     pub fn yield_now() -> DTask<()> {
-        DTask {
-            kind: Kind::Op(Leaf::new(LeafOp::Yield), PhantomData),
-        }
+        DTask::op(LeafOp::Yield)
     }
 }
 
@@ -293,6 +327,7 @@ impl<T: Send + 'static> DTask<T> {
     pub fn ready(value: T) -> DTask<T> {
         DTask {
             kind: Kind::Ready(Some(value)),
+            spec: Spec::Unsaveable("`DTask::ready`"),
         }
     }
 }
@@ -306,12 +341,15 @@ impl<T: DeserializeOwned + Send + 'static> DTask<T> {
         F: FnOnce(T) -> U + Send + 'static,
     {
         let mut f = Some(f);
-        DTask::from_future(std::future::poll_fn(move |cx| {
-            self.poll_ordered(cx).map(|(v, order)| {
-                let f = f.take().expect("DTask::map polled after completion");
-                (f(v), order)
-            })
-        }))
+        DTask::from_future(
+            std::future::poll_fn(move |cx| {
+                self.poll_ordered(cx).map(|(v, order)| {
+                    let f = f.take().expect("DTask::map polled after completion");
+                    (f(v), order)
+                })
+            }),
+            Spec::Unsaveable("`DTask::map`"),
+        )
     }
 
     /// Turns a failure of this operation (a child that panicked, was non-deterministic,
@@ -324,31 +362,39 @@ impl<T: DeserializeOwned + Send + 'static> DTask<T> {
         match self.kind {
             Kind::Op(mut leaf, _) => {
                 leaf.catch = true;
-                DTask::from_future(std::future::poll_fn(move |_| {
-                    leaf.poll_raw().map(|(r, order)| {
-                        let r = r.and_then(|bytes| {
-                            decode_value::<T>(&bytes).map_err(|e| {
-                                Failure::new(
-                                    FailureKind::BadInput,
-                                    format!("a result does not decode: {e}"),
-                                )
-                            })
-                        });
-                        (r.map_err(|f| leaf.child_failure(&f)), order)
-                    })
-                }))
+                let spec = Spec::of_leaf(&leaf.op, true);
+                DTask::from_future(
+                    std::future::poll_fn(move |_| {
+                        leaf.poll_raw().map(|(r, order)| {
+                            let r = r.and_then(|bytes| {
+                                decode_value::<T>(&bytes).map_err(|e| {
+                                    Failure::new(
+                                        FailureKind::BadInput,
+                                        format!("a result does not decode: {e}"),
+                                    )
+                                })
+                            });
+                            (r.map_err(|f| leaf.child_failure(&f)), order)
+                        })
+                    }),
+                    spec,
+                )
             }
             Kind::Ready(v) => DTask {
                 kind: Kind::Ready(v.map(Ok)),
+                spec: Spec::Unsaveable("`DTask::ready`"),
             },
-            Kind::Future(_) => DTask::from_future(std::future::poll_fn(|_| {
-                fail_now(Failure::new(
-                    FailureKind::Misuse,
-                    "catch_failure applies to a child call, a delay or a spawn handle; \
-                     catch each part before combining them",
-                ));
-                Poll::Pending
-            })),
+            Kind::Future(_) => DTask::from_future(
+                std::future::poll_fn(|_| {
+                    fail_now(Failure::new(
+                        FailureKind::Misuse,
+                        "catch_failure applies to a child call, a delay or a spawn handle; \
+                         catch each part before combining them",
+                    ));
+                    Poll::Pending
+                }),
+                Spec::Unsaveable("`catch_failure` of a combinator"),
+            ),
         }
     }
 }
@@ -365,31 +411,35 @@ impl DTask<()> {
         I: IntoIterator<Item = DTask<T>>,
     {
         let mut parts: Vec<DTask<T>> = tasks.into_iter().collect();
+        let spec = Spec::All(parts.iter().map(|p| p.spec.clone()).collect());
         let mut done: Vec<Option<(T, u32)>> = parts.iter().map(|_| None).collect();
-        DTask::from_future(std::future::poll_fn(move |cx| {
-            let mut all = true;
-            for (part, slot) in parts.iter_mut().zip(done.iter_mut()) {
-                if slot.is_none() {
-                    match part.poll_ordered(cx) {
-                        Poll::Ready(v) => *slot = Some(v),
-                        Poll::Pending => all = false,
+        DTask::from_future(
+            std::future::poll_fn(move |cx| {
+                let mut all = true;
+                for (part, slot) in parts.iter_mut().zip(done.iter_mut()) {
+                    if slot.is_none() {
+                        match part.poll_ordered(cx) {
+                            Poll::Ready(v) => *slot = Some(v),
+                            Poll::Pending => all = false,
+                        }
                     }
                 }
-            }
-            if !all {
-                return Poll::Pending;
-            }
-            let mut order = 0;
-            let values = done
-                .drain(..)
-                .map(|slot| {
-                    let (v, o) = slot.expect("every part is done");
-                    order = order.max(o);
-                    v
-                })
-                .collect();
-            Poll::Ready((values, order))
-        }))
+                if !all {
+                    return Poll::Pending;
+                }
+                let mut order = 0;
+                let values = done
+                    .drain(..)
+                    .map(|slot| {
+                        let (v, o) = slot.expect("every part is done");
+                        order = order.max(o);
+                        v
+                    })
+                    .collect();
+                Poll::Ready((values, order))
+            }),
+            spec,
+        )
     }
 
     /// Awaits the first of `tasks` to finish and returns its index and result.
@@ -406,35 +456,39 @@ impl DTask<()> {
         I: IntoIterator<Item = DTask<T>>,
     {
         let mut parts: Vec<DTask<T>> = tasks.into_iter().collect();
+        let spec = Spec::Any(parts.iter().map(|p| p.spec.clone()).collect());
         let mut done: Vec<Option<(T, u32)>> = parts.iter().map(|_| None).collect();
-        DTask::from_future(std::future::poll_fn(move |cx| {
-            if parts.is_empty() {
-                fail_now(Failure::new(
-                    FailureKind::Misuse,
-                    "DTask::when_any of no tasks can never finish",
-                ));
-                return Poll::Pending;
-            }
-            for (part, slot) in parts.iter_mut().zip(done.iter_mut()) {
-                if slot.is_none() {
-                    if let Poll::Ready(v) = part.poll_ordered(cx) {
-                        *slot = Some(v);
+        DTask::from_future(
+            std::future::poll_fn(move |cx| {
+                if parts.is_empty() {
+                    fail_now(Failure::new(
+                        FailureKind::Misuse,
+                        "DTask::when_any of no tasks can never finish",
+                    ));
+                    return Poll::Pending;
+                }
+                for (part, slot) in parts.iter_mut().zip(done.iter_mut()) {
+                    if slot.is_none() {
+                        if let Poll::Ready(v) = part.poll_ordered(cx) {
+                            *slot = Some(v);
+                        }
                     }
                 }
-            }
-            let winner = done
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.as_ref().map(|(_, o)| (*o, i)))
-                .min();
-            match winner {
-                Some((order, i)) => {
-                    let (v, _) = done[i].take().expect("winner is done");
-                    Poll::Ready(((i, v), order))
+                let winner = done
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| s.as_ref().map(|(_, o)| (*o, i)))
+                    .min();
+                match winner {
+                    Some((order, i)) => {
+                        let (v, _) = done[i].take().expect("winner is done");
+                        Poll::Ready(((i, v), order))
+                    }
+                    None => Poll::Pending,
                 }
-                None => Poll::Pending,
-            }
-        }))
+            }),
+            spec,
+        )
     }
 
     /// Awaits a tuple of DTasks of mixed result types concurrently: the tuple form of
@@ -457,59 +511,62 @@ impl DTask<()> {
         let mut f = Some(f);
         let mut fut: Option<Pin<Box<Fut>>> = None;
         let mut seq: Option<Seq> = None;
-        DTask::from_future(std::future::poll_fn(move |cx| {
-            let s = match seq {
-                Some(s) => s,
-                None => match with(|ex| ex.claim(Command::Run)) {
-                    Some(s) => {
-                        seq = Some(s);
-                        s
+        DTask::from_future(
+            std::future::poll_fn(move |cx| {
+                let s = match seq {
+                    Some(s) => s,
+                    None => match with(|ex| ex.claim(Command::Run)) {
+                        Some(s) => {
+                            seq = Some(s);
+                            s
+                        }
+                        None => return Poll::Pending,
+                    },
+                };
+                if fut.is_none() {
+                    if let Some((recorded, order)) = with(|ex| ex.result(s)) {
+                        let decoded = recorded
+                            .map_err(|f| f.to_string())
+                            .and_then(|b| decode_value::<T>(&b));
+                        return match decoded {
+                            Ok(v) => Poll::Ready((v, order)),
+                            Err(e) => {
+                                fail_now(Failure::new(
+                                    FailureKind::BadInput,
+                                    format!(
+                                    "the recorded result of DTask::run at {s} does not decode: {e}"
+                                ),
+                                ));
+                                Poll::Pending
+                            }
+                        };
                     }
-                    None => return Poll::Pending,
-                },
-            };
-            if fut.is_none() {
-                if let Some((recorded, order)) = with(|ex| ex.result(s)) {
-                    let decoded = recorded
-                        .map_err(|f| f.to_string())
-                        .and_then(|b| decode_value::<T>(&b));
-                    return match decoded {
-                        Ok(v) => Poll::Ready((v, order)),
+                    let make = f.take().expect("DTask::run polled after completion");
+                    fut = Some(Box::pin(make()));
+                }
+                let Some(running) = fut.as_mut() else {
+                    return Poll::Pending;
+                };
+                match running.as_mut().poll(cx) {
+                    Poll::Ready(v) => match encode_value(&v) {
+                        Ok(bytes) => {
+                            let order = with(|ex| ex.record_local(s, bytes));
+                            fut = None;
+                            Poll::Ready((v, order))
+                        }
                         Err(e) => {
                             fail_now(Failure::new(
                                 FailureKind::BadInput,
-                                format!(
-                                    "the recorded result of DTask::run at {s} does not decode: {e}"
-                                ),
+                                format!("the result of DTask::run cannot be encoded: {e}"),
                             ));
                             Poll::Pending
                         }
-                    };
+                    },
+                    Poll::Pending => Poll::Pending,
                 }
-                let make = f.take().expect("DTask::run polled after completion");
-                fut = Some(Box::pin(make()));
-            }
-            let Some(running) = fut.as_mut() else {
-                return Poll::Pending;
-            };
-            match running.as_mut().poll(cx) {
-                Poll::Ready(v) => match encode_value(&v) {
-                    Ok(bytes) => {
-                        let order = with(|ex| ex.record_local(s, bytes));
-                        fut = None;
-                        Poll::Ready((v, order))
-                    }
-                    Err(e) => {
-                        fail_now(Failure::new(
-                            FailureKind::BadInput,
-                            format!("the result of DTask::run cannot be encoded: {e}"),
-                        ));
-                        Poll::Pending
-                    }
-                },
-                Poll::Pending => Poll::Pending,
-            }
-        }))
+            }),
+            Spec::Claim { catch: false },
+        )
     }
 
     /// Starts `task` now without awaiting it and returns a handle to await later, even
@@ -525,7 +582,9 @@ impl DTask<()> {
             let instance = ex.instance.clone();
             let seq = match task.kind {
                 Kind::Op(mut leaf, _) if !matches!(leaf.op, LeafOp::Handle { .. }) => {
-                    leaf.claim(ex)
+                    let seq = leaf.claim(ex);
+                    ex.spawned.extend(seq);
+                    seq
                 }
                 _ => {
                     ex.fail(Failure::new(
@@ -585,15 +644,10 @@ impl<T> SpawnHandle<T> {
 
     /// The handle as a DTask, to pass to the combinators.
     pub fn dtask(&self) -> DTask<T> {
-        DTask {
-            kind: Kind::Op(
-                Leaf::new(LeafOp::Handle {
-                    instance: self.instance.clone(),
-                    seq: self.seq,
-                }),
-                PhantomData,
-            ),
-        }
+        DTask::op(LeafOp::Handle {
+            instance: self.instance.clone(),
+            seq: self.seq,
+        })
     }
 }
 
@@ -625,6 +679,7 @@ macro_rules! impl_join {
             type Output = ($($t,)+);
             fn into_dtask(self) -> DTask<Self::Output> {
                 let ($(mut $v,)+) = self;
+                let spec = Spec::All(vec![$($v.spec.clone()),+]);
                 $(let mut $s: Option<($t, u32)> = None;)+
                 DTask::from_future(std::future::poll_fn(move |cx| {
                     let mut all = true;
@@ -646,7 +701,7 @@ macro_rules! impl_join {
                         r
                     },)+);
                     Poll::Ready((out, order))
-                }))
+                }), spec)
             }
         }
     };

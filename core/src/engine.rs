@@ -10,7 +10,8 @@ use crate::codec::{decode, encode};
 use crate::context::Exec;
 use crate::driver::{drive, StepEnd};
 use crate::error::{Error, Failure, FailureKind};
-use crate::registry::Registry;
+use crate::registry::{Registry, Run};
+use crate::snapshot;
 use crate::state::{
     from_millis, to_millis, Command, InstanceState, MailboxItem, Outcome, ReplyTo, ResultRecord,
     Seq, TaskMessage,
@@ -65,7 +66,10 @@ impl Engine {
             TaskMessage::Step {
                 state,
                 completion: None,
-            } if state.reply == ReplyTo::Root && state.journal.is_empty() => {
+            } if state.reply == ReplyTo::Root
+                && state.journal.is_empty()
+                && state.snapshot.is_none() =>
+            {
                 Some(status_write(state, Status::Running))
             }
             _ => None,
@@ -79,11 +83,7 @@ impl Engine {
             TaskMessage::Step { state, completion } => {
                 let mut state = *state;
                 if let Some((seq, outcome)) = completion {
-                    if let Some(at) = state
-                        .journal
-                        .get(seq as usize)
-                        .and_then(|e| e.cmd.fire_at())
-                    {
+                    if let Some(at) = state.entry(seq).and_then(|e| e.cmd.fire_at()) {
                         if at > now {
                             // Arrived early (clock skew, delay rounding): wait the rest.
                             // A fresh id: the dedupe window has seen this message's id.
@@ -244,23 +244,28 @@ impl Engine {
             );
             return self.finish(state, Outcome::Failed(f), &[]);
         };
-        let body = match reg.start(&state.input) {
-            Ok(b) => b,
-            Err(f) => return self.finish(state, Outcome::Failed(f), &[]),
-        };
-        let journal = std::mem::take(&mut state.journal);
-        let exec = Arc::new(Mutex::new(Exec::new(
-            state.id.clone(),
-            journal,
-            state.recorded,
-            now,
-        )));
-        let end = drive(body, &exec).await;
-        let (replayed, inputs) = {
-            let mut ex = exec.lock().unwrap_or_else(|p| p.into_inner());
-            state.journal = std::mem::take(&mut ex.journal);
-            state.recorded = ex.recorded;
-            (ex.replayed, std::mem::take(&mut ex.child_inputs))
+        let (end, replayed, inputs) = match reg.run {
+            Run::Replay(run) => {
+                let body = match run(&state.input) {
+                    Ok(b) => b,
+                    Err(f) => return self.finish(state, Outcome::Failed(f), &[]),
+                };
+                let journal = std::mem::take(&mut state.journal);
+                let exec = Arc::new(Mutex::new(Exec::new(
+                    state.id.clone(),
+                    journal,
+                    state.recorded,
+                    now,
+                )));
+                let end = drive(body, &exec).await;
+                let mut ex = exec.lock().unwrap_or_else(|p| p.into_inner());
+                state.journal = std::mem::take(&mut ex.journal);
+                state.recorded = ex.recorded;
+                (end, ex.replayed, std::mem::take(&mut ex.child_inputs))
+            }
+            Run::Snapshot { run, fingerprint } => {
+                snapshot::run_step(run, fingerprint, &mut state, now).await
+            }
         };
         let outputs = match end {
             StepEnd::Completed(bytes) => {
@@ -314,9 +319,7 @@ impl Engine {
         }
         // Children spawned and never awaited still run; nobody waits for their result.
         for (seq, input) in detached {
-            if let Some(Command::Child { name, .. }) =
-                state.journal.get(*seq as usize).map(|e| &e.cmd)
-            {
+            if let Some(Command::Child { name, .. }) = state.entry(*seq).map(|e| &e.cmd) {
                 let child = InstanceState::new(
                     state.id.child(*seq),
                     name.clone(),
@@ -388,12 +391,12 @@ impl Engine {
         replayed: usize,
         mut inputs: std::collections::HashMap<Seq, Vec<u8>>,
     ) -> Vec<Outgoing> {
-        let new: Vec<Seq> = (replayed..state.journal.len())
-            .filter(|i| {
-                let e = &state.journal[*i];
-                e.cmd.is_distributed() && e.result.is_none()
+        let new: Vec<Seq> = (replayed as Seq..state.next_seq())
+            .filter(|seq| {
+                state
+                    .entry(*seq)
+                    .is_some_and(|e| e.cmd.is_distributed() && e.result.is_none())
             })
-            .map(|i| i as Seq)
             .collect();
         let mut outputs = Vec::new();
         if state.reply == ReplyTo::Root {
@@ -402,7 +405,10 @@ impl Engine {
         if !state.mailbox && new.len() == 1 && state.outstanding() == 1 {
             // Waiting on one operation: the state rides along with it.
             let seq = new[0];
-            let cmd = state.journal[seq as usize].cmd.clone();
+            let cmd = state
+                .entry(seq)
+                .map(|e| e.cmd.clone())
+                .unwrap_or(Command::Yield);
             match cmd {
                 Command::Child { name, .. } => {
                     let input = inputs.remove(&seq).unwrap_or_default();
@@ -441,7 +447,9 @@ impl Engine {
                     };
                     outputs.push(out(dest, &msg, id, &state));
                 }
-                Command::Run => unreachable!("local runs are not distributed"),
+                Command::Run | Command::Compacted => {
+                    unreachable!("only outstanding distributed operations are new")
+                }
             }
             return outputs;
         }
@@ -460,7 +468,10 @@ impl Engine {
             dtask: state.name.clone(),
         });
         for seq in new {
-            let cmd = state.journal[seq as usize].cmd.clone();
+            let cmd = state
+                .entry(seq)
+                .map(|e| e.cmd.clone())
+                .unwrap_or(Command::Yield);
             match cmd {
                 Command::Child { name, .. } => {
                     let input = inputs.remove(&seq).unwrap_or_default();
@@ -508,7 +519,9 @@ impl Engine {
                         dtask: state.name.clone(),
                     });
                 }
-                Command::Run => unreachable!("local runs are not distributed"),
+                Command::Run | Command::Compacted => {
+                    unreachable!("only outstanding distributed operations are new")
+                }
             }
         }
         outputs

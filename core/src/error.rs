@@ -29,6 +29,7 @@ pub(crate) enum FailureKind {
     StateTooLarge,
     Stuck,
     Misuse,
+    CodeChanged,
 }
 
 impl Failure {
@@ -88,6 +89,12 @@ impl Failure {
     pub fn is_misuse(&self) -> bool {
         self.kind == FailureKind::Misuse
     }
+
+    /// A `#[dtask(snapshot)]` instance was suspended by code whose fingerprint differs
+    /// from the code of the worker that received it: its saved state is not resumed.
+    pub fn is_code_changed(&self) -> bool {
+        self.kind == FailureKind::CodeChanged
+    }
 }
 
 impl fmt::Display for Failure {
@@ -101,6 +108,7 @@ impl fmt::Display for Failure {
             FailureKind::StateTooLarge => "state too large",
             FailureKind::Stuck => "stuck",
             FailureKind::Misuse => "misuse",
+            FailureKind::CodeChanged => "code changed",
         };
         write!(f, "{kind}: {}", self.message)
     }

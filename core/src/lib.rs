@@ -50,6 +50,7 @@ mod error;
 mod memory;
 mod registry;
 mod runtime;
+mod snapshot;
 mod state;
 pub mod transport;
 mod worker;
@@ -76,6 +77,7 @@ pub mod __private {
     use serde::Serialize;
 
     pub use crate::registry::Registration;
+    pub use crate::snapshot::api as snapshot;
     pub use inventory;
 
     use crate::error::{Failure, FailureKind};

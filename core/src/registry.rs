@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::error::{Error, Failure};
+use crate::snapshot::SnapshotRunFn;
 use crate::DTask;
 
 /// The boxed future of a DTask body: its encoded output, or a failure.
@@ -21,7 +22,20 @@ pub struct Registration {
     pub(crate) name: &'static str,
     pub(crate) rust_path: &'static str,
     pub(crate) type_id: fn() -> TypeId,
-    pub(crate) run: RunFn,
+    pub(crate) run: Run,
+}
+
+/// How a registered DTask runs a step.
+#[derive(Clone, Copy)]
+pub(crate) enum Run {
+    /// The replay model: the body is started from the top at every step.
+    Replay(RunFn),
+    /// The snapshot model: a generated machine, resumed from its saved state; the
+    /// fingerprint of its code is checked before resuming.
+    Snapshot {
+        run: SnapshotRunFn,
+        fingerprint: u64,
+    },
 }
 
 impl Registration {
@@ -36,7 +50,27 @@ impl Registration {
             name,
             rust_path,
             type_id,
-            run,
+            run: Run::Replay(run),
+        }
+    }
+
+    /// The registration of a `#[dtask(snapshot)]` function.
+    #[doc(hidden)]
+    pub const fn snapshot(
+        name: &'static str,
+        rust_path: &'static str,
+        type_id: fn() -> TypeId,
+        run: fn(
+            &[u8],
+            Option<crate::snapshot::Resume<'_>>,
+        ) -> Result<crate::__private::BodyFuture, Failure>,
+        fingerprint: u64,
+    ) -> Self {
+        Self {
+            name,
+            rust_path,
+            type_id,
+            run: Run::Snapshot { run, fingerprint },
         }
     }
 }
@@ -158,12 +192,6 @@ impl Registry {
     }
 }
 
-impl Registration {
-    pub(crate) fn start(&self, input: &[u8]) -> Result<BodyFuture, Failure> {
-        (self.run)(input)
-    }
-}
-
 /// Implemented by the functions `#[dtask]` generates: functions of serde arguments that
 /// return a [`DTask`]. `M` is a marker for the signature.
 pub trait DTaskFn<M>: sealed::Sealed<M> + 'static {}
@@ -192,3 +220,13 @@ impl_dtask_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9);
 impl_dtask_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10);
 impl_dtask_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11);
 impl_dtask_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12);
+
+impl Registration {
+    /// Builds the body of a first step from encoded arguments (without polling it).
+    pub(crate) fn start(&self, input: &[u8]) -> Result<BodyFuture, Failure> {
+        match self.run {
+            Run::Replay(run) => run(input),
+            Run::Snapshot { run, .. } => run(input, None),
+        }
+    }
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Failure;
+use crate::snapshot::Snapshot;
 
 /// Position of an operation in an instance's journal.
 pub(crate) type Seq = u32;
@@ -89,6 +90,9 @@ pub(crate) enum Command {
     Yield,
     /// A local side effect whose result is recorded.
     Run,
+    /// A position whose operation a snapshot-model instance no longer needs (its result
+    /// was consumed). Results that arrive for it are dropped.
+    Compacted,
 }
 
 impl Command {
@@ -110,7 +114,7 @@ impl Command {
     }
 
     pub(crate) fn is_distributed(&self) -> bool {
-        !matches!(self, Command::Run)
+        !matches!(self, Command::Run | Command::Compacted)
     }
 }
 
@@ -124,6 +128,7 @@ impl fmt::Display for Command {
             Command::DelayUntil { at_ms } => write!(f, "delay until {at_ms} ms after epoch"),
             Command::Yield => f.write_str("yield"),
             Command::Run => f.write_str("run (local side effect)"),
+            Command::Compacted => f.write_str("compacted"),
         }
     }
 }
@@ -186,6 +191,14 @@ pub(crate) struct InstanceState {
     pub(crate) recorded: u32,
     /// Set on the tombstone written to the mailbox when the instance finished.
     pub(crate) finished: bool,
+    /// The saved state machine of a snapshot-model instance (`#[dtask(snapshot)]`) while
+    /// it is suspended; `None` for the replay model.
+    #[serde(default)]
+    pub(crate) snapshot: Option<Snapshot>,
+    /// The position of `journal[0]`: a snapshot-model instance drops the entries it no
+    /// longer needs from the front of its journal. Always 0 in the replay model.
+    #[serde(default)]
+    pub(crate) base: Seq,
 }
 
 impl InstanceState {
@@ -200,13 +213,29 @@ impl InstanceState {
             version: 0,
             recorded: 0,
             finished: false,
+            snapshot: None,
+            base: 0,
         }
+    }
+
+    /// The journal entry at position `seq`.
+    pub(crate) fn entry(&self, seq: Seq) -> Option<&Entry> {
+        let i = seq.checked_sub(self.base)?;
+        self.journal.get(i as usize)
+    }
+
+    /// The position the next new operation takes.
+    pub(crate) fn next_seq(&self) -> Seq {
+        self.base + self.journal.len() as Seq
     }
 
     /// Records `outcome` as the result of operation `seq`. Returns false when the result
     /// is already known or `seq` is not an outstanding operation (a duplicate).
     pub(crate) fn record(&mut self, seq: Seq, outcome: Outcome) -> bool {
-        match self.journal.get_mut(seq as usize) {
+        let Some(i) = seq.checked_sub(self.base) else {
+            return false;
+        };
+        match self.journal.get_mut(i as usize) {
             Some(e) if e.result.is_none() && e.cmd.is_distributed() => {
                 self.recorded += 1;
                 e.result = Some(outcome);
@@ -236,6 +265,8 @@ impl InstanceState {
             version: self.version + 1,
             recorded: self.recorded,
             finished: true,
+            snapshot: None,
+            base: 0,
         }
     }
 }
