@@ -353,6 +353,13 @@ impl Broker {
     /// Has the broker close every connection of this test's transports (their client
     /// name holds the prefix), as a network cut would. Returns how many it closed.
     pub async fn cut_connections(&self) -> anyhow::Result<usize> {
+        let pids = self.connections().await?;
+        cut(&pids).await?;
+        Ok(pids.len())
+    }
+
+    /// The broker's ids of the connections of this test's transports, for [`cut`].
+    pub async fn connections(&self) -> anyhow::Result<Vec<String>> {
         let list = rabbitmqctl(&[
             "list_connections",
             "pid",
@@ -361,14 +368,28 @@ impl Broker {
             "--no-table-headers",
         ])
         .await?;
-        let mut n = 0;
-        for line in list.lines().filter(|l| l.contains(&self.prefix)) {
-            let pid = line.split_whitespace().next().context("no pid")?;
-            rabbitmqctl(&["close_connection", pid, "cut by a test"]).await?;
-            n += 1;
-        }
-        Ok(n)
+        list.lines()
+            .filter(|l| l.contains(&self.prefix))
+            .map(|l| {
+                l.split_whitespace()
+                    .next()
+                    .map(str::to_string)
+                    .context("no pid")
+            })
+            .collect()
     }
+}
+
+/// Has the broker close the connections `pids`, all at once (as close to one instant as
+/// `rabbitmqctl` allows).
+pub async fn cut(pids: &[String]) -> anyhow::Result<()> {
+    let closing = pids
+        .iter()
+        .map(|pid| async move { rabbitmqctl(&["close_connection", pid, "cut by a test"]).await });
+    for r in futures::future::join_all(closing).await {
+        r?;
+    }
+    Ok(())
 }
 
 /// The queues under `prefix` according to `rabbitmqctl` (`None` when it cannot run).
