@@ -23,7 +23,8 @@ use crate::DTask;
 pub enum Status {
     /// Published; no worker has taken it yet.
     Pending,
-    /// A worker took it and it has not suspended yet.
+    /// A worker took it and it has not suspended yet (reported once its first step has
+    /// run for 50 ms; a shorter first step goes straight to `Suspended` or a result).
     Running,
     /// Waiting on distributed operations (children, timers). A step resumed after a
     /// suspension keeps reporting `Suspended` until it suspends again or finishes.

@@ -16,6 +16,9 @@ use crate::error::Error;
 use crate::registry::{DTaskFn, Registry};
 use crate::transport::{Delivery, DeliveryKind, Published, Transport};
 
+/// How long a root's first step runs before its status is written as `Running`.
+const RUNNING_AFTER: Duration = Duration::from_millis(50);
+
 /// Configures a [`Worker`].
 pub struct WorkerBuilder {
     transport: Arc<dyn Transport>,
@@ -380,10 +383,27 @@ impl Inner {
                     message_id = message_id.as_deref().unwrap_or("")
                 );
                 let outcome = async {
-                    if let Some(status) = self.engine.info(&msg).root_first_step {
-                        self.transport.publish(vec![status]).await?;
-                    }
-                    let outputs = self.engine.handle_task(msg, self.transport.now()).await;
+                    let running = self.engine.info(&msg).root_first_step;
+                    let step = self.engine.handle_task(msg, self.transport.now());
+                    tokio::pin!(step);
+                    // A root's first step reports `Running` only when it takes a while:
+                    // most first steps suspend within milliseconds, and the write would
+                    // cost a confirmed publish each. The write is confirmed before the
+                    // step's own outputs are published, so it can never land after them.
+                    let outputs = match running {
+                        None => step.await,
+                        Some(status) => {
+                            tokio::select! {
+                                out = &mut step => out,
+                                _ = tokio::time::sleep(RUNNING_AFTER) => {
+                                    let (written, out) =
+                                        tokio::join!(self.transport.publish(vec![status]), &mut step);
+                                    written?;
+                                    out
+                                }
+                            }
+                        }
+                    };
                     debug!(outputs = outputs.len(), "step done");
                     self.transport.publish(outputs).await
                 }
