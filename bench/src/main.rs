@@ -9,6 +9,7 @@
 
 mod counting;
 mod env;
+mod probe;
 mod raw;
 mod recovery;
 mod report;
@@ -36,9 +37,12 @@ usage: dtasks-bench [--quick] [--transport memory|amqp|all] [options]
   --concurrency N      deliveries each worker handles at once (default 64)
   --prefetch N         task-queue prefetch per worker and raw consumer (default 64)
   --payload BYTES      user payload per step (default 256)
+  --steps N            child steps per chain in W1a, W1b, W4 and raw (default 10)
+  --chains N           W1b instances and raw chains (default 500)
   --reps N             repetitions of W1b and of the raw baseline (default 5, quick 1)
   --out DIR            where the results go (default bench/results)
   --no-write           print the table only
+  --probe              measure the broker's CPU per kind of operation, print it, and stop
 
 The broker is AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f).";
 
@@ -50,9 +54,11 @@ struct Args {
     only: Option<Vec<String>>,
     settings: Settings,
     reps: Option<usize>,
+    chains: Option<usize>,
     out: Option<PathBuf>,
     write: bool,
     worker_mode: bool,
+    probe: bool,
     prefix: Option<String>,
 }
 
@@ -70,9 +76,11 @@ fn parse_args() -> anyhow::Result<Args> {
             steps: 10,
         },
         reps: None,
+        chains: None,
         out: None,
         write: true,
         worker_mode: false,
+        probe: false,
         prefix: None,
     };
     let mut it = std::env::args().skip(1);
@@ -102,9 +110,12 @@ fn parse_args() -> anyhow::Result<Args> {
             "--prefetch" => a.settings.prefetch = value("--prefetch")?.parse()?,
             "--payload" => a.settings.payload = value("--payload")?.parse()?,
             "--reps" => a.reps = Some(value("--reps")?.parse()?),
+            "--steps" => a.settings.steps = value("--steps")?.parse()?,
+            "--chains" => a.chains = Some(value("--chains")?.parse()?),
             "--out" => a.out = Some(value("--out")?.into()),
             "--no-write" => a.write = false,
             "--worker-mode" => a.worker_mode = true,
+            "--probe" => a.probe = true,
             "--prefix" => a.prefix = Some(value("--prefix")?),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -136,6 +147,15 @@ impl Args {
     }
 
     fn sizes(&self) -> Sizes {
+        let mut z = self.default_sizes();
+        if let Some(n) = self.chains {
+            z.w1b = n;
+            z.raw_chains = n;
+        }
+        z
+    }
+
+    fn default_sizes(&self) -> Sizes {
         if self.quick {
             Sizes {
                 w1a: 10,
@@ -402,7 +422,8 @@ async fn bench(a: Args) -> anyhow::Result<bool> {
     };
     let text = report.render();
     println!("{text}");
-    let complete = a.memory && a.amqp && a.only.is_none();
+    let complete =
+        a.memory && a.amqp && a.only.is_none() && a.chains.is_none() && a.settings.steps == 10;
     if a.write && (complete || a.out.is_some()) {
         let dir = a
             .out
@@ -429,6 +450,20 @@ async fn main() -> anyhow::Result<()> {
     if a.worker_mode {
         let prefix = a.prefix.clone().context("--worker-mode needs --prefix")?;
         return recovery::worker_mode(&prefix, &a.settings).await;
+    }
+    if a.probe {
+        let url = sys::amqp_url();
+        let admin = Admin::connect(&url).await?;
+        let prefix = format!(
+            "dtbench-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
+        let pid = sys::broker_pid();
+        println!(
+            "{}",
+            probe::run(&url, &prefix, &admin, pid.as_deref()).await?
+        );
+        return Ok(());
     }
     if !bench(a).await? {
         std::process::exit(1);
