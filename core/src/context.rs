@@ -25,6 +25,8 @@ pub(crate) struct Exec {
     pub(crate) saved: Saved,
     /// Positions claimed by `DTask::spawn` in this step.
     pub(crate) spawned: Vec<Seq>,
+    /// Snapshot model: entries of spawned operations kept beside the compacted journal.
+    pub(crate) pinned: Vec<(Seq, Entry)>,
     pub(crate) recorded: u32,
     pub(crate) next_seq: Seq,
     /// Leaf operations that reported `Pending` for want of a result in the last poll.
@@ -73,6 +75,7 @@ impl Exec {
             snapshot,
             saved: Saved::Nothing,
             spawned: Vec::new(),
+            pinned: Vec::new(),
             recorded,
             next_seq: if snapshot { next_seq } else { 0 },
             blocked: 0,
@@ -128,8 +131,11 @@ impl Exec {
 
     /// The journal entry at position `seq`.
     pub(crate) fn entry(&self, seq: Seq) -> Option<&Entry> {
-        let i = seq.checked_sub(self.base)?;
-        self.journal.get(i as usize)
+        let i = seq.checked_sub(self.base).map(|i| i as usize);
+        match i.and_then(|i| self.journal.get(i)) {
+            Some(e) if e.cmd != Command::Compacted => Some(e),
+            _ => self.pinned.iter().find(|(s, _)| *s == seq).map(|(_, e)| e),
+        }
     }
 
     /// The recorded result at `seq`, with its order.

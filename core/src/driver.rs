@@ -42,7 +42,7 @@ impl Wake for Flag {
     }
 }
 
-pub(crate) async fn drive(mut body: BodyFuture, exec: &Arc<Mutex<Exec>>) -> StepEnd {
+pub(crate) async fn drive(body: &mut BodyFuture, exec: &Arc<Mutex<Exec>>) -> StepEnd {
     let flag = Arc::new(Flag {
         woken: AtomicBool::new(false),
         notify: Notify::new(),

@@ -246,7 +246,7 @@ impl Engine {
         };
         let (end, replayed, inputs) = match reg.run {
             Run::Replay(run) => {
-                let body = match run(&state.input) {
+                let mut body = match run(&state.input) {
                     Ok(b) => b,
                     Err(f) => return self.finish(state, Outcome::Failed(f), &[]),
                 };
@@ -257,15 +257,17 @@ impl Engine {
                     state.recorded,
                     now,
                 )));
-                let end = drive(body, &exec).await;
+                let end = drive(&mut body, &exec).await;
                 let mut ex = exec.lock().unwrap_or_else(|p| p.into_inner());
                 state.journal = std::mem::take(&mut ex.journal);
                 state.recorded = ex.recorded;
                 (end, ex.replayed, std::mem::take(&mut ex.child_inputs))
             }
-            Run::Snapshot { run, fingerprint } => {
-                snapshot::run_step(run, fingerprint, &mut state, now).await
-            }
+            Run::Snapshot {
+                run,
+                fingerprint,
+                accepts,
+            } => snapshot::run_step(run, fingerprint, accepts, &mut state, now).await,
         };
         let outputs = match end {
             StepEnd::Completed(bytes) => {

@@ -47,6 +47,8 @@ mod driver;
 mod dtask;
 mod engine;
 mod error;
+#[doc(hidden)]
+pub mod harness;
 mod memory;
 mod registry;
 mod runtime;
@@ -66,6 +68,51 @@ pub use runtime::{Runtime, RuntimeBuilder};
 pub use state::InstanceId;
 pub use transport::Transport;
 pub use worker::{Worker, WorkerBuilder, WorkerStats};
+
+/// One fresh await of a `#[dtask(snapshot)]` machine (generated code). Not a public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __dtask_point {
+    ($index:expr, $kind:ident, $fut:expr, $line:expr, [$($codec:ident => $local:ident),*]) => {{
+        #[allow(unused_imports)]
+        use $crate::__private::snapshot::{ProbeDist as _, ProbeLocal as _};
+        let f = ::core::future::IntoFuture::into_future($fut);
+        let kind = (&$crate::__private::snapshot::Probe(&f)).__dtask_kind();
+        let p = kind.point(&$kind, f);
+        $crate::__dtask_await!(p, $index, $line, [$($codec => $local),*])
+    }};
+}
+
+/// The await a `#[dtask(snapshot)]` machine resumes at (generated code). Not a public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __dtask_resume {
+    ($index:expr, $kind:ident, $pending:ident, $line:expr, [$($codec:ident => $local:ident),*]) => {{
+        let p = $crate::__private::snapshot::resume(&$kind, &mut $pending);
+        $crate::__dtask_await!(p, $index, $line, [$($codec => $local),*])
+    }};
+}
+
+/// Polls a point; while it is pending, saves its frame and returns `Pending`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __dtask_await {
+    ($p:ident, $index:expr, $line:expr, [$($codec:ident => $local:ident),*]) => {{
+        let mut p = $p;
+        loop {
+            if let ::core::task::Poll::Ready(v) =
+                $crate::__private::snapshot::poll_once(&mut p).await
+            {
+                break v;
+            }
+            #[allow(unused_mut)]
+            let mut saver = p.saver($index, ::core::concat!(::core::file!(), ":", $line));
+            $(saver.put(&$codec, &$local);)*
+            saver.save();
+            $crate::__private::snapshot::park().await;
+        }
+    }};
+}
 
 /// Support for the code `#[dtask]` generates. Not a public API.
 #[doc(hidden)]

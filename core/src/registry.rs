@@ -35,6 +35,8 @@ pub(crate) enum Run {
     Snapshot {
         run: SnapshotRunFn,
         fingerprint: u64,
+        /// Fingerprints of earlier code declared compatible (`accepts = "..."`).
+        accepts: &'static [u64],
     },
 }
 
@@ -65,12 +67,17 @@ impl Registration {
             Option<crate::snapshot::Resume<'_>>,
         ) -> Result<crate::__private::BodyFuture, Failure>,
         fingerprint: u64,
+        accepts: &'static [u64],
     ) -> Self {
         Self {
             name,
             rust_path,
             type_id,
-            run: Run::Snapshot { run, fingerprint },
+            run: Run::Snapshot {
+                run,
+                fingerprint,
+                accepts,
+            },
         }
     }
 }

@@ -48,8 +48,9 @@ pub(crate) struct Snapshot {
     pub(crate) locals: Vec<u8>,
     /// The operation the await waits for.
     pub(crate) pending: Shape,
-    /// Positions of spawned operations: their handles may be awaited at any time.
-    pub(crate) pinned: Vec<Seq>,
+    /// The entries of spawned operations, kept beside the journal: their handles may be
+    /// awaited at any time.
+    pub(crate) pinned: Vec<(Seq, Entry)>,
 }
 
 /// What a point saves while it is pending.
@@ -257,17 +258,18 @@ fn corrupt(msg: String) -> Failure {
 pub(crate) async fn run_step(
     run: SnapshotRunFn,
     fingerprint: u64,
+    accepts: &[u64],
     state: &mut InstanceState,
     now: SystemTime,
 ) -> (StepEnd, usize, HashMap<Seq, Vec<u8>>) {
     let first_new = state.next_seq() as usize;
     let fail = |f: Failure| (StepEnd::Failed(f), first_new, HashMap::new());
-    let snapshot = state.snapshot.take();
+    let mut snapshot = state.snapshot.take();
     let mut pinned = Vec::new();
-    let body = match &snapshot {
+    let body = match &mut snapshot {
         None => run(&state.input, None),
         Some(s) => {
-            if s.fingerprint != fingerprint {
+            if s.fingerprint != fingerprint && !accepts.contains(&s.fingerprint) {
                 return fail(Failure::new(
                     FailureKind::CodeChanged,
                     format!(
@@ -284,15 +286,16 @@ pub(crate) async fn run_step(
             }
             let mut seqs = Vec::new();
             s.pending.seqs(&mut seqs);
-            if let Some(bad) = seqs
-                .iter()
-                .find(|q| state.entry(**q).is_none_or(|e| e.cmd == Command::Compacted))
-            {
+            let known = |q: &Seq| {
+                state.entry(*q).is_some_and(|e| e.cmd != Command::Compacted)
+                    || s.pinned.iter().any(|(p, _)| p == q)
+            };
+            if let Some(bad) = seqs.iter().find(|q| !known(q)) {
                 return fail(corrupt(format!(
                     "the snapshot waits on operation {bad}, which the journal does not hold"
                 )));
             }
-            pinned.clone_from(&s.pinned);
+            pinned = std::mem::take(&mut s.pinned);
             run(
                 &state.input,
                 Some(Resume {
@@ -303,24 +306,38 @@ pub(crate) async fn run_step(
             )
         }
     };
-    let body = match body {
+    let mut body = match body {
         Ok(b) => b,
         Err(f) => return fail(f),
     };
     let journal = std::mem::take(&mut state.journal);
-    let exec = Arc::new(Mutex::new(Exec::with_base(
+    let mut exec = Exec::with_base(
         state.id.clone(),
         journal,
         state.base,
         true,
         state.recorded,
         now,
-    )));
-    let end = drive(body, &exec).await;
+    );
+    exec.pinned = pinned;
+    let exec = Arc::new(Mutex::new(exec));
+    let end = drive(&mut body, &exec).await;
     let mut ex = exec.lock().unwrap_or_else(|p| p.into_inner());
     state.journal = std::mem::take(&mut ex.journal);
     state.recorded = ex.recorded;
-    pinned.append(&mut ex.spawned);
+    let mut pinned = std::mem::take(&mut ex.pinned);
+    // Spawned operations move beside the journal, which can then be compacted freely.
+    for seq in std::mem::take(&mut ex.spawned) {
+        let i = seq.checked_sub(state.base).map(|i| i as usize);
+        if let Some(e) = i.and_then(|i| state.journal.get_mut(i)) {
+            let hole = Entry {
+                cmd: Command::Compacted,
+                result: None,
+                order: 0,
+            };
+            pinned.push((seq, std::mem::replace(e, hole)));
+        }
+    }
     let inputs = std::mem::take(&mut ex.child_inputs);
     let saved = std::mem::replace(&mut ex.saved, Saved::Nothing);
     drop(ex);
@@ -351,16 +368,15 @@ pub(crate) async fn run_step(
 }
 
 /// Drops the journal entries the saved machine can no longer read: everything except the
-/// pending operation, spawned operations (their handles can be awaited any time) and the
-/// operations issued in this step that are still outstanding (they are published now;
-/// their results are dropped when they arrive).
+/// pending operation and the operations issued in this step that are still outstanding
+/// (they are published now; their results are dropped when they arrive). Spawned
+/// operations were moved beside the journal before.
 fn compact(state: &mut InstanceState, first_new: Seq) {
     let Some(snap) = &state.snapshot else {
         return;
     };
     let mut keep = Vec::new();
     snap.pending.seqs(&mut keep);
-    keep.extend_from_slice(&snap.pinned);
     let base = state.base;
     for (i, e) in state.journal.iter_mut().enumerate() {
         let seq = base + i as Seq;
@@ -395,6 +411,7 @@ pub mod api {
     use super::*;
 
     pub use super::Resume;
+    pub use crate::{__dtask_point as point, __dtask_resume as resume_point};
 
     /// A type, carried as a value so that inference can connect the places that save
     /// and restore one local (one `Ty` per saved local).
@@ -679,11 +696,26 @@ pub mod api {
         _k: PhantomData<K>,
     }
 
+    /// How one local is saved at one point: checked once, where the macro declares it
+    /// (so that an unserializable local gets one error, at its name).
+    pub struct Codec<T> {
+        put: fn(&T, &mut Vec<u8>) -> Result<(), String>,
+        take: fn(Source<'_, '_>) -> Result<T, String>,
+    }
+
+    /// The codec of a local of type `T` saved at a point of kind `K`.
+    pub fn codec<K, T: Held<K>>(_: &Ty<K>, _: &Ty<T>) -> Codec<T> {
+        Codec {
+            put: <T as Held<K>>::put,
+            take: <T as Held<K>>::take,
+        }
+    }
+
     impl<K: Kind> Saver<K> {
         /// Saves one local.
-        pub fn put<T: Held<K>>(&mut self, _: &Ty<T>, value: &T) {
+        pub fn put<T>(&mut self, codec: &Codec<T>, value: &T) {
             if self.error.is_none() {
-                if let Err(e) = value.put(&mut self.buf) {
+                if let Err(e) = (codec.put)(value, &mut self.buf) {
                     self.error = Some(e);
                 }
             }
@@ -763,8 +795,8 @@ pub mod api {
 
     impl<'a, K> Reader<'a, K> {
         /// Reads the next local.
-        pub fn take<T: Held<K>>(&mut self, _: &Ty<T>) -> Result<T, Failure> {
-            T::take(Source(&mut self.de)).map_err(|e| corrupt(format!("a saved local: {e}")))
+        pub fn take<T>(&mut self, codec: &Codec<T>) -> Result<T, Failure> {
+            (codec.take)(Source(&mut self.de)).map_err(|e| corrupt(format!("a saved local: {e}")))
         }
 
         /// Checks that every byte was read.

@@ -218,10 +218,53 @@ impl InstanceState {
         }
     }
 
-    /// The journal entry at position `seq`.
+    /// The journal entry at position `seq` (for a snapshot-model instance, also the
+    /// entries of spawned operations kept beside its compacted journal).
     pub(crate) fn entry(&self, seq: Seq) -> Option<&Entry> {
-        let i = seq.checked_sub(self.base)?;
-        self.journal.get(i as usize)
+        let i = seq.checked_sub(self.base).map(|i| i as usize);
+        match i.and_then(|i| self.journal.get(i)) {
+            Some(e) if e.cmd != Command::Compacted => Some(e),
+            _ => self
+                .snapshot
+                .as_ref()?
+                .pinned
+                .iter()
+                .find(|(s, _)| *s == seq)
+                .map(|(_, e)| e),
+        }
+    }
+
+    fn entry_mut(&mut self, seq: Seq) -> Option<&mut Entry> {
+        let i = seq.checked_sub(self.base).map(|i| i as usize);
+        let in_journal = i
+            .and_then(|i| self.journal.get(i))
+            .is_some_and(|e| e.cmd != Command::Compacted);
+        if in_journal {
+            return i.and_then(|i| self.journal.get_mut(i));
+        }
+        self.snapshot
+            .as_mut()?
+            .pinned
+            .iter_mut()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, e)| e)
+    }
+
+    /// The positions of the operations issued whose results are still unknown.
+    pub(crate) fn outstanding_seqs(&self) -> Vec<Seq> {
+        let open = |e: &Entry| e.cmd.is_distributed() && e.result.is_none();
+        let mut seqs: Vec<Seq> = self
+            .journal
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| open(e))
+            .map(|(i, _)| self.base + i as Seq)
+            .collect();
+        if let Some(snap) = &self.snapshot {
+            seqs.extend(snap.pinned.iter().filter(|(_, e)| open(e)).map(|(s, _)| *s));
+        }
+        seqs.sort_unstable();
+        seqs
     }
 
     /// The position the next new operation takes.
@@ -232,14 +275,12 @@ impl InstanceState {
     /// Records `outcome` as the result of operation `seq`. Returns false when the result
     /// is already known or `seq` is not an outstanding operation (a duplicate).
     pub(crate) fn record(&mut self, seq: Seq, outcome: Outcome) -> bool {
-        let Some(i) = seq.checked_sub(self.base) else {
-            return false;
-        };
-        match self.journal.get_mut(i as usize) {
+        let order = self.recorded + 1;
+        match self.entry_mut(seq) {
             Some(e) if e.result.is_none() && e.cmd.is_distributed() => {
-                self.recorded += 1;
                 e.result = Some(outcome);
-                e.order = self.recorded;
+                e.order = order;
+                self.recorded = order;
                 true
             }
             _ => false,
@@ -248,10 +289,7 @@ impl InstanceState {
 
     /// Operations issued whose results are still unknown.
     pub(crate) fn outstanding(&self) -> usize {
-        self.journal
-            .iter()
-            .filter(|e| e.cmd.is_distributed() && e.result.is_none())
-            .count()
+        self.outstanding_seqs().len()
     }
 
     pub(crate) fn tombstone(&self) -> Self {

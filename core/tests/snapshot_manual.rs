@@ -75,7 +75,7 @@ enum At<LTotal, LIt> {
 /// One await, as the expansion writes it: poll; when pending, save the frame (the
 /// locals the rest of the body uses) and return `Pending`.
 macro_rules! point {
-    ($p:expr, $index:expr, [$(($ty:expr, $local:expr)),*]) => {{
+    ($p:expr, $index:expr, $k:expr, [$(($ty:expr, $local:expr)),*]) => {{
         let mut p = $p;
         loop {
             if let Poll::Ready(v) = s::poll_once(&mut p).await {
@@ -83,7 +83,7 @@ macro_rules! point {
             }
             #[allow(unused_mut)]
             let mut w = p.saver($index, "hand_flow");
-            $(w.put(&$ty, &$local);)*
+            $(w.put(&s::codec(&$k, &$ty), &$local);)*
             w.save();
             s::park().await;
         }
@@ -113,9 +113,9 @@ fn hand_flow_run(input: &[u8], resume: Option<s::Resume<'_>>) -> Result<BodyFutu
         Some(r) => match r.point() {
             0 => {
                 let mut rd = r.reader(&k0);
-                let n = rd.take(&ty_n)?;
-                let total = rd.take(&ty_total)?;
-                let it = rd.take(&ty_it)?;
+                let n = rd.take(&s::codec(&k0, &ty_n))?;
+                let total = rd.take(&s::codec(&k0, &ty_total))?;
+                let it = rd.take(&s::codec(&k0, &ty_it))?;
                 rd.finish()?;
                 At::P0 {
                     n,
@@ -126,8 +126,8 @@ fn hand_flow_run(input: &[u8], resume: Option<s::Resume<'_>>) -> Result<BodyFutu
             }
             1 => {
                 let mut rd = r.reader(&k1);
-                let n = rd.take(&ty_n)?;
-                let total = rd.take(&ty_total)?;
+                let n = rd.take(&s::codec(&k1, &ty_n))?;
+                let total = rd.take(&s::codec(&k1, &ty_total))?;
                 rd.finish()?;
                 At::P1 {
                     n,
@@ -137,8 +137,8 @@ fn hand_flow_run(input: &[u8], resume: Option<s::Resume<'_>>) -> Result<BodyFutu
             }
             2 => {
                 let mut rd = r.reader(&k2);
-                let n = rd.take(&ty_n)?;
-                let total = rd.take(&ty_total)?;
+                let n = rd.take(&s::codec(&k2, &ty_n))?;
+                let total = rd.take(&s::codec(&k2, &ty_total))?;
                 rd.finish()?;
                 At::P2 {
                     n,
@@ -148,7 +148,7 @@ fn hand_flow_run(input: &[u8], resume: Option<s::Resume<'_>>) -> Result<BodyFutu
             }
             3 => {
                 let mut rd = r.reader(&k3);
-                let n = rd.take(&ty_n)?;
+                let n = rd.take(&s::codec(&k3, &ty_n))?;
                 rd.finish()?;
                 At::P3 {
                     n,
@@ -168,6 +168,7 @@ fn hand_flow_run(input: &[u8], resume: Option<s::Resume<'_>>) -> Result<BodyFutu
                     let v = point!(
                         fresh!(k0, add_one(i)),
                         0,
+                        k0,
                         [(ty_n, n), (ty_total, total), (ty_it, it)]
                     );
                     total += v;
@@ -175,15 +176,17 @@ fn hand_flow_run(input: &[u8], resume: Option<s::Resume<'_>>) -> Result<BodyFutu
                 let all = point!(
                     fresh!(k1, DTask::when_all((10..13).map(add_one))),
                     1,
+                    k1,
                     [(ty_n, n), (ty_total, total)]
                 );
                 total += all.iter().sum::<u64>();
                 point!(
                     fresh!(k2, DTask::delay(Duration::from_secs(3600))),
                     2,
+                    k2,
                     [(ty_n, n), (ty_total, total)]
                 );
-                let c = point!(fresh!(k3, middle(total)), 3, [(ty_n, n)]);
+                let c = point!(fresh!(k3, middle(total)), 3, k3, [(ty_n, n)]);
                 c + n
             }
             At::P0 {
@@ -201,6 +204,7 @@ fn hand_flow_run(input: &[u8], resume: Option<s::Resume<'_>>) -> Result<BodyFutu
                         let v = point!(
                             s::resume(&k0, &mut pending),
                             0,
+                            k0,
                             [(ty_n, n), (ty_total, total), (ty_it, it)]
                         );
                         total += v;
@@ -212,6 +216,7 @@ fn hand_flow_run(input: &[u8], resume: Option<s::Resume<'_>>) -> Result<BodyFutu
                         let v = point!(
                             fresh!(k0, add_one(i)),
                             0,
+                            k0,
                             [(ty_n, n), (ty_total, total), (ty_it, it)]
                         );
                         total += v;
@@ -220,15 +225,17 @@ fn hand_flow_run(input: &[u8], resume: Option<s::Resume<'_>>) -> Result<BodyFutu
                 let all = point!(
                     fresh!(k1, DTask::when_all((10..13).map(add_one))),
                     1,
+                    k1,
                     [(ty_n, n), (ty_total, total)]
                 );
                 total += all.iter().sum::<u64>();
                 point!(
                     fresh!(k2, DTask::delay(Duration::from_secs(3600))),
                     2,
+                    k2,
                     [(ty_n, n), (ty_total, total)]
                 );
-                let c = point!(fresh!(k3, middle(total)), 3, [(ty_n, n)]);
+                let c = point!(fresh!(k3, middle(total)), 3, k3, [(ty_n, n)]);
                 c + n
             }
             At::P1 {
@@ -240,15 +247,17 @@ fn hand_flow_run(input: &[u8], resume: Option<s::Resume<'_>>) -> Result<BodyFutu
                 let all = point!(
                     s::resume(&k1, &mut pending),
                     1,
+                    k1,
                     [(ty_n, n), (ty_total, total)]
                 );
                 total += all.iter().sum::<u64>();
                 point!(
                     fresh!(k2, DTask::delay(Duration::from_secs(3600))),
                     2,
+                    k2,
                     [(ty_n, n), (ty_total, total)]
                 );
-                let c = point!(fresh!(k3, middle(total)), 3, [(ty_n, n)]);
+                let c = point!(fresh!(k3, middle(total)), 3, k3, [(ty_n, n)]);
                 c + n
             }
             At::P2 {
@@ -259,13 +268,14 @@ fn hand_flow_run(input: &[u8], resume: Option<s::Resume<'_>>) -> Result<BodyFutu
                 point!(
                     s::resume(&k2, &mut pending),
                     2,
+                    k2,
                     [(ty_n, n), (ty_total, total)]
                 );
-                let c = point!(fresh!(k3, middle(total)), 3, [(ty_n, n)]);
+                let c = point!(fresh!(k3, middle(total)), 3, k3, [(ty_n, n)]);
                 c + n
             }
             At::P3 { n, mut pending } => {
-                let c = point!(s::resume(&k3, &mut pending), 3, [(ty_n, n)]);
+                let c = point!(s::resume(&k3, &mut pending), 3, k3, [(ty_n, n)]);
                 c + n
             }
         }
@@ -283,6 +293,7 @@ dtasks::__private::inventory::submit! {
         hand_flow_type_id,
         hand_flow_run,
         0x5eed,
+        &[],
     )
 }
 

@@ -9,6 +9,8 @@ use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::{Error, FnArg, ItemFn, LitStr, Pat, ReturnType, Token, Type};
 
+mod snapshot;
+
 /// Turns an `async fn` of serde arguments into a DTask.
 ///
 /// Calling the function returns a `DTask<Output>` instead of running the body; the body
@@ -18,6 +20,12 @@ use syn::{Error, FnArg, ItemFn, LitStr, Pat, ReturnType, Token, Type};
 ///
 /// Arguments and the output must be owned serde types (`Serialize + DeserializeOwned`).
 /// References, `self`, generics and non-async functions are compile errors.
+///
+/// `#[dtask(snapshot)]` selects the snapshot execution model: the body is compiled into a
+/// state machine whose suspended state (the locals still needed after each distributed
+/// await) is saved and resumed, instead of being replayed from the top. Any code may then
+/// run between awaits. `accepts = "<fingerprint>"` (repeatable) declares that the code
+/// still resumes instances suspended by an earlier version with that fingerprint.
 #[proc_macro_attribute]
 pub fn dtask(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = syn::parse_macro_input!(attr as Args);
@@ -31,6 +39,8 @@ pub fn dtask(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[derive(Default)]
 struct Args {
     name: Option<LitStr>,
+    snapshot: bool,
+    accepts: Vec<u64>,
 }
 
 impl Parse for Args {
@@ -43,10 +53,28 @@ impl Parse for Args {
                 let lit: LitStr = input.parse()?;
                 validate_name(&lit.value(), lit.span())?;
                 args.name = Some(lit);
+            } else if key == "snapshot" {
+                args.snapshot = true;
+            } else if key == "accepts" {
+                input.parse::<Token![=]>()?;
+                let lit: LitStr = input.parse()?;
+                let v = u64::from_str_radix(lit.value().trim_start_matches("0x"), 16).map_err(
+                    |_| {
+                        Error::new(
+                            lit.span(),
+                            "`accepts` takes a fingerprint in hexadecimal, as the error that \
+                             refused the resume printed it (e.g. \"1f2e3d4c5b6a7988\")",
+                        )
+                    },
+                )?;
+                args.accepts.push(v);
             } else {
                 return Err(Error::new(
                     key.span(),
-                    format!("unknown #[dtask] option `{key}`; the only option is `name = \"...\"`"),
+                    format!(
+                        "unknown #[dtask] option `{key}`; the options are `name = \"...\"`, \
+                         `snapshot` and `accepts = \"<fingerprint>\"`"
+                    ),
                 ));
             }
             if !input.is_empty() {
@@ -163,6 +191,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
     let mut arg_idents = Vec::new();
     let mut inner_params = Vec::new();
     let mut types = Vec::new();
+    let mut params = Vec::new();
     for (i, arg) in sig.inputs.iter().enumerate() {
         match arg {
             FnArg::Receiver(r) => {
@@ -184,6 +213,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
                 let pat = &pt.pat;
                 outer_params.push(quote! { #id: #ty });
                 inner_params.push(quote! { #pat: #ty });
+                params.push(((**pat).clone(), (**ty).clone()));
                 arg_idents.push(id);
                 types.push(ty.clone());
             }
@@ -198,12 +228,32 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
     };
     let name_lit = LitStr::new(&name_str, ident.span());
     let body_ident = format_ident!("__dtask_body_{}", ident);
-
-    Ok(quote! {
+    if !args.snapshot && !args.accepts.is_empty() {
+        return Err(Error::new(
+            Span::call_site(),
+            "`accepts` applies to `#[dtask(snapshot)]` functions only",
+        ));
+    }
+    let stub = quote! {
         #(#attrs)*
         #vis fn #ident(#(#outer_params),*) -> ::dtasks::DTask<#output> {
             ::dtasks::__private::call::<#output, _>(#name_lit, &(#(#arg_idents,)*))
         }
+    };
+    if args.snapshot {
+        return snapshot::expand(snapshot::Parts {
+            func: &func,
+            stub,
+            name_lit,
+            arg_idents,
+            params,
+            output,
+            accepts: args.accepts,
+        });
+    }
+
+    Ok(quote! {
+        #stub
 
         const _: () = {
             async fn #body_ident(#(#inner_params),*) -> #output #body

@@ -1,0 +1,242 @@
+//! A deterministic single-instance executor for testing the snapshot model against plain
+//! async: it runs one body, and whenever the body is blocked on distributed operations,
+//! resolves one of them (chosen by the caller) with a result the caller computes. Not a
+//! public API: the differential tests and benchmarks use it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::codec::{decode, encode};
+use crate::context::Exec;
+use crate::driver::{drive, StepEnd};
+use crate::error::{Failure, FailureKind};
+use crate::registry::{Registration, Run};
+use crate::state::{Command, InstanceId, InstanceState, Outcome, ReplyTo, Seq, TaskMessage};
+
+/// A distributed operation the body issued, as the resolver sees it.
+#[derive(Debug, Clone)]
+pub struct Op {
+    /// Its journal position.
+    pub seq: u32,
+    /// The DTask called, for child calls.
+    pub name: Option<String>,
+    /// The encoded arguments, for child calls.
+    pub input: Vec<u8>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    /// The encoded result, or the failure.
+    pub result: Result<Vec<u8>, Failure>,
+    /// Every distributed operation issued, in order, as `seq: command`.
+    pub ops: Vec<String>,
+    /// How many times the body was driven to quiescence.
+    pub steps: usize,
+    /// The largest encoded task message carrying the state (snapshot runs only).
+    pub max_message: usize,
+}
+
+/// Resolves operations and chooses which outstanding one completes next.
+pub trait World {
+    /// The result of `op` (MessagePack), or its failure.
+    fn resolve(&mut self, op: &Op) -> Result<Vec<u8>, Failure>;
+    /// Chooses, among the outstanding positions (ascending), the one to complete next.
+    fn pick(&mut self, outstanding: &[u32]) -> usize;
+}
+
+fn now() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+}
+
+fn outstanding(journal: &[crate::state::Entry], base: Seq) -> Vec<u32> {
+    journal
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.cmd.is_distributed() && e.result.is_none())
+        .map(|(i, _)| base + i as Seq)
+        .collect()
+}
+
+fn op_of(seq: Seq, cmd: &Command, inputs: &HashMap<Seq, Vec<u8>>) -> Op {
+    Op {
+        seq,
+        name: match cmd {
+            Command::Child { name, .. } => Some(name.clone()),
+            _ => None,
+        },
+        input: inputs.get(&seq).cloned().unwrap_or_default(),
+    }
+}
+
+fn outcome(r: Result<Vec<u8>, Failure>) -> Outcome {
+    match r {
+        Ok(b) => Outcome::Ok(b),
+        Err(f) => Outcome::Failed(f),
+    }
+}
+
+const MAX_STEPS: usize = 100_000;
+
+/// Runs `fut` as plain async code: one future, polled again after each resolution, never
+/// serialized.
+pub async fn run_direct<T, F>(fut: F, world: &mut dyn World) -> Trace
+where
+    T: Serialize,
+    F: Future<Output = T> + Send + 'static,
+{
+    let mut body = crate::__private::body(fut);
+    let exec = Arc::new(Mutex::new(Exec::with_base(
+        InstanceId::new("direct").expect("valid id"),
+        Vec::new(),
+        0,
+        true,
+        0,
+        now(),
+    )));
+    let mut trace = Trace {
+        result: Err(Failure::new(FailureKind::Stuck, "did not finish")),
+        ops: Vec::new(),
+        steps: 0,
+        max_message: 0,
+    };
+    let mut inputs = HashMap::new();
+    let mut seen = 0;
+    while trace.steps < MAX_STEPS {
+        let end = drive(&mut body, &exec).await;
+        trace.steps += 1;
+        let mut ex = exec.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, e) in ex.journal.iter().enumerate().skip(seen) {
+            if e.cmd.is_distributed() {
+                trace.ops.push(format!("{i}: {}", e.cmd));
+            }
+        }
+        seen = ex.journal.len();
+        inputs.extend(ex.child_inputs.drain());
+        match end {
+            StepEnd::Completed(bytes) => {
+                trace.result = Ok(bytes);
+                return trace;
+            }
+            StepEnd::Failed(f) => {
+                trace.result = Err(f);
+                return trace;
+            }
+            StepEnd::Suspended => {
+                let open = outstanding(&ex.journal, 0);
+                if open.is_empty() {
+                    trace.result = Err(Failure::new(FailureKind::Stuck, "nothing to resolve"));
+                    return trace;
+                }
+                let seq = open[world.pick(&open).min(open.len() - 1)];
+                let op = op_of(seq, &ex.journal[seq as usize].cmd, &inputs);
+                let r = world.resolve(&op);
+                ex.recorded += 1;
+                let order = ex.recorded;
+                let e = &mut ex.journal[seq as usize];
+                e.result = Some(outcome(r));
+                e.order = order;
+            }
+        }
+    }
+    trace
+}
+
+/// Runs the `#[dtask(snapshot)]` function registered as `name` on `input`: at every
+/// suspension its state is encoded into a task message, the machine is dropped, and the
+/// decoded state resumes it.
+pub async fn run_snapshot(name: &str, input: Vec<u8>, world: &mut dyn World) -> Trace {
+    let mut trace = Trace {
+        result: Err(Failure::new(FailureKind::Stuck, "did not finish")),
+        ops: Vec::new(),
+        steps: 0,
+        max_message: 0,
+    };
+    let Some(reg) = inventory::iter::<Registration>
+        .into_iter()
+        .find(|r| r.name == name)
+    else {
+        trace.result = Err(Failure::new(FailureKind::UnknownDTask, name.to_string()));
+        return trace;
+    };
+    let Run::Snapshot {
+        run,
+        fingerprint,
+        accepts,
+    } = reg.run
+    else {
+        trace.result = Err(Failure::new(FailureKind::Misuse, "not a snapshot DTask"));
+        return trace;
+    };
+    let mut state = InstanceState::new(
+        InstanceId::new("snap").expect("valid id"),
+        name.to_string(),
+        input,
+        ReplyTo::Root,
+    );
+    let mut inputs = HashMap::new();
+    while trace.steps < MAX_STEPS {
+        let (end, first_new, new_inputs) =
+            crate::snapshot::run_step(run, fingerprint, accepts, &mut state, now()).await;
+        trace.steps += 1;
+        inputs.extend(new_inputs);
+        for seq in first_new as Seq..state.next_seq() {
+            if let Some(e) = state.entry(seq).filter(|e| e.cmd.is_distributed()) {
+                trace.ops.push(format!("{seq}: {}", e.cmd));
+            }
+        }
+        match end {
+            StepEnd::Completed(bytes) => {
+                trace.result = Ok(bytes);
+                return trace;
+            }
+            StepEnd::Failed(f) => {
+                trace.result = Err(f);
+                return trace;
+            }
+            StepEnd::Suspended => {
+                // The round trip: the state as it travels in a message.
+                let bytes = encode(&TaskMessage::Step {
+                    state: Box::new(state),
+                    completion: None,
+                });
+                trace.max_message = trace.max_message.max(bytes.len());
+                state = match decode::<TaskMessage>(&bytes) {
+                    Ok(TaskMessage::Step { state, .. }) => *state,
+                    _ => {
+                        trace.result = Err(Failure::new(FailureKind::BadInput, "round trip"));
+                        return trace;
+                    }
+                };
+                let open = state.outstanding_seqs();
+                if open.is_empty() {
+                    trace.result = Err(Failure::new(FailureKind::Stuck, "nothing to resolve"));
+                    return trace;
+                }
+                let seq = open[world.pick(&open).min(open.len() - 1)];
+                let Some(cmd) = state.entry(seq).map(|e| e.cmd.clone()) else {
+                    continue;
+                };
+                let op = op_of(seq, &cmd, &inputs);
+                let r = world.resolve(&op);
+                state.record(seq, outcome(r));
+            }
+        }
+    }
+    trace
+}
+
+/// The fingerprint of the `#[dtask(snapshot)]` function registered as `name`.
+pub fn fingerprint(name: &str) -> Option<u64> {
+    inventory::iter::<Registration>
+        .into_iter()
+        .find(|r| r.name == name)
+        .and_then(|r| match r.run {
+            Run::Snapshot { fingerprint, .. } => Some(fingerprint),
+            Run::Replay(_) => None,
+        })
+}
