@@ -401,7 +401,9 @@ impl Engine {
             })
             .collect();
         let mut outputs = Vec::new();
-        if state.reply == ReplyTo::Root {
+        // Status is written on transitions only: `Suspended` after the first step; later
+        // steps leave it (each write is a confirmed publish).
+        if state.reply == ReplyTo::Root && replayed == 0 {
             outputs.push(status_write(&state, Status::Suspended));
         }
         if !state.mailbox && new.len() == 1 && state.outstanding() == 1 {
