@@ -443,8 +443,8 @@ impl Shared {
             .collect())
     }
 
-    /// The number of ready messages in `queue`, or `None` when it does not exist.
-    async fn probe(&self, queue: &str) -> Result<Option<u32>> {
+    /// Whether `queue` exists.
+    async fn exists(&self, queue: &str) -> Result<bool> {
         let ch = conn::get_channel(&self.channels).await?;
         let passive = QueueDeclareOptions {
             passive: true,
@@ -454,11 +454,11 @@ impl Shared {
             .queue_declare(short(queue)?, passive, FieldTable::default())
             .await
         {
-            Ok(q) => Ok(Some(q.message_count())),
+            Ok(_) => Ok(true),
             Err(e) if is_not_found(&e) => {
                 // The broker closed this channel: keep it out of the pool.
                 drop(Object::take(ch));
-                Ok(None)
+                Ok(false)
             }
             Err(e) => Err(AmqpError::broker(format!("checking queue `{queue}`"), e)),
         }
@@ -576,10 +576,11 @@ impl Shared {
     async fn drain_mailbox(self: &Arc<Self>, instance: &InstanceId) -> Result<Vec<MailboxMessage>> {
         let queue = self.topo.mailbox(instance.as_str());
         // A missing mailbox (expired, or never written) is empty. `basic.get` on a missing
-        // queue would close the shard channel, so look first on another channel.
-        match self.probe(&queue).await? {
-            None | Some(0) => return Ok(Vec::new()),
-            Some(_) => {}
+        // queue would close the shard channel, so look first on another channel (only for
+        // existence: a message count seen from another channel may miss a message this
+        // channel has just put back).
+        if !self.exists(&queue).await? {
+            return Ok(Vec::new());
         }
         let held = lock(&self.doorbells)
             .get(instance.as_str())

@@ -254,9 +254,8 @@ impl Broker {
         Ok(out)
     }
 
-    /// Every queue this test knows of: those its transports declared, and (when
-    /// `rabbitmqctl` is available) those the broker lists under the prefix.
-    pub async fn known_queues(&self) -> Vec<String> {
+    /// Every queue this test's transports declared.
+    pub fn known_queues(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .transports
             .lock()
@@ -264,7 +263,6 @@ impl Broker {
             .iter()
             .flat_map(|t| t.declared_queues())
             .collect();
-        names.extend(listed_queues(&self.prefix).await.unwrap_or_default());
         names.sort();
         names.dedup();
         names
@@ -273,14 +271,15 @@ impl Broker {
     /// Deletes every queue of the prefix, then checks (with `rabbitmqctl`, when
     /// available) that none is left. Stop the workers first.
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
-        let names = self.known_queues().await;
-        delete_queues(&self.channel().await?, &names).await?;
-        // Past here, dropping `self` need not try again.
+        let ch = self.channel().await?;
+        delete_queues(&ch, &self.known_queues()).await?;
+        let left = listed_queues(&self.prefix).await.unwrap_or_default();
+        // Delete strays too, then report them: something declared a queue behind the
+        // transports' backs (or after the workers stopped).
+        delete_queues(&ch, &left).await?;
         self.cleaned = true;
-        if let Some(left) = listed_queues(&self.prefix).await {
-            if !left.is_empty() {
-                bail!("queues left after cleanup: {left:?}");
-            }
+        if !left.is_empty() {
+            bail!("queues left after cleanup: {left:?}");
         }
         Ok(())
     }
