@@ -123,6 +123,7 @@ struct Mem {
     mailboxes: HashMap<InstanceId, VecDeque<Vec<u8>>>,
     results: HashMap<InstanceId, Vec<u8>>,
     statuses: HashMap<InstanceId, Vec<u8>>,
+    result_waiters: HashMap<InstanceId, Arc<Notify>>,
     dead: Vec<DeadLetter>,
     /// Deliveries and mailbox messages handed out and not yet settled.
     unsettled: usize,
@@ -261,6 +262,9 @@ impl MemoryTransport {
                     return Published::Duplicate;
                 }
                 mem.results.insert(instance.clone(), o.body.clone());
+                if let Some(w) = mem.result_waiters.remove(instance) {
+                    w.notify_waiters();
+                }
             }
             Destination::Status { instance } => {
                 mem.statuses.insert(instance.clone(), o.body.clone());
@@ -509,8 +513,19 @@ impl Transport for MemoryTransport {
     fn wait_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Vec<u8>, Error>> {
         let instance = instance.clone();
         async move {
+            // One notifier per awaited instance: a result wakes only its own waiters.
+            let waiter = {
+                let mut mem = self.shared.lock();
+                if let Some(r) = mem.results.get(&instance) {
+                    return Ok(r.clone());
+                }
+                mem.result_waiters
+                    .entry(instance.clone())
+                    .or_insert_with(|| Arc::new(Notify::new()))
+                    .clone()
+            };
             loop {
-                let notified = self.shared.changed.notified();
+                let notified = waiter.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 if let Some(r) = self.shared.lock().results.get(&instance) {
