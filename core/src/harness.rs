@@ -150,18 +150,100 @@ where
 /// suspension its state is encoded into a task message, the machine is dropped, and the
 /// decoded state resumes it.
 pub async fn run_snapshot(name: &str, input: Vec<u8>, world: &mut dyn World) -> Trace {
-    let mut trace = Trace {
-        result: Err(Failure::new(FailureKind::Stuck, "did not finish")),
+    let state = InstanceState::new(
+        InstanceId::new("snap").expect("valid id"),
+        name.to_string(),
+        input,
+        ReplyTo::Root,
+    );
+    drive_snapshot(name, state, world, usize::MAX).await.0
+}
+
+/// Like [`run_snapshot`], but stops at the `suspensions`-th suspension and returns the
+/// task message that carries the suspended instance (`None` when it finished before).
+pub async fn suspend_snapshot(
+    name: &str,
+    input: Vec<u8>,
+    world: &mut dyn World,
+    suspensions: usize,
+) -> (Trace, Option<Vec<u8>>) {
+    let state = InstanceState::new(
+        InstanceId::new("snap").expect("valid id"),
+        name.to_string(),
+        input,
+        ReplyTo::Root,
+    );
+    drive_snapshot(name, state, world, suspensions).await
+}
+
+/// Resumes the instance carried by `message` (from [`suspend_snapshot`]) with the code
+/// registered as `name`, as a worker running that code would.
+pub async fn resume_snapshot(name: &str, message: &[u8], world: &mut dyn World) -> Trace {
+    match decode::<TaskMessage>(message) {
+        Ok(TaskMessage::Step { state, .. }) => {
+            drive_snapshot(name, *state, world, usize::MAX).await.0
+        }
+        Ok(_) => failed(Failure::new(FailureKind::BadInput, "not a step message")),
+        Err(e) => failed(Failure::new(FailureKind::BadInput, e.to_string())),
+    }
+}
+
+/// The parts of a suspended snapshot that tests tamper with.
+#[derive(Debug)]
+pub struct Tamper {
+    /// The fingerprint of the code that saved it.
+    pub fingerprint: u64,
+    /// The await it is suspended at.
+    pub point: u32,
+    /// The saved locals.
+    pub locals: Vec<u8>,
+}
+
+/// Applies `f` to the snapshot inside `message` (a task message from
+/// [`suspend_snapshot`]) and encodes the result; `None` when it carries no snapshot.
+pub fn tamper(message: &[u8], f: impl FnOnce(&mut Tamper)) -> Option<Vec<u8>> {
+    let Ok(TaskMessage::Step {
+        mut state,
+        completion,
+    }) = decode::<TaskMessage>(message)
+    else {
+        return None;
+    };
+    let snap = state.snapshot.as_mut()?;
+    let mut t = Tamper {
+        fingerprint: snap.fingerprint,
+        point: snap.point,
+        locals: std::mem::take(&mut snap.locals),
+    };
+    f(&mut t);
+    snap.fingerprint = t.fingerprint;
+    snap.point = t.point;
+    snap.locals = t.locals;
+    Some(encode(&TaskMessage::Step { state, completion }))
+}
+
+fn failed(f: Failure) -> Trace {
+    Trace {
+        result: Err(f),
         ops: Vec::new(),
         steps: 0,
         max_message: 0,
-    };
+    }
+}
+
+async fn drive_snapshot(
+    name: &str,
+    mut state: InstanceState,
+    world: &mut dyn World,
+    stop_after: usize,
+) -> (Trace, Option<Vec<u8>>) {
+    let mut trace = failed(Failure::new(FailureKind::Stuck, "did not finish"));
     let Some(reg) = inventory::iter::<Registration>
         .into_iter()
         .find(|r| r.name == name)
     else {
         trace.result = Err(Failure::new(FailureKind::UnknownDTask, name.to_string()));
-        return trace;
+        return (trace, None);
     };
     let Run::Snapshot {
         run,
@@ -170,14 +252,8 @@ pub async fn run_snapshot(name: &str, input: Vec<u8>, world: &mut dyn World) -> 
     } = reg.run
     else {
         trace.result = Err(Failure::new(FailureKind::Misuse, "not a snapshot DTask"));
-        return trace;
+        return (trace, None);
     };
-    let mut state = InstanceState::new(
-        InstanceId::new("snap").expect("valid id"),
-        name.to_string(),
-        input,
-        ReplyTo::Root,
-    );
     let mut inputs = HashMap::new();
     while trace.steps < MAX_STEPS {
         let (end, first_new, new_inputs) =
@@ -192,11 +268,11 @@ pub async fn run_snapshot(name: &str, input: Vec<u8>, world: &mut dyn World) -> 
         match end {
             StepEnd::Completed(bytes) => {
                 trace.result = Ok(bytes);
-                return trace;
+                return (trace, None);
             }
             StepEnd::Failed(f) => {
                 trace.result = Err(f);
-                return trace;
+                return (trace, None);
             }
             StepEnd::Suspended => {
                 // The round trip: the state as it travels in a message.
@@ -205,17 +281,20 @@ pub async fn run_snapshot(name: &str, input: Vec<u8>, world: &mut dyn World) -> 
                     completion: None,
                 });
                 trace.max_message = trace.max_message.max(bytes.len());
+                if trace.steps >= stop_after {
+                    return (trace, Some(bytes));
+                }
                 state = match decode::<TaskMessage>(&bytes) {
                     Ok(TaskMessage::Step { state, .. }) => *state,
                     _ => {
                         trace.result = Err(Failure::new(FailureKind::BadInput, "round trip"));
-                        return trace;
+                        return (trace, None);
                     }
                 };
                 let open = state.outstanding_seqs();
                 if open.is_empty() {
                     trace.result = Err(Failure::new(FailureKind::Stuck, "nothing to resolve"));
-                    return trace;
+                    return (trace, None);
                 }
                 let seq = open[world.pick(&open).min(open.len() - 1)];
                 let Some(cmd) = state.entry(seq).map(|e| e.cmd.clone()) else {
@@ -227,7 +306,7 @@ pub async fn run_snapshot(name: &str, input: Vec<u8>, world: &mut dyn World) -> 
             }
         }
     }
-    trace
+    (trace, None)
 }
 
 /// The fingerprint of the `#[dtask(snapshot)]` function registered as `name`.

@@ -258,6 +258,28 @@ fn fingerprint(func: &ItemFn) -> u64 {
 }
 
 #[cfg(test)]
+mod fingerprints {
+    fn fp(src: &str) -> u64 {
+        super::fingerprint(&syn::parse_str(src).expect("a function"))
+    }
+
+    #[test]
+    fn the_fingerprint_depends_on_the_code_not_its_layout() {
+        let a = fp("async fn f(x: u64) -> u64 { let y = g(x).await; y + 1 }");
+        let b = fp("async fn f(x: u64)->u64{\n    let y = g(x)\n        .await;\n    y+1\n}");
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            fp("async fn f(x: u64) -> u64 { let y = g(x).await; y + 2 }")
+        );
+        assert_ne!(
+            a,
+            fp("async fn f(x: u32) -> u64 { let y = g(x).await; y + 1 }")
+        );
+    }
+}
+
+#[cfg(test)]
 mod golden {
     //! The expansion of each `tests/golden/<name>.rs` is compared with
     //! `tests/golden/<name>.expanded.rs` (formatted). `UPDATE_GOLDEN=1` rewrites them.
