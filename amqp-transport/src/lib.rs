@@ -51,7 +51,9 @@
 //! stream: the transport reconnects with exponential backoff (up to 5 s) and subscribes
 //! again; deliveries in flight on the dead connection are redelivered by the broker.
 //! Publishing retries on a fresh channel for up to [`AmqpConfig::publish_timeout`].
-//! Waiting for a result survives reconnects too.
+//! Waiting for a result survives reconnects too. A broker that vanishes without closing
+//! the connection is noticed by heartbeats: add `?heartbeat=10` to the URL to notice it
+//! within seconds rather than the broker's default minute.
 //!
 //! The library emits `tracing` events and installs no subscriber.
 //!
