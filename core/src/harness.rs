@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -37,8 +37,13 @@ pub struct Trace {
     pub ops: Vec<String>,
     /// How many times the body was driven to quiescence.
     pub steps: usize,
-    /// The largest encoded task message carrying the state (snapshot runs only).
+    /// The largest encoded task message carrying the state (snapshot and replay runs).
     pub max_message: usize,
+    /// The size of the task message carrying the state at each suspension.
+    pub message_sizes: Vec<usize>,
+    /// How long each step took (building or resuming the body, driving it, encoding the
+    /// state).
+    pub step_times: Vec<Duration>,
 }
 
 /// Resolves operations and chooses which outstanding one completes next.
@@ -98,12 +103,7 @@ where
         0,
         now(),
     )));
-    let mut trace = Trace {
-        result: Err(Failure::new(FailureKind::Stuck, "did not finish")),
-        ops: Vec::new(),
-        steps: 0,
-        max_message: 0,
-    };
+    let mut trace = failed(Failure::new(FailureKind::Stuck, "did not finish"));
     let mut inputs = HashMap::new();
     let mut seen = 0;
     while trace.steps < MAX_STEPS {
@@ -228,6 +228,8 @@ fn failed(f: Failure) -> Trace {
         ops: Vec::new(),
         steps: 0,
         max_message: 0,
+        message_sizes: Vec::new(),
+        step_times: Vec::new(),
     }
 }
 
@@ -256,6 +258,7 @@ async fn drive_snapshot(
     };
     let mut inputs = HashMap::new();
     while trace.steps < MAX_STEPS {
+        let started = Instant::now();
         let (end, first_new, new_inputs) =
             crate::snapshot::run_step(run, fingerprint, accepts, &mut state, now()).await;
         trace.steps += 1;
@@ -280,6 +283,8 @@ async fn drive_snapshot(
                     state: Box::new(state),
                     completion: None,
                 });
+                trace.step_times.push(started.elapsed());
+                trace.message_sizes.push(bytes.len());
                 trace.max_message = trace.max_message.max(bytes.len());
                 if trace.steps >= stop_after {
                     return (trace, Some(bytes));
@@ -307,6 +312,102 @@ async fn drive_snapshot(
         }
     }
     (trace, None)
+}
+
+/// Runs the replay-model `#[dtask]` function registered as `name` on `input` the way
+/// workers do: every step builds the body anew and replays the journal, and at every
+/// suspension the state is encoded into a task message and decoded. For comparing the
+/// models (resume cost per step, message size).
+pub async fn run_replay(name: &str, input: Vec<u8>, world: &mut dyn World) -> Trace {
+    let mut trace = failed(Failure::new(FailureKind::Stuck, "did not finish"));
+    let Some(reg) = inventory::iter::<Registration>
+        .into_iter()
+        .find(|r| r.name == name)
+    else {
+        trace.result = Err(Failure::new(FailureKind::UnknownDTask, name.to_string()));
+        return trace;
+    };
+    let Run::Replay(run) = reg.run else {
+        trace.result = Err(Failure::new(FailureKind::Misuse, "not a replay DTask"));
+        return trace;
+    };
+    let mut state = InstanceState::new(
+        InstanceId::new("replay").expect("valid id"),
+        name.to_string(),
+        input,
+        ReplyTo::Root,
+    );
+    let mut inputs = HashMap::new();
+    while trace.steps < MAX_STEPS {
+        let started = Instant::now();
+        let mut body = match run(&state.input) {
+            Ok(b) => b,
+            Err(f) => {
+                trace.result = Err(f);
+                return trace;
+            }
+        };
+        let first_new = state.journal.len();
+        let exec = Arc::new(Mutex::new(Exec::new(
+            state.id.clone(),
+            std::mem::take(&mut state.journal),
+            state.recorded,
+            now(),
+        )));
+        let end = drive(&mut body, &exec).await;
+        drop(body);
+        {
+            let mut ex = exec.lock().unwrap_or_else(|p| p.into_inner());
+            state.journal = std::mem::take(&mut ex.journal);
+            state.recorded = ex.recorded;
+            inputs.extend(ex.child_inputs.drain());
+        }
+        trace.steps += 1;
+        for (i, e) in state.journal.iter().enumerate().skip(first_new) {
+            if e.cmd.is_distributed() {
+                trace.ops.push(format!("{i}: {}", e.cmd));
+            }
+        }
+        match end {
+            StepEnd::Completed(bytes) => {
+                trace.result = Ok(bytes);
+                return trace;
+            }
+            StepEnd::Failed(f) => {
+                trace.result = Err(f);
+                return trace;
+            }
+            StepEnd::Suspended => {
+                let bytes = encode(&TaskMessage::Step {
+                    state: Box::new(state),
+                    completion: None,
+                });
+                trace.step_times.push(started.elapsed());
+                trace.message_sizes.push(bytes.len());
+                trace.max_message = trace.max_message.max(bytes.len());
+                state = match decode::<TaskMessage>(&bytes) {
+                    Ok(TaskMessage::Step { state, .. }) => *state,
+                    _ => {
+                        trace.result = Err(Failure::new(FailureKind::BadInput, "round trip"));
+                        return trace;
+                    }
+                };
+                let open = state.outstanding_seqs();
+                if open.is_empty() {
+                    trace.result = Err(Failure::new(FailureKind::Stuck, "nothing to resolve"));
+                    return trace;
+                }
+                let seq = open[world.pick(&open).min(open.len() - 1)];
+                let Some(cmd) = state.entry(seq).map(|e| e.cmd.clone()) else {
+                    continue;
+                };
+                let op = op_of(seq, &cmd, &inputs);
+                let r = world.resolve(&op);
+                state.record(seq, outcome(r));
+            }
+        }
+    }
+    trace
 }
 
 /// The fingerprint of the `#[dtask(snapshot)]` function registered as `name`.
