@@ -288,3 +288,55 @@ async fn replay_and_snapshot_agree_and_only_the_replay_state_grows() {
         "replay {r_last} B, snapshot {s_last} B"
     );
 }
+
+#[dtask(snapshot)]
+async fn no_awaits(x: u64) -> u64 {
+    x * 3
+}
+
+#[dtask(snapshot)]
+async fn unit_output(x: u64) {
+    DTask::yield_now().await;
+    assert_eq!(x, 4);
+}
+
+#[dtask(snapshot)]
+async fn odds_and_ends(x: u64) -> String {
+    #[derive(Serialize, Deserialize)]
+    struct Acc {
+        parts: Vec<String>,
+    }
+    let mut acc = Acc { parts: Vec::new() };
+    let later;
+    if x > 2 {
+        later = add_one(x).await;
+    } else {
+        later = 0;
+    }
+    match add_one(later).await {
+        0 => acc.parts.push("zero".into()),
+        v => acc.parts.push(v.to_string()),
+    }
+    if add_one(x).await % 2 == 0 {
+        acc.parts.push("even".into());
+    }
+    let r#type = add_one(1).await;
+    acc.parts.push(r#type.to_string());
+    acc.parts.join(" ")
+}
+
+#[tokio::test]
+async fn small_shapes_compile_and_run() -> TestResult {
+    let rt = Runtime::builder()
+        .register(no_awaits)
+        .register(unit_output)
+        .register(odds_and_ends)
+        .register(add_one)
+        .build()?;
+    let c = rt.client();
+    assert_eq!(c.start(no_awaits(2)).await?.result().await?, 6);
+    c.start(unit_output(4)).await?.result().await?;
+    assert_eq!(c.start(odds_and_ends(3)).await?.result().await?, "5 even 2");
+    assert_eq!(c.start(odds_and_ends(1)).await?.result().await?, "1 even 2");
+    Ok(())
+}
