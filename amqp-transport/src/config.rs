@@ -97,9 +97,9 @@ impl AmqpConfig {
     }
 
     /// How long an unused mailbox queue lives before the broker deletes it (`x-expires`,
-    /// default 7 days). A safety net against leaked queues: it must be longer than the
-    /// longest time an instance waits on several operations at once (its state sits in
-    /// its mailbox meanwhile).
+    /// default 7 days): the clean-up of finished instances' mailboxes. Workers touch the
+    /// mailbox of every waiting instance every quarter of this period, so a wait may last
+    /// longer than it.
     pub fn mailbox_retention(mut self, d: Duration) -> Self {
         self.mailbox_retention = d;
         self

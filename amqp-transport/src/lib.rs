@@ -67,8 +67,9 @@
 //!   workers take over when it goes away. Task queues are shared by all workers.
 //! - Every process of a deployment must use the same prefix, shard count and retention
 //!   periods ([`AmqpConfig`]).
-//! - A mailbox expires after [`AmqpConfig::mailbox_retention`] without use: keep it
-//!   longer than the longest wait of an instance that waits on several operations.
+//! - A mailbox expires after [`AmqpConfig::mailbox_retention`] without use. Workers drain
+//!   the mailbox of every waiting instance every quarter of that period (a keep-alive),
+//!   so a long wait never loses its state; finished instances' mailboxes expire.
 //! - Each waiting [`Handle::result`](dtasks::Handle::result) holds a channel of its own
 //!   until the result arrives (RabbitMQ allows about 2,000 channels per connection).
 //! - Reading a register takes its message and puts it back, so two reads at the same

@@ -734,6 +734,10 @@ impl AmqpTransport {
 }
 
 impl Transport for AmqpTransport {
+    fn mailbox_retention(&self) -> Option<Duration> {
+        Some(self.shared.cfg.mailbox_retention)
+    }
+
     fn publish(
         &self,
         batch: Vec<Outgoing>,

@@ -28,6 +28,9 @@ pub(crate) const DEFAULT_STATE_BUDGET: usize = 4 * 1024 * 1024;
 pub(crate) struct Engine {
     pub(crate) registry: Registry,
     pub(crate) budget: usize,
+    /// How often the mailbox of a waiting instance is touched so that the broker does not
+    /// expire it (`None`: mailboxes never expire).
+    pub(crate) keepalive: Option<std::time::Duration>,
 }
 
 /// What to do with the messages drained from a mailbox.
@@ -52,7 +55,17 @@ pub(crate) struct TaskInfo {
 
 impl Engine {
     pub(crate) fn new(registry: Registry, budget: usize) -> Self {
-        Self { registry, budget }
+        Self {
+            registry,
+            budget,
+            keepalive: None,
+        }
+    }
+
+    /// Touches mailboxes every `every` (a fraction of the transport's mailbox retention).
+    pub(crate) fn with_keepalive(mut self, every: Option<std::time::Duration>) -> Self {
+        self.keepalive = every;
+        self
     }
 
     /// Decodes a task message. An error means the message is poison.
@@ -137,6 +150,7 @@ impl Engine {
                 let message_id = match &item {
                     MailboxItem::Event { seq, .. } => format!("{instance}:e{seq}"),
                     MailboxItem::State(s) => format!("{instance}:v{}", s.version),
+                    MailboxItem::Touch => format!("{instance}:touch{not_before_ms}"),
                 };
                 vec![Outgoing {
                     destination: Destination::Mailbox {
@@ -158,6 +172,7 @@ impl Engine {
             vec![(Settlement::Ack, String::new()); items.len()];
         let mut state: Option<(usize, InstanceState)> = None;
         let mut events: Vec<(usize, Seq, Outcome)> = Vec::new();
+        let mut touched = false;
         for (i, body) in items.iter().enumerate() {
             match decode::<MailboxItem>(body) {
                 Ok(MailboxItem::State(s)) => {
@@ -169,6 +184,8 @@ impl Engine {
                     }
                 }
                 Ok(MailboxItem::Event { seq, outcome }) => events.push((i, seq, outcome)),
+                // The drain itself was the point; the touch is acked.
+                Ok(MailboxItem::Touch) => touched = true,
                 Err(e) => settle[i] = (Settlement::DeadLetter, e.to_string()),
             }
         }
@@ -197,10 +214,24 @@ impl Engine {
                 merged += 1;
             }
         }
-        if merged == 0 {
+        if touched {
+            // The keep-alive that fired is spent: the next write of the state schedules
+            // another.
+            state.touch_at_ms = 0;
+        }
+        if merged == 0 && !touched {
             settle[state_at].0 = Settlement::Requeue;
             return MailboxPlan {
                 outputs: Vec::new(),
+                settle,
+                waiting_for_state: false,
+            };
+        }
+        if merged == 0 {
+            // Only a keep-alive: write the state back with the next one scheduled.
+            let outputs = self.write_mailbox_state(state, now);
+            return MailboxPlan {
+                outputs,
                 settle,
                 waiting_for_state: false,
             };
@@ -230,6 +261,50 @@ impl Engine {
             settle,
             waiting_for_state: false,
         }
+    }
+
+    /// The messages that write `state` (with `version + 1`) to its mailbox, plus a
+    /// keep-alive of the mailbox when none is pending.
+    fn write_mailbox_state(&self, mut state: InstanceState, now: SystemTime) -> Vec<Outgoing> {
+        state.version += 1;
+        let mut outputs = Vec::new();
+        let now_ms = to_millis(now);
+        if let Some(every) = self.keepalive {
+            if state.touch_at_ms <= now_ms {
+                let at = now + every;
+                state.touch_at_ms = to_millis(at);
+                let msg = TaskMessage::Forward {
+                    instance: state.id.clone(),
+                    name: state.name.clone(),
+                    item: MailboxItem::Touch,
+                    not_before_ms: state.touch_at_ms,
+                };
+                let id = format!("{}:touch{}", state.id, state.touch_at_ms);
+                outputs.push(out(
+                    Destination::Delayed {
+                        name: state.name.clone(),
+                        at,
+                    },
+                    &msg,
+                    id,
+                    &state,
+                ));
+            }
+        }
+        let me = MailboxItem::State(Box::new(state.clone()));
+        outputs.insert(
+            0,
+            Outgoing {
+                destination: Destination::Mailbox {
+                    instance: state.id.clone(),
+                },
+                body: encode(&me),
+                message_id: format!("{}:v{}", state.id, state.version),
+                instance: state.id.clone(),
+                dtask: state.name.clone(),
+            },
+        );
+        outputs
     }
 
     /// Runs one step of `state` and returns what to publish.
@@ -278,7 +353,7 @@ impl Engine {
                 warn!(instance = %state.id, dtask = %state.name, failure = %f, "instance failed");
                 self.finish(state.clone(), Outcome::Failed(f), &[])
             }
-            StepEnd::Suspended => self.suspend(state.clone(), replayed, inputs),
+            StepEnd::Suspended => self.suspend(state.clone(), replayed, inputs, now),
         };
         if let Some(big) = outputs.iter().find(|o| o.body.len() > self.budget) {
             let f = Failure::new(
@@ -392,6 +467,7 @@ impl Engine {
         mut state: InstanceState,
         replayed: usize,
         mut inputs: std::collections::HashMap<Seq, Vec<u8>>,
+        now: SystemTime,
     ) -> Vec<Outgoing> {
         let new: Vec<Seq> = (replayed as Seq..state.next_seq())
             .filter(|seq| {
@@ -460,17 +536,8 @@ impl Engine {
         // Waiting on several operations (or already in mailbox mode): the state is kept
         // in the instance's mailbox, where the results are merged one at a time.
         state.mailbox = true;
+        outputs.extend(self.write_mailbox_state(state.clone(), now));
         state.version += 1;
-        let me = MailboxItem::State(Box::new(state.clone()));
-        outputs.push(Outgoing {
-            destination: Destination::Mailbox {
-                instance: state.id.clone(),
-            },
-            body: encode(&me),
-            message_id: format!("{}:v{}", state.id, state.version),
-            instance: state.id.clone(),
-            dtask: state.name.clone(),
-        });
         for seq in new {
             let cmd = state
                 .entry(seq)

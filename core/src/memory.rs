@@ -46,6 +46,7 @@ pub struct MemoryTransportBuilder {
     virtual_time: bool,
     duplicate: bool,
     max_redeliveries: Option<u32>,
+    mailbox_retention: Option<Duration>,
 }
 
 impl MemoryTransportBuilder {
@@ -67,6 +68,14 @@ impl MemoryTransportBuilder {
         self
     }
 
+    /// Deletes a mailbox that nobody drained for `retention`, as a broker's queue expiry
+    /// does (default: mailboxes never expire; applied when virtual time advances). Workers
+    /// keep the mailboxes of waiting instances alive.
+    pub fn mailbox_retention(mut self, retention: Duration) -> Self {
+        self.mailbox_retention = Some(retention);
+        self
+    }
+
     /// Builds the transport.
     pub fn build(self) -> MemoryTransport {
         let clock = if self.virtual_time {
@@ -83,6 +92,7 @@ impl MemoryTransportBuilder {
                 changed: Notify::new(),
                 duplicate: self.duplicate,
                 max_redeliveries: self.max_redeliveries.unwrap_or(5),
+                mailbox_retention: self.mailbox_retention,
             }),
         }
     }
@@ -102,6 +112,7 @@ struct Shared {
     changed: Notify,
     duplicate: bool,
     max_redeliveries: u32,
+    mailbox_retention: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -121,6 +132,8 @@ struct Mem {
     doorbells: VecDeque<InstanceId>,
     busy: HashSet<InstanceId>,
     mailboxes: HashMap<InstanceId, VecDeque<Vec<u8>>>,
+    /// When each mailbox was created or last drained.
+    mailbox_used: HashMap<InstanceId, SystemTime>,
     results: HashMap<InstanceId, Vec<u8>>,
     statuses: HashMap<InstanceId, Vec<u8>>,
     result_waiters: HashMap<InstanceId, Arc<Notify>>,
@@ -147,6 +160,21 @@ impl Mem {
             fired = true;
         }
         fired
+    }
+
+    /// Deletes the mailboxes unused for `retention`.
+    fn expire_mailboxes(&mut self, retention: Duration) {
+        let now = self.now();
+        let expired: Vec<InstanceId> = self
+            .mailbox_used
+            .iter()
+            .filter(|(_, used)| **used + retention <= now)
+            .map(|(i, _)| i.clone())
+            .collect();
+        for i in expired {
+            self.mailbox_used.remove(&i);
+            self.mailboxes.remove(&i);
+        }
     }
 
     fn next_timer(&self) -> Option<SystemTime> {
@@ -184,6 +212,9 @@ impl MemoryTransport {
         let mut mem = self.shared.lock();
         if let Some(now) = mem.clock.as_mut() {
             *now += by;
+            if let Some(r) = self.shared.mailbox_retention {
+                mem.expire_mailboxes(r);
+            }
             mem.fire_due();
             drop(mem);
             self.shared.changed.notify_waiters();
@@ -251,6 +282,10 @@ impl MemoryTransport {
                 }
             }
             Destination::Mailbox { instance } => {
+                if !mem.mailboxes.contains_key(instance) {
+                    let now = mem.now();
+                    mem.mailbox_used.insert(instance.clone(), now);
+                }
                 mem.mailboxes
                     .entry(instance.clone())
                     .or_default()
@@ -482,6 +517,8 @@ impl Transport for MemoryTransport {
         instance: &InstanceId,
     ) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>> {
         let mut mem = self.shared.lock();
+        let now = mem.now();
+        mem.mailbox_used.insert(instance.clone(), now);
         let items: Vec<Vec<u8>> = mem
             .mailboxes
             .get_mut(instance)
@@ -540,6 +577,10 @@ impl Transport for MemoryTransport {
     fn read_status(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
         let r = self.shared.lock().statuses.get(instance).cloned();
         futures::future::ready(Ok(r)).boxed()
+    }
+
+    fn mailbox_retention(&self) -> Option<Duration> {
+        self.shared.mailbox_retention
     }
 
     fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {

@@ -21,6 +21,7 @@ pub struct RuntimeBuilder {
     duplicate: bool,
     dedupe_window: Option<usize>,
     state_budget: Option<usize>,
+    mailbox_retention: Option<Duration>,
 }
 
 impl RuntimeBuilder {
@@ -85,6 +86,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Mailboxes unused for `retention` are deleted, as on a broker (see
+    /// [`MemoryTransportBuilder::mailbox_retention`](crate::MemoryTransportBuilder::mailbox_retention)).
+    pub fn mailbox_retention(mut self, retention: Duration) -> Self {
+        self.mailbox_retention = Some(retention);
+        self
+    }
+
     /// Starts the workers on the current tokio runtime.
     ///
     /// # Panics
@@ -99,6 +107,9 @@ impl RuntimeBuilder {
         }
         if self.duplicate {
             t = t.duplicate_delivery();
+        }
+        if let Some(r) = self.mailbox_retention {
+            t = t.mailbox_retention(r);
         }
         let transport = t.build();
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -199,6 +199,9 @@ pub(crate) struct InstanceState {
     /// longer needs from the front of its journal. Always 0 in the replay model.
     #[serde(default)]
     pub(crate) base: Seq,
+    /// Mailbox mode: when the pending keep-alive of the mailbox fires (0: none pending).
+    #[serde(default)]
+    pub(crate) touch_at_ms: u64,
 }
 
 impl InstanceState {
@@ -215,6 +218,7 @@ impl InstanceState {
             finished: false,
             snapshot: None,
             base: 0,
+            touch_at_ms: 0,
         }
     }
 
@@ -305,6 +309,7 @@ impl InstanceState {
             finished: true,
             snapshot: None,
             base: 0,
+            touch_at_ms: 0,
         }
     }
 }
@@ -335,6 +340,9 @@ pub(crate) enum MailboxItem {
     State(Box<InstanceState>),
     /// The result of operation `seq`.
     Event { seq: Seq, outcome: Outcome },
+    /// A keep-alive: draining the mailbox counts as using it, so a broker does not expire
+    /// the mailbox of an instance that waits longer than the mailbox retention.
+    Touch,
 }
 
 /// The final result of a root instance, as kept in the result register.

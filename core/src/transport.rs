@@ -188,6 +188,13 @@ pub trait Transport: Send + Sync + 'static {
     /// Reads the status register of `instance`.
     fn read_status(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>>;
 
+    /// How long a mailbox may go unused before the transport deletes it, if it ever does.
+    /// Workers touch the mailbox of every waiting instance well within it (every quarter
+    /// of it), so a long wait never loses the state kept there.
+    fn mailbox_retention(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// How many timers wait to fire, when the transport can tell (for progress summaries).
     fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
         Box::pin(futures::future::ready(Ok(None)))

@@ -114,10 +114,11 @@ impl WorkerBuilder {
                 "a worker needs at least one registered DTask",
             ));
         }
+        let keepalive = self.transport.mailbox_retention().map(|r| r / 4);
         Ok(Worker {
             inner: Arc::new(Inner {
                 transport: self.transport,
-                engine: Engine::new(self.registry, self.budget),
+                engine: Engine::new(self.registry, self.budget).with_keepalive(keepalive),
                 concurrency: self.concurrency,
                 dedupe: Mutex::new(Dedupe::new(self.dedupe_window)),
                 max_redeliveries: self.max_redeliveries,

@@ -1,0 +1,76 @@
+//! Mailbox-mode instances that wait longer than the transport keeps an unused mailbox.
+
+use std::time::Duration;
+
+use dtasks::transport::{Destination, Outgoing};
+use dtasks::{dtask, DTask, InstanceId, MemoryTransport, Runtime, Transport};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[dtask]
+async fn wait_hours(h: u64) -> u64 {
+    DTask::delay(HOUR * h as u32).await;
+    h
+}
+
+#[dtask]
+async fn wait_all(hours: Vec<u64>) -> u64 {
+    DTask::when_all(hours.into_iter().map(wait_hours))
+        .await
+        .iter()
+        .sum()
+}
+
+#[tokio::test]
+async fn a_fan_in_waiting_ten_times_the_mailbox_retention_keeps_its_state() -> TestResult {
+    let rt = Runtime::builder()
+        .register(wait_all)
+        .register(wait_hours)
+        .virtual_time()
+        .mailbox_retention(HOUR)
+        .build()?;
+    let h = rt.client().start(wait_all(vec![10, 7])).await?;
+    rt.wait_idle().await;
+    for _ in 0..(11 * 6) {
+        rt.advance(Duration::from_secs(600));
+        rt.wait_idle().await;
+    }
+    // Without the keep-alive the state is gone with the mailbox and this never finishes.
+    let result = tokio::time::timeout(Duration::from_secs(10), h.result()).await;
+    assert_eq!(result.expect("the instance was lost with its mailbox")?, 17);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unused_mailbox_expires() -> TestResult {
+    let t = MemoryTransport::builder()
+        .virtual_time()
+        .mailbox_retention(HOUR)
+        .build();
+    assert_eq!(t.mailbox_retention(), Some(HOUR));
+    let id = InstanceId::new("lonely")?;
+    t.publish(vec![Outgoing {
+        destination: Destination::Mailbox {
+            instance: id.clone(),
+        },
+        body: b"not used".to_vec(),
+        message_id: "m1".into(),
+        instance: id.clone(),
+        dtask: "x".into(),
+    }])
+    .await?;
+    t.advance(HOUR - Duration::from_secs(1));
+    let kept = t.drain_mailbox(&id).await?;
+    assert_eq!(kept.len(), 1, "drained before the retention ran out");
+    for m in kept {
+        m.settle.requeue().await?;
+    }
+    // The drain counted as a use: another retention from now.
+    t.advance(HOUR - Duration::from_secs(1));
+    assert_eq!(t.drain_mailbox(&id).await?.len(), 1);
+    t.advance(HOUR);
+    assert!(t.drain_mailbox(&id).await?.is_empty(), "expired");
+    Ok(())
+}
