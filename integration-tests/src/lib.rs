@@ -5,9 +5,14 @@
 //! RabbitMQ container is started instead. A test fails (never skips) when no broker can
 //! be reached.
 //!
-//! Each test takes a [`Broker`]: a unique queue prefix, transports and workers under it,
-//! and a cleanup that deletes every queue of the prefix.
+//! Each test takes a [`Broker`]: a unique queue prefix, transports and workers under it
+//! (in this process, or in worker processes: [`Broker::worker_processes`]), and a cleanup
+//! that deletes every queue of the prefix.
 
+pub mod procs;
+pub mod tasks;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -82,6 +87,8 @@ pub struct Broker {
     prefix: String,
     raw: tokio::sync::Mutex<Connection>,
     transports: Mutex<Vec<AmqpTransport>>,
+    /// Worker processes were started: queues declared by them are expected at cleanup.
+    processes: AtomicBool,
     cleaned: bool,
     _container: Option<Container>,
 }
@@ -109,6 +116,7 @@ impl Broker {
             prefix,
             raw: tokio::sync::Mutex::new(raw),
             transports: Mutex::new(Vec::new()),
+            processes: AtomicBool::new(false),
             cleaned: false,
             _container: container,
         })
@@ -117,6 +125,26 @@ impl Broker {
     /// The prefix of this test's queues.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The broker's address.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The path of a file named `name` in a directory of this test's own (created if
+    /// needed, removed by [`Broker::cleanup`]), for side effects that worker processes
+    /// record.
+    pub fn scratch_file(&self, name: &str) -> anyhow::Result<String> {
+        let dir = self.scratch_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir.join(name).to_string_lossy().into_owned())
+    }
+
+    fn scratch_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir()
+            .join("dtasks-it-files")
+            .join(&self.prefix)
     }
 
     /// The configuration of this test's transports.
@@ -190,6 +218,32 @@ impl Broker {
             handles,
             workers,
         })
+    }
+
+    /// Starts `n` worker processes of `exe` (pass `env!("CARGO_BIN_EXE_it-worker")`) under
+    /// this test's prefix, each running [`tasks::registry`] on connections of its own, and
+    /// waits until all of them consume every task queue.
+    pub async fn worker_processes(
+        &self,
+        exe: &str,
+        n: usize,
+    ) -> anyhow::Result<procs::WorkerProcesses> {
+        self.processes.store(true, Ordering::SeqCst);
+        let mut set = procs::WorkerProcesses::spawn(exe, &self.url, &self.prefix, n)?;
+        for name in tasks::registry().names() {
+            let queue = format!("{}.task.{name}", self.prefix);
+            wait_for(Duration::from_secs(30), || async {
+                Ok(self.consumers(&queue).await? >= n as u32)
+            })
+            .await
+            .with_context(|| {
+                format!(
+                    "worker processes did not subscribe to {queue} (exited: {:?})",
+                    set.unexpected_exits()
+                )
+            })?;
+        }
+        Ok(set)
     }
 
     /// A channel on the test's own raw connection, for looking at queues. The
@@ -269,15 +323,24 @@ impl Broker {
     }
 
     /// Deletes every queue of the prefix, then checks (with `rabbitmqctl`, when
-    /// available) that none is left. Stop the workers first.
+    /// available) that none is left. Stop the workers first (worker processes too).
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
         let ch = self.channel().await?;
         delete_queues(&ch, &self.known_queues()).await?;
+        if self.processes.load(Ordering::SeqCst) {
+            // Worker processes declared queues this process never saw: list them.
+            let theirs = listed_queues(&self.prefix)
+                .await
+                .context("listing the queues of worker processes needs rabbitmqctl")?;
+            let ch = self.channel().await?;
+            delete_queues(&ch, &theirs).await?;
+        }
         let left = listed_queues(&self.prefix).await.unwrap_or_default();
         // Delete strays too, then report them: something declared a queue behind the
         // transports' backs (or after the workers stopped).
         delete_queues(&ch, &left).await?;
         self.cleaned = true;
+        let _ = std::fs::remove_dir_all(self.scratch_dir());
         if !left.is_empty() {
             bail!("queues left after cleanup: {left:?}");
         }
@@ -477,6 +540,18 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Awaits `fut`, failing with `what` when it takes longer than `limit` (a test that
+/// would hang fails instead).
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what}: not done within {limit:?}"))
 }
 
 /// A registry of the given `#[dtask]` functions.

@@ -1,0 +1,53 @@
+//! The worker process of the integration tests: a worker pod running the DTasks of
+//! `dtasks_integration_tests::tasks` on RabbitMQ, configured by the environment
+//! (`AMQP_URL`, `DTASKS_PREFIX`, `RUST_LOG`; logs go to standard error).
+//!
+//! It stops gracefully when its standard input closes (the test that started it is done
+//! or gone) or on SIGTERM, then prints one line to standard output:
+//! `it-worker stopped pid=.. processed=.. dead_lettered=.. duplicate_results=.. restarts=..`.
+
+use std::time::Duration;
+
+use dtasks_actors::{shutdown_signal, WorkerPod};
+use dtasks_amqp::{AmqpConfig, AmqpTransport};
+use dtasks_integration_tests::tasks;
+use tokio::io::AsyncReadExt as _;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let pid = std::process::id();
+    let transport = AmqpTransport::connect(AmqpConfig::from_env()).await?;
+    let pod = WorkerPod::builder(transport)
+        .registry(&tasks::registry())
+        .summary_every(Duration::from_secs(2))
+        .build()?;
+    tracing::info!(pid, "it-worker started");
+    let report = pod
+        .run_until(async {
+            let mut stdin = tokio::io::stdin();
+            let mut sink = Vec::new();
+            tokio::select! {
+                _ = stdin.read_to_end(&mut sink) => {}
+                _ = shutdown_signal() => {}
+            }
+        })
+        .await?;
+    println!(
+        "it-worker stopped pid={pid} processed={} dead_lettered={} duplicate_results={} restarts={}",
+        report.stats.processed,
+        report.stats.dead_lettered,
+        report.stats.duplicate_results,
+        report.restarts
+    );
+    // The blocking read of standard input may still be running (after SIGTERM): do not
+    // wait for it.
+    std::process::exit(0);
+}
