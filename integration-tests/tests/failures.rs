@@ -1,10 +1,11 @@
-//! Lost connections and broker restarts: workers and clients carry on.
+//! Lost connections: workers and clients carry on. (Broker restarts: `broker_restart.rs`
+//! and `broker_restart_processes.rs`, each a test binary of its own.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dtasks::{dtask, DTask};
-use dtasks_integration_tests::{cut, rabbitmqctl, registry, wait_for, Broker};
+use dtasks_integration_tests::{cut, registry, wait_for, Broker};
 
 #[dtask]
 async fn pause(ms: u64) -> u64 {
@@ -104,34 +105,6 @@ async fn a_mailbox_step_cut_mid_flight_is_redone_not_lost() -> anyhow::Result<()
     assert!((2..=3).contains(&runs), "the local work ran {runs} times");
     assert!(w.running());
     assert_eq!(b.queue_len(&format!("{}.dead", b.prefix())).await?, Some(0));
-    w.stop().await?;
-    b.cleanup().await
-}
-
-/// Restarts the broker's application under everyone using it: run alone, with
-/// `cargo test -p dtasks-integration-tests --test failures -- --ignored`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "restarts the shared broker; run on its own with --ignored"]
-async fn a_broker_restart_loses_nothing() -> anyhow::Result<()> {
-    let b = Broker::start().await?;
-    let w = b.workers(1, &registry![pauses, pause]).await?;
-    let c = b.client().await?;
-    let before = c.start(pauses(10, 3_000)).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    rabbitmqctl(&["stop_app"]).await?;
-    // A start during the outage waits for the broker instead of failing.
-    let starting = tokio::spawn({
-        let c = c.clone();
-        async move { c.start(pauses(3, 100)).await }
-    });
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    rabbitmqctl(&["start_app"]).await?;
-    let during = starting.await??;
-    assert_eq!(before.result().await?, expected(10, 3_000));
-    assert_eq!(during.result().await?, expected(3, 100));
-    assert!(w.running());
-    let after = c.start(pauses(3, 10)).await?;
-    assert_eq!(after.result().await?, expected(3, 10));
     w.stop().await?;
     b.cleanup().await
 }

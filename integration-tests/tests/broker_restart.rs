@@ -1,0 +1,64 @@
+//! A broker restart under an in-process worker and a client: nothing is lost.
+//!
+//! This restarts the broker's application under everyone using it, so it is the only test
+//! of its binary (cargo runs test binaries one after another, so no other test sees the
+//! restart). Run it only against a broker of your own: `.ci/run` uses the machine's.
+
+use std::time::Duration;
+
+use dtasks::{dtask, DTask};
+use dtasks_integration_tests::{rabbitmqctl, registry, within, Broker};
+
+#[dtask]
+async fn pause(ms: u64) -> u64 {
+    DTask::delay(Duration::from_millis(ms)).await;
+    ms
+}
+
+#[dtask]
+async fn pauses(n: u64, ms: u64) -> u64 {
+    DTask::when_all((0..n).map(|i| pause(ms + i)))
+        .await
+        .iter()
+        .sum()
+}
+
+fn expected(n: u64, ms: u64) -> u64 {
+    (0..n).map(|i| ms + i).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_loses_nothing() -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    let w = b.workers(1, &registry![pauses, pause]).await?;
+    let c = b.client().await?;
+    let before = c.start(pauses(10, 3_000)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rabbitmqctl(&["stop_app"]).await?;
+    // A start during the outage waits for the broker instead of failing.
+    let starting = tokio::spawn({
+        let c = c.clone();
+        async move { c.start(pauses(3, 100)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rabbitmqctl(&["start_app"]).await?;
+    rabbitmqctl(&["await_startup"]).await?;
+    let limit = Duration::from_secs(45);
+    let during = within(limit, "the start during the outage", starting).await???;
+    assert_eq!(
+        within(limit, "the fan-in started before", before.result()).await??,
+        expected(10, 3_000)
+    );
+    assert_eq!(
+        within(limit, "the fan-in started during", during.result()).await??,
+        expected(3, 100)
+    );
+    assert!(w.running());
+    let after = c.start(pauses(3, 10)).await?;
+    assert_eq!(
+        within(limit, "a fan-in after", after.result()).await??,
+        expected(3, 10)
+    );
+    w.stop().await?;
+    b.cleanup().await
+}
