@@ -2,13 +2,15 @@
 //! destination, and publish batches (each is one wait for the broker's confirms).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use dtasks::transport::{Delivery, Destination, MailboxMessage, Outgoing, Published, Transport};
 use dtasks::{Error, InstanceId};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+
+use crate::tasks::M1_STEP;
 
 /// Destination kinds, in the order of [`KINDS`].
 pub(crate) const KINDS: [&str; 6] = ["task", "delayed", "mailbox", "result", "status", "other"];
@@ -30,6 +32,9 @@ pub(crate) struct Counters {
     batches: AtomicU64,
     msgs: [AtomicU64; 6],
     bytes: [AtomicU64; 6],
+    /// Body sizes of the messages to the task queue of the M1 step, in publish order: each
+    /// starts a child and carries the state of its suspended parent.
+    m1_starts: Mutex<Vec<usize>>,
 }
 
 /// A copy of the counters at one moment.
@@ -51,6 +56,11 @@ impl Counters {
             c.bytes[i] = self.bytes[i].load(Ordering::Relaxed);
         }
         c
+    }
+
+    /// Takes the recorded M1 start sizes, leaving none.
+    pub(crate) fn take_m1_starts(&self) -> Vec<usize> {
+        std::mem::take(&mut *self.m1_starts.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -102,6 +112,12 @@ impl Transport for Counting {
                 let k = kind_of(&o.destination);
                 c.msgs[k].fetch_add(1, Ordering::Relaxed);
                 c.bytes[k].fetch_add(o.body.len() as u64, Ordering::Relaxed);
+                if matches!(&o.destination, Destination::Task { name } if name == M1_STEP) {
+                    c.m1_starts
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(o.body.len());
+                }
             }
         }
         self.inner.publish(batch)

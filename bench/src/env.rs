@@ -11,7 +11,9 @@ use tokio::task::JoinHandle;
 
 use crate::counting::{Counters, Counting};
 use crate::sys::Admin;
-use crate::tasks::{chain, fan, step, timer};
+use crate::tasks::{
+    chain, fan, m1_replay, m1_snapshot, m1_step, step, timer, M1_REPLAY, M1_SNAPSHOT, M1_STEP,
+};
 
 /// The settings every workload runs with (recorded with the results).
 #[derive(Clone, Debug)]
@@ -27,6 +29,17 @@ pub(crate) struct Settings {
     /// Child steps per chain (W1, W4).
     pub(crate) steps: u32,
 }
+
+/// The DTasks the workers of an environment run.
+const TASK_NAMES: [&str; 7] = [
+    "bench.chain",
+    "bench.step",
+    "bench.fan",
+    "bench.timer",
+    M1_STEP,
+    M1_REPLAY,
+    M1_SNAPSHOT,
+];
 
 /// Which transport an environment runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +68,9 @@ fn worker(t: Arc<dyn Transport>, s: &Settings) -> Result<Worker, dtasks::Error> 
         .register(step)
         .register(fan)
         .register(timer)
+        .register(m1_step)
+        .register(m1_replay)
+        .register(m1_snapshot)
         .concurrency(s.concurrency)
         .build()
 }
@@ -129,7 +145,7 @@ impl Env {
         transports.push(ct.clone());
         let client = Client::from_arc(Arc::new(Counting::new(Arc::new(ct), counters.clone())));
         let mut env = Self::spawn(Which::Amqp, workers, client, counters);
-        let queues: Vec<String> = ["bench.chain", "bench.step", "bench.fan", "bench.timer"]
+        let queues: Vec<String> = TASK_NAMES
             .iter()
             .map(|n| transports[0].task_queue(n))
             .collect();
@@ -178,7 +194,7 @@ impl Env {
 /// Every queue name a deployment under `prefix` may have declared that does not belong to
 /// one instance: task queues of the bench DTasks, shards, delay levels, ready, dead.
 pub(crate) fn fixed_queues(prefix: &str) -> Vec<String> {
-    let mut v: Vec<String> = ["bench.chain", "bench.step", "bench.fan", "bench.timer"]
+    let mut v: Vec<String> = TASK_NAMES
         .iter()
         .map(|n| format!("{prefix}.task.{n}"))
         .collect();

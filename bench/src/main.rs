@@ -1,7 +1,8 @@
 //! The dtasks benchmark: runs the workloads of `WORKLOADS.md` (W1a chain latency, W1b
 //! chain throughput, W2 fan-out/fan-in, W3 timers, W4 recovery) on the in-memory
 //! transport and on RabbitMQ, with the raw lapin step hand-off baseline in the same run,
-//! and prints one table with the ratios. See `bench/README.md`.
+//! and prints one table with the ratios; and M1, a long-lived task in the replay and the
+//! snapshot model, in a small table of its own. See `bench/README.md`.
 //!
 //! ```text
 //! cargo run --release -p dtasks-bench -- [--quick] [--transport memory|amqp|all]
@@ -9,6 +10,7 @@
 
 mod counting;
 mod env;
+mod long;
 mod probe;
 mod raw;
 mod recovery;
@@ -18,11 +20,13 @@ mod tasks;
 mod workloads;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
 use crate::env::{fixed_queues, Env, Settings};
+use crate::long::Model;
 use crate::raw::RawSpec;
 use crate::report::{Report, Set, Sizes};
 use crate::sys::Admin;
@@ -32,7 +36,7 @@ usage: dtasks-bench [--quick] [--transport memory|amqp|all] [options]
 
   --quick              smaller workloads, one repetition (under 2 minutes)
   --transport T        memory, amqp or all (default all)
-  --only LIST          comma-separated subset of w1a,w1b,w2,w3,w4,raw (no results file)
+  --only LIST          comma-separated subset of w1a,w1b,w2,w3,w4,m1,raw (no results file)
   --workers N          dtasks workers, and raw baseline consumers (default 2)
   --concurrency N      deliveries each worker handles at once (default 64)
   --prefetch N         task-queue prefetch per worker and raw consumer (default 64)
@@ -166,6 +170,7 @@ impl Args {
                 w3_delay_ms: 2_000,
                 w4: 300,
                 raw_chains: 500,
+                m1: 1_000,
                 reps: self.reps.unwrap_or(1).max(1),
             }
         } else {
@@ -178,10 +183,17 @@ impl Args {
                 w3_delay_ms: 2_000,
                 w4: 500,
                 raw_chains: 500,
+                m1: 1_000,
                 reps: self.reps.unwrap_or(5).max(1),
             }
         }
     }
+}
+
+/// A fresh tag for an M1 run.
+fn next_tag() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 fn step(msg: &str) {
@@ -215,6 +227,17 @@ async fn run_memory(a: &Args, z: &Sizes, notes: &mut Vec<String>) -> anyhow::Res
     if a.wants("w3") {
         step("in-memory: W3");
         set.w3 = Some(workloads::w3(&env, None, z.w3, z.w3_delay_ms).await?);
+    }
+    if a.wants("m1") {
+        for model in [Model::Replay, Model::Snapshot] {
+            step(&format!("engine alone: M1 {}", model.label()));
+            set.m1.push(long::engine(model, z.m1, next_tag()).await);
+        }
+        for model in [Model::Replay, Model::Snapshot] {
+            step(&format!("in-memory: M1 {}", model.label()));
+            set.m1
+                .push(long::transport(&env, "in-memory", model, z.m1, next_tag()).await?);
+        }
     }
     env.stop().await?;
     Ok(set)
@@ -259,7 +282,7 @@ async fn run_amqp(
         w4: None,
         w4_control: None,
     };
-    let needs_env = ["w1a", "w1b", "w2", "w3"].iter().any(|w| a.wants(w));
+    let needs_env = ["w1a", "w1b", "w2", "w3", "m1"].iter().any(|w| a.wants(w));
     if needs_env || a.wants("raw") {
         let env = Env::amqp(s, prefix, admin, broker.clone()).await?;
         let raw_queue = |rep: usize| format!("{prefix}.raw.{rep}");
@@ -312,6 +335,14 @@ async fn run_amqp(
             if a.wants("w3") {
                 step("RabbitMQ: W3");
                 out.set.w3 = Some(workloads::w3(&env, Some(admin), z.w3, z.w3_delay_ms).await?);
+            }
+            if a.wants("m1") {
+                for model in [Model::Replay, Model::Snapshot] {
+                    step(&format!("RabbitMQ: M1 {}", model.label()));
+                    out.set
+                        .m1
+                        .push(long::transport(&env, "RabbitMQ", model, z.m1, next_tag()).await?);
+                }
             }
             anyhow::Ok(())
         }

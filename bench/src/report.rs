@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use crate::counting::{Counts, KINDS};
 use crate::env::Settings;
+use crate::long::{M1Run, Model};
 use crate::raw::RawRun;
 use crate::recovery::Recovery;
 use crate::workloads::Run;
@@ -20,6 +21,8 @@ pub(crate) struct Sizes {
     pub(crate) w3_delay_ms: u64,
     pub(crate) w4: usize,
     pub(crate) raw_chains: usize,
+    /// M1: awaits of the loop.
+    pub(crate) m1: u32,
     /// Repetitions of W1b and of the raw baseline (medians are reported).
     pub(crate) reps: usize,
 }
@@ -31,6 +34,8 @@ pub(crate) struct Set {
     pub(crate) w1b: Vec<Run>,
     pub(crate) w2: Option<Run>,
     pub(crate) w3: Option<Run>,
+    /// M1, one run per model (the in-memory set also holds the engine-alone runs).
+    pub(crate) m1: Vec<M1Run>,
 }
 
 /// Everything one benchmark run measured.
@@ -159,6 +164,9 @@ impl Report {
                 for r in runs {
                     e.extend(r.errors.iter().map(|x| format!("{label} {id}: {x}")));
                 }
+            }
+            for r in &set.m1 {
+                e.extend(r.errors.iter().map(|x| format!("M1: {x}")));
             }
         }
         for r in &self.raw {
@@ -489,6 +497,8 @@ impl Report {
             }
         }
 
+        self.render_m1(&mut o);
+
         // Verdicts.
         let _ = writeln!(o, "\n## Targets\n");
         let _ = writeln!(o, "| target | measured | verdict |");
@@ -585,6 +595,12 @@ impl Report {
                 "Every workload checked its results and passed: each chain returned start + {}, each fan-in the exact sum, every timer fired and none early, no message was dead-lettered, every W4 instance returned once with the right value, and every raw chain finished exactly once with an intact payload.",
                 s.steps
             );
+            if self.m1_runs().next().is_some() {
+                let _ = writeln!(
+                    o,
+                    "\nM1: every loop returned the exact value of its order-sensitive steps (a lost, repeated or reordered step changes it), and on the transports every step ran."
+                );
+            }
         } else {
             let _ = writeln!(o, "**FAILED** — these figures are not valid:\n");
             for e in &errors {
@@ -610,8 +626,87 @@ impl Report {
         let _ = writeln!(o, "- payload: {} B of user data per step (a `serde_bytes` argument of each child); raw baseline bodies {} B (8 B header + payload), persistent, quorum queue, publisher confirms, mandatory, ack after confirm, one ack per message", s.payload, 8 + s.payload);
         let _ = writeln!(o, "- raw baseline: {} consumers (own connection each, prefetch {}, one confirm channel each, every delivery handled concurrently), {} chains × {} steps", s.workers, s.prefetch, z.raw_chains, s.steps);
         let _ = writeln!(o, "- W1a {} instances one at a time; W1b {} at once × {} reps; W2 {} parents × {} children; W3 {} timers of {} ms; W4 {} at once", z.w1a, z.w1b, z.reps, z.w2_parents, z.w2_width, z.w3, z.w3_delay_ms, z.w4);
+        let _ = writeln!(o, "- M1: a loop of {} awaits, one instance per model and place, one at a time (engine alone, in memory, RabbitMQ); no payload", z.m1);
         let _ = writeln!(o, "- latency and lateness percentiles are nearest-rank; broker CPU read from `/proc/<beam.smp>/stat`{}", if self.broker_cpu { "" } else { " (not available in this run)" });
         o
+    }
+
+    fn m1_runs(&self) -> impl Iterator<Item = &M1Run> {
+        self.memory
+            .iter()
+            .chain(self.amqp.iter())
+            .flat_map(|set| set.m1.iter())
+    }
+
+    /// The M1 table: replay vs snapshot on a long-lived loop.
+    fn render_m1(&self, o: &mut String) {
+        let runs: Vec<&M1Run> = self.m1_runs().collect();
+        if runs.is_empty() {
+            return;
+        }
+        let _ = writeln!(o, "\n## M1: a long-lived task, replay vs snapshot\n");
+        let _ = writeln!(
+            o,
+            "One instance awaits a loop of children in sequence (`v = step(v, i).await`). Resume: engine alone, the step itself (build or restore the body, drive it, encode the state; `dtasks::harness`); on a transport, from one child's run to the next one's (the child's result, the parent's resume, the next child's start). Medians over the first and the last W resumes. Message: the one carrying the suspended parent's state, at the first and at the last await (on a transport, the child's start message).\n"
+        );
+        let _ = writeln!(
+            o,
+            "| where | model | awaits | wall ms | µs / resume, first W | µs / resume, last W | last ÷ first | message B, first → last |"
+        );
+        let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|");
+        for r in &runs {
+            let (early, late) = if r.window() > 0 {
+                (r.early_ms(), r.late_ms())
+            } else {
+                (f64::NAN, f64::NAN)
+            };
+            let size = |x: Option<&usize>| x.map_or("—".into(), |b| int(*b as f64));
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} | {} | {} → {} |",
+                r.place,
+                r.model.label(),
+                int(f64::from(r.awaits)),
+                int(r.wall * 1e3),
+                f1(early * 1e3),
+                f1(late * 1e3),
+                f2(late / early),
+                size(r.sizes.first()),
+                size(r.sizes.last())
+            );
+        }
+        // W per place, e.g. "100 (engine alone, in-memory), 99 (RabbitMQ)".
+        let mut groups: Vec<(usize, Vec<&str>)> = Vec::new();
+        for r in &runs {
+            match groups.iter_mut().find(|(w, _)| *w == r.window()) {
+                Some((_, places)) if places.contains(&r.place) => {}
+                Some((_, places)) => places.push(r.place),
+                None => groups.push((r.window(), vec![r.place])),
+            }
+        }
+        let groups: Vec<String> = groups
+            .iter()
+            .map(|(w, places)| format!("{w} resumes ({})", places.join(", ")))
+            .collect();
+        let _ = write!(o, "\nW = {}.", groups.join(", "));
+        // Late resumes, replay ÷ snapshot, per place.
+        let mut ratios = Vec::new();
+        for r in runs.iter().filter(|r| r.model == Model::Replay) {
+            let snap = runs
+                .iter()
+                .find(|s| s.model == Model::Snapshot && s.place == r.place);
+            if let Some(snap) = snap.filter(|s| s.window() > 0 && r.window() > 0) {
+                ratios.push(format!("{} {}×", r.place, f1(r.late_ms() / snap.late_ms())));
+            }
+        }
+        if !ratios.is_empty() {
+            let _ = write!(
+                o,
+                " A late resume, replay ÷ snapshot: {}.",
+                ratios.join(", ")
+            );
+        }
+        let _ = writeln!(o);
     }
 
     /// Evidence of what limits a missed target, from the counters of this run.

@@ -73,3 +73,54 @@ pub(crate) async fn timer(delay_ms: u64) -> (u64, u64) {
     let woke = DTask::run(|| async { now_ms() }).await;
     (due, woke)
 }
+
+/// The DTask names of M1.
+pub(crate) const M1_STEP: &str = "bench.m1.step";
+pub(crate) const M1_REPLAY: &str = "bench.m1.replay";
+pub(crate) const M1_SNAPSHOT: &str = "bench.m1.snapshot";
+
+/// When each M1 step ran: `(run tag, index, time)`, pushed by the step itself (the
+/// workers of the RabbitMQ and in-memory environments run in this process).
+pub(crate) static M1_RAN: std::sync::Mutex<Vec<(u64, u32, std::time::Instant)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// One M1 step's function: order-sensitive, so a lost, repeated or reordered result
+/// changes the loop's final value.
+pub(crate) fn m1_mix(v: u64, i: u32) -> u64 {
+    v.rotate_left(5) ^ (u64::from(i) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The value an M1 loop of `n` awaits from `seed` must return.
+pub(crate) fn m1_expected(seed: u64, n: u32) -> u64 {
+    (0..n).fold(seed, m1_mix)
+}
+
+/// M1: one child step of the long-lived loop; records when it ran.
+#[dtask(name = "bench.m1.step")]
+pub(crate) async fn m1_step(tag: u64, i: u32, v: u64) -> u64 {
+    M1_RAN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((tag, i, std::time::Instant::now()));
+    m1_mix(v, i)
+}
+
+/// M1 in the replay model: `n` sequential child awaits.
+#[dtask(name = "bench.m1.replay")]
+pub(crate) async fn m1_replay(tag: u64, n: u32, seed: u64) -> u64 {
+    let mut v = seed;
+    for i in 0..n {
+        v = m1_step(tag, i, v).await;
+    }
+    v
+}
+
+/// M1 in the snapshot model: the same loop, compiled into a serializable state machine.
+#[dtask(snapshot, name = "bench.m1.snapshot")]
+pub(crate) async fn m1_snapshot(tag: u64, n: u32, seed: u64) -> u64 {
+    let mut v = seed;
+    for i in 0..n {
+        v = m1_step(tag, i, v).await;
+    }
+    v
+}
