@@ -17,8 +17,17 @@ use crate::tasks::{
 /// How long one M1 loop may take before it counts as lost.
 const LIMIT: Duration = Duration::from_secs(300);
 
-/// The most resumes each of the early and late medians covers.
+/// The most resumes each of the early and late medians covers, per run.
 pub(crate) const WINDOW: usize = 100;
+
+/// The order of the runs at each place: replay, snapshot, snapshot, replay, so that a
+/// drift of the machine's load over the runs weighs on both models alike.
+pub(crate) const ORDER: [Model; 4] = [
+    Model::Replay,
+    Model::Snapshot,
+    Model::Snapshot,
+    Model::Replay,
+];
 
 /// The execution model of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +45,8 @@ impl Model {
     }
 }
 
-/// One M1 loop's measurements and checks.
+/// The measurements and checks of M1 loops of one model at one place (one run, or the
+/// runs merged by [`merge`]).
 #[derive(Clone, Debug)]
 pub(crate) struct M1Run {
     /// Where it ran: the engine alone, or a transport.
@@ -44,7 +54,9 @@ pub(crate) struct M1Run {
     pub(crate) model: Model,
     /// Child awaits in the loop.
     pub(crate) awaits: u32,
-    /// From the start to the result, s.
+    /// How many loops this covers.
+    pub(crate) runs: usize,
+    /// From the start to the result, s (the mean over the runs).
     pub(crate) wall: f64,
     /// The time of each resume in order (ms). Engine alone: the resumed step itself. On
     /// a transport: from one child's run to the next child's run.
@@ -53,6 +65,9 @@ pub(crate) struct M1Run {
     /// order. Engine alone: the step message; on a transport: the child's start message
     /// (the parent's state rides along in it).
     pub(crate) sizes: Vec<usize>,
+    /// The first and the last [`WINDOW`] resumes of each run (ms).
+    pub(crate) early: Vec<f64>,
+    pub(crate) late: Vec<f64>,
     /// Verification failures.
     pub(crate) errors: Vec<String>,
 }
@@ -63,26 +78,52 @@ impl M1Run {
             place,
             model,
             awaits,
+            runs: 1,
             wall: f64::NAN,
             resume_ms: Vec::new(),
             sizes: Vec::new(),
+            early: Vec::new(),
+            late: Vec::new(),
             errors: Vec::new(),
         }
     }
 
-    /// How many resumes the early and the late medians each cover (they never overlap).
+    /// Fills `early` and `late` from `resume_ms` (windows that never overlap).
+    fn windows(mut self) -> Self {
+        let w = (self.resume_ms.len() / 2).min(WINDOW);
+        self.early = self.resume_ms[..w].to_vec();
+        self.late = self.resume_ms[self.resume_ms.len() - w..].to_vec();
+        self
+    }
+
+    /// How many resumes of each run the early and the late medians each cover.
     pub(crate) fn window(&self) -> usize {
-        (self.resume_ms.len() / 2).min(WINDOW)
+        self.early.len() / self.runs.max(1)
     }
 
-    /// The median time of the first [`Self::window`] resumes (ms).
+    /// The median time of the early resumes (ms).
     pub(crate) fn early_ms(&self) -> f64 {
-        pct(&self.resume_ms[..self.window()], 0.5)
+        pct(&self.early, 0.5)
     }
 
-    /// The median time of the last [`Self::window`] resumes (ms).
+    /// The median time of the late resumes (ms).
     pub(crate) fn late_ms(&self) -> f64 {
-        pct(&self.resume_ms[self.resume_ms.len() - self.window()..], 0.5)
+        pct(&self.late, 0.5)
+    }
+
+    /// One line for the progress log.
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "wall {:.0} ms, resume early {:.1} µs, late {:.1} µs{}",
+            self.wall * 1e3,
+            self.early_ms() * 1e3,
+            self.late_ms() * 1e3,
+            if self.errors.is_empty() {
+                ""
+            } else {
+                " (FAILED)"
+            }
+        )
     }
 
     fn check(&mut self, got: u64, seed: u64) {
@@ -164,7 +205,7 @@ pub(crate) async fn engine(model: Model, awaits: u32, tag: u64) -> M1Run {
         .map(|d| d.as_secs_f64() * 1e3)
         .collect();
     run.sizes = trace.message_sizes;
-    run
+    run.windows()
 }
 
 /// The loop as one instance on `env`'s workers, started by its client.
@@ -227,5 +268,27 @@ pub(crate) async fn transport(
             run.sizes.len()
         ));
     }
-    Ok(run)
+    Ok(run.windows())
+}
+
+/// Merges the runs of each model at one place, in the order models first appear: pooled
+/// early and late resumes, mean wall, the message sizes of the first run, every error.
+pub(crate) fn merge(runs: Vec<M1Run>) -> Vec<M1Run> {
+    let mut out: Vec<M1Run> = Vec::new();
+    for r in runs {
+        match out
+            .iter_mut()
+            .find(|m| m.model == r.model && m.place == r.place)
+        {
+            Some(m) => {
+                m.wall = (m.wall * m.runs as f64 + r.wall) / (m.runs + 1) as f64;
+                m.runs += 1;
+                m.early.extend(r.early);
+                m.late.extend(r.late);
+                m.errors.extend(r.errors);
+            }
+            None => out.push(r),
+        }
+    }
+    out
 }

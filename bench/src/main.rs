@@ -26,7 +26,6 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 
 use crate::env::{fixed_queues, Env, Settings};
-use crate::long::Model;
 use crate::raw::RawSpec;
 use crate::report::{Report, Set, Sizes};
 use crate::sys::Admin;
@@ -171,6 +170,7 @@ impl Args {
                 w4: 300,
                 raw_chains: 500,
                 m1: 1_000,
+                m1_amqp: 200,
                 reps: self.reps.unwrap_or(1).max(1),
             }
         } else {
@@ -184,6 +184,7 @@ impl Args {
                 w4: 500,
                 raw_chains: 500,
                 m1: 1_000,
+                m1_amqp: 1_000,
                 reps: self.reps.unwrap_or(5).max(1),
             }
         }
@@ -229,15 +230,24 @@ async fn run_memory(a: &Args, z: &Sizes, notes: &mut Vec<String>) -> anyhow::Res
         set.w3 = Some(workloads::w3(&env, None, z.w3, z.w3_delay_ms).await?);
     }
     if a.wants("m1") {
-        for model in [Model::Replay, Model::Snapshot] {
-            step(&format!("engine alone: M1 {}", model.label()));
-            set.m1.push(long::engine(model, z.m1, next_tag()).await);
+        let mut runs = Vec::new();
+        for model in long::ORDER {
+            let r = long::engine(model, z.m1, next_tag()).await;
+            step(&format!(
+                "engine alone: M1 {}: {}",
+                model.label(),
+                r.summary()
+            ));
+            runs.push(r);
         }
-        for model in [Model::Replay, Model::Snapshot] {
-            step(&format!("in-memory: M1 {}", model.label()));
-            set.m1
-                .push(long::transport(&env, "in-memory", model, z.m1, next_tag()).await?);
+        set.m1.extend(long::merge(runs));
+        let mut runs = Vec::new();
+        for model in long::ORDER {
+            let r = long::transport(&env, "in-memory", model, z.m1, next_tag()).await?;
+            step(&format!("in-memory: M1 {}: {}", model.label(), r.summary()));
+            runs.push(r);
         }
+        set.m1.extend(long::merge(runs));
     }
     env.stop().await?;
     Ok(set)
@@ -337,12 +347,13 @@ async fn run_amqp(
                 out.set.w3 = Some(workloads::w3(&env, Some(admin), z.w3, z.w3_delay_ms).await?);
             }
             if a.wants("m1") {
-                for model in [Model::Replay, Model::Snapshot] {
-                    step(&format!("RabbitMQ: M1 {}", model.label()));
-                    out.set
-                        .m1
-                        .push(long::transport(&env, "RabbitMQ", model, z.m1, next_tag()).await?);
+                let mut runs = Vec::new();
+                for model in long::ORDER {
+                    let r = long::transport(&env, "RabbitMQ", model, z.m1_amqp, next_tag()).await?;
+                    step(&format!("RabbitMQ: M1 {}: {}", model.label(), r.summary()));
+                    runs.push(r);
                 }
+                out.set.m1.extend(long::merge(runs));
             }
             anyhow::Ok(())
         }

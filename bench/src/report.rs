@@ -21,8 +21,9 @@ pub(crate) struct Sizes {
     pub(crate) w3_delay_ms: u64,
     pub(crate) w4: usize,
     pub(crate) raw_chains: usize,
-    /// M1: awaits of the loop.
+    /// M1: awaits of the loop on the engine alone and in memory, and on RabbitMQ.
     pub(crate) m1: u32,
+    pub(crate) m1_amqp: u32,
     /// Repetitions of W1b and of the raw baseline (medians are reported).
     pub(crate) reps: usize,
 }
@@ -626,7 +627,7 @@ impl Report {
         let _ = writeln!(o, "- payload: {} B of user data per step (a `serde_bytes` argument of each child); raw baseline bodies {} B (8 B header + payload), persistent, quorum queue, publisher confirms, mandatory, ack after confirm, one ack per message", s.payload, 8 + s.payload);
         let _ = writeln!(o, "- raw baseline: {} consumers (own connection each, prefetch {}, one confirm channel each, every delivery handled concurrently), {} chains × {} steps", s.workers, s.prefetch, z.raw_chains, s.steps);
         let _ = writeln!(o, "- W1a {} instances one at a time; W1b {} at once × {} reps; W2 {} parents × {} children; W3 {} timers of {} ms; W4 {} at once", z.w1a, z.w1b, z.reps, z.w2_parents, z.w2_width, z.w3, z.w3_delay_ms, z.w4);
-        let _ = writeln!(o, "- M1: a loop of {} awaits, one instance per model and place, one at a time (engine alone, in memory, RabbitMQ); no payload", z.m1);
+        let _ = writeln!(o, "- M1: a loop of {} awaits on the engine alone and in memory, {} on RabbitMQ; one instance at a time, twice per model and place in the order replay, snapshot, snapshot, replay; no payload", z.m1, z.m1_amqp);
         let _ = writeln!(o, "- latency and lateness percentiles are nearest-rank; broker CPU read from `/proc/<beam.smp>/stat`{}", if self.broker_cpu { "" } else { " (not available in this run)" });
         o
     }
@@ -647,7 +648,7 @@ impl Report {
         let _ = writeln!(o, "\n## M1: a long-lived task, replay vs snapshot\n");
         let _ = writeln!(
             o,
-            "One instance awaits a loop of children in sequence (`v = step(v, i).await`). Resume: engine alone, the step itself (build or restore the body, drive it, encode the state; `dtasks::harness`); on a transport, from one child's run to the next one's (the child's result, the parent's resume, the next child's start). Medians over the first and the last W resumes. Message: the one carrying the suspended parent's state, at the first and at the last await (on a transport, the child's start message).\n"
+            "One instance awaits a loop of children in sequence (`v = step(v, i).await`). Resume: engine alone, the step itself (build or restore the body, drive it, encode the state; `dtasks::harness`); on a transport, from one child's run to the next one's (the child's result, the parent's resume, the next child's start). Each model runs twice per place (replay, snapshot, snapshot, replay); medians over the first and the last W resumes of both runs, mean wall. Message: the one carrying the suspended parent's state, at the first and at the last await (on a transport, the child's start message).\n"
         );
         let _ = writeln!(
             o,
@@ -686,7 +687,7 @@ impl Report {
         }
         let groups: Vec<String> = groups
             .iter()
-            .map(|(w, places)| format!("{w} resumes ({})", places.join(", ")))
+            .map(|(w, places)| format!("{w} resumes of each run ({})", places.join(", ")))
             .collect();
         let _ = write!(o, "\nW = {}.", groups.join(", "));
         // Late resumes, replay ÷ snapshot, per place.
