@@ -27,6 +27,38 @@ type Output = std::result::Result<Delivery, dtasks::Error>;
 /// A session that lived this long resets the reconnect backoff.
 const HEALTHY: Duration = Duration::from_secs(5);
 
+/// How often a settle that has not completed checks whether its channel is still open.
+const SETTLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Waits for an ack, nack or reject of a delivery of `channel`, or until the channel is
+/// no longer open (`Ok(false)`: the broker puts the message back by itself).
+///
+/// lapin (4.12) can lose a settle issued while its connection fails: the command is queued
+/// behind the shutdown of the connection's internal loop, and neither runs nor fails while
+/// the delivery's acker (which holds the queue open) waits for it. Without this bound the
+/// wait never ends, and the worker's slot for the delivery is lost for good.
+pub(crate) async fn settled(
+    channel: &Channel,
+    settle: impl std::future::Future<Output = lapin::Result<bool>>,
+) -> lapin::Result<bool> {
+    tokio::pin!(settle);
+    loop {
+        tokio::select! {
+            r = &mut settle => return r,
+            _ = tokio::time::sleep(SETTLE_CHECK) => {
+                if !channel.status().connected() {
+                    warn!(
+                        channel = channel.id(),
+                        "a settle did not complete and its channel is closed; \
+                         the broker puts the message back"
+                    );
+                    return Ok(false);
+                }
+            }
+        }
+    }
+}
+
 /// Starts a supervised session and returns its deliveries. The first subscription is
 /// made before this returns, so that an unreachable broker or a refused declaration is
 /// reported to the caller; later failures are retried.
@@ -432,7 +464,7 @@ impl Settle for AmqpSettle {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
         let mut inner = self.take();
         async move {
-            let r = inner.acker.ack(BasicAckOptions::default()).await;
+            let r = settled(&inner.channel, inner.acker.ack(BasicAckOptions::default())).await;
             inner.finish();
             inner.outcome("ack", r)
         }
@@ -442,10 +474,11 @@ impl Settle for AmqpSettle {
     fn requeue(mut self: Box<Self>) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
         let mut inner = self.take();
         async move {
-            let r = inner
-                .acker
-                .reject(BasicRejectOptions { requeue: true })
-                .await;
+            let r = settled(
+                &inner.channel,
+                inner.acker.reject(BasicRejectOptions { requeue: true }),
+            )
+            .await;
             inner.finish();
             inner.outcome("requeue", r)
         }
@@ -472,15 +505,16 @@ impl Settle for AmqpSettle {
             // Ack the original only once the dead letter is safely stored.
             if let Err(e) = inner.shared.publish_raw(&mut item).await {
                 warn!(queue = %inner.queue, error = %e, "dead-lettering failed; the message goes back");
-                let _ = inner
-                    .acker
-                    .reject(BasicRejectOptions { requeue: true })
-                    .await;
+                let _ = settled(
+                    &inner.channel,
+                    inner.acker.reject(BasicRejectOptions { requeue: true }),
+                )
+                .await;
                 inner.finish();
                 return Err(e.into());
             }
             info!(queue = %inner.queue, %reason, "message dead-lettered");
-            let r = inner.acker.ack(BasicAckOptions::default()).await;
+            let r = settled(&inner.channel, inner.acker.ack(BasicAckOptions::default())).await;
             inner.finish();
             inner.outcome("ack of a dead-lettered message", r)
         }
@@ -498,10 +532,11 @@ impl Drop for AmqpSettle {
         // last handle drops) puts the message back all the same.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = inner
-                    .acker
-                    .reject(BasicRejectOptions { requeue: true })
-                    .await;
+                let _ = settled(
+                    &inner.channel,
+                    inner.acker.reject(BasicRejectOptions { requeue: true }),
+                )
+                .await;
                 drop(inner.channel);
             });
         }

@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use dtasks::transport::Settle;
 
-use crate::consume::{header_i64, header_str, AmqpSettle};
+use crate::consume::{header_i64, header_str, settled, AmqpSettle};
 use crate::transport::{now_ms, RawItem, Route, Shared, H_AT, H_TARGET};
 
 /// Headers added by the broker that must not pile up over many hops.
@@ -85,7 +85,7 @@ pub(crate) async fn reroute(shared: Arc<Shared>, ch: Channel, d: AmqpDelivery) {
     match shared.publish_raw(&mut item).await {
         Ok(()) => {
             debug!(target, remaining_ms = at_ms - now_ms(), "timer moved on");
-            let _ = d.acker.ack(BasicAckOptions::default()).await;
+            let _ = settled(&ch, d.acker.ack(BasicAckOptions::default())).await;
         }
         Err(e) => {
             warn!(target, error = %e, "moving a timer failed; it goes back to the ready queue");
@@ -102,7 +102,7 @@ pub(crate) async fn reroute(shared: Arc<Shared>, ch: Channel, d: AmqpDelivery) {
                 );
                 let _ = Box::new(settle).dead_letter(e.to_string()).await;
             } else {
-                let _ = d.acker.reject(BasicRejectOptions { requeue: true }).await;
+                let _ = settled(&ch, d.acker.reject(BasicRejectOptions { requeue: true })).await;
             }
         }
     }

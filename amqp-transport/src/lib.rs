@@ -51,9 +51,11 @@
 //! stream: the transport reconnects with exponential backoff (up to 5 s) and subscribes
 //! again; deliveries in flight on the dead connection are redelivered by the broker.
 //! Publishing retries on a fresh channel for up to [`AmqpConfig::publish_timeout`].
-//! Waiting for a result survives reconnects too. A broker that vanishes without closing
-//! the connection is noticed by heartbeats: add `?heartbeat=10` to the URL to notice it
-//! within seconds rather than the broker's default minute.
+//! Waiting for a result survives reconnects too. An ack or reject still pending when its
+//! channel closes is given up (the broker puts the message back by itself) rather than
+//! waited for: lapin can lose such a settle, and the wait would never end. A broker that
+//! vanishes without closing the connection is noticed by heartbeats: add `?heartbeat=10`
+//! to the URL to notice it within seconds rather than the broker's default minute.
 //!
 //! The library emits `tracing` events and installs no subscriber.
 //!

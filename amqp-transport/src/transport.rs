@@ -494,12 +494,11 @@ impl Shared {
             }
         }
         if let Some(newest) = got.last() {
-            newest
-                .acker
-                .nack(BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                })
+            let nack = newest.acker.nack(BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            });
+            consume::settled(&ch, nack)
                 .await
                 .context(|| format!("putting back the messages of `{queue}`"))?;
         }
@@ -568,7 +567,7 @@ impl Shared {
         // Cancel before putting the message back, so that it is not delivered to us again;
         // closing the channel would put it back anyway.
         let _ = ch.basic_cancel(consumer.tag(), Default::default()).await;
-        let _ = d.acker.reject(BasicRejectOptions { requeue: true }).await;
+        let _ = consume::settled(&ch, d.acker.reject(BasicRejectOptions { requeue: true })).await;
         let _ = ch.close(200, "OK".into()).await;
         Ok(d.data)
     }
