@@ -76,6 +76,11 @@
 //!   until the result arrives (RabbitMQ allows about 2,000 channels per connection).
 //! - Reading a register takes its message and puts it back, so two reads at the same
 //!   instant can see it missing; a status read looks again before answering "none".
+//! - After a broker restart, a timer that a delay level expires while the broker is still
+//!   starting can be held by that queue's dead-letter worker (at-least-once dead-lettering)
+//!   until its retry, `dead_letter_worker_publisher_confirm_timeout`: 180 s by default in
+//!   RabbitMQ 3.10. The timer is late by up to that much, never lost or early; set a few
+//!   seconds in the broker's configuration where timers matter to the second.
 
 mod config;
 mod conn;
