@@ -542,6 +542,58 @@ where
     }
 }
 
+/// Lowers the broker's `dead_letter_worker_publisher_confirm_timeout` while it lives and
+/// puts the old value back when dropped.
+///
+/// A delay level dead-letters expired timers to the ready queue at least once: the queue's
+/// dead-letter worker keeps a message until the ready queue confirms it. A timer that
+/// expires while the broker is starting (the ready queue not yet available) is retried only
+/// after this interval, 180 s by default in RabbitMQ 3.10: the timer is late by up to that
+/// much (seen in the broker-restart test: a stall with two expired timers held by
+/// `P.delay.9`, counted in its messages but not as ready). Deployments that care set it in
+/// the broker's configuration; the broker-restart tests set it for their own run.
+#[derive(Debug)]
+pub struct DlxRetry {
+    old: Option<String>,
+}
+
+const DLX_RETRY: &str = "dead_letter_worker_publisher_confirm_timeout";
+
+impl DlxRetry {
+    /// Sets the interval to `ms` until the value is dropped.
+    pub async fn lower_to(ms: u64) -> anyhow::Result<Self> {
+        let got = rabbitmqctl(&[
+            "eval",
+            &format!("application:get_env(rabbit, {DLX_RETRY})."),
+        ])
+        .await?;
+        // `{ok,180000}` or `undefined`.
+        let old = got
+            .trim()
+            .strip_prefix("{ok,")
+            .and_then(|v| v.strip_suffix('}'))
+            .map(str::to_string);
+        rabbitmqctl(&[
+            "eval",
+            &format!("application:set_env(rabbit, {DLX_RETRY}, {ms})."),
+        ])
+        .await?;
+        Ok(Self { old })
+    }
+}
+
+impl Drop for DlxRetry {
+    fn drop(&mut self) {
+        let expr = match &self.old {
+            Some(v) => format!("application:set_env(rabbit, {DLX_RETRY}, {v})."),
+            None => format!("application:unset_env(rabbit, {DLX_RETRY})."),
+        };
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["eval", &expr])
+            .output();
+    }
+}
+
 /// Awaits `fut`, failing with `what` when it takes longer than `limit` (a test that
 /// would hang fails instead).
 pub async fn within<T>(

@@ -2,12 +2,14 @@
 //!
 //! This restarts the broker's application under everyone using it, so it is the only test
 //! of its binary (cargo runs test binaries one after another, so no other test sees the
-//! restart). Run it only against a broker of your own: `.ci/run` uses the machine's.
+//! restart). Run it only against a broker of your own: `.ci/run` uses the machine's. It
+//! lowers the broker's dead-letter retry for its run ([`DlxRetry`]), so that timers that
+//! expire while the broker starts move on within seconds.
 
 use std::time::Duration;
 
 use dtasks::{dtask, DTask};
-use dtasks_integration_tests::{rabbitmqctl, registry, within, Broker};
+use dtasks_integration_tests::{rabbitmqctl, registry, within, Broker, DlxRetry};
 
 #[dtask]
 async fn pause(ms: u64) -> u64 {
@@ -30,6 +32,7 @@ fn expected(n: u64, ms: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_loses_nothing() -> anyhow::Result<()> {
     let b = Broker::start().await?;
+    let _dlx_retry = DlxRetry::lower_to(2_000).await?;
     let w = b.workers(1, &registry![pauses, pause]).await?;
     let c = b.client().await?;
     let before = c.start(pauses(10, 3_000)).await?;

@@ -7,15 +7,15 @@
 //! restart). Run it only against a broker of your own: `.ci/run` uses the machine's.
 //!
 //! For its duration the test also lowers the broker's retry interval of quorum-queue
-//! dead-lettering (see [`DlxRetry`]): with RabbitMQ's default, a timer that expires while
-//! the broker is starting can wait 3 minutes before it moves on (late, never early).
+//! dead-lettering ([`DlxRetry`]): with RabbitMQ's default, a timer that expires while the
+//! broker is starting can wait 3 minutes before it moves on (late, never early).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use dtasks::InstanceId;
 use dtasks_integration_tests::tasks::{chain, fan, timed_delay};
-use dtasks_integration_tests::{rabbitmqctl, within, Broker};
+use dtasks_integration_tests::{rabbitmqctl, within, Broker, DlxRetry};
 use futures::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 
@@ -41,56 +41,6 @@ enum Outcome {
     Chain(usize, (u64, Vec<u32>)),
     Timer(u64, (u64, u64)),
     Fan(u64, (u64, Vec<u32>)),
-}
-
-/// Lowers the broker's `dead_letter_worker_publisher_confirm_timeout` while it lives and
-/// puts the old value back when dropped.
-///
-/// A delay level dead-letters expired timers to the ready queue at least once: the queue's
-/// dead-letter worker keeps a message until the ready queue confirms it. A timer that
-/// expires while the broker is starting (the ready queue not yet available) is retried only
-/// after this interval, 180 s by default in RabbitMQ 3.10: the timer is late by up to that
-/// much (seen here: the test stalled with two expired timers held by `P.delay.9`, counted
-/// in its messages but not as ready). Deployments that care set it in the broker's
-/// configuration; this test sets it for its own run.
-struct DlxRetry {
-    old: Option<String>,
-}
-
-const DLX_RETRY: &str = "dead_letter_worker_publisher_confirm_timeout";
-
-impl DlxRetry {
-    async fn lower_to(ms: u64) -> anyhow::Result<Self> {
-        let got = rabbitmqctl(&[
-            "eval",
-            &format!("application:get_env(rabbit, {DLX_RETRY})."),
-        ])
-        .await?;
-        // `{ok,180000}` or `undefined`.
-        let old = got
-            .trim()
-            .strip_prefix("{ok,")
-            .and_then(|v| v.strip_suffix('}'))
-            .map(str::to_string);
-        rabbitmqctl(&[
-            "eval",
-            &format!("application:set_env(rabbit, {DLX_RETRY}, {ms})."),
-        ])
-        .await?;
-        Ok(Self { old })
-    }
-}
-
-impl Drop for DlxRetry {
-    fn drop(&mut self) {
-        let expr = match &self.old {
-            Some(v) => format!("application:set_env(rabbit, {DLX_RETRY}, {v})."),
-            None => format!("application:unset_env(rabbit, {DLX_RETRY})."),
-        };
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["eval", &expr])
-            .output();
-    }
 }
 
 fn label(o: &Outcome) -> String {
