@@ -8,6 +8,22 @@
 //! Each test takes a [`Broker`]: a unique queue prefix, transports and workers under it
 //! (in this process, or in worker processes: [`Broker::worker_processes`]), and a cleanup
 //! that deletes every queue of the prefix.
+//!
+//! Two test binaries, `broker_restart` and `broker_restart_processes`, restart the broker's
+//! application with `rabbitmqctl` (`stop_app`, `start_app`) under everyone who uses it: CI
+//! runs them on a broker of its own. On a broker shared with others, skip them
+//! (`cargo test --workspace -- --skip broker_restart`: both test names contain it, no other
+//! does), or run them against a second node of your own, which `rabbitmqctl` reaches
+//! through `RABBITMQ_NODENAME`:
+//!
+//! ```sh
+//! # a node on port 5673 (its own config file with `listeners.tcp.1 = 127.0.0.1:5673`)
+//! RABBITMQ_NODENAME=it@localhost RABBITMQ_NODE_PORT=5673 RABBITMQ_DIST_PORT=25673 \
+//!   RABBITMQ_CONFIG_FILE=/tmp/it-rmq/rabbitmq.conf RABBITMQ_MNESIA_BASE=/tmp/it-rmq/mnesia \
+//!   RABBITMQ_LOG_BASE=/tmp/it-rmq/log rabbitmq-server -detached
+//! RABBITMQ_NODENAME=it@localhost AMQP_URL=amqp://guest:guest@127.0.0.1:5673/%2f \
+//!   cargo test -p dtasks-integration-tests --test broker_restart --test broker_restart_processes
+//! ```
 
 pub mod procs;
 pub mod tasks;
