@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dtasks::{dtask, DTask};
-use dtasks_integration_tests::{cut, registry, wait_for, Broker};
+use dtasks_integration_tests::{cut, registry, wait_for, within, Broker};
 
 #[dtask]
 async fn pause(ms: u64) -> u64 {
@@ -40,11 +40,18 @@ async fn workers_and_clients_survive_lost_connections() -> anyhow::Result<()> {
     let cut = b.cut_connections().await?;
     // Two workers and a client, each with a publisher and a consumer connection.
     assert!(cut >= 5, "only {cut} connections were cut");
-    assert_eq!(waiting.await??, expected(20, 1_000));
+    // A bound, so that a lost timer fails the test instead of hanging the run.
+    let waited = within(Duration::from_secs(90), "the result after the cut", waiting).await?;
+    assert_eq!(waited??, expected(20, 1_000));
     // The workers re-subscribed and keep serving.
     assert!(w.running());
     let again = c.start(pauses(5, 10)).await?;
-    assert_eq!(again.result().await?, expected(5, 10));
+    let again = within(
+        Duration::from_secs(60),
+        "a new start after the cut",
+        again.result(),
+    );
+    assert_eq!(again.await??, expected(5, 10));
     let queue = format!("{}.task.pause", b.prefix());
     wait_for(Duration::from_secs(10), || async {
         Ok(b.consumers(&queue).await? == 2)
