@@ -80,7 +80,8 @@
 //!   starting can be held by that queue's dead-letter worker (at-least-once dead-lettering)
 //!   until its retry, `dead_letter_worker_publisher_confirm_timeout`: 180 s by default in
 //!   RabbitMQ 3.10. The timer is late by up to that much, never lost or early; set a few
-//!   seconds in the broker's configuration where timers matter to the second.
+//!   seconds in the broker's configuration where timers matter to the second (the
+//!   repository's `deploy/rabbitmq-advanced.config` sets 5 s).
 
 mod config;
 mod conn;

@@ -123,6 +123,7 @@ impl Broker {
     pub async fn start() -> anyhow::Result<Self> {
         init_tracing();
         let (url, container) = broker_url().await?;
+        recommended_dlx_retry().await;
         let raw = Connection::connect(&url, ConnectionProperties::default())
             .await
             .with_context(|| format!("no RabbitMQ at {url} (set AMQP_URL)"))?;
@@ -411,6 +412,28 @@ async fn delete_queues(ch: &Channel, names: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The broker setting the deployment docs recommend for timers
+/// (`dead_letter_worker_publisher_confirm_timeout`, see [`DlxRetry`]), in ms.
+pub const RECOMMENDED_DLX_RETRY_MS: u64 = 5_000;
+
+/// Applies the recommended dead-letter retry to the local broker, once per process, when it
+/// is higher (RabbitMQ's default is 180 s): the tests run on a broker configured as the
+/// deployment docs say. Without `rabbitmqctl` (a remote broker) the broker is left as is.
+async fn recommended_dlx_retry() {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let expr = format!(
+            "case application:get_env(rabbit, {DLX_RETRY}) of \
+             {{ok, V}} when is_integer(V), V =< {RECOMMENDED_DLX_RETRY_MS} -> kept; \
+             _ -> application:set_env(rabbit, {DLX_RETRY}, {RECOMMENDED_DLX_RETRY_MS}) end."
+        );
+        if let Err(e) = rabbitmqctl(&["eval", &expr]).await {
+            tracing::warn!(error = %e, "could not apply the recommended dead-letter retry");
+        }
+    })
+    .await;
+}
+
 /// Runs `rabbitmqctl` with `args` and returns its output.
 pub async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
     let out = tokio::process::Command::new("rabbitmqctl")
@@ -428,6 +451,38 @@ pub async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
 }
 
 impl Broker {
+    /// A report of this test's queues (messages, ready, unacknowledged, consumers) for a
+    /// failure message: a delay level holding messages that are neither ready nor
+    /// unacknowledged holds expired timers in its dead-letter worker.
+    pub async fn report(&self) -> String {
+        let listed = rabbitmqctl(&[
+            "list_queues",
+            "name",
+            "messages",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+            "--quiet",
+            "--no-table-headers",
+        ])
+        .await;
+        match listed {
+            Ok(out) => {
+                let mut lines: Vec<&str> = out
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("{}.", self.prefix)))
+                    .collect();
+                lines.sort_unstable();
+                format!(
+                    "queues of {} (name, messages, ready, unacked, consumers):\n{}",
+                    self.prefix,
+                    lines.join("\n")
+                )
+            }
+            Err(e) => format!("no queue report: {e}"),
+        }
+    }
+
     /// Has the broker close every connection of this test's transports (their client
     /// name holds the prefix), as a network cut would. Returns how many it closed.
     pub async fn cut_connections(&self) -> anyhow::Result<usize> {

@@ -41,7 +41,13 @@ async fn workers_and_clients_survive_lost_connections() -> anyhow::Result<()> {
     // Two workers and a client, each with a publisher and a consumer connection.
     assert!(cut >= 5, "only {cut} connections were cut");
     // A bound, so that a lost timer fails the test instead of hanging the run.
-    let waited = within(Duration::from_secs(90), "the result after the cut", waiting).await?;
+    let waited = match within(Duration::from_secs(90), "the result after the cut", waiting).await {
+        Ok(waited) => waited,
+        Err(e) => {
+            let status = c.status(h.id()).await;
+            anyhow::bail!("{e}; status {status:?}; {}", b.report().await);
+        }
+    };
     assert_eq!(waited??, expected(20, 1_000));
     // The workers re-subscribed and keep serving.
     assert!(w.running());
