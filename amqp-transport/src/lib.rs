@@ -72,8 +72,9 @@
 //! - A mailbox expires after [`AmqpConfig::mailbox_retention`] without use. Workers drain
 //!   the mailbox of every waiting instance every quarter of that period (a keep-alive),
 //!   so a long wait never loses its state; finished instances' mailboxes expire.
-//! - Each waiting [`Handle::result`](dtasks::Handle::result) holds a channel of its own
-//!   until the result arrives (RabbitMQ allows about 2,000 channels per connection).
+//! - Each waiting [`Handle::result`](dtasks::Handle::result) holds one consumer of its
+//!   instance's result register, on a channel shared by every wait of the process, until
+//!   the result arrives or the wait is dropped.
 //! - Reading a register takes its message and puts it back, so two reads at the same
 //!   instant can see it missing; a status read looks again before answering "none".
 //! - After a broker restart, a timer that a delay level expires while the broker is still

@@ -76,6 +76,9 @@ pub(crate) struct Shared {
     /// is drained on the same channel.
     doorbells: Mutex<HashMap<String, (u64, Channel)>>,
     doorbell_seq: AtomicU64,
+    /// The channel every result wait of this process consumes on (one consumer per
+    /// waiting handle), opened on first use and again after it closed.
+    waits: tokio::sync::Mutex<Option<Channel>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -539,14 +542,31 @@ impl Shared {
         }
     }
 
-    async fn try_wait_result(&self, queue: &str) -> Result<Vec<u8>> {
+    /// The channel result waits consume on: one per process, so that many waiting
+    /// handles cost one consumer each, not a channel each.
+    async fn wait_channel(&self) -> Result<Channel> {
+        let mut held = self.waits.lock().await;
+        if let Some(ch) = held.as_ref().filter(|ch| ch.status().connected()) {
+            return Ok(ch.clone());
+        }
         let ch = conn::open_channel(&self.consume_conns).await?;
-        // Always declare: the register may have expired since this process last did.
-        self.declare_uncached(&ch, queue, Kind::Result).await?;
+        // Per consumer: each waiting handle takes at most the one result message.
         ch.basic_qos(1, BasicQosOptions::default())
             .await
             .context(|| "setting the prefetch".into())?;
-        let mut consumer = ch
+        *held = Some(ch.clone());
+        Ok(ch)
+    }
+
+    async fn try_wait_result(&self, queue: &str) -> Result<Vec<u8>> {
+        // Always declare: the register may have expired since this process last did. On a
+        // pooled channel: a refused declaration closes its channel, and the wait channel
+        // is shared by every waiting handle.
+        let pooled = conn::get_channel(&self.channels).await?;
+        self.declare_uncached(&pooled, queue, Kind::Result).await?;
+        drop(pooled);
+        let ch = self.wait_channel().await?;
+        let consumer = ch
             .basic_consume(
                 short(queue)?,
                 "".into(),
@@ -555,7 +575,11 @@ impl Shared {
             )
             .await
             .context(|| format!("consuming `{queue}`"))?;
-        let d = match consumer.next().await {
+        let mut wait = ResultWait {
+            ch,
+            consumer: Some(consumer),
+        };
+        let d = match wait.next().await {
             Some(Ok(d)) => d,
             Some(Err(e)) => return Err(AmqpError::broker(format!("waiting on `{queue}`"), e)),
             None => {
@@ -564,11 +588,14 @@ impl Shared {
                 )))
             }
         };
-        // Cancel before putting the message back, so that it is not delivered to us again;
-        // closing the channel would put it back anyway.
-        let _ = ch.basic_cancel(consumer.tag(), Default::default()).await;
-        let _ = consume::settled(&ch, d.acker.reject(BasicRejectOptions { requeue: true })).await;
-        let _ = ch.close(200, "OK".into()).await;
+        // The register keeps its result: put it back, once the consumer is cancelled so
+        // that it is not delivered to this consumer again.
+        wait.cancel().await;
+        let _ = consume::settled(
+            &wait.ch,
+            d.acker.reject(BasicRejectOptions { requeue: true }),
+        )
+        .await;
         Ok(d.data)
     }
 
@@ -662,6 +689,54 @@ impl Shared {
     }
 }
 
+/// One handle's consumer of a result register, on the shared wait channel. Cancelled when
+/// the wait ends or is abandoned (its future dropped): a result delivered to it and not
+/// yet handed over is put back, so that it is never held by a consumer nobody reads.
+struct ResultWait {
+    ch: Channel,
+    consumer: Option<lapin::Consumer>,
+}
+
+impl ResultWait {
+    async fn next(&mut self) -> Option<lapin::Result<lapin::message::Delivery>> {
+        self.consumer.as_mut()?.next().await
+    }
+
+    async fn cancel(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            give_back(self.ch.clone(), consumer).await;
+        }
+    }
+}
+
+impl Drop for ResultWait {
+    fn drop(&mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(give_back(self.ch.clone(), consumer));
+        }
+    }
+}
+
+/// Cancels `consumer` and puts back whatever was delivered to it before the cancel took
+/// effect (the broker sends nothing for it after confirming the cancel).
+async fn give_back(ch: Channel, mut consumer: lapin::Consumer) {
+    if ch
+        .basic_cancel(consumer.tag(), Default::default())
+        .await
+        .is_err()
+    {
+        // The channel is gone, and with it every unacknowledged delivery.
+        return;
+    }
+    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(1), consumer.next()).await
+    {
+        let _ = consume::settled(&ch, d.acker.reject(BasicRejectOptions { requeue: true })).await;
+    }
+}
+
 impl AmqpTransport {
     /// Connects to the broker of `cfg` and declares the queues shared by the deployment.
     /// Fails when the broker cannot be reached or the configuration is invalid.
@@ -694,6 +769,7 @@ impl AmqpTransport {
             ever_declared: Mutex::new(BTreeSet::new()),
             doorbells: Mutex::new(HashMap::new()),
             doorbell_seq: AtomicU64::new(0),
+            waits: tokio::sync::Mutex::new(None),
         });
         let ch = conn::get_channel(&shared.channels).await?;
         shared.declare(&ch, &shared.topo.dead(), Kind::Dead).await?;

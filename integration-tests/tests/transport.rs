@@ -106,14 +106,100 @@ async fn waiting_for_a_result_wakes_on_the_write() -> anyhow::Result<()> {
     // A dropped wait leaves no consumer behind.
     let never = InstanceId::random();
     let t2 = t.clone();
+    let register = format!("{}.result.{never}", b.prefix());
     let dropped = tokio::spawn(async move { t2.wait_result(&never).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     dropped.abort();
-    let register = format!("{}.result.{id}", b.prefix());
     wait_for(Duration::from_secs(5), || async {
         Ok(b.consumers(&register).await? == 0)
     })
     .await?;
+    b.cleanup().await
+}
+
+/// The channels of this test's connections, according to the broker.
+async fn channels(b: &Broker) -> anyhow::Result<u32> {
+    let listed = dtasks_integration_tests::rabbitmqctl(&[
+        "list_connections",
+        "channels",
+        "client_properties",
+        "--quiet",
+        "--no-table-headers",
+    ])
+    .await?;
+    let mut sum = 0;
+    for line in listed.lines().filter(|l| l.contains(b.prefix())) {
+        let n = line.split_whitespace().next().context("no channel count")?;
+        sum += n
+            .parse::<u32>()
+            .with_context(|| format!("not a count: {line}"))?;
+    }
+    Ok(sum)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_waits_share_a_channel_and_an_abandoned_wait_puts_its_result_back(
+) -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    let writer = b.transport().await?;
+    let t = b.transport().await?;
+    let ids: Vec<InstanceId> = (0..200).map(|_| InstanceId::random()).collect();
+    let waits: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (t, id) = (t.clone(), id.clone());
+            tokio::spawn(async move { t.wait_result(&id).await })
+        })
+        .collect();
+    let last = format!("{}.result.{}", b.prefix(), ids[199]);
+    wait_for(Duration::from_secs(30), || async {
+        Ok(b.consumers(&last).await? == 1)
+    })
+    .await?;
+    // 200 waiting handles, a handful of channels (publish pool, consumers, one for waits).
+    let open = channels(&b).await?;
+    assert!(open < 20, "{open} channels for 200 waits");
+    let results: Vec<Outgoing> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let to = Destination::Result {
+                instance: id.clone(),
+            };
+            out(to, format!("value {i}").as_bytes(), &format!("r{i}"), id)
+        })
+        .collect();
+    writer.publish(results).await?;
+    for (i, w) in waits.into_iter().enumerate() {
+        let got = tokio::time::timeout(Duration::from_secs(10), w).await???;
+        assert_eq!(got, format!("value {i}").as_bytes());
+    }
+
+    // A wait dropped before its result comes leaves no consumer to take it: the result
+    // stays ready in its register, for the next wait in this process and for readers.
+    let id = InstanceId::random();
+    let register = format!("{}.result.{id}", b.prefix());
+    let abandoned = tokio::spawn({
+        let (t, id) = (t.clone(), id.clone());
+        async move { t.wait_result(&id).await }
+    });
+    wait_for(Duration::from_secs(10), || async {
+        Ok(b.consumers(&register).await? == 1)
+    })
+    .await?;
+    abandoned.abort();
+    wait_for(Duration::from_secs(10), || async {
+        Ok(b.consumers(&register).await? == 0)
+    })
+    .await?;
+    let to = Destination::Result {
+        instance: id.clone(),
+    };
+    writer.publish(vec![out(to, b"late", "late", &id)]).await?;
+    assert_eq!(b.queue_len(&register).await?, Some(1));
+    let again = tokio::time::timeout(Duration::from_secs(10), t.wait_result(&id)).await??;
+    assert_eq!(again, b"late");
+    assert_eq!(t.read_result(&id).await?.as_deref(), Some(&b"late"[..]));
     b.cleanup().await
 }
 
