@@ -303,10 +303,14 @@ impl Worker {
             };
             match next {
                 Some(Ok(delivery)) => {
+                    // The handling future is large (it holds the whole step); boxed, the
+                    // task spawned per delivery stays small and cheap to move.
+                    let handler = inner.clone();
+                    let handling = Box::pin(async move { handler.handle(delivery).await });
                     let inner = inner.clone();
                     tasks.spawn(async move {
                         inner.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                        inner.handle(delivery).await;
+                        handling.await;
                         inner.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                         inner.stats.processed.fetch_add(1, Ordering::Relaxed);
                         drop(permit);
