@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::state::{MailboxItem, ResultRecord, TaskMessage};
+use crate::state::{InstanceState, MailboxItem, Outcome, ResultRecord, Seq, TaskMessage};
 use crate::Status;
 
 const MAGIC: &[u8; 2] = b"DT";
@@ -44,13 +44,70 @@ impl Enveloped for Status {
 }
 
 pub(crate) fn encode<T: Enveloped>(value: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(MAGIC);
-    out.push(ENVELOPE_VERSION);
-    out.push(T::KIND as u8);
-    // Writing our own types into a Vec cannot fail: every field is a plain serde type.
-    rmp_serde::encode::write(&mut out, value).expect("encoding to a Vec cannot fail");
-    out
+    encode_as(T::KIND, value)
+}
+
+/// Encodes `value`, which must serialize exactly as a value of the kind `kind` does (a
+/// borrowed mirror of one of the enveloped types; see [`TaskMessageRef`]).
+pub(crate) fn encode_as<T: Serialize + ?Sized>(kind: Kind, value: &T) -> Vec<u8> {
+    with_scratch(|buf| {
+        buf.extend_from_slice(MAGIC);
+        buf.push(ENVELOPE_VERSION);
+        buf.push(kind as u8);
+        // Writing our own types into a Vec cannot fail: every field is a plain serde type.
+        rmp_serde::encode::write(buf, value).expect("encoding to a Vec cannot fail");
+        buf.to_vec()
+    })
+}
+
+/// Runs `f` with an empty buffer kept per thread, so that encoding grows one buffer once
+/// instead of a fresh `Vec` for every message; the result is copied out at its exact size.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    /// A larger buffer is not kept (one huge message should not pin its memory).
+    const KEEP: usize = 64 * 1024;
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let r = f(&mut buf);
+            if buf.capacity() > KEEP {
+                *buf = Vec::new();
+            }
+            r
+        }
+        // Re-entered (a user `Serialize` that encodes a DTask call): a buffer of its own.
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// A borrowed mirror of [`TaskMessage::Step`] that serializes to the same bytes, to encode
+/// a step message of a state without cloning the state.
+#[derive(Serialize)]
+pub(crate) enum TaskMessageRef<'a> {
+    Step {
+        state: &'a InstanceState,
+        completion: Option<(Seq, &'a Outcome)>,
+    },
+}
+
+/// A borrowed mirror of [`MailboxItem::State`] that serializes to the same bytes.
+#[derive(Serialize)]
+pub(crate) enum MailboxItemRef<'a> {
+    State(&'a InstanceState),
+}
+
+impl TaskMessageRef<'_> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        encode_as(Kind::Task, self)
+    }
+}
+
+impl MailboxItemRef<'_> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        encode_as(Kind::Mailbox, self)
+    }
 }
 
 pub(crate) fn decode<T: Enveloped>(bytes: &[u8]) -> Result<T, Error> {
@@ -75,7 +132,10 @@ pub(crate) fn decode<T: Enveloped>(bytes: &[u8]) -> Result<T, Error> {
 
 /// Encodes a user value (arguments, results) as MessagePack.
 pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
-    rmp_serde::to_vec(value).map_err(|e| e.to_string())
+    with_scratch(|buf| {
+        rmp_serde::encode::write(buf, value).map_err(|e| e.to_string())?;
+        Ok(buf.to_vec())
+    })
 }
 
 /// Decodes a user value from MessagePack.
@@ -189,6 +249,24 @@ mod tests {
             prop_assert_eq!(decode::<MailboxItem>(&encode(&item)).unwrap(), item);
             let rec = ResultRecord { outcome: o };
             prop_assert_eq!(decode::<ResultRecord>(&encode(&rec)).unwrap(), rec);
+        }
+
+        #[test]
+        fn borrowed_mirrors_encode_the_same_bytes(s in state(), seq in any::<u32>(), o in outcome()) {
+            let owned = TaskMessage::Step { state: Box::new(s.clone()), completion: Some((seq, o.clone())) };
+            let mirror = TaskMessageRef::Step { state: &s, completion: Some((seq, &o)) };
+            prop_assert_eq!(mirror.encode(), encode(&owned));
+            let owned = TaskMessage::Step { state: Box::new(s.clone()), completion: None };
+            let mirror = TaskMessageRef::Step { state: &s, completion: None };
+            prop_assert_eq!(mirror.encode(), encode(&owned));
+            let owned = MailboxItem::State(Box::new(s.clone()));
+            prop_assert_eq!(MailboxItemRef::State(&s).encode(), encode(&owned));
+        }
+
+        #[test]
+        fn user_values_encode_as_rmp_serde_does(v in proptest::collection::vec(any::<u8>(), 0..300), n in any::<u64>(), t in ".{0,40}") {
+            let args = (n, serde_bytes::ByteBuf::from(v), t);
+            prop_assert_eq!(encode_value(&args).unwrap(), rmp_serde::to_vec(&args).unwrap());
         }
 
         #[test]

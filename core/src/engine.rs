@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use tracing::{debug, warn};
 
-use crate::codec::{decode, encode};
+use crate::codec::{decode, encode, MailboxItemRef, TaskMessageRef};
 use crate::context::Exec;
 use crate::driver::{drive, StepEnd};
 use crate::error::{Error, Failure, FailureKind};
@@ -101,16 +101,17 @@ impl Engine {
                             // Arrived early (clock skew, delay rounding): wait the rest.
                             // A fresh id: the dedupe window has seen this message's id.
                             let id = format!("{}:r{seq}@{}", state.id, to_millis(now));
-                            let msg = TaskMessage::Step {
-                                state: Box::new(state.clone()),
-                                completion: Some((seq, outcome)),
-                            };
-                            return vec![out(
+                            let body = TaskMessageRef::Step {
+                                state: &state,
+                                completion: Some((seq, &outcome)),
+                            }
+                            .encode();
+                            return vec![out_body(
                                 Destination::Delayed {
                                     name: state.name.clone(),
                                     at,
                                 },
-                                &msg,
+                                body,
                                 id,
                                 &state,
                             )];
@@ -229,7 +230,7 @@ impl Engine {
         }
         if merged == 0 {
             // Only a keep-alive: write the state back with the next one scheduled.
-            let outputs = self.write_mailbox_state(state, now);
+            let outputs = self.write_mailbox_state(&mut state, now);
             return MailboxPlan {
                 outputs,
                 settle,
@@ -243,15 +244,16 @@ impl Engine {
             // This worker does not run this DTask: hand the merged state to one that does.
             // It comes back to the mailbox at its next suspension.
             let id = format!("{}:m{}", state.id, state.recorded);
-            let msg = TaskMessage::Step {
-                state: Box::new(state.clone()),
+            let body = TaskMessageRef::Step {
+                state: &state,
                 completion: None,
-            };
-            vec![out(
+            }
+            .encode();
+            vec![out_body(
                 Destination::Task {
                     name: state.name.clone(),
                 },
-                &msg,
+                body,
                 id,
                 &state,
             )]
@@ -265,7 +267,7 @@ impl Engine {
 
     /// The messages that write `state` (with `version + 1`) to its mailbox, plus a
     /// keep-alive of the mailbox when none is pending.
-    fn write_mailbox_state(&self, mut state: InstanceState, now: SystemTime) -> Vec<Outgoing> {
+    fn write_mailbox_state(&self, state: &mut InstanceState, now: SystemTime) -> Vec<Outgoing> {
         state.version += 1;
         let mut outputs = Vec::new();
         let now_ms = to_millis(now);
@@ -287,18 +289,17 @@ impl Engine {
                     },
                     &msg,
                     id,
-                    &state,
+                    state,
                 ));
             }
         }
-        let me = MailboxItem::State(Box::new(state.clone()));
         outputs.insert(
             0,
             Outgoing {
                 destination: Destination::Mailbox {
                     instance: state.id.clone(),
                 },
-                body: encode(&me),
+                body: MailboxItemRef::State(state).encode(),
                 message_id: format!("{}:v{}", state.id, state.version),
                 instance: state.id.clone(),
                 dtask: state.name.clone(),
@@ -317,13 +318,13 @@ impl Engine {
                     state.name
                 ),
             );
-            return self.finish(state, Outcome::Failed(f), &[]);
+            return self.finish(&state, Outcome::Failed(f), Vec::new());
         };
         let (end, replayed, inputs) = match reg.run {
             Run::Replay(run) => {
                 let mut body = match run(&state.input) {
                     Ok(b) => b,
-                    Err(f) => return self.finish(state, Outcome::Failed(f), &[]),
+                    Err(f) => return self.finish(&state, Outcome::Failed(f), Vec::new()),
                 };
                 let journal = std::mem::take(&mut state.journal);
                 let exec = Arc::new(Mutex::new(Exec::new(
@@ -344,16 +345,18 @@ impl Engine {
                 accepts,
             } => snapshot::run_step(run, fingerprint, accepts, &mut state, now).await,
         };
+        // What `suspend` changes in the state, restored when the step fails instead.
+        let (mailbox, version, touch_at_ms) = (state.mailbox, state.version, state.touch_at_ms);
         let outputs = match end {
             StepEnd::Completed(bytes) => {
                 let detached: Vec<(Seq, Vec<u8>)> = inputs.into_iter().collect();
-                self.finish(state.clone(), Outcome::Ok(bytes), &detached)
+                self.finish(&state, Outcome::Ok(bytes), detached)
             }
             StepEnd::Failed(f) => {
                 warn!(instance = %state.id, dtask = %state.name, failure = %f, "instance failed");
-                self.finish(state.clone(), Outcome::Failed(f), &[])
+                self.finish(&state, Outcome::Failed(f), Vec::new())
             }
-            StepEnd::Suspended => self.suspend(state.clone(), replayed, inputs, now),
+            StepEnd::Suspended => self.suspend(&mut state, replayed, inputs, now),
         };
         if let Some(big) = outputs.iter().find(|o| o.body.len() > self.budget) {
             let f = Failure::new(
@@ -369,7 +372,8 @@ impl Engine {
             );
             warn!(instance = %state.id, failure = %f, "instance failed");
             state.journal.clear();
-            return self.finish(state, Outcome::Failed(f), &[]);
+            (state.mailbox, state.version, state.touch_at_ms) = (mailbox, version, touch_at_ms);
+            return self.finish(&state, Outcome::Failed(f), Vec::new());
         }
         outputs
     }
@@ -377,9 +381,9 @@ impl Engine {
     /// The messages that end an instance with `outcome`.
     fn finish(
         &self,
-        state: InstanceState,
+        state: &InstanceState,
         outcome: Outcome,
-        detached: &[(Seq, Vec<u8>)],
+        detached: Vec<(Seq, Vec<u8>)>,
     ) -> Vec<Outgoing> {
         let mut outputs = Vec::new();
         if state.mailbox {
@@ -396,17 +400,13 @@ impl Engine {
         }
         // Children spawned and never awaited still run; nobody waits for their result.
         for (seq, input) in detached {
-            if let Some(Command::Child { name, .. }) = state.entry(*seq).map(|e| &e.cmd) {
-                let child = InstanceState::new(
-                    state.id.child(*seq),
-                    name.clone(),
-                    input.clone(),
-                    ReplyTo::Detached,
-                );
-                outputs.push(start_child(child));
+            if let Some(Command::Child { name, .. }) = state.entry(seq).map(|e| &e.cmd) {
+                let child =
+                    InstanceState::new(state.id.child(seq), name.clone(), input, ReplyTo::Detached);
+                outputs.push(start_child(&child));
             }
         }
-        match state.reply {
+        match &state.reply {
             ReplyTo::Root => {
                 let rec = ResultRecord { outcome };
                 outputs.push(Outgoing {
@@ -420,23 +420,19 @@ impl Engine {
                 });
             }
             ReplyTo::Continuation { parent, seq } => {
-                let id = format!("{}:r{seq}", parent.id);
-                let msg = TaskMessage::Step {
+                let body = TaskMessageRef::Step {
                     state: parent,
-                    completion: Some((seq, outcome)),
-                };
-                let TaskMessage::Step { state: p, .. } = &msg else {
-                    unreachable!()
-                };
-                let (pid, pname) = (p.id.clone(), p.name.clone());
+                    completion: Some((*seq, &outcome)),
+                }
+                .encode();
                 outputs.push(Outgoing {
                     destination: Destination::Task {
-                        name: pname.clone(),
+                        name: parent.name.clone(),
                     },
-                    body: encode(&msg),
-                    message_id: id,
-                    instance: pid,
-                    dtask: pname,
+                    body,
+                    message_id: format!("{}:r{seq}", parent.id),
+                    instance: parent.id.clone(),
+                    dtask: parent.name.clone(),
                 });
             }
             ReplyTo::Mailbox {
@@ -444,15 +440,15 @@ impl Engine {
                 parent_name,
                 seq,
             } => {
-                let item = MailboxItem::Event { seq, outcome };
+                let item = MailboxItem::Event { seq: *seq, outcome };
                 outputs.push(Outgoing {
                     destination: Destination::Mailbox {
                         instance: parent.clone(),
                     },
                     body: encode(&item),
                     message_id: format!("{parent}:e{seq}"),
-                    instance: parent,
-                    dtask: parent_name,
+                    instance: parent.clone(),
+                    dtask: parent_name.clone(),
                 });
             }
             ReplyTo::Detached => {}
@@ -464,7 +460,7 @@ impl Engine {
     /// positions `replayed..`.
     fn suspend(
         &self,
-        mut state: InstanceState,
+        state: &mut InstanceState,
         replayed: usize,
         mut inputs: std::collections::HashMap<Seq, Vec<u8>>,
         now: SystemTime,
@@ -480,7 +476,7 @@ impl Engine {
         // Status is written on transitions only: `Suspended` after the first step; later
         // steps leave it (each write is a confirmed publish).
         if state.reply == ReplyTo::Root && replayed == 0 {
-            outputs.push(status_write(&state, Status::Suspended));
+            outputs.push(status_write(state, Status::Suspended));
         }
         if !state.mailbox && new.len() == 1 && state.outstanding() == 1 {
             // Waiting on one operation: the state rides along with it.
@@ -492,16 +488,22 @@ impl Engine {
             match cmd {
                 Command::Child { name, .. } => {
                     let input = inputs.remove(&seq).unwrap_or_default();
+                    // The state moves into the child's message for encoding, and back.
+                    let parent = std::mem::replace(state, InstanceState::placeholder());
                     let child = InstanceState::new(
-                        state.id.child(seq),
+                        parent.id.child(seq),
                         name,
                         input,
                         ReplyTo::Continuation {
-                            parent: Box::new(state),
+                            parent: Box::new(parent),
                             seq,
                         },
                     );
-                    outputs.push(start_child(child));
+                    outputs.push(start_child(&child));
+                    let ReplyTo::Continuation { parent, .. } = child.reply else {
+                        unreachable!("the child was built with a continuation")
+                    };
+                    *state = *parent;
                 }
                 Command::Delay { .. } | Command::DelayUntil { .. } => {
                     let at = cmd.fire_at().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -510,22 +512,24 @@ impl Engine {
                         name: state.name.clone(),
                         at,
                     };
-                    let msg = TaskMessage::Step {
-                        state: Box::new(state.clone()),
-                        completion: Some((seq, Outcome::Ok(UNIT.to_vec()))),
-                    };
-                    outputs.push(out(dest, &msg, id, &state));
+                    let body = TaskMessageRef::Step {
+                        state,
+                        completion: Some((seq, &Outcome::Ok(UNIT.to_vec()))),
+                    }
+                    .encode();
+                    outputs.push(out_body(dest, body, id, state));
                 }
                 Command::Yield => {
                     let id = format!("{}:r{seq}", state.id);
                     let dest = Destination::Task {
                         name: state.name.clone(),
                     };
-                    let msg = TaskMessage::Step {
-                        state: Box::new(state.clone()),
-                        completion: Some((seq, Outcome::Ok(UNIT.to_vec()))),
-                    };
-                    outputs.push(out(dest, &msg, id, &state));
+                    let body = TaskMessageRef::Step {
+                        state,
+                        completion: Some((seq, &Outcome::Ok(UNIT.to_vec()))),
+                    }
+                    .encode();
+                    outputs.push(out_body(dest, body, id, state));
                 }
                 Command::Run | Command::Compacted => {
                     unreachable!("only outstanding distributed operations are new")
@@ -536,8 +540,7 @@ impl Engine {
         // Waiting on several operations (or already in mailbox mode): the state is kept
         // in the instance's mailbox, where the results are merged one at a time.
         state.mailbox = true;
-        outputs.extend(self.write_mailbox_state(state.clone(), now));
-        state.version += 1;
+        outputs.extend(self.write_mailbox_state(state, now));
         for seq in new {
             let cmd = state
                 .entry(seq)
@@ -556,7 +559,7 @@ impl Engine {
                             seq,
                         },
                     );
-                    outputs.push(start_child(child));
+                    outputs.push(start_child(&child));
                 }
                 Command::Delay { .. } | Command::DelayUntil { .. } => {
                     let at = cmd.fire_at().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -573,7 +576,7 @@ impl Engine {
                         name: state.name.clone(),
                         at,
                     };
-                    outputs.push(out(dest, &msg, format!("{}:t{seq}", state.id), &state));
+                    outputs.push(out(dest, &msg, format!("{}:t{seq}", state.id), state));
                 }
                 Command::Yield => {
                     let item = MailboxItem::Event {
@@ -600,30 +603,33 @@ impl Engine {
 }
 
 fn out(dest: Destination, msg: &TaskMessage, id: String, state: &InstanceState) -> Outgoing {
+    out_body(dest, encode(msg), id, state)
+}
+
+fn out_body(dest: Destination, body: Vec<u8>, id: String, state: &InstanceState) -> Outgoing {
     Outgoing {
         destination: dest,
-        body: encode(msg),
+        body,
         message_id: id,
         instance: state.id.clone(),
         dtask: state.name.clone(),
     }
 }
 
-fn start_child(child: InstanceState) -> Outgoing {
-    let id = format!("{}:start", child.id);
-    let (cid, cname) = (child.id.clone(), child.name.clone());
-    let msg = TaskMessage::Step {
-        state: Box::new(child),
+fn start_child(child: &InstanceState) -> Outgoing {
+    let body = TaskMessageRef::Step {
+        state: child,
         completion: None,
-    };
+    }
+    .encode();
     Outgoing {
         destination: Destination::Task {
-            name: cname.clone(),
+            name: child.name.clone(),
         },
-        body: encode(&msg),
-        message_id: id,
-        instance: cid,
-        dtask: cname,
+        body,
+        message_id: format!("{}:start", child.id),
+        instance: child.id.clone(),
+        dtask: child.name.clone(),
     }
 }
 

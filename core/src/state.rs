@@ -296,6 +296,16 @@ impl InstanceState {
         self.outstanding_seqs().len()
     }
 
+    /// An empty state that allocates nothing, to stand in while a state is moved out.
+    pub(crate) fn placeholder() -> Self {
+        Self::new(
+            InstanceId(String::new()),
+            String::new(),
+            Vec::new(),
+            ReplyTo::Detached,
+        )
+    }
+
     pub(crate) fn tombstone(&self) -> Self {
         Self {
             id: self.id.clone(),
