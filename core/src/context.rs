@@ -129,6 +129,32 @@ impl Exec {
         }
     }
 
+    /// [`Exec::claim`] of a call of `name` with input hash `input_hash`. A replayed call
+    /// that matches its recorded command is checked in place, without building a command.
+    pub(crate) fn claim_child(&mut self, name: &str, input_hash: u64) -> Option<Seq> {
+        if self.failure.is_none() && !self.snapshot {
+            let seq = self.next_seq;
+            if let Some(Entry {
+                cmd:
+                    Command::Child {
+                        name: n,
+                        input_hash: h,
+                    },
+                ..
+            }) = self.entry(seq)
+            {
+                if n == name && *h == input_hash {
+                    self.next_seq += 1;
+                    return Some(seq);
+                }
+            }
+        }
+        self.claim(Command::Child {
+            name: name.to_string(),
+            input_hash,
+        })
+    }
+
     /// The journal entry at position `seq`.
     pub(crate) fn entry(&self, seq: Seq) -> Option<&Entry> {
         let i = seq.checked_sub(self.base).map(|i| i as usize);

@@ -1,5 +1,6 @@
 //! The [`DTask`] type and its operations.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
@@ -64,7 +65,7 @@ pub(crate) struct Leaf {
 
 pub(crate) enum LeafOp {
     Child {
-        name: String,
+        name: Cow<'static, str>,
         input: Result<Vec<u8>, String>,
     },
     Delay(Duration),
@@ -111,12 +112,16 @@ impl Leaf {
         if let Some(seq) = self.seq {
             return Some(seq);
         }
-        let cmd = match &self.op {
+        let cmd = match &mut self.op {
             LeafOp::Child { name, input } => match input {
-                Ok(bytes) => Command::Child {
-                    name: name.clone(),
-                    input_hash: stable_hash(bytes),
-                },
+                Ok(bytes) => {
+                    let seq = ex.claim_child(name, stable_hash(bytes))?;
+                    if seq as usize >= ex.replayed {
+                        ex.child_inputs.insert(seq, std::mem::take(bytes));
+                    }
+                    self.seq = Some(seq);
+                    return Some(seq);
+                }
                 Err(e) => {
                     let msg = format!("the input of a call to `{name}` cannot be encoded: {e}");
                     ex.fail(Failure::new(FailureKind::BadInput, msg));
@@ -148,13 +153,6 @@ impl Leaf {
             }
         };
         let seq = ex.claim(cmd)?;
-        if let LeafOp::Child { input, .. } = &mut self.op {
-            if seq as usize >= ex.replayed {
-                if let Ok(bytes) = input {
-                    ex.child_inputs.insert(seq, std::mem::take(bytes));
-                }
-            }
-        }
         self.seq = Some(seq);
         Some(seq)
     }
@@ -239,7 +237,7 @@ impl<T: DeserializeOwned + Send + 'static> Future for DTask<T> {
 }
 
 impl<T> DTask<T> {
-    pub(crate) fn call(name: String, input: Result<Vec<u8>, String>) -> Self {
+    pub(crate) fn call(name: Cow<'static, str>, input: Result<Vec<u8>, String>) -> Self {
         Self::op(LeafOp::Child { name, input })
     }
 
@@ -285,7 +283,7 @@ impl<T> DTask<T> {
                     ..
                 },
                 _,
-            ) => Some((name, input)),
+            ) => Some((name.into_owned(), input)),
             _ => None,
         }
     }

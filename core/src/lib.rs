@@ -135,7 +135,7 @@ pub mod __private {
 
     /// A call of the DTask `name` with the encoded argument tuple.
     pub fn call<T, A: Serialize>(name: &'static str, args: &A) -> DTask<T> {
-        DTask::call(name.to_string(), crate::codec::encode_value(args))
+        DTask::call(name.into(), crate::codec::encode_value(args))
     }
 
     /// Decodes the argument tuple of a DTask.
