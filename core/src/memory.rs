@@ -262,13 +262,19 @@ impl MemoryTransport {
         self.shared.changed.notify_waiters();
     }
 
-    fn put(&self, mem: &mut Mem, o: &Outgoing) -> Published {
+    fn put(&self, mem: &mut Mem, o: Outgoing) -> Published {
+        let Outgoing {
+            destination,
+            body,
+            message_id,
+            ..
+        } = o;
         let msg = Msg {
-            body: o.body.clone(),
-            message_id: Some(o.message_id.clone()),
+            body,
+            message_id: Some(message_id),
             redeliveries: 0,
         };
-        match &o.destination {
+        match &destination {
             Destination::Task { name } => {
                 mem.tasks.entry(name.clone()).or_default().push_back(msg);
             }
@@ -289,20 +295,20 @@ impl MemoryTransport {
                 mem.mailboxes
                     .entry(instance.clone())
                     .or_default()
-                    .push_back(o.body.clone());
+                    .push_back(msg.body);
                 mem.ring(instance);
             }
             Destination::Result { instance } => {
                 if mem.results.contains_key(instance) {
                     return Published::Duplicate;
                 }
-                mem.results.insert(instance.clone(), o.body.clone());
+                mem.results.insert(instance.clone(), msg.body);
                 if let Some(w) = mem.result_waiters.remove(instance) {
                     w.notify_waiters();
                 }
             }
             Destination::Status { instance } => {
-                mem.statuses.insert(instance.clone(), o.body.clone());
+                mem.statuses.insert(instance.clone(), msg.body);
             }
         }
         Published::Stored
@@ -414,14 +420,14 @@ impl Transport for MemoryTransport {
     fn publish(&self, batch: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Published>, Error>> {
         let mut mem = self.shared.lock();
         let mut report = Vec::with_capacity(batch.len());
-        for o in &batch {
-            report.push(self.put(&mut mem, o));
+        for o in batch {
             if self.shared.duplicate {
+                report.push(self.put(&mut mem, o.clone()));
                 match &o.destination {
                     Destination::Task { .. }
                     | Destination::Delayed { .. }
                     | Destination::Mailbox { .. } => {
-                        self.put(&mut mem, o);
+                        self.put(&mut mem, o.clone());
                     }
                     _ => {}
                 }
@@ -429,6 +435,8 @@ impl Transport for MemoryTransport {
                     // A second doorbell too, even when one waits already.
                     mem.doorbells.push_back(instance.clone());
                 }
+            } else {
+                report.push(self.put(&mut mem, o));
             }
         }
         drop(mem);
