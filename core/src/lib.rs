@@ -67,7 +67,7 @@ pub use registry::{DTaskFn, Registry};
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use state::InstanceId;
 pub use transport::Transport;
-pub use worker::{Worker, WorkerBuilder, WorkerStats};
+pub use worker::{Worker, WorkerBuilder, WorkerStats, DEFAULT_INLINE_STEPS};
 
 /// One fresh await of a `#[dtask(snapshot)]` machine (generated code). Not a public API.
 #[doc(hidden)]

@@ -4,7 +4,7 @@ use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::Semaphore;
@@ -14,10 +14,16 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::engine::{Engine, Settlement, DEFAULT_STATE_BUDGET};
 use crate::error::Error;
 use crate::registry::{DTaskFn, Registry};
-use crate::transport::{Delivery, DeliveryKind, Published, Transport};
+use crate::transport::{Delivery, DeliveryKind, Destination, Outgoing, Published, Transport};
 
 /// How long a root's first step runs before its status is written as `Running`.
 const RUNNING_AFTER: Duration = Duration::from_millis(50);
+
+/// The default of [`WorkerBuilder::inline_steps`].
+pub const DEFAULT_INLINE_STEPS: usize = 32;
+
+/// The default of [`WorkerBuilder::inline_time`].
+const INLINE_TIME: Duration = Duration::from_millis(200);
 
 /// Configures a [`Worker`].
 pub struct WorkerBuilder {
@@ -28,6 +34,8 @@ pub struct WorkerBuilder {
     budget: usize,
     dedupe_window: usize,
     max_redeliveries: u32,
+    inline_steps: usize,
+    inline_time: Duration,
     summary_every: Option<Duration>,
 }
 
@@ -92,6 +100,31 @@ impl WorkerBuilder {
         self
     }
 
+    /// How many steps one delivery may run inline (default [`DEFAULT_INLINE_STEPS`]; 0
+    /// turns it off).
+    ///
+    /// When a step hands its instance on with exactly one task message (a sequential
+    /// await: a child's start carrying the parent's state, or a child's result carrying
+    /// it back) and this worker runs that DTask, the worker runs the next step at once
+    /// instead of publishing the message and consuming it again. Durability is unchanged:
+    /// the delivery is acknowledged only after the messages of the last step run are
+    /// confirmed, so a crash redoes the whole run from the delivery, as it would redo one
+    /// step. Fan-outs (several messages), timers and mailbox messages are always
+    /// published, so parallel work still spreads over the workers; a run also stops
+    /// inlining after [`inline_time`](Self::inline_time).
+    pub fn inline_steps(mut self, n: usize) -> Self {
+        self.inline_steps = n;
+        self
+    }
+
+    /// How long a delivery may have been handled and still run a next step inline
+    /// (default 200 ms): a bound on the work redone after a crash, and on how long one
+    /// delivery holds its slot.
+    pub fn inline_time(mut self, limit: Duration) -> Self {
+        self.inline_time = limit;
+        self
+    }
+
     /// How often a failing delivery is retried before it is dead-lettered (default 5).
     pub fn max_redeliveries(mut self, n: u32) -> Self {
         self.max_redeliveries = n;
@@ -122,6 +155,8 @@ impl WorkerBuilder {
                 concurrency: self.concurrency,
                 dedupe: Mutex::new(Dedupe::new(self.dedupe_window)),
                 max_redeliveries: self.max_redeliveries,
+                inline_steps: self.inline_steps,
+                inline_time: self.inline_time,
                 summary_every: self.summary_every,
                 stats: Stats::default(),
             }),
@@ -151,6 +186,8 @@ struct Inner {
     concurrency: usize,
     dedupe: Mutex<Dedupe>,
     max_redeliveries: u32,
+    inline_steps: usize,
+    inline_time: Duration,
     summary_every: Option<Duration>,
     stats: Stats,
 }
@@ -161,6 +198,7 @@ struct Stats {
     in_flight: AtomicU64,
     dead_lettered: AtomicU64,
     duplicate_results: AtomicU64,
+    inlined: AtomicU64,
 }
 
 /// Counters of a worker.
@@ -176,6 +214,9 @@ pub struct WorkerStats {
     /// Result writes refused because the instance's result was already recorded (work
     /// redone after a redelivery; the first result stands).
     pub duplicate_results: u64,
+    /// Steps run inline, within the delivery of the step before them
+    /// ([`WorkerBuilder::inline_steps`]); not counted in `processed`.
+    pub inlined: u64,
 }
 
 impl std::ops::Add for WorkerStats {
@@ -187,6 +228,7 @@ impl std::ops::Add for WorkerStats {
             in_flight: self.in_flight + o.in_flight,
             dead_lettered: self.dead_lettered + o.dead_lettered,
             duplicate_results: self.duplicate_results + o.duplicate_results,
+            inlined: self.inlined + o.inlined,
         }
     }
 }
@@ -245,6 +287,8 @@ impl Worker {
             budget: DEFAULT_STATE_BUDGET,
             dedupe_window: 10_000,
             max_redeliveries: 5,
+            inline_steps: DEFAULT_INLINE_STEPS,
+            inline_time: INLINE_TIME,
             summary_every: None,
         }
     }
@@ -262,6 +306,7 @@ impl Worker {
             in_flight: s.in_flight.load(Ordering::Relaxed),
             dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
             duplicate_results: s.duplicate_results.load(Ordering::Relaxed),
+            inlined: s.inlined.load(Ordering::Relaxed),
         }
     }
 
@@ -326,6 +371,22 @@ impl Worker {
     }
 }
 
+/// Drops every status write of an instance but the last: they would overwrite each other
+/// (a register keeps the last write), and one publish batch need not keep their order.
+fn last_status_only(outputs: Vec<Outgoing>) -> Vec<Outgoing> {
+    let mut seen = HashSet::new();
+    let mut kept: Vec<Outgoing> = outputs
+        .into_iter()
+        .rev()
+        .filter(|o| match &o.destination {
+            Destination::Status { instance } => seen.insert(instance.clone()),
+            _ => true,
+        })
+        .collect();
+    kept.reverse();
+    kept
+}
+
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
     match interval {
         Some(i) => {
@@ -345,6 +406,52 @@ impl Inner {
             debug!(n, "duplicate results refused by the result register");
             self.stats.duplicate_results.fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// Runs the steps that `outputs` hand on, here, while each hands its instance on with
+    /// exactly one task message for a DTask this worker runs (see
+    /// [`WorkerBuilder::inline_steps`]). Returns every message still to publish, in order,
+    /// with each instance's status writes but its last dropped.
+    async fn inline(&self, mut outputs: Vec<Outgoing>, started: Instant) -> Vec<Outgoing> {
+        if self.inline_steps == 0 {
+            return outputs;
+        }
+        let mut kept: Vec<Outgoing> = Vec::new();
+        for _ in 0..self.inline_steps {
+            if started.elapsed() >= self.inline_time {
+                break;
+            }
+            let mut hand_offs = outputs.iter().enumerate().filter(|(_, o)| {
+                matches!(
+                    o.destination,
+                    Destination::Task { .. }
+                        | Destination::Delayed { .. }
+                        | Destination::Mailbox { .. }
+                )
+            });
+            let (Some((i, next)), None) = (hand_offs.next(), hand_offs.next()) else {
+                break;
+            };
+            let Destination::Task { name } = &next.destination else {
+                break;
+            };
+            if !self.engine.registry.contains(name) {
+                break;
+            }
+            let Ok(msg) = self.engine.decode_task(&next.body) else {
+                break;
+            };
+            debug!(dtask = %name, message_id = %next.message_id, "running the next step inline");
+            outputs.remove(i);
+            kept.append(&mut outputs);
+            outputs = self.engine.handle_task(msg, self.transport.now()).await;
+            self.stats.inlined.fetch_add(1, Ordering::Relaxed);
+        }
+        if kept.is_empty() {
+            return outputs;
+        }
+        kept.append(&mut outputs);
+        last_status_only(kept)
     }
 
     async fn handle(&self, delivery: Delivery) {
@@ -387,6 +494,7 @@ impl Inner {
                     "dtask.step",
                     message_id = message_id.as_deref().unwrap_or("")
                 );
+                let started = Instant::now();
                 let outcome = async {
                     let running = self.engine.info(&msg).root_first_step;
                     let step = self.engine.handle_task(msg, self.transport.now());
@@ -410,6 +518,7 @@ impl Inner {
                         }
                     };
                     debug!(outputs = outputs.len(), "step done");
+                    let outputs = self.inline(outputs, started).await;
                     self.transport.publish(outputs).await
                 }
                 .instrument(span)

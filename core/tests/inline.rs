@@ -1,0 +1,134 @@
+//! Steps run inline: a sequential child's start, and the parent's resume with the child's
+//! result, run within the delivery that handed them on, when the worker runs that DTask.
+
+use std::time::Duration;
+
+use dtasks::{dtask, Client, DTask, MemoryTransport, Status, Worker, WorkerBuilder, WorkerStats};
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+#[dtask(name = "inline.inc")]
+async fn inc(x: u64) -> u64 {
+    x + 1
+}
+
+#[dtask(name = "inline.chain")]
+async fn chain(n: u64) -> u64 {
+    let mut v = 0;
+    for _ in 0..n {
+        v = inc(v).await;
+    }
+    v
+}
+
+#[dtask(name = "inline.fan")]
+async fn fan(n: u64) -> u64 {
+    DTask::when_all((0..n).map(inc)).await.iter().sum()
+}
+
+fn worker(t: &MemoryTransport) -> WorkerBuilder {
+    Worker::builder(t.clone())
+        .register(inc)
+        .register(chain)
+        .register(fan)
+        // No time bound in these tests: the counts below must not depend on the machine.
+        .inline_time(Duration::from_secs(3_600))
+}
+
+/// Runs `start` on `worker` until its result is in; returns the result and the counters.
+async fn run<T: serde::de::DeserializeOwned + Send + 'static>(
+    t: &MemoryTransport,
+    worker: Worker,
+    start: DTask<T>,
+) -> Result<(T, WorkerStats, Status), Box<dyn std::error::Error + Send + Sync>> {
+    let client = Client::new(t.clone());
+    let h = client.start(start).await?;
+    let stats = worker.clone();
+    let waiter = h.clone();
+    tokio::spawn(worker.run_until(async move {
+        let _ = waiter.result().await;
+    }))
+    .await??;
+    let value = h.result().await?;
+    Ok((value, stats.stats(), h.status().await?))
+}
+
+#[tokio::test]
+async fn a_chain_runs_in_the_delivery_of_its_start() -> TestResult {
+    let t = MemoryTransport::new();
+    let (v, s, status) = run(&t, worker(&t).build()?, chain(10)).await?;
+    assert_eq!(v, 10);
+    assert_eq!(status, Status::Succeeded);
+    // One delivery (the root's start); 10 child starts and 10 resumes ran inline.
+    assert_eq!((s.processed, s.inlined), (1, 20));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_step_budget_bounds_one_delivery() -> TestResult {
+    let t = MemoryTransport::new();
+    let (v, s, _) = run(&t, worker(&t).inline_steps(4).build()?, chain(10)).await?;
+    assert_eq!(v, 10);
+    // 21 steps, at most 1 + 4 per delivery: 5 deliveries.
+    assert_eq!((s.processed, s.inlined), (5, 16));
+    Ok(())
+}
+
+#[tokio::test]
+async fn turned_off_every_step_is_a_delivery() -> TestResult {
+    let t = MemoryTransport::new();
+    let (v, s, _) = run(&t, worker(&t).inline_steps(0).build()?, chain(10)).await?;
+    assert_eq!(v, 10);
+    assert_eq!((s.processed, s.inlined), (21, 0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_fan_out_is_published_not_inlined() -> TestResult {
+    let t = MemoryTransport::new();
+    let (v, s, _) = run(&t, worker(&t).build()?, fan(10)).await?;
+    assert_eq!(v, (1..=10).sum::<u64>());
+    assert_eq!(s.inlined, 0);
+    // The root, its 10 children, and at least one mailbox merge.
+    assert!(s.processed >= 12, "{s:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dtask_this_worker_does_not_run_is_handed_on() -> TestResult {
+    let t = MemoryTransport::new();
+    let parents = Worker::builder(t.clone()).register(chain).build()?;
+    let children = Worker::builder(t.clone()).register(inc).build()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let child_stats = children.clone();
+    let other = tokio::spawn(children.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let (v, s, _) = run(&t, parents, chain(3)).await?;
+    let _ = stop.send(());
+    other.await??;
+    assert_eq!(v, 3);
+    assert_eq!((s.processed, s.inlined), (4, 0));
+    let c = child_stats.stats();
+    assert_eq!((c.processed, c.inlined), (3, 0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn duplicate_deliveries_still_complete_once() -> TestResult {
+    let t = MemoryTransport::builder().duplicate_delivery().build();
+    let client = Client::new(t.clone());
+    let w = worker(&t).build()?;
+    let handles = futures::future::try_join_all((0..20).map(|_| client.start(chain(5)))).await?;
+    let hs = handles.clone();
+    tokio::spawn(w.run_until(async move {
+        for h in hs {
+            let _ = h.result().await;
+        }
+    }))
+    .await??;
+    for h in handles {
+        assert_eq!(h.result().await?, 5);
+    }
+    Ok(())
+}
