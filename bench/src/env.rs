@@ -28,6 +28,8 @@ pub(crate) struct Settings {
     pub(crate) payload: u32,
     /// Child steps per chain (W1, W4).
     pub(crate) steps: u32,
+    /// Steps a worker may run inline per delivery (`WorkerBuilder::inline_steps`; 0: off).
+    pub(crate) inline_steps: usize,
 }
 
 /// The DTasks the workers of an environment run.
@@ -72,6 +74,7 @@ fn worker(t: Arc<dyn Transport>, s: &Settings) -> Result<Worker, dtasks::Error> 
         .register(m1_replay)
         .register(m1_snapshot)
         .concurrency(s.concurrency)
+        .inline_steps(s.inline_steps)
         .build()
 }
 

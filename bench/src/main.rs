@@ -42,6 +42,7 @@ usage: dtasks-bench [--quick] [--transport memory|amqp|all] [options]
   --payload BYTES      user payload per step (default 256)
   --steps N            child steps per chain in W1a, W1b, W4 and raw (default 10)
   --chains N           W1b instances and raw chains (default 500)
+  --inline N           steps a worker may run inline per delivery (default 32; 0: off)
   --reps N             repetitions of W1b and of the raw baseline (default 5, quick 1)
   --out DIR            where the results go (default bench/results)
   --no-write           print the table only
@@ -77,6 +78,7 @@ fn parse_args() -> anyhow::Result<Args> {
             prefetch: 64,
             payload: 256,
             steps: 10,
+            inline_steps: dtasks::DEFAULT_INLINE_STEPS,
         },
         reps: None,
         chains: None,
@@ -114,6 +116,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--payload" => a.settings.payload = value("--payload")?.parse()?,
             "--reps" => a.reps = Some(value("--reps")?.parse()?),
             "--steps" => a.settings.steps = value("--steps")?.parse()?,
+            "--inline" => a.settings.inline_steps = value("--inline")?.parse()?,
             "--chains" => a.chains = Some(value("--chains")?.parse()?),
             "--out" => a.out = Some(value("--out")?.into()),
             "--no-write" => a.write = false,

@@ -48,6 +48,7 @@ pub(crate) async fn worker_mode(prefix: &str, s: &Settings) -> anyhow::Result<()
         .register(chain)
         .register(step)
         .concurrency(s.concurrency)
+        .inline_steps(s.inline_steps)
         .build()?;
     let handle = w.clone();
     w.run_until(async {
@@ -74,6 +75,8 @@ fn spawn_worker(prefix: &str, s: &Settings) -> anyhow::Result<Child> {
             &s.concurrency.to_string(),
             "--prefetch",
             &s.prefetch.to_string(),
+            "--inline",
+            &s.inline_steps.to_string(),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

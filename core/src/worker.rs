@@ -14,7 +14,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::engine::{Engine, Settlement, DEFAULT_STATE_BUDGET};
 use crate::error::Error;
 use crate::registry::{DTaskFn, Registry};
+use crate::state::TaskMessage;
 use crate::transport::{Delivery, DeliveryKind, Destination, Outgoing, Published, Transport};
+use crate::InstanceId;
 
 /// How long a root's first step runs before its status is written as `Running`.
 const RUNNING_AFTER: Duration = Duration::from_millis(50);
@@ -105,7 +107,8 @@ impl WorkerBuilder {
     ///
     /// When a step hands its instance on with exactly one task message (a sequential
     /// await: a child's start carrying the parent's state, or a child's result carrying
-    /// it back) and this worker runs that DTask, the worker runs the next step at once
+    /// it back; not a [`DTask::yield_now`](crate::DTask::yield_now), which stays a durable
+    /// checkpoint) and this worker runs that DTask, the worker runs the next step at once
     /// instead of publishing the message and consuming it again. Durability is unchanged:
     /// the delivery is acknowledged only after the messages of the last step run are
     /// confirmed, so a crash redoes the whole run from the delivery, as it would redo one
@@ -412,7 +415,12 @@ impl Inner {
     /// exactly one task message for a DTask this worker runs (see
     /// [`WorkerBuilder::inline_steps`]). Returns every message still to publish, in order,
     /// with each instance's status writes but its last dropped.
-    async fn inline(&self, mut outputs: Vec<Outgoing>, started: Instant) -> Vec<Outgoing> {
+    async fn inline(
+        &self,
+        mut outputs: Vec<Outgoing>,
+        mut current: InstanceId,
+        started: Instant,
+    ) -> Vec<Outgoing> {
         if self.inline_steps == 0 {
             return outputs;
         }
@@ -435,14 +443,16 @@ impl Inner {
             let Destination::Task { name } = &next.destination else {
                 break;
             };
-            if !self.engine.registry.contains(name) {
+            // A hand-off to the instance that just ran is a yield: a durable checkpoint
+            // the user asked for, so it goes through the broker.
+            if !self.engine.registry.contains(name) || next.instance == current {
                 break;
             }
             let Ok(msg) = self.engine.decode_task(&next.body) else {
                 break;
             };
             debug!(dtask = %name, message_id = %next.message_id, "running the next step inline");
-            outputs.remove(i);
+            current = outputs.remove(i).instance;
             kept.append(&mut outputs);
             outputs = self.engine.handle_task(msg, self.transport.now()).await;
             self.stats.inlined.fetch_add(1, Ordering::Relaxed);
@@ -497,6 +507,10 @@ impl Inner {
                 let started = Instant::now();
                 let outcome = async {
                     let running = self.engine.info(&msg).root_first_step;
+                    let instance = match &msg {
+                        TaskMessage::Step { state, .. } => state.id.clone(),
+                        TaskMessage::Forward { instance, .. } => instance.clone(),
+                    };
                     let step = self.engine.handle_task(msg, self.transport.now());
                     tokio::pin!(step);
                     // A root's first step reports `Running` only when it takes a while:
@@ -518,7 +532,7 @@ impl Inner {
                         }
                     };
                     debug!(outputs = outputs.len(), "step done");
-                    let outputs = self.inline(outputs, started).await;
+                    let outputs = self.inline(outputs, instance, started).await;
                     self.transport.publish(outputs).await
                 }
                 .instrument(span)

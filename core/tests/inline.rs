@@ -26,11 +26,21 @@ async fn fan(n: u64) -> u64 {
     DTask::when_all((0..n).map(inc)).await.iter().sum()
 }
 
+/// Yields twice, between two children.
+#[dtask(name = "inline.yielder")]
+async fn yielder() -> u64 {
+    let a = inc(1).await;
+    DTask::yield_now().await;
+    DTask::yield_now().await;
+    a + inc(2).await
+}
+
 fn worker(t: &MemoryTransport) -> WorkerBuilder {
     Worker::builder(t.clone())
         .register(inc)
         .register(chain)
         .register(fan)
+        .register(yielder)
         // No time bound in these tests: the counts below must not depend on the machine.
         .inline_time(Duration::from_secs(3_600))
 }
@@ -91,6 +101,18 @@ async fn a_fan_out_is_published_not_inlined() -> TestResult {
     assert_eq!(s.inlined, 0);
     // The root, its 10 children, and at least one mailbox merge.
     assert!(s.processed >= 12, "{s:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_yield_stays_a_durable_checkpoint() -> TestResult {
+    let t = MemoryTransport::new();
+    let (v, s, _) = run(&t, worker(&t).build()?, yielder()).await?;
+    assert_eq!(v, 2 + 3);
+    // The start runs the first child and its resume inline, then yields (published); the
+    // first yield's delivery yields again (published); the second one's delivery runs the
+    // last child and the resume inline.
+    assert_eq!((s.processed, s.inlined), (3, 4));
     Ok(())
 }
 
