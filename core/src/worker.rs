@@ -374,10 +374,18 @@ impl Worker {
     }
 }
 
-/// Drops every status write of an instance but the last: they would overwrite each other
-/// (a register keeps the last write), and one publish batch need not keep their order.
+/// Drops the status writes an inline run made stale: every one of an instance but the last
+/// (a register keeps the last write, and one publish batch need not keep their order), and
+/// all of an instance whose result is in the batch (the result register answers its
+/// status from then on).
 fn last_status_only(outputs: Vec<Outgoing>) -> Vec<Outgoing> {
-    let mut seen = HashSet::new();
+    let mut seen: HashSet<InstanceId> = outputs
+        .iter()
+        .filter_map(|o| match &o.destination {
+            Destination::Result { instance } => Some(instance.clone()),
+            _ => None,
+        })
+        .collect();
     let mut kept: Vec<Outgoing> = outputs
         .into_iter()
         .rev()

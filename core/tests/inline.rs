@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use dtasks::{dtask, Client, DTask, MemoryTransport, Status, Worker, WorkerBuilder, WorkerStats};
+use dtasks::{
+    dtask, Client, DTask, MemoryTransport, Status, Transport, Worker, WorkerBuilder, WorkerStats,
+};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -71,6 +73,27 @@ async fn a_chain_runs_in_the_delivery_of_its_start() -> TestResult {
     assert_eq!(status, Status::Succeeded);
     // One delivery (the root's start); 10 child starts and 10 resumes ran inline.
     assert_eq!((s.processed, s.inlined), (1, 20));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_root_finished_inline_writes_no_stale_status() -> TestResult {
+    let t = MemoryTransport::new();
+    let client = Client::new(t.clone());
+    let h = client.start(chain(3)).await?;
+    assert_eq!(h.status().await?, Status::Pending);
+    let pending = t.read_status(h.id()).await?;
+    assert!(pending.is_some());
+    let waiter = h.clone();
+    tokio::spawn(worker(&t).build()?.run_until(async move {
+        let _ = waiter.result().await;
+    }))
+    .await??;
+    assert_eq!(h.result().await?, 3);
+    // The root suspended and finished in one run: its `Suspended` write was dropped, not
+    // published after the client's `Pending`; the result register answers the status.
+    assert_eq!(t.read_status(h.id()).await?, pending);
+    assert_eq!(h.status().await?, Status::Succeeded);
     Ok(())
 }
 
