@@ -194,6 +194,14 @@ impl Args {
     }
 }
 
+/// The settings of M1's workers: every resume goes through the transport.
+fn m1_settings(s: &Settings) -> Settings {
+    Settings {
+        inline_steps: 0,
+        ..s.clone()
+    }
+}
+
 /// A fresh tag for an M1 run.
 fn next_tag() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -244,6 +252,11 @@ async fn run_memory(a: &Args, z: &Sizes, notes: &mut Vec<String>) -> anyhow::Res
             runs.push(r);
         }
         set.m1.extend(long::merge(runs));
+    }
+    env.stop().await?;
+    if a.wants("m1") {
+        // M1 measures a resume through the transport: workers that run nothing inline.
+        let env = Env::memory(&m1_settings(s))?;
         let mut runs = Vec::new();
         for model in long::ORDER {
             let r = long::transport(&env, "in-memory", model, z.m1, next_tag()).await?;
@@ -251,8 +264,8 @@ async fn run_memory(a: &Args, z: &Sizes, notes: &mut Vec<String>) -> anyhow::Res
             runs.push(r);
         }
         set.m1.extend(long::merge(runs));
+        env.stop().await?;
     }
-    env.stop().await?;
     Ok(set)
 }
 
@@ -295,7 +308,7 @@ async fn run_amqp(
         w4: None,
         w4_control: None,
     };
-    let needs_env = ["w1a", "w1b", "w2", "w3", "m1"].iter().any(|w| a.wants(w));
+    let needs_env = ["w1a", "w1b", "w2", "w3"].iter().any(|w| a.wants(w));
     if needs_env || a.wants("raw") {
         let env = Env::amqp(s, prefix, admin, broker.clone()).await?;
         let raw_queue = |rep: usize| format!("{prefix}.raw.{rep}");
@@ -349,15 +362,6 @@ async fn run_amqp(
                 step("RabbitMQ: W3");
                 out.set.w3 = Some(workloads::w3(&env, Some(admin), z.w3, z.w3_delay_ms).await?);
             }
-            if a.wants("m1") {
-                let mut runs = Vec::new();
-                for model in long::ORDER {
-                    let r = long::transport(&env, "RabbitMQ", model, z.m1_amqp, next_tag()).await?;
-                    step(&format!("RabbitMQ: M1 {}: {}", model.label(), r.summary()));
-                    runs.push(r);
-                }
-                out.set.m1.extend(long::merge(runs));
-            }
             anyhow::Ok(())
         }
         .await;
@@ -366,6 +370,26 @@ async fn run_amqp(
         let mut names = declared;
         names.extend((0..z.reps).map(raw_queue));
         cleanup(admin, prefix, names).await?;
+        result?;
+    }
+    if a.wants("m1") {
+        // M1 measures a resume through the transport: workers that run nothing inline,
+        // under a prefix of their own.
+        let pm = format!("{prefix}-m1");
+        let env = Env::amqp(&m1_settings(s), &pm, admin, broker.clone()).await?;
+        let result = async {
+            let mut runs = Vec::new();
+            for model in long::ORDER {
+                let r = long::transport(&env, "RabbitMQ", model, z.m1_amqp, next_tag()).await?;
+                step(&format!("RabbitMQ: M1 {}: {}", model.label(), r.summary()));
+                runs.push(r);
+            }
+            out.set.m1.extend(long::merge(runs));
+            anyhow::Ok(())
+        }
+        .await;
+        let declared = env.stop().await?;
+        cleanup(admin, &pm, declared).await?;
         result?;
     }
     if a.wants("w4") {
