@@ -20,6 +20,7 @@ use crate::registry::BodyFuture;
 use crate::state::Command;
 
 /// How a step ended.
+#[derive(Debug)]
 pub(crate) enum StepEnd {
     Completed(Vec<u8>),
     Suspended,

@@ -228,6 +228,35 @@ impl<T: DeserializeOwned + Send + 'static> DTask<T> {
     }
 }
 
+impl<T: DeserializeOwned + Send + 'static> DTask<T> {
+    /// Like `poll_ordered`, but a failed child call is returned with its order instead of
+    /// failing the instance at once, so that a race can tell whether it failed before or
+    /// after the winner. Other kinds fail the instance as `poll_ordered` does.
+    fn poll_settled(&mut self, cx: &mut Context<'_>) -> Poll<(Result<T, Failure>, u32)> {
+        match &mut self.kind {
+            Kind::Op(leaf, _) => match leaf.poll_raw() {
+                Poll::Ready((Err(f), order)) => Poll::Ready((Err(leaf.child_failure(&f)), order)),
+                Poll::Ready((Ok(bytes), order)) => match decode_value::<T>(&bytes) {
+                    Ok(v) => Poll::Ready((Ok(v), order)),
+                    Err(e) => {
+                        fail_now(Failure::new(
+                            FailureKind::BadInput,
+                            format!(
+                                "the result of {:?} does not decode as {}: {e}",
+                                leaf.op,
+                                std::any::type_name::<T>()
+                            ),
+                        ));
+                        Poll::Pending
+                    }
+                },
+                Poll::Pending => Poll::Pending,
+            },
+            _ => self.poll_ordered(cx).map(|(v, order)| (Ok(v), order)),
+        }
+    }
+}
+
 impl<T: DeserializeOwned + Send + 'static> Future for DTask<T> {
     type Output = T;
 
@@ -443,7 +472,9 @@ impl DTask<()> {
     /// Awaits the first of `tasks` to finish and returns its index and result.
     ///
     /// "First" is the first result recorded in the instance's journal, so the choice is
-    /// the same on every replay. The others are **not cancelled**: they run to completion
+    /// the same on every replay. A child call that failed first fails the instance like
+    /// an awaited child; one that failed after the winner is a loser like any other. The
+    /// others are **not cancelled**: they run to completion
     /// and their results are recorded and dropped. To await one of them later, spawn it
     /// with [`DTask::spawn`] and pass its handle (`handle.into_future()`) here instead.
     ///
@@ -455,7 +486,7 @@ impl DTask<()> {
     {
         let mut parts: Vec<DTask<T>> = tasks.into_iter().collect();
         let spec = Spec::Any(parts.iter().map(|p| p.spec.clone()).collect());
-        let mut done: Vec<Option<(T, u32)>> = parts.iter().map(|_| None).collect();
+        let mut done: Vec<Option<(Result<T, Failure>, u32)>> = parts.iter().map(|_| None).collect();
         DTask::from_future(
             std::future::poll_fn(move |cx| {
                 if parts.is_empty() {
@@ -467,21 +498,27 @@ impl DTask<()> {
                 }
                 for (part, slot) in parts.iter_mut().zip(done.iter_mut()) {
                     if slot.is_none() {
-                        if let Poll::Ready(v) = part.poll_ordered(cx) {
+                        if let Poll::Ready(v) = part.poll_settled(cx) {
                             *slot = Some(v);
                         }
                     }
                 }
+                // The first recorded result wins, a failure included; a child that failed
+                // after the winner (even when both are merged in the same step) is a loser
+                // like any other.
                 let winner = done
                     .iter()
                     .enumerate()
                     .filter_map(|(i, s)| s.as_ref().map(|(_, o)| (*o, i)))
                     .min();
                 match winner {
-                    Some((order, i)) => {
-                        let (v, _) = done[i].take().expect("winner is done");
-                        Poll::Ready(((i, v), order))
-                    }
+                    Some((order, i)) => match done[i].take().expect("winner is done") {
+                        (Ok(v), _) => Poll::Ready(((i, v), order)),
+                        (Err(f), _) => {
+                            fail_now(f);
+                            Poll::Pending
+                        }
+                    },
                     None => Poll::Pending,
                 }
             }),
@@ -710,3 +747,111 @@ impl_join!(A a sa, B b sb, C c sc);
 impl_join!(A a sa, B b sb, C c sc, D d sd);
 impl_join!(A a sa, B b sb, C c sc, D d sd, E e se);
 impl_join!(A a sa, B b sb, C c sc, D d sd, E e se, F f sf);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use crate::codec::{decode_value, encode_value};
+    use crate::context::Exec;
+    use crate::driver::{drive, StepEnd};
+    use crate::error::{Failure, FailureKind};
+    use crate::registry::{Registration, Run};
+    use crate::state::{InstanceId, InstanceState, Outcome, ReplyTo};
+    use crate::{dtask, DTask};
+
+    #[dtask(name = "tests.any.leg")]
+    async fn leg(x: u64) -> u64 {
+        x
+    }
+
+    #[dtask(name = "tests.any.race")]
+    async fn race() -> (usize, u64) {
+        DTask::when_any([leg(1), leg(2)]).await
+    }
+
+    /// Runs `tests.any.race` to its suspension on both legs, records `first` and then
+    /// `second` (by leg index) before driving it again — both merged in one step — and
+    /// returns how that step ended.
+    async fn race_with(results: [(usize, Outcome); 2]) -> StepEnd {
+        let reg = inventory::iter::<Registration>
+            .into_iter()
+            .find(|r| r.name == "tests.any.race")
+            .expect("registered");
+        let Run::Replay(run) = reg.run else {
+            panic!("a replay DTask")
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut state = InstanceState::new(
+            InstanceId::new("race").expect("valid"),
+            "tests.any.race".into(),
+            encode_value(&()).expect("encodes"),
+            ReplyTo::Root,
+        );
+        for round in 0..2 {
+            let mut body = run(&state.input).expect("starts");
+            let exec = Arc::new(Mutex::new(Exec::new(
+                state.id.clone(),
+                std::mem::take(&mut state.journal),
+                state.recorded,
+                now,
+            )));
+            let end = drive(&mut body, &exec).await;
+            drop(body);
+            {
+                let mut ex = exec.lock().unwrap_or_else(|p| p.into_inner());
+                state.journal = std::mem::take(&mut ex.journal);
+                state.recorded = ex.recorded;
+            }
+            if round == 1 {
+                return end;
+            }
+            assert!(matches!(end, StepEnd::Suspended));
+            let open = state.outstanding_seqs();
+            assert_eq!(open.len(), 2, "both legs outstanding");
+            for (leg, outcome) in results.clone() {
+                assert!(state.record(open[leg], outcome));
+            }
+        }
+        unreachable!()
+    }
+
+    fn failed() -> Outcome {
+        Outcome::Failed(Failure::new(FailureKind::Panic, "leg broke"))
+    }
+
+    #[tokio::test]
+    async fn a_loser_that_failed_after_the_winner_in_the_same_step_is_a_loser() {
+        let end = race_with([
+            (1, Outcome::Ok(encode_value(&20u64).expect("encodes"))),
+            (0, failed()),
+        ])
+        .await;
+        match end {
+            StepEnd::Completed(bytes) => {
+                assert_eq!(
+                    decode_value::<(usize, u64)>(&bytes).expect("decodes"),
+                    (1, 20)
+                );
+            }
+            other => panic!("expected the winner's result, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_recorded_first_wins_the_race_and_fails_the_instance() {
+        let end = race_with([
+            (0, failed()),
+            (1, Outcome::Ok(encode_value(&20u64).expect("encodes"))),
+        ])
+        .await;
+        match end {
+            StepEnd::Failed(f) => {
+                assert!(f.is_child_failure(), "{f}");
+                assert!(f.message().contains("leg broke"), "{f}");
+            }
+            other => panic!("expected the first leg's failure, got {other:?}"),
+        }
+    }
+}
