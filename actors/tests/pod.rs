@@ -52,6 +52,12 @@ impl Transport for FlakyConsume {
     fn read_status(&self, i: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
         self.inner.read_status(i)
     }
+    fn create_register(&self, i: &InstanceId) -> BoxFuture<'_, Result<(), Error>> {
+        self.inner.create_register(i)
+    }
+    fn register_exists(&self, i: &InstanceId) -> BoxFuture<'_, Result<bool, Error>> {
+        self.inner.register_exists(i)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

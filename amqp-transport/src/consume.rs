@@ -133,7 +133,12 @@ async fn open(shared: &Shared, names: &[String]) -> Result<Session> {
     // consumer's doorbell and mailbox messages go back together.
     let shard_ch = conn::open_channel(&shared.consume_conns).await?;
     let ready_ch = conn::open_channel(&shared.consume_conns).await?;
-    let tasks: Vec<String> = names.iter().map(|n| topo.task(n)).collect();
+    // Each DTask's task queue and its wake queue (due timers), consumed alike: with a
+    // prefetch of its own, a due timer is delivered at once however many starts wait.
+    let tasks: Vec<String> = names
+        .iter()
+        .flat_map(|n| [topo.task(n), topo.wake(n)])
+        .collect();
     let shards: Vec<String> = (0..topo.shards()).map(|i| topo.shard(i)).collect();
     let ready = topo.delay_ready();
 

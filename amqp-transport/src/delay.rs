@@ -4,10 +4,11 @@
 //! (`x-dtasks-target`). While `r` ms remain it waits in level `floor(log2(r))`, a quorum
 //! queue whose messages all live `2^k` ms and then dead-letter into the ready queue. The
 //! consumer of the ready queue (run by every `consume()`) looks again: due messages go to
-//! their task queue, the others to the next level. A level never holds a message longer
-//! than it has left, so a timer is never early; one TTL per queue keeps each queue in
-//! FIFO order, so a long timer never blocks a short one. The last few milliseconds are
-//! waited in process rather than with several more hops.
+//! their DTask's wake queue (consumed like its task queue), the others to the next level.
+//! A level never holds a message longer than it has left, so a timer is never early; one
+//! TTL per queue keeps each queue in FIFO order, so a long timer never blocks a short
+//! one. The last few milliseconds are waited in process rather than with several more
+//! hops.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +44,7 @@ fn without_broker_headers(props: BasicProperties) -> BasicProperties {
     props.with_headers(headers)
 }
 
-/// Moves one message from the ready queue on: to its task queue when due, else to the
+/// Moves one message from the ready queue on: to its wake queue when due, else to the
 /// next delay level. Acks only after the broker confirmed the new copy.
 pub(crate) async fn reroute(shared: Arc<Shared>, ch: Channel, d: AmqpDelivery) {
     let at = header_i64(&d.properties, H_AT);

@@ -59,6 +59,12 @@ impl Topology {
         format!("{}.task.{name}", self.prefix)
     }
 
+    /// Due timers of a DTask: a queue of their own, so that a timer never waits behind
+    /// the starts and steps queued in the task queue.
+    pub(crate) fn wake(&self, name: &str) -> String {
+        format!("{}.wake.{name}", self.prefix)
+    }
+
     pub(crate) fn dead(&self) -> String {
         format!("{}.dead", self.prefix)
     }

@@ -234,7 +234,7 @@ impl Shared {
             Route::Delayed { target, at_ms } => {
                 let remaining = at_ms - now_ms();
                 if remaining <= 0 {
-                    (self.topo.task(target), Kind::Task)
+                    (self.topo.wake(target), Kind::Task)
                 } else {
                     let level = topology::level_for(remaining as u64);
                     (self.topo.delay_level(level), Kind::DelayLevel(level))
@@ -802,6 +802,11 @@ impl AmqpTransport {
         self.shared.topo.task(name)
     }
 
+    /// The name of the queue due timers of DTask `name` are delivered from.
+    pub fn wake_queue(&self, name: &str) -> String {
+        self.shared.topo.wake(name)
+    }
+
     /// The name of the delay queue of `level` (messages wait `2^level` ms in it).
     pub fn delay_queue(&self, level: u8) -> String {
         self.shared.topo.delay_level(level)
@@ -839,6 +844,27 @@ impl Transport for AmqpTransport {
     ) -> BoxFuture<'_, std::result::Result<Vec<MailboxMessage>, dtasks::Error>> {
         let instance = instance.clone();
         async move { Ok(self.shared.drain_mailbox(&instance).await?) }.boxed()
+    }
+
+    fn create_register(
+        &self,
+        instance: &InstanceId,
+    ) -> BoxFuture<'_, std::result::Result<(), dtasks::Error>> {
+        let queue = self.shared.topo.result(instance.as_str());
+        async move {
+            let ch = conn::get_channel(&self.shared.channels).await?;
+            self.shared.declare(&ch, &queue, Kind::Result).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn register_exists(
+        &self,
+        instance: &InstanceId,
+    ) -> BoxFuture<'_, std::result::Result<bool, dtasks::Error>> {
+        let queue = self.shared.topo.result(instance.as_str());
+        async move { Ok(self.shared.exists(&queue).await?) }.boxed()
     }
 
     fn read_result(

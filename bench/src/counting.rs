@@ -149,6 +149,14 @@ impl Transport for Counting {
         self.inner.read_status(instance)
     }
 
+    fn create_register(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>> {
+        self.inner.create_register(instance)
+    }
+
+    fn register_exists(&self, instance: &InstanceId) -> BoxFuture<'_, Result<bool, Error>> {
+        self.inner.register_exists(instance)
+    }
+
     fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
         self.inner.pending_timers()
     }

@@ -8,7 +8,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, decode_value, encode};
-use crate::engine::status_write;
 use crate::error::Error;
 use crate::registry::Registry;
 use crate::state::{InstanceId, InstanceState, Outcome, ReplyTo, ResultRecord, TaskMessage};
@@ -154,7 +153,9 @@ impl Client {
                 .map_err(|f| Error::bad_input(f.message().to_string()))?;
         }
         let state = InstanceState::new(id.clone(), name.clone(), input, ReplyTo::Root);
-        let status = status_write(&state, Status::Pending);
+        // The register first: once the start is out, the instance may finish at once.
+        // No status is written: an empty register reads as `Pending`.
+        self.transport.create_register(&id).await?;
         let start = Outgoing {
             destination: Destination::Task { name: name.clone() },
             body: encode(&TaskMessage::Step {
@@ -165,7 +166,7 @@ impl Client {
             instance: id.clone(),
             dtask: name,
         };
-        self.transport.publish(vec![status, start]).await?;
+        self.transport.publish(vec![start]).await?;
         Ok(self.handle(id))
     }
 
@@ -185,6 +186,11 @@ impl Client {
 }
 
 async fn status_of(t: &dyn Transport, id: &InstanceId) -> Result<Status, Error> {
+    // Looked up first, without creating anything: reading a register of an unknown id
+    // may create it.
+    if !t.register_exists(id).await? {
+        return Err(Error::not_found(id.as_str()));
+    }
     if let Some(bytes) = t.read_result(id).await? {
         let rec: ResultRecord = decode(&bytes)?;
         return Ok(match rec.outcome {
@@ -194,7 +200,7 @@ async fn status_of(t: &dyn Transport, id: &InstanceId) -> Result<Status, Error> 
     }
     match t.read_status(id).await? {
         Some(bytes) => decode::<Status>(&bytes),
-        None => Err(Error::not_found(id.as_str())),
+        None => Ok(Status::Pending),
     }
 }
 

@@ -135,6 +135,8 @@ struct Mem {
     /// When each mailbox was created or last drained.
     mailbox_used: HashMap<InstanceId, SystemTime>,
     results: HashMap<InstanceId, Vec<u8>>,
+    /// Result registers created empty (`create_register`).
+    registers: HashSet<InstanceId>,
     statuses: HashMap<InstanceId, Vec<u8>>,
     result_waiters: HashMap<InstanceId, Arc<Notify>>,
     dead: Vec<DeadLetter>,
@@ -548,6 +550,17 @@ impl Transport for MemoryTransport {
             })
             .collect();
         futures::future::ready(Ok(out)).boxed()
+    }
+
+    fn create_register(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>> {
+        self.shared.lock().registers.insert(instance.clone());
+        futures::future::ready(Ok(())).boxed()
+    }
+
+    fn register_exists(&self, instance: &InstanceId) -> BoxFuture<'_, Result<bool, Error>> {
+        let mem = self.shared.lock();
+        let known = mem.registers.contains(instance) || mem.results.contains_key(instance);
+        futures::future::ready(Ok(known)).boxed()
     }
 
     fn read_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {

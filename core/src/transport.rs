@@ -179,6 +179,15 @@ pub trait Transport: Send + Sync + 'static {
         instance: &InstanceId,
     ) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>>;
 
+    /// Creates the result register of the new root `instance`, empty (nothing if it
+    /// exists), before its start is published: from then on the instance is known, and
+    /// its status reads `Pending` until a status or its result is written.
+    fn create_register(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Whether the result register of `instance` exists, written or not. Looking must not
+    /// create it: an unknown id stays unknown.
+    fn register_exists(&self, instance: &InstanceId) -> BoxFuture<'_, Result<bool, Error>>;
+
     /// Reads the result register of `instance`.
     fn read_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>>;
 
