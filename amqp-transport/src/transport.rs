@@ -243,6 +243,37 @@ impl Shared {
         }
     }
 
+    /// Creates the result register `queue` (empty when new); retries through connection
+    /// failures with backoff, up to the publish timeout, like a publish: a start during a
+    /// broker outage waits for the broker.
+    async fn create_register(&self, queue: &str) -> Result<()> {
+        let deadline = Instant::now() + self.cfg.publish_timeout;
+        let mut backoff = Backoff::new(Duration::from_millis(50), self.cfg.max_backoff);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let once = async {
+                let ch = conn::get_channel(&self.channels).await?;
+                self.declare(&ch, queue, Kind::Result).await
+            };
+            let e = match tokio::time::timeout(ATTEMPT_TIMEOUT, once).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => AmqpError::Timeout(format!("declaring `{queue}`")),
+            };
+            if e.is_permanent() {
+                return Err(e);
+            }
+            let pause = backoff.next_delay();
+            if Instant::now() + pause >= deadline {
+                warn!(error = %e, attempt, queue, "creating a register failed; giving up");
+                return Err(e);
+            }
+            warn!(error = %e, attempt, queue, "creating a register failed; retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
     /// Publishes every item not yet done and waits for the broker's confirms; retries
     /// through connection failures with backoff, up to the publish timeout.
     pub(crate) async fn publish_raw(&self, items: &mut [RawItem]) -> Result<()> {
@@ -851,12 +882,7 @@ impl Transport for AmqpTransport {
         instance: &InstanceId,
     ) -> BoxFuture<'_, std::result::Result<(), dtasks::Error>> {
         let queue = self.shared.topo.result(instance.as_str());
-        async move {
-            let ch = conn::get_channel(&self.shared.channels).await?;
-            self.shared.declare(&ch, &queue, Kind::Result).await?;
-            Ok(())
-        }
-        .boxed()
+        async move { Ok(self.shared.create_register(&queue).await?) }.boxed()
     }
 
     fn register_exists(
