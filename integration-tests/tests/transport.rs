@@ -347,7 +347,7 @@ async fn messages_are_persistent_and_carry_their_headers() -> anyhow::Result<()>
     t.publish(vec![
         out(task.clone(), b"a", "id-a", &id),
         out(task.clone(), b"b", &long_id, &id),
-        // Due already: straight to the task queue.
+        // Due already: straight to the wake queue.
         out(
             Destination::Delayed {
                 name: "inspect".into(),
@@ -359,8 +359,12 @@ async fn messages_are_persistent_and_carry_their_headers() -> anyhow::Result<()>
         ),
     ])
     .await?;
-    let got = b.take_all(&format!("{}.task.inspect", b.prefix())).await?;
-    assert_eq!(got.len(), 3);
+    let mut got = b.take_all(&format!("{}.task.inspect", b.prefix())).await?;
+    assert_eq!(got.len(), 2);
+    let woken = b.take_all(&format!("{}.wake.inspect", b.prefix())).await?;
+    assert_eq!(woken.len(), 1);
+    assert_eq!(woken[0].data, b"c");
+    got.extend(woken);
     for d in &got {
         assert_eq!(*d.properties.delivery_mode(), Some(2), "not persistent");
         assert_eq!(
