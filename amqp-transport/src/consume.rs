@@ -134,7 +134,8 @@ async fn open(shared: &Shared, names: &[String]) -> Result<Session> {
     let shard_ch = conn::open_channel(&shared.consume_conns).await?;
     let ready_ch = conn::open_channel(&shared.consume_conns).await?;
     // Each DTask's task queue and its wake queue (due timers), consumed alike: with a
-    // prefetch of its own, a due timer is delivered at once however many starts wait.
+    // prefetch of its own, a due timer does not queue behind every start waiting in the
+    // task queue (only behind the deliveries already prefetched).
     let tasks: Vec<String> = names
         .iter()
         .flat_map(|n| [topo.task(n), topo.wake(n)])

@@ -33,7 +33,7 @@
 //! | queue | type | arguments | holds |
 //! |---|---|---|---|
 //! | `P.task.<dtask>` | quorum | | steps of instances of one DTask |
-//! | `P.wake.<dtask>` | quorum | | due timers of instances of one DTask (consumed like the task queue, so that a timer never waits behind queued starts) |
+//! | `P.wake.<dtask>` | quorum | | due timers of instances of one DTask (consumed like the task queue, so that a timer does not wait behind every queued start) |
 //! | `P.dead` | quorum | | dead letters, with `x-dtasks-reason` and `x-dtasks-queue` headers |
 //! | `P.delay.<k>`, k = 0..=32 | quorum | `x-message-ttl` 2^k ms, dead-letter to `P.delay.ready` (at-least-once, `x-overflow` reject-publish) | timers |
 //! | `P.delay.ready` | quorum | | timers that left a level, re-routed by every consumer |

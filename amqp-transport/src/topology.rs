@@ -59,8 +59,8 @@ impl Topology {
         format!("{}.task.{name}", self.prefix)
     }
 
-    /// Due timers of a DTask: a queue of their own, so that a timer never waits behind
-    /// the starts and steps queued in the task queue.
+    /// Due timers of a DTask: a queue of their own, so that a timer does not wait behind
+    /// every start and step queued in the task queue.
     pub(crate) fn wake(&self, name: &str) -> String {
         format!("{}.wake.{name}", self.prefix)
     }
