@@ -196,42 +196,22 @@ fn fail_now(failure: Failure) {
 }
 
 impl<T: DeserializeOwned + Send + 'static> DTask<T> {
-    pub(crate) fn poll_ordered(&mut self, _cx: &mut Context<'_>) -> Poll<(T, u32)> {
-        match &mut self.kind {
-            Kind::Op(leaf, _) => match leaf.poll_raw() {
-                Poll::Ready((Ok(bytes), order)) => match decode_value::<T>(&bytes) {
-                    Ok(v) => Poll::Ready((v, order)),
-                    Err(e) => {
-                        fail_now(Failure::new(
-                            FailureKind::BadInput,
-                            format!(
-                                "the result of {:?} does not decode as {}: {e}",
-                                leaf.op,
-                                std::any::type_name::<T>()
-                            ),
-                        ));
-                        Poll::Pending
-                    }
-                },
-                Poll::Ready((Err(f), _)) => {
-                    fail_now(leaf.child_failure(&f));
-                    Poll::Pending
-                }
-                Poll::Pending => Poll::Pending,
-            },
-            Kind::Ready(v) => match v.take() {
-                Some(v) => Poll::Ready((v, 0)),
-                None => panic!("a DTask was polled after it completed"),
-            },
-            Kind::Future(f) => f.as_mut().poll(_cx),
+    /// Polls for the value and the order in which its result was recorded; a failed
+    /// child fails the instance.
+    pub(crate) fn poll_ordered(&mut self, cx: &mut Context<'_>) -> Poll<(T, u32)> {
+        match self.poll_settled(cx) {
+            Poll::Ready((Ok(v), order)) => Poll::Ready((v, order)),
+            Poll::Ready((Err(f), _)) => {
+                fail_now(f);
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
-}
 
-impl<T: DeserializeOwned + Send + 'static> DTask<T> {
     /// Like `poll_ordered`, but a failed child call is returned with its order instead of
     /// failing the instance at once, so that a race can tell whether it failed before or
-    /// after the winner. Other kinds fail the instance as `poll_ordered` does.
+    /// after the winner. A failure inside a combinator still fails the instance at once.
     fn poll_settled(&mut self, cx: &mut Context<'_>) -> Poll<(Result<T, Failure>, u32)> {
         match &mut self.kind {
             Kind::Op(leaf, _) => match leaf.poll_raw() {
@@ -252,7 +232,11 @@ impl<T: DeserializeOwned + Send + 'static> DTask<T> {
                 },
                 Poll::Pending => Poll::Pending,
             },
-            _ => self.poll_ordered(cx).map(|(v, order)| (Ok(v), order)),
+            Kind::Ready(v) => match v.take() {
+                Some(v) => Poll::Ready((Ok(v), 0)),
+                None => panic!("a DTask was polled after it completed"),
+            },
+            Kind::Future(f) => f.as_mut().poll(cx).map(|(v, order)| (Ok(v), order)),
         }
     }
 }
