@@ -192,6 +192,28 @@ pub async fn fan_in_once(n: u64, ms: u64, started: String, done: String) -> u64 
     sum
 }
 
+/// Waits `ms` on a durable timer, then returns `ms`.
+#[dtask(name = "it.pause")]
+pub async fn pause(ms: u64) -> u64 {
+    DTask::delay(Duration::from_millis(ms)).await;
+    ms
+}
+
+/// A `when_all` of `n` [`pause`] children of `ms`, `ms + 1`, …: their sum
+/// ([`pauses_sum`]).
+#[dtask(name = "it.pauses")]
+pub async fn pauses(n: u64, ms: u64) -> u64 {
+    DTask::when_all((0..n).map(|i| pause(ms + i)))
+        .await
+        .iter()
+        .sum()
+}
+
+/// What [`pauses`]`(n, ms)` returns.
+pub fn pauses_sum(n: u64, ms: u64) -> u64 {
+    (0..n).map(|i| ms + i).sum()
+}
+
 /// Every DTask of this module.
 pub fn registry() -> Registry {
     crate::registry![
@@ -212,5 +234,7 @@ pub fn registry() -> Registry {
         timed_delay,
         slow_child,
         fan_in_once,
+        pause,
+        pauses,
     ]
 }

@@ -8,26 +8,8 @@
 
 use std::time::Duration;
 
-use dtasks::{dtask, DTask};
+use dtasks_integration_tests::tasks::{pause, pauses, pauses_sum};
 use dtasks_integration_tests::{rabbitmqctl, registry, within, Broker, DlxRetry};
-
-#[dtask]
-async fn pause(ms: u64) -> u64 {
-    DTask::delay(Duration::from_millis(ms)).await;
-    ms
-}
-
-#[dtask]
-async fn pauses(n: u64, ms: u64) -> u64 {
-    DTask::when_all((0..n).map(|i| pause(ms + i)))
-        .await
-        .iter()
-        .sum()
-}
-
-fn expected(n: u64, ms: u64) -> u64 {
-    (0..n).map(|i| ms + i).sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_loses_nothing() -> anyhow::Result<()> {
@@ -50,17 +32,17 @@ async fn a_broker_restart_loses_nothing() -> anyhow::Result<()> {
     let during = within(limit, "the start during the outage", starting).await???;
     assert_eq!(
         within(limit, "the fan-in started before", before.result()).await??,
-        expected(10, 3_000)
+        pauses_sum(10, 3_000)
     );
     assert_eq!(
         within(limit, "the fan-in started during", during.result()).await??,
-        expected(3, 100)
+        pauses_sum(3, 100)
     );
     assert!(w.running());
     let after = c.start(pauses(3, 10)).await?;
     assert_eq!(
         within(limit, "a fan-in after", after.result()).await??,
-        expected(3, 10)
+        pauses_sum(3, 10)
     );
     w.stop().await?;
     b.cleanup().await

@@ -5,25 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dtasks::{dtask, DTask};
+use dtasks_integration_tests::tasks::{pause, pauses, pauses_sum};
 use dtasks_integration_tests::{cut, registry, wait_for, within, Broker};
-
-#[dtask]
-async fn pause(ms: u64) -> u64 {
-    DTask::delay(Duration::from_millis(ms)).await;
-    ms
-}
-
-#[dtask]
-async fn pauses(n: u64, ms: u64) -> u64 {
-    DTask::when_all((0..n).map(|i| pause(ms + i)))
-        .await
-        .iter()
-        .sum()
-}
-
-fn expected(n: u64, ms: u64) -> u64 {
-    (0..n).map(|i| ms + i).sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_and_clients_survive_lost_connections() -> anyhow::Result<()> {
@@ -48,7 +31,7 @@ async fn workers_and_clients_survive_lost_connections() -> anyhow::Result<()> {
             anyhow::bail!("{e}; status {status:?}; {}", b.report().await);
         }
     };
-    assert_eq!(waited??, expected(20, 1_000));
+    assert_eq!(waited??, pauses_sum(20, 1_000));
     // The workers re-subscribed and keep serving.
     assert!(w.running());
     let again = c.start(pauses(5, 10)).await?;
@@ -57,8 +40,8 @@ async fn workers_and_clients_survive_lost_connections() -> anyhow::Result<()> {
         "a new start after the cut",
         again.result(),
     );
-    assert_eq!(again.await??, expected(5, 10));
-    let queue = format!("{}.task.pause", b.prefix());
+    assert_eq!(again.await??, pauses_sum(5, 10));
+    let queue = format!("{}.task.it.pause", b.prefix());
     wait_for(Duration::from_secs(10), || async {
         Ok(b.consumers(&queue).await? == 2)
     })
