@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use dtasks::InstanceId;
 use dtasks_integration_tests::tasks::{chain, fan, timed_delay};
-use dtasks_integration_tests::{rabbitmqctl, within, Broker, DlxRetry};
+use dtasks_integration_tests::{rabbitmqctl, wait_for, within, Broker, DlxRetry};
 use futures::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 
@@ -225,6 +225,12 @@ async fn worker_processes_ride_out_a_broker_restart() -> anyhow::Result<()> {
         "{:?}",
         w.unexpected_exits()
     );
+    // Both have re-subscribed (a reconnect backs off up to 5 s) before the new work.
+    let children = format!("{}.task.it.tagged", b.prefix());
+    wait_for(Duration::from_secs(30), || async {
+        Ok(b.consumers(&children).await? == 2)
+    })
+    .await?;
     let h = c.start(fan(40)).await?;
     let (sum, ran) = within(limit, "a fan-in after the restart", h.result()).await??;
     assert_eq!(sum, (1..=40).sum::<u64>());
