@@ -39,7 +39,7 @@ pub struct AmqpConfig {
     pub(crate) delay_prefetch: u16,
     pub(crate) publish_channels: usize,
     pub(crate) publish_timeout: Duration,
-    pub(crate) local_wait: Duration,
+    pub(crate) timer_hold: Duration,
     pub(crate) redelivery_pause: Duration,
     pub(crate) max_backoff: Duration,
 }
@@ -55,10 +55,10 @@ impl AmqpConfig {
             mailbox_retention: 7 * DAY,
             register_retention: 7 * DAY,
             prefetch: 64,
-            delay_prefetch: 256,
+            delay_prefetch: 1024,
             publish_channels: 16,
             publish_timeout: Duration::from_secs(60),
-            local_wait: Duration::from_millis(40),
+            timer_hold: Duration::from_secs(1),
             redelivery_pause: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
         }
@@ -119,9 +119,21 @@ impl AmqpConfig {
         self
     }
 
-    /// How many timer messages each consumer re-routes at once (default 256).
+    /// How many timer messages each consumer re-routes or holds at once (default 1024): a
+    /// timer is held, unacked, for its last second.
     pub fn delay_prefetch(mut self, n: u16) -> Self {
         self.delay_prefetch = n;
+        self
+    }
+
+    /// How long before its time a timer leaves the delay levels and is held by a worker,
+    /// unacked, until it is due (default 1 s). Holding costs one prefetch slot of the
+    /// ready queue's consumer ([`AmqpConfig::delay_prefetch`]) for that long and saves
+    /// the hops through the short levels (one per level, each a dead-letter and a
+    /// confirmed publish); a worker that dies while holding a timer puts it back, and
+    /// another worker holds or fires it.
+    pub fn timer_hold(mut self, d: Duration) -> Self {
+        self.timer_hold = d;
         self
     }
 
@@ -166,6 +178,13 @@ impl AmqpConfig {
         if self.prefetch == 0 || self.delay_prefetch == 0 || self.publish_channels == 0 {
             return Err("prefetch counts and publish channels must be at least 1".into());
         }
+        if self.timer_hold > Duration::from_secs(3600) {
+            return Err(format!(
+                "a timer hold of {:?} is too long (at most 1 hour: a held timer takes a \
+                 prefetch slot of the ready queue's consumer)",
+                self.timer_hold
+            ));
+        }
         for (what, d) in [
             ("mailbox retention", self.mailbox_retention),
             ("result retention", self.register_retention),
@@ -182,5 +201,39 @@ impl Default for AmqpConfig {
     /// The same as [`AmqpConfig::from_env`].
     fn default() -> Self {
         Self::from_env()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(AmqpConfig::new("amqp://x").validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        let base = || AmqpConfig::new("amqp://x");
+        let refused = [
+            base().prefix("has space"),
+            base().shards(0),
+            base().prefetch(0),
+            base().delay_prefetch(0),
+            base().publish_channels(0),
+            base().result_retention(Duration::from_millis(10)),
+            base().timer_hold(Duration::from_secs(3601)),
+        ];
+        for cfg in refused {
+            let e = cfg.validate().expect_err("refused");
+            assert!(!e.is_empty());
+        }
+        let e = base()
+            .timer_hold(Duration::from_secs(7200))
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("timer hold"), "{e}");
+        assert_eq!(base().timer_hold(Duration::ZERO).validate(), Ok(()));
     }
 }

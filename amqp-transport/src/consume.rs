@@ -1,7 +1,9 @@
 //! Consuming: one supervised session per `consume()` call, which reconnects and
 //! re-subscribes when the connection is lost, and the settles of its deliveries.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use dtasks::transport::{Delivery, DeliveryKind, Settle};
@@ -69,13 +71,73 @@ pub(crate) async fn consume(
     // Unbounded, yet bounded in practice: the broker sends no more than the prefetch
     // counts allow before deliveries are settled.
     let (tx, mut rx) = mpsc::unbounded_channel();
+    // Due timers handed over by the ready queue's consumer: they come first.
+    let (due_tx, mut due_rx) = mpsc::unbounded_channel();
+    let due = Due {
+        tx: due_tx,
+        served: Arc::new(names.iter().cloned().collect()),
+    };
     let (first_tx, first_rx) = oneshot::channel();
     let span = info_span!("dtasks.amqp.session", prefix = shared.topo.prefix());
-    tokio::spawn(supervise(shared, names, tx, first_tx).instrument(span));
+    tokio::spawn(supervise(shared, names, tx, due, first_tx).instrument(span));
     first_rx
         .await
         .map_err(|_| AmqpError::Connect("the consumer task ended".into()))??;
-    Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
+    Ok(futures::stream::poll_fn(move |cx| {
+        if let Poll::Ready(Some(d)) = due_rx.poll_recv(cx) {
+            return Poll::Ready(Some(d));
+        }
+        rx.poll_recv(cx)
+    })
+    .boxed())
+}
+
+/// Where the ready queue's consumer hands a due timer of a DTask this session consumes:
+/// straight to the worker, ahead of the deliveries waiting for it, still unacked in the
+/// ready queue (a crash puts it back there), instead of one more confirmed publish and
+/// delivery through the DTask's wake queue.
+#[derive(Clone)]
+pub(crate) struct Due {
+    tx: mpsc::UnboundedSender<Output>,
+    served: Arc<HashSet<String>>,
+}
+
+impl Due {
+    /// Whether due timers of `dtask` can be handed over here.
+    pub(crate) fn serves(&self, dtask: &str) -> bool {
+        self.served.contains(dtask) && !self.tx.is_closed()
+    }
+
+    /// Hands a due timer over as a task delivery. A delivery that cannot be handed over
+    /// (the stream is gone) is dropped, which puts it back in its queue.
+    pub(crate) fn hand_over(
+        &self,
+        shared: &Arc<Shared>,
+        ch: &Channel,
+        queue: String,
+        d: AmqpDelivery,
+    ) {
+        let message_id = message_id(&d.properties);
+        let redeliveries = redeliveries(&d);
+        let settle = AmqpSettle::new(
+            shared.clone(),
+            ch.clone(),
+            d.acker,
+            queue,
+            d.data.clone(),
+            d.properties,
+            None,
+        );
+        let delivery = Delivery {
+            kind: DeliveryKind::Task {
+                body: d.data,
+                message_id,
+            },
+            redeliveries,
+            settle: Box::new(settle),
+        };
+        let _ = self.tx.send(Ok(delivery));
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -198,6 +260,7 @@ async fn supervise(
     shared: Arc<Shared>,
     names: Vec<String>,
     tx: mpsc::UnboundedSender<Output>,
+    due: Due,
     first: oneshot::Sender<Result<()>>,
 ) {
     let mut first = Some(first);
@@ -216,7 +279,7 @@ async fn supervise(
                     info!("consumers re-subscribed");
                 }
                 let since = Instant::now();
-                match pump(&shared, session, &tx).await {
+                match pump(&shared, session, &tx, &due).await {
                     End::Closed => {
                         debug!("delivery stream dropped; consumers cancelled");
                         return;
@@ -249,7 +312,12 @@ async fn supervise(
     }
 }
 
-async fn pump(shared: &Arc<Shared>, mut s: Session, tx: &mpsc::UnboundedSender<Output>) -> End {
+async fn pump(
+    shared: &Arc<Shared>,
+    mut s: Session,
+    tx: &mpsc::UnboundedSender<Output>,
+    due: &Due,
+) -> End {
     loop {
         let incoming = tokio::select! {
             _ = tx.closed() => return End::Closed,
@@ -289,7 +357,12 @@ async fn pump(shared: &Arc<Shared>, mut s: Session, tx: &mpsc::UnboundedSender<O
             }
             Source::Shard(queue) => doorbell(shared, &s.shard_ch, &queue, d, tx),
             Source::Ready => {
-                tokio::spawn(delay::reroute(shared.clone(), s.ready_ch.clone(), d));
+                tokio::spawn(delay::reroute(
+                    shared.clone(),
+                    s.ready_ch.clone(),
+                    d,
+                    due.clone(),
+                ));
             }
         }
     }

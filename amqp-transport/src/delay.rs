@@ -3,12 +3,14 @@
 //! A delayed message carries its due time (`x-dtasks-at`, epoch ms) and its target DTask
 //! (`x-dtasks-target`). While `r` ms remain it waits in level `floor(log2(r))`, a quorum
 //! queue whose messages all live `2^k` ms and then dead-letter into the ready queue. The
-//! consumer of the ready queue (run by every `consume()`) looks again: due messages go to
-//! their DTask's wake queue (consumed like its task queue), the others to the next level.
-//! A level never holds a message longer than it has left, so a timer is never early; one
-//! TTL per queue keeps each queue in FIFO order, so a long timer never blocks a short
-//! one. The last few milliseconds are waited in process rather than with several more
-//! hops.
+//! consumer of the ready queue (run by every `consume()`) looks again: a message with up
+//! to a second left (`AmqpConfig::timer_hold`) is held there, unacked, until it is due,
+//! rather than passed through ten more levels; the others go to the next level. A due message goes
+//! straight to this process's worker when it runs the message's DTask (still unacked in
+//! the ready queue until the worker's step is published, so a crash puts it back there),
+//! else to the DTask's wake queue (consumed like its task queue). A level never holds a
+//! message longer than it has left, so a timer is never early; one TTL per queue keeps
+//! each queue in FIFO order, so a long timer never blocks a short one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use tracing::{debug, warn};
 
 use dtasks::transport::Settle;
 
-use crate::consume::{header_i64, header_str, settled, AmqpSettle};
+use crate::consume::{header_i64, header_str, settled, AmqpSettle, Due};
 use crate::transport::{now_ms, RawItem, Route, Shared, H_AT, H_TARGET};
 
 /// Headers added by the broker that must not pile up over many hops.
@@ -44,9 +46,10 @@ fn without_broker_headers(props: BasicProperties) -> BasicProperties {
     props.with_headers(headers)
 }
 
-/// Moves one message from the ready queue on: to its wake queue when due, else to the
-/// next delay level. Acks only after the broker confirmed the new copy.
-pub(crate) async fn reroute(shared: Arc<Shared>, ch: Channel, d: AmqpDelivery) {
+/// Moves one message from the ready queue on: when due, to this process's worker or to
+/// its wake queue, else to the next delay level. Acks only after the broker confirmed the
+/// new copy (or, handed to the worker, when the worker settles it).
+pub(crate) async fn reroute(shared: Arc<Shared>, ch: Channel, d: AmqpDelivery, due: Due) {
     let at = header_i64(&d.properties, H_AT);
     let target = header_str(&d.properties, H_TARGET);
     let (Some(at_ms), Some(target)) = (at, target) else {
@@ -64,14 +67,23 @@ pub(crate) async fn reroute(shared: Arc<Shared>, ch: Channel, d: AmqpDelivery) {
         let _ = Box::new(settle).dead_letter(reason).await;
         return;
     };
-    let local_wait = shared.cfg.local_wait.as_millis() as i64;
+    let hold = shared.cfg.timer_hold.as_millis() as i64;
     loop {
         let remaining = at_ms - now_ms();
-        if remaining <= 0 || remaining > local_wait {
+        if remaining <= 0 || remaining > hold {
             break;
         }
         // Almost due: cheaper to wait here than to pass through several short levels.
         tokio::time::sleep(Duration::from_millis(remaining as u64)).await;
+    }
+    if at_ms <= now_ms() && due.serves(&target) {
+        debug!(
+            target,
+            late_ms = now_ms() - at_ms,
+            "timer due; handed to this worker"
+        );
+        due.hand_over(&shared, &ch, shared.topo.delay_ready(), d);
+        return;
     }
     let mut item = [RawItem {
         route: Route::Delayed {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -79,7 +79,10 @@ impl WorkerBuilder {
         self
     }
 
-    /// How many deliveries are handled at once (default 64).
+    /// How many steps run at once (default 64). A step holds its slot while it runs and
+    /// gives it back before its messages are published: a step waiting for the broker's
+    /// confirms does not keep a due timer or a new start waiting. The deliveries held at
+    /// once are bounded by the transport (the broker's prefetch counts).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
         self
@@ -354,14 +357,13 @@ impl Worker {
                     // The handling future is large (it holds the whole step); boxed, the
                     // task spawned per delivery stays small and cheap to move.
                     let handler = inner.clone();
-                    let handling = Box::pin(async move { handler.handle(delivery).await });
+                    let handling = Box::pin(async move { handler.handle(delivery, permit).await });
                     let inner = inner.clone();
                     tasks.spawn(async move {
                         inner.stats.in_flight.fetch_add(1, Ordering::Relaxed);
                         handling.await;
                         inner.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                         inner.stats.processed.fetch_add(1, Ordering::Relaxed);
-                        drop(permit);
                     });
                 }
                 Some(Err(e)) => break Err(e),
@@ -472,7 +474,9 @@ impl Inner {
         last_status_only(kept)
     }
 
-    async fn handle(&self, delivery: Delivery) {
+    /// Handles one delivery. `slot` is held while the step runs and given back before its
+    /// messages are published: waiting for the broker takes no slot.
+    async fn handle(&self, delivery: Delivery, slot: OwnedSemaphorePermit) {
         let Delivery {
             kind,
             redeliveries,
@@ -541,6 +545,7 @@ impl Inner {
                     };
                     debug!(outputs = outputs.len(), "step done");
                     let outputs = self.inline(outputs, instance, started).await;
+                    drop(slot);
                     self.transport.publish(outputs).await
                 }
                 .instrument(span)
@@ -575,6 +580,7 @@ impl Inner {
                     };
                     let bodies: Vec<Vec<u8>> = items.iter().map(|m| m.body.clone()).collect();
                     let plan = self.engine.handle_mailbox(&bodies, self.transport.now()).await;
+                    drop(slot);
                     match self.transport.publish(plan.outputs).await {
                         Ok(report) => self.count_duplicates(&report),
                         Err(e) => {

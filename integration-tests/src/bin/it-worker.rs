@@ -1,6 +1,7 @@
 //! The worker process of the integration tests: a worker pod running the DTasks of
 //! `dtasks_integration_tests::tasks` on RabbitMQ, configured by the environment
-//! (`AMQP_URL`, `DTASKS_PREFIX`, `RUST_LOG`; logs go to standard error).
+//! (`AMQP_URL`, `DTASKS_PREFIX`, `RUST_LOG`, and `IT_TIMER_HOLD_MS` for
+//! [`AmqpConfig::timer_hold`]; logs go to standard error).
 //!
 //! It stops gracefully when its standard input closes (the test that started it is done
 //! or gone) or on SIGTERM, then prints one line to standard output:
@@ -24,7 +25,15 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(false)
         .init();
     let pid = std::process::id();
-    let transport = AmqpTransport::connect(AmqpConfig::from_env()).await?;
+    let mut config = AmqpConfig::from_env();
+    // A test may hold timers longer, to act while a worker holds them.
+    if let Some(ms) = std::env::var("IT_TIMER_HOLD_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        config = config.timer_hold(Duration::from_millis(ms));
+    }
+    let transport = AmqpTransport::connect(config).await?;
     let pod = WorkerPod::builder(transport)
         .registry(&tasks::registry())
         .summary_every(Duration::from_secs(2))
