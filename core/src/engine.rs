@@ -91,7 +91,15 @@ impl Engine {
     }
 
     /// Handles a task message; returns what to publish before acking it.
+    #[cfg(test)]
     pub(crate) async fn handle_task(&self, msg: TaskMessage, now: SystemTime) -> Vec<Outgoing> {
+        self.handle_task_next(msg, now).await.outputs
+    }
+
+    /// Handles a task message; returns what to publish before acking it and, when one of
+    /// those messages hands the work on to a step (a child's start, a result to a parent
+    /// that waits for it alone), that message undecoded, for running it inline.
+    pub(crate) async fn handle_task_next(&self, msg: TaskMessage, now: SystemTime) -> Stepped {
         match msg {
             TaskMessage::Step { state, completion } => {
                 let mut state = *state;
@@ -114,15 +122,16 @@ impl Engine {
                                 body,
                                 id,
                                 &state,
-                            )];
+                            )]
+                            .into();
                         }
                     }
                     if !state.record(seq, outcome) {
                         debug!(instance = %state.id, seq, "duplicate or unknown completion dropped");
-                        return Vec::new();
+                        return Vec::new().into();
                     }
                 }
-                self.step(state, now).await
+                self.step_next(state, now).await
             }
             TaskMessage::Forward {
                 instance,
@@ -146,7 +155,8 @@ impl Engine {
                         message_id: format!("{instance}:fwd{not_before_ms}@{}", to_millis(now)),
                         instance,
                         dtask: name,
-                    }];
+                    }]
+                    .into();
                 }
                 let message_id = match &item {
                     MailboxItem::Event { seq, .. } => format!("{instance}:e{seq}"),
@@ -162,6 +172,7 @@ impl Engine {
                     instance,
                     dtask: name,
                 }]
+                .into()
             }
         }
     }
@@ -309,7 +320,12 @@ impl Engine {
     }
 
     /// Runs one step of `state` and returns what to publish.
-    async fn step(&self, mut state: InstanceState, now: SystemTime) -> Vec<Outgoing> {
+    async fn step(&self, state: InstanceState, now: SystemTime) -> Vec<Outgoing> {
+        self.step_next(state, now).await.outputs
+    }
+
+    /// Runs one step of `state`; returns what to publish and the hand-off to run inline.
+    async fn step_next(&self, mut state: InstanceState, now: SystemTime) -> Stepped {
         let Some(reg) = self.registry.get(&state.name) else {
             let f = Failure::new(
                 FailureKind::UnknownDTask,
@@ -318,13 +334,13 @@ impl Engine {
                     state.name
                 ),
             );
-            return self.finish(&state, Outcome::Failed(f), Vec::new());
+            return self.finish(&state, Outcome::Failed(f), Vec::new()).into();
         };
         let (end, replayed, inputs) = match reg.run {
             Run::Replay(run) => {
                 let mut body = match run(&state.input) {
                     Ok(b) => b,
-                    Err(f) => return self.finish(&state, Outcome::Failed(f), Vec::new()),
+                    Err(f) => return self.finish(&state, Outcome::Failed(f), Vec::new()).into(),
                 };
                 let journal = std::mem::take(&mut state.journal);
                 let exec = Arc::new(Mutex::new(Exec::new(
@@ -347,7 +363,27 @@ impl Engine {
         };
         // What `suspend` changes in the state, restored when the step fails instead.
         let (mailbox, version, touch_at_ms) = (state.mailbox, state.version, state.touch_at_ms);
+        let mut next = None;
         let outputs = match end {
+            StepEnd::Completed(bytes)
+                if inputs.is_empty()
+                    && !state.mailbox
+                    && matches!(state.reply, ReplyTo::Continuation { .. }) =>
+            {
+                // The parent waits for this result alone: its state comes back with it.
+                let ReplyTo::Continuation { parent, seq } =
+                    std::mem::replace(&mut state.reply, ReplyTo::Detached)
+                else {
+                    unreachable!("matched above")
+                };
+                let msg = TaskMessage::Step {
+                    state: parent,
+                    completion: Some((seq, Outcome::Ok(bytes))),
+                };
+                let out = resume_parent(&msg);
+                next = Some(msg);
+                vec![out]
+            }
             StepEnd::Completed(bytes) => {
                 let detached: Vec<(Seq, Vec<u8>)> = inputs.into_iter().collect();
                 self.finish(&state, Outcome::Ok(bytes), detached)
@@ -356,16 +392,39 @@ impl Engine {
                 warn!(instance = %state.id, dtask = %state.name, failure = %f, "instance failed");
                 self.finish(&state, Outcome::Failed(f), Vec::new())
             }
-            StepEnd::Suspended => self.suspend(&mut state, replayed, inputs, now),
+            StepEnd::Suspended => {
+                let (outputs, child) = self.suspend(&mut state, replayed, inputs, now);
+                next = child;
+                outputs
+            }
         };
-        if let Some(big) = outputs.iter().find(|o| o.body.len() > self.budget) {
+        if let Some(big) = outputs
+            .iter()
+            .map(|o| o.body.len())
+            .find(|n| *n > self.budget)
+        {
+            // Put back what the hand-off took from the state.
+            match next.take() {
+                Some(TaskMessage::Step {
+                    state: child,
+                    completion: None,
+                }) => {
+                    if let ReplyTo::Continuation { parent, .. } = child.reply {
+                        state = *parent;
+                    }
+                }
+                Some(TaskMessage::Step {
+                    state: parent,
+                    completion: Some((seq, _)),
+                }) => state.reply = ReplyTo::Continuation { parent, seq },
+                _ => {}
+            }
             let f = Failure::new(
                 FailureKind::StateTooLarge,
                 format!(
-                    "a message of {} bytes exceeds the state budget of {} bytes (journal of {} \
+                    "a message of {big} bytes exceeds the state budget of {} bytes (journal of {} \
                      entries); keep arguments and results small, or split the work into \
                      child DTasks",
-                    big.body.len(),
                     self.budget,
                     state.journal.len()
                 ),
@@ -373,9 +432,9 @@ impl Engine {
             warn!(instance = %state.id, failure = %f, "instance failed");
             state.journal.clear();
             (state.mailbox, state.version, state.touch_at_ms) = (mailbox, version, touch_at_ms);
-            return self.finish(&state, Outcome::Failed(f), Vec::new());
+            return self.finish(&state, Outcome::Failed(f), Vec::new()).into();
         }
-        outputs
+        Stepped { outputs, next }
     }
 
     /// The messages that end an instance with `outcome`.
@@ -420,20 +479,7 @@ impl Engine {
                 });
             }
             ReplyTo::Continuation { parent, seq } => {
-                let body = TaskMessageRef::Step {
-                    state: parent,
-                    completion: Some((*seq, &outcome)),
-                }
-                .encode();
-                outputs.push(Outgoing {
-                    destination: Destination::Task {
-                        name: parent.name.clone(),
-                    },
-                    body,
-                    message_id: format!("{}:r{seq}", parent.id),
-                    instance: parent.id.clone(),
-                    dtask: parent.name.clone(),
-                });
+                outputs.push(resume_parent_ref(parent, *seq, &outcome));
             }
             ReplyTo::Mailbox {
                 parent,
@@ -464,7 +510,7 @@ impl Engine {
         replayed: usize,
         mut inputs: std::collections::HashMap<Seq, Vec<u8>>,
         now: SystemTime,
-    ) -> Vec<Outgoing> {
+    ) -> (Vec<Outgoing>, Option<TaskMessage>) {
         let new: Vec<Seq> = (replayed as Seq..state.next_seq())
             .filter(|seq| {
                 state
@@ -488,7 +534,8 @@ impl Engine {
             match cmd {
                 Command::Child { name, .. } => {
                     let input = inputs.remove(&seq).unwrap_or_default();
-                    // The state moves into the child's message for encoding, and back.
+                    // The state moves into the child's message, which is also returned
+                    // for an inline run (`state` is left a placeholder).
                     let parent = std::mem::replace(state, InstanceState::placeholder());
                     let child = InstanceState::new(
                         parent.id.child(seq),
@@ -500,10 +547,11 @@ impl Engine {
                         },
                     );
                     outputs.push(start_child(&child));
-                    let ReplyTo::Continuation { parent, .. } = child.reply else {
-                        unreachable!("the child was built with a continuation")
+                    let start = TaskMessage::Step {
+                        state: Box::new(child),
+                        completion: None,
                     };
-                    *state = *parent;
+                    return (outputs, Some(start));
                 }
                 Command::Delay { .. } | Command::DelayUntil { .. } => {
                     let at = cmd.fire_at().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -535,7 +583,7 @@ impl Engine {
                     unreachable!("only outstanding distributed operations are new")
                 }
             }
-            return outputs;
+            return (outputs, None);
         }
         // Waiting on several operations (or already in mailbox mode): the state is kept
         // in the instance's mailbox, where the results are merged one at a time.
@@ -598,7 +646,52 @@ impl Engine {
                 }
             }
         }
-        outputs
+        (outputs, None)
+    }
+}
+
+/// What a step produced: the messages to publish and, when one of them hands the work on
+/// to a single next step, that message undecoded (the same as its encoded body).
+pub(crate) struct Stepped {
+    pub(crate) outputs: Vec<Outgoing>,
+    pub(crate) next: Option<TaskMessage>,
+}
+
+impl From<Vec<Outgoing>> for Stepped {
+    fn from(outputs: Vec<Outgoing>) -> Self {
+        Self {
+            outputs,
+            next: None,
+        }
+    }
+}
+
+/// The message that resumes `parent`, suspended on its child at `seq`, with `outcome`.
+fn resume_parent_ref(parent: &InstanceState, seq: Seq, outcome: &Outcome) -> Outgoing {
+    let body = TaskMessageRef::Step {
+        state: parent,
+        completion: Some((seq, outcome)),
+    }
+    .encode();
+    Outgoing {
+        destination: Destination::Task {
+            name: parent.name.clone(),
+        },
+        body,
+        message_id: format!("{}:r{seq}", parent.id),
+        instance: parent.id.clone(),
+        dtask: parent.name.clone(),
+    }
+}
+
+/// [`resume_parent_ref`] of a resume message built already.
+fn resume_parent(msg: &TaskMessage) -> Outgoing {
+    match msg {
+        TaskMessage::Step {
+            state,
+            completion: Some((seq, outcome)),
+        } => resume_parent_ref(state, *seq, outcome),
+        _ => unreachable!("a resume message carries a completion"),
     }
 }
 
@@ -650,7 +743,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::state::{Entry, InstanceId};
+    use crate::state::{Entry, InstanceId, ResultRecord};
 
     fn timer_step(fire_at: SystemTime) -> TaskMessage {
         let mut state = InstanceState::new(
@@ -670,6 +763,119 @@ mod tests {
         TaskMessage::Step {
             state: Box::new(state),
             completion: Some((0, Outcome::Ok(UNIT.to_vec()))),
+        }
+    }
+
+    #[crate::dtask(name = "engine_test.inc")]
+    async fn inc(x: u64) -> u64 {
+        x + 1
+    }
+
+    #[crate::dtask(name = "engine_test.chain")]
+    async fn chain(n: u64) -> u64 {
+        let mut v = 0;
+        for _ in 0..n {
+            v = inc(v).await;
+        }
+        v
+    }
+
+    /// Follows a chain's hand-offs through the engine alone, checking at every step that
+    /// the message kept for an inline run is exactly what its published body decodes to.
+    #[tokio::test]
+    async fn a_kept_hand_off_equals_its_published_body() {
+        let mut registry = Registry::new();
+        registry
+            .register(inc)
+            .and_then(|r| r.register(chain))
+            .expect("registered");
+        let engine = Engine::new(registry, DEFAULT_STATE_BUDGET);
+        let now = from_millis(1_700_000_000_000);
+        let (name, input) = chain(3).into_call().expect("a call");
+        let state = InstanceState::new(
+            InstanceId::new("root").expect("valid"),
+            name,
+            input.expect("encodes"),
+            ReplyTo::Root,
+        );
+        let mut msg = TaskMessage::Step {
+            state: Box::new(state),
+            completion: None,
+        };
+        let mut kept = 0;
+        let result = loop {
+            let stepped = engine.handle_task_next(msg, now).await;
+            let hand_offs: Vec<&Outgoing> = stepped
+                .outputs
+                .iter()
+                .filter(|o| matches!(o.destination, Destination::Task { .. }))
+                .collect();
+            match stepped.next {
+                Some(next) => {
+                    assert_eq!(hand_offs.len(), 1, "one hand-off per kept message");
+                    let decoded: TaskMessage = decode(&hand_offs[0].body).expect("decodes");
+                    assert_eq!(decoded, next);
+                    kept += 1;
+                    msg = next;
+                }
+                None => {
+                    assert!(hand_offs.is_empty());
+                    break stepped
+                        .outputs
+                        .into_iter()
+                        .find(|o| matches!(o.destination, Destination::Result { .. }))
+                        .expect("the root's result");
+                }
+            }
+        };
+        // Three children started and three resumes with their results.
+        assert_eq!(kept, 6);
+        let rec: ResultRecord = decode(&result.body).expect("a result record");
+        assert_eq!(
+            rec.outcome,
+            Outcome::Ok(crate::codec::encode_value(&3u64).expect("encodes"))
+        );
+    }
+
+    /// A hand-off past the state budget fails the instance with its state intact: the
+    /// parent whose state rode in the child's start gets the failure.
+    #[tokio::test]
+    async fn a_kept_hand_off_past_the_budget_fails_the_instance() {
+        let mut registry = Registry::new();
+        registry
+            .register(inc)
+            .and_then(|r| r.register(chain))
+            .expect("registered");
+        let engine = Engine::new(registry, 60);
+        let (name, input) = chain(2).into_call().expect("a call");
+        let state = InstanceState::new(
+            InstanceId::new("root-with-a-long-enough-id").expect("valid"),
+            name,
+            input.expect("encodes"),
+            ReplyTo::Root,
+        );
+        let msg = TaskMessage::Step {
+            state: Box::new(state),
+            completion: None,
+        };
+        let stepped = engine
+            .handle_task_next(msg, from_millis(1_700_000_000_000))
+            .await;
+        assert!(stepped.next.is_none());
+        let result = stepped
+            .outputs
+            .iter()
+            .find(|o| {
+                o.destination
+                    == Destination::Result {
+                        instance: InstanceId::new("root-with-a-long-enough-id").expect("valid"),
+                    }
+            })
+            .expect("the root fails with a result");
+        let rec: ResultRecord = decode(&result.body).expect("a result record");
+        match rec.outcome {
+            Outcome::Failed(f) => assert!(f.is_state_too_large(), "{f}"),
+            other => panic!("expected a failure, got {other:?}"),
         }
     }
 

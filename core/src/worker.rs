@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::engine::{Engine, Settlement, DEFAULT_STATE_BUDGET};
+use crate::engine::{Engine, Settlement, Stepped, DEFAULT_STATE_BUDGET};
 use crate::error::Error;
 use crate::registry::{DTaskFn, Registry};
 use crate::state::TaskMessage;
@@ -427,10 +427,14 @@ impl Inner {
     /// with each instance's status writes but its last dropped.
     async fn inline(
         &self,
-        mut outputs: Vec<Outgoing>,
+        stepped: Stepped,
         mut current: InstanceId,
         started: Instant,
     ) -> Vec<Outgoing> {
+        let Stepped {
+            mut outputs,
+            next: mut next_msg,
+        } = stepped;
         if self.inline_steps == 0 {
             return outputs;
         }
@@ -458,13 +462,24 @@ impl Inner {
             if !self.engine.registry.contains(name) || next.instance == current {
                 break;
             }
-            let Ok(msg) = self.engine.decode_task(&next.body) else {
-                break;
+            // The step's own message when it kept one (no decoding), else the body.
+            let msg = match next_msg.take() {
+                Some(msg) => msg,
+                None => match self.engine.decode_task(&next.body) {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                },
             };
             debug!(dtask = %name, message_id = %next.message_id, "running the next step inline");
             current = outputs.remove(i).instance;
             kept.append(&mut outputs);
-            outputs = self.engine.handle_task(msg, self.transport.now()).await;
+            Stepped {
+                outputs,
+                next: next_msg,
+            } = self
+                .engine
+                .handle_task_next(msg, self.transport.now())
+                .await;
             self.stats.inlined.fetch_add(1, Ordering::Relaxed);
         }
         if kept.is_empty() {
@@ -523,7 +538,7 @@ impl Inner {
                         TaskMessage::Step { state, .. } => state.id.clone(),
                         TaskMessage::Forward { instance, .. } => instance.clone(),
                     };
-                    let step = self.engine.handle_task(msg, self.transport.now());
+                    let step = self.engine.handle_task_next(msg, self.transport.now());
                     tokio::pin!(step);
                     // A root's first step reports `Running` only when it takes a while:
                     // most first steps suspend within milliseconds, and the write would
@@ -543,7 +558,7 @@ impl Inner {
                             }
                         }
                     };
-                    debug!(outputs = outputs.len(), "step done");
+                    debug!(outputs = outputs.outputs.len(), "step done");
                     let outputs = self.inline(outputs, instance, started).await;
                     drop(slot);
                     self.transport.publish(outputs).await
