@@ -11,9 +11,10 @@ const WORKER: &str = env!("CARGO_BIN_EXE_it-worker");
 
 /// Timers started at once.
 const N: usize = 20;
-/// Each waits 8 s: 4,096 ms in delay level 12, then about 3.9 s held by a worker
-/// (the hold is 6 s here, 1 s by default).
-const DELAY_MS: u64 = 8_000;
+/// Each waits 16 s: 8,192 ms in delay level 13, then about 7.8 s held by a worker (the
+/// hold is 10 s here, 1 s by default): long enough for the broker's queue statistics,
+/// refreshed every 5 s, to show them held.
+const DELAY_MS: u64 = 16_000;
 
 /// The unacknowledged messages of `queue`, from `rabbitmqctl`.
 async fn unacked(queue: &str) -> anyhow::Result<u64> {
@@ -36,7 +37,7 @@ async fn unacked(queue: &str) -> anyhow::Result<u64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn timers_held_by_a_killed_worker_fire_once_on_another() -> anyhow::Result<()> {
     // This test binary runs this one test: the worker processes it starts inherit it.
-    std::env::set_var("IT_TIMER_HOLD_MS", "6000");
+    std::env::set_var("IT_TIMER_HOLD_MS", "10000");
     let b = Broker::start().await?;
     let mut victim = b.worker_processes(WORKER, 1).await?;
     let c = b.client().await?;
@@ -45,18 +46,23 @@ async fn timers_held_by_a_killed_worker_fire_once_on_another() -> anyhow::Result
         handles.push(c.start(timed_delay(DELAY_MS)).await?);
     }
 
-    // Parked in level 12, then all held by the only worker: unacked in the ready queue.
+    // Parked in level 13, then all held by the only worker: unacked in the ready queue.
     let ready = format!("{}.delay.ready", b.prefix());
-    let level = format!("{}.delay.12", b.prefix());
+    let level = format!("{}.delay.13", b.prefix());
     wait_for(Duration::from_secs(10), || async {
         Ok(b.queue_len(&level).await? == Some(N as u32))
     })
     .await?;
-    wait_for(Duration::from_secs(10), || async {
+    let held = wait_for(Duration::from_secs(14), || async {
         Ok(unacked(&ready).await? == N as u64)
     })
-    .await
-    .map_err(|e| e.context("the worker never held every timer"))?;
+    .await;
+    if let Err(e) = held {
+        anyhow::bail!(
+            "the worker never held every timer: {e:#}\n{}",
+            b.report().await
+        );
+    }
     let killed_at = now_ms();
     victim.kill(0)?;
     for h in &handles {
