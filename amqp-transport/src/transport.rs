@@ -1,7 +1,7 @@
 //! [`AmqpTransport`]: the `dtasks` transport contract on RabbitMQ.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +24,9 @@ use crate::conn::{self, Backoff, ChannelPool, ConfirmChannels};
 use crate::consume::{self, AmqpSettle};
 use crate::error::{is_not_found, AmqpError, Context, Result};
 use crate::topology::{self, text, Kind, Topology};
+
+/// How many queue declarations a process remembers (see `Shared::remember`).
+const MAX_REMEMBERED: usize = 65_536;
 
 /// Header: why a message was dead-lettered.
 pub(crate) const H_REASON: &str = "x-dtasks-reason";
@@ -70,8 +73,12 @@ pub(crate) struct Shared {
     pub(crate) channels: ChannelPool,
     /// Queues declared by this process and not found missing since.
     declared: Mutex<HashSet<String>>,
-    /// Every queue this process declared.
+    /// Every queue this process declared (the first [`MAX_REMEMBERED`]).
     ever_declared: Mutex<BTreeSet<String>>,
+    /// Set once `ever_declared` is full.
+    ever_full: AtomicBool,
+    /// Result registers that a write found missing: declared before the next write.
+    missing: Mutex<HashSet<String>>,
     /// The shard channel that holds the outstanding doorbell of an instance: its mailbox
     /// is drained on the same channel.
     doorbells: Mutex<HashMap<String, (u64, Channel)>>,
@@ -193,6 +200,30 @@ pub(crate) fn with_headers(
 }
 
 impl Shared {
+    /// The state of a transport for `cfg`; connects nothing yet (the pools connect on
+    /// first use).
+    fn new(cfg: AmqpConfig) -> Result<Self> {
+        cfg.validate().map_err(AmqpError::Config)?;
+        let publish_conns =
+            conn::connection_pool(&cfg.url, format!("dtasks {} publisher", cfg.prefix), 1)?;
+        let consume_conns =
+            conn::connection_pool(&cfg.url, format!("dtasks {} consumer", cfg.prefix), 1)?;
+        let channels = conn::channel_pool(publish_conns, cfg.publish_channels)?;
+        Ok(Self {
+            topo: Topology::new(&cfg),
+            cfg,
+            consume_conns,
+            channels,
+            declared: Mutex::new(HashSet::new()),
+            ever_declared: Mutex::new(BTreeSet::new()),
+            ever_full: AtomicBool::new(false),
+            missing: Mutex::new(HashSet::new()),
+            doorbells: Mutex::new(HashMap::new()),
+            doorbell_seq: AtomicU64::new(0),
+            waits: tokio::sync::Mutex::new(None),
+        })
+    }
+
     /// Declares `queue` unless this process already did.
     pub(crate) async fn declare(&self, ch: &Channel, queue: &str, kind: Kind) -> Result<()> {
         if lock(&self.declared).contains(queue) {
@@ -218,9 +249,29 @@ impl Shared {
             .await
             .context(|| format!("declaring queue `{queue}`"))?;
         debug!(queue, "queue declared");
-        lock(&self.declared).insert(queue.to_string());
-        lock(&self.ever_declared).insert(queue.to_string());
+        self.remember(queue);
         Ok(())
+    }
+
+    /// Records that `queue` was declared. Both records are bounded: a process that starts
+    /// or runs millions of instances (a queue or two each) must not grow without end.
+    /// Forgetting a declaration costs one more (idempotent) declare.
+    fn remember(&self, queue: &str) {
+        let mut declared = lock(&self.declared);
+        if declared.len() >= MAX_REMEMBERED {
+            declared.clear();
+        }
+        declared.insert(queue.to_string());
+        drop(declared);
+        let mut ever = lock(&self.ever_declared);
+        if ever.len() < MAX_REMEMBERED {
+            ever.insert(queue.to_string());
+        } else if !ever.contains(queue) && !self.ever_full.swap(true, Ordering::Relaxed) {
+            warn!(
+                limit = MAX_REMEMBERED,
+                "declared_queues() lists only the first queues this process declared"
+            );
+        }
     }
 
     fn forget(&self, queue: &str) {
@@ -321,7 +372,15 @@ impl Shared {
                 continue;
             }
             let (queue, kind) = self.resolve(&item.route);
-            self.declare(&ch, &queue, kind).await?;
+            if kind != Kind::Result {
+                self.declare(&ch, &queue, kind).await?;
+            } else if lock(&self.missing).contains(&queue) {
+                self.declare(&ch, &queue, kind).await?;
+                lock(&self.missing).remove(&queue);
+            }
+            // A root's result register exists from its start (the client creates it), so
+            // a result is written without declaring it first (a round trip and broker work
+            // per root); a register found missing (expired) is declared on the retry.
             let confirm = ch
                 .basic_publish(
                     "".into(),
@@ -335,15 +394,18 @@ impl Shared {
                 )
                 .await
                 .context(|| format!("publishing to `{queue}`"))?;
-            pending.push((i, queue, confirm));
+            pending.push((i, queue, kind, confirm));
         }
         let mut first_err = None;
-        for (i, queue, confirm) in pending {
+        for (i, queue, kind, confirm) in pending {
             let outcome = match confirm.await {
                 Ok(Confirmation::Ack(None)) => Ok(Published::Stored),
                 Ok(Confirmation::Ack(Some(_))) => {
                     // Deleted since we declared it (e.g. an expired mailbox): declare again.
                     self.forget(&queue);
+                    if kind == Kind::Result {
+                        lock(&self.missing).insert(queue.clone());
+                    }
                     Err(AmqpError::Returned(queue))
                 }
                 Ok(Confirmation::Nack(_)) if items[i].register => Ok(Published::Duplicate),
@@ -697,8 +759,7 @@ impl Shared {
                 .queue_declare(short(&queue)?, opts, args)
                 .await
                 .context(|| format!("declaring queue `{queue}`"))?;
-            lock(&self.declared).insert(queue.clone());
-            lock(&self.ever_declared).insert(queue);
+            self.remember(&queue);
             n += u64::from(q.message_count());
         }
         Ok(n)
@@ -785,23 +846,7 @@ impl AmqpTransport {
     }
 
     async fn connect_inner(cfg: AmqpConfig) -> Result<Self> {
-        cfg.validate().map_err(AmqpError::Config)?;
-        let publish_conns =
-            conn::connection_pool(&cfg.url, format!("dtasks {} publisher", cfg.prefix), 1)?;
-        let consume_conns =
-            conn::connection_pool(&cfg.url, format!("dtasks {} consumer", cfg.prefix), 1)?;
-        let channels = conn::channel_pool(publish_conns, cfg.publish_channels)?;
-        let shared = Arc::new(Shared {
-            topo: Topology::new(&cfg),
-            cfg,
-            consume_conns,
-            channels,
-            declared: Mutex::new(HashSet::new()),
-            ever_declared: Mutex::new(BTreeSet::new()),
-            doorbells: Mutex::new(HashMap::new()),
-            doorbell_seq: AtomicU64::new(0),
-            waits: tokio::sync::Mutex::new(None),
-        });
+        let shared = Arc::new(Shared::new(cfg)?);
         let ch = conn::get_channel(&shared.channels).await?;
         shared.declare(&ch, &shared.topo.dead(), Kind::Dead).await?;
         shared
@@ -817,8 +862,10 @@ impl AmqpTransport {
         self.shared.topo.prefix()
     }
 
-    /// The names of every queue this transport has declared so far, sorted (for tools and
-    /// tests that clean up a prefix).
+    /// The names of the queues this transport has declared so far, sorted (for tools and
+    /// tests that clean up a prefix): every one, up to the first 65,536 (a long-running
+    /// process declares a queue or two per instance; list the broker's queues by prefix
+    /// beyond that).
     pub fn declared_queues(&self) -> Vec<String> {
         lock(&self.shared.ever_declared).iter().cloned().collect()
     }
@@ -919,5 +966,25 @@ impl Transport for AmqpTransport {
 
     fn pending_timers(&self) -> BoxFuture<'_, std::result::Result<Option<u64>, dtasks::Error>> {
         async move { Ok(Some(self.shared.pending_timers().await?)) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn declarations_remembered_are_bounded() {
+        let shared = Shared::new(AmqpConfig::new("amqp://127.0.0.1:1/%2f")).expect("valid");
+        let n = MAX_REMEMBERED + 10;
+        for i in 0..n {
+            shared.remember(&format!("p.result.{i}"));
+        }
+        let declared = lock(&shared.declared).len();
+        assert!(declared <= MAX_REMEMBERED, "{declared}");
+        // The most recent one is still known: no declare before its next use.
+        assert!(lock(&shared.declared).contains(&format!("p.result.{}", n - 1)));
+        assert_eq!(lock(&shared.ever_declared).len(), MAX_REMEMBERED);
+        assert!(shared.ever_full.load(Ordering::Relaxed));
     }
 }

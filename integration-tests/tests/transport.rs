@@ -51,6 +51,8 @@ async fn registers_result_once_status_last() -> anyhow::Result<()> {
     let result = Destination::Result {
         instance: id.clone(),
     };
+    // No register yet: the write is returned by the broker, and the transport creates the
+    // register and writes again.
     let first = t
         .publish(vec![out(result.clone(), b"one", "r1", &id)])
         .await?;
