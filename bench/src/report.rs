@@ -729,7 +729,7 @@ impl Report {
                 let broker = a.cpu.broker.map(|b| b / st * 1e3);
                 let rbroker = r.cpu.broker.map(|b| b / rs * 1e3);
                 return format!(
-                    "Per child step dtasks published {} messages in {} confirm waits and handled {} deliveries, where the raw hand-off publishes 1 and handles {}; {} B published per step vs {} B. CPU per step: this process {} ms vs {} ms raw, broker {} ms vs {} ms raw; {} of {} cores were busy. The broker's work per step (more messages, per-instance status/result queues) and the worker's CPU per step both scale the cost, on a machine whose cores are shared by both.",
+                    "Per child step dtasks published {} messages in {} confirm waits and handled {} deliveries, where the raw hand-off publishes 1 and handles {}; {} B published per step vs {} B. CPU per step: this process {} ms vs {} ms raw, broker {} ms vs {} ms raw; {} of {} cores were busy. Most of the broker's work per instance is fixed, not per step: each root has a result register, a queue created at its start (`--probe` measures a queue creation on its own; bench/README.md), besides its start, its result and the client's wait on the register.",
                     f2(a.counts.total_msgs() as f64 / st),
                     f2(a.counts.batches as f64 / st),
                     f2(a.deliveries as f64 / st),
