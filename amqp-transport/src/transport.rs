@@ -562,12 +562,26 @@ impl Shared {
 
     /// Reads a register without consuming it: takes its messages and puts them back.
     /// `last` picks the newest (status) instead of the oldest (result).
-    async fn peek(&self, queue: &str, kind: Kind, last: bool) -> Result<Option<Vec<u8>>> {
+    async fn peek(&self, queue: &str, last: bool) -> Result<Option<Vec<u8>>> {
         let ch: Object<ConfirmChannels> = conn::get_channel(&self.channels).await?;
-        // Declared rather than checked: without the management API, looking for a missing
-        // queue closes the channel with an error. A register read before it is written
-        // is created empty, and expires after the retention period like any other.
-        self.declare_uncached(&ch, queue, kind).await?;
+        // Looked up, not declared: reading must not create a register (an unknown id
+        // stays unknown, and polling the status of a pending instance leaves no empty
+        // queue behind). A missing queue closes the channel, which leaves the pool.
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match ch
+            .queue_declare(short(queue)?, passive, FieldTable::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {
+                drop(Object::take(ch));
+                return Ok(None);
+            }
+            Err(e) => return Err(AmqpError::broker(format!("checking `{queue}`"), e)),
+        }
         let mut got = Vec::new();
         loop {
             match ch
@@ -613,7 +627,7 @@ impl Shared {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(15)).await;
             }
-            if let Some(v) = self.peek(queue, Kind::Status, true).await? {
+            if let Some(v) = self.peek(queue, true).await? {
                 return Ok(Some(v));
             }
         }
@@ -945,7 +959,7 @@ impl Transport for AmqpTransport {
         instance: &InstanceId,
     ) -> BoxFuture<'_, std::result::Result<Option<Vec<u8>>, dtasks::Error>> {
         let queue = self.shared.topo.result(instance.as_str());
-        async move { Ok(self.shared.peek(&queue, Kind::Result, false).await?) }.boxed()
+        async move { Ok(self.shared.peek(&queue, false).await?) }.boxed()
     }
 
     fn wait_result(

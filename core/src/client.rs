@@ -186,8 +186,7 @@ impl Client {
 }
 
 async fn status_of(t: &dyn Transport, id: &InstanceId) -> Result<Status, Error> {
-    // Looked up first, without creating anything: reading a register of an unknown id
-    // may create it.
+    // Looked up first: a missing register is an unknown id, an empty one a pending start.
     if !t.register_exists(id).await? {
         return Err(Error::not_found(id.as_str()));
     }

@@ -188,13 +188,15 @@ pub trait Transport: Send + Sync + 'static {
     /// create it: an unknown id stays unknown.
     fn register_exists(&self, instance: &InstanceId) -> BoxFuture<'_, Result<bool, Error>>;
 
-    /// Reads the result register of `instance`.
+    /// Reads the result register of `instance` (`None` when it is empty or missing).
+    /// Reading must not create it.
     fn read_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>>;
 
     /// Waits until the result register of `instance` holds a value.
     fn wait_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Vec<u8>, Error>>;
 
-    /// Reads the status register of `instance`.
+    /// Reads the status register of `instance` (`None` when it is empty or missing).
+    /// Reading must not create it.
     fn read_status(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>>;
 
     /// How long a mailbox may go unused before the transport deletes it, if it ever does.
