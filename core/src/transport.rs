@@ -168,6 +168,10 @@ pub trait Transport: Send + Sync + 'static {
     fn publish(&self, batch: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Published>, Error>>;
 
     /// Starts consuming the task queues of `names` and the doorbells of all mailboxes.
+    ///
+    /// The stream should hold back deliveries while many are unsettled (a broker's
+    /// prefetch count does): a worker takes the next delivery as soon as a step has run,
+    /// before that step's messages are published and its delivery settled.
     fn consume(
         &self,
         names: Vec<String>,
