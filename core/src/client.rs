@@ -1,8 +1,14 @@
 //! Starting instances and getting their results from any process.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::{oneshot, OnceCell};
+use tracing::{debug, warn};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -11,7 +17,7 @@ use crate::codec::{decode, decode_value, encode};
 use crate::error::Error;
 use crate::registry::Registry;
 use crate::state::{InstanceId, InstanceState, Outcome, ReplyTo, ResultRecord, TaskMessage};
-use crate::transport::{Destination, Outgoing, Transport};
+use crate::transport::{Destination, Outgoing, Reply, Transport};
 use crate::DTask;
 
 /// Where an instance is in its life.
@@ -50,6 +56,8 @@ impl Status {
 pub struct Client {
     transport: Arc<dyn Transport>,
     registry: Option<Registry>,
+    /// This client's reply queue and its readers, made by the first `call`.
+    replies: Arc<OnceCell<ReplyHub>>,
 }
 
 impl fmt::Debug for Client {
@@ -69,6 +77,7 @@ impl Client {
         Self {
             transport,
             registry: None,
+            replies: Arc::new(OnceCell::new()),
         }
     }
 
@@ -139,34 +148,97 @@ impl Client {
         self.publish_start(id, name.to_string(), input).await
     }
 
+    /// Runs `task` (a call of a `#[dtask]` function) as a new root instance and waits for
+    /// its result, which comes back on this client's reply queue: one queue per client,
+    /// made by the first call, instead of a result register per instance.
+    ///
+    /// The work is as durable as any instance's; what differs is the result. It reaches
+    /// only this call: the instance has no id to look up later and reports no status, and
+    /// if this process is gone when the result arrives, nobody receives it (it waits in
+    /// the reply queue until that expires). Use [`Client::start`] when the result must
+    /// outlive the caller or be read from another process. On a transport without reply
+    /// queues ([`Transport::supports_replies`]) this is [`Client::start`] followed by
+    /// [`Handle::result`].
+    ///
+    /// ```
+    /// use dtasks::{dtask, Runtime};
+    ///
+    /// #[dtask]
+    /// async fn add_one(x: u64) -> u64 {
+    ///     x + 1
+    /// }
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), dtasks::Error> {
+    /// let rt = Runtime::builder().register(add_one).build()?;
+    /// assert_eq!(rt.client().call(add_one(41)).await?, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn call<T: DeserializeOwned>(&self, task: DTask<T>) -> Result<T, Error> {
+        let (name, input) = task.into_call().ok_or_else(|| {
+            Error::bad_input(
+                "only a call of a #[dtask] function can be run (not a delay or a combinator)",
+            )
+        })?;
+        let input =
+            input.map_err(|e| Error::bad_input(format!("the input cannot be encoded: {e}")))?;
+        if !self.transport.supports_replies() {
+            let h: Handle<T> = self
+                .publish_start(InstanceId::random(), name, input)
+                .await?;
+            return h.result().await;
+        }
+        self.check(&name, &input)?;
+        let hub = self
+            .replies
+            .get_or_try_init(|| ReplyHub::start(self.transport.clone()))
+            .await?;
+        let id = InstanceId::random();
+        // Waiting before the start is out: the result may come back at once.
+        let waiting = hub.wait(&id);
+        let state = InstanceState::new(
+            id.clone(),
+            name.clone(),
+            input,
+            ReplyTo::Client {
+                client: hub.client.clone(),
+            },
+        );
+        self.transport
+            .publish(vec![start_message(&id, name, state)])
+            .await?;
+        let record = waiting.result().await?;
+        decode_value(&outcome_bytes(&record)?).map_err(Error::decode)
+    }
+
+    /// With a registry: fails at once for an unknown name or an input that does not
+    /// decode as the arguments.
+    fn check(&self, name: &str, input: &[u8]) -> Result<(), Error> {
+        if let Some(reg) = &self.registry {
+            let entry = reg.get(name).ok_or_else(|| Error::unknown_dtask(name))?;
+            // Builds (never polls) the body: checks that the input decodes as the arguments.
+            let _unpolled_body = entry
+                .start(input)
+                .map_err(|f| Error::bad_input(f.message().to_string()))?;
+        }
+        Ok(())
+    }
+
     async fn publish_start<T>(
         &self,
         id: InstanceId,
         name: String,
         input: Vec<u8>,
     ) -> Result<Handle<T>, Error> {
-        if let Some(reg) = &self.registry {
-            let entry = reg.get(&name).ok_or_else(|| Error::unknown_dtask(&name))?;
-            // Builds (never polls) the body: checks that the input decodes as the arguments.
-            let _unpolled_body = entry
-                .start(&input)
-                .map_err(|f| Error::bad_input(f.message().to_string()))?;
-        }
+        self.check(&name, &input)?;
         let state = InstanceState::new(id.clone(), name.clone(), input, ReplyTo::Root);
         // The register first: once the start is out, the instance may finish at once.
         // No status is written: an empty register reads as `Pending`.
         self.transport.create_register(&id).await?;
-        let start = Outgoing {
-            destination: Destination::Task { name: name.clone() },
-            body: encode(&TaskMessage::Step {
-                state: Box::new(state),
-                completion: None,
-            }),
-            message_id: format!("{id}:start"),
-            instance: id.clone(),
-            dtask: name,
-        };
-        self.transport.publish(vec![start]).await?;
+        self.transport
+            .publish(vec![start_message(&id, name, state)])
+            .await?;
         Ok(self.handle(id))
     }
 
@@ -183,6 +255,110 @@ impl Client {
     pub async fn status(&self, id: &InstanceId) -> Result<Status, Error> {
         status_of(&*self.transport, id).await
     }
+}
+
+/// The start message of a new root instance.
+fn start_message(id: &InstanceId, name: String, state: InstanceState) -> Outgoing {
+    Outgoing {
+        destination: Destination::Task { name: name.clone() },
+        body: encode(&TaskMessage::Step {
+            state: Box::new(state),
+            completion: None,
+        }),
+        message_id: format!("{id}:start"),
+        instance: id.clone(),
+        dtask: name,
+    }
+}
+
+type Waiters = Arc<Mutex<HashMap<InstanceId, oneshot::Sender<Vec<u8>>>>>;
+
+/// A client's reply queue: one reader task hands each result to the call waiting for it.
+struct ReplyHub {
+    /// The reply queue's name.
+    client: String,
+    waiters: Waiters,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl ReplyHub {
+    async fn start(transport: Arc<dyn Transport>) -> Result<Self, Error> {
+        let client = format!("c-{}", InstanceId::random());
+        let replies = transport.consume_replies(&client).await?;
+        let waiters: Waiters = Arc::default();
+        let reader = tokio::spawn(read_replies(replies, waiters.clone()));
+        Ok(Self {
+            client,
+            waiters,
+            reader,
+        })
+    }
+
+    /// Registers a call waiting for the result of `id`.
+    fn wait(&self, id: &InstanceId) -> Waiting {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).insert(id.clone(), tx);
+        Waiting {
+            id: id.clone(),
+            waiters: self.waiters.clone(),
+            rx,
+        }
+    }
+}
+
+impl Drop for ReplyHub {
+    fn drop(&mut self) {
+        // The last clone of the client is gone: stop reading (unread replies stay queued).
+        self.reader.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A call waiting for its result; dropped, it stops waiting.
+struct Waiting {
+    id: InstanceId,
+    waiters: Waiters,
+    rx: oneshot::Receiver<Vec<u8>>,
+}
+
+impl Waiting {
+    async fn result(mut self) -> Result<Vec<u8>, Error> {
+        (&mut self.rx)
+            .await
+            .map_err(|_| Error::transport("the reply queue's reader stopped"))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        lock(&self.waiters).remove(&self.id);
+    }
+}
+
+async fn read_replies(mut replies: BoxStream<'static, Result<Reply, Error>>, waiters: Waiters) {
+    while let Some(next) = replies.next().await {
+        match next {
+            Ok(reply) => {
+                let waiting = lock(&waiters).remove(&reply.instance);
+                match waiting {
+                    Some(tx) => {
+                        let _ = tx.send(reply.body);
+                    }
+                    // A second result of redone work, or the result of a dropped call.
+                    None => debug!(instance = %reply.instance, "a reply nobody waits for"),
+                }
+                if let Err(e) = reply.settle.ack().await {
+                    warn!(error = %e, "acking a reply failed; it may come again");
+                }
+            }
+            Err(e) => warn!(error = %e, "reading the reply queue failed"),
+        }
+    }
+    // The stream ended: the calls still waiting get an error.
+    lock(&waiters).clear();
 }
 
 async fn status_of(t: &dyn Transport, id: &InstanceId) -> Result<Status, Error> {

@@ -478,6 +478,18 @@ impl Engine {
                     dtask: state.name.clone(),
                 });
             }
+            ReplyTo::Client { client } => {
+                let rec = ResultRecord { outcome };
+                outputs.push(Outgoing {
+                    destination: Destination::Reply {
+                        client: client.clone(),
+                    },
+                    body: encode(&rec),
+                    message_id: format!("{}:result", state.id),
+                    instance: state.id.clone(),
+                    dtask: state.name.clone(),
+                });
+            }
             ReplyTo::Continuation { parent, seq } => {
                 outputs.push(resume_parent_ref(parent, *seq, &outcome));
             }

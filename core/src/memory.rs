@@ -19,7 +19,8 @@ use tokio::sync::Notify;
 use crate::error::Error;
 use crate::state::InstanceId;
 use crate::transport::{
-    Delivery, DeliveryKind, Destination, MailboxMessage, Outgoing, Published, Settle, Transport,
+    Delivery, DeliveryKind, Destination, MailboxMessage, Outgoing, Published, Reply, Settle,
+    Transport,
 };
 
 /// The in-process transport. Cheap to clone; clones share the same queues.
@@ -139,6 +140,8 @@ struct Mem {
     registers: HashSet<InstanceId>,
     statuses: HashMap<InstanceId, Vec<u8>>,
     result_waiters: HashMap<InstanceId, Arc<Notify>>,
+    /// Client reply queues: the instance each result is for, and the result.
+    replies: HashMap<String, VecDeque<(InstanceId, Vec<u8>)>>,
     dead: Vec<DeadLetter>,
     /// Deliveries and mailbox messages handed out and not yet settled.
     unsettled: usize,
@@ -269,6 +272,7 @@ impl MemoryTransport {
             destination,
             body,
             message_id,
+            instance: about,
             ..
         } = o;
         let msg = Msg {
@@ -312,6 +316,12 @@ impl MemoryTransport {
             Destination::Status { instance } => {
                 mem.statuses.insert(instance.clone(), msg.body);
             }
+            Destination::Reply { client } => {
+                mem.replies
+                    .entry(client.clone())
+                    .or_default()
+                    .push_back((about, msg.body));
+            }
         }
         Published::Stored
     }
@@ -324,9 +334,20 @@ impl Default for MemoryTransport {
 }
 
 enum Token {
-    Task { name: String, msg: Msg },
+    Task {
+        name: String,
+        msg: Msg,
+    },
     Doorbell(InstanceId),
-    Mailbox { instance: InstanceId, body: Vec<u8> },
+    Mailbox {
+        instance: InstanceId,
+        body: Vec<u8>,
+    },
+    Reply {
+        client: String,
+        instance: InstanceId,
+        body: Vec<u8>,
+    },
 }
 
 struct MemSettle {
@@ -384,6 +405,23 @@ impl MemSettle {
             (Token::Mailbox { body, .. }, How::Dead(reason)) => {
                 mem.dead.push(DeadLetter { body, reason });
             }
+            (Token::Reply { .. }, How::Ack) => {}
+            (
+                Token::Reply {
+                    client,
+                    instance,
+                    body,
+                },
+                How::Requeue,
+            ) => {
+                mem.replies
+                    .entry(client)
+                    .or_default()
+                    .push_front((instance, body));
+            }
+            (Token::Reply { body, .. }, How::Dead(reason)) => {
+                mem.dead.push(DeadLetter { body, reason });
+            }
         }
         drop(mem);
         self.shared.changed.notify_waiters();
@@ -428,7 +466,8 @@ impl Transport for MemoryTransport {
                 match &o.destination {
                     Destination::Task { .. }
                     | Destination::Delayed { .. }
-                    | Destination::Mailbox { .. } => {
+                    | Destination::Mailbox { .. }
+                    | Destination::Reply { .. } => {
                         self.put(&mut mem, o.clone());
                     }
                     _ => {}
@@ -444,6 +483,49 @@ impl Transport for MemoryTransport {
         drop(mem);
         self.shared.changed.notify_waiters();
         futures::future::ready(Ok(report)).boxed()
+    }
+
+    fn supports_replies(&self) -> bool {
+        true
+    }
+
+    fn consume_replies(
+        &self,
+        client: &str,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Reply, Error>>, Error>> {
+        let shared = self.shared.clone();
+        let client = client.to_string();
+        let stream = futures::stream::unfold((shared, client), |(shared, client)| async move {
+            loop {
+                let waiter = shared.clone();
+                let notified = waiter.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let mut mem = shared.lock();
+                    let next = mem.replies.get_mut(&client).and_then(VecDeque::pop_front);
+                    if let Some((instance, body)) = next {
+                        mem.unsettled += 1;
+                        drop(mem);
+                        let reply = Reply {
+                            instance: instance.clone(),
+                            body: body.clone(),
+                            settle: Box::new(MemSettle {
+                                shared: shared.clone(),
+                                token: Some(Token::Reply {
+                                    client: client.clone(),
+                                    instance,
+                                    body,
+                                }),
+                            }),
+                        };
+                        return Some((Ok(reply), (shared, client)));
+                    }
+                }
+                notified.await;
+            }
+        });
+        futures::future::ready(Ok(stream.boxed())).boxed()
     }
 
     fn consume(

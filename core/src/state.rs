@@ -171,6 +171,9 @@ pub(crate) enum ReplyTo {
     },
     /// Nobody awaits the result (a spawned child whose parent finished first).
     Detached,
+    /// A root started with [`Client::call`](crate::Client::call): the result goes to the
+    /// reply queue `client` of the calling client; the instance has no registers.
+    Client { client: String },
 }
 
 /// The state of a replay-model instance: its input plus the journal of operations.

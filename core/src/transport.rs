@@ -25,6 +25,9 @@
 //! - **Registers.** A [`Destination::Result`] is written once: a second write is refused
 //!   and reported as [`Published::Duplicate`]. A [`Destination::Status`] keeps the last
 //!   write.
+//! - **Reply queues** (optional, [`Transport::supports_replies`]). A
+//!   [`Destination::Reply`] is stored durably in the client's reply queue until the
+//!   client acks it; duplicates may arrive (redone work), and the client keeps the first.
 
 use std::fmt;
 use std::time::SystemTime;
@@ -65,6 +68,12 @@ pub enum Destination {
     Status {
         /// The instance.
         instance: InstanceId,
+    },
+    /// The reply queue of the client `client` (see [`Transport::consume_replies`]); the
+    /// message is the result of the root instance it names.
+    Reply {
+        /// The client's reply queue name.
+        client: String,
     },
 }
 
@@ -156,6 +165,25 @@ impl fmt::Debug for MailboxMessage {
     }
 }
 
+/// A result taken from a client's reply queue.
+pub struct Reply {
+    /// The root instance the result is for.
+    pub instance: InstanceId,
+    /// The encoded result.
+    pub body: Vec<u8>,
+    /// Settles it: ack removes it from the reply queue, requeue puts it back.
+    pub settle: Box<dyn Settle>,
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reply")
+            .field("instance", &self.instance)
+            .field("len", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Moves dtasks messages. See the [module docs](self) for the semantics required.
 pub trait Transport: Send + Sync + 'static {
     /// The current time, for timers. Transports with virtual time override it.
@@ -208,6 +236,26 @@ pub trait Transport: Send + Sync + 'static {
     /// of it), so a long wait never loses the state kept there.
     fn mailbox_retention(&self) -> Option<std::time::Duration> {
         None
+    }
+
+    /// Whether this transport has reply queues ([`Transport::consume_replies`] and
+    /// [`Destination::Reply`]). Without them, [`Client::call`](crate::Client::call) starts
+    /// the instance with a result register and waits on it.
+    fn supports_replies(&self) -> bool {
+        false
+    }
+
+    /// Creates the reply queue `client` (nothing if it exists) and delivers what arrives
+    /// in it, until the stream is dropped; through connection failures, the stream goes
+    /// on after reconnecting. A reply must stay in the queue until it is acked.
+    fn consume_replies(
+        &self,
+        client: &str,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Reply, Error>>, Error>> {
+        let _ = client;
+        Box::pin(futures::future::ready(Err(Error::config(
+            "this transport has no reply queues",
+        ))))
     }
 
     /// How many timers wait to fire, when the transport can tell (for progress summaries).
