@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use dtasks::transport::{Delivery, DeliveryKind, Settle};
+use dtasks::transport::{Delivery, DeliveryKind, Reply, Settle};
 use dtasks::InstanceId;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, SelectAll};
@@ -22,7 +22,9 @@ use crate::conn::{self, Backoff};
 use crate::delay;
 use crate::error::{AmqpError, Context, Result};
 use crate::topology::{text, Kind};
-use crate::transport::{short, with_headers, RawItem, Shared, H_MESSAGE_ID, H_QUEUE, H_REASON};
+use crate::transport::{
+    short, with_headers, RawItem, Shared, H_INSTANCE, H_MESSAGE_ID, H_QUEUE, H_REASON,
+};
 
 type Output = std::result::Result<Delivery, dtasks::Error>;
 
@@ -618,6 +620,117 @@ impl Drop for AmqpSettle {
                 .await;
                 drop(inner.channel);
             });
+        }
+    }
+}
+
+type ReplyOutput = std::result::Result<Reply, dtasks::Error>;
+
+/// Consumes the reply queue of the client `client` (declared first, so that the first
+/// call's result has somewhere to go), supervised like [`consume`]: reconnects and
+/// subscribes again after the connection is lost; unacked replies come back.
+pub(crate) async fn consume_replies(
+    shared: Arc<Shared>,
+    client: &str,
+) -> Result<BoxStream<'static, ReplyOutput>> {
+    let queue = shared.topo.reply(client);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (first_tx, first_rx) = oneshot::channel();
+    let span = info_span!("dtasks.amqp.replies", queue = %queue);
+    tokio::spawn(supervise_replies(shared, queue, tx, first_tx).instrument(span));
+    first_rx
+        .await
+        .map_err(|_| AmqpError::Connect("the reply consumer task ended".into()))??;
+    Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
+}
+
+async fn open_replies(shared: &Shared, queue: &str) -> Result<(Channel, lapin::Consumer)> {
+    let ch = conn::open_channel(&shared.consume_conns).await?;
+    shared.declare_uncached(&ch, queue, Kind::Reply).await?;
+    ch.basic_qos(shared.cfg.prefetch, BasicQosOptions::default())
+        .await
+        .context(|| "setting the prefetch".into())?;
+    let consumer = subscribe(&ch, queue).await?;
+    Ok((ch, consumer))
+}
+
+async fn supervise_replies(
+    shared: Arc<Shared>,
+    queue: String,
+    tx: mpsc::UnboundedSender<ReplyOutput>,
+    first: oneshot::Sender<Result<()>>,
+) {
+    let mut first = Some(first);
+    let started = Instant::now();
+    let mut backoff = Backoff::new(Duration::from_millis(100), shared.cfg.max_backoff);
+    loop {
+        let opened = tokio::select! {
+            _ = tx.closed() => return,
+            s = open_replies(&shared, &queue) => s,
+        };
+        match opened {
+            Ok((ch, mut consumer)) => {
+                if let Some(f) = first.take() {
+                    let _ = f.send(Ok(()));
+                } else {
+                    info!("reply consumer re-subscribed");
+                }
+                let since = Instant::now();
+                let why = loop {
+                    let next = tokio::select! {
+                        _ = tx.closed() => {
+                            debug!("reply stream dropped");
+                            return;
+                        }
+                        n = consumer.next() => n,
+                    };
+                    let d = match next {
+                        Some(Ok(d)) => d,
+                        Some(Err(e)) => break e.to_string(),
+                        None => break "the reply consumer was cancelled".to_string(),
+                    };
+                    let instance =
+                        header_str(&d.properties, H_INSTANCE).and_then(|s| InstanceId::new(s).ok());
+                    let settle = AmqpSettle::new(
+                        shared.clone(),
+                        ch.clone(),
+                        d.acker,
+                        queue.clone(),
+                        d.data.clone(),
+                        d.properties,
+                        None,
+                    );
+                    let Some(instance) = instance else {
+                        let reason = "a reply without a valid instance header".to_string();
+                        warn!(reason, "dead-lettering a reply");
+                        tokio::spawn(Box::new(settle).dead_letter(reason));
+                        continue;
+                    };
+                    let _ = tx.send(Ok(Reply {
+                        instance,
+                        body: d.data,
+                        settle: Box::new(settle),
+                    }));
+                };
+                warn!(reason = %why, "lost the reply consumer; reconnecting");
+                if since.elapsed() >= HEALTHY {
+                    backoff.reset();
+                }
+            }
+            Err(e) => {
+                let give_up = e.is_permanent() || started.elapsed() >= shared.cfg.publish_timeout;
+                if first.is_some() && give_up {
+                    if let Some(f) = first.take() {
+                        let _ = f.send(Err(e));
+                    }
+                    return;
+                }
+                warn!(error = %e, "subscribing to the reply queue failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
 }

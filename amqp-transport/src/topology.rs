@@ -22,6 +22,7 @@ pub(crate) enum Kind {
     Mailbox,
     Result,
     Status,
+    Reply,
 }
 
 /// Names and declares the queues under one prefix.
@@ -98,6 +99,11 @@ impl Topology {
         format!("{}.status.{instance}", self.prefix)
     }
 
+    /// The reply queue of a client (`Client::call`).
+    pub(crate) fn reply(&self, client: &str) -> String {
+        format!("{}.reply.{client}", self.prefix)
+    }
+
     /// The options and arguments to declare a queue of `kind`.
     pub(crate) fn declaration(&self, kind: Kind) -> (QueueDeclareOptions, FieldTable) {
         let mut args = FieldTable::default();
@@ -105,7 +111,7 @@ impl Topology {
             args.insert(ShortString::from(k), v);
         };
         let queue_type = match kind {
-            Kind::Mailbox | Kind::Result | Kind::Status => "classic",
+            Kind::Mailbox | Kind::Result | Kind::Status | Kind::Reply => "classic",
             _ => "quorum",
         };
         put("x-queue-type", text(queue_type));
@@ -135,6 +141,8 @@ impl Topology {
                 put("x-overflow", text("drop-head"));
                 put("x-expires", AMQPValue::LongLongInt(self.register_expires));
             }
+            // Removed when its client has been gone for the result retention.
+            Kind::Reply => put("x-expires", AMQPValue::LongLongInt(self.register_expires)),
         }
         (QueueDeclareOptions::durable(), args)
     }

@@ -372,7 +372,10 @@ impl Shared {
                 continue;
             }
             let (queue, kind) = self.resolve(&item.route);
-            if kind != Kind::Result {
+            if kind == Kind::Reply {
+                // The calling client declared its reply queue before the start; never
+                // recreated here (a missing one means the client is gone).
+            } else if kind != Kind::Result {
                 self.declare(&ch, &queue, kind).await?;
             } else if lock(&self.missing).contains(&queue) {
                 self.declare(&ch, &queue, kind).await?;
@@ -400,6 +403,15 @@ impl Shared {
         for (i, queue, kind, confirm) in pending {
             let outcome = match confirm.await {
                 Ok(Confirmation::Ack(None)) => Ok(Published::Stored),
+                Ok(Confirmation::Ack(Some(_))) if kind == Kind::Reply => {
+                    // The caller is gone and so is its reply queue: nobody can receive
+                    // this result (`Client::call` says so).
+                    warn!(
+                        queue,
+                        "a reply queue is gone; the result it was for is dropped"
+                    );
+                    Ok(Published::Stored)
+                }
                 Ok(Confirmation::Ack(Some(_))) => {
                     // Deleted since we declared it (e.g. an expired mailbox): declare again.
                     self.forget(&queue);
@@ -481,6 +493,14 @@ impl Shared {
                 Route::Queue {
                     queue: self.topo.status(instance.as_str()),
                     kind: Kind::Status,
+                },
+                false,
+                props,
+            ),
+            Destination::Reply { client } => (
+                Route::Queue {
+                    queue: self.topo.reply(client),
+                    kind: Kind::Reply,
                 },
                 false,
                 props,
@@ -976,6 +996,24 @@ impl Transport for AmqpTransport {
     ) -> BoxFuture<'_, std::result::Result<Option<Vec<u8>>, dtasks::Error>> {
         let queue = self.shared.topo.status(instance.as_str());
         async move { Ok(self.shared.read_status(&queue).await?) }.boxed()
+    }
+
+    fn supports_replies(&self) -> bool {
+        true
+    }
+
+    fn consume_replies(
+        &self,
+        client: &str,
+    ) -> BoxFuture<
+        '_,
+        std::result::Result<
+            BoxStream<'static, std::result::Result<dtasks::transport::Reply, dtasks::Error>>,
+            dtasks::Error,
+        >,
+    > {
+        let client = client.to_string();
+        async move { Ok(consume::consume_replies(self.shared.clone(), &client).await?) }.boxed()
     }
 
     fn pending_timers(&self) -> BoxFuture<'_, std::result::Result<Option<u64>, dtasks::Error>> {

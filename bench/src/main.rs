@@ -226,6 +226,18 @@ async fn run_memory(a: &Args, z: &Sizes, notes: &mut Vec<String>) -> anyhow::Res
             step(&format!("in-memory: W1b rep {}", rep + 1));
             set.w1b
                 .push(workloads::w1b(&env, None, s, z.w1b, rep as u64 * 10_000_000).await?);
+            step(&format!("in-memory: W1b with call, rep {}", rep + 1));
+            set.w1b_call.push(
+                workloads::w1b_via(
+                    &env,
+                    None,
+                    s,
+                    z.w1b,
+                    500_000_000 + rep as u64 * 10_000_000,
+                    workloads::Via::Call,
+                )
+                .await?,
+            );
         }
     }
     if a.wants("w1a") {
@@ -346,6 +358,18 @@ async fn run_amqp(
                     out.set.w1b.push(
                         workloads::w1b(&env, Some(admin), s, z.w1b, rep as u64 * 10_000_000)
                             .await?,
+                    );
+                    step(&format!("RabbitMQ: W1b with call, rep {}", rep + 1));
+                    out.set.w1b_call.push(
+                        workloads::w1b_via(
+                            &env,
+                            Some(admin),
+                            s,
+                            z.w1b,
+                            500_000_000 + rep as u64 * 10_000_000,
+                            workloads::Via::Call,
+                        )
+                        .await?,
                     );
                 }
             }

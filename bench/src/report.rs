@@ -33,6 +33,8 @@ pub(crate) struct Sizes {
 pub(crate) struct Set {
     pub(crate) w1a: Option<Run>,
     pub(crate) w1b: Vec<Run>,
+    /// W1b with `Client::call` (results on the client's reply queue).
+    pub(crate) w1b_call: Vec<Run>,
     pub(crate) w2: Option<Run>,
     pub(crate) w3: Option<Run>,
     /// M1, one run per model (the in-memory set also holds the engine-alone runs).
@@ -150,6 +152,10 @@ impl Report {
         median_by(&set.w1b, Run::steps_per_s)
     }
 
+    fn w1b_call_median(set: &Set) -> Option<Run> {
+        median_by(&set.w1b_call, Run::steps_per_s)
+    }
+
     /// Every verification failure of the run.
     pub(crate) fn errors(&self) -> Vec<String> {
         let mut e = Vec::new();
@@ -158,6 +164,7 @@ impl Report {
             let named = [
                 ("W1a", set.w1a.iter().collect::<Vec<_>>()),
                 ("W1b", set.w1b.iter().collect()),
+                ("W1b (call)", set.w1b_call.iter().collect()),
                 ("W2", set.w2.iter().collect()),
                 ("W3", set.w3.iter().collect()),
             ];
@@ -210,6 +217,26 @@ impl Report {
                 shortfall: String::new(),
             },
         });
+        // The same workload with `Client::call`.
+        let amqp_call = self.amqp.as_ref().and_then(Self::w1b_call_median);
+        if let (Some(a), Some(r)) = (&amqp_call, &raw) {
+            let ratio = a.steps_per_s() / r.steps_per_s();
+            v.push(Verdict {
+                target: "W1b on RabbitMQ with `Client::call` ≥ 40% of raw hand-off steps/s".into(),
+                measured: format!(
+                    "{} ({} vs {} steps/s)",
+                    pc(ratio),
+                    int(a.steps_per_s()),
+                    int(r.steps_per_s())
+                ),
+                ok: Some(ratio >= 0.40),
+                shortfall: format!(
+                    "by {:.1} points; needs {:.2}× its throughput",
+                    (0.40 - ratio) * 100.0,
+                    0.40 / ratio
+                ),
+            });
+        }
         // W1a p50 on RabbitMQ.
         let w1a = self.amqp.as_ref().and_then(|s| s.w1a.clone());
         v.push(match &w1a {
@@ -410,6 +437,24 @@ impl Report {
             int(sps(&aw1b)),
             f2(sps(&aw1b) / raw_sps)
         );
+        let mcall = m.and_then(Self::w1b_call_median);
+        let acall = a.and_then(Self::w1b_call_median);
+        if mcall.is_some() || acall.is_some() {
+            let _ = writeln!(
+                o,
+                "| W1b (call) | instances/s ({} at once, `Client::call`: results on the client's reply queue, no register per instance) | {} | {} | |",
+                z.w1b,
+                int(ips(&mcall)),
+                int(ips(&acall))
+            );
+            let _ = writeln!(
+                o,
+                "| W1b (call) | steps/s | {} | {} | **{}** |",
+                int(sps(&mcall)),
+                int(sps(&acall)),
+                f2(sps(&acall) / raw_sps)
+            );
+        }
         // W2
         let w2 = |set: Option<&Set>| set.and_then(|x| x.w2.clone());
         let (mw2, aw2) = (w2(m), w2(a));
@@ -538,7 +583,14 @@ impl Report {
                 f2((r.cpu.bench + r.cpu.broker.unwrap_or(0.0)) / r.cpu.wall)
             );
         }
-        for (label, r) in [("RabbitMQ", &aw1b), ("in-memory", &mw1b)] {
+        let acall = a.and_then(Self::w1b_call_median);
+        let mcall = m.and_then(Self::w1b_call_median);
+        for (label, r) in [
+            ("RabbitMQ", &aw1b),
+            ("RabbitMQ, call", &acall),
+            ("in-memory", &mw1b),
+            ("in-memory, call", &mcall),
+        ] {
             if let Some(r) = r {
                 let st = r.steps as f64;
                 let br = r.cpu.broker.map_or(f64::NAN, |b| b / st * 1e3);
@@ -729,7 +781,7 @@ impl Report {
                 let broker = a.cpu.broker.map(|b| b / st * 1e3);
                 let rbroker = r.cpu.broker.map(|b| b / rs * 1e3);
                 return format!(
-                    "Per child step dtasks published {} messages in {} confirm waits and handled {} deliveries, where the raw hand-off publishes 1 and handles {}; {} B published per step vs {} B. CPU per step: this process {} ms vs {} ms raw, broker {} ms vs {} ms raw; {} of {} cores were busy. Most of the broker's work per instance is fixed, not per step: each root has a result register, a queue created at its start (`--probe` measures a queue creation on its own; bench/README.md), besides its start, its result and the client's wait on the register.",
+                    "Per child step dtasks published {} messages in {} confirm waits and handled {} deliveries, where the raw hand-off publishes 1 and handles {}; {} B published per step vs {} B. CPU per step: this process {} ms vs {} ms raw, broker {} ms vs {} ms raw; {} of {} cores were busy. Most of the broker's work per instance is fixed, not per step (its start, its result and the client's wait for it); the `call` row above gets results without a register queue per instance (bench/README.md says what that showed).",
                     f2(a.counts.total_msgs() as f64 / st),
                     f2(a.counts.batches as f64 / st),
                     f2(a.deliveries as f64 / st),

@@ -123,6 +123,15 @@ async fn collect(set: &mut JoinSet<Outcome>, expected: usize, run: &mut Run) {
     }
 }
 
+/// How W1b gets each chain's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// `Client::start`, then `Handle::result`: a result register per instance.
+    Start,
+    /// `Client::call`: the result on the client's reply queue.
+    Call,
+}
+
 /// W1b (and the warm-up): `n` chains of `s.steps` started at once.
 pub(crate) async fn w1b(
     env: &Env,
@@ -130,6 +139,18 @@ pub(crate) async fn w1b(
     s: &Settings,
     n: usize,
     base: u64,
+) -> anyhow::Result<Run> {
+    w1b_via(env, admin, s, n, base, Via::Start).await
+}
+
+/// W1b with the results got `via` start or call.
+pub(crate) async fn w1b_via(
+    env: &Env,
+    admin: Option<&Admin>,
+    s: &Settings,
+    n: usize,
+    base: u64,
+    via: Via,
 ) -> anyhow::Result<Run> {
     let mut run = Run {
         instances: n,
@@ -144,8 +165,17 @@ pub(crate) async fn w1b(
         let (steps, payload) = (s.steps, s.payload);
         let start = base + i as u64 * 1_000;
         set.spawn(async move {
-            let h = client.start(chain(start, steps, payload)).await?;
-            let v = h.result().await?;
+            let (id, v) = match via {
+                Via::Start => {
+                    let h = client.start(chain(start, steps, payload)).await?;
+                    (h.id().to_string(), h.result().await?)
+                }
+                // No id to look up: the distinct start value names the call.
+                Via::Call => (
+                    format!("call-{start}"),
+                    client.call(chain(start, steps, payload)).await?,
+                ),
+            };
             let at = t0.elapsed().as_secs_f64();
             let want = start + u64::from(steps);
             let check = if v == want {
@@ -153,7 +183,7 @@ pub(crate) async fn w1b(
             } else {
                 Err(format!("chain from {start} returned {v}, expected {want}"))
             };
-            Ok((h.id().to_string(), check, at))
+            Ok((id, check, at))
         });
     }
     collect(&mut set, n, &mut run).await;

@@ -355,6 +355,7 @@ impl Broker {
         let left = listed_queues(&self.prefix).await.unwrap_or_default();
         // Delete strays too, then report them: something declared a queue behind the
         // transports' backs (or after the workers stopped).
+        let ch = self.channel().await?;
         delete_queues(&ch, &left).await?;
         self.cleaned = true;
         let _ = std::fs::remove_dir_all(self.scratch_dir());
