@@ -33,9 +33,14 @@ pub(crate) struct Exec {
     pub(crate) blocked: u32,
     pub(crate) failure: Option<Failure>,
     pub(crate) now: SystemTime,
+    /// The transport's clock, read when a relative timer is issued (`None`: `now`).
+    pub(crate) clock: Option<Clock>,
     /// Encoded inputs of the child calls issued in this step, by position.
     pub(crate) child_inputs: HashMap<Seq, Vec<u8>>,
 }
+
+/// A clock: the current time of a transport (real or virtual).
+pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// What the snapshot machine left for the engine at its last pending poll.
 pub(crate) enum Saved {
@@ -81,7 +86,18 @@ impl Exec {
             blocked: 0,
             failure: None,
             now,
+            clock: None,
             child_inputs: HashMap::new(),
+        }
+    }
+
+    /// The time a relative timer issued now counts from: the clock's reading, never before
+    /// the step's start. A step's local work (`DTask::run`, ordinary futures) takes time,
+    /// and `delay(d)` waits `d` from the moment it is awaited.
+    pub(crate) fn issue_time(&self) -> SystemTime {
+        match &self.clock {
+            Some(clock) => clock().max(self.now),
+            None => self.now,
         }
     }
 

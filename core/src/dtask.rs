@@ -130,7 +130,7 @@ impl Leaf {
             },
             LeafOp::Delay(d) => Command::Delay {
                 millis: d.as_millis().min(u128::from(u64::MAX)) as u64,
-                fire_at_ms: to_millis(ex.now + *d),
+                fire_at_ms: to_millis(ex.issue_time() + *d),
             },
             LeafOp::DelayUntil(t) => Command::DelayUntil {
                 at_ms: to_millis(*t),
@@ -316,7 +316,9 @@ impl DTask<()> {
     /// A durable timer: suspends the instance for `duration`, then resumes it (possibly in
     /// another process). Survives restarts of workers and of the broker.
     ///
-    /// The fire time is fixed when the delay is first issued; replays reuse it.
+    /// The fire time is fixed when the delay is first awaited: `duration` after that moment,
+    /// by the transport's clock (local work earlier in the same step does not shorten it);
+    /// replays reuse it.
     pub fn delay(duration: Duration) -> DTask<()> {
         DTask::op(LeafOp::Delay(duration))
     }

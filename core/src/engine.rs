@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use tracing::{debug, warn};
 
 use crate::codec::{decode, encode, MailboxItemRef, TaskMessageRef};
-use crate::context::Exec;
+use crate::context::{Clock, Exec};
 use crate::driver::{drive, StepEnd};
 use crate::error::{Error, Failure, FailureKind};
 use crate::registry::{Registry, Run};
@@ -31,6 +31,8 @@ pub(crate) struct Engine {
     /// How often the mailbox of a waiting instance is touched so that the broker does not
     /// expire it (`None`: mailboxes never expire).
     pub(crate) keepalive: Option<std::time::Duration>,
+    /// The transport's clock, for timers issued during a step.
+    pub(crate) clock: Option<Clock>,
 }
 
 /// What to do with the messages drained from a mailbox.
@@ -59,7 +61,14 @@ impl Engine {
             registry,
             budget,
             keepalive: None,
+            clock: None,
         }
+    }
+
+    /// Reads `clock` when a step issues a relative timer.
+    pub(crate) fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Touches mailboxes every `every` (a fraction of the transport's mailbox retention).
@@ -343,12 +352,9 @@ impl Engine {
                     Err(f) => return self.finish(&state, Outcome::Failed(f), Vec::new()).into(),
                 };
                 let journal = std::mem::take(&mut state.journal);
-                let exec = Arc::new(Mutex::new(Exec::new(
-                    state.id.clone(),
-                    journal,
-                    state.recorded,
-                    now,
-                )));
+                let mut exec = Exec::new(state.id.clone(), journal, state.recorded, now);
+                exec.clock = self.clock.clone();
+                let exec = Arc::new(Mutex::new(exec));
                 let end = drive(&mut body, &exec).await;
                 let mut ex = exec.lock().unwrap_or_else(|p| p.into_inner());
                 state.journal = std::mem::take(&mut ex.journal);
@@ -359,7 +365,10 @@ impl Engine {
                 run,
                 fingerprint,
                 accepts,
-            } => snapshot::run_step(run, fingerprint, accepts, &mut state, now).await,
+            } => {
+                let clock = self.clock.clone();
+                snapshot::run_step(run, fingerprint, accepts, &mut state, now, clock).await
+            }
         };
         // What `suspend` changes in the state, restored when the step fails instead.
         let (mailbox, version, touch_at_ms) = (state.mailbox, state.version, state.touch_at_ms);

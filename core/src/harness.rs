@@ -260,7 +260,7 @@ async fn drive_snapshot(
     while trace.steps < MAX_STEPS {
         let started = Instant::now();
         let (end, first_new, new_inputs) =
-            crate::snapshot::run_step(run, fingerprint, accepts, &mut state, now()).await;
+            crate::snapshot::run_step(run, fingerprint, accepts, &mut state, now(), None).await;
         trace.steps += 1;
         inputs.extend(new_inputs);
         for seq in first_new as Seq..state.next_seq() {

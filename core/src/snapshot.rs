@@ -261,6 +261,7 @@ pub(crate) async fn run_step(
     accepts: &[u64],
     state: &mut InstanceState,
     now: SystemTime,
+    clock: Option<crate::context::Clock>,
 ) -> (StepEnd, usize, HashMap<Seq, Vec<u8>>) {
     let first_new = state.next_seq() as usize;
     let fail = |f: Failure| (StepEnd::Failed(f), first_new, HashMap::new());
@@ -320,6 +321,7 @@ pub(crate) async fn run_step(
         now,
     );
     exec.pinned = pinned;
+    exec.clock = clock;
     let exec = Arc::new(Mutex::new(exec));
     let end = drive(&mut body, &exec).await;
     let mut ex = exec.lock().unwrap_or_else(|p| p.into_inner());

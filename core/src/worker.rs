@@ -154,10 +154,13 @@ impl WorkerBuilder {
             ));
         }
         let keepalive = self.transport.mailbox_retention().map(|r| r / 4);
+        let clock = self.transport.clone();
         Ok(Worker {
             inner: Arc::new(Inner {
                 transport: self.transport,
-                engine: Engine::new(self.registry, self.budget).with_keepalive(keepalive),
+                engine: Engine::new(self.registry, self.budget)
+                    .with_keepalive(keepalive)
+                    .with_clock(Arc::new(move || clock.now())),
                 concurrency: self.concurrency,
                 dedupe: Mutex::new(Dedupe::new(self.dedupe_window)),
                 max_redeliveries: self.max_redeliveries,
