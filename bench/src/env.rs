@@ -181,6 +181,23 @@ impl Env {
         }
     }
 
+    /// Deletes the result registers of the instances run so far (RabbitMQ), so that the
+    /// next workload, and the raw baseline, start on a broker without them: every classic
+    /// queue that exists costs the broker work, whether it is used or not.
+    pub(crate) async fn delete_registers(&self, admin: Option<&Admin>) -> anyhow::Result<()> {
+        let Some(admin) = admin else { return Ok(()) };
+        let mut names: Vec<String> = self
+            .amqp
+            .iter()
+            .flat_map(|t| t.declared_queues())
+            .filter(|q| q.contains(".result.") || q.contains(".status."))
+            .collect();
+        names.sort();
+        names.dedup();
+        admin.delete(&names).await?;
+        Ok(())
+    }
+
     /// Stops the workers (graceful); returns every queue the transports declared.
     pub(crate) async fn stop(self) -> anyhow::Result<Vec<String>> {
         let _ = self.stop.send(true);

@@ -35,7 +35,8 @@ usage: dtasks-bench [--quick] [--transport memory|amqp|all] [options]
 
   --quick              smaller workloads, one repetition (under 2 minutes)
   --transport T        memory, amqp or all (default all)
-  --only LIST          comma-separated subset of w1a,w1b,w2,w3,w4,m1,raw (no results file)
+  --only LIST          comma-separated subset of w1a,w1b,call,w2,w3,w4,m1,raw (no results file;
+                       call: W1b with Client::call)
   --workers N          dtasks workers, and raw baseline consumers (default 2)
   --concurrency N      deliveries each worker handles at once (default 64)
   --prefetch N         task-queue prefetch per worker and raw consumer (default 64)
@@ -103,12 +104,18 @@ fn parse_args() -> anyhow::Result<Args> {
                 other => bail!("unknown transport `{other}`\n\n{USAGE}"),
             },
             "--only" => {
-                a.only = Some(
-                    value("--only")?
-                        .split(',')
-                        .map(|s| s.trim().to_lowercase())
-                        .collect(),
-                );
+                let names: Vec<String> = value("--only")?
+                    .split(',')
+                    .map(|s| s.trim().to_lowercase())
+                    .collect();
+                const KNOWN: [&str; 8] = ["w1a", "w1b", "call", "w2", "w3", "w4", "m1", "raw"];
+                if let Some(bad) = names.iter().find(|n| !KNOWN.contains(&n.as_str())) {
+                    anyhow::bail!(
+                        "--only: unknown workload `{bad}` (known: {})",
+                        KNOWN.join(",")
+                    );
+                }
+                a.only = Some(names);
             }
             "--workers" => a.settings.workers = value("--workers")?.parse()?,
             "--concurrency" => a.settings.concurrency = value("--concurrency")?.parse()?,
@@ -226,6 +233,10 @@ async fn run_memory(a: &Args, z: &Sizes, notes: &mut Vec<String>) -> anyhow::Res
             step(&format!("in-memory: W1b rep {}", rep + 1));
             set.w1b
                 .push(workloads::w1b(&env, None, s, z.w1b, rep as u64 * 10_000_000).await?);
+        }
+    }
+    if a.wants("call") {
+        for rep in 0..z.reps {
             step(&format!("in-memory: W1b with call, rep {}", rep + 1));
             set.w1b_call.push(
                 workloads::w1b_via(
@@ -320,7 +331,9 @@ async fn run_amqp(
         w4: None,
         w4_control: None,
     };
-    let needs_env = ["w1a", "w1b", "w2", "w3"].iter().any(|w| a.wants(w));
+    let needs_env = ["w1a", "w1b", "call", "w2", "w3"]
+        .iter()
+        .any(|w| a.wants(w));
     if needs_env || a.wants("raw") {
         let env = Env::amqp(s, prefix, admin, broker.clone()).await?;
         let raw_queue = |rep: usize| format!("{prefix}.raw.{rep}");
@@ -340,6 +353,7 @@ async fn run_amqp(
                 if !warm.errors.is_empty() {
                     notes.push(format!("RabbitMQ warm-up errors: {:?}", warm.errors));
                 }
+                env.delete_registers(Some(admin)).await?;
             }
             // The baseline and W1b alternate, so that both see the same machine.
             for rep in 0..z.reps {
@@ -359,6 +373,10 @@ async fn run_amqp(
                         workloads::w1b(&env, Some(admin), s, z.w1b, rep as u64 * 10_000_000)
                             .await?,
                     );
+                    // Each rep and each raw baseline on the same broker: no registers left.
+                    env.delete_registers(Some(admin)).await?;
+                }
+                if a.wants("call") {
                     step(&format!("RabbitMQ: W1b with call, rep {}", rep + 1));
                     out.set.w1b_call.push(
                         workloads::w1b_via(
@@ -376,11 +394,13 @@ async fn run_amqp(
             if a.wants("w1a") {
                 step("RabbitMQ: W1a");
                 out.set.w1a = Some(workloads::w1a(&env, Some(admin), s, z.w1a).await?);
+                env.delete_registers(Some(admin)).await?;
             }
             if a.wants("w2") {
                 step("RabbitMQ: W2");
                 out.set.w2 =
                     Some(workloads::w2(&env, Some(admin), s, z.w2_parents, z.w2_width).await?);
+                env.delete_registers(Some(admin)).await?;
             }
             if a.wants("w3") {
                 step("RabbitMQ: W3");
