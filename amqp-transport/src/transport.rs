@@ -561,6 +561,12 @@ impl Shared {
 
     /// Whether `queue` exists.
     async fn exists(&self, queue: &str) -> Result<bool> {
+        Ok(self.lookup(queue).await?.is_some())
+    }
+
+    /// Looks `queue` up without creating it; a pooled channel when it exists. A missing
+    /// queue closes the channel, which leaves the pool.
+    async fn lookup(&self, queue: &str) -> Result<Option<Object<ConfirmChannels>>> {
         let ch = conn::get_channel(&self.channels).await?;
         let passive = QueueDeclareOptions {
             passive: true,
@@ -570,11 +576,10 @@ impl Shared {
             .queue_declare(short(queue)?, passive, FieldTable::default())
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(Some(ch)),
             Err(e) if is_not_found(&e) => {
-                // The broker closed this channel: keep it out of the pool.
                 drop(Object::take(ch));
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(AmqpError::broker(format!("checking queue `{queue}`"), e)),
         }
@@ -583,25 +588,12 @@ impl Shared {
     /// Reads a register without consuming it: takes its messages and puts them back.
     /// `last` picks the newest (status) instead of the oldest (result).
     async fn peek(&self, queue: &str, last: bool) -> Result<Option<Vec<u8>>> {
-        let ch: Object<ConfirmChannels> = conn::get_channel(&self.channels).await?;
         // Looked up, not declared: reading must not create a register (an unknown id
         // stays unknown, and polling the status of a pending instance leaves no empty
-        // queue behind). A missing queue closes the channel, which leaves the pool.
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
+        // queue behind).
+        let Some(ch) = self.lookup(queue).await? else {
+            return Ok(None);
         };
-        match ch
-            .queue_declare(short(queue)?, passive, FieldTable::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {
-                drop(Object::take(ch));
-                return Ok(None);
-            }
-            Err(e) => return Err(AmqpError::broker(format!("checking `{queue}`"), e)),
-        }
         let mut got = Vec::new();
         loop {
             match ch
