@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use dtasks::transport::{Delivery, Destination, MailboxMessage, Outgoing, Published, Transport};
+use dtasks::transport::{
+    Delivery, Destination, MailboxMessage, Outgoing, Published, Reply, Transport,
+};
 use dtasks::{Error, InstanceId};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -13,7 +15,9 @@ use futures::stream::BoxStream;
 use crate::tasks::M1_STEP;
 
 /// Destination kinds, in the order of [`KINDS`].
-pub(crate) const KINDS: [&str; 6] = ["task", "delayed", "mailbox", "result", "status", "other"];
+pub(crate) const KINDS: [&str; 7] = [
+    "task", "delayed", "mailbox", "result", "status", "reply", "other",
+];
 
 fn kind_of(d: &Destination) -> usize {
     match d {
@@ -22,7 +26,8 @@ fn kind_of(d: &Destination) -> usize {
         Destination::Mailbox { .. } => 2,
         Destination::Result { .. } => 3,
         Destination::Status { .. } => 4,
-        _ => 5,
+        Destination::Reply { .. } => 5,
+        _ => 6,
     }
 }
 
@@ -30,8 +35,8 @@ fn kind_of(d: &Destination) -> usize {
 #[derive(Default)]
 pub(crate) struct Counters {
     batches: AtomicU64,
-    msgs: [AtomicU64; 6],
-    bytes: [AtomicU64; 6],
+    msgs: [AtomicU64; KINDS.len()],
+    bytes: [AtomicU64; KINDS.len()],
     /// Body sizes of the messages to the task queue of the M1 step, in publish order: each
     /// starts a child and carries the state of its suspended parent.
     m1_starts: Mutex<Vec<usize>>,
@@ -41,8 +46,8 @@ pub(crate) struct Counters {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Counts {
     pub(crate) batches: u64,
-    pub(crate) msgs: [u64; 6],
-    pub(crate) bytes: [u64; 6],
+    pub(crate) msgs: [u64; KINDS.len()],
+    pub(crate) bytes: [u64; KINDS.len()],
 }
 
 impl Counters {
@@ -51,7 +56,7 @@ impl Counters {
             batches: self.batches.load(Ordering::Relaxed),
             ..Counts::default()
         };
-        for i in 0..6 {
+        for i in 0..KINDS.len() {
             c.msgs[i] = self.msgs[i].load(Ordering::Relaxed);
             c.bytes[i] = self.bytes[i].load(Ordering::Relaxed);
         }
@@ -71,7 +76,7 @@ impl Counts {
             batches: self.batches - earlier.batches,
             ..Counts::default()
         };
-        for i in 0..6 {
+        for i in 0..KINDS.len() {
             c.msgs[i] = self.msgs[i] - earlier.msgs[i];
             c.bytes[i] = self.bytes[i] - earlier.bytes[i];
         }
@@ -159,5 +164,20 @@ impl Transport for Counting {
 
     fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
         self.inner.pending_timers()
+    }
+
+    fn mailbox_retention(&self) -> Option<std::time::Duration> {
+        self.inner.mailbox_retention()
+    }
+
+    fn supports_replies(&self) -> bool {
+        self.inner.supports_replies()
+    }
+
+    fn consume_replies(
+        &self,
+        client: &str,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Reply, Error>>, Error>> {
+        self.inner.consume_replies(client)
     }
 }

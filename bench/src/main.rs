@@ -504,7 +504,12 @@ async fn bench(a: Args) -> anyhow::Result<bool> {
     if a.amqp {
         let url = sys::amqp_url();
         let admin = Admin::connect(&url).await?;
-        broker = Some(sys::broker_version().unwrap_or_else(|| "(version unknown)".into()));
+        let version = sys::broker_version().unwrap_or_else(|| "(version unknown)".into());
+        let files = broker_pid.as_deref().and_then(sys::broker_open_files);
+        broker = Some(match files {
+            Some(n) => format!("{version} (open-file limit {n})"),
+            None => version,
+        });
         let prefix = format!(
             "dtbench-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..10]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::counting::Counts;
+use crate::counting::{Counts, KINDS};
 use crate::env::{Env, Settings};
 use crate::sys::{Admin, CpuMeter, CpuUse};
 use crate::tasks::{chain, fan, fan_expected, timer};
@@ -188,6 +188,23 @@ pub(crate) async fn w1b_via(
     }
     collect(&mut set, n, &mut run).await;
     probe.finish(env, admin, &mut run).await?;
+    if via == Via::Call {
+        // A transport wrapper that hides the reply queue makes `call` fall back to a
+        // register per instance: that would measure `start` under another name.
+        let kind = |k: &str| {
+            KINDS
+                .iter()
+                .position(|x| *x == k)
+                .map_or(0, |i| run.counts.msgs[i])
+        };
+        let (registers, replies) = (kind("result"), kind("reply"));
+        if registers > 0 || replies < n as u64 {
+            run.errors.push(format!(
+                "call wrote {registers} result registers and {replies} replies for {n} \
+                 instances: results did not come back on the reply queue"
+            ));
+        }
+    }
     Ok(run)
 }
 

@@ -241,6 +241,9 @@ pub trait Transport: Send + Sync + 'static {
     /// Whether this transport has reply queues ([`Transport::consume_replies`] and
     /// [`Destination::Reply`]). Without them, [`Client::call`](crate::Client::call) starts
     /// the instance with a result register and waits on it.
+    ///
+    /// A transport that wraps another must forward this method, [`Transport::consume_replies`]
+    /// and [`Transport::mailbox_retention`]: their defaults turn the feature off, silently.
     fn supports_replies(&self) -> bool {
         false
     }
