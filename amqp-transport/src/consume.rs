@@ -265,29 +265,57 @@ async fn supervise(
     due: Due,
     first: oneshot::Sender<Result<()>>,
 ) {
+    let (shared, names, tx, due) = (&shared, &names, &tx, &due);
+    supervised(
+        shared,
+        "consumers",
+        tx,
+        first,
+        || open(shared, names),
+        |session| pump(shared, session, tx, due),
+    )
+    .await;
+}
+
+/// The reconnect loop of a consumer task: `open` subscribes, `pump` forwards deliveries to
+/// `tx` until the subscription is lost (then this subscribes again, with backoff) or `tx`
+/// is dropped (then it returns). `first` gets the outcome of the first subscription; what
+/// retrying cannot fix, or a broker away for longer than the publish timeout, is reported
+/// there and ends the task.
+async fn supervised<T, S, OF, PF>(
+    shared: &Shared,
+    what: &'static str,
+    tx: &mpsc::UnboundedSender<T>,
+    first: oneshot::Sender<Result<()>>,
+    mut open: impl FnMut() -> OF,
+    mut pump: impl FnMut(S) -> PF,
+) where
+    OF: std::future::Future<Output = Result<S>>,
+    PF: std::future::Future<Output = End>,
+{
     let mut first = Some(first);
     let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(100), shared.cfg.max_backoff);
     loop {
         let opened = tokio::select! {
             _ = tx.closed() => return,
-            s = open(&shared, &names) => s,
+            s = open() => s,
         };
         match opened {
             Ok(session) => {
                 if let Some(f) = first.take() {
                     let _ = f.send(Ok(()));
                 } else {
-                    info!("consumers re-subscribed");
+                    info!("{what} re-subscribed");
                 }
                 let since = Instant::now();
-                match pump(&shared, session, &tx, &due).await {
+                match pump(session).await {
                     End::Closed => {
-                        debug!("delivery stream dropped; consumers cancelled");
+                        debug!("{what}: stream dropped; consumers cancelled");
                         return;
                     }
                     End::Lost(why) => {
-                        warn!(reason = %why, "lost the consumers; reconnecting");
+                        warn!(reason = %why, "lost the {what}; reconnecting");
                     }
                 }
                 if since.elapsed() >= HEALTHY {
@@ -295,8 +323,6 @@ async fn supervise(
                 }
             }
             Err(e) => {
-                // The first subscription reports what retrying cannot fix (or a broker
-                // away for longer than the publish timeout) to the caller.
                 let give_up = e.is_permanent() || started.elapsed() >= shared.cfg.publish_timeout;
                 if first.is_some() && give_up {
                     if let Some(f) = first.take() {
@@ -304,7 +330,7 @@ async fn supervise(
                     }
                     return;
                 }
-                warn!(error = %e, "subscribing failed; retrying");
+                warn!(error = %e, "subscribing the {what} failed; retrying");
             }
         }
         tokio::select! {
@@ -660,77 +686,57 @@ async fn supervise_replies(
     tx: mpsc::UnboundedSender<ReplyOutput>,
     first: oneshot::Sender<Result<()>>,
 ) {
-    let mut first = Some(first);
-    let started = Instant::now();
-    let mut backoff = Backoff::new(Duration::from_millis(100), shared.cfg.max_backoff);
+    let (shared, queue, tx) = (&shared, &queue, &tx);
+    supervised(
+        shared,
+        "reply consumer",
+        tx,
+        first,
+        || open_replies(shared, queue),
+        |(ch, consumer)| pump_replies(shared, queue, ch, consumer, tx),
+    )
+    .await;
+}
+
+/// Hands each reply to `tx` with its settlement; a reply without a valid instance header
+/// is dead-lettered.
+async fn pump_replies(
+    shared: &Arc<Shared>,
+    queue: &str,
+    ch: Channel,
+    mut consumer: lapin::Consumer,
+    tx: &mpsc::UnboundedSender<ReplyOutput>,
+) -> End {
     loop {
-        let opened = tokio::select! {
-            _ = tx.closed() => return,
-            s = open_replies(&shared, &queue) => s,
+        let next = tokio::select! {
+            _ = tx.closed() => return End::Closed,
+            n = consumer.next() => n,
         };
-        match opened {
-            Ok((ch, mut consumer)) => {
-                if let Some(f) = first.take() {
-                    let _ = f.send(Ok(()));
-                } else {
-                    info!("reply consumer re-subscribed");
-                }
-                let since = Instant::now();
-                let why = loop {
-                    let next = tokio::select! {
-                        _ = tx.closed() => {
-                            debug!("reply stream dropped");
-                            return;
-                        }
-                        n = consumer.next() => n,
-                    };
-                    let d = match next {
-                        Some(Ok(d)) => d,
-                        Some(Err(e)) => break e.to_string(),
-                        None => break "the reply consumer was cancelled".to_string(),
-                    };
-                    let instance =
-                        header_str(&d.properties, H_INSTANCE).and_then(|s| InstanceId::new(s).ok());
-                    let settle = AmqpSettle::new(
-                        shared.clone(),
-                        ch.clone(),
-                        d.acker,
-                        queue.clone(),
-                        d.data.clone(),
-                        d.properties,
-                        None,
-                    );
-                    let Some(instance) = instance else {
-                        let reason = "a reply without a valid instance header".to_string();
-                        warn!(reason, "dead-lettering a reply");
-                        tokio::spawn(Box::new(settle).dead_letter(reason));
-                        continue;
-                    };
-                    let _ = tx.send(Ok(Reply {
-                        instance,
-                        body: d.data,
-                        settle: Box::new(settle),
-                    }));
-                };
-                warn!(reason = %why, "lost the reply consumer; reconnecting");
-                if since.elapsed() >= HEALTHY {
-                    backoff.reset();
-                }
-            }
-            Err(e) => {
-                let give_up = e.is_permanent() || started.elapsed() >= shared.cfg.publish_timeout;
-                if first.is_some() && give_up {
-                    if let Some(f) = first.take() {
-                        let _ = f.send(Err(e));
-                    }
-                    return;
-                }
-                warn!(error = %e, "subscribing to the reply queue failed; retrying");
-            }
-        }
-        tokio::select! {
-            _ = tx.closed() => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
+        let d = match next {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => return End::Lost(e.to_string()),
+            None => return End::Lost("the reply consumer was cancelled".into()),
+        };
+        let instance = header_str(&d.properties, H_INSTANCE).and_then(|s| InstanceId::new(s).ok());
+        let settle = AmqpSettle::new(
+            shared.clone(),
+            ch.clone(),
+            d.acker,
+            queue.to_string(),
+            d.data.clone(),
+            d.properties,
+            None,
+        );
+        let Some(instance) = instance else {
+            let reason = "a reply without a valid instance header".to_string();
+            warn!(reason, "dead-lettering a reply");
+            tokio::spawn(Box::new(settle).dead_letter(reason));
+            continue;
+        };
+        let _ = tx.send(Ok(Reply {
+            instance,
+            body: d.data,
+            settle: Box::new(settle),
+        }));
     }
 }

@@ -1,6 +1,6 @@
 //! `Client::call` on RabbitMQ with worker processes: results come back on the client's
-//! reply queue, no per-instance queue is created, and a worker killed with SIGKILL
-//! mid-run loses no call.
+//! reply queue, no per-instance queue is created, a worker killed with SIGKILL mid-run
+//! loses no call, and calls survive the broker closing every connection.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -84,5 +84,52 @@ async fn a_worker_killed_mid_run_loses_no_call() -> anyhow::Result<()> {
     assert_eq!(seen.len() as u64, N);
     drop(c);
     drop(w);
+    b.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_survive_the_broker_closing_every_connection() -> anyhow::Result<()> {
+    const N: u64 = 100;
+    let b = Broker::start().await?;
+    let w = b.worker_processes(WORKER, 2).await?;
+    let c = b.client().await?;
+    // The first call creates the reply queue and subscribes the client to it.
+    let (v, _) = within(Duration::from_secs(30), "a first call", c.call(chain(1, 1))).await??;
+    assert_eq!(v, 2);
+    let spawn = |calls: &mut JoinSet<_>, from: u64| {
+        for i in from..from + N {
+            let c = c.clone();
+            calls.spawn(async move {
+                c.call(chain(i * 1_000, 2 + (i % 12) as u32))
+                    .await
+                    .map(|r| (i, r))
+            });
+        }
+    };
+    let mut calls = JoinSet::new();
+    spawn(&mut calls, 0);
+    let mut seen = HashSet::new();
+    let mut cut = 0;
+    while let Some(joined) = within(Duration::from_secs(90), "the calls", calls.join_next()).await?
+    {
+        let (i, (v, pids)) = joined??;
+        assert_eq!(v, i * 1_000 + 2 + i % 12, "call {i}");
+        assert_eq!(pids.len() as u64, 2 + i % 12);
+        assert!(seen.insert(i), "call {i} returned twice");
+        if cut == 0 && seen.len() >= 10 {
+            // The client's connections and the workers' alike: every consumer, the
+            // client's reply consumer included, has to subscribe again.
+            cut = b.cut_connections().await?;
+            // These calls can only be answered through the new subscriptions.
+            spawn(&mut calls, N);
+        }
+    }
+    assert!(
+        cut >= 3,
+        "the client's and both workers' connections were cut ({cut})"
+    );
+    assert_eq!(seen.len() as u64, 2 * N);
+    drop(c);
+    w.stop(Duration::from_secs(20)).await?;
     b.cleanup().await
 }
