@@ -2,6 +2,7 @@
 //! re-subscribes when the connection is lost, and the settles of its deliveries.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use crate::delay;
 use crate::error::{AmqpError, Context, Result};
 use crate::topology::{text, Kind};
 use crate::transport::{
-    short, with_headers, RawItem, Shared, H_INSTANCE, H_MESSAGE_ID, H_QUEUE, H_REASON,
+    short, with_headers, RawItem, Shared, H_INSTANCE, H_MESSAGE_ID, H_QUEUE, H_REASON, H_RINGS,
 };
 
 type Output = std::result::Result<Delivery, dtasks::Error>;
@@ -423,6 +424,23 @@ fn doorbell(
         });
         return;
     };
+    if !d.redelivered {
+        if let Some(rings) = header_str(settle.props(), H_RINGS) {
+            let rings: Vec<&str> = rings.split(' ').filter(|s| !s.is_empty()).collect();
+            if shared.merged(&rings) {
+                // Spent: this process drained and acked what it announces, after merging
+                // it into a confirmed state. Nothing to drain.
+                debug!(instance = %instance, "a spent doorbell");
+                shared.doorbells_spent.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    if let Err(e) = Box::new(settle).ack().await {
+                        debug!(error = %e, "acking a spent doorbell failed; it comes back");
+                    }
+                });
+                return;
+            }
+        }
+    }
     let token = shared.doorbell_out(instance.as_str(), ch);
     let (sh, id) = (shared.clone(), instance.as_str().to_string());
     settle.set_on_settle(Box::new(move || sh.doorbell_done(&id, token)));
@@ -445,7 +463,7 @@ fn doorbell(
     }
 }
 
-fn message_id(props: &BasicProperties) -> Option<String> {
+pub(crate) fn message_id(props: &BasicProperties) -> Option<String> {
     if let Some(id) = props.message_id() {
         return Some(id.to_string());
     }
@@ -503,6 +521,7 @@ struct Inner {
     body: Vec<u8>,
     props: BasicProperties,
     on_settle: Option<Box<dyn FnOnce() + Send>>,
+    on_ack: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl AmqpSettle {
@@ -524,7 +543,19 @@ impl AmqpSettle {
                 body,
                 props,
                 on_settle,
+                on_ack: None,
             }),
+        }
+    }
+
+    fn props(&self) -> &BasicProperties {
+        &self.inner.as_ref().expect("a settle is used once").props
+    }
+
+    /// Runs `f` once the message is acked (not when it is put back or dead-lettered).
+    pub(crate) fn set_on_ack(&mut self, f: Box<dyn FnOnce() + Send>) {
+        if let Some(inner) = self.inner.as_mut() {
+            inner.on_ack = Some(f);
         }
     }
 
@@ -572,6 +603,11 @@ impl Settle for AmqpSettle {
         let mut inner = self.take();
         async move {
             let r = settled(&inner.channel, inner.acker.ack(BasicAckOptions::default())).await;
+            if r.is_ok() {
+                if let Some(f) = inner.on_ack.take() {
+                    f();
+                }
+            }
             inner.finish();
             inner.outcome("ack", r)
         }
@@ -622,6 +658,11 @@ impl Settle for AmqpSettle {
             }
             info!(queue = %inner.queue, %reason, "message dead-lettered");
             let r = settled(&inner.channel, inner.acker.ack(BasicAckOptions::default())).await;
+            if r.is_ok() {
+                if let Some(f) = inner.on_ack.take() {
+                    f();
+                }
+            }
             inner.finish();
             inner.outcome("ack of a dead-lettered message", r)
         }

@@ -44,6 +44,8 @@ pub(crate) const H_MESSAGE_ID: &str = "x-dtasks-message-id";
 pub(crate) const H_AT: &str = "x-dtasks-at";
 /// Header: the DTask whose task queue a delayed message goes to when due.
 pub(crate) const H_TARGET: &str = "x-dtasks-target";
+/// Header of a doorbell: the ids of the mailbox messages it announces, space-separated.
+pub(crate) const H_RINGS: &str = "x-dtasks-rings";
 
 /// How long one publish attempt may take before it is abandoned and retried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -83,6 +85,12 @@ pub(crate) struct Shared {
     /// is drained on the same channel.
     doorbells: Mutex<HashMap<String, (u64, Channel)>>,
     doorbell_seq: AtomicU64,
+    /// Ids of mailbox messages this process drained and acked: merged into a state that
+    /// was confirmed first. A doorbell that announces only such messages has nothing to
+    /// report and is acked without a drain (see [`Shared::merged`]).
+    merged: Mutex<Generations>,
+    /// Doorbells acked without a drain because they were spent.
+    pub(crate) doorbells_spent: AtomicU64,
     /// The channel every result wait of this process consumes on (one consumer per
     /// waiting handle), opened on first use and again after it closed.
     waits: tokio::sync::Mutex<Option<Channel>>,
@@ -220,6 +228,8 @@ impl Shared {
             missing: Mutex::new(HashSet::new()),
             doorbells: Mutex::new(HashMap::new()),
             doorbell_seq: AtomicU64::new(0),
+            merged: Mutex::new(Generations::default()),
+            doorbells_spent: AtomicU64::new(0),
             waits: tokio::sync::Mutex::new(None),
         })
     }
@@ -531,19 +541,29 @@ impl Shared {
         self.publish_raw(&mut items).await?;
         // Doorbells only after their mailbox messages are confirmed: a doorbell must
         // never find its message missing. One per instance is enough.
-        let mut rung = HashSet::new();
-        let mut bells = Vec::new();
+        // Each doorbell names the messages it announces, so that the consumer can tell a
+        // spent one (its messages already drained) from news.
+        let mut rung: Vec<(&InstanceId, &str, String)> = Vec::new();
         for o in &batch {
             if let Destination::Mailbox { instance } = &o.destination {
-                if rung.insert(instance.as_str()) {
-                    bells.push(RawItem::to_queue(
-                        self.topo.shard_of(instance.as_str()),
-                        Kind::Shard,
-                        instance.as_str().as_bytes().to_vec(),
-                        properties(&format!("{instance}:bell"), instance.as_str(), &o.dtask),
-                    ));
+                match rung.iter_mut().find(|(i, _, _)| *i == instance) {
+                    Some((_, _, ids)) => {
+                        ids.push(' ');
+                        ids.push_str(&o.message_id);
+                    }
+                    None => rung.push((instance, &o.dtask, o.message_id.clone())),
                 }
             }
+        }
+        let mut bells = Vec::new();
+        for (instance, dtask, ids) in rung {
+            let props = properties(&format!("{instance}:bell"), instance.as_str(), dtask);
+            bells.push(RawItem::to_queue(
+                self.topo.shard_of(instance.as_str()),
+                Kind::Shard,
+                instance.as_str().as_bytes().to_vec(),
+                with_headers(props, vec![(H_RINGS, text(&ids))]),
+            ));
         }
         if !bells.is_empty() {
             self.publish_raw(&mut bells).await?;
@@ -744,7 +764,8 @@ impl Shared {
             {
                 Ok(Some(m)) => {
                     let d = m.delivery;
-                    let settle = AmqpSettle::new(
+                    let id = consume::message_id(&d.properties);
+                    let mut settle = AmqpSettle::new(
                         self.clone(),
                         ch.clone(),
                         d.acker,
@@ -753,6 +774,12 @@ impl Shared {
                         d.properties,
                         None,
                     );
+                    if let Some(id) = id {
+                        // Acked only once merged into a confirmed state (or dropped as a
+                        // duplicate): its doorbell, if still to come, is spent.
+                        let shared = self.clone();
+                        settle.set_on_ack(Box::new(move || shared.mark_merged(id)));
+                    }
                     out.push(MailboxMessage {
                         body: d.data,
                         settle: Box::new(settle),
@@ -804,6 +831,40 @@ impl Shared {
         if map.get(instance).is_some_and(|(t, _)| *t == token) {
             map.remove(instance);
         }
+    }
+
+    /// Records that the mailbox message `id` was drained and acked.
+    pub(crate) fn mark_merged(&self, id: String) {
+        lock(&self.merged).insert(id);
+    }
+
+    /// Whether every message a doorbell announces (`rings`, non-empty) was drained and
+    /// acked by this process. Such a doorbell is spent: whatever else is in the mailbox
+    /// has a doorbell of its own, or was there for the drain that acked these.
+    pub(crate) fn merged(&self, rings: &[&str]) -> bool {
+        let merged = lock(&self.merged);
+        !rings.is_empty() && rings.iter().all(|id| merged.contains(id))
+    }
+}
+
+/// A bounded set in two generations: when the newer one is full, the older one is
+/// dropped. A forgotten id only costs a drain that finds nothing new.
+#[derive(Default)]
+pub(crate) struct Generations {
+    new: HashSet<String>,
+    old: HashSet<String>,
+}
+
+impl Generations {
+    fn insert(&mut self, id: String) {
+        if self.new.len() >= MAX_REMEMBERED {
+            self.old = std::mem::take(&mut self.new);
+        }
+        self.new.insert(id);
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.new.contains(id) || self.old.contains(id)
     }
 }
 
@@ -886,6 +947,13 @@ impl AmqpTransport {
     /// The queue name prefix.
     pub fn prefix(&self) -> &str {
         self.shared.topo.prefix()
+    }
+
+    /// How many doorbells this transport acked without draining their mailbox, because it
+    /// had itself drained and acked every message they announce (a fan-in rings once per
+    /// result, and one drain usually takes several results).
+    pub fn spent_doorbells(&self) -> u64 {
+        self.shared.doorbells_spent.load(Ordering::Relaxed)
     }
 
     /// The names of the queues this transport has declared so far, sorted (for tools and

@@ -289,6 +289,90 @@ async fn mailbox_messages_ring_a_doorbell_and_drain_in_order() -> anyhow::Result
     b.cleanup().await
 }
 
+/// A doorbell announces the messages of its batch. When this process has drained and acked
+/// every one of them, the doorbell is spent: acked without a delivery. A doorbell with a
+/// message still to merge (put back) is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doorbell_whose_messages_were_all_merged_is_spent() -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    let t = b.transport().await?;
+    let mut deliveries = t.consume(vec!["probe".to_string()]).await?;
+    let id = InstanceId::random();
+    let mailbox = Destination::Mailbox {
+        instance: id.clone(),
+    };
+    let doorbell =
+        |d: &Delivery| matches!(&d.kind, DeliveryKind::Doorbell { instance } if instance == &id);
+    // Two batches, two doorbells: [e1], then [e2, e3].
+    t.publish(vec![out(mailbox.clone(), b"e1", "e1", &id)])
+        .await?;
+    t.publish(vec![
+        out(mailbox.clone(), b"e2", "e2", &id),
+        out(mailbox.clone(), b"e3", "e3", &id),
+    ])
+    .await?;
+    // The first doorbell's drain takes all three; e3 goes back.
+    let first = next(&mut deliveries).await?;
+    assert!(doorbell(&first));
+    let mut items = t.drain_mailbox(&id).await?.into_iter();
+    let bodies = [b"e1".as_slice(), b"e2", b"e3"];
+    for (want, ack) in bodies.iter().zip([true, true, false]) {
+        let m = items.next().context("a drained message")?;
+        assert_eq!(&m.body, want);
+        if ack {
+            m.settle.ack().await?;
+        } else {
+            m.settle.requeue().await?;
+        }
+    }
+    first.settle.ack().await?;
+    // e2 was merged, e3 was not: the second doorbell is delivered.
+    let second = next(&mut deliveries).await?;
+    assert!(doorbell(&second));
+    assert_eq!(t.spent_doorbells(), 0);
+    let items = t.drain_mailbox(&id).await?;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].body, b"e3");
+    for m in items {
+        m.settle.ack().await?;
+    }
+    second.settle.ack().await?;
+    // [e4], then [e5]: the drain on e4's doorbell takes both, so e5's is spent.
+    t.publish(vec![out(mailbox.clone(), b"e4", "e4", &id)])
+        .await?;
+    t.publish(vec![out(mailbox.clone(), b"e5", "e5", &id)])
+        .await?;
+    let third = next(&mut deliveries).await?;
+    assert!(doorbell(&third));
+    let items = t.drain_mailbox(&id).await?;
+    assert_eq!(items.len(), 2);
+    for m in items {
+        m.settle.ack().await?;
+    }
+    third.settle.ack().await?;
+    wait_for(Duration::from_secs(5), || async {
+        Ok(t.spent_doorbells() == 1)
+    })
+    .await?;
+    let more = tokio::time::timeout(Duration::from_millis(500), deliveries.next()).await;
+    assert!(more.is_err(), "a spent doorbell was delivered");
+    // It was acked, not left in its shard.
+    let shards: Vec<String> = t
+        .declared_queues()
+        .into_iter()
+        .filter(|q| q.contains(".shard."))
+        .collect();
+    assert!(
+        !shards.is_empty(),
+        "the shards are among the declared queues"
+    );
+    for q in shards {
+        assert_eq!(b.queue_len(&q).await?, Some(0), "{q}");
+    }
+    drop(deliveries);
+    b.cleanup().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doorbells_of_one_instance_are_never_outstanding_twice() -> anyhow::Result<()> {
     let b = Broker::start().await?;
