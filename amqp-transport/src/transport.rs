@@ -46,6 +46,8 @@ pub(crate) const H_AT: &str = "x-dtasks-at";
 pub(crate) const H_TARGET: &str = "x-dtasks-target";
 /// Header of a doorbell: the ids of the mailbox messages it announces, space-separated.
 pub(crate) const H_RINGS: &str = "x-dtasks-rings";
+/// The longest list of ids a doorbell carries (bytes).
+const MAX_RINGS_LEN: usize = 4096;
 
 /// How long one publish attempt may take before it is abandoned and retried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -557,12 +559,17 @@ impl Shared {
         }
         let mut bells = Vec::new();
         for (instance, dtask, ids) in rung {
-            let props = properties(&format!("{instance}:bell"), instance.as_str(), dtask);
+            let mut props = properties(&format!("{instance}:bell"), instance.as_str(), dtask);
+            // A doorbell without the list is never spent: it always drains. Long lists
+            // (a batch of many messages to one mailbox) are left out to keep headers small.
+            if ids.len() <= MAX_RINGS_LEN {
+                props = with_headers(props, vec![(H_RINGS, text(&ids))]);
+            }
             bells.push(RawItem::to_queue(
                 self.topo.shard_of(instance.as_str()),
                 Kind::Shard,
                 instance.as_str().as_bytes().to_vec(),
-                with_headers(props, vec![(H_RINGS, text(&ids))]),
+                props,
             ));
         }
         if !bells.is_empty() {

@@ -373,6 +373,48 @@ async fn a_doorbell_whose_messages_were_all_merged_is_spent() -> anyhow::Result<
     b.cleanup().await
 }
 
+/// A doorbell for a batch of many messages to one mailbox does not list them (headers stay
+/// small), so it is never spent: it is delivered even when its messages were merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doorbell_of_a_long_batch_is_never_spent() -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    let t = b.transport().await?;
+    let mut deliveries = t.consume(vec!["probe".to_string()]).await?;
+    let id = InstanceId::random();
+    let mailbox = Destination::Mailbox {
+        instance: id.clone(),
+    };
+    t.publish(vec![out(mailbox.clone(), b"a", "a", &id)])
+        .await?;
+    // 300 ids of 20 bytes and more: past the 4 KiB a doorbell lists.
+    let long: Vec<Outgoing> = (0..300)
+        .map(|i| {
+            out(
+                mailbox.clone(),
+                b"b",
+                &format!("a-long-message-id-{i:04}"),
+                &id,
+            )
+        })
+        .collect();
+    t.publish(long).await?;
+    let first = next(&mut deliveries).await?;
+    assert!(matches!(&first.kind, DeliveryKind::Doorbell { instance } if instance == &id));
+    let items = t.drain_mailbox(&id).await?;
+    assert_eq!(items.len(), 301);
+    for m in items {
+        m.settle.ack().await?;
+    }
+    first.settle.ack().await?;
+    let second = next(&mut deliveries).await?;
+    assert!(matches!(&second.kind, DeliveryKind::Doorbell { instance } if instance == &id));
+    assert_eq!(t.spent_doorbells(), 0);
+    assert!(t.drain_mailbox(&id).await?.is_empty());
+    second.settle.ack().await?;
+    drop(deliveries);
+    b.cleanup().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doorbells_of_one_instance_are_never_outstanding_twice() -> anyhow::Result<()> {
     let b = Broker::start().await?;
