@@ -149,6 +149,36 @@ pub(crate) async fn run(
     }
     rows.push(measure("declare a new register queue", k, m));
 
+    // 4b. The same for a plain durable classic queue and a transient one: what any classic
+    //     queue costs to create, whatever its arguments.
+    for (label, durable, tag) in [
+        (
+            "declare a new durable classic queue, no arguments",
+            true,
+            "plain",
+        ),
+        (
+            "declare a new transient classic queue, no arguments",
+            false,
+            "transient",
+        ),
+    ] {
+        let plain: Vec<String> = (0..k)
+            .map(|i| format!("{prefix}.probe.{tag}.{i}"))
+            .collect();
+        let options = QueueDeclareOptions {
+            durable,
+            ..QueueDeclareOptions::default()
+        };
+        let m = CpuMeter::start(broker);
+        for name in &plain {
+            ch.queue_declare(name.as_str().into(), options, FieldTable::default())
+                .await?;
+        }
+        rows.push(measure(label, k, m));
+        queues.extend(plain);
+    }
+
     // 5. Declare it again (idempotent; each transport declares what it first publishes to).
     let m = CpuMeter::start(broker);
     for name in &names {

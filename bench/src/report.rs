@@ -791,7 +791,7 @@ impl Report {
                 let broker = a.cpu.broker.map(|b| b / st * 1e3);
                 let rbroker = r.cpu.broker.map(|b| b / rs * 1e3);
                 return format!(
-                    "Per child step dtasks published {} messages in {} confirm waits and handled {} deliveries, where the raw hand-off publishes 1 and handles {}; {} B published per step vs {} B. CPU per step: this process {} ms vs {} ms raw, broker {} ms vs {} ms raw; {} of {} cores were busy. Most of the broker's work per instance is fixed, not per step: above all the creation of the instance's result register, a classic queue, which costs the broker more CPU than a whole raw 10-step chain (`--probe`: 3–4 ms); the `call` row gets its results without one (bench/README.md).",
+                    "Per child step dtasks published {} messages in {} confirm waits and handled {} deliveries, where the raw hand-off publishes 1 and handles {}; {} B published per step vs {} B. CPU per step: this process {} ms vs {} ms raw, broker {} ms vs {} ms raw; {} of {} cores were busy. Most of the broker's work per instance is fixed, not per step: above all the creation of the instance's result register, a classic queue, which costs the broker more CPU than a whole raw 10-step chain (`--probe`: 2.5–4 ms); the `call` row gets its results without one (bench/README.md).",
                     f2(a.counts.total_msgs() as f64 / st),
                     f2(a.counts.batches as f64 / st),
                     f2(a.deliveries as f64 / st),
