@@ -120,26 +120,30 @@ impl Due {
         queue: String,
         d: AmqpDelivery,
     ) {
-        let message_id = message_id(&d.properties);
-        let redeliveries = redeliveries(&d);
-        let settle = AmqpSettle::new(
-            shared.clone(),
-            ch.clone(),
-            d.acker,
-            queue,
-            d.data.clone(),
-            d.properties,
-            None,
-        );
-        let delivery = Delivery {
-            kind: DeliveryKind::Task {
-                body: d.data,
-                message_id,
-            },
-            redeliveries,
-            settle: Box::new(settle),
-        };
-        let _ = self.tx.send(Ok(delivery));
+        let _ = self.tx.send(Ok(task_delivery(shared, ch, queue, d)));
+    }
+}
+
+/// A task message as the worker gets it, settled on `ch` (the channel it came on).
+fn task_delivery(shared: &Arc<Shared>, ch: &Channel, queue: String, d: AmqpDelivery) -> Delivery {
+    let message_id = message_id(&d.properties);
+    let redeliveries = redeliveries(&d);
+    let settle = AmqpSettle::new(
+        shared.clone(),
+        ch.clone(),
+        d.acker,
+        queue,
+        d.data.clone(),
+        d.properties,
+        None,
+    );
+    Delivery {
+        kind: DeliveryKind::Task {
+            body: d.data,
+            message_id,
+        },
+        redeliveries,
+        settle: Box::new(settle),
     }
 }
 
@@ -362,25 +366,7 @@ async fn pump(
         };
         match source {
             Source::Task(queue) => {
-                let message_id = message_id(&d.properties);
-                let redeliveries = redeliveries(&d);
-                let settle = AmqpSettle::new(
-                    shared.clone(),
-                    s.task_ch.clone(),
-                    d.acker,
-                    queue.to_string(),
-                    d.data.clone(),
-                    d.properties,
-                    None,
-                );
-                let delivery = Delivery {
-                    kind: DeliveryKind::Task {
-                        body: d.data,
-                        message_id,
-                    },
-                    redeliveries,
-                    settle: Box::new(settle),
-                };
+                let delivery = task_delivery(shared, &s.task_ch, queue.to_string(), d);
                 // If the receiver is gone the delivery drops here and is requeued.
                 let _ = tx.send(Ok(delivery));
             }
