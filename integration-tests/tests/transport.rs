@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use dtasks::transport::{Delivery, DeliveryKind, Destination, Outgoing, Published, Transport};
 use dtasks::InstanceId;
+use dtasks_amqp::AmqpTransport;
 use dtasks_integration_tests::{wait_for, Broker};
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -28,6 +29,39 @@ async fn next(
         .await
         .context("no delivery within 10 s")?
         .context("the stream ended")??)
+}
+
+/// A broker, a transport consuming the doorbells (and the `probe` task queue), and the
+/// mailbox of one new instance: what the mailbox tests start from.
+struct Mailbox {
+    b: Broker,
+    t: AmqpTransport,
+    deliveries: BoxStream<'static, Result<Delivery, dtasks::Error>>,
+    id: InstanceId,
+    mailbox: Destination,
+}
+
+impl Mailbox {
+    async fn start() -> anyhow::Result<Self> {
+        let b = Broker::start().await?;
+        let t = b.transport().await?;
+        let deliveries = t.consume(vec!["probe".to_string()]).await?;
+        let id = InstanceId::random();
+        let mailbox = Destination::Mailbox {
+            instance: id.clone(),
+        };
+        Ok(Self {
+            b,
+            t,
+            deliveries,
+            id,
+            mailbox,
+        })
+    }
+}
+
+fn is_doorbell_of(d: &Delivery, id: &InstanceId) -> bool {
+    matches!(&d.kind, DeliveryKind::Doorbell { instance } if instance == id)
 }
 
 fn header<'a>(d: &'a lapin::message::Delivery, key: &str) -> Option<&'a AMQPValue> {
@@ -207,13 +241,13 @@ async fn many_waits_share_a_channel_and_an_abandoned_wait_puts_its_result_back(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mailbox_messages_ring_a_doorbell_and_drain_in_order() -> anyhow::Result<()> {
-    let b = Broker::start().await?;
-    let t = b.transport().await?;
-    let mut deliveries = t.consume(vec!["probe".to_string()]).await?;
-    let id = InstanceId::random();
-    let mailbox = Destination::Mailbox {
-        instance: id.clone(),
-    };
+    let Mailbox {
+        b,
+        t,
+        mut deliveries,
+        id,
+        mailbox,
+    } = Mailbox::start().await?;
     // A batch: three mailbox messages and one task message, one doorbell.
     let batch = vec![
         out(mailbox.clone(), b"m1", "m1", &id),
@@ -278,7 +312,7 @@ async fn mailbox_messages_ring_a_doorbell_and_drain_in_order() -> anyhow::Result
     assert!(t.drain_mailbox(&nobody).await?.is_empty());
     t.publish(vec![out(mailbox, b"m4", "m4", &id)]).await?;
     let d = next(&mut deliveries).await?;
-    assert!(matches!(&d.kind, DeliveryKind::Doorbell { instance } if instance == &id));
+    assert!(is_doorbell_of(&d, &id));
     let items = t.drain_mailbox(&id).await?;
     assert_eq!(items.len(), 2);
     for m in items {
@@ -294,15 +328,14 @@ async fn mailbox_messages_ring_a_doorbell_and_drain_in_order() -> anyhow::Result
 /// message still to merge (put back) is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_doorbell_whose_messages_were_all_merged_is_spent() -> anyhow::Result<()> {
-    let b = Broker::start().await?;
-    let t = b.transport().await?;
-    let mut deliveries = t.consume(vec!["probe".to_string()]).await?;
-    let id = InstanceId::random();
-    let mailbox = Destination::Mailbox {
-        instance: id.clone(),
-    };
-    let doorbell =
-        |d: &Delivery| matches!(&d.kind, DeliveryKind::Doorbell { instance } if instance == &id);
+    let Mailbox {
+        b,
+        t,
+        mut deliveries,
+        id,
+        mailbox,
+    } = Mailbox::start().await?;
+    let doorbell = |d: &Delivery| is_doorbell_of(d, &id);
     // Two batches, two doorbells: [e1], then [e2, e3].
     t.publish(vec![out(mailbox.clone(), b"e1", "e1", &id)])
         .await?;
@@ -377,13 +410,13 @@ async fn a_doorbell_whose_messages_were_all_merged_is_spent() -> anyhow::Result<
 /// small), so it is never spent: it is delivered even when its messages were merged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_doorbell_of_a_long_batch_is_never_spent() -> anyhow::Result<()> {
-    let b = Broker::start().await?;
-    let t = b.transport().await?;
-    let mut deliveries = t.consume(vec!["probe".to_string()]).await?;
-    let id = InstanceId::random();
-    let mailbox = Destination::Mailbox {
-        instance: id.clone(),
-    };
+    let Mailbox {
+        b,
+        t,
+        mut deliveries,
+        id,
+        mailbox,
+    } = Mailbox::start().await?;
     t.publish(vec![out(mailbox.clone(), b"a", "a", &id)])
         .await?;
     // 300 ids of 20 bytes and more: past the 4 KiB a doorbell lists.
@@ -399,7 +432,7 @@ async fn a_doorbell_of_a_long_batch_is_never_spent() -> anyhow::Result<()> {
         .collect();
     t.publish(long).await?;
     let first = next(&mut deliveries).await?;
-    assert!(matches!(&first.kind, DeliveryKind::Doorbell { instance } if instance == &id));
+    assert!(is_doorbell_of(&first, &id));
     let items = t.drain_mailbox(&id).await?;
     assert_eq!(items.len(), 301);
     for m in items {
@@ -407,7 +440,7 @@ async fn a_doorbell_of_a_long_batch_is_never_spent() -> anyhow::Result<()> {
     }
     first.settle.ack().await?;
     let second = next(&mut deliveries).await?;
-    assert!(matches!(&second.kind, DeliveryKind::Doorbell { instance } if instance == &id));
+    assert!(is_doorbell_of(&second, &id));
     assert_eq!(t.spent_doorbells(), 0);
     assert!(t.drain_mailbox(&id).await?.is_empty());
     second.settle.ack().await?;
@@ -417,13 +450,13 @@ async fn a_doorbell_of_a_long_batch_is_never_spent() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doorbells_of_one_instance_are_never_outstanding_twice() -> anyhow::Result<()> {
-    let b = Broker::start().await?;
-    let t = b.transport().await?;
-    let mut deliveries = t.consume(vec!["probe".to_string()]).await?;
-    let id = InstanceId::random();
-    let mailbox = Destination::Mailbox {
-        instance: id.clone(),
-    };
+    let Mailbox {
+        b,
+        t,
+        mut deliveries,
+        id,
+        mailbox,
+    } = Mailbox::start().await?;
     for i in 0..3 {
         t.publish(vec![out(mailbox.clone(), b"m", &format!("m{i}"), &id)])
             .await?;
@@ -437,7 +470,7 @@ async fn doorbells_of_one_instance_are_never_outstanding_twice() -> anyhow::Resu
     );
     first.settle.ack().await?;
     let second = next(&mut deliveries).await?;
-    assert!(matches!(&second.kind, DeliveryKind::Doorbell { instance } if instance == &id));
+    assert!(is_doorbell_of(&second, &id));
     // Requeued, it comes back, after the pause for redelivered doorbells (the quorum
     // queue may hand out the remaining fresh doorbell first).
     let requeued = std::time::Instant::now();
@@ -445,7 +478,7 @@ async fn doorbells_of_one_instance_are_never_outstanding_twice() -> anyhow::Resu
     let mut redelivered_after = None;
     for _ in 0..2 {
         let d = next(&mut deliveries).await?;
-        assert!(matches!(&d.kind, DeliveryKind::Doorbell { instance } if instance == &id));
+        assert!(is_doorbell_of(&d, &id));
         if d.redeliveries > 0 {
             redelivered_after = Some(requeued.elapsed());
         }
