@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use dtasks::{dtask, MemoryTransport};
+//! use dtasks::{dtask, MemoryTransport, WorkerConfig};
 //! use dtasks_actors::WorkerPod;
 //!
 //! #[dtask]
@@ -21,8 +21,7 @@
 //! # async fn main() -> Result<(), dtasks::Error> {
 //! let transport = MemoryTransport::new();
 //! let client = dtasks::Client::new(transport.clone());
-//! let pod = WorkerPod::builder(transport)
-//!     .register(greet)
+//! let pod = WorkerPod::builder(transport, WorkerConfig::new().register(greet))
 //!     .summary_every(Duration::from_secs(30))
 //!     .build()?;
 //! let handle = client.start(greet("pods".into())).await?;
@@ -39,91 +38,46 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtasks::{DTaskFn, Error, Registry, Transport, Worker, WorkerStats};
+use dtasks::{Error, IntoTransport, Transport, Worker, WorkerConfig, WorkerStats};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-/// Configures a [`WorkerPod`].
+/// Configures a [`WorkerPod`] beyond its workers' settings.
 pub struct WorkerPodBuilder {
     transport: Arc<dyn Transport>,
-    registry: Registry,
-    errors: Vec<Error>,
+    config: WorkerConfig,
     consumers: usize,
-    concurrency: Option<usize>,
-    state_budget: Option<usize>,
     summary_every: Duration,
 }
 
 impl std::fmt::Debug for WorkerPodBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerPodBuilder")
-            .field("registry", &self.registry)
+            .field("config", &self.config)
             .field("consumers", &self.consumers)
             .finish_non_exhaustive()
     }
 }
 
 impl WorkerPodBuilder {
-    /// Registers the `#[dtask]` function `f`.
-    pub fn register<F, M>(mut self, f: F) -> Self
-    where
-        F: DTaskFn<M>,
-    {
-        if let Err(e) = self.registry.register(f) {
-            self.errors.push(e);
-        }
-        self
-    }
-
-    /// Registers every function in `registry`.
-    pub fn registry(mut self, registry: &Registry) -> Self {
-        if let Err(e) = self.registry.extend(registry) {
-            self.errors.push(e);
-        }
-        self
-    }
-
     /// How many consumer actors (each with its own worker loop) the pod runs (default 1).
     pub fn consumers(mut self, n: usize) -> Self {
         self.consumers = n.max(1);
         self
     }
 
-    /// Deliveries each consumer handles at once.
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = Some(n);
-        self
-    }
-
-    /// See [`dtasks::WorkerBuilder::state_budget`].
-    pub fn state_budget(mut self, bytes: usize) -> Self {
-        self.state_budget = Some(bytes);
-        self
-    }
-
-    /// How often the pod logs its one-line summary (default 10 s).
+    /// How often the pod logs its one-line summary of all its consumers (default 10 s).
     pub fn summary_every(mut self, every: Duration) -> Self {
         self.summary_every = every;
         self
     }
 
-    /// Builds the pod; fails on a registration error or an empty registry.
+    /// Builds the pod; fails with every problem of the workers' configuration.
     pub fn build(self) -> Result<WorkerPod, Error> {
-        if let Some(e) = self.errors.into_iter().next() {
-            return Err(e);
-        }
-        let mut workers = Vec::new();
-        for _ in 0..self.consumers {
-            let mut b = Worker::builder_arc(self.transport.clone()).registry(&self.registry);
-            if let Some(c) = self.concurrency {
-                b = b.concurrency(c);
-            }
-            if let Some(s) = self.state_budget {
-                b = b.state_budget(s);
-            }
-            workers.push(b.build()?);
-        }
+        let workers = (0..self.consumers)
+            .map(|_| Worker::new(self.transport.clone(), self.config.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(WorkerPod {
             transport: self.transport,
             workers,
@@ -158,20 +112,19 @@ pub struct PodReport {
 }
 
 impl WorkerPod {
-    /// Configures a pod on `transport`.
-    pub fn builder(transport: impl Transport) -> WorkerPodBuilder {
-        Self::builder_arc(Arc::new(transport))
+    /// A pod of one consumer on `transport` (a [`Transport`] by value, or shared in an
+    /// `Arc`), its worker with the settings of `config`; fails with every problem of
+    /// `config`.
+    pub fn new(transport: impl IntoTransport, config: WorkerConfig) -> Result<WorkerPod, Error> {
+        Self::builder(transport, config).build()
     }
 
-    /// Configures a pod on a shared transport.
-    pub fn builder_arc(transport: Arc<dyn Transport>) -> WorkerPodBuilder {
+    /// Configures a pod on `transport` whose workers have the settings of `config`.
+    pub fn builder(transport: impl IntoTransport, config: WorkerConfig) -> WorkerPodBuilder {
         WorkerPodBuilder {
-            transport,
-            registry: Registry::new(),
-            errors: Vec::new(),
+            transport: transport.into_transport(),
+            config,
             consumers: 1,
-            concurrency: None,
-            state_budget: None,
             summary_every: Duration::from_secs(10),
         }
     }

@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtasks::transport::{Delivery, MailboxMessage, Outgoing, Published};
-use dtasks::{dtask, Client, DTask, Error, InstanceId, MemoryTransport, Transport};
+use dtasks::transport::{Delivery, MailboxMessage, Outgoing, Published, Registers, ReplyQueues};
+use dtasks::{dtask, Client, DTask, Error, InstanceId, MemoryTransport, Transport, WorkerConfig};
 use dtasks_actors::WorkerPod;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -43,20 +43,20 @@ impl Transport for FlakyConsume {
     fn drain_mailbox(&self, i: &InstanceId) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>> {
         self.inner.drain_mailbox(i)
     }
-    fn read_result(&self, i: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
-        self.inner.read_result(i)
+    fn now(&self) -> std::time::SystemTime {
+        self.inner.now()
     }
-    fn wait_result(&self, i: &InstanceId) -> BoxFuture<'_, Result<Vec<u8>, Error>> {
-        self.inner.wait_result(i)
+    fn mailbox_retention(&self) -> Option<Duration> {
+        self.inner.mailbox_retention()
     }
-    fn read_status(&self, i: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
-        self.inner.read_status(i)
+    fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
+        self.inner.pending_timers()
     }
-    fn create_register(&self, i: &InstanceId) -> BoxFuture<'_, Result<(), Error>> {
-        self.inner.create_register(i)
+    fn registers(&self) -> Option<&dyn Registers> {
+        self.inner.registers()
     }
-    fn register_exists(&self, i: &InstanceId) -> BoxFuture<'_, Result<bool, Error>> {
-        self.inner.register_exists(i)
+    fn replies(&self) -> Option<&dyn ReplyQueues> {
+        self.inner.replies()
     }
 }
 
@@ -67,9 +67,7 @@ async fn a_failed_consumer_is_restarted() -> Result<(), Box<dyn std::error::Erro
         failures_left: Arc::new(AtomicUsize::new(2)),
     };
     let client = Client::new(t.clone());
-    let pod = WorkerPod::builder(t.clone())
-        .register(slow_double)
-        .build()?;
+    let pod = WorkerPod::new(t.clone(), WorkerConfig::new().register(slow_double))?;
     let h = client.start(slow_double(21)).await?;
     let report = pod
         .run_until(async move {
@@ -85,8 +83,7 @@ async fn a_failed_consumer_is_restarted() -> Result<(), Box<dyn std::error::Erro
 async fn shutdown_finishes_in_flight_work() -> Result<(), Box<dyn std::error::Error>> {
     let t = MemoryTransport::new();
     let client = Client::new(t.clone());
-    let pod = WorkerPod::builder(t.clone())
-        .register(slow_double)
+    let pod = WorkerPod::builder(t.clone(), WorkerConfig::new().register(slow_double))
         .consumers(2)
         .build()?;
     let mut handles = Vec::new();
@@ -99,9 +96,7 @@ async fn shutdown_finishes_in_flight_work() -> Result<(), Box<dyn std::error::Er
         .await?;
     assert_eq!(report.stats.in_flight, 0);
     assert!(report.stats.processed >= 10, "{report:?}");
-    let pod = WorkerPod::builder(t.clone())
-        .register(slow_double)
-        .build()?;
+    let pod = WorkerPod::new(t.clone(), WorkerConfig::new().register(slow_double))?;
     let report = pod
         .run_until(async move {
             for (i, h) in handles.into_iter().enumerate() {

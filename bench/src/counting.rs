@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use dtasks::transport::{
-    Delivery, Destination, MailboxMessage, Outgoing, Published, Reply, Transport,
+    Delivery, Destination, MailboxMessage, Outgoing, Published, Registers, ReplyQueues, Transport,
 };
 use dtasks::{Error, InstanceId};
 use futures::future::BoxFuture;
@@ -142,26 +142,6 @@ impl Transport for Counting {
         self.inner.drain_mailbox(instance)
     }
 
-    fn read_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
-        self.inner.read_result(instance)
-    }
-
-    fn wait_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Vec<u8>, Error>> {
-        self.inner.wait_result(instance)
-    }
-
-    fn read_status(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
-        self.inner.read_status(instance)
-    }
-
-    fn create_register(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>> {
-        self.inner.create_register(instance)
-    }
-
-    fn register_exists(&self, instance: &InstanceId) -> BoxFuture<'_, Result<bool, Error>> {
-        self.inner.register_exists(instance)
-    }
-
     fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
         self.inner.pending_timers()
     }
@@ -170,14 +150,11 @@ impl Transport for Counting {
         self.inner.mailbox_retention()
     }
 
-    fn supports_replies(&self) -> bool {
-        self.inner.supports_replies()
+    fn registers(&self) -> Option<&dyn Registers> {
+        self.inner.registers()
     }
 
-    fn consume_replies(
-        &self,
-        client: &str,
-    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Reply, Error>>, Error>> {
-        self.inner.consume_replies(client)
+    fn replies(&self) -> Option<&dyn ReplyQueues> {
+        self.inner.replies()
     }
 }

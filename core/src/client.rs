@@ -11,43 +11,15 @@ use tokio::sync::{oneshot, OnceCell};
 use tracing::{debug, warn};
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
-use crate::codec::{decode, decode_value, encode};
+use crate::dtask::DTask;
 use crate::error::Error;
+use crate::protocol::codec::{decode, decode_value};
+use crate::protocol::message::{ResultRecord, Status};
+use crate::protocol::outgoing::Outgoing;
+use crate::protocol::state::{InstanceId, InstanceState, Outcome, ReplyTo};
 use crate::registry::Registry;
-use crate::state::{InstanceId, InstanceState, Outcome, ReplyTo, ResultRecord, TaskMessage};
-use crate::transport::{Destination, Outgoing, Reply, Transport};
-use crate::DTask;
-
-/// Where an instance is in its life.
-///
-/// Tracked for root instances (those started by a [`Client`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum Status {
-    /// Published; no worker has taken it yet.
-    Pending,
-    /// A worker took it and it has not suspended yet (reported once its first step has
-    /// run for 50 ms; a shorter first step goes straight to `Suspended` or a result).
-    Running,
-    /// Waiting on distributed operations (children, timers). A step resumed after a
-    /// suspension keeps reporting `Suspended` until it suspends again or finishes.
-    Suspended,
-    /// Finished with a value.
-    Succeeded,
-    /// Finished with a [`Failure`](crate::Failure).
-    Failed,
-    /// Cancelled.
-    Cancelled,
-}
-
-impl Status {
-    /// Whether the instance has finished.
-    pub fn is_finished(self) -> bool {
-        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
-    }
-}
+use crate::transport::{IntoTransport, Registers, Reply, Transport};
 
 /// Starts DTask instances and reads their results. Cheap to clone.
 ///
@@ -67,15 +39,10 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client on `transport`.
-    pub fn new(transport: impl Transport) -> Self {
-        Self::from_arc(Arc::new(transport))
-    }
-
-    /// A client on a shared transport.
-    pub fn from_arc(transport: Arc<dyn Transport>) -> Self {
+    /// A client on `transport` (a [`Transport`] by value, or shared in an `Arc`).
+    pub fn new(transport: impl IntoTransport) -> Self {
         Self {
-            transport,
+            transport: transport.into_transport(),
             registry: None,
             replies: Arc::new(OnceCell::new()),
         }
@@ -91,13 +58,13 @@ impl Client {
     /// Starts `task` (a call of a `#[dtask]` function) as a new root instance.
     ///
     /// ```
-    /// # use dtasks::{dtask, Runtime};
+    /// # use dtasks::{dtask, Runtime, WorkerConfig};
     /// #[dtask]
     /// async fn add_one(x: u64) -> u64 { x + 1 }
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), dtasks::Error> {
-    /// let rt = Runtime::builder().register(add_one).build()?;
+    /// let rt = Runtime::new(WorkerConfig::new().register(add_one))?;
     /// let handle = rt.client().start(add_one(41)).await?;
     /// assert_eq!(handle.result().await?, 42);
     /// # Ok(()) }
@@ -157,11 +124,11 @@ impl Client {
     /// if this process is gone when the result arrives, nobody receives it (it waits in
     /// the reply queue until that expires). Use [`Client::start`] when the result must
     /// outlive the caller or be read from another process. On a transport without reply
-    /// queues ([`Transport::supports_replies`]) this is [`Client::start`] followed by
+    /// queues ([`Transport::replies`]) this is [`Client::start`] followed by
     /// [`Handle::result`].
     ///
     /// ```
-    /// use dtasks::{dtask, Runtime};
+    /// use dtasks::{dtask, Runtime, WorkerConfig};
     ///
     /// #[dtask]
     /// async fn add_one(x: u64) -> u64 {
@@ -170,7 +137,7 @@ impl Client {
     ///
     /// # #[tokio::main]
     /// # async fn main() -> Result<(), dtasks::Error> {
-    /// let rt = Runtime::builder().register(add_one).build()?;
+    /// let rt = Runtime::new(WorkerConfig::new().register(add_one))?;
     /// assert_eq!(rt.client().call(add_one(41)).await?, 42);
     /// # Ok(())
     /// # }
@@ -183,7 +150,7 @@ impl Client {
         })?;
         let input =
             input.map_err(|e| Error::bad_input(format!("the input cannot be encoded: {e}")))?;
-        if !self.transport.supports_replies() {
+        if self.transport.replies().is_none() {
             let h: Handle<T> = self
                 .publish_start(InstanceId::random(), name, input)
                 .await?;
@@ -206,7 +173,7 @@ impl Client {
             },
         );
         self.transport
-            .publish(vec![start_message(&id, name, state)])
+            .publish(vec![Outgoing::start(&state)])
             .await?;
         let record = waiting.result().await?;
         decode_value(&outcome_bytes(&record)?).map_err(Error::decode)
@@ -219,6 +186,7 @@ impl Client {
             let entry = reg.get(name).ok_or_else(|| Error::unknown_dtask(name))?;
             // Builds (never polls) the body: checks that the input decodes as the arguments.
             let _unpolled_body = entry
+                .run
                 .start(input)
                 .map_err(|f| Error::bad_input(f.message().to_string()))?;
         }
@@ -232,12 +200,13 @@ impl Client {
         input: Vec<u8>,
     ) -> Result<Handle<T>, Error> {
         self.check(&name, &input)?;
-        let state = InstanceState::new(id.clone(), name.clone(), input, ReplyTo::Root);
+        let registers = registers(&*self.transport)?;
+        let state = InstanceState::new(id.clone(), name, input, ReplyTo::Root);
         // The register first: once the start is out, the instance may finish at once.
         // No status is written: an empty register reads as `Pending`.
-        self.transport.create_register(&id).await?;
+        registers.create_register(&id).await?;
         self.transport
-            .publish(vec![start_message(&id, name, state)])
+            .publish(vec![Outgoing::start(&state)])
             .await?;
         Ok(self.handle(id))
     }
@@ -257,18 +226,14 @@ impl Client {
     }
 }
 
-/// The start message of a new root instance.
-fn start_message(id: &InstanceId, name: String, state: InstanceState) -> Outgoing {
-    Outgoing {
-        destination: Destination::Task { name: name.clone() },
-        body: encode(&TaskMessage::Step {
-            state: Box::new(state),
-            completion: None,
-        }),
-        message_id: format!("{id}:start"),
-        instance: id.clone(),
-        dtask: name,
-    }
+/// The registers of `t`, or an error saying that this transport keeps no results.
+fn registers(t: &dyn Transport) -> Result<&dyn Registers, Error> {
+    t.registers().ok_or_else(|| {
+        Error::config(
+            "this transport keeps no result registers: start instances with Client::call, \
+             which returns the result to the caller",
+        )
+    })
 }
 
 type Waiters = Arc<Mutex<HashMap<InstanceId, oneshot::Sender<Vec<u8>>>>>;
@@ -284,7 +249,10 @@ struct ReplyHub {
 impl ReplyHub {
     async fn start(transport: Arc<dyn Transport>) -> Result<Self, Error> {
         let client = format!("c-{}", InstanceId::random());
-        let replies = transport.consume_replies(&client).await?;
+        let queues = transport
+            .replies()
+            .ok_or_else(|| Error::config("this transport has no reply queues"))?;
+        let replies = queues.consume_replies(&client).await?;
         let waiters: Waiters = Arc::default();
         let reader = tokio::spawn(read_replies(replies, waiters.clone()));
         Ok(Self {
@@ -362,6 +330,7 @@ async fn read_replies(mut replies: BoxStream<'static, Result<Reply, Error>>, wai
 }
 
 async fn status_of(t: &dyn Transport, id: &InstanceId) -> Result<Status, Error> {
+    let t = registers(t)?;
     // Looked up first: a missing register is an unknown id, an empty one a pending start.
     if !t.register_exists(id).await? {
         return Err(Error::not_found(id.as_str()));
@@ -420,7 +389,7 @@ impl<T> Handle<T> {
 
     /// Waits for the result and returns it as MessagePack bytes.
     pub async fn result_bytes(&self) -> Result<Vec<u8>, Error> {
-        let bytes = self.transport.wait_result(&self.id).await?;
+        let bytes = registers(&*self.transport)?.wait_result(&self.id).await?;
         outcome_bytes(&bytes)
     }
 
@@ -452,7 +421,7 @@ impl<T: DeserializeOwned> Handle<T> {
 
     /// The result if the instance has finished, without waiting.
     pub async fn try_result(&self) -> Result<Option<T>, Error> {
-        match self.transport.read_result(&self.id).await? {
+        match registers(&*self.transport)?.read_result(&self.id).await? {
             None => Ok(None),
             Some(bytes) => {
                 let b = outcome_bytes(&bytes)?;

@@ -175,6 +175,14 @@ impl Error {
         }
     }
 
+    /// The message of a configuration error without its prefix (for listing several).
+    pub(crate) fn detail(&self) -> String {
+        match &self.repr {
+            Repr::Config(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// Wraps an error of a transport (a broker client error, an I/O error).
     ///
     /// For transport implementations.

@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use dtasks::{dtask, DTask, Runtime};
+//! use dtasks::{dtask, DTask, Runtime, WorkerConfig};
 //!
 //! #[dtask]
 //! async fn square(x: u64) -> u64 {
@@ -26,7 +26,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), dtasks::Error> {
-//! let rt = Runtime::builder().register(square).register(sum_of_squares).build()?;
+//! let rt = Runtime::new(WorkerConfig::new().register(square).register(sum_of_squares))?;
 //! let handle = rt.client().start(sum_of_squares(3)).await?;
 //! assert_eq!(handle.result().await?, 1 + 4 + 9);
 //! # Ok(()) }
@@ -40,34 +40,32 @@
 #[allow(unused_extern_crates)]
 extern crate self as dtasks;
 
+// The rooms, lowest first: each imports only from those above it (`.ci/acyclic` checks).
 mod client;
-mod codec;
-mod context;
-mod driver;
 mod dtask;
 mod engine;
 mod error;
-#[doc(hidden)]
-pub mod harness;
-mod memory;
+mod exec;
+mod protocol;
 mod registry;
 mod runtime;
-mod snapshot;
-mod state;
+mod step;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod transport;
-mod worker;
 
-pub use client::{Client, Handle, Status, Untyped};
-pub use codec::ENVELOPE_VERSION;
+pub use client::{Client, Handle, Untyped};
 pub use dtask::{DTask, Join, SpawnHandle};
 pub use dtasks_macros::dtask;
 pub use error::{Error, Failure};
-pub use memory::{DeadLetter, MemoryTransport, MemoryTransportBuilder};
+pub use protocol::{InstanceId, Status, ENVELOPE_VERSION};
 pub use registry::{DTaskFn, Registry};
-pub use runtime::{Runtime, RuntimeBuilder};
-pub use state::InstanceId;
-pub use transport::Transport;
-pub use worker::{Worker, WorkerBuilder, WorkerStats, DEFAULT_INLINE_STEPS};
+pub use runtime::{
+    Runtime, RuntimeBuilder, Worker, WorkerConfig, WorkerStats, DEFAULT_INLINE_STEPS,
+};
+pub use transport::{
+    DeadLetter, IntoTransport, MemoryTransport, MemoryTransportBuilder, Transport,
+};
 
 /// One fresh await of a `#[dtask(snapshot)]` machine (generated code). Not a public API.
 #[doc(hidden)]
@@ -123,24 +121,25 @@ pub mod __private {
     use serde::de::DeserializeOwned;
     use serde::Serialize;
 
+    pub use crate::exec::macro_support as snapshot;
     pub use crate::registry::Registration;
-    pub use crate::snapshot::api as snapshot;
     pub use inventory;
 
+    use crate::dtask::DTask;
     use crate::error::{Failure, FailureKind};
-    use crate::DTask;
+    use crate::protocol::codec::{decode_value, encode_value};
 
     /// The boxed body future stored in a [`Registration`].
-    pub type BodyFuture = crate::registry::BodyFuture;
+    pub type BodyFuture = crate::step::BodyFuture;
 
     /// A call of the DTask `name` with the encoded argument tuple.
     pub fn call<T, A: Serialize>(name: &'static str, args: &A) -> DTask<T> {
-        DTask::call(name.into(), crate::codec::encode_value(args))
+        DTask::call(name.into(), encode_value(args))
     }
 
     /// Decodes the argument tuple of a DTask.
     pub fn decode_args<A: DeserializeOwned>(name: &str, input: &[u8]) -> Result<A, Failure> {
-        crate::codec::decode_value(input).map_err(|e| {
+        decode_value(input).map_err(|e| {
             Failure::new(
                 FailureKind::BadInput,
                 format!(
@@ -159,7 +158,7 @@ pub mod __private {
     {
         Box::pin(async move {
             let out = f.await;
-            crate::codec::encode_value(&out).map_err(|e| {
+            encode_value(&out).map_err(|e| {
                 Failure::new(
                     FailureKind::BadInput,
                     format!("the result cannot be encoded: {e}"),

@@ -3,18 +3,11 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 
+use crate::dtask::DTask;
 use crate::error::{Error, Failure};
-use crate::snapshot::SnapshotRunFn;
-use crate::DTask;
-
-/// The boxed future of a DTask body: its encoded output, or a failure.
-pub(crate) type BodyFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, Failure>> + Send>>;
-
-/// Starts a body from encoded arguments.
-pub(crate) type RunFn = fn(&[u8]) -> Result<BodyFuture, Failure>;
+use crate::exec::{Model, Resume};
+use crate::step::BodyFuture;
 
 /// What `#[dtask]` submits for each function. Not for direct use.
 #[doc(hidden)]
@@ -22,22 +15,7 @@ pub struct Registration {
     pub(crate) name: &'static str,
     pub(crate) rust_path: &'static str,
     pub(crate) type_id: fn() -> TypeId,
-    pub(crate) run: Run,
-}
-
-/// How a registered DTask runs a step.
-#[derive(Clone, Copy)]
-pub(crate) enum Run {
-    /// The replay model: the body is started from the top at every step.
-    Replay(RunFn),
-    /// The snapshot model: a generated machine, resumed from its saved state; the
-    /// fingerprint of its code is checked before resuming.
-    Snapshot {
-        run: SnapshotRunFn,
-        fingerprint: u64,
-        /// Fingerprints of earlier code declared compatible (`accepts = "..."`).
-        accepts: &'static [u64],
-    },
+    pub(crate) run: Model,
 }
 
 impl Registration {
@@ -46,13 +24,13 @@ impl Registration {
         name: &'static str,
         rust_path: &'static str,
         type_id: fn() -> TypeId,
-        run: fn(&[u8]) -> Result<crate::__private::BodyFuture, Failure>,
+        run: fn(&[u8]) -> Result<BodyFuture, Failure>,
     ) -> Self {
         Self {
             name,
             rust_path,
             type_id,
-            run: Run::Replay(run),
+            run: Model::Replay(run),
         }
     }
 
@@ -62,10 +40,7 @@ impl Registration {
         name: &'static str,
         rust_path: &'static str,
         type_id: fn() -> TypeId,
-        run: fn(
-            &[u8],
-            Option<crate::snapshot::Resume<'_>>,
-        ) -> Result<crate::__private::BodyFuture, Failure>,
+        run: fn(&[u8], Option<Resume<'_>>) -> Result<BodyFuture, Failure>,
         fingerprint: u64,
         accepts: &'static [u64],
     ) -> Self {
@@ -73,7 +48,7 @@ impl Registration {
             name,
             rust_path,
             type_id,
-            run: Run::Snapshot {
+            run: Model::Snapshot {
                 run,
                 fingerprint,
                 accepts,
@@ -227,13 +202,3 @@ impl_dtask_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9);
 impl_dtask_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10);
 impl_dtask_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11);
 impl_dtask_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12);
-
-impl Registration {
-    /// Builds the body of a first step from encoded arguments (without polling it).
-    pub(crate) fn start(&self, input: &[u8]) -> Result<BodyFuture, Failure> {
-        match self.run {
-            Run::Replay(run) => run(input),
-            Run::Snapshot { run, .. } => run(input, None),
-        }
-    }
-}

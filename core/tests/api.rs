@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dtasks::{dtask, DTask, Failure, InstanceId, Runtime, Status, Transport};
+use dtasks::{dtask, DTask, Failure, InstanceId, Runtime, Status, Transport, WorkerConfig};
 use serde::{Deserialize, Serialize};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -25,7 +25,7 @@ async fn middle(x: u64) -> u64 {
 
 #[tokio::test]
 async fn a_call_returns_its_result() -> TestResult {
-    let rt = Runtime::builder().register(add_one).build()?;
+    let rt = Runtime::new(WorkerConfig::new().register(add_one))?;
     let h = rt.client().start(add_one(41)).await?;
     assert_eq!(h.result().await?, 42);
     assert_eq!(h.status().await?, Status::Succeeded);
@@ -34,11 +34,12 @@ async fn a_call_returns_its_result() -> TestResult {
 
 #[tokio::test]
 async fn a_three_deep_chain_of_children() -> TestResult {
-    let rt = Runtime::builder()
-        .register(chain3)
-        .register(middle)
-        .register(add_one)
-        .build()?;
+    let rt = Runtime::new(
+        WorkerConfig::new()
+            .register(chain3)
+            .register(middle)
+            .register(add_one),
+    )?;
     let h = rt.client().start(chain3(4)).await?;
     assert_eq!(h.result().await?, (4 + 1) * 2 + 100);
     Ok(())
@@ -55,9 +56,7 @@ async fn fan_out(n: u64) -> u64 {
 
 #[tokio::test]
 async fn when_all_of_100_children() -> TestResult {
-    let rt = Runtime::builder()
-        .register(fan_out)
-        .register(add_one)
+    let rt = Runtime::builder(WorkerConfig::new().register(fan_out).register(add_one))
         .workers(3)
         .build()?;
     let h = rt.client().start(fan_out(100)).await?;
@@ -67,10 +66,7 @@ async fn when_all_of_100_children() -> TestResult {
 
 #[tokio::test]
 async fn when_all_of_nothing_is_empty() -> TestResult {
-    let rt = Runtime::builder()
-        .register(fan_out)
-        .register(add_one)
-        .build()?;
+    let rt = Runtime::new(WorkerConfig::new().register(fan_out).register(add_one))?;
     assert_eq!(rt.client().start(fan_out(0)).await?.result().await?, 0);
     Ok(())
 }
@@ -97,12 +93,14 @@ async fn race() -> (usize, String) {
 
 #[tokio::test]
 async fn when_any_returns_the_first_and_leaves_the_rest_running() -> TestResult {
-    let rt = Runtime::builder()
-        .register(race)
-        .register(sleep_then)
-        .register(slow_loser)
-        .virtual_time()
-        .build()?;
+    let rt = Runtime::builder(
+        WorkerConfig::new()
+            .register(race)
+            .register(sleep_then)
+            .register(slow_loser),
+    )
+    .virtual_time()
+    .build()?;
     let h = rt.client().start(race()).await?;
     rt.wait_idle().await;
     assert_eq!(h.status().await?, Status::Suspended);
@@ -140,12 +138,13 @@ async fn mixed() -> (u64, String, Parcel) {
 
 #[tokio::test]
 async fn join_of_mixed_types() -> TestResult {
-    let rt = Runtime::builder()
-        .register(mixed)
-        .register(add_one)
-        .register(sleep_then)
-        .register(ship)
-        .build()?;
+    let rt = Runtime::new(
+        WorkerConfig::new()
+            .register(mixed)
+            .register(add_one)
+            .register(sleep_then)
+            .register(ship),
+    )?;
     let h = rt.client().start(mixed()).await?;
     assert_eq!(h.result().await?, (2, "x".to_string(), Parcel { id: 7 }));
     Ok(())
@@ -161,11 +160,13 @@ async fn spawn_then_delay() -> u64 {
 
 #[tokio::test]
 async fn a_spawned_handle_is_awaited_after_a_delay() -> TestResult {
-    let rt = Runtime::builder()
-        .register(spawn_then_delay)
-        .register(add_one)
-        .virtual_time()
-        .build()?;
+    let rt = Runtime::builder(
+        WorkerConfig::new()
+            .register(spawn_then_delay)
+            .register(add_one),
+    )
+    .virtual_time()
+    .build()?;
     let h = rt.client().start(spawn_then_delay()).await?;
     rt.wait_idle().await;
     rt.advance(Duration::from_secs(3600));
@@ -195,10 +196,7 @@ async fn checkout(cents: u64) -> Result<String, PayError> {
 
 #[tokio::test]
 async fn a_child_error_reaches_the_parent_as_a_value() -> TestResult {
-    let rt = Runtime::builder()
-        .register(checkout)
-        .register(charge)
-        .build()?;
+    let rt = Runtime::new(WorkerConfig::new().register(checkout).register(charge))?;
     let c = rt.client();
     assert_eq!(
         c.start(checkout(5)).await?.result().await?,
@@ -234,11 +232,12 @@ async fn catches_explosion() -> String {
 
 #[tokio::test]
 async fn a_child_panic_fails_the_parent_instead_of_hanging() -> TestResult {
-    let rt = Runtime::builder()
-        .register(awaits_explosion)
-        .register(catches_explosion)
-        .register(explode)
-        .build()?;
+    let rt = Runtime::new(
+        WorkerConfig::new()
+            .register(awaits_explosion)
+            .register(catches_explosion)
+            .register(explode),
+    )?;
     let err = rt
         .client()
         .start(awaits_explosion())
@@ -276,8 +275,7 @@ async fn thirty_days() -> String {
 
 #[tokio::test]
 async fn a_30_day_delay_under_virtual_time() -> TestResult {
-    let rt = Runtime::builder()
-        .register(thirty_days)
+    let rt = Runtime::builder(WorkerConfig::new().register(thirty_days))
         .virtual_time()
         .build()?;
     let h = rt.client().start(thirty_days()).await?;
@@ -301,8 +299,7 @@ async fn until_deadline(at_ms: u64) -> u64 {
 
 #[tokio::test]
 async fn delay_until_a_deadline() -> TestResult {
-    let rt = Runtime::builder()
-        .register(until_deadline)
+    let rt = Runtime::builder(WorkerConfig::new().register(until_deadline))
         .virtual_time()
         .build()?;
     let now = rt
@@ -344,7 +341,7 @@ async fn side_effect_once() -> u64 {
 
 #[tokio::test]
 async fn run_executes_once_and_replays_the_recorded_result() -> TestResult {
-    let rt = Runtime::builder().register(side_effect_once).build()?;
+    let rt = Runtime::new(WorkerConfig::new().register(side_effect_once))?;
     let h = rt.client().start(side_effect_once()).await?;
     assert_eq!(h.result().await?, 42);
     assert_eq!(RUNS.load(Ordering::SeqCst), 1);
@@ -367,10 +364,11 @@ async fn local_futures() -> u64 {
 
 #[tokio::test]
 async fn ordinary_futures_work_inside_a_dtask() -> TestResult {
-    let rt = Runtime::builder()
-        .register(local_futures)
-        .register(add_one)
-        .build()?;
+    let rt = Runtime::new(
+        WorkerConfig::new()
+            .register(local_futures)
+            .register(add_one),
+    )?;
     assert_eq!(
         rt.client().start(local_futures()).await?.result().await?,
         42
@@ -394,12 +392,14 @@ async fn nondeterministic() -> u64 {
 
 #[tokio::test]
 async fn a_nondeterministic_dtask_is_detected() -> TestResult {
-    let rt = Runtime::builder()
-        .register(nondeterministic)
-        .register(add_one)
-        .register(ship)
-        .virtual_time()
-        .build()?;
+    let rt = Runtime::builder(
+        WorkerConfig::new()
+            .register(nondeterministic)
+            .register(add_one)
+            .register(ship),
+    )
+    .virtual_time()
+    .build()?;
     let h = rt.client().start(nondeterministic()).await?;
     rt.wait_idle().await;
     assert_eq!(h.status().await?, Status::Suspended);
@@ -422,7 +422,7 @@ async fn never_wakes() -> u64 {
 
 #[tokio::test]
 async fn a_future_that_can_never_wake_fails_as_stuck() -> TestResult {
-    let rt = Runtime::builder().register(never_wakes).build()?;
+    let rt = Runtime::new(WorkerConfig::new().register(never_wakes))?;
     let err = rt
         .client()
         .start(never_wakes())
@@ -436,7 +436,7 @@ async fn a_future_that_can_never_wake_fails_as_stuck() -> TestResult {
 
 #[tokio::test]
 async fn unknown_names_and_bad_input_are_clear_errors() -> TestResult {
-    let rt = Runtime::builder().register(add_one).build()?;
+    let rt = Runtime::new(WorkerConfig::new().register(add_one))?;
     let c = rt.client();
     let err = c
         .start_by_name("no_such_dtask", vec![0x90])
@@ -463,10 +463,7 @@ async fn unknown_names_and_bad_input_are_clear_errors() -> TestResult {
     fn not_a_dtask(_x: u64) -> DTask<u64> {
         DTask::ready(1)
     }
-    let err = Runtime::builder()
-        .register(not_a_dtask)
-        .build()
-        .unwrap_err();
+    let err = Runtime::new(WorkerConfig::new().register(not_a_dtask)).unwrap_err();
     assert!(err.is_config(), "{err}");
     Ok(())
 }
@@ -485,10 +482,7 @@ async fn grows(n: u64) -> u64 {
 
 #[tokio::test]
 async fn a_state_past_the_budget_fails_clearly() -> TestResult {
-    let rt = Runtime::builder()
-        .register(grows)
-        .state_budget(16 * 1024)
-        .build()?;
+    let rt = Runtime::new(WorkerConfig::new().register(grows).state_budget(16 * 1024))?;
     assert_eq!(rt.client().start(grows(3)).await?.result().await?, 3 * 1024);
     let err = rt
         .client()
@@ -505,8 +499,7 @@ async fn a_state_past_the_budget_fails_clearly() -> TestResult {
 
 #[tokio::test]
 async fn results_by_id_later_and_status() -> TestResult {
-    let rt = Runtime::builder()
-        .register(thirty_days)
+    let rt = Runtime::builder(WorkerConfig::new().register(thirty_days))
         .virtual_time()
         .build()?;
     let c = rt.client();
@@ -528,7 +521,7 @@ async fn results_by_id_later_and_status() -> TestResult {
 
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_and_the_worker_keeps_serving() -> TestResult {
-    let rt = Runtime::builder().register(add_one).build()?;
+    let rt = Runtime::new(WorkerConfig::new().register(add_one))?;
     rt.transport()
         .inject_raw("add_one", b"not an envelope".to_vec());
     rt.transport()
@@ -547,7 +540,7 @@ async fn poison_messages_are_dead_lettered_and_the_worker_keeps_serving() -> Tes
 
 #[tokio::test]
 async fn shutdown_stops_the_workers() -> TestResult {
-    let rt = Runtime::builder().register(add_one).build()?;
+    let rt = Runtime::new(WorkerConfig::new().register(add_one))?;
     assert_eq!(rt.client().start(add_one(1)).await?.result().await?, 2);
     rt.shutdown().await?;
     Ok(())

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use dtasks::{dtask, DTask, Runtime};
+use dtasks::{dtask, DTask, Runtime, WorkerConfig};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -63,17 +63,18 @@ async fn gather(key: String, n: u64) -> u64 {
 }
 
 fn runtime(dedupe: bool, workers: usize) -> Result<Runtime, dtasks::Error> {
-    let mut b = Runtime::builder()
+    let mut config = WorkerConfig::new()
         .register(leaf)
         .register(link)
         .register(chain)
-        .register(gather)
-        .duplicate_delivery()
-        .workers(workers);
+        .register(gather);
     if !dedupe {
-        b = b.dedupe_window(0);
+        config = config.dedupe_window(0);
     }
-    b.build()
+    Runtime::builder(config)
+        .duplicate_delivery()
+        .workers(workers)
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,12 @@
 
 use std::time::Duration;
 
-use dtasks::{dtask, DTask, MemoryTransport, Runtime, Transport};
+use dtasks::transport::{
+    Delivery, Destination, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
+};
+use dtasks::{dtask, DTask, Error, InstanceId, MemoryTransport, Runtime, Transport, WorkerConfig};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -41,12 +46,14 @@ async fn boom(x: u64) -> u64 {
 }
 
 fn runtime(duplicate: bool) -> Result<Runtime, dtasks::Error> {
-    let b = Runtime::builder()
-        .register(inc)
-        .register(chain)
-        .register(fan)
-        .register(nap)
-        .register(boom);
+    let b = Runtime::builder(
+        WorkerConfig::new()
+            .register(inc)
+            .register(chain)
+            .register(fan)
+            .register(nap)
+            .register(boom),
+    );
     if duplicate {
         b.duplicate_delivery().build()
     } else {
@@ -119,15 +126,14 @@ async fn without_reply_queues_a_call_starts_with_a_register() -> TestResult {
     #[derive(Clone)]
     struct NoReplies(MemoryTransport);
     impl Transport for NoReplies {
-        fn publish(
-            &self,
-            batch: Vec<dtasks::transport::Outgoing>,
-        ) -> futures::future::BoxFuture<'_, Result<Vec<dtasks::transport::Published>, dtasks::Error>>
-        {
+        fn now(&self) -> std::time::SystemTime {
+            self.0.now()
+        }
+        fn publish(&self, batch: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Published>, Error>> {
             assert!(
                 !batch
                     .iter()
-                    .any(|o| matches!(o.destination, dtasks::transport::Destination::Reply { .. })),
+                    .any(|o| matches!(o.destination, Destination::Reply { .. })),
                 "a reply on a transport without reply queues"
             );
             self.0.publish(batch)
@@ -135,63 +141,31 @@ async fn without_reply_queues_a_call_starts_with_a_register() -> TestResult {
         fn consume(
             &self,
             names: Vec<String>,
-        ) -> futures::future::BoxFuture<
-            '_,
-            Result<
-                futures::stream::BoxStream<
-                    'static,
-                    Result<dtasks::transport::Delivery, dtasks::Error>,
-                >,
-                dtasks::Error,
-            >,
-        > {
+        ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Delivery, Error>>, Error>> {
             self.0.consume(names)
         }
         fn drain_mailbox(
             &self,
-            instance: &dtasks::InstanceId,
-        ) -> futures::future::BoxFuture<
-            '_,
-            Result<Vec<dtasks::transport::MailboxMessage>, dtasks::Error>,
-        > {
+            instance: &InstanceId,
+        ) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>> {
             self.0.drain_mailbox(instance)
         }
-        fn create_register(
-            &self,
-            instance: &dtasks::InstanceId,
-        ) -> futures::future::BoxFuture<'_, Result<(), dtasks::Error>> {
-            self.0.create_register(instance)
+        fn mailbox_retention(&self) -> Option<std::time::Duration> {
+            self.0.mailbox_retention()
         }
-        fn register_exists(
-            &self,
-            instance: &dtasks::InstanceId,
-        ) -> futures::future::BoxFuture<'_, Result<bool, dtasks::Error>> {
-            self.0.register_exists(instance)
+        fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
+            self.0.pending_timers()
         }
-        fn read_result(
-            &self,
-            instance: &dtasks::InstanceId,
-        ) -> futures::future::BoxFuture<'_, Result<Option<Vec<u8>>, dtasks::Error>> {
-            self.0.read_result(instance)
+        fn registers(&self) -> Option<&dyn Registers> {
+            self.0.registers()
         }
-        fn wait_result(
-            &self,
-            instance: &dtasks::InstanceId,
-        ) -> futures::future::BoxFuture<'_, Result<Vec<u8>, dtasks::Error>> {
-            self.0.wait_result(instance)
-        }
-        fn read_status(
-            &self,
-            instance: &dtasks::InstanceId,
-        ) -> futures::future::BoxFuture<'_, Result<Option<Vec<u8>>, dtasks::Error>> {
-            self.0.read_status(instance)
+        // What this test is about.
+        fn replies(&self) -> Option<&dyn ReplyQueues> {
+            None
         }
     }
     let t = NoReplies(MemoryTransport::new());
-    let worker = dtasks::Worker::builder(t.clone())
-        .register(chain)
-        .register(inc)
-        .build()?;
+    let worker = dtasks::Worker::new(t.clone(), WorkerConfig::new().register(chain).register(inc))?;
     let client = dtasks::Client::new(t);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(worker.run_until(async move {

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use dtasks::{
-    dtask, Client, DTask, MemoryTransport, Status, Transport, Worker, WorkerBuilder, WorkerStats,
-};
+use dtasks::transport::Registers;
+
+use dtasks::{dtask, Client, DTask, MemoryTransport, Status, Worker, WorkerConfig, WorkerStats};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -37,8 +37,8 @@ async fn yielder() -> u64 {
     a + inc(2).await
 }
 
-fn worker(t: &MemoryTransport) -> WorkerBuilder {
-    Worker::builder(t.clone())
+fn config() -> WorkerConfig {
+    WorkerConfig::new()
         .register(inc)
         .register(chain)
         .register(fan)
@@ -68,7 +68,7 @@ async fn run<T: serde::de::DeserializeOwned + Send + 'static>(
 #[tokio::test]
 async fn a_chain_runs_in_the_delivery_of_its_start() -> TestResult {
     let t = MemoryTransport::new();
-    let (v, s, status) = run(&t, worker(&t).build()?, chain(10)).await?;
+    let (v, s, status) = run(&t, Worker::new(t.clone(), config())?, chain(10)).await?;
     assert_eq!(v, 10);
     assert_eq!(status, Status::Succeeded);
     // One delivery (the root's start); 10 child starts and 10 resumes ran inline.
@@ -85,7 +85,7 @@ async fn a_root_finished_inline_writes_no_stale_status() -> TestResult {
     assert_eq!(h.status().await?, Status::Pending);
     assert_eq!(t.read_status(h.id()).await?, None);
     let waiter = h.clone();
-    tokio::spawn(worker(&t).build()?.run_until(async move {
+    tokio::spawn(Worker::new(t.clone(), config())?.run_until(async move {
         let _ = waiter.result().await;
     }))
     .await??;
@@ -100,7 +100,12 @@ async fn a_root_finished_inline_writes_no_stale_status() -> TestResult {
 #[tokio::test]
 async fn the_step_budget_bounds_one_delivery() -> TestResult {
     let t = MemoryTransport::new();
-    let (v, s, _) = run(&t, worker(&t).inline_steps(4).build()?, chain(10)).await?;
+    let (v, s, _) = run(
+        &t,
+        Worker::new(t.clone(), config().inline_steps(4))?,
+        chain(10),
+    )
+    .await?;
     assert_eq!(v, 10);
     // 21 steps, at most 1 + 4 per delivery: 5 deliveries.
     assert_eq!((s.processed, s.inlined), (5, 16));
@@ -110,7 +115,12 @@ async fn the_step_budget_bounds_one_delivery() -> TestResult {
 #[tokio::test]
 async fn turned_off_every_step_is_a_delivery() -> TestResult {
     let t = MemoryTransport::new();
-    let (v, s, _) = run(&t, worker(&t).inline_steps(0).build()?, chain(10)).await?;
+    let (v, s, _) = run(
+        &t,
+        Worker::new(t.clone(), config().inline_steps(0))?,
+        chain(10),
+    )
+    .await?;
     assert_eq!(v, 10);
     assert_eq!((s.processed, s.inlined), (21, 0));
     Ok(())
@@ -119,7 +129,7 @@ async fn turned_off_every_step_is_a_delivery() -> TestResult {
 #[tokio::test]
 async fn a_fan_out_is_published_not_inlined() -> TestResult {
     let t = MemoryTransport::new();
-    let (v, s, _) = run(&t, worker(&t).build()?, fan(10)).await?;
+    let (v, s, _) = run(&t, Worker::new(t.clone(), config())?, fan(10)).await?;
     assert_eq!(v, (1..=10).sum::<u64>());
     assert_eq!(s.inlined, 0);
     // The root, its 10 children, and at least one mailbox merge.
@@ -130,7 +140,7 @@ async fn a_fan_out_is_published_not_inlined() -> TestResult {
 #[tokio::test]
 async fn a_yield_stays_a_durable_checkpoint() -> TestResult {
     let t = MemoryTransport::new();
-    let (v, s, _) = run(&t, worker(&t).build()?, yielder()).await?;
+    let (v, s, _) = run(&t, Worker::new(t.clone(), config())?, yielder()).await?;
     assert_eq!(v, 2 + 3);
     // The start runs the first child and its resume inline, then yields (published); the
     // first yield's delivery yields again (published); the second one's delivery runs the
@@ -142,8 +152,8 @@ async fn a_yield_stays_a_durable_checkpoint() -> TestResult {
 #[tokio::test]
 async fn a_dtask_this_worker_does_not_run_is_handed_on() -> TestResult {
     let t = MemoryTransport::new();
-    let parents = Worker::builder(t.clone()).register(chain).build()?;
-    let children = Worker::builder(t.clone()).register(inc).build()?;
+    let parents = Worker::new(t.clone(), WorkerConfig::new().register(chain))?;
+    let children = Worker::new(t.clone(), WorkerConfig::new().register(inc))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let child_stats = children.clone();
     let other = tokio::spawn(children.run_until(async move {
@@ -163,7 +173,7 @@ async fn a_dtask_this_worker_does_not_run_is_handed_on() -> TestResult {
 async fn duplicate_deliveries_still_complete_once() -> TestResult {
     let t = MemoryTransport::builder().duplicate_delivery().build();
     let client = Client::new(t.clone());
-    let w = worker(&t).build()?;
+    let w = Worker::new(t.clone(), config())?;
     let handles = futures::future::try_join_all((0..20).map(|_| client.start(chain(5)))).await?;
     let hs = handles.clone();
     tokio::spawn(w.run_until(async move {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use dtasks::transport::{Destination, Outgoing};
-use dtasks::{dtask, DTask, InstanceId, MemoryTransport, Runtime, Transport};
+use dtasks::{dtask, DTask, InstanceId, MemoryTransport, Runtime, Transport, WorkerConfig};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -25,9 +25,7 @@ async fn wait_all(hours: Vec<u64>) -> u64 {
 
 #[tokio::test]
 async fn a_fan_in_waiting_ten_times_the_mailbox_retention_keeps_its_state() -> TestResult {
-    let rt = Runtime::builder()
-        .register(wait_all)
-        .register(wait_hours)
+    let rt = Runtime::builder(WorkerConfig::new().register(wait_all).register(wait_hours))
         .virtual_time()
         .mailbox_retention(HOUR)
         .build()?;

@@ -4,8 +4,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dtasks::transport::{Delivery, Destination, MailboxMessage, Outgoing, Published};
-use dtasks::{dtask, Client, Error, InstanceId, MemoryTransport, Transport, Worker};
+use dtasks::transport::{
+    Delivery, Destination, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
+};
+use dtasks::{dtask, Client, Error, InstanceId, MemoryTransport, Transport, Worker, WorkerConfig};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::FutureExt;
@@ -58,24 +60,24 @@ impl Transport for Gated {
         self.inner.drain_mailbox(instance)
     }
 
-    fn create_register(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>> {
-        self.inner.create_register(instance)
+    fn now(&self) -> std::time::SystemTime {
+        self.inner.now()
     }
 
-    fn register_exists(&self, instance: &InstanceId) -> BoxFuture<'_, Result<bool, Error>> {
-        self.inner.register_exists(instance)
+    fn mailbox_retention(&self) -> Option<Duration> {
+        self.inner.mailbox_retention()
     }
 
-    fn read_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
-        self.inner.read_result(instance)
+    fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
+        self.inner.pending_timers()
     }
 
-    fn wait_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Vec<u8>, Error>> {
-        self.inner.wait_result(instance)
+    fn registers(&self) -> Option<&dyn Registers> {
+        self.inner.registers()
     }
 
-    fn read_status(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
-        self.inner.read_status(instance)
+    fn replies(&self) -> Option<&dyn ReplyQueues> {
+        self.inner.replies()
     }
 }
 
@@ -88,10 +90,7 @@ async fn a_step_waiting_for_its_publish_holds_no_slot() -> TestResult {
     };
     let client = Client::new(t.clone());
     let handles = vec![client.start(bump(1)).await?, client.start(bump(10)).await?];
-    let worker = Worker::builder(t.clone())
-        .register(bump)
-        .concurrency(1)
-        .build()?;
+    let worker = Worker::new(t.clone(), WorkerConfig::new().register(bump).concurrency(1))?;
     let (stop, stopped) = watch::channel(false);
     let running = tokio::spawn(worker.run_until(async move {
         let mut stopped = stopped;

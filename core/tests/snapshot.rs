@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use dtasks::harness::{run_replay, run_snapshot, Op, World};
-use dtasks::{dtask, DTask, Failure, Runtime, Status};
+use dtasks::test_util::{run_replay, run_snapshot, Op, World};
+use dtasks::{dtask, DTask, Failure, Runtime, Status, WorkerConfig};
 use serde::{Deserialize, Serialize};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -34,9 +34,7 @@ async fn sum_loop(n: u64) -> u64 {
 
 #[tokio::test]
 async fn a_loop_of_child_awaits_resumes_from_its_snapshot() -> TestResult {
-    let rt = Runtime::builder()
-        .register(sum_loop)
-        .register(add_one)
+    let rt = Runtime::builder(WorkerConfig::new().register(sum_loop).register(add_one))
         .virtual_time()
         .build()?;
     let h = rt.client().start(sum_loop(4)).await?;
@@ -68,13 +66,15 @@ async fn snap_parent(x: u64) -> (u64, u64, usize) {
 
 #[tokio::test]
 async fn snapshot_parents_and_children_on_several_workers_with_duplicates() -> TestResult {
-    let rt = Runtime::builder()
-        .register(snap_parent)
-        .register(snap_child)
-        .register(add_one)
-        .workers(3)
-        .duplicate_delivery()
-        .build()?;
+    let rt = Runtime::builder(
+        WorkerConfig::new()
+            .register(snap_parent)
+            .register(snap_child)
+            .register(add_one),
+    )
+    .workers(3)
+    .duplicate_delivery()
+    .build()?;
     let (direct, spawned, i) = rt.client().start(snap_parent(5)).await?.result().await?;
     assert_eq!((direct, spawned), (60, 1060));
     assert!(i < 2);
@@ -103,10 +103,11 @@ async fn reads_changing_state() -> Vec<u64> {
 
 #[tokio::test]
 async fn code_between_awaits_need_not_be_deterministic() -> TestResult {
-    let rt = Runtime::builder()
-        .register(reads_changing_state)
-        .register(add_one)
-        .build()?;
+    let rt = Runtime::new(
+        WorkerConfig::new()
+            .register(reads_changing_state)
+            .register(add_one),
+    )?;
     let seen = rt
         .client()
         .start(reads_changing_state())
@@ -146,7 +147,7 @@ async fn drops_at_suspension() -> String {
 
 #[tokio::test]
 async fn locals_are_dropped_at_suspension_and_saved_ones_are_restored_copies() -> TestResult {
-    let rt = Runtime::builder().register(drops_at_suspension).build()?;
+    let rt = Runtime::new(WorkerConfig::new().register(drops_at_suspension))?;
     let out = rt
         .client()
         .start(drops_at_suspension())
@@ -178,11 +179,12 @@ async fn holds_a_map_across_a_suspension() -> String {
 
 #[tokio::test]
 async fn awaits_that_cannot_be_saved_fail_with_a_clear_message() -> TestResult {
-    let rt = Runtime::builder()
-        .register(awaits_a_dtask_through_a_local_future)
-        .register(holds_a_map_across_a_suspension)
-        .register(add_one)
-        .build()?;
+    let rt = Runtime::new(
+        WorkerConfig::new()
+            .register(awaits_a_dtask_through_a_local_future)
+            .register(holds_a_map_across_a_suspension)
+            .register(add_one),
+    )?;
     let c = rt.client();
     let err = c
         .start(awaits_a_dtask_through_a_local_future())
@@ -327,12 +329,13 @@ async fn odds_and_ends(x: u64) -> String {
 
 #[tokio::test]
 async fn small_shapes_compile_and_run() -> TestResult {
-    let rt = Runtime::builder()
-        .register(no_awaits)
-        .register(unit_output)
-        .register(odds_and_ends)
-        .register(add_one)
-        .build()?;
+    let rt = Runtime::new(
+        WorkerConfig::new()
+            .register(no_awaits)
+            .register(unit_output)
+            .register(odds_and_ends)
+            .register(add_one),
+    )?;
     let c = rt.client();
     assert_eq!(c.start(no_awaits(2)).await?.result().await?, 6);
     c.start(unit_output(4)).await?.result().await?;

@@ -7,7 +7,7 @@ mod snapshot_corpus;
 
 use std::future::Future;
 
-use dtasks::harness::{run_direct, run_snapshot, Op, Trace, World};
+use dtasks::test_util::{run_direct, run_snapshot, Op, Trace, World};
 use dtasks::Failure;
 use proptest::prelude::*;
 use serde::Serialize;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dtasks::__private::snapshot as s;
 use dtasks::__private::{BodyFuture, Registration};
-use dtasks::{dtask, DTask, Failure, Runtime, Status};
+use dtasks::{dtask, DTask, Failure, Runtime, Status, WorkerConfig};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -304,13 +304,15 @@ fn expected(n: u64) -> u64 {
 
 #[tokio::test]
 async fn a_hand_written_machine_suspends_round_trips_and_resumes() -> TestResult {
-    let rt = Runtime::builder()
-        .register(hand_flow)
-        .register(add_one)
-        .register(middle)
-        .workers(2)
-        .virtual_time()
-        .build()?;
+    let rt = Runtime::builder(
+        WorkerConfig::new()
+            .register(hand_flow)
+            .register(add_one)
+            .register(middle),
+    )
+    .workers(2)
+    .virtual_time()
+    .build()?;
     let h = rt.client().start(hand_flow(5)).await?;
     rt.wait_idle().await;
     // Suspended on the timer: 5 sequential children and a fan-in are behind it.

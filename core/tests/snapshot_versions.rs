@@ -2,7 +2,7 @@
 //! code is refused (unless the new code accepts the old fingerprint), and corrupt or
 //! truncated state is an error, never a panic.
 
-use dtasks::harness::{resume_snapshot, suspend_snapshot, tamper, Op, World};
+use dtasks::test_util::{resume_snapshot, suspend_snapshot, tamper, Op, World};
 use dtasks::{dtask, DTask, Failure};
 use proptest::prelude::*;
 
@@ -78,7 +78,7 @@ async fn resuming_under_changed_code_is_refused() {
     let done = resume_snapshot("versioned", &msg, &mut Inc).await;
     let f = done.result.expect_err("refused");
     assert!(f.is_code_changed(), "{f}");
-    let current = dtasks::harness::fingerprint("versioned").expect("a snapshot DTask");
+    let current = dtasks::test_util::fingerprint("versioned").expect("a snapshot DTask");
     assert!(f.message().contains(&format!("{old:016x}")), "{f}");
     assert!(f.message().contains(&format!("{current:016x}")), "{f}");
     assert!(f.message().contains("accepts"), "{f}");
@@ -102,10 +102,10 @@ async fn declared_compatible_fingerprints_resume() {
 
 #[test]
 fn the_fingerprint_is_fixed_by_the_code() {
-    let a = dtasks::harness::fingerprint("versioned").expect("registered");
-    let b = dtasks::harness::fingerprint("tolerant").expect("registered");
+    let a = dtasks::test_util::fingerprint("versioned").expect("registered");
+    let b = dtasks::test_util::fingerprint("tolerant").expect("registered");
     assert_ne!(a, b);
-    assert_eq!(Some(a), dtasks::harness::fingerprint("versioned"));
+    assert_eq!(Some(a), dtasks::test_util::fingerprint("versioned"));
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use dtasks::transport::DeliveryKind;
 use dtasks::{
     dtask, Client, DTask, Failure, Handle, InstanceId, MemoryTransport, Registry, Runtime,
-    SpawnHandle, Status, Transport, Worker,
+    SpawnHandle, Status, Transport, Worker, WorkerConfig,
 };
 use futures::StreamExt;
 
@@ -37,7 +37,9 @@ async fn mapped_race() -> String {
 
 #[tokio::test]
 async fn map_and_when_any_of_mixed_types() -> TestResult {
-    let rt = Runtime::builder().register_all().virtual_time().build()?;
+    let rt = Runtime::builder(WorkerConfig::new().register_all())
+        .virtual_time()
+        .build()?;
     let h = rt.client().start(mapped_race()).await?;
     assert_eq!(h.result().await?, "1: triple 15");
     Ok(())
@@ -71,11 +73,13 @@ async fn registries_find_functions_by_item_and_by_name() -> TestResult {
 #[tokio::test]
 async fn a_worker_and_a_client_on_a_shared_transport() -> TestResult {
     let t = MemoryTransport::new();
-    let worker = Worker::builder(t.clone())
-        .register(triple)
-        .concurrency(4)
-        .summary_every(Duration::from_secs(60))
-        .build()?;
+    let worker = Worker::new(
+        t.clone(),
+        WorkerConfig::new()
+            .register(triple)
+            .concurrency(4)
+            .summary_every(Duration::from_secs(60)),
+    )?;
     assert_eq!(worker.dtasks(), vec!["surface.triple"]);
     let client = Client::new(t.clone());
     let h = client.start(triple(14)).await?;
@@ -87,7 +91,7 @@ async fn a_worker_and_a_client_on_a_shared_transport() -> TestResult {
     assert!(stats.stats().processed >= 1);
     assert_eq!(stats.stats().in_flight, 0);
     // A worker needs something to run.
-    assert!(Worker::builder(t).build().unwrap_err().is_config());
+    assert!(Worker::new(t, WorkerConfig::new()).unwrap_err().is_config());
     Ok(())
 }
 
@@ -123,7 +127,7 @@ async fn empty_race() -> u64 {
 
 #[tokio::test]
 async fn misuse_fails_the_instance_with_a_clear_error() -> TestResult {
-    let rt = Runtime::builder().register_all().build()?;
+    let rt = Runtime::new(WorkerConfig::new().register_all())?;
     let c = rt.client();
     for (what, h) in [
         (
@@ -152,7 +156,7 @@ async fn slow_local(ms: u64) -> u64 {
 
 #[tokio::test]
 async fn status_reports_running_during_a_first_step() -> TestResult {
-    let rt = Runtime::builder().register_all().build()?;
+    let rt = Runtime::new(WorkerConfig::new().register_all())?;
     let h: Handle<u64> = rt.client().start(slow_local(300)).await?;
     let mut seen = Vec::new();
     while !h.status().await?.is_finished() {
@@ -193,7 +197,7 @@ async fn a_delivery_redelivered_past_its_budget_is_dead_lettered() -> TestResult
 
 #[tokio::test]
 async fn typed_and_untyped_handles_and_ids() -> TestResult {
-    let rt = Runtime::builder().register_all().build()?;
+    let rt = Runtime::new(WorkerConfig::new().register_all())?;
     let c = rt.client();
     let raw = c
         .start_by_name_with_id(

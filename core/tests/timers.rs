@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dtasks::{dtask, DTask, Runtime};
+use dtasks::{dtask, DTask, Runtime, WorkerConfig};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -29,7 +29,7 @@ async fn work_then_wait(work_ms: u64, delay_ms: u64) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_work_before_a_delay_does_not_shorten_it() -> TestResult {
-    let rt = Runtime::builder().register(work_then_wait).build()?;
+    let rt = Runtime::new(WorkerConfig::new().register(work_then_wait))?;
     let (worked, resumed) = rt.client().call(work_then_wait(300, 200)).await?;
     assert!(
         resumed >= worked + 200,

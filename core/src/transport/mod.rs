@@ -22,75 +22,30 @@
 //!   failed should be handed out only after a short pause, so that the mailbox messages the
 //!   failed consumer held are back in the mailbox when it is drained (the broker requeues
 //!   the two queues independently).
-//! - **Registers.** A [`Destination::Result`] is written once: a second write is refused
-//!   and reported as [`Published::Duplicate`]. A [`Destination::Status`] keeps the last
-//!   write.
-//! - **Reply queues** (optional, [`Transport::supports_replies`]). A
-//!   [`Destination::Reply`] is stored durably in the client's reply queue until the
-//!   client acks it; duplicates may arrive (redone work), and the client keeps the first.
+//! - **Registers** (optional, [`Transport::registers`]). A [`Destination::Result`] is
+//!   written once: a second write is refused and reported as [`Published::Duplicate`]. A
+//!   [`Destination::Status`] keeps the last write.
+//! - **Reply queues** (optional, [`Transport::replies`]). A [`Destination::Reply`] is
+//!   stored durably in the client's reply queue until the client acks it; duplicates may
+//!   arrive (redone work), and the client keeps the first.
+//!
+//! The contract is split by capability: [`Transport`] is the I/O every transport has;
+//! [`Registers`] (results and status of roots) and [`ReplyQueues`] are capabilities a
+//! transport hands out through [`Transport::registers`] and [`Transport::replies`].
+
+mod memory;
 
 use std::fmt;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+pub use memory::{DeadLetter, MemoryTransport, MemoryTransportBuilder};
+
 use crate::error::Error;
-use crate::state::InstanceId;
-
-/// Where an outgoing message goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Destination {
-    /// The task queue of the DTask `name`.
-    Task {
-        /// The DTask name.
-        name: String,
-    },
-    /// The task queue of the DTask `name`, no earlier than `at`.
-    Delayed {
-        /// The DTask name.
-        name: String,
-        /// The earliest delivery time.
-        at: SystemTime,
-    },
-    /// The mailbox of `instance`, followed by a doorbell.
-    Mailbox {
-        /// The instance.
-        instance: InstanceId,
-    },
-    /// The result register of `instance` (written once).
-    Result {
-        /// The instance.
-        instance: InstanceId,
-    },
-    /// The status register of `instance` (last write wins).
-    Status {
-        /// The instance.
-        instance: InstanceId,
-    },
-    /// The reply queue of the client `client` (see [`Transport::consume_replies`]); the
-    /// message is the result of the root instance it names.
-    Reply {
-        /// The client's reply queue name.
-        client: String,
-    },
-}
-
-/// A message to publish.
-#[derive(Clone, Debug)]
-pub struct Outgoing {
-    /// Where it goes.
-    pub destination: Destination,
-    /// The encoded envelope.
-    pub body: Vec<u8>,
-    /// A deterministic id: redelivered or replayed work produces the same id.
-    pub message_id: String,
-    /// The instance the message is about (for headers and logs).
-    pub instance: InstanceId,
-    /// The DTask name of that instance.
-    pub dtask: String,
-}
+pub use crate::protocol::{Destination, InstanceId, Outgoing};
 
 /// What a publish did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,12 +139,16 @@ impl fmt::Debug for Reply {
     }
 }
 
-/// Moves dtasks messages. See the [module docs](self) for the semantics required.
+/// Moves dtasks messages: the I/O every transport has. See the [module docs](self) for
+/// the semantics required.
+///
+/// Every method is required, the capabilities ([`Transport::registers`],
+/// [`Transport::replies`]) included: a transport that wraps another (to count, to trace,
+/// to inject faults) must say what it does with each, so it cannot turn one off by
+/// forgetting to forward it.
 pub trait Transport: Send + Sync + 'static {
-    /// The current time, for timers. Transports with virtual time override it.
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
+    /// The current time, for timers: the system clock, or a transport's virtual time.
+    fn now(&self) -> SystemTime;
 
     /// Publishes a batch; resolves when every message is durable, with one [`Published`]
     /// per message in order.
@@ -211,6 +170,26 @@ pub trait Transport: Send + Sync + 'static {
         instance: &InstanceId,
     ) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>>;
 
+    /// How long a mailbox may go unused before the transport deletes it (`None`: never).
+    /// Workers touch the mailbox of every waiting instance well within it (every quarter
+    /// of it), so a long wait never loses the state kept there.
+    fn mailbox_retention(&self) -> Option<Duration>;
+
+    /// How many timers wait to fire, when the transport can tell (for progress summaries).
+    fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>>;
+
+    /// The result and status registers of root instances, when this transport keeps them
+    /// (needed by [`Client::start`](crate::Client::start) and reading results by id).
+    fn registers(&self) -> Option<&dyn Registers>;
+
+    /// The clients' reply queues, when this transport has them. Without them,
+    /// [`Client::call`](crate::Client::call) starts the instance with a result register
+    /// and waits on it.
+    fn replies(&self) -> Option<&dyn ReplyQueues>;
+}
+
+/// The result and status registers of root instances: a capability of a [`Transport`].
+pub trait Registers: Send + Sync {
     /// Creates the result register of the new root `instance`, empty (nothing if it
     /// exists), before its start is published: from then on the instance is known, and
     /// its status reads `Pending` until a status or its result is written.
@@ -230,39 +209,41 @@ pub trait Transport: Send + Sync + 'static {
     /// Reads the status register of `instance` (`None` when it is empty or missing).
     /// Reading must not create it.
     fn read_status(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>>;
+}
 
-    /// How long a mailbox may go unused before the transport deletes it, if it ever does.
-    /// Workers touch the mailbox of every waiting instance well within it (every quarter
-    /// of it), so a long wait never loses the state kept there.
-    fn mailbox_retention(&self) -> Option<std::time::Duration> {
-        None
-    }
-
-    /// Whether this transport has reply queues ([`Transport::consume_replies`] and
-    /// [`Destination::Reply`]). Without them, [`Client::call`](crate::Client::call) starts
-    /// the instance with a result register and waits on it.
-    ///
-    /// A transport that wraps another must forward this method, [`Transport::consume_replies`]
-    /// and [`Transport::mailbox_retention`]: their defaults turn the feature off, silently.
-    fn supports_replies(&self) -> bool {
-        false
-    }
-
+/// The clients' reply queues ([`Destination::Reply`]): a capability of a [`Transport`].
+pub trait ReplyQueues: Send + Sync {
     /// Creates the reply queue `client` (nothing if it exists) and delivers what arrives
     /// in it, until the stream is dropped; through connection failures, the stream goes
     /// on after reconnecting. A reply must stay in the queue until it is acked.
     fn consume_replies(
         &self,
         client: &str,
-    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Reply, Error>>, Error>> {
-        let _ = client;
-        Box::pin(futures::future::ready(Err(Error::config(
-            "this transport has no reply queues",
-        ))))
-    }
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Reply, Error>>, Error>>;
+}
 
-    /// How many timers wait to fire, when the transport can tell (for progress summaries).
-    fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
-        Box::pin(futures::future::ready(Ok(None)))
+/// What [`Worker::new`](crate::Worker::new), [`Client::new`](crate::Client::new) and
+/// the other constructors take as a transport: any [`Transport`] by value, or one already
+/// shared as an `Arc`.
+pub trait IntoTransport {
+    /// The transport, shared.
+    fn into_transport(self) -> Arc<dyn Transport>;
+}
+
+impl<T: Transport> IntoTransport for T {
+    fn into_transport(self) -> Arc<dyn Transport> {
+        Arc::new(self)
+    }
+}
+
+impl<T: Transport> IntoTransport for Arc<T> {
+    fn into_transport(self) -> Arc<dyn Transport> {
+        self
+    }
+}
+
+impl IntoTransport for Arc<dyn Transport> {
+    fn into_transport(self) -> Arc<dyn Transport> {
+        self
     }
 }

@@ -1,4 +1,4 @@
-//! Drives one step of a replay-model instance to quiescence.
+//! Drives one step of an instance (either model) to quiescence.
 //!
 //! The instance's future is polled with a waker of our own. After a `Pending` poll:
 //! - if the waker was woken, poll again;
@@ -12,12 +12,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
+use std::future::Future;
+use std::pin::Pin;
+
 use tokio::sync::Notify;
 
-use crate::context::{enter, Exec};
+use super::context::{enter, Exec};
 use crate::error::{Failure, FailureKind};
-use crate::registry::BodyFuture;
-use crate::state::Command;
+use crate::protocol::state::Command;
+
+/// The boxed future of a DTask body: its encoded output, or a failure.
+pub(crate) type BodyFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, Failure>> + Send>>;
 
 /// How a step ended.
 #[derive(Debug)]
@@ -138,7 +143,7 @@ fn decide(polled: Polled, ex: &mut Exec, flag: &Arc<Flag>) -> Decision {
 
 /// A replay that stops before issuing every recorded command has diverged.
 fn unreached(ex: &Exec) -> Option<Failure> {
-    if ex.snapshot {
+    if ex.snapshot.is_some() {
         // The snapshot model replays nothing.
         return None;
     }

@@ -11,167 +11,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::engine::{Engine, Settlement, Stepped, DEFAULT_STATE_BUDGET};
+use super::config::WorkerConfig;
+use crate::engine::{Engine, Settlement, Stepped};
 use crate::error::Error;
-use crate::registry::{DTaskFn, Registry};
-use crate::state::TaskMessage;
-use crate::transport::{Delivery, DeliveryKind, Destination, Outgoing, Published, Transport};
-use crate::InstanceId;
+use crate::protocol::message::TaskMessage;
+use crate::protocol::InstanceId;
+use crate::transport::{
+    Delivery, DeliveryKind, Destination, IntoTransport, Outgoing, Published, Transport,
+};
 
 /// How long a root's first step runs before its status is written as `Running`.
 const RUNNING_AFTER: Duration = Duration::from_millis(50);
-
-/// The default of [`WorkerBuilder::inline_steps`].
-pub const DEFAULT_INLINE_STEPS: usize = 32;
-
-/// The default of [`WorkerBuilder::inline_time`].
-const INLINE_TIME: Duration = Duration::from_millis(200);
-
-/// Configures a [`Worker`].
-pub struct WorkerBuilder {
-    transport: Arc<dyn Transport>,
-    registry: Registry,
-    errors: Vec<Error>,
-    concurrency: usize,
-    budget: usize,
-    dedupe_window: usize,
-    max_redeliveries: u32,
-    inline_steps: usize,
-    inline_time: Duration,
-    summary_every: Option<Duration>,
-}
-
-impl std::fmt::Debug for WorkerBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerBuilder")
-            .field("registry", &self.registry)
-            .field("concurrency", &self.concurrency)
-            .finish_non_exhaustive()
-    }
-}
-
-impl WorkerBuilder {
-    /// Registers the `#[dtask]` function `f`; this worker consumes its queue.
-    pub fn register<F, M>(mut self, f: F) -> Self
-    where
-        F: DTaskFn<M>,
-    {
-        if let Err(e) = self.registry.register(f) {
-            self.errors.push(e);
-        }
-        self
-    }
-
-    /// Registers every function in `registry`.
-    pub fn registry(mut self, registry: &Registry) -> Self {
-        if let Err(e) = self.registry.extend(registry) {
-            self.errors.push(e);
-        }
-        self
-    }
-
-    /// Registers every `#[dtask]` function linked into the binary.
-    pub fn register_all(mut self) -> Self {
-        match Registry::all() {
-            Ok(all) => return self.registry(&all),
-            Err(e) => self.errors.push(e),
-        }
-        self
-    }
-
-    /// How many steps run at once (default 64). A step holds its slot while it runs and
-    /// gives it back before its messages are published: a step waiting for the broker's
-    /// confirms does not keep a due timer or a new start waiting. The deliveries held at
-    /// once are bounded by the transport (the broker's prefetch counts).
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
-        self
-    }
-
-    /// The largest message (state included) an instance may produce, in bytes (default
-    /// 4 MiB). An instance past it fails with [`Failure::is_state_too_large`].
-    ///
-    /// [`Failure::is_state_too_large`]: crate::Failure::is_state_too_large
-    pub fn state_budget(mut self, bytes: usize) -> Self {
-        self.budget = bytes;
-        self
-    }
-
-    /// How many recently handled message ids this worker remembers to drop redeliveries
-    /// of work it already finished (default 10,000; 0 turns it off). This only saves work:
-    /// correctness never depends on it.
-    pub fn dedupe_window(mut self, n: usize) -> Self {
-        self.dedupe_window = n;
-        self
-    }
-
-    /// How many steps one delivery may run inline (default [`DEFAULT_INLINE_STEPS`]; 0
-    /// turns it off).
-    ///
-    /// When a step hands its instance on with exactly one task message (a sequential
-    /// await: a child's start carrying the parent's state, or a child's result carrying
-    /// it back; not a [`DTask::yield_now`](crate::DTask::yield_now), which stays a durable
-    /// checkpoint) and this worker runs that DTask, the worker runs the next step at once
-    /// instead of publishing the message and consuming it again. Durability is unchanged:
-    /// the delivery is acknowledged only after the messages of the last step run are
-    /// confirmed, so a crash redoes the whole run from the delivery, as it would redo one
-    /// step. Fan-outs (several messages), timers and mailbox messages are always
-    /// published, so parallel work still spreads over the workers; a run also stops
-    /// inlining after [`inline_time`](Self::inline_time).
-    pub fn inline_steps(mut self, n: usize) -> Self {
-        self.inline_steps = n;
-        self
-    }
-
-    /// How long a delivery may have been handled and still run a next step inline
-    /// (default 200 ms): a bound on the work redone after a crash, and on how long one
-    /// delivery holds its slot.
-    pub fn inline_time(mut self, limit: Duration) -> Self {
-        self.inline_time = limit;
-        self
-    }
-
-    /// How often a failing delivery is retried before it is dead-lettered (default 5).
-    pub fn max_redeliveries(mut self, n: u32) -> Self {
-        self.max_redeliveries = n;
-        self
-    }
-
-    /// Logs a one-line summary (processed, in flight) at info level every `every`.
-    pub fn summary_every(mut self, every: Duration) -> Self {
-        self.summary_every = Some(every);
-        self
-    }
-
-    /// Builds the worker.
-    pub fn build(self) -> Result<Worker, Error> {
-        if let Some(e) = self.errors.into_iter().next() {
-            return Err(e);
-        }
-        if self.registry.names().is_empty() {
-            return Err(Error::config(
-                "a worker needs at least one registered DTask",
-            ));
-        }
-        let keepalive = self.transport.mailbox_retention().map(|r| r / 4);
-        let clock = self.transport.clone();
-        Ok(Worker {
-            inner: Arc::new(Inner {
-                transport: self.transport,
-                engine: Engine::new(self.registry, self.budget)
-                    .with_keepalive(keepalive)
-                    .with_clock(Arc::new(move || clock.now())),
-                concurrency: self.concurrency,
-                dedupe: Mutex::new(Dedupe::new(self.dedupe_window)),
-                max_redeliveries: self.max_redeliveries,
-                inline_steps: self.inline_steps,
-                inline_time: self.inline_time,
-                summary_every: self.summary_every,
-                stats: Stats::default(),
-            }),
-        })
-    }
-}
 
 /// Runs DTask instances: consumes the task queues of its registered DTasks and the
 /// mailbox doorbells, and handles each delivery (ack only after every message it caused
@@ -224,7 +74,7 @@ pub struct WorkerStats {
     /// redone after a redelivery; the first result stands).
     pub duplicate_results: u64,
     /// Steps run inline, within the delivery of the step before them
-    /// ([`WorkerBuilder::inline_steps`]); not counted in `processed`.
+    /// ([`WorkerConfig::inline_steps`]); not counted in `processed`.
     pub inlined: u64,
 }
 
@@ -281,25 +131,29 @@ impl Dedupe {
 }
 
 impl Worker {
-    /// Configures a worker on `transport`.
-    pub fn builder(transport: impl Transport) -> WorkerBuilder {
-        Self::builder_arc(Arc::new(transport))
-    }
-
-    /// Configures a worker on a shared transport.
-    pub fn builder_arc(transport: Arc<dyn Transport>) -> WorkerBuilder {
-        WorkerBuilder {
-            transport,
-            registry: Registry::new(),
-            errors: Vec::new(),
-            concurrency: 64,
-            budget: DEFAULT_STATE_BUDGET,
-            dedupe_window: 10_000,
-            max_redeliveries: 5,
-            inline_steps: DEFAULT_INLINE_STEPS,
-            inline_time: INLINE_TIME,
-            summary_every: None,
-        }
+    /// A worker on `transport` (a [`Transport`] by value, or shared in an `Arc`) with the
+    /// settings of `config`; fails with every problem of `config` (see
+    /// [`WorkerConfig::validate`]).
+    pub fn new(transport: impl IntoTransport, config: WorkerConfig) -> Result<Worker, Error> {
+        config.validate()?;
+        let transport = transport.into_transport();
+        let keepalive = transport.mailbox_retention().map(|r| r / 4);
+        let clock = transport.clone();
+        Ok(Worker {
+            inner: Arc::new(Inner {
+                engine: Engine::new(config.registry, config.state_budget)
+                    .with_keepalive(keepalive)
+                    .with_clock(Arc::new(move || clock.now())),
+                transport,
+                concurrency: config.concurrency,
+                dedupe: Mutex::new(Dedupe::new(config.dedupe_window)),
+                max_redeliveries: config.max_redeliveries,
+                inline_steps: config.inline_steps,
+                inline_time: config.inline_time,
+                summary_every: config.summary_every,
+                stats: Stats::default(),
+            }),
+        })
     }
 
     /// The names of the DTasks this worker runs.
@@ -426,7 +280,7 @@ impl Inner {
 
     /// Runs the steps that `outputs` hand on, here, while each hands its instance on with
     /// exactly one task message for a DTask this worker runs (see
-    /// [`WorkerBuilder::inline_steps`]). Returns every message still to publish, in order,
+    /// [`WorkerConfig::inline_steps`]). Returns every message still to publish, in order,
     /// with each instance's status writes but its last dropped.
     async fn inline(
         &self,
@@ -536,7 +390,7 @@ impl Inner {
                 );
                 let started = Instant::now();
                 let outcome = async {
-                    let running = self.engine.info(&msg).root_first_step;
+                    let running = self.engine.running_status(&msg);
                     let instance = match &msg {
                         TaskMessage::Step { state, .. } => state.id.clone(),
                         TaskMessage::Forward { instance, .. } => instance.clone(),

@@ -7,9 +7,9 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::message::{MailboxItem, ResultRecord, Status, TaskMessage};
+use super::state::{Entry, InstanceId, InstanceState, Outcome, Seq, Snapshot};
 use crate::error::Error;
-use crate::state::{InstanceState, MailboxItem, Outcome, ResultRecord, Seq, TaskMessage};
-use crate::Status;
 
 const MAGIC: &[u8; 2] = b"DT";
 
@@ -83,22 +83,83 @@ fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
 }
 
 /// A borrowed mirror of [`TaskMessage::Step`] that serializes to the same bytes, to encode
-/// a step message of a state without cloning the state.
+/// a step message of a state without cloning the state. `S` is [`InstanceState`] or its
+/// mirror [`ChildStateRef`].
 #[derive(Serialize)]
-pub(crate) enum TaskMessageRef<'a> {
+pub(crate) enum TaskMessageRef<'a, S = InstanceState> {
     Step {
-        state: &'a InstanceState,
+        state: &'a S,
         completion: Option<(Seq, &'a Outcome)>,
     },
 }
 
-/// A borrowed mirror of [`MailboxItem::State`] that serializes to the same bytes.
+/// A borrowed mirror of [`MailboxItem`] (its first two variants) that serializes to the
+/// same bytes.
 #[derive(Serialize)]
 pub(crate) enum MailboxItemRef<'a> {
     State(&'a InstanceState),
+    Event { seq: Seq, outcome: &'a Outcome },
 }
 
-impl TaskMessageRef<'_> {
+/// A borrowed mirror of a new child's [`InstanceState`] whose parent waits for it alone:
+/// the parent's state rides in it by reference, so the child's start is encoded (and
+/// checked against the state budget) while the parent still owns its state.
+#[derive(Serialize)]
+pub(crate) struct ChildStateRef<'a> {
+    id: &'a InstanceId,
+    name: &'a str,
+    #[serde(with = "serde_bytes")]
+    input: &'a [u8],
+    journal: &'a [Entry],
+    reply: ContinuationRef<'a>,
+    mailbox: bool,
+    version: u64,
+    recorded: u32,
+    finished: bool,
+    snapshot: Option<&'a Snapshot>,
+    base: Seq,
+    touch_at_ms: u64,
+}
+
+/// A borrowed mirror of [`ReplyTo`](super::state::ReplyTo) up to its `Continuation`
+/// variant (variant order is the wire format).
+#[derive(Serialize)]
+enum ContinuationRef<'a> {
+    #[allow(dead_code)]
+    Root,
+    Continuation {
+        parent: &'a InstanceState,
+        seq: Seq,
+    },
+}
+
+impl<'a> ChildStateRef<'a> {
+    /// The child `id` = `name(input)` of `parent`, issued at `seq`.
+    pub(crate) fn new(
+        id: &'a InstanceId,
+        name: &'a str,
+        input: &'a [u8],
+        parent: &'a InstanceState,
+        seq: Seq,
+    ) -> Self {
+        Self {
+            id,
+            name,
+            input,
+            journal: &[],
+            reply: ContinuationRef::Continuation { parent, seq },
+            mailbox: false,
+            version: 0,
+            recorded: 0,
+            finished: false,
+            snapshot: None,
+            base: 0,
+            touch_at_ms: 0,
+        }
+    }
+}
+
+impl<S: Serialize> TaskMessageRef<'_, S> {
     pub(crate) fn encode(&self) -> Vec<u8> {
         encode_as(Kind::Task, self)
     }
@@ -149,7 +210,7 @@ mod tests {
 
     use super::*;
     use crate::error::{Failure, FailureKind};
-    use crate::state::{Command, Entry, InstanceId, InstanceState, Outcome, ReplyTo};
+    use crate::protocol::state::{Command, ReplyTo};
 
     fn failure() -> impl Strategy<Value = Failure> {
         (0usize..8, ".{0,40}").prop_map(|(k, m)| {
@@ -261,6 +322,22 @@ mod tests {
             prop_assert_eq!(mirror.encode(), encode(&owned));
             let owned = MailboxItem::State(Box::new(s.clone()));
             prop_assert_eq!(MailboxItemRef::State(&s).encode(), encode(&owned));
+            let owned = MailboxItem::Event { seq, outcome: o.clone() };
+            prop_assert_eq!(MailboxItemRef::Event { seq, outcome: &o }.encode(), encode(&owned));
+            let child_id = s.id.child(seq);
+            let input = vec![seq as u8; (seq % 7) as usize];
+            let owned = TaskMessage::Step {
+                state: Box::new(InstanceState::new(
+                    child_id.clone(),
+                    "a.child".into(),
+                    input.clone(),
+                    ReplyTo::Continuation { parent: Box::new(s.clone()), seq },
+                )),
+                completion: None,
+            };
+            let child = ChildStateRef::new(&child_id, "a.child", &input, &s, seq);
+            let mirror = TaskMessageRef::Step { state: &child, completion: None };
+            prop_assert_eq!(mirror.encode(), encode(&owned));
         }
 
         #[test]

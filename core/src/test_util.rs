@@ -1,7 +1,8 @@
-//! A deterministic single-instance executor for testing the snapshot model against plain
-//! async: it runs one body, and whenever the body is blocked on distributed operations,
-//! resolves one of them (chosen by the caller) with a result the caller computes. Not a
-//! public API: the differential tests and benchmarks use it.
+//! Test utilities (feature `test-util`): a deterministic single-instance executor for
+//! testing a DTask's body, in either execution model, against plain async. It runs one
+//! body, and whenever the body is blocked on distributed operations, resolves one of them
+//! (chosen by the caller) with a result the caller computes. The differential tests and
+//! the benchmark use it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,12 +11,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::codec::{decode, encode};
-use crate::context::Exec;
-use crate::driver::{drive, StepEnd};
 use crate::error::{Failure, FailureKind};
-use crate::registry::{Registration, Run};
-use crate::state::{Command, InstanceId, InstanceState, Outcome, ReplyTo, Seq, TaskMessage};
+use crate::exec::{run_step, Model, StepOutput};
+use crate::protocol::codec::{decode, encode};
+use crate::protocol::message::TaskMessage;
+use crate::protocol::state::{Command, Entry, InstanceId, InstanceState, Outcome, ReplyTo, Seq};
+use crate::registry::Registration;
+use crate::step::{drive, Exec, StepEnd};
 
 /// A distributed operation the body issued, as the resolver sees it.
 #[derive(Debug, Clone)]
@@ -58,7 +60,7 @@ fn now() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_700_000_000)
 }
 
-fn outstanding(journal: &[crate::state::Entry], base: Seq) -> Vec<u32> {
+fn outstanding(journal: &[Entry], base: Seq) -> Vec<u32> {
     journal
         .iter()
         .enumerate()
@@ -95,11 +97,11 @@ where
     F: Future<Output = T> + Send + 'static,
 {
     let mut body = crate::__private::body(fut);
-    let exec = Arc::new(Mutex::new(Exec::with_base(
+    let exec = Arc::new(Mutex::new(Exec::snapshot(
         InstanceId::new("direct").expect("valid id"),
         Vec::new(),
         0,
-        true,
+        Vec::new(),
         0,
         now(),
     )));
@@ -240,30 +242,28 @@ async fn drive_snapshot(
     stop_after: usize,
 ) -> (Trace, Option<Vec<u8>>) {
     let mut trace = failed(Failure::new(FailureKind::Stuck, "did not finish"));
-    let Some(reg) = inventory::iter::<Registration>
-        .into_iter()
-        .find(|r| r.name == name)
-    else {
-        trace.result = Err(Failure::new(FailureKind::UnknownDTask, name.to_string()));
-        return (trace, None);
-    };
-    let Run::Snapshot {
-        run,
-        fingerprint,
-        accepts,
-    } = reg.run
-    else {
-        trace.result = Err(Failure::new(FailureKind::Misuse, "not a snapshot DTask"));
-        return (trace, None);
+    let model = match model_of(name) {
+        Ok(model @ Model::Snapshot { .. }) => model,
+        Ok(Model::Replay(_)) => {
+            trace.result = Err(Failure::new(FailureKind::Misuse, "not a snapshot DTask"));
+            return (trace, None);
+        }
+        Err(f) => {
+            trace.result = Err(f);
+            return (trace, None);
+        }
     };
     let mut inputs = HashMap::new();
     while trace.steps < MAX_STEPS {
         let started = Instant::now();
-        let (end, first_new, new_inputs) =
-            crate::snapshot::run_step(run, fingerprint, accepts, &mut state, now(), None).await;
+        let StepOutput {
+            end,
+            first_new,
+            child_inputs,
+        } = run_step(model, &mut state, now(), None).await;
         trace.steps += 1;
-        inputs.extend(new_inputs);
-        for seq in first_new as Seq..state.next_seq() {
+        inputs.extend(child_inputs);
+        for seq in first_new..state.next_seq() {
             if let Some(e) = state.entry(seq).filter(|e| e.cmd.is_distributed()) {
                 trace.ops.push(format!("{seq}: {}", e.cmd));
             }
@@ -320,16 +320,16 @@ async fn drive_snapshot(
 /// models (resume cost per step, message size).
 pub async fn run_replay(name: &str, input: Vec<u8>, world: &mut dyn World) -> Trace {
     let mut trace = failed(Failure::new(FailureKind::Stuck, "did not finish"));
-    let Some(reg) = inventory::iter::<Registration>
-        .into_iter()
-        .find(|r| r.name == name)
-    else {
-        trace.result = Err(Failure::new(FailureKind::UnknownDTask, name.to_string()));
-        return trace;
-    };
-    let Run::Replay(run) = reg.run else {
-        trace.result = Err(Failure::new(FailureKind::Misuse, "not a replay DTask"));
-        return trace;
+    let model = match model_of(name) {
+        Ok(model @ Model::Replay(_)) => model,
+        Ok(Model::Snapshot { .. }) => {
+            trace.result = Err(Failure::new(FailureKind::Misuse, "not a replay DTask"));
+            return trace;
+        }
+        Err(f) => {
+            trace.result = Err(f);
+            return trace;
+        }
     };
     let mut state = InstanceState::new(
         InstanceId::new("replay").expect("valid id"),
@@ -340,30 +340,14 @@ pub async fn run_replay(name: &str, input: Vec<u8>, world: &mut dyn World) -> Tr
     let mut inputs = HashMap::new();
     while trace.steps < MAX_STEPS {
         let started = Instant::now();
-        let mut body = match run(&state.input) {
-            Ok(b) => b,
-            Err(f) => {
-                trace.result = Err(f);
-                return trace;
-            }
-        };
-        let first_new = state.journal.len();
-        let exec = Arc::new(Mutex::new(Exec::new(
-            state.id.clone(),
-            std::mem::take(&mut state.journal),
-            state.recorded,
-            now(),
-        )));
-        let end = drive(&mut body, &exec).await;
-        drop(body);
-        {
-            let mut ex = exec.lock().unwrap_or_else(|p| p.into_inner());
-            state.journal = std::mem::take(&mut ex.journal);
-            state.recorded = ex.recorded;
-            inputs.extend(ex.child_inputs.drain());
-        }
+        let StepOutput {
+            end,
+            first_new,
+            child_inputs,
+        } = run_step(model, &mut state, now(), None).await;
+        inputs.extend(child_inputs);
         trace.steps += 1;
-        for (i, e) in state.journal.iter().enumerate().skip(first_new) {
+        for (i, e) in state.journal.iter().enumerate().skip(first_new as usize) {
             if e.cmd.is_distributed() {
                 trace.ops.push(format!("{i}: {}", e.cmd));
             }
@@ -412,11 +396,17 @@ pub async fn run_replay(name: &str, input: Vec<u8>, world: &mut dyn World) -> Tr
 
 /// The fingerprint of the `#[dtask(snapshot)]` function registered as `name`.
 pub fn fingerprint(name: &str) -> Option<u64> {
+    match model_of(name) {
+        Ok(Model::Snapshot { fingerprint, .. }) => Some(fingerprint),
+        _ => None,
+    }
+}
+
+/// How the `#[dtask]` function registered as `name` runs.
+fn model_of(name: &str) -> Result<Model, Failure> {
     inventory::iter::<Registration>
         .into_iter()
         .find(|r| r.name == name)
-        .and_then(|r| match r.run {
-            Run::Snapshot { fingerprint, .. } => Some(fingerprint),
-            Run::Replay(_) => None,
-        })
+        .map(|r| r.run)
+        .ok_or_else(|| Failure::new(FailureKind::UnknownDTask, name.to_string()))
 }

@@ -1,6 +1,6 @@
 //! The in-memory transport: the embedded default, and the transport for users' tests.
 //!
-//! It gives the same semantics as a broker (see [`crate::transport`]): at-least-once
+//! It gives the same semantics as a broker (see [the contract](super)): at-least-once
 //! delivery (an unsettled delivery is delivered again), durable-until-acked messages,
 //! delays, mailboxes with serialized doorbells, and set-once result registers. Two test
 //! modes make the hard cases easy to reach: **virtual time** (timers fire when the test
@@ -16,12 +16,12 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Notify;
 
-use crate::error::Error;
-use crate::state::InstanceId;
-use crate::transport::{
-    Delivery, DeliveryKind, Destination, MailboxMessage, Outgoing, Published, Reply, Settle,
-    Transport,
+use super::{
+    Delivery, DeliveryKind, Destination, MailboxMessage, Outgoing, Published, Registers, Reply,
+    ReplyQueues, Settle, Transport,
 };
+use crate::error::Error;
+use crate::protocol::InstanceId;
 
 /// The in-process transport. Cheap to clone; clones share the same queues.
 ///
@@ -485,49 +485,6 @@ impl Transport for MemoryTransport {
         futures::future::ready(Ok(report)).boxed()
     }
 
-    fn supports_replies(&self) -> bool {
-        true
-    }
-
-    fn consume_replies(
-        &self,
-        client: &str,
-    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Reply, Error>>, Error>> {
-        let shared = self.shared.clone();
-        let client = client.to_string();
-        let stream = futures::stream::unfold((shared, client), |(shared, client)| async move {
-            loop {
-                let waiter = shared.clone();
-                let notified = waiter.changed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                {
-                    let mut mem = shared.lock();
-                    let next = mem.replies.get_mut(&client).and_then(VecDeque::pop_front);
-                    if let Some((instance, body)) = next {
-                        mem.unsettled += 1;
-                        drop(mem);
-                        let reply = Reply {
-                            instance: instance.clone(),
-                            body: body.clone(),
-                            settle: Box::new(MemSettle {
-                                shared: shared.clone(),
-                                token: Some(Token::Reply {
-                                    client: client.clone(),
-                                    instance,
-                                    body,
-                                }),
-                            }),
-                        };
-                        return Some((Ok(reply), (shared, client)));
-                    }
-                }
-                notified.await;
-            }
-        });
-        futures::future::ready(Ok(stream.boxed())).boxed()
-    }
-
     fn consume(
         &self,
         names: Vec<String>,
@@ -634,6 +591,25 @@ impl Transport for MemoryTransport {
         futures::future::ready(Ok(out)).boxed()
     }
 
+    fn mailbox_retention(&self) -> Option<Duration> {
+        self.shared.mailbox_retention
+    }
+
+    fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
+        let n = self.shared.lock().timers.len() as u64;
+        futures::future::ready(Ok(Some(n))).boxed()
+    }
+
+    fn registers(&self) -> Option<&dyn Registers> {
+        Some(self)
+    }
+
+    fn replies(&self) -> Option<&dyn ReplyQueues> {
+        Some(self)
+    }
+}
+
+impl Registers for MemoryTransport {
     fn create_register(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>> {
         self.shared.lock().registers.insert(instance.clone());
         futures::future::ready(Ok(())).boxed()
@@ -681,13 +657,45 @@ impl Transport for MemoryTransport {
         let r = self.shared.lock().statuses.get(instance).cloned();
         futures::future::ready(Ok(r)).boxed()
     }
+}
 
-    fn mailbox_retention(&self) -> Option<Duration> {
-        self.shared.mailbox_retention
-    }
-
-    fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
-        let n = self.shared.lock().timers.len() as u64;
-        futures::future::ready(Ok(Some(n))).boxed()
+impl ReplyQueues for MemoryTransport {
+    fn consume_replies(
+        &self,
+        client: &str,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Reply, Error>>, Error>> {
+        let shared = self.shared.clone();
+        let client = client.to_string();
+        let stream = futures::stream::unfold((shared, client), |(shared, client)| async move {
+            loop {
+                let waiter = shared.clone();
+                let notified = waiter.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let mut mem = shared.lock();
+                    let next = mem.replies.get_mut(&client).and_then(VecDeque::pop_front);
+                    if let Some((instance, body)) = next {
+                        mem.unsettled += 1;
+                        drop(mem);
+                        let reply = Reply {
+                            instance: instance.clone(),
+                            body: body.clone(),
+                            settle: Box::new(MemSettle {
+                                shared: shared.clone(),
+                                token: Some(Token::Reply {
+                                    client: client.clone(),
+                                    instance,
+                                    body,
+                                }),
+                            }),
+                        };
+                        return Some((Ok(reply), (shared, client)));
+                    }
+                }
+                notified.await;
+            }
+        });
+        futures::future::ready(Ok(stream.boxed())).boxed()
     }
 }

@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::error::{Failure, FailureKind};
-use crate::state::{Command, Entry, InstanceId, Outcome, Seq};
+use crate::protocol::state::{Command, Entry, InstanceId, Outcome, Seq, Shape};
 
+/// The context of one step: the journal DTask operations claim positions in and read
+/// results from, and what the step issued.
 pub(crate) struct Exec {
     pub(crate) instance: InstanceId,
     pub(crate) journal: Vec<Entry>,
@@ -19,14 +21,8 @@ pub(crate) struct Exec {
     pub(crate) base: Seq,
     /// The first position of this step: entries at or past it were issued now.
     pub(crate) replayed: usize,
-    /// Snapshot model: operations are always new (nothing is replayed or checked).
-    pub(crate) snapshot: bool,
-    /// Snapshot model: what the await the machine is pending on saved, if anything.
-    pub(crate) saved: Saved,
-    /// Positions claimed by `DTask::spawn` in this step.
-    pub(crate) spawned: Vec<Seq>,
-    /// Snapshot model: entries of spawned operations kept beside the compacted journal.
-    pub(crate) pinned: Vec<(Seq, Entry)>,
+    /// What only the snapshot model keeps (`None` in the replay model).
+    pub(crate) snapshot: Option<SnapshotCtx>,
     pub(crate) recorded: u32,
     pub(crate) next_seq: Seq,
     /// Leaf operations that reported `Pending` for want of a result in the last poll.
@@ -42,32 +38,72 @@ pub(crate) struct Exec {
 /// A clock: the current time of a transport (real or virtual).
 pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
+/// The context only the snapshot model keeps: operations are always new (nothing is
+/// replayed or checked), and the machine saves its frame here.
+#[derive(Default)]
+pub(crate) struct SnapshotCtx {
+    /// What the await the machine is pending on saved, if anything.
+    pub(crate) saved: Saved,
+    /// Positions claimed by `DTask::spawn` in this step.
+    pub(crate) spawned: Vec<Seq>,
+    /// Entries of spawned operations kept beside the compacted journal.
+    pub(crate) pinned: Vec<(Seq, Entry)>,
+}
+
 /// What the snapshot machine left for the engine at its last pending poll.
+#[derive(Default)]
 pub(crate) enum Saved {
     /// Not pending at an await of the machine's body.
+    #[default]
     Nothing,
     /// Pending at a distributed await: its saved frame.
-    Frame(crate::snapshot::Frame),
+    Frame(Frame),
     /// Pending at an await that cannot be saved, and why.
     Unsaveable(String),
 }
 
+/// What a snapshot point saves while it is pending.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub(crate) point: u32,
+    pub(crate) locals: Vec<u8>,
+    pub(crate) pending: Shape,
+}
+
 impl Exec {
-    pub(crate) fn new(
+    /// A replay-model context: the body is run from the top and every operation is
+    /// checked against `journal`.
+    pub(crate) fn replay(
         instance: InstanceId,
         journal: Vec<Entry>,
         recorded: u32,
         now: SystemTime,
     ) -> Self {
-        Self::with_base(instance, journal, 0, false, recorded, now)
+        Self::new(instance, journal, 0, None, recorded, now)
     }
 
-    /// A context whose journal starts at position `base`; `snapshot` selects the model.
-    pub(crate) fn with_base(
+    /// A snapshot-model context whose journal starts at position `base`; `pinned` holds
+    /// the entries of spawned operations kept beside it.
+    pub(crate) fn snapshot(
         instance: InstanceId,
         journal: Vec<Entry>,
         base: Seq,
-        snapshot: bool,
+        pinned: Vec<(Seq, Entry)>,
+        recorded: u32,
+        now: SystemTime,
+    ) -> Self {
+        let ctx = SnapshotCtx {
+            pinned,
+            ..SnapshotCtx::default()
+        };
+        Self::new(instance, journal, base, Some(ctx), recorded, now)
+    }
+
+    fn new(
+        instance: InstanceId,
+        journal: Vec<Entry>,
+        base: Seq,
+        snapshot: Option<SnapshotCtx>,
         recorded: u32,
         now: SystemTime,
     ) -> Self {
@@ -77,18 +113,21 @@ impl Exec {
             journal,
             base,
             replayed: next_seq as usize,
+            next_seq: if snapshot.is_some() { next_seq } else { 0 },
             snapshot,
-            saved: Saved::Nothing,
-            spawned: Vec::new(),
-            pinned: Vec::new(),
             recorded,
-            next_seq: if snapshot { next_seq } else { 0 },
             blocked: 0,
             failure: None,
             now,
             clock: None,
             child_inputs: HashMap::new(),
         }
+    }
+
+    /// Sets the clock relative timers read (default: the step's start).
+    pub(crate) fn with_clock(mut self, clock: Option<Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The time a relative timer issued now counts from: the clock's reading, never before
@@ -115,7 +154,7 @@ impl Exec {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.snapshot {
+        if self.snapshot.is_some() {
             // No replay: every operation is new and takes the next position.
             self.journal.push(Entry {
                 cmd,
@@ -148,7 +187,7 @@ impl Exec {
     /// [`Exec::claim`] of a call of `name` with input hash `input_hash`. A replayed call
     /// that matches its recorded command is checked in place, without building a command.
     pub(crate) fn claim_child(&mut self, name: &str, input_hash: u64) -> Option<Seq> {
-        if self.failure.is_none() && !self.snapshot {
+        if self.failure.is_none() && self.snapshot.is_none() {
             let seq = self.next_seq;
             if let Some(Entry {
                 cmd:
@@ -176,7 +215,13 @@ impl Exec {
         let i = seq.checked_sub(self.base).map(|i| i as usize);
         match i.and_then(|i| self.journal.get(i)) {
             Some(e) if e.cmd != Command::Compacted => Some(e),
-            _ => self.pinned.iter().find(|(s, _)| *s == seq).map(|(_, e)| e),
+            _ => self
+                .snapshot
+                .as_ref()?
+                .pinned
+                .iter()
+                .find(|(s, _)| *s == seq)
+                .map(|(_, e)| e),
         }
     }
 

@@ -5,128 +5,61 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::config::WorkerConfig;
+use super::worker::{Worker, WorkerStats};
+use crate::client::Client;
 use crate::error::Error;
-use crate::memory::MemoryTransport;
-use crate::registry::{DTaskFn, Registry};
-use crate::{Client, Worker, WorkerStats};
+use crate::transport::{MemoryTransport, MemoryTransportBuilder};
 
-/// Configures a [`Runtime`].
-#[derive(Debug, Default)]
+/// Configures a [`Runtime`] beyond its workers' settings: how many workers, and the
+/// in-memory transport's test modes.
+#[derive(Debug)]
 pub struct RuntimeBuilder {
-    registry: Registry,
-    errors: Vec<Error>,
-    workers: Option<usize>,
-    concurrency: Option<usize>,
-    virtual_time: bool,
-    duplicate: bool,
-    dedupe_window: Option<usize>,
-    state_budget: Option<usize>,
-    mailbox_retention: Option<Duration>,
+    config: WorkerConfig,
+    workers: usize,
+    transport: MemoryTransportBuilder,
 }
 
 impl RuntimeBuilder {
-    /// Registers the `#[dtask]` function `f`.
-    pub fn register<F, M>(mut self, f: F) -> Self
-    where
-        F: DTaskFn<M>,
-    {
-        if let Err(e) = self.registry.register(f) {
-            self.errors.push(e);
-        }
-        self
-    }
-
-    /// Registers every `#[dtask]` function linked into the binary.
-    pub fn register_all(mut self) -> Self {
-        match Registry::all() {
-            Ok(all) => {
-                if let Err(e) = self.registry.extend(&all) {
-                    self.errors.push(e);
-                }
-            }
-            Err(e) => self.errors.push(e),
-        }
-        self
-    }
-
     /// How many workers share the transport (default 1). More than one exercises the
     /// same hand-offs as separate processes do.
     pub fn workers(mut self, n: usize) -> Self {
-        self.workers = Some(n.max(1));
-        self
-    }
-
-    /// Deliveries each worker handles at once (default 64).
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = Some(n);
+        self.workers = n.max(1);
         self
     }
 
     /// Timers fire only when [`Runtime::advance`] moves the clock.
     pub fn virtual_time(mut self) -> Self {
-        self.virtual_time = true;
+        self.transport = self.transport.virtual_time();
         self
     }
 
     /// Every message is delivered twice.
     pub fn duplicate_delivery(mut self) -> Self {
-        self.duplicate = true;
-        self
-    }
-
-    /// See [`WorkerBuilder::dedupe_window`](crate::WorkerBuilder::dedupe_window).
-    pub fn dedupe_window(mut self, n: usize) -> Self {
-        self.dedupe_window = Some(n);
-        self
-    }
-
-    /// See [`WorkerBuilder::state_budget`](crate::WorkerBuilder::state_budget).
-    pub fn state_budget(mut self, bytes: usize) -> Self {
-        self.state_budget = Some(bytes);
+        self.transport = self.transport.duplicate_delivery();
         self
     }
 
     /// Mailboxes unused for `retention` are deleted, as on a broker (see
-    /// [`MemoryTransportBuilder::mailbox_retention`](crate::MemoryTransportBuilder::mailbox_retention)).
+    /// [`MemoryTransportBuilder::mailbox_retention`]).
     pub fn mailbox_retention(mut self, retention: Duration) -> Self {
-        self.mailbox_retention = Some(retention);
+        self.transport = self.transport.mailbox_retention(retention);
         self
     }
 
-    /// Starts the workers on the current tokio runtime.
+    /// Starts the workers on the current tokio runtime; fails with every problem of the
+    /// workers' configuration.
     ///
     /// # Panics
     /// Outside of a tokio runtime.
     pub fn build(self) -> Result<Runtime, Error> {
-        if let Some(e) = self.errors.into_iter().next() {
-            return Err(e);
-        }
-        let mut t = MemoryTransport::builder();
-        if self.virtual_time {
-            t = t.virtual_time();
-        }
-        if self.duplicate {
-            t = t.duplicate_delivery();
-        }
-        if let Some(r) = self.mailbox_retention {
-            t = t.mailbox_retention(r);
-        }
-        let transport = t.build();
+        self.config.validate()?;
+        let transport = self.transport.build();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers = Vec::new();
         let mut handles = Vec::new();
-        for _ in 0..self.workers.unwrap_or(1) {
-            let mut b = Worker::builder(transport.clone()).registry(&self.registry);
-            if let Some(c) = self.concurrency {
-                b = b.concurrency(c);
-            }
-            if let Some(n) = self.dedupe_window {
-                b = b.dedupe_window(n);
-            }
-            if let Some(n) = self.state_budget {
-                b = b.state_budget(n);
-            }
-            let worker = b.build()?;
+        for _ in 0..self.workers {
+            let worker = Worker::new(transport.clone(), self.config.clone())?;
             handles.push(worker.clone());
             let mut stop = stop_rx.clone();
             workers.push(tokio::spawn(async move {
@@ -137,7 +70,7 @@ impl RuntimeBuilder {
                     .await
             }));
         }
-        let client = Client::new(transport.clone()).with_registry(self.registry.clone());
+        let client = Client::new(transport.clone()).with_registry(self.config.registry.clone());
         Ok(Runtime {
             transport,
             client,
@@ -152,7 +85,7 @@ impl RuntimeBuilder {
 ///
 /// ```
 /// use std::time::Duration;
-/// use dtasks::{dtask, DTask, Runtime};
+/// use dtasks::{dtask, DTask, Runtime, WorkerConfig};
 ///
 /// #[dtask]
 /// async fn remind(days: u64) -> String {
@@ -162,7 +95,9 @@ impl RuntimeBuilder {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), dtasks::Error> {
-/// let rt = Runtime::builder().register(remind).virtual_time().build()?;
+/// let rt = Runtime::builder(WorkerConfig::new().register(remind))
+///     .virtual_time()
+///     .build()?;
 /// let h = rt.client().start(remind(30)).await?;
 /// rt.wait_idle().await;
 /// rt.advance(Duration::from_secs(30 * 86_400));
@@ -187,9 +122,22 @@ impl Runtime {
             .fold(WorkerStats::default(), |a, b| a + b)
     }
 
-    /// Configures a runtime.
-    pub fn builder() -> RuntimeBuilder {
-        RuntimeBuilder::default()
+    /// Starts a runtime of one worker with the settings of `config`, on the current tokio
+    /// runtime; fails with every problem of `config`.
+    ///
+    /// # Panics
+    /// Outside of a tokio runtime.
+    pub fn new(config: WorkerConfig) -> Result<Runtime, Error> {
+        Self::builder(config).build()
+    }
+
+    /// Configures a runtime whose workers have the settings of `config`.
+    pub fn builder(config: WorkerConfig) -> RuntimeBuilder {
+        RuntimeBuilder {
+            config,
+            workers: 1,
+            transport: MemoryTransport::builder(),
+        }
     }
 
     /// A client that starts instances on this runtime.

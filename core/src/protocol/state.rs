@@ -1,8 +1,9 @@
-//! The replay model's instance state and the messages that carry it.
+//! An instance's state: its id, input, journal, where its result goes and, for the
+//! snapshot model, its saved machine.
 //!
-//! Everything here is serialized with rmp-serde inside a versioned envelope (see
-//! [`crate::codec`]). Field order is part of the wire format: add fields only at the end
-//! of a struct, with `#[serde(default)]`, or bump the envelope version.
+//! Serialized with rmp-serde inside the protocol's versioned envelope. Field order is part
+//! of the wire format: add fields only at the end of a struct, with `#[serde(default)]`,
+//! or bump the envelope version.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,7 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Failure;
-use crate::snapshot::Snapshot;
 
 /// Position of an operation in an instance's journal.
 pub(crate) type Seq = u32;
@@ -33,7 +33,7 @@ impl InstanceId {
 
     /// Uses `id` as an instance id. Ids are limited to 200 bytes of ASCII letters, digits
     /// and `-_.:` so they can name broker resources.
-    pub fn new(id: impl Into<String>) -> Result<Self, crate::Error> {
+    pub fn new(id: impl Into<String>) -> Result<Self, crate::error::Error> {
         let id = id.into();
         let ok = !id.is_empty()
             && id.len() <= 200
@@ -43,7 +43,7 @@ impl InstanceId {
         if ok {
             Ok(Self(id))
         } else {
-            Err(crate::Error::bad_input(format!(
+            Err(crate::error::Error::bad_input(format!(
                 "`{id}` is not a valid instance id (1-200 of A-Z a-z 0-9 - _ . :)"
             )))
         }
@@ -299,16 +299,6 @@ impl InstanceState {
         self.outstanding_seqs().len()
     }
 
-    /// An empty state that allocates nothing, to stand in while a state is moved out.
-    pub(crate) fn placeholder() -> Self {
-        Self::new(
-            InstanceId(String::new()),
-            String::new(),
-            Vec::new(),
-            ReplyTo::Detached,
-        )
-    }
-
     pub(crate) fn tombstone(&self) -> Self {
         Self {
             id: self.id.clone(),
@@ -327,41 +317,41 @@ impl InstanceState {
     }
 }
 
-/// A message on a task queue.
+/// The saved machine of a suspended snapshot-model instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum TaskMessage {
-    /// Run a step of the instance whose state this carries, first recording the result of
-    /// operation `completion.0` when given (a start has none).
-    Step {
-        state: Box<InstanceState>,
-        completion: Option<(Seq, Outcome)>,
-    },
-    /// Put `item` into the mailbox of `instance` (of DTask `name`), no earlier than
-    /// `not_before_ms` (used for timers of mailbox-mode instances).
-    Forward {
-        instance: InstanceId,
-        name: String,
-        item: MailboxItem,
-        not_before_ms: u64,
-    },
+pub(crate) struct Snapshot {
+    /// The fingerprint of the function's code that saved it.
+    pub(crate) fingerprint: u64,
+    /// The index of the await the machine is suspended at.
+    pub(crate) point: u32,
+    /// The saved locals, in the order the generated code writes them.
+    #[serde(with = "serde_bytes")]
+    pub(crate) locals: Vec<u8>,
+    /// The operation the await waits for.
+    pub(crate) pending: Shape,
+    /// The entries of spawned operations, kept beside the journal: their handles may be
+    /// awaited at any time.
+    pub(crate) pinned: Vec<(Seq, Entry)>,
 }
 
-/// A message in an instance's mailbox.
+/// A pending distributed operation as saved in a snapshot: journal positions only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum MailboxItem {
-    /// The instance's state (highest `version` wins).
-    State(Box<InstanceState>),
-    /// The result of operation `seq`.
-    Event { seq: Seq, outcome: Outcome },
-    /// A keep-alive: draining the mailbox counts as using it, so a broker does not expire
-    /// the mailbox of an instance that waits longer than the mailbox retention.
-    Touch,
+pub(crate) enum Shape {
+    /// One operation; with `catch`, a failure is a value (`catch_failure`).
+    Op { seq: Seq, catch: bool },
+    /// `when_all` / `join`: every part, as an array.
+    All(Vec<Shape>),
+    /// `when_any`: the part recorded first, as `(index, value)`.
+    Any(Vec<Shape>),
 }
 
-/// The final result of a root instance, as kept in the result register.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ResultRecord {
-    pub(crate) outcome: Outcome,
+impl Shape {
+    pub(crate) fn seqs(&self, out: &mut Vec<Seq>) {
+        match self {
+            Shape::Op { seq, .. } => out.push(*seq),
+            Shape::All(parts) | Shape::Any(parts) => parts.iter().for_each(|p| p.seqs(out)),
+        }
+    }
 }
 
 /// 64-bit FNV-1a: a stable hash for recording inputs in the journal.

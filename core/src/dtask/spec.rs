@@ -1,0 +1,66 @@
+//! The structure of a DTask, for saving a pending await in a snapshot.
+
+use super::LeafOp;
+use crate::protocol::state::{Seq, Shape};
+
+/// The structure of a DTask, known when it is built (positions are claimed later).
+#[derive(Clone, Debug)]
+pub(crate) enum Spec {
+    /// A leaf that claims the next position on its first poll.
+    Claim {
+        catch: bool,
+    },
+    /// A spawn handle: a position claimed before.
+    Handle {
+        seq: Seq,
+        catch: bool,
+    },
+    All(Vec<Spec>),
+    Any(Vec<Spec>),
+    /// Something a snapshot cannot hold (a closure, an unserializable value).
+    Unsaveable(&'static str),
+}
+
+impl Spec {
+    /// The shape of this structure when its first poll claimed positions from `*next`
+    /// on, in poll order (depth first: every combinator polls all its parts in order).
+    pub(crate) fn assign(&self, next: &mut Seq) -> Result<Shape, String> {
+        Ok(match self {
+            Spec::Claim { catch } => {
+                let seq = *next;
+                *next += 1;
+                Shape::Op { seq, catch: *catch }
+            }
+            Spec::Handle { seq, catch } => Shape::Op {
+                seq: *seq,
+                catch: *catch,
+            },
+            Spec::All(parts) => Shape::All(
+                parts
+                    .iter()
+                    .map(|p| p.assign(next))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Spec::Any(parts) => Shape::Any(
+                parts
+                    .iter()
+                    .map(|p| p.assign(next))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Spec::Unsaveable(what) => {
+                return Err(format!(
+                    "it combines {what}, which a snapshot cannot hold; apply it after the await"
+                ))
+            }
+        })
+    }
+}
+
+impl Spec {
+    pub(super) fn of_leaf(op: &LeafOp, catch: bool) -> Self {
+        match op {
+            LeafOp::Handle { seq, .. } => Spec::Handle { seq: *seq, catch },
+            _ => Spec::Claim { catch },
+        }
+    }
+}

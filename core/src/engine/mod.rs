@@ -1,0 +1,503 @@
+//! The engine: what a delivery causes. It decides, for one task message or one drained
+//! mailbox, which step runs ([`crate::exec`]) and which messages of the protocol
+//! ([`Outgoing`]'s constructors) are published before the delivery is acked; it moves no
+//! bytes itself. See `docs/architecture.md` for the protocol.
+
+#[cfg(test)]
+mod race_tests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use tracing::{debug, warn};
+
+use crate::error::{Error, Failure, FailureKind};
+use crate::exec::{run_step, StepOutput};
+use crate::protocol::codec::decode;
+use crate::protocol::message::{MailboxItem, Status, TaskMessage};
+use crate::protocol::outgoing::{Outgoing, UNIT};
+use crate::protocol::state::{to_millis, Command, InstanceState, Outcome, ReplyTo, Seq};
+use crate::registry::Registry;
+use crate::step::{Clock, StepEnd};
+
+/// Default size budget of one message (state included).
+pub(crate) const DEFAULT_STATE_BUDGET: usize = 4 * 1024 * 1024;
+
+pub(crate) struct Engine {
+    pub(crate) registry: Registry,
+    pub(crate) budget: usize,
+    /// How often the mailbox of a waiting instance is touched so that the broker does not
+    /// expire it (`None`: mailboxes never expire).
+    pub(crate) keepalive: Option<Duration>,
+    /// The transport's clock, for timers issued during a step.
+    pub(crate) clock: Option<Clock>,
+}
+
+/// What to do with the messages drained from a mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settlement {
+    Ack,
+    Requeue,
+    DeadLetter,
+}
+
+pub(crate) struct MailboxPlan {
+    pub(crate) outputs: Vec<Outgoing>,
+    pub(crate) settle: Vec<(Settlement, String)>,
+    /// Events wait for a state that is not in the mailbox (it is being executed).
+    pub(crate) waiting_for_state: bool,
+}
+
+/// What a step produced: the messages to publish and, when one of them hands the work on
+/// to a single next step, that message undecoded (the same as its encoded body).
+pub(crate) struct Stepped {
+    pub(crate) outputs: Vec<Outgoing>,
+    pub(crate) next: Option<TaskMessage>,
+}
+
+impl From<Vec<Outgoing>> for Stepped {
+    fn from(outputs: Vec<Outgoing>) -> Self {
+        Self {
+            outputs,
+            next: None,
+        }
+    }
+}
+
+/// The one message of a step that hands its instance on to a next step, kept for running
+/// that step inline. It is built after the budget check, from the state the step leaves.
+enum HandOff {
+    None,
+    /// The start of the child at `seq`, the parent's state riding in it.
+    Child {
+        seq: Seq,
+        name: String,
+        input: Vec<u8>,
+    },
+    /// The parent's resume with this result, its state riding back.
+    Parent(Outcome),
+}
+
+impl HandOff {
+    fn into_message(self, state: InstanceState) -> Option<TaskMessage> {
+        match self {
+            HandOff::None => None,
+            HandOff::Child { seq, name, input } => {
+                let id = state.id.child(seq);
+                let reply = ReplyTo::Continuation {
+                    parent: Box::new(state),
+                    seq,
+                };
+                Some(TaskMessage::Step {
+                    state: Box::new(InstanceState::new(id, name, input, reply)),
+                    completion: None,
+                })
+            }
+            HandOff::Parent(outcome) => match state.reply {
+                ReplyTo::Continuation { parent, seq } => Some(TaskMessage::Step {
+                    state: parent,
+                    completion: Some((seq, outcome)),
+                }),
+                _ => None,
+            },
+        }
+    }
+}
+
+fn unit() -> Outcome {
+    Outcome::Ok(UNIT.to_vec())
+}
+
+impl Engine {
+    pub(crate) fn new(registry: Registry, budget: usize) -> Self {
+        Self {
+            registry,
+            budget,
+            keepalive: None,
+            clock: None,
+        }
+    }
+
+    /// Reads `clock` when a step issues a relative timer.
+    pub(crate) fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Touches mailboxes every `every` (a fraction of the transport's mailbox retention).
+    pub(crate) fn with_keepalive(mut self, every: Option<Duration>) -> Self {
+        self.keepalive = every;
+        self
+    }
+
+    /// Decodes a task message. An error means the message is poison.
+    pub(crate) fn decode_task(&self, body: &[u8]) -> Result<TaskMessage, Error> {
+        decode::<TaskMessage>(body)
+    }
+
+    /// The status write to make before running `msg`, if it is a root's first step.
+    pub(crate) fn running_status(&self, msg: &TaskMessage) -> Option<Outgoing> {
+        match msg {
+            TaskMessage::Step {
+                state,
+                completion: None,
+            } if state.reply == ReplyTo::Root
+                && state.journal.is_empty()
+                && state.snapshot.is_none() =>
+            {
+                Some(Outgoing::status(state, Status::Running))
+            }
+            _ => None,
+        }
+    }
+
+    /// Handles a task message; returns what to publish before acking it.
+    #[cfg(test)]
+    pub(crate) async fn handle_task(&self, msg: TaskMessage, now: SystemTime) -> Vec<Outgoing> {
+        self.handle_task_next(msg, now).await.outputs
+    }
+
+    /// Handles a task message; returns what to publish before acking it and, when one of
+    /// those messages hands the work on to a step (a child's start, a result to a parent
+    /// that waits for it alone), that message undecoded, for running it inline.
+    pub(crate) async fn handle_task_next(&self, msg: TaskMessage, now: SystemTime) -> Stepped {
+        match msg {
+            TaskMessage::Step { state, completion } => {
+                let mut state = *state;
+                if let Some((seq, outcome)) = completion {
+                    if let Some(at) = state.entry(seq).and_then(|e| e.cmd.fire_at()) {
+                        if at > now {
+                            // Arrived early (clock skew, delay rounding): wait the rest.
+                            return vec![Outgoing::resume_again(&state, seq, &outcome, at, now)]
+                                .into();
+                        }
+                    }
+                    if !state.record(seq, outcome) {
+                        debug!(instance = %state.id, seq, "duplicate or unknown completion dropped");
+                        return Vec::new().into();
+                    }
+                }
+                self.step_next(state, now).await
+            }
+            TaskMessage::Forward {
+                instance,
+                name,
+                item,
+                not_before_ms,
+            } => {
+                let out = if not_before_ms > to_millis(now) {
+                    Outgoing::forward_again(&instance, &name, item, not_before_ms, now)
+                } else {
+                    Outgoing::forwarded(&instance, &name, &item, not_before_ms)
+                };
+                vec![out].into()
+            }
+        }
+    }
+
+    /// Merges the messages drained from a mailbox and runs the instance when something new
+    /// arrived. `items` are the raw bodies, in mailbox order.
+    pub(crate) async fn handle_mailbox(&self, items: &[Vec<u8>], now: SystemTime) -> MailboxPlan {
+        let mut settle: Vec<(Settlement, String)> =
+            vec![(Settlement::Ack, String::new()); items.len()];
+        let mut state: Option<(usize, InstanceState)> = None;
+        let mut events: Vec<(usize, Seq, Outcome)> = Vec::new();
+        let mut touched = false;
+        for (i, body) in items.iter().enumerate() {
+            match decode::<MailboxItem>(body) {
+                Ok(MailboxItem::State(s)) => {
+                    let newer = state.as_ref().is_none_or(|(_, cur)| {
+                        (s.finished, s.version) > (cur.finished, cur.version)
+                    });
+                    if newer {
+                        state = Some((i, *s));
+                    }
+                }
+                Ok(MailboxItem::Event { seq, outcome }) => events.push((i, seq, outcome)),
+                // The drain itself was the point; the touch is acked.
+                Ok(MailboxItem::Touch) => touched = true,
+                Err(e) => settle[i] = (Settlement::DeadLetter, e.to_string()),
+            }
+        }
+        let Some((state_at, mut state)) = state else {
+            for (i, _, _) in &events {
+                settle[*i].0 = Settlement::Requeue;
+            }
+            return MailboxPlan {
+                outputs: Vec::new(),
+                waiting_for_state: !events.is_empty(),
+                settle,
+            };
+        };
+        if state.finished {
+            // Late results for a finished instance (e.g. `when_any` losers) are dropped.
+            settle[state_at].0 = Settlement::Requeue;
+            return MailboxPlan {
+                outputs: Vec::new(),
+                settle,
+                waiting_for_state: false,
+            };
+        }
+        let mut merged = 0;
+        for (_, seq, outcome) in events {
+            if state.record(seq, outcome) {
+                merged += 1;
+            }
+        }
+        if touched {
+            // The keep-alive that fired is spent: the next write of the state schedules
+            // another.
+            state.touch_at_ms = 0;
+        }
+        if merged == 0 && !touched {
+            settle[state_at].0 = Settlement::Requeue;
+            return MailboxPlan {
+                outputs: Vec::new(),
+                settle,
+                waiting_for_state: false,
+            };
+        }
+        if merged == 0 {
+            // Only a keep-alive: write the state back with the next one scheduled.
+            let outputs = self.write_mailbox_state(&mut state, now);
+            return MailboxPlan {
+                outputs,
+                settle,
+                waiting_for_state: false,
+            };
+        }
+        debug!(instance = %state.id, merged, "mailbox merged");
+        let outputs = if self.registry.contains(&state.name) {
+            self.step_next(state, now).await.outputs
+        } else {
+            // This worker does not run this DTask: hand the merged state to one that does.
+            // It comes back to the mailbox at its next suspension.
+            vec![Outgoing::hand_over(&state)]
+        };
+        MailboxPlan {
+            outputs,
+            settle,
+            waiting_for_state: false,
+        }
+    }
+
+    /// The messages that write `state` (with `version + 1`) to its mailbox, plus a
+    /// keep-alive of the mailbox when none is pending.
+    fn write_mailbox_state(&self, state: &mut InstanceState, now: SystemTime) -> Vec<Outgoing> {
+        state.version += 1;
+        let keepalive = match self.keepalive {
+            Some(every) if state.touch_at_ms <= to_millis(now) => {
+                let at = now + every;
+                state.touch_at_ms = to_millis(at);
+                Some(at)
+            }
+            _ => None,
+        };
+        let mut outputs = vec![Outgoing::mailbox_state(state)];
+        outputs.extend(keepalive.map(|at| Outgoing::keepalive(state, at)));
+        outputs
+    }
+
+    /// Runs one step of `state`; returns what to publish and the hand-off to run inline.
+    async fn step_next(&self, mut state: InstanceState, now: SystemTime) -> Stepped {
+        let Some(reg) = self.registry.get(&state.name) else {
+            let f = Failure::new(
+                FailureKind::UnknownDTask,
+                format!(
+                    "no DTask named `{}` is registered in this worker",
+                    state.name
+                ),
+            );
+            return self
+                .finish(&state, Outcome::Failed(f), HashMap::new())
+                .into();
+        };
+        let StepOutput {
+            end,
+            first_new,
+            child_inputs,
+        } = run_step(reg.run, &mut state, now, self.clock.clone()).await;
+        // What `suspend` changes in the state, restored when the budget fails the step.
+        let (mailbox, version, touch_at_ms) = (state.mailbox, state.version, state.touch_at_ms);
+        let (outputs, hand_off) = match end {
+            StepEnd::Completed(bytes)
+                if child_inputs.is_empty()
+                    && !state.mailbox
+                    && matches!(state.reply, ReplyTo::Continuation { .. }) =>
+            {
+                // The parent waits for this result alone: its state comes back with it.
+                let outcome = Outcome::Ok(bytes);
+                let out = match &state.reply {
+                    ReplyTo::Continuation { parent, seq } => {
+                        Outgoing::resume(parent, *seq, &outcome)
+                    }
+                    _ => unreachable!("matched above"),
+                };
+                (vec![out], HandOff::Parent(outcome))
+            }
+            StepEnd::Completed(bytes) => (
+                self.finish(&state, Outcome::Ok(bytes), child_inputs),
+                HandOff::None,
+            ),
+            StepEnd::Failed(f) => {
+                warn!(instance = %state.id, dtask = %state.name, failure = %f, "instance failed");
+                (
+                    self.finish(&state, Outcome::Failed(f), HashMap::new()),
+                    HandOff::None,
+                )
+            }
+            StepEnd::Suspended => self.suspend(&mut state, first_new, child_inputs, now),
+        };
+        // Checked on the encoded messages, while the state is still whole.
+        if let Some(big) = outputs
+            .iter()
+            .map(|o| o.body.len())
+            .find(|n| *n > self.budget)
+        {
+            let f = Failure::new(
+                FailureKind::StateTooLarge,
+                format!(
+                    "a message of {big} bytes exceeds the state budget of {} bytes (journal of {} \
+                     entries); keep arguments and results small, or split the work into \
+                     child DTasks",
+                    self.budget,
+                    state.journal.len()
+                ),
+            );
+            warn!(instance = %state.id, failure = %f, "instance failed");
+            state.journal.clear();
+            (state.mailbox, state.version, state.touch_at_ms) = (mailbox, version, touch_at_ms);
+            return self
+                .finish(&state, Outcome::Failed(f), HashMap::new())
+                .into();
+        }
+        Stepped {
+            outputs,
+            next: hand_off.into_message(state),
+        }
+    }
+
+    /// The messages that end an instance with `outcome`; `detached` are the inputs of
+    /// children spawned and never awaited, which still run.
+    fn finish(
+        &self,
+        state: &InstanceState,
+        outcome: Outcome,
+        detached: HashMap<Seq, Vec<u8>>,
+    ) -> Vec<Outgoing> {
+        let mut outputs = Vec::new();
+        if state.mailbox {
+            outputs.push(Outgoing::tombstone(state));
+        }
+        // Nobody waits for the results of detached children.
+        for (seq, input) in detached {
+            if let Some(Command::Child { name, .. }) = state.entry(seq).map(|e| &e.cmd) {
+                let child =
+                    InstanceState::new(state.id.child(seq), name.clone(), input, ReplyTo::Detached);
+                outputs.push(Outgoing::start(&child));
+            }
+        }
+        match &state.reply {
+            ReplyTo::Root | ReplyTo::Client { .. } => {
+                outputs.extend(Outgoing::result(state, outcome));
+            }
+            ReplyTo::Continuation { parent, seq } => {
+                outputs.push(Outgoing::resume(parent, *seq, &outcome));
+            }
+            ReplyTo::Mailbox {
+                parent,
+                parent_name,
+                seq,
+            } => outputs.push(Outgoing::event(parent, parent_name, *seq, &outcome)),
+            ReplyTo::Detached => {}
+        }
+        outputs
+    }
+
+    /// The messages that suspend an instance after a step issued the operations at
+    /// positions `first_new..`, and the hand-off among them.
+    fn suspend(
+        &self,
+        state: &mut InstanceState,
+        first_new: Seq,
+        mut inputs: HashMap<Seq, Vec<u8>>,
+        now: SystemTime,
+    ) -> (Vec<Outgoing>, HandOff) {
+        let new: Vec<Seq> = (first_new..state.next_seq())
+            .filter(|seq| {
+                state
+                    .entry(*seq)
+                    .is_some_and(|e| e.cmd.is_distributed() && e.result.is_none())
+            })
+            .collect();
+        let mut outputs = Vec::new();
+        // Status is written on transitions only: `Suspended` after the first step; later
+        // steps leave it (each write is a confirmed publish).
+        if state.reply == ReplyTo::Root && first_new == 0 {
+            outputs.push(Outgoing::status(state, Status::Suspended));
+        }
+        let cmd_at = |state: &InstanceState, seq: Seq| {
+            state
+                .entry(seq)
+                .map(|e| e.cmd.clone())
+                .unwrap_or(Command::Yield)
+        };
+        if !state.mailbox && new.len() == 1 && state.outstanding() == 1 {
+            // Waiting on one operation: the state rides along with it.
+            let seq = new[0];
+            let cmd = cmd_at(state, seq);
+            match cmd {
+                Command::Child { name, .. } => {
+                    let input = inputs.remove(&seq).unwrap_or_default();
+                    outputs.push(Outgoing::start_child_of(state, seq, &name, &input));
+                    return (outputs, HandOff::Child { seq, name, input });
+                }
+                Command::Delay { .. } | Command::DelayUntil { .. } => {
+                    let at = cmd.fire_at().unwrap_or(SystemTime::UNIX_EPOCH);
+                    outputs.push(Outgoing::timer(state, seq, at));
+                }
+                Command::Yield => outputs.push(Outgoing::yield_now(state, seq)),
+                Command::Run | Command::Compacted => {
+                    unreachable!("only outstanding distributed operations are new")
+                }
+            }
+            return (outputs, HandOff::None);
+        }
+        // Waiting on several operations (or already in mailbox mode): the state is kept
+        // in the instance's mailbox, where the results are merged one at a time.
+        state.mailbox = true;
+        outputs.extend(self.write_mailbox_state(state, now));
+        for seq in new {
+            let cmd = cmd_at(state, seq);
+            match cmd {
+                Command::Child { name, .. } => {
+                    let input = inputs.remove(&seq).unwrap_or_default();
+                    let child = InstanceState::new(
+                        state.id.child(seq),
+                        name,
+                        input,
+                        ReplyTo::Mailbox {
+                            parent: state.id.clone(),
+                            parent_name: state.name.clone(),
+                            seq,
+                        },
+                    );
+                    outputs.push(Outgoing::start(&child));
+                }
+                Command::Delay { .. } | Command::DelayUntil { .. } => {
+                    let at = cmd.fire_at().unwrap_or(SystemTime::UNIX_EPOCH);
+                    outputs.push(Outgoing::mailbox_timer(state, seq, at));
+                }
+                Command::Yield => {
+                    outputs.push(Outgoing::event(&state.id, &state.name, seq, &unit()));
+                }
+                Command::Run | Command::Compacted => {
+                    unreachable!("only outstanding distributed operations are new")
+                }
+            }
+        }
+        (outputs, HandOff::None)
+    }
+}

@@ -1,0 +1,75 @@
+//! The messages of the protocol: what travels in task queues, mailboxes and registers.
+//!
+//! Each is framed by the protocol's versioned envelope. Field and variant order is
+//! part of the wire format: add fields only at the end, with `#[serde(default)]`, or
+//! bump the envelope version.
+
+use serde::{Deserialize, Serialize};
+
+use super::state::{InstanceId, InstanceState, Outcome, Seq};
+
+/// A message on a task queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum TaskMessage {
+    /// Run a step of the instance whose state this carries, first recording the result of
+    /// operation `completion.0` when given (a start has none).
+    Step {
+        state: Box<InstanceState>,
+        completion: Option<(Seq, Outcome)>,
+    },
+    /// Put `item` into the mailbox of `instance` (of DTask `name`), no earlier than
+    /// `not_before_ms` (used for timers of mailbox-mode instances).
+    Forward {
+        instance: InstanceId,
+        name: String,
+        item: MailboxItem,
+        not_before_ms: u64,
+    },
+}
+
+/// A message in an instance's mailbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum MailboxItem {
+    /// The instance's state (highest `version` wins).
+    State(Box<InstanceState>),
+    /// The result of operation `seq`.
+    Event { seq: Seq, outcome: Outcome },
+    /// A keep-alive: draining the mailbox counts as using it, so a broker does not expire
+    /// the mailbox of an instance that waits longer than the mailbox retention.
+    Touch,
+}
+
+/// The final result of a root instance, as kept in the result register.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ResultRecord {
+    pub(crate) outcome: Outcome,
+}
+
+/// Where an instance is in its life.
+///
+/// Tracked for root instances (those started by a [`Client`](crate::Client)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Status {
+    /// Published; no worker has taken it yet.
+    Pending,
+    /// A worker took it and it has not suspended yet (reported once its first step has
+    /// run for 50 ms; a shorter first step goes straight to `Suspended` or a result).
+    Running,
+    /// Waiting on distributed operations (children, timers). A step resumed after a
+    /// suspension keeps reporting `Suspended` until it suspends again or finishes.
+    Suspended,
+    /// Finished with a value.
+    Succeeded,
+    /// Finished with a [`Failure`](crate::Failure).
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl Status {
+    /// Whether the instance has finished.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
+    }
+}

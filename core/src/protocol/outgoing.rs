@@ -1,0 +1,404 @@
+//! Every message dtasks publishes, and its id: the one definition the engine and the client
+//! both build from.
+//!
+//! A message id is deterministic: redelivered or replayed work produces the same message
+//! under the same id, which is what lets workers, registers and mailboxes tell a duplicate
+//! from news. [`MessageId`] lists every id there is; each constructor of [`Outgoing`]
+//! below says which one its message carries.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use super::codec::{encode, ChildStateRef, MailboxItemRef, TaskMessageRef};
+use super::message::{MailboxItem, ResultRecord, Status, TaskMessage};
+use super::state::{from_millis, to_millis, InstanceId, InstanceState, Outcome, ReplyTo, Seq};
+
+/// MessagePack for `()`, the value of fired timers and yields.
+pub(crate) const UNIT: [u8; 1] = [0xc0];
+
+/// Where an outgoing message goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Destination {
+    /// The task queue of the DTask `name`.
+    Task {
+        /// The DTask name.
+        name: String,
+    },
+    /// The task queue of the DTask `name`, no earlier than `at`.
+    Delayed {
+        /// The DTask name.
+        name: String,
+        /// The earliest delivery time.
+        at: SystemTime,
+    },
+    /// The mailbox of `instance`, followed by a doorbell.
+    Mailbox {
+        /// The instance.
+        instance: InstanceId,
+    },
+    /// The result register of `instance` (written once).
+    Result {
+        /// The instance.
+        instance: InstanceId,
+    },
+    /// The status register of `instance` (last write wins).
+    Status {
+        /// The instance.
+        instance: InstanceId,
+    },
+    /// The reply queue of the client `client`; the message is the result of the root
+    /// instance it names.
+    Reply {
+        /// The client's reply queue name.
+        client: String,
+    },
+}
+
+/// A message to publish.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// Where it goes.
+    pub destination: Destination,
+    /// The encoded envelope.
+    pub body: Vec<u8>,
+    /// A deterministic id: redelivered or replayed work produces the same id.
+    pub message_id: String,
+    /// The instance the message is about (for headers and logs).
+    pub instance: InstanceId,
+    /// The DTask name of that instance.
+    pub dtask: String,
+}
+
+/// The id of every kind of message, written `<instance>:<suffix>`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum MessageId<'a> {
+    /// `start`: the start of an instance (a root, or a child at its parent's position).
+    Start(&'a InstanceId),
+    /// `r<seq>`: the step that resumes an instance with the result of its operation
+    /// `seq` (a child's result, a fired timer, a yield), its state riding along.
+    Resume(&'a InstanceId, Seq),
+    /// `r<seq>@<now>`: the same resume delayed again because it arrived early; a fresh id,
+    /// since the dedupe window has seen the first.
+    ResumeAgain(&'a InstanceId, Seq, u64),
+    /// `e<seq>`: the result of operation `seq`, for the instance's mailbox.
+    Event(&'a InstanceId, Seq),
+    /// `t<seq>`: the timer of operation `seq` of a mailbox-mode instance.
+    Timer(&'a InstanceId, Seq),
+    /// `v<version>`: a write of a mailbox-mode instance's state.
+    State(&'a InstanceId, u64),
+    /// `end`: the tombstone written to the mailbox when the instance finished.
+    End(&'a InstanceId),
+    /// `m<recorded>`: a merged state handed to a worker that runs its DTask.
+    Merged(&'a InstanceId, u32),
+    /// `touch<at>`: the keep-alive of a mailbox, due at `at` (ms since the epoch).
+    Touch(&'a InstanceId, u64),
+    /// `fwd<at>@<now>`: a mailbox item forwarded again because it arrived early.
+    ForwardAgain(&'a InstanceId, u64, u64),
+    /// `result`: a root's result (register or reply queue).
+    Result(&'a InstanceId),
+    /// `status:<recorded>`: a root's status write, after `recorded` results.
+    Status(&'a InstanceId, u32),
+}
+
+impl fmt::Display for MessageId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MessageId::Start(i) => write!(f, "{i}:start"),
+            MessageId::Resume(i, seq) => write!(f, "{i}:r{seq}"),
+            MessageId::ResumeAgain(i, seq, now) => write!(f, "{i}:r{seq}@{now}"),
+            MessageId::Event(i, seq) => write!(f, "{i}:e{seq}"),
+            MessageId::Timer(i, seq) => write!(f, "{i}:t{seq}"),
+            MessageId::State(i, version) => write!(f, "{i}:v{version}"),
+            MessageId::End(i) => write!(f, "{i}:end"),
+            MessageId::Merged(i, recorded) => write!(f, "{i}:m{recorded}"),
+            MessageId::Touch(i, at) => write!(f, "{i}:touch{at}"),
+            MessageId::ForwardAgain(i, at, now) => write!(f, "{i}:fwd{at}@{now}"),
+            MessageId::Result(i) => write!(f, "{i}:result"),
+            MessageId::Status(i, recorded) => write!(f, "{i}:status:{recorded}"),
+        }
+    }
+}
+
+fn unit() -> Outcome {
+    Outcome::Ok(UNIT.to_vec())
+}
+
+impl Outgoing {
+    fn about(
+        destination: Destination,
+        body: Vec<u8>,
+        id: MessageId<'_>,
+        state: &InstanceState,
+    ) -> Self {
+        Self::named(destination, body, id, &state.id, &state.name)
+    }
+
+    fn named(
+        destination: Destination,
+        body: Vec<u8>,
+        id: MessageId<'_>,
+        instance: &InstanceId,
+        dtask: &str,
+    ) -> Self {
+        Self {
+            destination,
+            body,
+            message_id: id.to_string(),
+            instance: instance.clone(),
+            dtask: dtask.to_string(),
+        }
+    }
+
+    /// The start of `state`, a new instance ([`MessageId::Start`]).
+    pub(crate) fn start(state: &InstanceState) -> Self {
+        let body = TaskMessageRef::Step {
+            state,
+            completion: None,
+        }
+        .encode();
+        let dest = Destination::Task {
+            name: state.name.clone(),
+        };
+        Self::about(dest, body, MessageId::Start(&state.id), state)
+    }
+
+    /// The start of the child `name(input)` that `parent` issued at `seq` and waits for
+    /// alone: the parent's state rides in it, borrowed, and comes back with the child's
+    /// result ([`MessageId::Start`]).
+    pub(crate) fn start_child_of(
+        parent: &InstanceState,
+        seq: Seq,
+        name: &str,
+        input: &[u8],
+    ) -> Self {
+        let id = parent.id.child(seq);
+        let child = ChildStateRef::new(&id, name, input, parent, seq);
+        let body = TaskMessageRef::Step {
+            state: &child,
+            completion: None,
+        }
+        .encode();
+        let dest = Destination::Task {
+            name: name.to_string(),
+        };
+        Self::named(dest, body, MessageId::Start(&id), &id, name)
+    }
+
+    /// The step that resumes `state` with `outcome` as the result of its operation `seq`
+    /// ([`MessageId::Resume`]): a child's result, the state riding along.
+    pub(crate) fn resume(state: &InstanceState, seq: Seq, outcome: &Outcome) -> Self {
+        let dest = Destination::Task {
+            name: state.name.clone(),
+        };
+        Self::resume_at(dest, state, seq, outcome, MessageId::Resume(&state.id, seq))
+    }
+
+    /// The timer of `state`'s operation `seq`, due `at`, the state riding along
+    /// ([`MessageId::Resume`]).
+    pub(crate) fn timer(state: &InstanceState, seq: Seq, at: SystemTime) -> Self {
+        let dest = Destination::Delayed {
+            name: state.name.clone(),
+            at,
+        };
+        Self::resume_at(dest, state, seq, &unit(), MessageId::Resume(&state.id, seq))
+    }
+
+    /// The yield of `state` at `seq`: a resume through the task queue
+    /// ([`MessageId::Resume`]).
+    pub(crate) fn yield_now(state: &InstanceState, seq: Seq) -> Self {
+        Self::resume(state, seq, &unit())
+    }
+
+    /// A resume that arrived before its timer's time, delayed until `at`
+    /// ([`MessageId::ResumeAgain`]).
+    pub(crate) fn resume_again(
+        state: &InstanceState,
+        seq: Seq,
+        outcome: &Outcome,
+        at: SystemTime,
+        now: SystemTime,
+    ) -> Self {
+        let dest = Destination::Delayed {
+            name: state.name.clone(),
+            at,
+        };
+        let id = MessageId::ResumeAgain(&state.id, seq, to_millis(now));
+        Self::resume_at(dest, state, seq, outcome, id)
+    }
+
+    fn resume_at(
+        dest: Destination,
+        state: &InstanceState,
+        seq: Seq,
+        outcome: &Outcome,
+        id: MessageId<'_>,
+    ) -> Self {
+        let body = TaskMessageRef::Step {
+            state,
+            completion: Some((seq, outcome)),
+        }
+        .encode();
+        Self::about(dest, body, id, state)
+    }
+
+    /// A merged mailbox-mode state handed to the task queue of its DTask
+    /// ([`MessageId::Merged`]).
+    pub(crate) fn hand_over(state: &InstanceState) -> Self {
+        let body = TaskMessageRef::Step {
+            state,
+            completion: None,
+        }
+        .encode();
+        let dest = Destination::Task {
+            name: state.name.clone(),
+        };
+        Self::about(
+            dest,
+            body,
+            MessageId::Merged(&state.id, state.recorded),
+            state,
+        )
+    }
+
+    /// The write of `state` to its mailbox ([`MessageId::State`]).
+    pub(crate) fn mailbox_state(state: &InstanceState) -> Self {
+        let body = MailboxItemRef::State(state).encode();
+        let dest = Destination::Mailbox {
+            instance: state.id.clone(),
+        };
+        Self::about(
+            dest,
+            body,
+            MessageId::State(&state.id, state.version),
+            state,
+        )
+    }
+
+    /// The tombstone of a finished mailbox-mode instance ([`MessageId::End`]).
+    pub(crate) fn tombstone(state: &InstanceState) -> Self {
+        let tomb = state.tombstone();
+        let body = MailboxItemRef::State(&tomb).encode();
+        let dest = Destination::Mailbox {
+            instance: state.id.clone(),
+        };
+        Self::about(dest, body, MessageId::End(&state.id), state)
+    }
+
+    /// The keep-alive of `state`'s mailbox, due `at` ([`MessageId::Touch`]).
+    pub(crate) fn keepalive(state: &InstanceState, at: SystemTime) -> Self {
+        let at_ms = to_millis(at);
+        let msg = TaskMessage::Forward {
+            instance: state.id.clone(),
+            name: state.name.clone(),
+            item: MailboxItem::Touch,
+            not_before_ms: at_ms,
+        };
+        let dest = Destination::Delayed {
+            name: state.name.clone(),
+            at,
+        };
+        Self::about(
+            dest,
+            encode(&msg),
+            MessageId::Touch(&state.id, at_ms),
+            state,
+        )
+    }
+
+    /// The timer of operation `seq` of a mailbox-mode instance: a fired-timer event
+    /// forwarded into its mailbox at `at` ([`MessageId::Timer`]).
+    pub(crate) fn mailbox_timer(state: &InstanceState, seq: Seq, at: SystemTime) -> Self {
+        let msg = TaskMessage::Forward {
+            instance: state.id.clone(),
+            name: state.name.clone(),
+            item: MailboxItem::Event {
+                seq,
+                outcome: unit(),
+            },
+            not_before_ms: to_millis(at),
+        };
+        let dest = Destination::Delayed {
+            name: state.name.clone(),
+            at,
+        };
+        Self::about(dest, encode(&msg), MessageId::Timer(&state.id, seq), state)
+    }
+
+    /// The result `outcome` of operation `seq` of `instance` (of DTask `name`), for its
+    /// mailbox ([`MessageId::Event`]).
+    pub(crate) fn event(instance: &InstanceId, name: &str, seq: Seq, outcome: &Outcome) -> Self {
+        let body = MailboxItemRef::Event { seq, outcome }.encode();
+        let dest = Destination::Mailbox {
+            instance: instance.clone(),
+        };
+        Self::named(dest, body, MessageId::Event(instance, seq), instance, name)
+    }
+
+    /// A mailbox item forwarded at its time into the mailbox of `instance`: the id is the
+    /// item's own ([`MessageId::Event`], [`MessageId::State`], [`MessageId::Touch`]).
+    pub(crate) fn forwarded(
+        instance: &InstanceId,
+        name: &str,
+        item: &MailboxItem,
+        not_before_ms: u64,
+    ) -> Self {
+        let id = match item {
+            MailboxItem::Event { seq, .. } => MessageId::Event(instance, *seq),
+            MailboxItem::State(s) => MessageId::State(instance, s.version),
+            MailboxItem::Touch => MessageId::Touch(instance, not_before_ms),
+        };
+        let dest = Destination::Mailbox {
+            instance: instance.clone(),
+        };
+        Self::named(dest, encode(item), id, instance, name)
+    }
+
+    /// A forward that arrived before `not_before_ms`, delayed again
+    /// ([`MessageId::ForwardAgain`]).
+    pub(crate) fn forward_again(
+        instance: &InstanceId,
+        name: &str,
+        item: MailboxItem,
+        not_before_ms: u64,
+        now: SystemTime,
+    ) -> Self {
+        let id = MessageId::ForwardAgain(instance, not_before_ms, to_millis(now));
+        let msg = TaskMessage::Forward {
+            instance: instance.clone(),
+            name: name.to_string(),
+            item,
+            not_before_ms,
+        };
+        let dest = Destination::Delayed {
+            name: name.to_string(),
+            at: from_millis(not_before_ms),
+        };
+        Self::named(dest, encode(&msg), id, instance, name)
+    }
+
+    /// A root's final result: to its result register, or to the reply queue of the client
+    /// that called it ([`MessageId::Result`]). `None` for an instance that is not a root.
+    pub(crate) fn result(state: &InstanceState, outcome: Outcome) -> Option<Self> {
+        let dest = match &state.reply {
+            ReplyTo::Root => Destination::Result {
+                instance: state.id.clone(),
+            },
+            ReplyTo::Client { client } => Destination::Reply {
+                client: client.clone(),
+            },
+            _ => return None,
+        };
+        let body = encode(&ResultRecord { outcome });
+        Some(Self::about(dest, body, MessageId::Result(&state.id), state))
+    }
+
+    /// A root's status write ([`MessageId::Status`]).
+    pub(crate) fn status(state: &InstanceState, status: Status) -> Self {
+        let dest = Destination::Status {
+            instance: state.id.clone(),
+        };
+        let id = MessageId::Status(&state.id, state.recorded);
+        Self::about(dest, encode(&status), id, state)
+    }
+}

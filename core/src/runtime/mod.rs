@@ -1,0 +1,11 @@
+//! Where instances run: the [`Worker`] that consumes a transport's queues, the settings
+//! every worker shares ([`WorkerConfig`]), and the embedded [`Runtime`] (workers and a
+//! client on the in-memory transport).
+
+mod config;
+mod embedded;
+mod worker;
+
+pub use config::{WorkerConfig, DEFAULT_INLINE_STEPS};
+pub use embedded::{Runtime, RuntimeBuilder};
+pub use worker::{Worker, WorkerStats};
