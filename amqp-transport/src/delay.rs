@@ -4,13 +4,13 @@
 //! (`x-dtasks-target`). While `r` ms remain it waits in level `floor(log2(r))`, a quorum
 //! queue whose messages all live `2^k` ms and then dead-letter into the ready queue. The
 //! consumer of the ready queue (run by every `consume()`) looks again: a message with up
-//! to a second left (`AmqpConfig::timer_hold`) is held there, unacked, until it is due,
-//! rather than passed through ten more levels; the others go to the next level. A due message goes
-//! straight to this process's worker when it runs the message's DTask (still unacked in
-//! the ready queue until the worker's step is published, so a crash puts it back there),
-//! else to the DTask's wake queue (consumed like its task queue). A level never holds a
-//! message longer than it has left, so a timer is never early; one TTL per queue keeps
-//! each queue in FIFO order, so a long timer never blocks a short one.
+//! to a second left (`AmqpConfig::with_timer_hold`) is held there, unacked, until it is
+//! due, rather than passed through ten more levels; the others go to the next level. A
+//! due message goes straight to this process's worker when it runs the message's DTask
+//! (still unacked in the ready queue until the worker's step is published, so a crash
+//! puts it back there), else to the DTask's wake queue (consumed like its task queue). A
+//! level never holds a message longer than it has left, so a timer is never early; one
+//! TTL per queue keeps each queue in FIFO order, so a long timer never blocks a short one.
 
 use std::sync::Arc;
 use std::time::Duration;

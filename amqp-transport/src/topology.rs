@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn names() {
-        let t = Topology::new(&AmqpConfig::new("amqp://x").prefix("p"));
+        let t = Topology::new(&AmqpConfig::new("amqp://x").with_prefix("p"));
         assert_eq!(t.task("add_one"), "p.task.add_one");
         assert_eq!(t.delay_level(5), "p.delay.5");
         assert!(t.shard_of("abc").starts_with("p.shard."));

@@ -931,7 +931,7 @@ impl AmqpTransport {
     /// use dtasks_amqp::{AmqpConfig, AmqpTransport};
     ///
     /// # async fn run() -> Result<(), dtasks::Error> {
-    /// let transport = AmqpTransport::connect(AmqpConfig::from_env().prefix("shop")).await?;
+    /// let transport = AmqpTransport::connect(AmqpConfig::from_env().with_prefix("shop")).await?;
     /// let client = dtasks::Client::new(transport);
     /// # Ok(()) }
     /// ```
