@@ -86,11 +86,22 @@
 //!   seconds in the broker's configuration where timers matter to the second (the
 //!   repository's `deploy/rabbitmq-advanced.config` sets 5 s).
 
+mod clock;
 mod config;
 mod conn;
 mod consume;
 mod delay;
+mod delivery;
 mod error;
+mod headers;
+mod mailbox;
+mod publish;
+mod records;
+mod registers;
+mod replies;
+mod settle;
+mod shared;
+mod supervise;
 mod topology;
 mod transport;
 

@@ -6,6 +6,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use crate::config::AmqpConfig;
+use crate::error::{AmqpError, Result};
 
 /// The highest delay level: `2^32` ms is about 49.7 days, so levels cover 1 ms to far
 /// past 30 days (a longer delay passes through the top level several times).
@@ -146,6 +147,15 @@ impl Topology {
         }
         (QueueDeclareOptions::durable(), args)
     }
+}
+
+/// A queue name as the broker takes it.
+pub(crate) fn short(s: &str) -> Result<ShortString> {
+    ShortString::try_new(s).map_err(|_| {
+        AmqpError::Invalid(format!(
+            "`{s}` is longer than 255 bytes, the broker's limit for names"
+        ))
+    })
 }
 
 pub(crate) fn text(s: &str) -> AMQPValue {
