@@ -22,11 +22,11 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// use dtasks_amqp::AmqpConfig;
 ///
 /// let cfg = AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")
-///     .prefix("orders")
-///     .shards(32)
-///     .mailbox_retention(Duration::from_secs(30 * 86_400))
-///     .prefetch(32);
-/// assert_eq!(cfg.get_prefix(), "orders");
+///     .with_prefix("orders")
+///     .with_shards(32)
+///     .with_mailbox_retention(Duration::from_secs(30 * 86_400))
+///     .with_prefetch(32);
+/// assert_eq!(cfg.prefix(), "orders");
 /// ```
 #[derive(Clone, Debug)]
 pub struct AmqpConfig {
@@ -83,7 +83,7 @@ impl AmqpConfig {
 
     /// The prefix of every queue name (default `dtasks`): 1 to 48 bytes of ASCII letters,
     /// digits and `-_.:`. Deployments with different prefixes share nothing.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
@@ -91,7 +91,7 @@ impl AmqpConfig {
     /// How many doorbell shard queues there are (default 16, at most 1024). Doorbells of
     /// one instance always go to the same shard, whose single active consumer handles
     /// them one at a time; more shards allow more instances to be merged in parallel.
-    pub fn shards(mut self, n: u16) -> Self {
+    pub fn with_shards(mut self, n: u16) -> Self {
         self.shards = n;
         self
     }
@@ -100,64 +100,64 @@ impl AmqpConfig {
     /// default 7 days): the clean-up of finished instances' mailboxes. Workers touch the
     /// mailbox of every waiting instance every quarter of this period, so a wait may last
     /// longer than it.
-    pub fn mailbox_retention(mut self, d: Duration) -> Self {
+    pub fn with_mailbox_retention(mut self, d: Duration) -> Self {
         self.mailbox_retention = d;
         self
     }
 
     /// How long the result and status registers of an instance live unread
     /// (`x-expires`, default 7 days).
-    pub fn result_retention(mut self, d: Duration) -> Self {
+    pub fn with_result_retention(mut self, d: Duration) -> Self {
         self.register_retention = d;
         self
     }
 
     /// How many unacknowledged task messages the broker sends to each task queue consumer
     /// (default 64).
-    pub fn prefetch(mut self, n: u16) -> Self {
+    pub fn with_prefetch(mut self, n: u16) -> Self {
         self.prefetch = n;
         self
     }
 
     /// How many timer messages each consumer re-routes or holds at once (default 1024): a
     /// timer is held, unacked, for its last second.
-    pub fn delay_prefetch(mut self, n: u16) -> Self {
+    pub fn with_delay_prefetch(mut self, n: u16) -> Self {
         self.delay_prefetch = n;
         self
     }
 
     /// How long before its time a timer leaves the delay levels and is held by a worker,
     /// unacked, until it is due (default 1 s). Holding costs one prefetch slot of the
-    /// ready queue's consumer ([`AmqpConfig::delay_prefetch`]) for that long and saves
+    /// ready queue's consumer ([`AmqpConfig::with_delay_prefetch`]) for that long and saves
     /// the hops through the short levels (one per level, each a dead-letter and a
     /// confirmed publish); a worker that dies while holding a timer puts it back, and
     /// another worker holds or fires it.
-    pub fn timer_hold(mut self, d: Duration) -> Self {
+    pub fn with_timer_hold(mut self, d: Duration) -> Self {
         self.timer_hold = d;
         self
     }
 
     /// How many publisher channels are kept open (default 16): the number of batches
     /// published at the same time.
-    pub fn publish_channels(mut self, n: usize) -> Self {
+    pub fn with_publish_channels(mut self, n: usize) -> Self {
         self.publish_channels = n;
         self
     }
 
     /// How long a publish keeps retrying through connection failures before it returns an
     /// error (default 60 s).
-    pub fn publish_timeout(mut self, d: Duration) -> Self {
+    pub fn with_publish_timeout(mut self, d: Duration) -> Self {
         self.publish_timeout = d;
         self
     }
 
     /// The prefix this configuration uses.
-    pub fn get_prefix(&self) -> &str {
+    pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
     /// The broker address this configuration uses.
-    pub fn get_url(&self) -> &str {
+    pub fn url(&self) -> &str {
         &self.url
     }
 
@@ -217,23 +217,23 @@ mod tests {
     fn bad_settings_are_refused_with_a_reason() {
         let base = || AmqpConfig::new("amqp://x");
         let refused = [
-            base().prefix("has space"),
-            base().shards(0),
-            base().prefetch(0),
-            base().delay_prefetch(0),
-            base().publish_channels(0),
-            base().result_retention(Duration::from_millis(10)),
-            base().timer_hold(Duration::from_secs(3601)),
+            base().with_prefix("has space"),
+            base().with_shards(0),
+            base().with_prefetch(0),
+            base().with_delay_prefetch(0),
+            base().with_publish_channels(0),
+            base().with_result_retention(Duration::from_millis(10)),
+            base().with_timer_hold(Duration::from_secs(3601)),
         ];
         for cfg in refused {
             let e = cfg.validate().expect_err("refused");
             assert!(!e.is_empty());
         }
         let e = base()
-            .timer_hold(Duration::from_secs(7200))
+            .with_timer_hold(Duration::from_secs(7200))
             .validate()
             .unwrap_err();
         assert!(e.contains("timer hold"), "{e}");
-        assert_eq!(base().timer_hold(Duration::ZERO).validate(), Ok(()));
+        assert_eq!(base().with_timer_hold(Duration::ZERO).validate(), Ok(()));
     }
 }

@@ -1,5 +1,5 @@
 //! Connections and channels: pooled, checked before reuse, replaced when the broker went
-//! away.
+//! away; and the pace of retries while it is away.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
@@ -13,6 +13,10 @@ use crate::error::{AmqpError, Context, Result};
 
 /// How long getting a connection or a channel may take before it counts as a failure.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one attempt (a publish with its confirms, the declaration of a register) may
+/// take before it is abandoned and retried.
+pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A pool of connections (deadpool-lapin): a dead connection is replaced on the next get.
 pub(crate) fn connection_pool(

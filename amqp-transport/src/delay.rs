@@ -1,30 +1,37 @@
-//! Timers without a broker plugin: binary delay levels.
+//! Timers without a broker plugin: binary delay levels, and the ready queue's consumer
+//! that moves a timer on through them.
 //!
 //! A delayed message carries its due time (`x-dtasks-at`, epoch ms) and its target DTask
 //! (`x-dtasks-target`). While `r` ms remain it waits in level `floor(log2(r))`, a quorum
 //! queue whose messages all live `2^k` ms and then dead-letter into the ready queue. The
 //! consumer of the ready queue (run by every `consume()`) looks again: a message with up
-//! to a second left (`AmqpConfig::timer_hold`) is held there, unacked, until it is due,
-//! rather than passed through ten more levels; the others go to the next level. A due message goes
-//! straight to this process's worker when it runs the message's DTask (still unacked in
-//! the ready queue until the worker's step is published, so a crash puts it back there),
-//! else to the DTask's wake queue (consumed like its task queue). A level never holds a
-//! message longer than it has left, so a timer is never early; one TTL per queue keeps
-//! each queue in FIFO order, so a long timer never blocks a short one.
+//! to a second left (`AmqpConfig::with_timer_hold`) is held there, unacked, until it is
+//! due, rather than passed through ten more levels; the others go to the next level. A
+//! due message goes straight to this process's worker when it runs the message's DTask
+//! (still unacked in the ready queue until the worker's step is published, so a crash
+//! puts it back there), else to the DTask's wake queue (consumed like its task queue). A
+//! level never holds a message longer than it has left, so a timer is never early; one
+//! TTL per queue keeps each queue in FIFO order, so a long timer never blocks a short one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use dtasks::transport::Settle;
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use tracing::{debug, warn};
 
-use dtasks::transport::Settle;
-
-use crate::consume::{header_i64, header_str, settled, AmqpSettle, Due};
-use crate::transport::{now_ms, RawItem, Route, Shared, H_AT, H_TARGET};
+use crate::clock::now_ms;
+use crate::conn;
+use crate::delivery::Due;
+use crate::error::{Context, Result};
+use crate::headers::{header_i64, header_str, H_AT, H_TARGET};
+use crate::publish::{RawItem, Route};
+use crate::settle::{settled, AmqpSettle};
+use crate::shared::Shared;
+use crate::topology::{self, short, Kind};
 
 /// Headers added by the broker that must not pile up over many hops.
 fn is_broker_header(key: &str) -> bool {
@@ -121,4 +128,28 @@ pub(crate) async fn reroute(shared: Arc<Shared>, ch: Channel, d: AmqpDelivery, d
     }
     // The channel stays open until the message is settled.
     drop(ch);
+}
+
+impl Shared {
+    /// The timers waiting in the delay levels and the ready queue.
+    pub(crate) async fn pending_timers(&self) -> Result<u64> {
+        let ch = conn::get_channel(&self.channels).await?;
+        // Declared, not looked up: a missing queue would close the channel with an error.
+        // The levels are part of the deployment's topology anyway.
+        let mut queues: Vec<(String, Kind)> = (0..=topology::MAX_LEVEL)
+            .map(|k| (self.topo.delay_level(k), Kind::DelayLevel(k)))
+            .collect();
+        queues.push((self.topo.delay_ready(), Kind::DelayReady));
+        let mut n = 0u64;
+        for (queue, kind) in queues {
+            let (opts, args) = self.topo.declaration(kind);
+            let q = ch
+                .queue_declare(short(&queue)?, opts, args)
+                .await
+                .context(|| format!("declaring queue `{queue}`"))?;
+            self.declared.remember(&queue);
+            n += u64::from(q.message_count());
+        }
+        Ok(n)
+    }
 }

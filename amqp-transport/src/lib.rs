@@ -26,9 +26,9 @@
 //!
 //! ## Topology
 //!
-//! Every name starts with the prefix `P` ([`AmqpConfig::prefix`]). Queues are declared
-//! when first needed, always with the same arguments; all messages are persistent and
-//! every publish waits for the broker's confirm.
+//! Every name starts with the prefix `P` ([`AmqpConfig::with_prefix`]). Queues are
+//! declared when first needed, always with the same arguments; all messages are
+//! persistent and every publish waits for the broker's confirm.
 //!
 //! | queue | type | arguments | holds |
 //! |---|---|---|---|
@@ -51,7 +51,7 @@
 //! A lost connection (a broker restart, a network cut) does not end a worker's delivery
 //! stream: the transport reconnects with exponential backoff (up to 5 s) and subscribes
 //! again; deliveries in flight on the dead connection are redelivered by the broker.
-//! Publishing retries on a fresh channel for up to [`AmqpConfig::publish_timeout`].
+//! Publishing retries on a fresh channel for up to [`AmqpConfig::with_publish_timeout`].
 //! Waiting for a result survives reconnects too. An ack or reject still pending when its
 //! channel closes is given up (the broker puts the message back by itself) rather than
 //! waited for: lapin can lose such a settle, and the wait would never end. A broker that
@@ -70,9 +70,10 @@
 //!   workers take over when it goes away. Task queues are shared by all workers.
 //! - Every process of a deployment must use the same prefix, shard count and retention
 //!   periods ([`AmqpConfig`]).
-//! - A mailbox expires after [`AmqpConfig::mailbox_retention`] without use. Workers drain
-//!   the mailbox of every waiting instance every quarter of that period (a keep-alive),
-//!   so a long wait never loses its state; finished instances' mailboxes expire.
+//! - A mailbox expires after [`AmqpConfig::with_mailbox_retention`] without use. Workers
+//!   drain the mailbox of every waiting instance every quarter of that period (a
+//!   keep-alive), so a long wait never loses its state; finished instances' mailboxes
+//!   expire.
 //! - Each waiting [`Handle::result`](dtasks::Handle::result) holds one consumer of its
 //!   instance's result register, on a channel shared by every wait of the process, until
 //!   the result arrives or the wait is dropped.
@@ -85,11 +86,22 @@
 //!   seconds in the broker's configuration where timers matter to the second (the
 //!   repository's `deploy/rabbitmq-advanced.config` sets 5 s).
 
+mod clock;
 mod config;
 mod conn;
 mod consume;
 mod delay;
+mod delivery;
 mod error;
+mod headers;
+mod mailbox;
+mod publish;
+mod records;
+mod registers;
+mod replies;
+mod settle;
+mod shared;
+mod supervise;
 mod topology;
 mod transport;
 

@@ -6,6 +6,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use crate::config::AmqpConfig;
+use crate::error::{AmqpError, Result};
 
 /// The highest delay level: `2^32` ms is about 49.7 days, so levels cover 1 ms to far
 /// past 30 days (a longer delay passes through the top level several times).
@@ -148,6 +149,15 @@ impl Topology {
     }
 }
 
+/// A queue name as the broker takes it.
+pub(crate) fn short(s: &str) -> Result<ShortString> {
+    ShortString::try_new(s).map_err(|_| {
+        AmqpError::Invalid(format!(
+            "`{s}` is longer than 255 bytes, the broker's limit for names"
+        ))
+    })
+}
+
 pub(crate) fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
@@ -198,7 +208,7 @@ mod tests {
 
     #[test]
     fn names() {
-        let t = Topology::new(&AmqpConfig::new("amqp://x").prefix("p"));
+        let t = Topology::new(&AmqpConfig::new("amqp://x").with_prefix("p"));
         assert_eq!(t.task("add_one"), "p.task.add_one");
         assert_eq!(t.delay_level(5), "p.delay.5");
         assert!(t.shard_of("abc").starts_with("p.shard."));

@@ -134,7 +134,11 @@ impl Env {
         broker_pid: Option<String>,
     ) -> anyhow::Result<Self> {
         let counters = Arc::new(Counters::default());
-        let cfg = || AmqpConfig::from_env().prefix(prefix).prefetch(s.prefetch);
+        let cfg = || {
+            AmqpConfig::from_env()
+                .with_prefix(prefix)
+                .with_prefetch(s.prefetch)
+        };
         let mut transports = Vec::new();
         let mut workers = Vec::new();
         for _ in 0..s.workers {

@@ -9,7 +9,7 @@ use dtasks::harness::{run_replay, run_snapshot, Op, World};
 use dtasks::Failure;
 
 use crate::env::Env;
-use crate::report::pct;
+use crate::stats::pct;
 use crate::tasks::{
     m1_expected, m1_mix, m1_replay, m1_snapshot, M1_RAN, M1_REPLAY, M1_SNAPSHOT, M1_STEP,
 };

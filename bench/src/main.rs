@@ -15,6 +15,7 @@ mod probe;
 mod raw;
 mod recovery;
 mod report;
+mod stats;
 mod sys;
 mod tasks;
 mod workloads;

@@ -42,8 +42,12 @@ pub(crate) struct Recovery {
 
 /// Runs a worker in this process until its standard input closes, then prints its stats.
 pub(crate) async fn worker_mode(prefix: &str, s: &Settings) -> anyhow::Result<()> {
-    let t =
-        AmqpTransport::connect(AmqpConfig::from_env().prefix(prefix).prefetch(s.prefetch)).await?;
+    let t = AmqpTransport::connect(
+        AmqpConfig::from_env()
+            .with_prefix(prefix)
+            .with_prefetch(s.prefetch),
+    )
+    .await?;
     let w = dtasks::Worker::builder(t)
         .register(chain)
         .register(step)
@@ -109,8 +113,12 @@ pub(crate) async fn run(
     broker: Option<&str>,
 ) -> anyhow::Result<Recovery> {
     let mut children = [spawn_worker(prefix, s)?, spawn_worker(prefix, s)?];
-    let transport =
-        AmqpTransport::connect(AmqpConfig::from_env().prefix(prefix).prefetch(s.prefetch)).await?;
+    let transport = AmqpTransport::connect(
+        AmqpConfig::from_env()
+            .with_prefix(prefix)
+            .with_prefetch(s.prefetch),
+    )
+    .await?;
     let queues = vec![
         transport.task_queue("bench.chain"),
         transport.task_queue("bench.step"),

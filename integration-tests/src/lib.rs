@@ -166,7 +166,7 @@ impl Broker {
 
     /// The configuration of this test's transports.
     pub fn config(&self) -> AmqpConfig {
-        AmqpConfig::new(&self.url).prefix(&self.prefix)
+        AmqpConfig::new(&self.url).with_prefix(&self.prefix)
     }
 
     /// A new transport (its own connections, like another process) under the prefix.

@@ -38,14 +38,19 @@ async fn a_fan_in_outlives_the_mailbox_retention() -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut running = Vec::new();
     for _ in 0..2 {
-        let t = b.transport_with(|c| c.mailbox_retention(RETENTION)).await?;
+        let t = b
+            .transport_with(|c| c.with_mailbox_retention(RETENTION))
+            .await?;
         let w = Worker::builder(t).register(nap).register(naps).build()?;
         let mut stopped = stopped.clone();
         running.push(tokio::spawn(w.run_until(async move {
             let _ = stopped.wait_for(|s| *s).await;
         })));
     }
-    let c = Client::new(b.transport_with(|c| c.mailbox_retention(RETENTION)).await?);
+    let c = Client::new(
+        b.transport_with(|c| c.with_mailbox_retention(RETENTION))
+            .await?,
+    );
     // Three retention periods: without the keep-alive the broker deletes the mailbox, and
     // the parent's state with it, long before the children's results come.
     let wait = RETENTION * 3;

@@ -643,10 +643,11 @@ async fn an_unreachable_broker_is_an_error() -> anyhow::Result<()> {
     let err = dtasks_amqp::AmqpTransport::connect(cfg).await.unwrap_err();
     assert!(err.is_transport(), "{err}");
     assert!(started.elapsed() < Duration::from_secs(15));
-    let err =
-        dtasks_amqp::AmqpTransport::connect(dtasks_amqp::AmqpConfig::new("x").prefix("bad prefix"))
-            .await
-            .unwrap_err();
+    let err = dtasks_amqp::AmqpTransport::connect(
+        dtasks_amqp::AmqpConfig::new("x").with_prefix("bad prefix"),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("prefix"), "{err}");
     Ok(())
 }

@@ -20,8 +20,8 @@ async fn main() -> anyhow::Result<()> {
         let config = AmqpConfig::from_env();
         println!(
             "dtasks order example on RabbitMQ at {} (prefix `{}`)",
-            config.get_url(),
-            config.get_prefix()
+            config.url(),
+            config.prefix()
         );
         let transport = AmqpTransport::connect(config).await?;
         let client = Client::new(transport.clone());

@@ -1,7 +1,7 @@
 //! The worker process of the integration tests: a worker pod running the DTasks of
 //! `dtasks_integration_tests::tasks` on RabbitMQ, configured by the environment
 //! (`AMQP_URL`, `DTASKS_PREFIX`, `RUST_LOG`, and `IT_TIMER_HOLD_MS` for
-//! [`AmqpConfig::timer_hold`]; logs go to standard error).
+//! [`AmqpConfig::with_timer_hold`]; logs go to standard error).
 //!
 //! It stops gracefully when its standard input closes (the test that started it is done
 //! or gone) or on SIGTERM, then prints one line to standard output:
@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
     {
-        config = config.timer_hold(Duration::from_millis(ms));
+        config = config.with_timer_hold(Duration::from_millis(ms));
     }
     let transport = AmqpTransport::connect(config).await?;
     let pod = WorkerPod::builder(transport)

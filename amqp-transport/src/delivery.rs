@@ -1,0 +1,91 @@
+//! Task deliveries as the worker gets them: consumed from a task or wake queue, or
+//! handed over as due timers by the ready queue's consumer ([`Due`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use dtasks::transport::{Delivery, DeliveryKind};
+use lapin::message::Delivery as AmqpDelivery;
+use lapin::Channel;
+use tokio::sync::mpsc;
+
+use crate::headers::{header_i64, message_id};
+use crate::settle::AmqpSettle;
+use crate::shared::Shared;
+
+/// What a session's stream yields.
+pub(crate) type Output = std::result::Result<Delivery, dtasks::Error>;
+
+/// Where the ready queue's consumer hands a due timer of a DTask this session consumes:
+/// straight to the worker, ahead of the deliveries waiting for it, still unacked in the
+/// ready queue (a crash puts it back there), instead of one more confirmed publish and
+/// delivery through the DTask's wake queue.
+#[derive(Clone)]
+pub(crate) struct Due {
+    tx: mpsc::UnboundedSender<Output>,
+    served: Arc<HashSet<String>>,
+}
+
+impl Due {
+    /// Hands over to `tx` the due timers of the DTasks `names`.
+    pub(crate) fn new(tx: mpsc::UnboundedSender<Output>, names: &[String]) -> Self {
+        Self {
+            tx,
+            served: Arc::new(names.iter().cloned().collect()),
+        }
+    }
+
+    /// Whether due timers of `dtask` can be handed over here.
+    pub(crate) fn serves(&self, dtask: &str) -> bool {
+        self.served.contains(dtask) && !self.tx.is_closed()
+    }
+
+    /// Hands a due timer over as a task delivery. A delivery that cannot be handed over
+    /// (the stream is gone) is dropped, which puts it back in its queue.
+    pub(crate) fn hand_over(
+        &self,
+        shared: &Arc<Shared>,
+        ch: &Channel,
+        queue: String,
+        d: AmqpDelivery,
+    ) {
+        let _ = self.tx.send(Ok(task_delivery(shared, ch, queue, d)));
+    }
+}
+
+/// A task message as the worker gets it, settled on `ch` (the channel it came on).
+pub(crate) fn task_delivery(
+    shared: &Arc<Shared>,
+    ch: &Channel,
+    queue: String,
+    d: AmqpDelivery,
+) -> Delivery {
+    let message_id = message_id(&d.properties);
+    let redeliveries = redeliveries(&d);
+    let settle = AmqpSettle::new(
+        shared.clone(),
+        ch.clone(),
+        d.acker,
+        queue,
+        d.data.clone(),
+        d.properties,
+        None,
+    );
+    Delivery {
+        kind: DeliveryKind::Task {
+            body: d.data,
+            message_id,
+        },
+        redeliveries,
+        settle: Box::new(settle),
+    }
+}
+
+/// Earlier deliveries of a task message: the quorum queue counts them in
+/// `x-delivery-count`.
+fn redeliveries(d: &AmqpDelivery) -> u32 {
+    match header_i64(&d.properties, "x-delivery-count") {
+        Some(n) => n.clamp(0, i64::from(u32::MAX)) as u32,
+        None => u32::from(d.redelivered),
+    }
+}

@@ -1,0 +1,331 @@
+//! Publishing with confirms: raw messages routed to a queue or through the delay levels,
+//! retried through connection failures; and a batch of the core's messages, followed by
+//! the doorbells of the mailboxes it wrote.
+
+use std::time::{Duration, Instant};
+
+use dtasks::transport::{Destination, Outgoing, Published};
+use dtasks::InstanceId;
+use lapin::options::BasicPublishOptions;
+use lapin::types::AMQPValue;
+use lapin::{BasicProperties, Confirmation};
+use tracing::{debug, warn};
+
+use crate::clock::{ceil_ms, now_ms};
+use crate::conn::{self, Backoff, ATTEMPT_TIMEOUT};
+use crate::error::{AmqpError, Context, Result};
+use crate::headers::{properties, with_headers, H_AT, H_RINGS, H_TARGET};
+use crate::shared::Shared;
+use crate::topology::{self, short, text, Kind};
+
+/// The longest list of ids a doorbell carries (bytes).
+const MAX_RINGS_LEN: usize = 4096;
+
+/// Where a raw message goes.
+#[derive(Clone, Debug)]
+pub(crate) enum Route {
+    Queue {
+        queue: String,
+        kind: Kind,
+    },
+    /// To the task queue of `target` at `at_ms`, through the delay levels until then.
+    Delayed {
+        target: String,
+        at_ms: i64,
+    },
+}
+
+/// One message of a raw publish, and whether it is done.
+#[derive(Debug)]
+pub(crate) struct RawItem {
+    pub(crate) route: Route,
+    pub(crate) body: Vec<u8>,
+    pub(crate) props: BasicProperties,
+    /// A nack means the write-once register is full: [`Published::Duplicate`].
+    pub(crate) register: bool,
+    pub(crate) done: Option<Published>,
+}
+
+impl RawItem {
+    pub(crate) fn to_queue(
+        queue: String,
+        kind: Kind,
+        body: Vec<u8>,
+        props: BasicProperties,
+    ) -> Self {
+        Self {
+            route: Route::Queue { queue, kind },
+            body,
+            props,
+            register: false,
+            done: None,
+        }
+    }
+}
+
+impl Shared {
+    /// The queue a message on `route` goes to now.
+    fn resolve(&self, route: &Route) -> (String, Kind) {
+        match route {
+            Route::Queue { queue, kind } => (queue.clone(), *kind),
+            Route::Delayed { target, at_ms } => {
+                let remaining = at_ms - now_ms();
+                if remaining <= 0 {
+                    (self.topo.wake(target), Kind::Task)
+                } else {
+                    let level = topology::level_for(remaining as u64);
+                    (self.topo.delay_level(level), Kind::DelayLevel(level))
+                }
+            }
+        }
+    }
+
+    /// Publishes every item not yet done and waits for the broker's confirms; retries
+    /// through connection failures with backoff, up to the publish timeout.
+    pub(crate) async fn publish_raw(&self, items: &mut [RawItem]) -> Result<()> {
+        let deadline = Instant::now() + self.cfg.publish_timeout;
+        let mut backoff = Backoff::new(Duration::from_millis(50), self.cfg.max_backoff);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let res = match tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(items)).await {
+                Ok(r) => r,
+                Err(_) => Err(AmqpError::Timeout(format!(
+                    "no publisher confirm within {ATTEMPT_TIMEOUT:?}"
+                ))),
+            };
+            let e = match res {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if e.is_permanent() {
+                return Err(e);
+            }
+            let pause = backoff.next_delay();
+            if Instant::now() + pause >= deadline {
+                warn!(error = %e, attempt, "publish failed; giving up");
+                return Err(AmqpError::Timeout(format!(
+                    "publish failed for {:?} ({attempt} attempts): {e}",
+                    self.cfg.publish_timeout
+                )));
+            }
+            if attempt < 3 {
+                // A quorum queue refuses publishes for a moment after its creation.
+                debug!(error = %e, attempt, "publish failed; retrying");
+            } else {
+                warn!(error = %e, attempt, "publish failed; retrying");
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    async fn attempt(&self, items: &mut [RawItem]) -> Result<()> {
+        let ch = conn::get_channel(&self.channels).await?;
+        let mut pending = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if item.done.is_some() {
+                continue;
+            }
+            let (queue, kind) = self.resolve(&item.route);
+            if kind == Kind::Reply {
+                // The calling client declared its reply queue before the start; never
+                // recreated here (a missing one means the client is gone).
+            } else if kind != Kind::Result {
+                self.declare(&ch, &queue, kind).await?;
+            } else if self.declared.is_missing(&queue) {
+                self.declare(&ch, &queue, kind).await?;
+                self.declared.found(&queue);
+            }
+            // A root's result register exists from its start (the client creates it), so
+            // a result is written without declaring it first (a round trip and broker work
+            // per root); a register found missing (expired) is declared on the retry.
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    short(&queue)?,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &item.body,
+                    item.props.clone(),
+                )
+                .await
+                .context(|| format!("publishing to `{queue}`"))?;
+            pending.push((i, queue, kind, confirm));
+        }
+        let mut first_err = None;
+        for (i, queue, kind, confirm) in pending {
+            let outcome = match confirm.await {
+                Ok(Confirmation::Ack(None)) => Ok(Published::Stored),
+                Ok(Confirmation::Ack(Some(_))) if kind == Kind::Reply => {
+                    // The caller is gone and so is its reply queue: nobody can receive
+                    // this result (`Client::call` says so).
+                    warn!(
+                        queue,
+                        "a reply queue is gone; the result it was for is dropped"
+                    );
+                    Ok(Published::Stored)
+                }
+                Ok(Confirmation::Ack(Some(_))) => {
+                    // Deleted since we declared it (e.g. an expired mailbox): declare again.
+                    self.declared.forget(&queue);
+                    if kind == Kind::Result {
+                        self.declared.set_missing(&queue);
+                    }
+                    Err(AmqpError::Returned(queue))
+                }
+                Ok(Confirmation::Nack(_)) if items[i].register => Ok(Published::Duplicate),
+                Ok(Confirmation::Nack(_)) => Err(AmqpError::Nacked(queue)),
+                Ok(Confirmation::NotRequested) => Err(AmqpError::Invalid(
+                    "a publish channel is not in confirm mode".into(),
+                )),
+                Err(e) => Err(AmqpError::broker(
+                    format!("confirm of a publish to `{queue}`"),
+                    e,
+                )),
+            };
+            match outcome {
+                Ok(p) => items[i].done = Some(p),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Turns an outgoing message into a raw one.
+    fn item_for(&self, o: &Outgoing) -> Result<RawItem> {
+        let props = properties(&o.message_id, o.instance.as_str(), &o.dtask);
+        let (route, register, props) = match &o.destination {
+            Destination::Task { name } => (
+                Route::Queue {
+                    queue: self.topo.task(name),
+                    kind: Kind::Task,
+                },
+                false,
+                props,
+            ),
+            Destination::Delayed { name, at } => {
+                let at_ms = ceil_ms(*at);
+                let props = with_headers(
+                    props,
+                    vec![
+                        (H_AT, AMQPValue::LongLongInt(at_ms)),
+                        (H_TARGET, text(name)),
+                    ],
+                );
+                (
+                    Route::Delayed {
+                        target: name.clone(),
+                        at_ms,
+                    },
+                    false,
+                    props,
+                )
+            }
+            Destination::Mailbox { instance } => (
+                Route::Queue {
+                    queue: self.topo.mailbox(instance.as_str()),
+                    kind: Kind::Mailbox,
+                },
+                false,
+                props,
+            ),
+            Destination::Result { instance } => (
+                Route::Queue {
+                    queue: self.topo.result(instance.as_str()),
+                    kind: Kind::Result,
+                },
+                true,
+                props,
+            ),
+            Destination::Status { instance } => (
+                Route::Queue {
+                    queue: self.topo.status(instance.as_str()),
+                    kind: Kind::Status,
+                },
+                false,
+                props,
+            ),
+            Destination::Reply { client } => (
+                Route::Queue {
+                    queue: self.topo.reply(client),
+                    kind: Kind::Reply,
+                },
+                false,
+                props,
+            ),
+            other => {
+                return Err(AmqpError::Invalid(format!(
+                    "this transport does not support the destination {other:?}"
+                )))
+            }
+        };
+        Ok(RawItem {
+            route,
+            body: o.body.clone(),
+            props,
+            register,
+            done: None,
+        })
+    }
+
+    pub(crate) async fn publish(&self, batch: Vec<Outgoing>) -> Result<Vec<Published>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut items = batch
+            .iter()
+            .map(|o| self.item_for(o))
+            .collect::<Result<Vec<_>>>()?;
+        self.publish_raw(&mut items).await?;
+        // Doorbells only after their mailbox messages are confirmed: a doorbell must
+        // never find its message missing. One per instance is enough.
+        // Each doorbell names the messages it announces, so that the consumer can tell a
+        // spent one (its messages already drained) from news.
+        let mut rung: Vec<(&InstanceId, &str, String)> = Vec::new();
+        for o in &batch {
+            if let Destination::Mailbox { instance } = &o.destination {
+                match rung.iter_mut().find(|(i, _, _)| *i == instance) {
+                    Some((_, _, ids)) => {
+                        ids.push(' ');
+                        ids.push_str(&o.message_id);
+                    }
+                    None => rung.push((instance, &o.dtask, o.message_id.clone())),
+                }
+            }
+        }
+        let mut bells = Vec::new();
+        for (instance, dtask, ids) in rung {
+            let mut props = properties(&format!("{instance}:bell"), instance.as_str(), dtask);
+            // A doorbell without the list is never spent: it always drains. Long lists
+            // (a batch of many messages to one mailbox) are left out to keep headers small.
+            if ids.len() <= MAX_RINGS_LEN {
+                props = with_headers(props, vec![(H_RINGS, text(&ids))]);
+            }
+            bells.push(RawItem::to_queue(
+                self.topo.shard_of(instance.as_str()),
+                Kind::Shard,
+                instance.as_str().as_bytes().to_vec(),
+                props,
+            ));
+        }
+        if !bells.is_empty() {
+            self.publish_raw(&mut bells).await?;
+        }
+        debug!(
+            messages = items.len(),
+            doorbells = bells.len(),
+            "batch published"
+        );
+        Ok(items
+            .iter()
+            .map(|i| i.done.unwrap_or(Published::Stored))
+            .collect())
+    }
+}
