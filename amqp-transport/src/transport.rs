@@ -1,10 +1,10 @@
-//! [`AmqpTransport`]: the `dtasks` transport contract on RabbitMQ, delegated to the
-//! modules of each capability.
+//! [`AmqpTransport`]: the `dtasks` transport contract on RabbitMQ, every capability of it
+//! (`Transport`, `Registers`, `ReplyQueues`), delegated to the modules that implement each.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtasks::transport::{MailboxMessage, Outgoing, Published, Transport};
+use dtasks::transport::{MailboxMessage, Outgoing, Published, Registers, ReplyQueues, Transport};
 use dtasks::InstanceId;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -107,6 +107,10 @@ impl AmqpTransport {
 }
 
 impl Transport for AmqpTransport {
+    fn now(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now()
+    }
+
     fn mailbox_retention(&self) -> Option<Duration> {
         Some(self.shared.cfg.mailbox_retention)
     }
@@ -139,6 +143,21 @@ impl Transport for AmqpTransport {
         async move { Ok(self.shared.drain_mailbox(&instance).await?) }.boxed()
     }
 
+    fn pending_timers(&self) -> BoxFuture<'_, std::result::Result<Option<u64>, dtasks::Error>> {
+        async move { Ok(Some(self.shared.pending_timers().await?)) }.boxed()
+    }
+
+    fn registers(&self) -> Option<&dyn Registers> {
+        Some(self)
+    }
+
+    fn replies(&self) -> Option<&dyn ReplyQueues> {
+        Some(self)
+    }
+}
+
+/// Result registers and status registers: one classic queue each per root.
+impl Registers for AmqpTransport {
     fn create_register(
         &self,
         instance: &InstanceId,
@@ -178,11 +197,10 @@ impl Transport for AmqpTransport {
         let queue = self.shared.topo.status(instance.as_str());
         async move { Ok(self.shared.read_status(&queue).await?) }.boxed()
     }
+}
 
-    fn supports_replies(&self) -> bool {
-        true
-    }
-
+/// A client's reply queue: one classic queue per client.
+impl ReplyQueues for AmqpTransport {
     fn consume_replies(
         &self,
         client: &str,
@@ -195,9 +213,5 @@ impl Transport for AmqpTransport {
     > {
         let client = client.to_string();
         async move { Ok(replies::consume_replies(self.shared.clone(), &client).await?) }.boxed()
-    }
-
-    fn pending_timers(&self) -> BoxFuture<'_, std::result::Result<Option<u64>, dtasks::Error>> {
-        async move { Ok(Some(self.shared.pending_timers().await?)) }.boxed()
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtasks::{Client, MemoryTransport, Transport, Worker, WorkerStats};
+use dtasks::{Client, MemoryTransport, Transport, Worker, WorkerConfig, WorkerStats};
 use dtasks_amqp::{AmqpConfig, AmqpTransport};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -28,7 +28,7 @@ pub(crate) struct Settings {
     pub(crate) payload: u32,
     /// Child steps per chain (W1, W4).
     pub(crate) steps: u32,
-    /// Steps a worker may run inline per delivery (`WorkerBuilder::inline_steps`; 0: off).
+    /// Steps a worker may run inline per delivery (`WorkerConfig::inline_steps`; 0: off).
     pub(crate) inline_steps: usize,
 }
 
@@ -65,17 +65,19 @@ pub(crate) struct Env {
 }
 
 fn worker(t: Arc<dyn Transport>, s: &Settings) -> Result<Worker, dtasks::Error> {
-    Worker::builder_arc(t)
-        .register(chain)
-        .register(step)
-        .register(fan)
-        .register(timer)
-        .register(m1_step)
-        .register(m1_replay)
-        .register(m1_snapshot)
-        .concurrency(s.concurrency)
-        .inline_steps(s.inline_steps)
-        .build()
+    Worker::new(
+        t,
+        WorkerConfig::new()
+            .register(chain)
+            .register(step)
+            .register(fan)
+            .register(timer)
+            .register(m1_step)
+            .register(m1_replay)
+            .register(m1_snapshot)
+            .concurrency(s.concurrency)
+            .inline_steps(s.inline_steps),
+    )
 }
 
 impl Env {
@@ -119,7 +121,7 @@ impl Env {
         let workers = (0..s.workers)
             .map(|_| worker(shared.clone(), s))
             .collect::<Result<Vec<_>, _>>()?;
-        let client = Client::from_arc(shared);
+        let client = Client::new(shared);
         let mut env = Self::spawn(Which::Memory, workers, client, counters);
         env.memory = Some(mem);
         Ok(env)
@@ -150,7 +152,7 @@ impl Env {
         }
         let ct = AmqpTransport::connect(cfg()).await?;
         transports.push(ct.clone());
-        let client = Client::from_arc(Arc::new(Counting::new(Arc::new(ct), counters.clone())));
+        let client = Client::new(Arc::new(Counting::new(Arc::new(ct), counters.clone())));
         let mut env = Self::spawn(Which::Amqp, workers, client, counters);
         let queues: Vec<String> = TASK_NAMES
             .iter()

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use dtasks::harness::{run_replay, run_snapshot, Op, World};
+use dtasks::test_util::{run_replay, run_snapshot, Op, World};
 use dtasks::Failure;
 
 use crate::env::Env;
@@ -165,7 +165,7 @@ impl World for Steps {
     }
 }
 
-/// The loop on the engine alone (`dtasks::harness`): every step builds (replay) or
+/// The loop on the engine alone (`dtasks::test_util`): every step builds (replay) or
 /// restores (snapshot) the body, drives it, and encodes and decodes the state as a task
 /// message; no transport.
 pub(crate) async fn engine(model: Model, awaits: u32, tag: u64) -> M1Run {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use dtasks::Client;
+use dtasks::{Client, WorkerConfig};
 use dtasks_amqp::{AmqpConfig, AmqpTransport};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -48,12 +48,14 @@ pub(crate) async fn worker_mode(prefix: &str, s: &Settings) -> anyhow::Result<()
             .with_prefetch(s.prefetch),
     )
     .await?;
-    let w = dtasks::Worker::builder(t)
-        .register(chain)
-        .register(step)
-        .concurrency(s.concurrency)
-        .inline_steps(s.inline_steps)
-        .build()?;
+    let w = dtasks::Worker::new(
+        t,
+        WorkerConfig::new()
+            .register(chain)
+            .register(step)
+            .concurrency(s.concurrency)
+            .inline_steps(s.inline_steps),
+    )?;
     let handle = w.clone();
     w.run_until(async {
         let mut sink = Vec::new();

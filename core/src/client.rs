@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use serde::de::DeserializeOwned;
 
-use crate::dtask::DTask;
+use crate::dtask::Call;
 use crate::error::Error;
 use crate::protocol::codec::{decode, decode_value};
 use crate::protocol::message::{ResultRecord, Status};
@@ -69,7 +69,7 @@ impl Client {
     /// assert_eq!(handle.result().await?, 42);
     /// # Ok(()) }
     /// ```
-    pub async fn start<T>(&self, task: DTask<T>) -> Result<Handle<T>, Error> {
+    pub async fn start<T>(&self, task: Call<T>) -> Result<Handle<T>, Error> {
         self.start_with_id(InstanceId::random(), task).await
     }
 
@@ -78,13 +78,9 @@ impl Client {
     pub async fn start_with_id<T>(
         &self,
         id: InstanceId,
-        task: DTask<T>,
+        task: Call<T>,
     ) -> Result<Handle<T>, Error> {
-        let (name, input) = task.into_call().ok_or_else(|| {
-            Error::bad_input(
-                "only a call of a #[dtask] function can be started (not a delay or a combinator)",
-            )
-        })?;
+        let (name, input) = task.into_parts();
         let input =
             input.map_err(|e| Error::bad_input(format!("the input cannot be encoded: {e}")))?;
         self.publish_start(id, name, input).await
@@ -142,12 +138,8 @@ impl Client {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn call<T: DeserializeOwned>(&self, task: DTask<T>) -> Result<T, Error> {
-        let (name, input) = task.into_call().ok_or_else(|| {
-            Error::bad_input(
-                "only a call of a #[dtask] function can be run (not a delay or a combinator)",
-            )
-        })?;
+    pub async fn call<T: DeserializeOwned>(&self, task: Call<T>) -> Result<T, Error> {
+        let (name, input) = task.into_parts();
         let input =
             input.map_err(|e| Error::bad_input(format!("the input cannot be encoded: {e}")))?;
         if self.transport.replies().is_none() {

@@ -55,7 +55,7 @@ pub mod test_util;
 pub mod transport;
 
 pub use client::{Client, Handle, Untyped};
-pub use dtask::{DTask, Join, SpawnHandle};
+pub use dtask::{Call, DTask, IntoDTask, Join, SpawnHandle};
 pub use dtasks_macros::dtask;
 pub use error::{Error, Failure};
 pub use protocol::{InstanceId, Status, ENVELOPE_VERSION};
@@ -125,7 +125,7 @@ pub mod __private {
     pub use crate::registry::Registration;
     pub use inventory;
 
-    use crate::dtask::DTask;
+    use crate::dtask::Call;
     use crate::error::{Failure, FailureKind};
     use crate::protocol::codec::{decode_value, encode_value};
 
@@ -133,8 +133,8 @@ pub mod __private {
     pub type BodyFuture = crate::step::BodyFuture;
 
     /// A call of the DTask `name` with the encoded argument tuple.
-    pub fn call<T, A: Serialize>(name: &'static str, args: &A) -> DTask<T> {
-        DTask::call(name.into(), encode_value(args))
+    pub fn call<T, A: Serialize>(name: &'static str, args: &A) -> Call<T> {
+        Call::new(name.into(), encode_value(args))
     }
 
     /// Decodes the argument tuple of a DTask.

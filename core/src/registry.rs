@@ -4,7 +4,7 @@ use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::dtask::DTask;
+use crate::dtask::Call;
 use crate::error::{Error, Failure};
 use crate::exec::{Model, Resume};
 use crate::step::BodyFuture;
@@ -175,7 +175,7 @@ impl Registry {
 }
 
 /// Implemented by the functions `#[dtask]` generates: functions of serde arguments that
-/// return a [`DTask`]. `M` is a marker for the signature.
+/// return a [`Call`]. `M` is a marker for the signature.
 pub trait DTaskFn<M>: sealed::Sealed<M> + 'static {}
 
 mod sealed {
@@ -184,8 +184,8 @@ mod sealed {
 
 macro_rules! impl_dtask_fn {
     ($($a:ident),*) => {
-        impl<Func, R, $($a),*> sealed::Sealed<fn($($a),*) -> R> for Func where Func: Fn($($a),*) -> DTask<R> + 'static {}
-        impl<Func, R, $($a),*> DTaskFn<fn($($a),*) -> R> for Func where Func: Fn($($a),*) -> DTask<R> + 'static {}
+        impl<Func, R, $($a),*> sealed::Sealed<fn($($a),*) -> R> for Func where Func: Fn($($a),*) -> Call<R> + 'static {}
+        impl<Func, R, $($a),*> DTaskFn<fn($($a),*) -> R> for Func where Func: Fn($($a),*) -> Call<R> + 'static {}
     };
 }
 

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dtasks::{dtask, DTask, Failure, InstanceId, Runtime, Status, Transport, WorkerConfig};
+use dtasks::{dtask, Call, DTask, Failure, InstanceId, Runtime, Status, Transport, WorkerConfig};
 use serde::{Deserialize, Serialize};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -453,18 +453,29 @@ async fn unknown_names_and_bad_input_are_clear_errors() -> TestResult {
     let h = c.start_by_name("add_one", input).await?;
     let bytes = h.result_bytes().await?;
     assert_eq!(rmp_serde::from_slice::<u64>(&bytes)?, 42);
-    // Only calls can be started.
-    let err = c
-        .start(DTask::delay(Duration::from_secs(1)))
-        .await
-        .unwrap_err();
-    assert!(err.is_bad_input(), "{err}");
-    // Registering a plain function is refused.
-    fn not_a_dtask(_x: u64) -> DTask<u64> {
-        DTask::ready(1)
+    // Only calls can be started: `c.start(DTask::delay(..))` does not compile
+    // (tests/ui/start_a_delay.rs). Registering a plain function that returns a call is
+    // refused, with every other problem of the configuration.
+    fn not_a_dtask(x: u64) -> Call<u64> {
+        add_one(x)
     }
-    let err = Runtime::new(WorkerConfig::new().register(not_a_dtask)).unwrap_err();
+    fn nor_this(x: u64) -> Call<u64> {
+        add_one(x + 1)
+    }
+    let err = Runtime::new(
+        WorkerConfig::new()
+            .register(add_one)
+            .register(not_a_dtask)
+            .register(nor_this),
+    )
+    .unwrap_err();
     assert!(err.is_config(), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("2 problems"), "{msg}");
+    assert!(
+        msg.contains("not_a_dtask") && msg.contains("nor_this"),
+        "{msg}"
+    );
     Ok(())
 }
 

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use dtasks::transport::Registers;
-
-use dtasks::{dtask, Client, DTask, MemoryTransport, Status, Worker, WorkerConfig, WorkerStats};
+use dtasks::{
+    dtask, Call, Client, DTask, MemoryTransport, Status, Worker, WorkerConfig, WorkerStats,
+};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -51,7 +52,7 @@ fn config() -> WorkerConfig {
 async fn run<T: serde::de::DeserializeOwned + Send + 'static>(
     t: &MemoryTransport,
     worker: Worker,
-    start: DTask<T>,
+    start: Call<T>,
 ) -> Result<(T, WorkerStats, Status), Box<dyn std::error::Error + Send + Sync>> {
     let client = Client::new(t.clone());
     let h = client.start(start).await?;

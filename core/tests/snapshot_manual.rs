@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dtasks::__private::snapshot as s;
 use dtasks::__private::{BodyFuture, Registration};
-use dtasks::{dtask, DTask, Failure, Runtime, Status, WorkerConfig};
+use dtasks::{dtask, Call, DTask, Failure, Runtime, Status, WorkerConfig};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -44,7 +44,7 @@ static BEFORE_AWAIT: AtomicUsize = AtomicUsize::new(0);
 ///     c + n
 /// }
 /// ```
-fn hand_flow(n: u64) -> DTask<u64> {
+fn hand_flow(n: u64) -> Call<u64> {
     dtasks::__private::call::<u64, _>("hand_flow", &(n,))
 }
 

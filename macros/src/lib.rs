@@ -13,8 +13,8 @@ mod snapshot;
 
 /// Turns an `async fn` of serde arguments into a DTask.
 ///
-/// Calling the function returns a `DTask<Output>` instead of running the body; the body
-/// runs as an instance of its own when that DTask is awaited inside another DTask,
+/// Calling the function returns a `Call<Output>` instead of running the body; the body
+/// runs as an instance of its own when that call is awaited inside another DTask,
 /// spawned, or started with a `Client`. The function is registered under its name
 /// (`#[dtask(name = "billing.charge")]` chooses another) so that workers can find it.
 ///
@@ -236,7 +236,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
     }
     let stub = quote! {
         #(#attrs)*
-        #vis fn #ident(#(#outer_params),*) -> ::dtasks::DTask<#output> {
+        #vis fn #ident(#(#outer_params),*) -> ::dtasks::Call<#output> {
             ::dtasks::__private::call::<#output, _>(#name_lit, &(#(#arg_idents,)*))
         }
     };

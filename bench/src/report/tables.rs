@@ -261,7 +261,7 @@ impl Report {
         let _ = writeln!(o, "\n## M1: a long-lived task, replay vs snapshot\n");
         let _ = writeln!(
             o,
-            "One instance awaits a loop of children in sequence (`v = step(v, i).await`). Resume: engine alone, the step itself (build or restore the body, drive it, encode the state; `dtasks::harness`); on a transport, from one child's run to the next one's (the child's result, the parent's resume, the next child's start; the workers run no step inline here, so every resume goes through the transport). Each model runs twice per place (replay, snapshot, snapshot, replay); medians over the first and the last W resumes of both runs, mean wall. Message: the one carrying the suspended parent's state, at the first and at the last await (on a transport, the child's start message).\n"
+            "One instance awaits a loop of children in sequence (`v = step(v, i).await`). Resume: engine alone, the step itself (build or restore the body, drive it, encode the state; `dtasks::test_util`); on a transport, from one child's run to the next one's (the child's result, the parent's resume, the next child's start; the workers run no step inline here, so every resume goes through the transport). Each model runs twice per place (replay, snapshot, snapshot, replay); medians over the first and the last W resumes of both runs, mean wall. Message: the one carrying the suspended parent's state, at the first and at the last await (on a transport, the child's start message).\n"
         );
         let _ = writeln!(
             o,

@@ -1,5 +1,5 @@
-//! The combinators over DTasks (`when_all`, `when_any`, `join`, `map`,
-//! `catch_failure`) and `DTask::run`, the journaled local side effect.
+//! The combinators over DTasks (`when_all`, `when_any`, `join`, `map`), catching a leaf's
+//! failure, and `DTask::run`, the journaled local side effect.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,7 +8,7 @@ use std::task::Poll;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{fail_now, DTask, Kind, Spec};
+use super::{fail_now, DTask, IntoDTask, Leaf, LeafOp, Spec};
 use crate::error::{Failure, FailureKind};
 use crate::protocol::codec::{decode_value, encode_value};
 use crate::protocol::state::{Command, Seq};
@@ -33,51 +33,30 @@ impl<T: DeserializeOwned + Send + 'static> DTask<T> {
             Spec::Unsaveable("`DTask::map`"),
         )
     }
+}
 
-    /// Turns a failure of this operation (a child that panicked, was non-deterministic,
-    /// ...) into an `Err` value instead of failing the awaiting instance.
-    ///
-    /// Applies to a child call, a delay or a spawn handle. On a combinator it fails the
-    /// instance with a misuse error: catch each part before combining instead, e.g.
-    /// `DTask::when_all(items.map(|i| ship(i).catch_failure()))`.
-    pub fn catch_failure(self) -> DTask<Result<T, Failure>> {
-        match self.kind {
-            Kind::Op(mut leaf, _) => {
-                leaf.catch = true;
-                let spec = Spec::of_leaf(&leaf.op, true);
-                DTask::from_future(
-                    std::future::poll_fn(move |_| {
-                        leaf.poll_raw().map(|(r, order)| {
-                            let r = r.and_then(|bytes| {
-                                decode_value::<T>(&bytes).map_err(|e| {
-                                    Failure::new(
-                                        FailureKind::BadInput,
-                                        format!("a result does not decode: {e}"),
-                                    )
-                                })
-                            });
-                            (r.map_err(|f| leaf.child_failure(&f)), order)
+impl<T: DeserializeOwned + Send + 'static> DTask<T> {
+    /// A leaf operation whose failure is a value: see [`Call::catch_failure`](super::Call::catch_failure).
+    pub(super) fn catch_leaf(op: LeafOp) -> DTask<Result<T, Failure>> {
+        let mut leaf = Leaf::new(op);
+        leaf.catch = true;
+        let spec = Spec::of_leaf(&leaf.op, true);
+        DTask::from_future(
+            std::future::poll_fn(move |_| {
+                leaf.poll_raw().map(|(r, order)| {
+                    let r = r.and_then(|bytes| {
+                        decode_value::<T>(&bytes).map_err(|e| {
+                            Failure::new(
+                                FailureKind::BadInput,
+                                format!("a result does not decode: {e}"),
+                            )
                         })
-                    }),
-                    spec,
-                )
-            }
-            Kind::Ready(v) => DTask {
-                kind: Kind::Ready(v.map(Ok)),
-                spec: Spec::Unsaveable("`DTask::ready`"),
-            },
-            Kind::Future(_) => DTask::from_future(
-                std::future::poll_fn(|_| {
-                    fail_now(Failure::new(
-                        FailureKind::Misuse,
-                        "catch_failure applies to a child call, a delay or a spawn handle; \
-                         catch each part before combining them",
-                    ));
-                    Poll::Pending
-                }),
-                Spec::Unsaveable("`catch_failure` of a combinator"),
-            ),
-        }
+                    });
+                    (r.map_err(|f| leaf.child_failure(&f)), order)
+                })
+            }),
+            spec,
+        )
     }
 }
 
@@ -90,9 +69,10 @@ impl DTask<()> {
     pub fn when_all<T, I>(tasks: I) -> DTask<Vec<T>>
     where
         T: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = DTask<T>>,
+        I: IntoIterator,
+        I::Item: IntoDTask<Output = T>,
     {
-        let mut parts: Vec<DTask<T>> = tasks.into_iter().collect();
+        let mut parts: Vec<DTask<T>> = tasks.into_iter().map(IntoDTask::into_dtask).collect();
         let spec = Spec::All(parts.iter().map(|p| p.spec.clone()).collect());
         let mut done: Vec<Option<(T, u32)>> = parts.iter().map(|_| None).collect();
         DTask::from_future(
@@ -137,9 +117,10 @@ impl DTask<()> {
     pub fn when_any<T, I>(tasks: I) -> DTask<(usize, T)>
     where
         T: DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = DTask<T>>,
+        I: IntoIterator,
+        I::Item: IntoDTask<Output = T>,
     {
-        let mut parts: Vec<DTask<T>> = tasks.into_iter().collect();
+        let mut parts: Vec<DTask<T>> = tasks.into_iter().map(IntoDTask::into_dtask).collect();
         let spec = Spec::Any(parts.iter().map(|p| p.spec.clone()).collect());
         let mut done: Vec<Option<(Result<T, Failure>, u32)>> = parts.iter().map(|_| None).collect();
         DTask::from_future(
@@ -274,13 +255,14 @@ mod sealed {
 
 macro_rules! impl_join {
     ($($t:ident $v:ident $s:ident),+) => {
-        impl<$($t),+> sealed::Sealed for ($(DTask<$t>,)+) {}
-        impl<$($t: DeserializeOwned + Send + 'static),+> Join for ($(DTask<$t>,)+) {
-            type Output = ($($t,)+);
+        impl<$($t: IntoDTask),+> sealed::Sealed for ($($t,)+) {}
+        impl<$($t: IntoDTask),+> Join for ($($t,)+) {
+            type Output = ($($t::Output,)+);
             fn into_dtask(self) -> DTask<Self::Output> {
-                let ($(mut $v,)+) = self;
+                let ($($v,)+) = self;
+                $(let mut $v = $v.into_dtask();)+
                 let spec = Spec::All(vec![$($v.spec.clone()),+]);
-                $(let mut $s: Option<($t, u32)> = None;)+
+                $(let mut $s: Option<($t::Output, u32)> = None;)+
                 DTask::from_future(std::future::poll_fn(move |cx| {
                     let mut all = true;
                     $(

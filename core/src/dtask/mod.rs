@@ -2,6 +2,7 @@
 //! here, the combinators and `run` in [`combinators`], `spawn` and its handle in
 //! [`spawn`], and the structure a snapshot saves in [`spec`].
 
+mod call;
 mod combinators;
 mod spawn;
 mod spec;
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 
+pub use call::{Call, IntoDTask};
 pub use combinators::Join;
 pub use spawn::SpawnHandle;
 pub(crate) use spec::Spec;
@@ -249,10 +251,6 @@ impl<T: DeserializeOwned + Send + 'static> Future for DTask<T> {
 }
 
 impl<T> DTask<T> {
-    pub(crate) fn call(name: Cow<'static, str>, input: Result<Vec<u8>, String>) -> Self {
-        Self::op(LeafOp::Child { name, input })
-    }
-
     fn op(op: LeafOp) -> Self {
         let spec = Spec::of_leaf(&op, false);
         Self {
@@ -282,21 +280,6 @@ impl<T> DTask<T> {
                 }
                 Ok(shape)
             }
-        }
-    }
-
-    /// The DTask name and encoded input, when this is a call of a `#[dtask]` function.
-    pub(crate) fn into_call(self) -> Option<(String, Result<Vec<u8>, String>)> {
-        match self.kind {
-            Kind::Op(
-                Leaf {
-                    op: LeafOp::Child { name, input },
-                    seq: None,
-                    ..
-                },
-                _,
-            ) => Some((name.into_owned(), input)),
-            _ => None,
         }
     }
 

@@ -7,40 +7,33 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{DTask, Kind, LeafOp};
-use crate::error::{Failure, FailureKind};
+use super::call::sealed::Sealed;
+use super::{Call, DTask, IntoDTask, Leaf, LeafOp};
+use crate::error::Failure;
 use crate::protocol::state::{InstanceId, Seq};
 use crate::step::with;
 
 impl DTask<()> {
-    /// Starts `task` now without awaiting it and returns a handle to await later, even
-    /// after further suspensions: the handle is serializable and may be kept in locals.
-    ///
-    /// `task` must be a call of a `#[dtask]` function or a delay; anything else fails the
-    /// instance with a misuse error.
+    /// Starts the call `task` now without awaiting it and returns a handle to await later,
+    /// even after further suspensions: the handle is serializable and may be kept in
+    /// locals. Only a call of a `#[dtask]` function can be spawned (a combinator is a
+    /// compile error).
     ///
     /// # Panics
     /// Outside of a DTask's execution.
-    pub fn spawn<T>(task: DTask<T>) -> SpawnHandle<T> {
+    pub fn spawn<T>(task: Call<T>) -> SpawnHandle<T> {
+        let (name, input) = task.into_parts();
+        let mut leaf = Leaf::new(LeafOp::Child {
+            name: name.into(),
+            input,
+        });
         with(|ex| {
             let instance = ex.instance.clone();
-            let seq = match task.kind {
-                Kind::Op(mut leaf, _) if !matches!(leaf.op, LeafOp::Handle { .. }) => {
-                    let seq = leaf.claim(ex);
-                    if let Some(snapshot) = &mut ex.snapshot {
-                        // Pinned beside the journal at the suspension (see `exec`).
-                        snapshot.spawned.extend(seq);
-                    }
-                    seq
-                }
-                _ => {
-                    ex.fail(Failure::new(
-                        FailureKind::Misuse,
-                        "DTask::spawn accepts a call of a #[dtask] function or a delay",
-                    ));
-                    None
-                }
-            };
+            let seq = leaf.claim(ex);
+            if let Some(snapshot) = &mut ex.snapshot {
+                // Pinned beside the journal at the suspension (see `exec`).
+                snapshot.spawned.extend(seq);
+            }
             SpawnHandle {
                 instance,
                 seq: seq.unwrap_or(Seq::MAX),
@@ -89,12 +82,23 @@ impl<T> SpawnHandle<T> {
         self.instance.child(self.seq)
     }
 
-    /// The handle as a DTask, to pass to the combinators.
+    /// The handle as a DTask (the combinators also take the handle itself).
     pub fn dtask(&self) -> DTask<T> {
-        DTask::op(LeafOp::Handle {
+        DTask::op(self.op())
+    }
+
+    fn op(&self) -> LeafOp {
+        LeafOp::Handle {
             instance: self.instance.clone(),
             seq: self.seq,
-        })
+        }
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> SpawnHandle<T> {
+    /// Awaits the spawned call with its failure as a value; see [`Call::catch_failure`].
+    pub fn catch_failure(&self) -> DTask<Result<T, Failure>> {
+        DTask::catch_leaf(self.op())
     }
 }
 
@@ -104,5 +108,21 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for SpawnHandle<T> {
 
     fn into_future(self) -> DTask<T> {
         self.dtask()
+    }
+}
+
+impl<T> Sealed for SpawnHandle<T> {}
+
+impl<T: DeserializeOwned + Send + 'static> IntoDTask for SpawnHandle<T> {
+    type Output = T;
+    fn into_dtask(self) -> DTask<T> {
+        self.dtask()
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> Call<T> {
+    /// Starts the call now without awaiting it; see [`DTask::spawn`].
+    pub fn spawn(self) -> SpawnHandle<T> {
+        DTask::spawn(self)
     }
 }

@@ -53,7 +53,7 @@ async fn a_kept_hand_off_equals_its_published_body() {
         .expect("registered");
     let engine = Engine::new(registry, DEFAULT_STATE_BUDGET);
     let now = from_millis(1_700_000_000_000);
-    let (name, input) = chain(3).into_call().expect("a call");
+    let (name, input) = chain(3).into_parts();
     let state = InstanceState::new(
         InstanceId::new("root").expect("valid"),
         name,
@@ -109,7 +109,7 @@ async fn a_kept_hand_off_past_the_budget_fails_the_instance() {
         .and_then(|r| r.register(chain))
         .expect("registered");
     let engine = Engine::new(registry, 60);
-    let (name, input) = chain(2).into_call().expect("a call");
+    let (name, input) = chain(2).into_parts();
     let state = InstanceState::new(
         InstanceId::new("root-with-a-long-enough-id").expect("valid"),
         name,

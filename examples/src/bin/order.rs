@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use dtasks::{Client, Runtime};
+use dtasks::{Client, Runtime, WorkerConfig};
 use dtasks_actors::WorkerPod;
 use dtasks_amqp::{AmqpConfig, AmqpTransport};
 use dtasks_examples::{charge, env_or, init_logs, process_order, sample_order, ship};
@@ -25,12 +25,15 @@ async fn main() -> anyhow::Result<()> {
         );
         let transport = AmqpTransport::connect(config).await?;
         let client = Client::new(transport.clone());
-        let pod = WorkerPod::builder(transport)
-            .register(process_order)
-            .register(charge)
-            .register(ship)
-            .summary_every(Duration::from_secs(30))
-            .build()?;
+        let pod = WorkerPod::builder(
+            transport,
+            WorkerConfig::new()
+                .register(process_order)
+                .register(charge)
+                .register(ship),
+        )
+        .summary_every(Duration::from_secs(30))
+        .build()?;
         let handle = client.start(process_order(order, cooling_off_ms)).await?;
         println!("started instance {}", handle.id());
         pod.run_until(async move {
@@ -45,11 +48,12 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "dtasks order example on the embedded in-memory runtime (set AMQP_URL for RabbitMQ)"
         );
-        let rt = Runtime::builder()
-            .register(process_order)
-            .register(charge)
-            .register(ship)
-            .build()?;
+        let rt = Runtime::new(
+            WorkerConfig::new()
+                .register(process_order)
+                .register(charge)
+                .register(ship),
+        )?;
         let handle = rt
             .client()
             .start(process_order(order, cooling_off_ms))

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use dtasks::WorkerConfig;
 use dtasks_actors::WorkerPod;
 use dtasks_amqp::{AmqpConfig, AmqpTransport};
 use dtasks_examples::{charge, env_or, init_logs, process_order, ship};
@@ -13,14 +14,17 @@ use dtasks_examples::{charge, env_or, init_logs, process_order, ship};
 async fn main() -> anyhow::Result<()> {
     init_logs("info");
     let transport = AmqpTransport::connect(AmqpConfig::from_env()).await?;
-    let pod = WorkerPod::builder(transport)
-        .register(process_order)
-        .register(charge)
-        .register(ship)
-        .consumers(env_or("DTASKS_CONSUMERS", 1usize))
-        .concurrency(env_or("DTASKS_CONCURRENCY", 64usize))
-        .summary_every(Duration::from_secs(env_or("DTASKS_SUMMARY_SECS", 10u64)))
-        .build()?;
+    let pod = WorkerPod::builder(
+        transport,
+        WorkerConfig::new()
+            .register(process_order)
+            .register(charge)
+            .register(ship)
+            .concurrency(env_or("DTASKS_CONCURRENCY", 64usize)),
+    )
+    .consumers(env_or("DTASKS_CONSUMERS", 1usize))
+    .summary_every(Duration::from_secs(env_or("DTASKS_SUMMARY_SECS", 10u64)))
+    .build()?;
     let report = pod.run_until_signal().await?;
     println!("worker stopped: {report:?}");
     Ok(())

@@ -21,7 +21,7 @@ use ir::Stmt;
 /// What the shared part of `#[dtask]` computed for the function.
 pub(crate) struct Parts<'a> {
     pub(crate) func: &'a ItemFn,
-    /// The call stub (`fn name(args) -> DTask<Output>`).
+    /// The call stub (`fn name(args) -> Call<Output>`).
     pub(crate) stub: TokenStream,
     pub(crate) name_lit: LitStr,
     pub(crate) arg_idents: Vec<Ident>,

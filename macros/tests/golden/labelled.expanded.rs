@@ -1,4 +1,4 @@
-fn search(rows: u64, cols: u64) -> ::dtasks::DTask<Option<(u64, u64)>> {
+fn search(rows: u64, cols: u64) -> ::dtasks::Call<Option<(u64, u64)>> {
     ::dtasks::__private::call::<Option<(u64, u64)>, _>("search", &(rows, cols))
 }
 const _: () = {

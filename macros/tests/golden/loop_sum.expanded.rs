@@ -1,4 +1,4 @@
-fn loop_sum(n: u64) -> ::dtasks::DTask<u64> {
+fn loop_sum(n: u64) -> ::dtasks::Call<u64> {
     ::dtasks::__private::call::<u64, _>("loop_sum", &(n,))
 }
 const _: () = {

@@ -1,4 +1,4 @@
-fn checkout(order: Order) -> ::dtasks::DTask<Result<Receipt, PayError>> {
+fn checkout(order: Order) -> ::dtasks::Call<Result<Receipt, PayError>> {
     ::dtasks::__private::call::<Result<Receipt, PayError>, _>("checkout", &(order,))
 }
 const _: () = {
