@@ -158,7 +158,7 @@ pub async fn run_snapshot(name: &str, input: Vec<u8>, world: &mut dyn World) -> 
         input,
         ReplyTo::Root,
     );
-    drive_snapshot(name, state, world, usize::MAX).await.0
+    drive_model(name, true, state, world, usize::MAX).await.0
 }
 
 /// Like [`run_snapshot`], but stops at the `suspensions`-th suspension and returns the
@@ -175,7 +175,7 @@ pub async fn suspend_snapshot(
         input,
         ReplyTo::Root,
     );
-    drive_snapshot(name, state, world, suspensions).await
+    drive_model(name, true, state, world, suspensions).await
 }
 
 /// Resumes the instance carried by `message` (from [`suspend_snapshot`]) with the code
@@ -183,7 +183,7 @@ pub async fn suspend_snapshot(
 pub async fn resume_snapshot(name: &str, message: &[u8], world: &mut dyn World) -> Trace {
     match decode::<TaskMessage>(message) {
         Ok(TaskMessage::Step { state, .. }) => {
-            drive_snapshot(name, *state, world, usize::MAX).await.0
+            drive_model(name, true, *state, world, usize::MAX).await.0
         }
         Ok(_) => failed(Failure::new(FailureKind::BadInput, "not a step message")),
         Err(e) => failed(Failure::new(FailureKind::BadInput, e.to_string())),
@@ -235,17 +235,26 @@ fn failed(f: Failure) -> Trace {
     }
 }
 
-async fn drive_snapshot(
+/// Runs the DTask registered as `name` from `state` the way workers do, in the model it
+/// was declared with (`snapshot`: which one is expected): at every suspension the state is
+/// encoded into a task message and decoded, and the `stop_after`-th suspension stops the
+/// run with that message.
+async fn drive_model(
     name: &str,
+    snapshot: bool,
     mut state: InstanceState,
     world: &mut dyn World,
     stop_after: usize,
 ) -> (Trace, Option<Vec<u8>>) {
     let mut trace = failed(Failure::new(FailureKind::Stuck, "did not finish"));
     let model = match model_of(name) {
-        Ok(model @ Model::Snapshot { .. }) => model,
-        Ok(Model::Replay(_)) => {
+        Ok(model) if matches!(model, Model::Snapshot { .. }) == snapshot => model,
+        Ok(_) if snapshot => {
             trace.result = Err(Failure::new(FailureKind::Misuse, "not a snapshot DTask"));
+            return (trace, None);
+        }
+        Ok(_) => {
+            trace.result = Err(Failure::new(FailureKind::Misuse, "not a replay DTask"));
             return (trace, None);
         }
         Err(f) => {
@@ -319,79 +328,13 @@ async fn drive_snapshot(
 /// suspension the state is encoded into a task message and decoded. For comparing the
 /// models (resume cost per step, message size).
 pub async fn run_replay(name: &str, input: Vec<u8>, world: &mut dyn World) -> Trace {
-    let mut trace = failed(Failure::new(FailureKind::Stuck, "did not finish"));
-    let model = match model_of(name) {
-        Ok(model @ Model::Replay(_)) => model,
-        Ok(Model::Snapshot { .. }) => {
-            trace.result = Err(Failure::new(FailureKind::Misuse, "not a replay DTask"));
-            return trace;
-        }
-        Err(f) => {
-            trace.result = Err(f);
-            return trace;
-        }
-    };
-    let mut state = InstanceState::new(
+    let state = InstanceState::new(
         InstanceId::new("replay").expect("valid id"),
         name.to_string(),
         input,
         ReplyTo::Root,
     );
-    let mut inputs = HashMap::new();
-    while trace.steps < MAX_STEPS {
-        let started = Instant::now();
-        let StepOutput {
-            end,
-            first_new,
-            child_inputs,
-        } = run_step(model, &mut state, now(), None).await;
-        inputs.extend(child_inputs);
-        trace.steps += 1;
-        for (i, e) in state.journal.iter().enumerate().skip(first_new as usize) {
-            if e.cmd.is_distributed() {
-                trace.ops.push(format!("{i}: {}", e.cmd));
-            }
-        }
-        match end {
-            StepEnd::Completed(bytes) => {
-                trace.result = Ok(bytes);
-                return trace;
-            }
-            StepEnd::Failed(f) => {
-                trace.result = Err(f);
-                return trace;
-            }
-            StepEnd::Suspended => {
-                let bytes = encode(&TaskMessage::Step {
-                    state: Box::new(state),
-                    completion: None,
-                });
-                trace.step_times.push(started.elapsed());
-                trace.message_sizes.push(bytes.len());
-                trace.max_message = trace.max_message.max(bytes.len());
-                state = match decode::<TaskMessage>(&bytes) {
-                    Ok(TaskMessage::Step { state, .. }) => *state,
-                    _ => {
-                        trace.result = Err(Failure::new(FailureKind::BadInput, "round trip"));
-                        return trace;
-                    }
-                };
-                let open = state.outstanding_seqs();
-                if open.is_empty() {
-                    trace.result = Err(Failure::new(FailureKind::Stuck, "nothing to resolve"));
-                    return trace;
-                }
-                let seq = open[world.pick(&open).min(open.len() - 1)];
-                let Some(cmd) = state.entry(seq).map(|e| e.cmd.clone()) else {
-                    continue;
-                };
-                let op = op_of(seq, &cmd, &inputs);
-                let r = world.resolve(&op);
-                state.record(seq, outcome(r));
-            }
-        }
-    }
-    trace
+    drive_model(name, false, state, world, usize::MAX).await.0
 }
 
 /// The fingerprint of the `#[dtask(snapshot)]` function registered as `name`.

@@ -152,6 +152,11 @@ impl Outgoing {
 
     /// The start of `state`, a new instance ([`MessageId::Start`]).
     pub(crate) fn start(state: &InstanceState) -> Self {
+        Self::step(state, MessageId::Start(&state.id))
+    }
+
+    /// A step of `state` with no result to record, to the task queue of its DTask.
+    fn step(state: &InstanceState, id: MessageId<'_>) -> Self {
         let body = TaskMessageRef::Step {
             state,
             completion: None,
@@ -160,7 +165,7 @@ impl Outgoing {
         let dest = Destination::Task {
             name: state.name.clone(),
         };
-        Self::about(dest, body, MessageId::Start(&state.id), state)
+        Self::about(dest, body, id, state)
     }
 
     /// The start of the child `name(input)` that `parent` issued at `seq` and waits for
@@ -245,20 +250,7 @@ impl Outgoing {
     /// A merged mailbox-mode state handed to the task queue of its DTask
     /// ([`MessageId::Merged`]).
     pub(crate) fn hand_over(state: &InstanceState) -> Self {
-        let body = TaskMessageRef::Step {
-            state,
-            completion: None,
-        }
-        .encode();
-        let dest = Destination::Task {
-            name: state.name.clone(),
-        };
-        Self::about(
-            dest,
-            body,
-            MessageId::Merged(&state.id, state.recorded),
-            state,
-        )
+        Self::step(state, MessageId::Merged(&state.id, state.recorded))
     }
 
     /// The write of `state` to its mailbox ([`MessageId::State`]).

@@ -76,6 +76,21 @@ pub(crate) fn from_millis(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
+/// The entry at position `seq` of a journal that starts at position `base`, or of the
+/// spawned operations `pinned` beside it (a compacted position holds none).
+pub(crate) fn entry_at<'a>(
+    journal: &'a [Entry],
+    base: Seq,
+    pinned: &'a [(Seq, Entry)],
+    seq: Seq,
+) -> Option<&'a Entry> {
+    let i = seq.checked_sub(base).map(|i| i as usize);
+    match i.and_then(|i| journal.get(i)) {
+        Some(e) if e.cmd != Command::Compacted => Some(e),
+        _ => pinned.iter().find(|(s, _)| *s == seq).map(|(_, e)| e),
+    }
+}
+
 /// A distributed operation as recorded in the journal. Two commands at the same position
 /// must match on replay, else the instance fails with a non-determinism error.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,17 +243,8 @@ impl InstanceState {
     /// The journal entry at position `seq` (for a snapshot-model instance, also the
     /// entries of spawned operations kept beside its compacted journal).
     pub(crate) fn entry(&self, seq: Seq) -> Option<&Entry> {
-        let i = seq.checked_sub(self.base).map(|i| i as usize);
-        match i.and_then(|i| self.journal.get(i)) {
-            Some(e) if e.cmd != Command::Compacted => Some(e),
-            _ => self
-                .snapshot
-                .as_ref()?
-                .pinned
-                .iter()
-                .find(|(s, _)| *s == seq)
-                .map(|(_, e)| e),
-        }
+        let pinned = self.snapshot.as_ref().map_or(&[][..], |s| &s.pinned[..]);
+        entry_at(&self.journal, self.base, pinned, seq)
     }
 
     fn entry_mut(&mut self, seq: Seq) -> Option<&mut Entry> {

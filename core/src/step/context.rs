@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::error::{Failure, FailureKind};
-use crate::protocol::state::{Command, Entry, InstanceId, Outcome, Seq, Shape};
+use crate::protocol::state::{entry_at, Command, Entry, InstanceId, Outcome, Seq, Shape};
 
 /// The context of one step: the journal DTask operations claim positions in and read
 /// results from, and what the step issued.
@@ -212,17 +212,8 @@ impl Exec {
 
     /// The journal entry at position `seq`.
     pub(crate) fn entry(&self, seq: Seq) -> Option<&Entry> {
-        let i = seq.checked_sub(self.base).map(|i| i as usize);
-        match i.and_then(|i| self.journal.get(i)) {
-            Some(e) if e.cmd != Command::Compacted => Some(e),
-            _ => self
-                .snapshot
-                .as_ref()?
-                .pinned
-                .iter()
-                .find(|(s, _)| *s == seq)
-                .map(|(_, e)| e),
-        }
+        let pinned = self.snapshot.as_ref().map_or(&[][..], |s| &s.pinned[..]);
+        entry_at(&self.journal, self.base, pinned, seq)
     }
 
     /// The recorded result at `seq`, with its order.
