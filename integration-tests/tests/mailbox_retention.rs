@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use dtasks::{dtask, Client, DTask, Worker};
+use dtasks::{dtask, Client, DTask, Worker, WorkerConfig};
 use dtasks_integration_tests::{listed_queues, wait_for, within, Broker};
 
 #[dtask(name = "retention.nap")]
@@ -41,7 +41,7 @@ async fn a_fan_in_outlives_the_mailbox_retention() -> anyhow::Result<()> {
         let t = b
             .transport_with(|c| c.with_mailbox_retention(RETENTION))
             .await?;
-        let w = Worker::builder(t).register(nap).register(naps).build()?;
+        let w = Worker::new(t, WorkerConfig::new().register(nap).register(naps))?;
         let mut stopped = stopped.clone();
         running.push(tokio::spawn(w.run_until(async move {
             let _ = stopped.wait_for(|s| *s).await;

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use dtasks::WorkerConfig;
 use dtasks_actors::{shutdown_signal, WorkerPod};
 use dtasks_amqp::{AmqpConfig, AmqpTransport};
 use dtasks_integration_tests::tasks;
@@ -34,10 +35,7 @@ async fn main() -> anyhow::Result<()> {
         config = config.with_timer_hold(Duration::from_millis(ms));
     }
     let transport = AmqpTransport::connect(config).await?;
-    let pod = WorkerPod::builder(transport)
-        .registry(&tasks::registry())
-        .summary_every(Duration::from_secs(2))
-        .build()?;
+    let pod = WorkerPod::builder(transport, WorkerConfig::new().registry(&tasks::registry())).summary_every(Duration::from_secs(2)).build()?;
     tracing::info!(pid, "it-worker started");
     let report = pod
         .run_until(async {
