@@ -1,11 +1,16 @@
-//! Integration tests of dtasks against a real RabbitMQ.
+//! Integration tests of dtasks against a real RabbitMQ, and the conformance suite that
+//! every transport runs.
+//!
+//! The [`conformance`] module holds the DTask API's scenarios, written once: here they run
+//! on the in-memory transport (`tests/conformance_memory.rs`, no broker needed) and on
+//! RabbitMQ (`tests/conformance_amqp.rs`).
 //!
 //! The broker is the one at `AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
 //! With the `testcontainers` feature, when `AMQP_URL` is unset and Docker is reachable, a
-//! RabbitMQ container is started instead. A test fails (never skips) when no broker can
-//! be reached.
+//! RabbitMQ container is started instead. A broker test fails (never skips) when no broker
+//! can be reached.
 //!
-//! Each test takes a [`Broker`]: a unique queue prefix, transports and workers under it
+//! Each broker test takes a [`Broker`]: a unique queue prefix, transports and workers under it
 //! (in this process, or in worker processes: [`Broker::worker_processes`]), and a cleanup
 //! that deletes every queue of the prefix.
 //!
@@ -25,6 +30,7 @@
 //!   cargo test -p dtasks-integration-tests --test broker_restart --test broker_restart_processes
 //! ```
 
+pub mod conformance;
 pub mod procs;
 pub mod tasks;
 
@@ -33,7 +39,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use dtasks::{Client, Registry, Worker, WorkerStats};
+use dtasks::{Client, Registry, Worker, WorkerConfig, WorkerStats};
 use dtasks_amqp::{AmqpConfig, AmqpTransport};
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
@@ -194,35 +200,21 @@ impl Broker {
 
     /// Starts `n` workers, each on a transport of its own, running `registry`.
     pub async fn workers(&self, n: usize, registry: &Registry) -> anyhow::Result<Workers> {
-        self.workers_with(n, registry, |b| b).await
+        self.workers_with(n, WorkerConfig::new().registry(registry))
+            .await
     }
 
-    /// Starts `n` workers with an adjusted builder.
-    pub async fn workers_with(
-        &self,
-        n: usize,
-        registry: &Registry,
-        f: impl Fn(dtasks::WorkerBuilder) -> dtasks::WorkerBuilder,
-    ) -> anyhow::Result<Workers> {
-        let (stop, stop_rx) = watch::channel(false);
-        let mut handles = Vec::new();
+    /// Starts `n` workers, each on a transport of its own, with the settings of `config`.
+    pub async fn workers_with(&self, n: usize, config: WorkerConfig) -> anyhow::Result<Workers> {
         let mut workers = Vec::new();
         for _ in 0..n {
             let t = self.transport().await?;
-            let worker = f(Worker::builder(t).registry(registry)).build()?;
-            workers.push(worker.clone());
-            let mut stop = stop_rx.clone();
-            handles.push(tokio::spawn(async move {
-                worker
-                    .run_until(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await
-            }));
+            workers.push(Worker::new(t, config.clone())?);
         }
+        let workers = Workers::run(workers);
         // `run_until` subscribes asynchronously: wait until every worker's consumers exist,
         // so that a test's first message is not published before anyone listens.
-        for name in registry.names() {
+        for name in config.dtasks() {
             let queue = format!("{}.task.{name}", self.prefix);
             wait_for(Duration::from_secs(10), || async {
                 Ok(self.consumers(&queue).await? >= n as u32)
@@ -230,11 +222,7 @@ impl Broker {
             .await
             .with_context(|| format!("workers did not subscribe to {queue}"))?;
         }
-        Ok(Workers {
-            stop,
-            handles,
-            workers,
-        })
+        Ok(workers)
     }
 
     /// Starts `n` worker processes of `exe` (pass `env!("CARGO_BIN_EXE_it-worker")`) under
@@ -547,7 +535,8 @@ pub async fn listed_queues(prefix: &str) -> Option<Vec<String>> {
     )
 }
 
-/// Workers started by [`Broker::workers`].
+/// Workers running in this process until stopped: started by [`Broker::workers`], or by
+/// any transport's [`conformance::Env::workers`].
 pub struct Workers {
     stop: watch::Sender<bool>,
     handles: Vec<JoinHandle<Result<(), dtasks::Error>>>,
@@ -563,6 +552,29 @@ impl std::fmt::Debug for Workers {
 }
 
 impl Workers {
+    /// Runs each of `workers` on a task of its own until [`Workers::stop`] (or the drop).
+    pub fn run(workers: Vec<Worker>) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let handles = workers
+            .iter()
+            .map(|worker| {
+                let (worker, mut stop) = (worker.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    worker
+                        .run_until(async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        })
+                        .await
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            handles,
+            workers,
+        }
+    }
+
     /// The counters of each worker.
     pub fn stats(&self) -> Vec<WorkerStats> {
         self.workers.iter().map(Worker::stats).collect()

@@ -4,7 +4,9 @@
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use dtasks::transport::{Delivery, DeliveryKind, Destination, Outgoing, Published, Transport};
+use dtasks::transport::{
+    Delivery, DeliveryKind, Destination, Outgoing, Published, Registers, Transport,
+};
 use dtasks::InstanceId;
 use dtasks_amqp::AmqpTransport;
 use dtasks_integration_tests::{wait_for, Broker};

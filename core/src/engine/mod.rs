@@ -18,7 +18,9 @@ use crate::exec::{run_step, StepOutput};
 use crate::protocol::codec::decode;
 use crate::protocol::message::{MailboxItem, Status, TaskMessage};
 use crate::protocol::outgoing::{Outgoing, UNIT};
-use crate::protocol::state::{to_millis, Command, InstanceState, Outcome, ReplyTo, Seq};
+use crate::protocol::state::{
+    to_millis, Command, InstanceId, InstanceState, Outcome, ReplyTo, Seq,
+};
 use crate::registry::Registry;
 use crate::step::{Clock, StepEnd};
 
@@ -70,8 +72,9 @@ impl From<Vec<Outgoing>> for Stepped {
 /// that step inline. It is built after the budget check, from the state the step leaves.
 enum HandOff {
     None,
-    /// The start of the child at `seq`, the parent's state riding in it.
+    /// The start of the child `id` at `seq`, the parent's state riding in it.
     Child {
+        id: InstanceId,
         seq: Seq,
         name: String,
         input: Vec<u8>,
@@ -84,8 +87,12 @@ impl HandOff {
     fn into_message(self, state: InstanceState) -> Option<TaskMessage> {
         match self {
             HandOff::None => None,
-            HandOff::Child { seq, name, input } => {
-                let id = state.id.child(seq);
+            HandOff::Child {
+                id,
+                seq,
+                name,
+                input,
+            } => {
                 let reply = ReplyTo::Continuation {
                     parent: Box::new(state),
                     seq,
@@ -451,8 +458,15 @@ impl Engine {
             match cmd {
                 Command::Child { name, .. } => {
                     let input = inputs.remove(&seq).unwrap_or_default();
-                    outputs.push(Outgoing::start_child_of(state, seq, &name, &input));
-                    return (outputs, HandOff::Child { seq, name, input });
+                    let id = state.id.child(seq);
+                    outputs.push(Outgoing::start_child_of(state, seq, &id, &name, &input));
+                    let hand_off = HandOff::Child {
+                        id,
+                        seq,
+                        name,
+                        input,
+                    };
+                    return (outputs, hand_off);
                 }
                 Command::Delay { .. } | Command::DelayUntil { .. } => {
                     let at = cmd.fire_at().unwrap_or(SystemTime::UNIX_EPOCH);

@@ -168,17 +168,17 @@ impl Outgoing {
         Self::about(dest, body, id, state)
     }
 
-    /// The start of the child `name(input)` that `parent` issued at `seq` and waits for
-    /// alone: the parent's state rides in it, borrowed, and comes back with the child's
+    /// The start of the child `id` = `name(input)` that `parent` issued at `seq` and waits
+    /// for alone: the parent's state rides in it, borrowed, and comes back with the child's
     /// result ([`MessageId::Start`]).
     pub(crate) fn start_child_of(
         parent: &InstanceState,
         seq: Seq,
+        id: &InstanceId,
         name: &str,
         input: &[u8],
     ) -> Self {
-        let id = parent.id.child(seq);
-        let child = ChildStateRef::new(&id, name, input, parent, seq);
+        let child = ChildStateRef::new(id, name, input, parent, seq);
         let body = TaskMessageRef::Step {
             state: &child,
             completion: None,
@@ -187,7 +187,7 @@ impl Outgoing {
         let dest = Destination::Task {
             name: name.to_string(),
         };
-        Self::named(dest, body, MessageId::Start(&id), &id, name)
+        Self::named(dest, body, MessageId::Start(id), id, name)
     }
 
     /// The step that resumes `state` with `outcome` as the result of its operation `seq`

@@ -35,7 +35,9 @@ async fn main() -> anyhow::Result<()> {
         config = config.with_timer_hold(Duration::from_millis(ms));
     }
     let transport = AmqpTransport::connect(config).await?;
-    let pod = WorkerPod::builder(transport, WorkerConfig::new().registry(&tasks::registry())).summary_every(Duration::from_secs(2)).build()?;
+    let pod = WorkerPod::builder(transport, WorkerConfig::new().registry(&tasks::registry()))
+        .summary_every(Duration::from_secs(2))
+        .build()?;
     tracing::info!(pid, "it-worker started");
     let report = pod
         .run_until(async {
