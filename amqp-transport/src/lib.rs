@@ -4,7 +4,7 @@
 //! nothing but stock features: no plugin, no management API.
 //!
 //! ```no_run
-//! use dtasks::{dtask, Client, Worker};
+//! use dtasks::{dtask, Client, Worker, WorkerConfig};
 //! use dtasks_amqp::{AmqpConfig, AmqpTransport};
 //!
 //! #[dtask]
@@ -16,7 +16,7 @@
 //! // AMQP_URL and DTASKS_PREFIX, or the defaults.
 //! let transport = AmqpTransport::connect(AmqpConfig::from_env()).await?;
 //! // A worker (any number of them, in any number of processes)...
-//! let worker = Worker::builder(transport.clone()).register(add_one).build()?;
+//! let worker = Worker::new(transport.clone(), WorkerConfig::new().register(add_one))?;
 //! tokio::spawn(worker.run());
 //! // ...and a client, anywhere.
 //! let handle = Client::new(transport).start(add_one(41)).await?;
