@@ -1,0 +1,268 @@
+//! The transport contract's methods on the in-memory transport: publish, consume, drain,
+//! registers and reply queues.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::Notify;
+
+use super::settle::{MemSettle, Token};
+use super::MemoryTransport;
+use crate::error::Error;
+use crate::protocol::InstanceId;
+use crate::transport::{
+    Delivery, DeliveryKind, Destination, MailboxMessage, Outgoing, Published, Registers, Reply,
+    ReplyQueues, Transport,
+};
+
+impl Transport for MemoryTransport {
+    fn now(&self) -> SystemTime {
+        self.shared.lock().now()
+    }
+
+    fn publish(&self, batch: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Published>, Error>> {
+        let mut mem = self.shared.lock();
+        let mut report = Vec::with_capacity(batch.len());
+        for o in batch {
+            if self.shared.duplicate {
+                report.push(self.put(&mut mem, o.clone()));
+                match &o.destination {
+                    Destination::Task { .. }
+                    | Destination::Delayed { .. }
+                    | Destination::Mailbox { .. }
+                    | Destination::Reply { .. } => {
+                        self.put(&mut mem, o.clone());
+                    }
+                    _ => {}
+                }
+                if let Destination::Mailbox { instance } = &o.destination {
+                    // A second doorbell too, even when one waits already.
+                    mem.doorbells.push_back(instance.clone());
+                }
+            } else {
+                report.push(self.put(&mut mem, o));
+            }
+        }
+        drop(mem);
+        self.shared.changed.notify_waiters();
+        futures::future::ready(Ok(report)).boxed()
+    }
+
+    fn consume(
+        &self,
+        names: Vec<String>,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Delivery, Error>>, Error>> {
+        let shared = self.shared.clone();
+        let stream = futures::stream::unfold((shared, names), |(shared, names)| async move {
+            loop {
+                let waiter = shared.clone();
+                let notified = waiter.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let wait = {
+                    let mut mem = shared.lock();
+                    if mem.fire_due() {
+                        shared.changed.notify_waiters();
+                    }
+                    let ready = mem.doorbells.iter().position(|i| !mem.busy.contains(i));
+                    if let Some(pos) = ready {
+                        let instance = mem.doorbells.remove(pos).expect("position is valid");
+                        mem.busy.insert(instance.clone());
+                        mem.unsettled += 1;
+                        let d = Delivery {
+                            kind: DeliveryKind::Doorbell {
+                                instance: instance.clone(),
+                            },
+                            redeliveries: 0,
+                            settle: Box::new(MemSettle {
+                                shared: shared.clone(),
+                                token: Some(Token::Doorbell(instance)),
+                            }),
+                        };
+                        drop(mem);
+                        return Some((Ok(d), (shared, names)));
+                    }
+                    let mut found = None;
+                    for name in &names {
+                        if let Some(msg) = mem.tasks.get_mut(name).and_then(VecDeque::pop_front) {
+                            found = Some((name.clone(), msg));
+                            break;
+                        }
+                    }
+                    if let Some((name, msg)) = found {
+                        mem.unsettled += 1;
+                        let d = Delivery {
+                            kind: DeliveryKind::Task {
+                                body: msg.body.clone(),
+                                message_id: msg.message_id.clone(),
+                            },
+                            redeliveries: msg.redeliveries,
+                            settle: Box::new(MemSettle {
+                                shared: shared.clone(),
+                                token: Some(Token::Task { name, msg }),
+                            }),
+                        };
+                        drop(mem);
+                        return Some((Ok(d), (shared, names)));
+                    }
+                    match (mem.clock, mem.next_timer()) {
+                        (None, Some(at)) => Some(
+                            at.duration_since(SystemTime::now())
+                                .unwrap_or(Duration::ZERO),
+                        ),
+                        _ => None,
+                    }
+                };
+                match wait {
+                    Some(d) => {
+                        let _ = tokio::time::timeout(d, notified).await;
+                    }
+                    None => notified.await,
+                }
+            }
+        });
+        futures::future::ready(Ok(stream.boxed())).boxed()
+    }
+
+    fn drain_mailbox(
+        &self,
+        instance: &InstanceId,
+    ) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>> {
+        let mut mem = self.shared.lock();
+        let now = mem.now();
+        mem.mailbox_used.insert(instance.clone(), now);
+        let items: Vec<Vec<u8>> = mem
+            .mailboxes
+            .get_mut(instance)
+            .map(|q| q.drain(..).collect())
+            .unwrap_or_default();
+        mem.unsettled += items.len();
+        drop(mem);
+        let out = items
+            .into_iter()
+            .map(|body| MailboxMessage {
+                body: body.clone(),
+                settle: Box::new(MemSettle {
+                    shared: self.shared.clone(),
+                    token: Some(Token::Mailbox {
+                        instance: instance.clone(),
+                        body,
+                    }),
+                }),
+            })
+            .collect();
+        futures::future::ready(Ok(out)).boxed()
+    }
+
+    fn mailbox_retention(&self) -> Option<Duration> {
+        self.shared.mailbox_retention
+    }
+
+    fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
+        let n = self.shared.lock().timers.len() as u64;
+        futures::future::ready(Ok(Some(n))).boxed()
+    }
+
+    fn registers(&self) -> Option<&dyn Registers> {
+        Some(self)
+    }
+
+    fn replies(&self) -> Option<&dyn ReplyQueues> {
+        Some(self)
+    }
+}
+
+impl Registers for MemoryTransport {
+    fn create_register(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>> {
+        self.shared.lock().registers.insert(instance.clone());
+        futures::future::ready(Ok(())).boxed()
+    }
+
+    fn register_exists(&self, instance: &InstanceId) -> BoxFuture<'_, Result<bool, Error>> {
+        let mem = self.shared.lock();
+        let known = mem.registers.contains(instance) || mem.results.contains_key(instance);
+        futures::future::ready(Ok(known)).boxed()
+    }
+
+    fn read_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
+        let r = self.shared.lock().results.get(instance).cloned();
+        futures::future::ready(Ok(r)).boxed()
+    }
+
+    fn wait_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Vec<u8>, Error>> {
+        let instance = instance.clone();
+        async move {
+            // One notifier per awaited instance: a result wakes only its own waiters.
+            let waiter = {
+                let mut mem = self.shared.lock();
+                if let Some(r) = mem.results.get(&instance) {
+                    return Ok(r.clone());
+                }
+                mem.result_waiters
+                    .entry(instance.clone())
+                    .or_insert_with(|| Arc::new(Notify::new()))
+                    .clone()
+            };
+            loop {
+                let notified = waiter.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(r) = self.shared.lock().results.get(&instance) {
+                    return Ok(r.clone());
+                }
+                notified.await;
+            }
+        }
+        .boxed()
+    }
+
+    fn read_status(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
+        let r = self.shared.lock().statuses.get(instance).cloned();
+        futures::future::ready(Ok(r)).boxed()
+    }
+}
+
+impl ReplyQueues for MemoryTransport {
+    fn consume_replies(
+        &self,
+        client: &str,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Reply, Error>>, Error>> {
+        let shared = self.shared.clone();
+        let client = client.to_string();
+        let stream = futures::stream::unfold((shared, client), |(shared, client)| async move {
+            loop {
+                let waiter = shared.clone();
+                let notified = waiter.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let mut mem = shared.lock();
+                    let next = mem.replies.get_mut(&client).and_then(VecDeque::pop_front);
+                    if let Some((instance, body)) = next {
+                        mem.unsettled += 1;
+                        drop(mem);
+                        let reply = Reply {
+                            instance: instance.clone(),
+                            body: body.clone(),
+                            settle: Box::new(MemSettle {
+                                shared: shared.clone(),
+                                token: Some(Token::Reply {
+                                    client: client.clone(),
+                                    instance,
+                                    body,
+                                }),
+                            }),
+                        };
+                        return Some((Ok(reply), (shared, client)));
+                    }
+                }
+                notified.await;
+            }
+        });
+        futures::future::ready(Ok(stream.boxed())).boxed()
+    }
+}
