@@ -193,7 +193,8 @@ macro_rules! conformance_suite {
         )*
     };
     ($env:expr) => {
-        // Every `pub async fn` of `conformance::scenarios`: one left out here never runs.
+        // Every `pub async fn` of `conformance::scenarios`: one left out here would never
+        // run (`tests/conformance_memory.rs` checks the list against the scenario files).
         $crate::conformance_suite!(@each $env;
             a_call_returns_its_result,
             a_three_deep_chain_of_children,
