@@ -11,10 +11,10 @@ mod tests;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use tracing::{debug, warn};
+use tracing::{debug, field, info_span, warn, Instrument};
 
 use crate::error::{Error, Failure, FailureKind};
-use crate::exec::{run_step, StepOutput};
+use crate::exec::{run_step, Model, StepOutput};
 use crate::protocol::codec::decode;
 use crate::protocol::message::{MailboxItem, Status, TaskMessage};
 use crate::protocol::outgoing::{Outgoing, UNIT};
@@ -309,7 +309,17 @@ impl Engine {
 
     /// Runs one step of `state`; returns what to publish and the hand-off to run inline.
     async fn step_next(&self, mut state: InstanceState, now: SystemTime) -> Stepped {
+        // One span per step, wherever it runs (a delivery, an inline run, a mailbox merge).
+        let span = info_span!(
+            "dtask.step",
+            instance = %state.id,
+            dtask = %state.name,
+            step = state.steps,
+            model = field::Empty,
+            outcome = field::Empty,
+        );
         let Some(reg) = self.registry.get(&state.name) else {
+            span.record("outcome", "failed");
             let f = Failure::new(
                 FailureKind::UnknownDTask,
                 format!(
@@ -321,11 +331,24 @@ impl Engine {
                 .finish(&state, Outcome::Failed(f), HashMap::new())
                 .into();
         };
+        let model = match reg.run {
+            Model::Replay(_) => "replay",
+            Model::Snapshot { .. } => "snapshot",
+        };
+        span.record("model", model);
         let StepOutput {
             end,
             first_new,
             child_inputs,
-        } = run_step(reg.run, &mut state, now, self.clock.clone()).await;
+        } = run_step(reg.run, &mut state, now, self.clock.clone())
+            .instrument(span.clone())
+            .await;
+        state.steps = state.steps.saturating_add(1);
+        let outcome = match &end {
+            StepEnd::Completed(_) => "completed",
+            StepEnd::Suspended => "suspended",
+            StepEnd::Failed(_) => "failed",
+        };
         // What `suspend` changes in the state, restored when the budget fails the step.
         let (mailbox, version, touch_at_ms) = (state.mailbox, state.version, state.touch_at_ms);
         let (outputs, hand_off) = match end {
@@ -374,12 +397,14 @@ impl Engine {
                 ),
             );
             warn!(instance = %state.id, failure = %f, "instance failed");
+            span.record("outcome", "failed");
             state.journal.clear();
             (state.mailbox, state.version, state.touch_at_ms) = (mailbox, version, touch_at_ms);
             return self
                 .finish(&state, Outcome::Failed(f), HashMap::new())
                 .into();
         }
+        span.record("outcome", outcome);
         Stepped {
             outputs,
             next: hand_off.into_message(state),

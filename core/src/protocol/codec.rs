@@ -119,6 +119,7 @@ pub(crate) struct ChildStateRef<'a> {
     snapshot: Option<&'a Snapshot>,
     base: Seq,
     touch_at_ms: u64,
+    steps: u32,
 }
 
 /// A borrowed mirror of [`ReplyTo`](super::state::ReplyTo) up to its `Continuation`
@@ -155,6 +156,7 @@ impl<'a> ChildStateRef<'a> {
             snapshot: None,
             base: 0,
             touch_at_ms: 0,
+            steps: 0,
         }
     }
 }

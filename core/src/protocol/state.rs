@@ -220,6 +220,9 @@ pub(crate) struct InstanceState {
     /// Mailbox mode: when the pending keep-alive of the mailbox fires (0: none pending).
     #[serde(default)]
     pub(crate) touch_at_ms: u64,
+    /// How many steps the instance has run (the number of its next step).
+    #[serde(default)]
+    pub(crate) steps: u32,
 }
 
 impl InstanceState {
@@ -237,6 +240,7 @@ impl InstanceState {
             snapshot: None,
             base: 0,
             touch_at_ms: 0,
+            steps: 0,
         }
     }
 
@@ -319,6 +323,7 @@ impl InstanceState {
             snapshot: None,
             base: 0,
             touch_at_ms: 0,
+            steps: self.steps,
         }
     }
 }

@@ -385,7 +385,7 @@ impl Inner {
                     }
                 }
                 let span = info_span!(
-                    "dtask.step",
+                    "dtask.delivery",
                     message_id = message_id.as_deref().unwrap_or("")
                 );
                 let started = Instant::now();
