@@ -141,6 +141,8 @@ enum Repr {
     Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("instance `{0}` has finished")]
+    Finished(String),
 }
 
 impl Error {
@@ -172,6 +174,11 @@ impl Error {
     pub(crate) fn config(msg: impl Into<String>) -> Self {
         Self {
             repr: Repr::Config(msg.into()),
+        }
+    }
+    pub(crate) fn finished(id: impl Into<String>) -> Self {
+        Self {
+            repr: Repr::Finished(id.into()),
         }
     }
 
@@ -227,6 +234,11 @@ impl Error {
     /// The configuration is invalid.
     pub fn is_config(&self) -> bool {
         matches!(self.repr, Repr::Config(_))
+    }
+    /// The instance has already finished (e.g. an event sent to it could never be
+    /// received).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.repr, Repr::Finished(_))
     }
 }
 

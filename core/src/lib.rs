@@ -55,7 +55,7 @@ pub mod test_util;
 pub mod transport;
 
 pub use client::{Client, Handle, Untyped};
-pub use dtask::{Call, DTask, IntoDTask, Join, SpawnHandle};
+pub use dtask::{Call, DTask, IntoDTask, Join, ResumeToken, SpawnHandle};
 pub use dtasks_macros::dtask;
 pub use error::{Error, Failure};
 pub use protocol::{InstanceId, Status, ENVELOPE_VERSION};

@@ -147,6 +147,13 @@ impl DTask<()> {
                     .enumerate()
                     .filter_map(|(i, s)| s.as_ref().map(|(_, o)| (*o, i)))
                     .min();
+                if let Some((_, w)) = winner {
+                    for (j, part) in parts.iter().enumerate() {
+                        if j != w && done[j].is_none() {
+                            part.retire();
+                        }
+                    }
+                }
                 match winner {
                     Some((order, i)) => match done[i].take().expect("winner is done") {
                         (Ok(v), _) => Poll::Ready(((i, v), order)),

@@ -4,6 +4,7 @@
 
 mod call;
 mod combinators;
+mod external;
 mod spawn;
 mod spec;
 
@@ -19,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 pub use call::{Call, IntoDTask};
 pub use combinators::Join;
+pub use external::ResumeToken;
 pub use spawn::SpawnHandle;
 pub(crate) use spec::Spec;
 
@@ -85,6 +87,8 @@ pub(crate) enum LeafOp {
         instance: InstanceId,
         seq: Seq,
     },
+    /// Wait for the next external event named `name`.
+    Event(Cow<'static, str>),
 }
 
 impl fmt::Debug for LeafOp {
@@ -95,6 +99,7 @@ impl fmt::Debug for LeafOp {
             LeafOp::DelayUntil(t) => write!(f, "delay until {t:?}"),
             LeafOp::Yield => f.write_str("yield"),
             LeafOp::Handle { seq, .. } => write!(f, "spawned operation {seq}"),
+            LeafOp::Event(name) => write!(f, "event `{name}`"),
         }
     }
 }
@@ -151,6 +156,15 @@ impl Leaf {
                 }
                 self.seq = Some(*seq);
                 return Some(*seq);
+            }
+            LeafOp::Event(name) => {
+                let seq = ex.claim(Command::Event {
+                    name: name.to_string(),
+                })?;
+                // An event received before the wait is taken at once.
+                ex.take_event(seq, name);
+                self.seq = Some(seq);
+                return Some(seq);
             }
         };
         let seq = ex.claim(cmd)?;
@@ -220,11 +234,14 @@ impl<T: DeserializeOwned + Send + 'static> DTask<T> {
                 Poll::Ready((Ok(bytes), order)) => match decode_value::<T>(&bytes) {
                     Ok(v) => Poll::Ready((Ok(v), order)),
                     Err(e) => {
+                        let what = match &leaf.op {
+                            LeafOp::Event(name) => format!("the value of event `{name}`"),
+                            op => format!("the result of {op:?}"),
+                        };
                         fail_now(Failure::new(
                             FailureKind::BadInput,
                             format!(
-                                "the result of {:?} does not decode as {}: {e}",
-                                leaf.op,
+                                "{what} does not decode as {}: {e}",
                                 std::any::type_name::<T>()
                             ),
                         ));
@@ -280,6 +297,22 @@ impl<T> DTask<T> {
                 }
                 Ok(shape)
             }
+        }
+    }
+
+    /// A wait for an event that lost a race is retired, so that later events of its name
+    /// go to the next wait.
+    pub(crate) fn retire(&self) {
+        if let Kind::Op(
+            Leaf {
+                op: LeafOp::Event(_),
+                seq: Some(seq),
+                ..
+            },
+            _,
+        ) = &self.kind
+        {
+            with(|ex| ex.retire_wait(*seq));
         }
     }
 

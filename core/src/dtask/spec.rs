@@ -17,6 +17,8 @@ pub(crate) enum Spec {
     },
     All(Vec<Spec>),
     Any(Vec<Spec>),
+    /// `task.within(timeout)`: the task, then its timer.
+    Within(Box<Spec>),
     /// Something a snapshot cannot hold (a closure, an unserializable value).
     Unsaveable(&'static str),
 }
@@ -47,6 +49,15 @@ impl Spec {
                     .map(|p| p.assign(next))
                     .collect::<Result<_, _>>()?,
             ),
+            Spec::Within(task) => {
+                let task = task.assign(next)?;
+                let timer = *next;
+                *next += 1;
+                Shape::Within {
+                    task: Box::new(task),
+                    timer,
+                }
+            }
             Spec::Unsaveable(what) => {
                 return Err(format!(
                     "it combines {what}, which a snapshot cannot hold; apply it after the await"

@@ -19,7 +19,7 @@ use crate::protocol::codec::decode;
 use crate::protocol::message::{MailboxItem, Status, TaskMessage};
 use crate::protocol::outgoing::{Outgoing, UNIT};
 use crate::protocol::state::{
-    to_millis, Command, InstanceId, InstanceState, Outcome, ReplyTo, Seq,
+    to_millis, Command, InstanceId, InstanceState, Outcome, ReplyTo, Seq, Signal,
 };
 use crate::registry::Registry;
 use crate::step::{Clock, StepEnd};
@@ -211,6 +211,7 @@ impl Engine {
             vec![(Settlement::Ack, String::new()); items.len()];
         let mut state: Option<(usize, InstanceState)> = None;
         let mut events: Vec<(usize, Seq, Outcome)> = Vec::new();
+        let mut signals: Vec<(usize, Signal)> = Vec::new();
         let mut touched = false;
         for (i, body) in items.iter().enumerate() {
             match decode::<MailboxItem>(body) {
@@ -223,23 +224,37 @@ impl Engine {
                     }
                 }
                 Ok(MailboxItem::Event { seq, outcome }) => events.push((i, seq, outcome)),
+                Ok(MailboxItem::Signal(signal)) => signals.push((i, signal)),
                 // The drain itself was the point; the touch is acked.
                 Ok(MailboxItem::Touch) => touched = true,
                 Err(e) => settle[i] = (Settlement::DeadLetter, e.to_string()),
             }
         }
         let Some((state_at, mut state)) = state else {
-            for (i, _, _) in &events {
-                settle[*i].0 = Settlement::Requeue;
+            let waiting = events
+                .iter()
+                .map(|e| e.0)
+                .chain(signals.iter().map(|s| s.0));
+            let mut any = false;
+            for i in waiting {
+                settle[i].0 = Settlement::Requeue;
+                any = true;
             }
             return MailboxPlan {
                 outputs: Vec::new(),
-                waiting_for_state: !events.is_empty(),
+                waiting_for_state: any,
                 settle,
             };
         };
         if state.finished {
-            // Late results for a finished instance (e.g. `when_any` losers) are dropped.
+            // Late results for a finished instance (e.g. `when_any` losers) are dropped,
+            // and so are events it never waited for.
+            for (_, signal) in &signals {
+                warn!(
+                    instance = %state.id, event = %signal.name,
+                    "an event for a finished instance is dropped"
+                );
+            }
             settle[state_at].0 = Settlement::Requeue;
             return MailboxPlan {
                 outputs: Vec::new(),
@@ -253,12 +268,20 @@ impl Engine {
                 merged += 1;
             }
         }
+        // Events are kept in the state, in mailbox order, until waits take them.
+        let mut received = 0;
+        for (_, signal) in signals {
+            if state.receive(signal) {
+                received += 1;
+            }
+        }
+        merged += state.deliver_events();
         if touched {
             // The keep-alive that fired is spent: the next write of the state schedules
             // another.
             state.touch_at_ms = 0;
         }
-        if merged == 0 && !touched {
+        if merged == 0 && !touched && received == 0 {
             settle[state_at].0 = Settlement::Requeue;
             return MailboxPlan {
                 outputs: Vec::new(),
@@ -267,7 +290,8 @@ impl Engine {
             };
         }
         if merged == 0 {
-            // Only a keep-alive: write the state back with the next one scheduled.
+            // Only a keep-alive, or events no wait takes yet: write the state back (with
+            // the events it keeps, and the next keep-alive scheduled).
             let outputs = self.write_mailbox_state(&mut state, now);
             return MailboxPlan {
                 outputs,
@@ -476,7 +500,10 @@ impl Engine {
                 .map(|e| e.cmd.clone())
                 .unwrap_or(Command::Yield)
         };
-        if !state.mailbox && new.len() == 1 && state.outstanding() == 1 {
+        let external = new
+            .iter()
+            .any(|seq| state.entry(*seq).is_some_and(|e| e.cmd.is_external()));
+        if !state.mailbox && !external && new.len() == 1 && state.outstanding() == 1 {
             // Waiting on one operation: the state rides along with it.
             let seq = new[0];
             let cmd = cmd_at(state, seq);
@@ -498,14 +525,15 @@ impl Engine {
                     outputs.push(Outgoing::timer(state, seq, at));
                 }
                 Command::Yield => outputs.push(Outgoing::yield_now(state, seq)),
-                Command::Run | Command::Compacted => {
-                    unreachable!("only outstanding distributed operations are new")
+                Command::Run | Command::Compacted | Command::Event { .. } | Command::Suspend => {
+                    unreachable!("only outstanding operations that publish ride along")
                 }
             }
             return (outputs, HandOff::None);
         }
-        // Waiting on several operations (or already in mailbox mode): the state is kept
-        // in the instance's mailbox, where the results are merged one at a time.
+        // Waiting on several operations, or on the outside world (or already in mailbox
+        // mode): the state is kept in the instance's mailbox, where results and events are
+        // merged one at a time.
         state.mailbox = true;
         outputs.extend(self.write_mailbox_state(state, now));
         for seq in new {
@@ -532,6 +560,8 @@ impl Engine {
                 Command::Yield => {
                     outputs.push(Outgoing::event(&state.id, &state.name, seq, &unit()));
                 }
+                // Nothing to publish: the value comes from a client into the mailbox.
+                Command::Event { .. } | Command::Suspend => {}
                 Command::Run | Command::Compacted => {
                     unreachable!("only outstanding distributed operations are new")
                 }

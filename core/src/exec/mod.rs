@@ -97,13 +97,16 @@ pub(crate) async fn run_step(
 async fn drive_state<R>(
     body: &mut BodyFuture,
     state: &mut InstanceState,
-    exec: Exec,
+    mut exec: Exec,
     rest: impl FnOnce(&mut Exec) -> R,
 ) -> (StepEnd, R) {
+    exec.dtask.clone_from(&state.name);
+    exec.inbox = std::mem::take(&mut state.inbox);
     let exec = Arc::new(Mutex::new(exec));
     let end = drive(body, &exec).await;
     let mut ex = exec.lock().unwrap_or_else(|p| p.into_inner());
     state.journal = std::mem::take(&mut ex.journal);
+    state.inbox = std::mem::take(&mut ex.inbox);
     state.recorded = ex.recorded;
     (end, rest(&mut ex))
 }

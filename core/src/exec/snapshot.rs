@@ -122,6 +122,32 @@ pub(crate) fn eval(shape: &Shape, ex: &mut Exec) -> Eval {
                 None => Eval::Pending,
             }
         }
+        Shape::Within { task, timer } => {
+            let done = eval(task, ex);
+            let fired = eval(
+                &Shape::Op {
+                    seq: *timer,
+                    catch: false,
+                },
+                ex,
+            );
+            let fired_at = match fired {
+                Eval::Ready(_, o) => Some(o),
+                Eval::Failed(f) => return Eval::Failed(f),
+                Eval::Pending => None,
+            };
+            match done {
+                Eval::Ready(bytes, o) if fired_at.is_none_or(|f| o < f) => {
+                    // rmp-serde writes `Some(v)` as `v`.
+                    Eval::Ready(bytes, o)
+                }
+                Eval::Failed(f) if fired_at.is_none() => Eval::Failed(f),
+                _ => match fired_at {
+                    Some(f) => Eval::Ready(vec![0xc0], f),
+                    None => Eval::Pending,
+                },
+            }
+        }
     }
 }
 

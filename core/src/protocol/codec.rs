@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::message::{MailboxItem, ResultRecord, Status, TaskMessage};
-use super::state::{Entry, InstanceId, InstanceState, Outcome, Seq, Snapshot};
+use super::state::{Entry, InstanceId, InstanceState, Outcome, Seq, Signal, Snapshot};
 use crate::error::Error;
 
 const MAGIC: &[u8; 2] = b"DT";
@@ -120,6 +120,8 @@ pub(crate) struct ChildStateRef<'a> {
     base: Seq,
     touch_at_ms: u64,
     steps: u32,
+    inbox: &'a [Signal],
+    seen: &'a [String],
 }
 
 /// A borrowed mirror of [`ReplyTo`](super::state::ReplyTo) up to its `Continuation`
@@ -157,6 +159,8 @@ impl<'a> ChildStateRef<'a> {
             base: 0,
             touch_at_ms: 0,
             steps: 0,
+            inbox: &[],
+            seen: &[],
         }
     }
 }

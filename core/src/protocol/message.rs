@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{InstanceId, InstanceState, Outcome, Seq};
+use super::state::{InstanceId, InstanceState, Outcome, Seq, Signal};
 
 /// A message on a task queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +37,8 @@ pub(crate) enum MailboxItem {
     /// A keep-alive: draining the mailbox counts as using it, so a broker does not expire
     /// the mailbox of an instance that waits longer than the mailbox retention.
     Touch,
+    /// An external event for the instance, kept in its state until a wait takes it.
+    Signal(Signal),
 }
 
 /// The final result of a root instance, as kept in the result register.

@@ -11,7 +11,9 @@ use std::time::SystemTime;
 
 use super::codec::{encode, ChildStateRef, MailboxItemRef, TaskMessageRef};
 use super::message::{MailboxItem, ResultRecord, Status, TaskMessage};
-use super::state::{from_millis, to_millis, InstanceId, InstanceState, Outcome, ReplyTo, Seq};
+use super::state::{
+    from_millis, to_millis, InstanceId, InstanceState, Outcome, ReplyTo, Seq, Signal,
+};
 
 /// MessagePack for `()`, the value of fired timers and yields.
 pub(crate) const UNIT: [u8; 1] = [0xc0];
@@ -99,6 +101,8 @@ pub(crate) enum MessageId<'a> {
     Result(&'a InstanceId),
     /// `status:<recorded>`: a root's status write, after `recorded` results.
     Status(&'a InstanceId, u32),
+    /// `s:<id>`: an external event, by the id its sender gave it.
+    Signal(&'a InstanceId, &'a str),
 }
 
 impl fmt::Display for MessageId<'_> {
@@ -116,6 +120,7 @@ impl fmt::Display for MessageId<'_> {
             MessageId::ForwardAgain(i, at, now) => write!(f, "{i}:fwd{at}@{now}"),
             MessageId::Result(i) => write!(f, "{i}:result"),
             MessageId::Status(i, recorded) => write!(f, "{i}:status:{recorded}"),
+            MessageId::Signal(i, id) => write!(f, "{i}:s:{id}"),
         }
     }
 }
@@ -327,6 +332,21 @@ impl Outgoing {
         Self::named(dest, body, MessageId::Event(instance, seq), instance, name)
     }
 
+    /// The external event `signal` for the mailbox of `instance` ([`MessageId::Signal`]).
+    pub(crate) fn signal(instance: &InstanceId, signal: Signal) -> Self {
+        let id = MessageId::Signal(instance, &signal.id).to_string();
+        let body = encode(&MailboxItem::Signal(signal));
+        Self {
+            destination: Destination::Mailbox {
+                instance: instance.clone(),
+            },
+            body,
+            message_id: id,
+            instance: instance.clone(),
+            dtask: String::new(),
+        }
+    }
+
     /// A mailbox item forwarded at its time into the mailbox of `instance`: the id is the
     /// item's own ([`MessageId::Event`], [`MessageId::State`], [`MessageId::Touch`]).
     pub(crate) fn forwarded(
@@ -339,6 +359,7 @@ impl Outgoing {
             MailboxItem::Event { seq, .. } => MessageId::Event(instance, *seq),
             MailboxItem::State(s) => MessageId::State(instance, s.version),
             MailboxItem::Touch => MessageId::Touch(instance, not_before_ms),
+            MailboxItem::Signal(s) => MessageId::Signal(instance, &s.id),
         };
         let dest = Destination::Mailbox {
             instance: instance.clone(),

@@ -108,6 +108,10 @@ pub(crate) enum Command {
     /// A position whose operation a snapshot-model instance no longer needs (its result
     /// was consumed). Results that arrive for it are dropped.
     Compacted,
+    /// Wait for the next external event (signal) named `name`.
+    Event { name: String },
+    /// Wait until a client resumes this position with a value (a resume token).
+    Suspend,
 }
 
 impl Command {
@@ -131,6 +135,12 @@ impl Command {
     pub(crate) fn is_distributed(&self) -> bool {
         !matches!(self, Command::Run | Command::Compacted)
     }
+
+    /// Whether the operation waits for something from outside (an event, a resume): no
+    /// message is published for it, and its instance waits in its mailbox.
+    pub(crate) fn is_external(&self) -> bool {
+        matches!(self, Command::Event { .. } | Command::Suspend)
+    }
 }
 
 impl fmt::Display for Command {
@@ -144,6 +154,8 @@ impl fmt::Display for Command {
             Command::Yield => f.write_str("yield"),
             Command::Run => f.write_str("run (local side effect)"),
             Command::Compacted => f.write_str("compacted"),
+            Command::Event { name } => write!(f, "wait for event `{name}`"),
+            Command::Suspend => f.write_str("suspend until resumed"),
         }
     }
 }
@@ -223,6 +235,28 @@ pub(crate) struct InstanceState {
     /// How many steps the instance has run (the number of its next step).
     #[serde(default)]
     pub(crate) steps: u32,
+    /// Events received and not yet consumed by a wait, in the order they arrived.
+    #[serde(default)]
+    pub(crate) inbox: Vec<Signal>,
+    /// The ids of the last [`SEEN_SIGNALS`] events received, so that an event delivered
+    /// again (a merge redone after a crash) is not received twice.
+    #[serde(default)]
+    pub(crate) seen: Vec<String>,
+}
+
+/// How many event ids an instance remembers to drop redelivered events.
+pub(crate) const SEEN_SIGNALS: usize = 4096;
+
+/// An external event sent to an instance ([`Client::signal`](crate::Client::signal)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Signal {
+    /// Unique per send: a redelivered copy has the same id.
+    pub(crate) id: String,
+    /// The event's name.
+    pub(crate) name: String,
+    /// The MessagePack-encoded value.
+    #[serde(with = "serde_bytes")]
+    pub(crate) value: Vec<u8>,
 }
 
 impl InstanceState {
@@ -241,7 +275,40 @@ impl InstanceState {
             base: 0,
             touch_at_ms: 0,
             steps: 0,
+            inbox: Vec::new(),
+            seen: Vec::new(),
         }
+    }
+
+    /// Takes in `signal` unless it was received before; returns whether it is new.
+    pub(crate) fn receive(&mut self, signal: Signal) -> bool {
+        if self.seen.contains(&signal.id) {
+            return false;
+        }
+        if self.seen.len() >= SEEN_SIGNALS {
+            self.seen.remove(0);
+        }
+        self.seen.push(signal.id.clone());
+        self.inbox.push(signal);
+        true
+    }
+
+    /// Gives the events in the inbox to the waits for them, oldest event to the earliest
+    /// wait of its name; returns how many were given.
+    pub(crate) fn deliver_events(&mut self) -> usize {
+        let mut given = 0;
+        for seq in self.outstanding_seqs() {
+            let Some(Command::Event { name }) = self.entry(seq).map(|e| e.cmd.clone()) else {
+                continue;
+            };
+            if let Some(i) = self.inbox.iter().position(|s| s.name == name) {
+                let signal = self.inbox.remove(i);
+                if self.record(seq, Outcome::Ok(signal.value)) {
+                    given += 1;
+                }
+            }
+        }
+        given
     }
 
     /// The journal entry at position `seq` (for a snapshot-model instance, also the
@@ -324,6 +391,8 @@ impl InstanceState {
             base: 0,
             touch_at_ms: 0,
             steps: self.steps,
+            inbox: Vec::new(),
+            seen: Vec::new(),
         }
     }
 }
@@ -354,6 +423,9 @@ pub(crate) enum Shape {
     All(Vec<Shape>),
     /// `when_any`: the part recorded first, as `(index, value)`.
     Any(Vec<Shape>),
+    /// `task.within(timeout)`: `Some(value)` when the task was recorded before the timer
+    /// at `timer`, else `None`.
+    Within { task: Box<Shape>, timer: Seq },
 }
 
 impl Shape {
@@ -361,6 +433,10 @@ impl Shape {
         match self {
             Shape::Op { seq, .. } => out.push(*seq),
             Shape::All(parts) | Shape::Any(parts) => parts.iter().for_each(|p| p.seqs(out)),
+            Shape::Within { task, timer } => {
+                task.seqs(out);
+                out.push(*timer);
+            }
         }
     }
 }

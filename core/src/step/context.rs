@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::error::{Failure, FailureKind};
-use crate::protocol::state::{entry_at, Command, Entry, InstanceId, Outcome, Seq, Shape};
+use crate::protocol::state::{entry_at, Command, Entry, InstanceId, Outcome, Seq, Shape, Signal};
 
 /// The context of one step: the journal DTask operations claim positions in and read
 /// results from, and what the step issued.
@@ -33,6 +33,10 @@ pub(crate) struct Exec {
     pub(crate) clock: Option<Clock>,
     /// Encoded inputs of the child calls issued in this step, by position.
     pub(crate) child_inputs: HashMap<Seq, Vec<u8>>,
+    /// The instance's DTask name (for resume tokens).
+    pub(crate) dtask: String,
+    /// Events received and not yet taken by a wait, moved in from the state.
+    pub(crate) inbox: Vec<Signal>,
 }
 
 /// A clock: the current time of a transport (real or virtual).
@@ -121,6 +125,8 @@ impl Exec {
             now,
             clock: None,
             child_inputs: HashMap::new(),
+            dtask: String::new(),
+            inbox: Vec::new(),
         }
     }
 
@@ -223,6 +229,38 @@ impl Exec {
             Some(Outcome::Ok(b)) => Some((Ok(b.clone()), e.order)),
             Some(Outcome::Failed(f)) => Some((Err(f.clone()), e.order)),
             None => None,
+        }
+    }
+
+    /// A wait for the event `name` issued at `seq` in this step takes the oldest event of
+    /// that name already received, if any; returns whether it did.
+    pub(crate) fn take_event(&mut self, seq: Seq, name: &str) -> bool {
+        if (seq as usize) < self.replayed {
+            return false;
+        }
+        let Some(i) = self.inbox.iter().position(|s| s.name == name) else {
+            return false;
+        };
+        let signal = self.inbox.remove(i);
+        self.record_local(seq, signal.value);
+        true
+    }
+
+    /// Retires the wait for an event at `seq` that lost a race (`within`, `when_any`): it
+    /// gets a result now, so later events go to the next wait of that name. The result is
+    /// recorded after the winner's, so a replay picks the same winner.
+    pub(crate) fn retire_wait(&mut self, seq: Seq) {
+        let i = seq.checked_sub(self.base).map(|i| i as usize);
+        let Some(e) = i.and_then(|i| self.journal.get_mut(i)) else {
+            return;
+        };
+        if matches!(e.cmd, Command::Event { .. }) && e.result.is_none() {
+            self.recorded += 1;
+            e.result = Some(Outcome::Failed(Failure::new(
+                FailureKind::Misuse,
+                "this wait lost a race and was retired",
+            )));
+            e.order = self.recorded;
         }
     }
 

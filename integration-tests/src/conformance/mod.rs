@@ -216,6 +216,9 @@ macro_rules! conformance_suite {
             results_by_id_from_a_second_client_and_status,
             poison_messages_are_dead_lettered_and_the_worker_keeps_serving,
             shutdown_stops_the_workers_and_leaves_no_consumer,
+            events_arrive_once_in_the_order_sent,
+            a_token_resumes_its_suspension_from_another_client,
+            an_event_within_a_timeout,
         );
     };
 }

@@ -135,7 +135,7 @@ impl Transport for MemoryTransport {
         let mut mem = self.shared.lock();
         let now = mem.now();
         mem.mailbox_used.insert(instance.clone(), now);
-        let items: Vec<Vec<u8>> = mem
+        let items: Vec<(u64, Vec<u8>)> = mem
             .mailboxes
             .get_mut(instance)
             .map(|q| q.drain(..).collect())
@@ -144,12 +144,13 @@ impl Transport for MemoryTransport {
         drop(mem);
         let out = items
             .into_iter()
-            .map(|body| MailboxMessage {
+            .map(|(n, body)| MailboxMessage {
                 body: body.clone(),
                 settle: Box::new(MemSettle {
                     shared: self.shared.clone(),
                     token: Some(Token::Mailbox {
                         instance: instance.clone(),
+                        n,
                         body,
                     }),
                 }),

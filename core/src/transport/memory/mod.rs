@@ -131,7 +131,10 @@ struct Mem {
     timer_seq: u64,
     doorbells: VecDeque<InstanceId>,
     busy: HashSet<InstanceId>,
-    mailboxes: HashMap<InstanceId, VecDeque<Vec<u8>>>,
+    /// Each mailbox's messages with their arrival number: a requeued message goes back to
+    /// its place, as in a RabbitMQ classic queue.
+    mailboxes: HashMap<InstanceId, VecDeque<(u64, Vec<u8>)>>,
+    mailbox_seq: u64,
     /// When each mailbox was created or last drained.
     mailbox_used: HashMap<InstanceId, SystemTime>,
     results: HashMap<InstanceId, Vec<u8>>,
@@ -297,10 +300,12 @@ impl MemoryTransport {
                     let now = mem.now();
                     mem.mailbox_used.insert(instance.clone(), now);
                 }
+                mem.mailbox_seq += 1;
+                let n = mem.mailbox_seq;
                 mem.mailboxes
                     .entry(instance.clone())
                     .or_default()
-                    .push_back(msg.body);
+                    .push_back((n, msg.body));
                 mem.ring(instance);
             }
             Destination::Result { instance } => {

@@ -20,6 +20,8 @@ pub(super) enum Token {
     Doorbell(InstanceId),
     Mailbox {
         instance: InstanceId,
+        /// Its arrival number, which keeps its place when it is requeued.
+        n: u64,
         body: Vec<u8>,
     },
     Reply {
@@ -78,8 +80,10 @@ impl MemSettle {
                 mem.busy.remove(&instance);
             }
             (Token::Mailbox { .. }, How::Ack) => {}
-            (Token::Mailbox { instance, body }, How::Requeue) => {
-                mem.mailboxes.entry(instance).or_default().push_front(body);
+            (Token::Mailbox { instance, n, body }, How::Requeue) => {
+                let q = mem.mailboxes.entry(instance).or_default();
+                let at = q.partition_point(|(m, _)| *m < n);
+                q.insert(at, (n, body));
             }
             (Token::Mailbox { body, .. }, How::Dead(reason)) => {
                 mem.dead.push(DeadLetter { body, reason });
