@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::dtask::{Call, ResumeToken};
 use crate::error::Error;
 use crate::protocol::codec::{decode, decode_value, encode_value};
-use crate::protocol::message::{ResultRecord, Status};
+use crate::protocol::message::{ResultRecord, Status, StatusRecord, Wait};
 use crate::protocol::outgoing::Outgoing;
 use crate::protocol::state::{InstanceId, InstanceState, Outcome, ReplyTo, Signal};
 use crate::registry::Registry;
@@ -211,6 +211,19 @@ impl Client {
             transport: self.transport.clone(),
             _t: PhantomData,
         }
+    }
+
+    /// What the root instance `id` waits for while it is suspended: the events, resumes,
+    /// timers and children it waited for when its status was last written (empty when it
+    /// is not suspended). Written when a root first suspends, and whenever a long wait (an
+    /// event, a resume, a timer) begins or ends; a change among children only is not
+    /// written (each write is a confirmed publish).
+    pub async fn waiting_for(&self, id: &InstanceId) -> Result<Vec<Wait>, Error> {
+        if status_of(&*self.transport, id).await? != Status::Suspended {
+            return Ok(Vec::new());
+        }
+        let t = registers(&*self.transport)?;
+        Ok(read_status(t, id).await?.map_or(Vec::new(), |r| r.waits))
     }
 
     /// Sends the event `name` with `value` to the instance `id`, where
@@ -461,9 +474,23 @@ async fn status_of(t: &dyn Transport, id: &InstanceId) -> Result<Status, Error> 
             Outcome::Failed(_) => Status::Failed,
         });
     }
-    match t.read_status(id).await? {
-        Some(bytes) => decode::<Status>(&bytes),
-        None => Ok(Status::Pending),
+    Ok(read_status(t, id)
+        .await?
+        .map_or(Status::Pending, |r| r.status))
+}
+
+/// The status register of `id`: a status record, or a bare status written by an earlier
+/// version.
+async fn read_status(t: &dyn Registers, id: &InstanceId) -> Result<Option<StatusRecord>, Error> {
+    let Some(bytes) = t.read_status(id).await? else {
+        return Ok(None);
+    };
+    match decode::<StatusRecord>(&bytes) {
+        Ok(r) => Ok(Some(r)),
+        Err(_) => Ok(Some(StatusRecord {
+            status: decode::<Status>(&bytes)?,
+            waits: Vec::new(),
+        })),
     }
 }
 

@@ -58,7 +58,7 @@ pub use client::{Client, Handle, Untyped};
 pub use dtask::{Call, DTask, IntoDTask, Join, ResumeToken, SpawnHandle};
 pub use dtasks_macros::dtask;
 pub use error::{Error, Failure};
-pub use protocol::{InstanceId, Status, ENVELOPE_VERSION};
+pub use protocol::{InstanceId, Status, Wait, ENVELOPE_VERSION};
 pub use registry::{DTaskFn, Registry};
 pub use runtime::{
     Runtime, RuntimeBuilder, Worker, WorkerConfig, WorkerStats, DEFAULT_INLINE_STEPS,

@@ -313,3 +313,54 @@ async fn start_with_signal_starts_and_delivers_in_one_call() -> TestResult {
     }
     Ok(())
 }
+
+#[dtask(name = "events.two_phase")]
+async fn two_phase() -> u32 {
+    let first: u32 = DTask::event("go").await;
+    // Then only a child: the status shows the change.
+    first + collect_count(1).await
+}
+
+#[dtask(name = "events.collect_count")]
+async fn collect_count(n: u32) -> u32 {
+    DTask::event::<u32>("inner").await + n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_shows_what_a_suspended_instance_waits_for() -> TestResult {
+    let rt = Runtime::builder(
+        WorkerConfig::new()
+            .register(approval)
+            .register(two_phase)
+            .register(collect_count),
+    )
+    .virtual_time()
+    .build()?;
+    let client = rt.client();
+    let h = client.start(approval(3_600_000)).await?;
+    suspended(&h).await;
+    let waits = client.waiting_for(h.id()).await?;
+    assert_eq!(waits.len(), 2, "{waits:?}");
+    assert_eq!(waits[0], dtasks::Wait::Event("approval".into()));
+    assert!(
+        matches!(waits[1], dtasks::Wait::Timer { at_ms } if at_ms > 0),
+        "{waits:?}"
+    );
+    client.signal(h.id(), "approval", &true).await?;
+    assert_eq!(h.result().await?, "approved");
+    assert!(client.waiting_for(h.id()).await?.is_empty());
+
+    let h = client.start(two_phase()).await?;
+    suspended(&h).await;
+    assert_eq!(
+        client.waiting_for(h.id()).await?,
+        vec![dtasks::Wait::Event("go".into())]
+    );
+    client.signal(h.id(), "go", &1u32).await?;
+    rt.wait_idle().await;
+    assert_eq!(
+        client.waiting_for(h.id()).await?,
+        vec![dtasks::Wait::Children(1)]
+    );
+    Ok(())
+}

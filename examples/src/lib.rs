@@ -165,3 +165,64 @@ pub fn init_logs(default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 }
+
+/// A reviewer's answer to a refund request.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum Decision {
+    /// Refund, with the reviewer's name.
+    Approve(String),
+    /// Do not refund, with the reason.
+    Reject(String),
+}
+
+/// How a refund request ended.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum RefundOutcome {
+    /// Refunded after approval.
+    Refunded {
+        /// The reviewer who approved.
+        by: String,
+        /// The refund's payment reference.
+        payment: String,
+    },
+    /// A reviewer said no.
+    Rejected(String),
+    /// Nobody answered in time.
+    Expired,
+}
+
+/// Pays `cents` back for order `order` (a stand-in for a payment API call).
+#[dtask(name = "shop.refund")]
+pub async fn refund(order: u32, cents: u64) -> String {
+    println!("  [refund]   order {order}: paying back {cents} cents");
+    format!("refund-{order}-{cents}")
+}
+
+/// A refund that needs a human's approval within `timeout_ms`: waits for the event
+/// `approval` (a [`Decision`]) at most that long, on a durable timer, then refunds with a
+/// child DTask or gives up. Send the decision with `Client::signal(id, "approval", ..)`.
+#[dtask(name = "shop.refund_with_approval")]
+pub async fn refund_with_approval(order: u32, cents: u64, timeout_ms: u64) -> RefundOutcome {
+    say(format!(
+        "  [refund {order}] {cents} cents: waiting up to {timeout_ms} ms for an approval"
+    ))
+    .await;
+    let decision = DTask::event::<Decision>("approval")
+        .within(Duration::from_millis(timeout_ms))
+        .await;
+    match decision {
+        Some(Decision::Approve(by)) => {
+            let payment = refund(order, cents).await;
+            say(format!("  [refund {order}] approved by {by}: refunded")).await;
+            RefundOutcome::Refunded { by, payment }
+        }
+        Some(Decision::Reject(why)) => {
+            say(format!("  [refund {order}] rejected: {why}")).await;
+            RefundOutcome::Rejected(why)
+        }
+        None => {
+            say(format!("  [refund {order}] no answer in time")).await;
+            RefundOutcome::Expired
+        }
+    }
+}

@@ -491,8 +491,14 @@ impl Engine {
         let mut outputs = Vec::new();
         // Status is written on transitions only: `Suspended` after the first step; later
         // steps leave it (each write is a confirmed publish).
-        if state.reply == ReplyTo::Root && first_new == 0 {
-            outputs.push(Outgoing::status(state, Status::Suspended));
+        // So is what a root waits for, when a long wait (an event, a resume, a timer)
+        // begins or ends.
+        if state.reply == ReplyTo::Root {
+            let long = state.waits_long();
+            if first_new == 0 || long || state.shown_long {
+                state.shown_long = long;
+                outputs.push(Outgoing::status(state, Status::Suspended));
+            }
         }
         let cmd_at = |state: &InstanceState, seq: Seq| {
             state

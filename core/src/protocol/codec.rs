@@ -7,7 +7,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::message::{MailboxItem, ResultRecord, Status, TaskMessage};
+use super::message::{MailboxItem, ResultRecord, Status, StatusRecord, TaskMessage};
 use super::state::{Entry, InstanceId, InstanceState, Outcome, Seq, Signal, Snapshot};
 use crate::error::Error;
 
@@ -40,6 +40,9 @@ impl Enveloped for ResultRecord {
     const KIND: Kind = Kind::Result;
 }
 impl Enveloped for Status {
+    const KIND: Kind = Kind::Status;
+}
+impl Enveloped for StatusRecord {
     const KIND: Kind = Kind::Status;
 }
 
@@ -122,6 +125,7 @@ pub(crate) struct ChildStateRef<'a> {
     steps: u32,
     inbox: &'a [Signal],
     seen: &'a [String],
+    shown_long: bool,
 }
 
 /// A borrowed mirror of [`ReplyTo`](super::state::ReplyTo) up to its `Continuation`
@@ -161,6 +165,7 @@ impl<'a> ChildStateRef<'a> {
             steps: 0,
             inbox: &[],
             seen: &[],
+            shown_long: false,
         }
     }
 }

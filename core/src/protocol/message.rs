@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{InstanceId, InstanceState, Outcome, Seq, Signal};
+use super::state::{to_millis, Command, InstanceId, InstanceState, Outcome, Seq, Signal};
 
 /// A message on a task queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +67,59 @@ pub enum Status {
     Failed,
     /// Cancelled.
     Cancelled,
+}
+
+/// What a suspended instance waits for, as its status shows it
+/// ([`Client::waiting_for`](crate::Client::waiting_for)).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Wait {
+    /// The next event of this name ([`DTask::event`](crate::DTask::event)).
+    Event(String),
+    /// A resume by token ([`DTask::suspend`](crate::DTask::suspend)).
+    Resume,
+    /// A durable timer, due at this time (milliseconds since the Unix epoch).
+    Timer {
+        /// When the timer fires, in milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
+    /// Results of this many children.
+    Children(u32),
+    /// A yield, about to resume.
+    Yield,
+}
+
+/// A status as kept in the status register: the status and, when suspended, what the
+/// instance waits for. A register written before waits were kept holds a bare [`Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StatusRecord {
+    pub(crate) status: Status,
+    pub(crate) waits: Vec<Wait>,
+}
+
+impl Wait {
+    /// What `state` waits for: its outstanding operations, children counted together.
+    pub(crate) fn of(state: &InstanceState) -> Vec<Wait> {
+        let mut waits = Vec::new();
+        let mut children = 0;
+        for seq in state.outstanding_seqs() {
+            match state.entry(seq).map(|e| &e.cmd) {
+                Some(Command::Child { .. }) => children += 1,
+                Some(Command::Event { name }) => waits.push(Wait::Event(name.clone())),
+                Some(Command::Suspend) => waits.push(Wait::Resume),
+                Some(Command::Yield) => waits.push(Wait::Yield),
+                Some(c @ (Command::Delay { .. } | Command::DelayUntil { .. })) => {
+                    let at_ms = c.fire_at().map_or(0, to_millis);
+                    waits.push(Wait::Timer { at_ms });
+                }
+                _ => {}
+            }
+        }
+        if children > 0 {
+            waits.push(Wait::Children(children));
+        }
+        waits
+    }
 }
 
 impl Status {

@@ -11,6 +11,6 @@ pub(crate) mod outgoing;
 pub(crate) mod state;
 
 pub use codec::ENVELOPE_VERSION;
-pub use message::Status;
+pub use message::{Status, Wait};
 pub use outgoing::{Destination, Outgoing};
 pub use state::InstanceId;

@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 use super::codec::{encode, ChildStateRef, MailboxItemRef, TaskMessageRef};
-use super::message::{MailboxItem, ResultRecord, Status, TaskMessage};
+use super::message::{MailboxItem, ResultRecord, Status, StatusRecord, TaskMessage, Wait};
 use super::state::{
     from_millis, to_millis, InstanceId, InstanceState, Outcome, ReplyTo, Seq, Signal,
 };
@@ -412,6 +412,11 @@ impl Outgoing {
             instance: state.id.clone(),
         };
         let id = MessageId::Status(&state.id, state.recorded);
-        Self::about(dest, encode(&status), id, state)
+        let waits = if status == Status::Suspended {
+            Wait::of(state)
+        } else {
+            Vec::new()
+        };
+        Self::about(dest, encode(&StatusRecord { status, waits }), id, state)
     }
 }

@@ -242,6 +242,10 @@ pub(crate) struct InstanceState {
     /// again (a merge redone after a crash) is not received twice.
     #[serde(default)]
     pub(crate) seen: Vec<String>,
+    /// Whether the last status written shows a long wait (an event, a resume, a timer), so
+    /// that the status is written again when the instance waits for something else.
+    #[serde(default)]
+    pub(crate) shown_long: bool,
 }
 
 /// How many event ids an instance remembers to drop redelivered events.
@@ -277,6 +281,7 @@ impl InstanceState {
             steps: 0,
             inbox: Vec::new(),
             seen: Vec::new(),
+            shown_long: false,
         }
     }
 
@@ -291,6 +296,15 @@ impl InstanceState {
         self.seen.push(signal.id.clone());
         self.inbox.push(signal);
         true
+    }
+
+    /// Whether the instance waits for something that may take long: an event, a resume or
+    /// a timer (its status is written when this begins or ends).
+    pub(crate) fn waits_long(&self) -> bool {
+        self.outstanding_seqs().into_iter().any(|seq| {
+            self.entry(seq)
+                .is_some_and(|e| e.cmd.is_external() || e.cmd.fire_at().is_some())
+        })
     }
 
     /// Gives the events in the inbox to the waits for them, oldest event to the earliest
@@ -393,6 +407,7 @@ impl InstanceState {
             steps: self.steps,
             inbox: Vec::new(),
             seen: Vec::new(),
+            shown_long: false,
         }
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use dtasks::WorkerConfig;
 use dtasks_actors::WorkerPod;
 use dtasks_amqp::{AmqpConfig, AmqpTransport};
-use dtasks_examples::{charge, env_or, init_logs, process_order, ship};
+use dtasks_examples::{
+    charge, env_or, init_logs, process_order, refund, refund_with_approval, ship,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,6 +22,8 @@ async fn main() -> anyhow::Result<()> {
             .register(process_order)
             .register(charge)
             .register(ship)
+            .register(refund_with_approval)
+            .register(refund)
             .concurrency(env_or("DTASKS_CONCURRENCY", 64usize)),
     )
     .consumers(env_or("DTASKS_CONSUMERS", 1usize))
