@@ -141,6 +141,11 @@ enum Repr {
     Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error(
+        "instance `{0}` was already started (it is running, suspended or finished, within \
+         the register retention)"
+    )]
+    AlreadyStarted(String),
 }
 
 impl Error {
@@ -172,6 +177,12 @@ impl Error {
     pub(crate) fn config(msg: impl Into<String>) -> Self {
         Self {
             repr: Repr::Config(msg.into()),
+        }
+    }
+
+    pub(crate) fn already_started(id: impl Into<String>) -> Self {
+        Self {
+            repr: Repr::AlreadyStarted(id.into()),
         }
     }
 
@@ -227,6 +238,12 @@ impl Error {
     /// The configuration is invalid.
     pub fn is_config(&self) -> bool {
         matches!(self.repr, Repr::Config(_))
+    }
+    /// A start under a chosen id found that id already started (running, suspended or
+    /// finished): [`Client::start_with_id`](crate::Client::start_with_id) starts an id
+    /// once. The message names the id.
+    pub fn is_already_started(&self) -> bool {
+        matches!(self.repr, Repr::AlreadyStarted(_))
     }
 }
 

@@ -99,6 +99,10 @@ pub(crate) enum MessageId<'a> {
     Result(&'a InstanceId),
     /// `status:<recorded>`: a root's status write, after `recorded` results.
     Status(&'a InstanceId, u32),
+    /// `start:<nonce>`: the start of a root under a chosen id, claimed with `nonce` (in
+    /// hex). Each start of the id has an id of its own, so that the dedupe window never
+    /// takes the winning start for a redelivery of a losing one.
+    ClaimedStart(&'a InstanceId, u64),
 }
 
 impl fmt::Display for MessageId<'_> {
@@ -116,6 +120,7 @@ impl fmt::Display for MessageId<'_> {
             MessageId::ForwardAgain(i, at, now) => write!(f, "{i}:fwd{at}@{now}"),
             MessageId::Result(i) => write!(f, "{i}:result"),
             MessageId::Status(i, recorded) => write!(f, "{i}:status:{recorded}"),
+            MessageId::ClaimedStart(i, nonce) => write!(f, "{i}:start:{nonce:x}"),
         }
     }
 }
@@ -150,9 +155,14 @@ impl Outgoing {
         }
     }
 
-    /// The start of `state`, a new instance ([`MessageId::Start`]).
+    /// The start of `state`, a new instance ([`MessageId::Start`]; a root started under
+    /// a chosen id carries a claim nonce: [`MessageId::ClaimedStart`]).
     pub(crate) fn start(state: &InstanceState) -> Self {
-        Self::step(state, MessageId::Start(&state.id))
+        let id = match state.claim {
+            Some(nonce) => MessageId::ClaimedStart(&state.id, nonce),
+            None => MessageId::Start(&state.id),
+        };
+        Self::step(state, id)
     }
 
     /// A step of `state` with no result to record, to the task queue of its DTask.
