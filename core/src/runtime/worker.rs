@@ -465,7 +465,12 @@ impl Inner {
                     }
                     Err(e) => {
                         warn!(error = %e, "publishing a step's messages failed; the message will be redelivered");
-                        self.forget(message_id.as_deref());
+                        if let Some(id) = &message_id {
+                            self.dedupe
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .release(id);
+                        }
                         let _ = settle.requeue().await;
                     }
                 }

@@ -190,7 +190,8 @@ pub trait Transport: Send + Sync + 'static {
     fn replies(&self) -> Option<&dyn ReplyQueues>;
 }
 
-/// The result and status registers of root instances: a capability of a [`Transport`].
+/// The result and status registers of root instances, and the claim registers of roots
+/// started under chosen ids: a capability of a [`Transport`].
 pub trait Registers: Send + Sync {
     /// Creates the result register of the new root `instance`, empty (nothing if it
     /// exists), before its start is published: from then on the instance is known, and
