@@ -296,6 +296,7 @@ impl Actor for Supervisor {
                     suspended_timers = timers.map(|t| t as i64).unwrap_or(-1),
                     dead_lettered = s.dead_lettered,
                     duplicate_results = s.duplicate_results,
+                    duplicate_starts = s.duplicate_starts,
                     restarts = state.restarts,
                     "dtasks summary"
                 );

@@ -105,8 +105,9 @@ impl AmqpConfig {
         self
     }
 
-    /// How long the result and status registers of an instance live unread
-    /// (`x-expires`, default 7 days).
+    /// How long the result and status registers of an instance live unread, and the claim
+    /// register of an id started with `Client::start_with_id` lives without a new start
+    /// of the id (`x-expires`, default 7 days): after that the id can be started again.
     pub fn with_result_retention(mut self, d: Duration) -> Self {
         self.register_retention = d;
         self

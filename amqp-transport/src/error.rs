@@ -63,6 +63,20 @@ pub(crate) fn is_not_found(e: &lapin::Error) -> bool {
     reply_code(e) == Some(NOT_FOUND)
 }
 
+/// The broker refused to declare a queue because it exists with another value of the
+/// argument `arg` (406 PRECONDITION_FAILED, "inequivalent arg").
+pub(crate) fn is_inequivalent(e: &lapin::Error, arg: &str) -> bool {
+    match e.kind() {
+        ErrorKind::ProtocolError(p) => {
+            p.get_id() == PRECONDITION_FAILED
+                && p.get_message()
+                    .as_str()
+                    .contains(&format!("inequivalent arg '{arg}'"))
+        }
+        _ => false,
+    }
+}
+
 fn reply_code(e: &lapin::Error) -> Option<u16> {
     match e.kind() {
         ErrorKind::ProtocolError(p) => Some(p.get_id()),

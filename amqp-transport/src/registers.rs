@@ -1,6 +1,6 @@
-//! Result and status registers: creating a result register, looking one up, reading one
-//! without taking its message, and waiting for a result on the channel shared by every
-//! wait of the process.
+//! Result, status and claim registers: creating a result register, looking one up,
+//! reading one without taking its message, waiting for a result on the channel shared by
+//! every wait of the process, and claiming an id.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use lapin::Channel;
 use tracing::warn;
 
 use crate::conn::{self, Backoff, ConfirmChannels, ATTEMPT_TIMEOUT};
-use crate::error::{is_not_found, AmqpError, Context, Result};
+use crate::error::{is_inequivalent, is_not_found, AmqpError, Context, Result};
 use crate::settle::settled;
 use crate::shared::Shared;
 use crate::topology::{short, Kind};
@@ -49,6 +49,59 @@ impl Shared {
                 return Err(e);
             }
             warn!(error = %e, attempt, queue, "creating a register failed; retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Claims the claim register `queue` for `nonce`: `true` when it holds `nonce`.
+    ///
+    /// The claim is the queue's `x-max-length` argument (the queue never holds a
+    /// message): declaring it creates a missing queue with the nonce, and the broker
+    /// compares an existing queue's arguments with the declaration's, atomically, refusing
+    /// another nonce with 406 PRECONDITION_FAILED ("inequivalent arg 'x-max-length'"),
+    /// which closes the channel. A register that holds a message would not do: a reader
+    /// takes the message and puts it back, and while it holds it the broker counts the
+    /// queue as empty and takes a second claim. Retries through connection failures like
+    /// [`Shared::create_register`].
+    pub(crate) async fn claim(&self, queue: &str, nonce: u64) -> Result<bool> {
+        let deadline = Instant::now() + self.cfg.publish_timeout;
+        let mut backoff = Backoff::new(Duration::from_millis(50), self.cfg.max_backoff);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let once = async {
+                let ch = conn::get_channel(&self.channels).await?;
+                let (opts, args) = self.topo.declaration(Kind::Claim(nonce));
+                match ch.queue_declare(short(queue)?, opts, args).await {
+                    Ok(_) => {
+                        self.declared.remember(queue);
+                        Ok(true)
+                    }
+                    Err(e) if is_inequivalent(&e, "x-max-length") => {
+                        // The broker closed the channel: it leaves the pool.
+                        drop(Object::take(ch));
+                        Ok(false)
+                    }
+                    Err(e) => {
+                        drop(Object::take(ch));
+                        Err(AmqpError::broker(format!("claiming `{queue}`"), e))
+                    }
+                }
+            };
+            let e = match tokio::time::timeout(ATTEMPT_TIMEOUT, once).await {
+                Ok(Ok(ours)) => return Ok(ours),
+                Ok(Err(e)) => e,
+                Err(_) => AmqpError::Timeout(format!("claiming `{queue}`")),
+            };
+            if e.is_permanent() {
+                return Err(e);
+            }
+            let pause = backoff.next_delay();
+            if Instant::now() + pause >= deadline {
+                warn!(error = %e, attempt, queue, "claiming an id failed; giving up");
+                return Err(e);
+            }
+            warn!(error = %e, attempt, queue, "claiming an id failed; retrying");
             tokio::time::sleep(pause).await;
         }
     }

@@ -24,6 +24,8 @@ pub(crate) enum Kind {
     Result,
     Status,
     Reply,
+    /// A claim register, declared with the nonce of the start that claims it.
+    Claim(u64),
 }
 
 /// Names and declares the queues under one prefix.
@@ -100,6 +102,11 @@ impl Topology {
         format!("{}.status.{instance}", self.prefix)
     }
 
+    /// The claim register of a root started under a chosen id.
+    pub(crate) fn claim(&self, instance: &str) -> String {
+        format!("{}.claim.{instance}", self.prefix)
+    }
+
     /// The reply queue of a client (`Client::call`).
     pub(crate) fn reply(&self, client: &str) -> String {
         format!("{}.reply.{client}", self.prefix)
@@ -112,7 +119,7 @@ impl Topology {
             args.insert(ShortString::from(k), v);
         };
         let queue_type = match kind {
-            Kind::Mailbox | Kind::Result | Kind::Status | Kind::Reply => "classic",
+            Kind::Mailbox | Kind::Result | Kind::Status | Kind::Reply | Kind::Claim(_) => "classic",
             _ => "quorum",
         };
         put("x-queue-type", text(queue_type));
@@ -144,9 +151,21 @@ impl Topology {
             }
             // Removed when its client has been gone for the result retention.
             Kind::Reply => put("x-expires", AMQPValue::LongLongInt(self.register_expires)),
+            Kind::Claim(nonce) => {
+                // The claim is the queue's arguments, not a message: the broker compares
+                // them when the queue is declared again, and refuses another nonce
+                // (`registers.rs`). The queue never holds a message.
+                put("x-max-length", AMQPValue::LongLongInt(claim_arg(nonce)));
+                put("x-expires", AMQPValue::LongLongInt(self.register_expires));
+            }
         }
         (QueueDeclareOptions::durable(), args)
     }
+}
+
+/// A claim nonce (in `1..2^62`) as a non-negative signed argument.
+fn claim_arg(nonce: u64) -> i64 {
+    (nonce & (i64::MAX as u64)) as i64
 }
 
 /// A queue name as the broker takes it.
@@ -213,5 +232,22 @@ mod tests {
         assert_eq!(t.delay_level(5), "p.delay.5");
         assert!(t.shard_of("abc").starts_with("p.shard."));
         assert_eq!(t.shard_of("abc"), t.shard_of("abc"));
+        assert_eq!(t.claim("order-1"), "p.claim.order-1");
+    }
+
+    #[test]
+    fn a_claim_is_its_queue_arguments() {
+        let t = Topology::new(&AmqpConfig::new("amqp://x"));
+        let max_length = |nonce| {
+            let (_, args) = t.declaration(Kind::Claim(nonce));
+            args.inner().get("x-max-length").cloned()
+        };
+        assert_eq!(max_length(7), Some(AMQPValue::LongLongInt(7)));
+        assert_ne!(max_length(7), max_length(8));
+        // Every nonce the core makes (below 2^62) is a valid, distinct argument.
+        assert_eq!(
+            max_length((1 << 62) - 1),
+            Some(AMQPValue::LongLongInt((1 << 62) - 1))
+        );
     }
 }

@@ -156,7 +156,8 @@ impl Transport for AmqpTransport {
     }
 }
 
-/// Result registers and status registers: one classic queue each per root.
+/// Result registers and status registers: one classic queue each per root; a claim
+/// register per root started under a chosen id.
 impl Registers for AmqpTransport {
     fn create_register(
         &self,
@@ -196,6 +197,15 @@ impl Registers for AmqpTransport {
     ) -> BoxFuture<'_, std::result::Result<Option<Vec<u8>>, dtasks::Error>> {
         let queue = self.shared.topo.status(instance.as_str());
         async move { Ok(self.shared.read_status(&queue).await?) }.boxed()
+    }
+
+    fn claim(
+        &self,
+        instance: &InstanceId,
+        nonce: u64,
+    ) -> BoxFuture<'_, std::result::Result<bool, dtasks::Error>> {
+        let queue = self.shared.topo.claim(instance.as_str());
+        async move { Ok(self.shared.claim(&queue, nonce).await?) }.boxed()
     }
 }
 

@@ -18,7 +18,9 @@ use crate::error::Error;
 use crate::protocol::codec::{decode, decode_value, encode_value};
 use crate::protocol::message::{ResultRecord, Status, StatusRecord, Wait};
 use crate::protocol::outgoing::Outgoing;
-use crate::protocol::state::{InstanceId, InstanceState, Outcome, ReplyTo, Signal};
+use crate::protocol::state::{
+    new_claim_nonce, InstanceId, InstanceState, Outcome, ReplyTo, Signal,
+};
 use crate::registry::Registry;
 use crate::transport::{IntoTransport, Registers, Reply, Transport};
 
@@ -71,20 +73,50 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn start<T>(&self, task: Call<T>) -> Result<Handle<T>, Error> {
-        self.start_with_id(InstanceId::random(), task).await
+        let (name, input) = encoded(task)?;
+        // A fresh random id cannot have been started: nothing to claim.
+        self.publish_start(InstanceId::random(), name, input, ClaimId::No)
+            .await
     }
 
-    /// Starts `task` under the chosen `id`. Starting the same id twice runs it once: the
-    /// second start's result register write is refused, so both handles see one result.
+    /// Starts `task` under the chosen `id`, once: an id that was already started (its
+    /// instance is running, suspended or finished) is refused with
+    /// [`Error::is_already_started`], and the second start never runs.
+    ///
+    /// This holds for starts from any number of clients and processes at once (exactly
+    /// one wins), and through crashes: the start is published first and the id claimed
+    /// after it, and a worker claims the id for a start whose client died in between, so
+    /// an id is never left claimed with nothing running. After an error other than
+    /// already-started (a broker outage), the start may be out: start the same id again,
+    /// which either starts it or reports it already started.
+    ///
+    /// An id is remembered for the result retention of the transport (on RabbitMQ the
+    /// claim register expires when unused for that long; in memory, never); after that it
+    /// can be started again. Each start under a chosen id costs one more register than
+    /// [`Client::start`] (on RabbitMQ, a queue).
+    ///
+    /// ```
+    /// # use dtasks::{dtask, InstanceId, Runtime, WorkerConfig};
+    /// #[dtask]
+    /// async fn add_one(x: u64) -> u64 { x + 1 }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dtasks::Error> {
+    /// let rt = Runtime::new(WorkerConfig::new().register(add_one))?;
+    /// let id = InstanceId::new("order-17")?;
+    /// let handle = rt.client().start_with_id(id.clone(), add_one(41)).await?;
+    /// assert_eq!(handle.result().await?, 42);
+    /// let again = rt.client().start_with_id(id, add_one(1)).await.unwrap_err();
+    /// assert!(again.is_already_started());
+    /// # Ok(()) }
+    /// ```
     pub async fn start_with_id<T>(
         &self,
         id: InstanceId,
         task: Call<T>,
     ) -> Result<Handle<T>, Error> {
-        let (name, input) = task.into_parts();
-        let input =
-            input.map_err(|e| Error::bad_input(format!("the input cannot be encoded: {e}")))?;
-        self.publish_start(id, name, input).await
+        let (name, input) = encoded(task)?;
+        self.publish_start(id, name, input, ClaimId::Yes).await
     }
 
     /// Starts the DTask registered as `name` with `input`: the MessagePack encoding of the
@@ -95,21 +127,22 @@ impl Client {
         name: &str,
         input: Vec<u8>,
     ) -> Result<Handle<Untyped>, Error> {
-        self.start_by_name_with_id(InstanceId::random(), name, input)
+        check_name(name)?;
+        self.publish_start(InstanceId::random(), name.to_string(), input, ClaimId::No)
             .await
     }
 
-    /// [`Client::start_by_name`] under the chosen `id`.
+    /// [`Client::start_by_name`] under the chosen `id`, once: an id already started is
+    /// refused with [`Error::is_already_started`], as [`Client::start_with_id`] says.
     pub async fn start_by_name_with_id(
         &self,
         id: InstanceId,
         name: &str,
         input: Vec<u8>,
     ) -> Result<Handle<Untyped>, Error> {
-        if name.is_empty() || name.len() > 200 {
-            return Err(Error::bad_input("a DTask name has 1 to 200 bytes"));
-        }
-        self.publish_start(id, name.to_string(), input).await
+        check_name(name)?;
+        self.publish_start(id, name.to_string(), input, ClaimId::Yes)
+            .await
     }
 
     /// Runs `task` (a call of a `#[dtask]` function) as a new root instance and waits for
@@ -140,12 +173,10 @@ impl Client {
     /// # }
     /// ```
     pub async fn call<T: DeserializeOwned>(&self, task: Call<T>) -> Result<T, Error> {
-        let (name, input) = task.into_parts();
-        let input =
-            input.map_err(|e| Error::bad_input(format!("the input cannot be encoded: {e}")))?;
+        let (name, input) = encoded(task)?;
         if self.transport.replies().is_none() {
             let h: Handle<T> = self
-                .publish_start(InstanceId::random(), name, input)
+                .publish_start(InstanceId::random(), name, input, ClaimId::No)
                 .await?;
             return h.result().await;
         }
@@ -186,21 +217,33 @@ impl Client {
         Ok(())
     }
 
-    async fn publish_start<T>(
+    /// Publishes the start of a root; with `claim`, claims its id after that (see
+    /// [`Client::start_with_id`]).
+    pub(crate) async fn publish_start<T>(
         &self,
         id: InstanceId,
         name: String,
         input: Vec<u8>,
+        claim: ClaimId,
     ) -> Result<Handle<T>, Error> {
         self.check(&name, &input)?;
         let registers = registers(&*self.transport)?;
-        let state = InstanceState::new(id.clone(), name, input, ReplyTo::Root);
+        let mut state = InstanceState::new(id.clone(), name, input, ReplyTo::Root);
+        state.claim = (claim != ClaimId::No).then(new_claim_nonce);
         // The register first: once the start is out, the instance may finish at once.
         // No status is written: an empty register reads as `Pending`.
         registers.create_register(&id).await?;
         self.transport
             .publish(vec![Outgoing::start(&state)])
             .await?;
+        // Claimed only once the start is out: a client that dies before this leaves a
+        // start that a worker claims for it, never a claim with nothing started.
+        if let (ClaimId::Yes, Some(nonce)) = (claim, state.claim) {
+            if !registers.claim(&id, nonce).await? {
+                debug!(instance = %id, "the id was already started; this start loses");
+                return Err(Error::already_started(id.as_str()));
+            }
+        }
         Ok(self.handle(id))
     }
 
@@ -309,7 +352,16 @@ impl Client {
         value: &V,
     ) -> Result<Handle<T>, Error> {
         let signal = self.make_signal(name, value)?;
-        let handle = self.start_with_id(id.clone(), task).await?;
+        let handle = match self.start_with_id(id.clone(), task).await {
+            Ok(h) => h,
+            Err(e) if e.is_already_started() => {
+                if status_of(&*self.transport, &id).await?.is_finished() {
+                    return Err(Error::finished(id.as_str()));
+                }
+                self.handle(id.clone())
+            }
+            Err(e) => return Err(e),
+        };
         // Kept in the mailbox until the instance waits for it, whenever that is.
         self.transport
             .publish(vec![Outgoing::signal(&id, signal)])
@@ -356,6 +408,34 @@ impl Client {
     pub async fn status(&self, id: &InstanceId) -> Result<Status, Error> {
         status_of(&*self.transport, id).await
     }
+}
+
+/// Whether a start claims its id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClaimId {
+    /// A random id: nothing to claim.
+    No,
+    /// A chosen id: the start carries a claim nonce, and the client claims the id with it
+    /// once the start is published.
+    Yes,
+    /// The start carries a claim nonce, but the client stops before claiming: what a
+    /// client killed between its two steps leaves behind (for tests).
+    #[cfg(feature = "test-util")]
+    PublishOnly,
+}
+
+/// The name and the encoded input of `task`.
+fn encoded<T>(task: Call<T>) -> Result<(String, Vec<u8>), Error> {
+    let (name, input) = task.into_parts();
+    let input = input.map_err(|e| Error::bad_input(format!("the input cannot be encoded: {e}")))?;
+    Ok((name, input))
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > 200 {
+        return Err(Error::bad_input("a DTask name has 1 to 200 bytes"));
+    }
+    Ok(())
 }
 
 /// The registers of `t`, or an error saying that this transport keeps no results.

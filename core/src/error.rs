@@ -143,6 +143,11 @@ enum Repr {
     Config(String),
     #[error("instance `{0}` has finished")]
     Finished(String),
+    #[error(
+        "instance `{0}` was already started (it is running, suspended or finished, within \
+         the register retention)"
+    )]
+    AlreadyStarted(String),
 }
 
 impl Error {
@@ -179,6 +184,12 @@ impl Error {
     pub(crate) fn finished(id: impl Into<String>) -> Self {
         Self {
             repr: Repr::Finished(id.into()),
+        }
+    }
+
+    pub(crate) fn already_started(id: impl Into<String>) -> Self {
+        Self {
+            repr: Repr::AlreadyStarted(id.into()),
         }
     }
 
@@ -239,6 +250,12 @@ impl Error {
     /// received).
     pub fn is_finished(&self) -> bool {
         matches!(self.repr, Repr::Finished(_))
+    }
+    /// A start under a chosen id found that id already started (running, suspended or
+    /// finished): [`Client::start_with_id`](crate::Client::start_with_id) starts an id
+    /// once. The message names the id.
+    pub fn is_already_started(&self) -> bool {
+        matches!(self.repr, Repr::AlreadyStarted(_))
     }
 }
 

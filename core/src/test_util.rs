@@ -3,6 +3,9 @@
 //! body, and whenever the body is blocked on distributed operations, resolves one of them
 //! (chosen by the caller) with a result the caller computes. The differential tests and
 //! the benchmark use it.
+//!
+//! Also [`start_without_claim`]: the start a client killed halfway through
+//! [`Client::start_with_id`] leaves behind, for tests of that crash.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::error::{Failure, FailureKind};
+use crate::client::{ClaimId, Client, Handle};
+use crate::dtask::Call;
+use crate::error::{Error, Failure, FailureKind};
 use crate::exec::{run_step, Model, StepOutput};
 use crate::protocol::codec::{decode, encode};
 use crate::protocol::message::TaskMessage;
@@ -352,4 +357,36 @@ fn model_of(name: &str) -> Result<Model, Failure> {
         .find(|r| r.name == name)
         .map(|r| r.run)
         .ok_or_else(|| Failure::new(FailureKind::UnknownDTask, name.to_string()))
+}
+
+/// Publishes the start of `task` under `id` as [`Client::start_with_id`] does, and stops
+/// before claiming the id: what a client killed between publishing a start and claiming
+/// its id leaves behind. A worker claims the id for this start and runs it, so it runs
+/// once, and a later start of `id` is refused with [`Error::is_already_started`].
+///
+/// ```
+/// # use dtasks::{dtask, InstanceId, Runtime, WorkerConfig};
+/// #[dtask]
+/// async fn add_one(x: u64) -> u64 { x + 1 }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dtasks::Error> {
+/// let rt = Runtime::new(WorkerConfig::new().register(add_one))?;
+/// let id = InstanceId::new("left-behind")?;
+/// let h = dtasks::test_util::start_without_claim(&rt.client(), id.clone(), add_one(1)).await?;
+/// assert_eq!(h.result().await?, 2);
+/// let again = rt.client().start_with_id(id, add_one(1)).await.unwrap_err();
+/// assert!(again.is_already_started());
+/// # Ok(()) }
+/// ```
+pub async fn start_without_claim<T>(
+    client: &Client,
+    id: InstanceId,
+    task: Call<T>,
+) -> Result<Handle<T>, Error> {
+    let (name, input) = task.into_parts();
+    let input = input.map_err(|e| Error::bad_input(format!("the input cannot be encoded: {e}")))?;
+    client
+        .publish_start(id, name, input, ClaimId::PublishOnly)
+        .await
 }

@@ -364,3 +364,26 @@ async fn the_status_shows_what_a_suspended_instance_waits_for() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_with_signal_of_a_running_instance_only_signals_it() -> TestResult {
+    let rt = runtime(false);
+    let client = rt.client();
+    let id = dtasks::InstanceId::new("webhook-twice")?;
+    let h = client
+        .start_with_signal(id.clone(), collect(2), "item", "first")
+        .await?;
+    suspended(&h).await;
+    // The second delivery of the webhook: the instance runs already; it gets the event.
+    let again = client
+        .start_with_signal(id.clone(), collect(2), "item", "second")
+        .await?;
+    assert_eq!(again.id(), h.id());
+    assert_eq!(h.result().await?, vec!["first", "second"]);
+    let e = client
+        .start_with_signal(id, collect(2), "item", "third")
+        .await
+        .unwrap_err();
+    assert!(e.is_finished(), "{e}");
+    Ok(())
+}

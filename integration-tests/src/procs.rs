@@ -26,6 +26,8 @@ pub struct ProcessReport {
     pub duplicate_results: u64,
     /// Consumer restarts by the pod's supervisor.
     pub restarts: u64,
+    /// Starts dropped without running because another start holds their id.
+    pub duplicate_starts: u64,
 }
 
 impl ProcessReport {
@@ -45,6 +47,7 @@ impl ProcessReport {
                 "dead_lettered" => r.dead_lettered = v,
                 "duplicate_results" => r.duplicate_results = v,
                 "restarts" => r.restarts = v,
+                "duplicate_starts" => r.duplicate_starts = v,
                 _ => {}
             }
         }

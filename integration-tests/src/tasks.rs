@@ -214,6 +214,21 @@ pub fn pauses_sum(n: u64, ms: u64) -> u64 {
     (0..n).map(|i| ms + i).sum()
 }
 
+/// Appends `<tag> <pid>` to the file `path` (a [`DTask::run`] side effect: the test
+/// counts how many times it ran), waits `ms` on a durable timer, and returns the process
+/// that ran the side effect.
+#[dtask(name = "it.once")]
+pub async fn once(path: String, tag: String, ms: u64) -> u32 {
+    let pid = DTask::run(move || async move {
+        let pid = std::process::id();
+        append_line(&path, &format!("{tag} {pid}"));
+        pid
+    })
+    .await;
+    DTask::delay(Duration::from_millis(ms)).await;
+    pid
+}
+
 /// Every DTask of this module.
 pub fn registry() -> Registry {
     crate::registry![
@@ -236,5 +251,6 @@ pub fn registry() -> Registry {
         fan_in_once,
         pause,
         pauses,
+        once,
     ]
 }

@@ -126,6 +126,7 @@ pub(crate) struct ChildStateRef<'a> {
     inbox: &'a [Signal],
     seen: &'a [String],
     shown_long: bool,
+    claim: Option<u64>,
 }
 
 /// A borrowed mirror of [`ReplyTo`](super::state::ReplyTo) up to its `Continuation`
@@ -166,6 +167,7 @@ impl<'a> ChildStateRef<'a> {
             inbox: &[],
             seen: &[],
             shown_long: false,
+            claim: None,
         }
     }
 }
@@ -273,9 +275,10 @@ mod tests {
             any::<u64>(),
             any::<u32>(),
             any::<bool>(),
+            proptest::option::of(any::<u64>()),
         )
             .prop_map(
-                |(id, name, input, journal, mailbox, version, recorded, finished)| {
+                |(id, name, input, journal, mailbox, version, recorded, finished, claim)| {
                     let mut s = InstanceState::new(
                         InstanceId::new(id).expect("valid id"),
                         name,
@@ -287,6 +290,7 @@ mod tests {
                     s.version = version;
                     s.recorded = recorded;
                     s.finished = finished;
+                    s.claim = claim;
                     s
                 },
             )
@@ -389,6 +393,42 @@ mod tests {
         assert!(e.is_decode() && e.to_string().contains("version 7"), "{e}");
         let e = decode::<TaskMessage>(&[b'D', b'T', ENVELOPE_VERSION, 3, 0xc0]).unwrap_err();
         assert!(e.to_string().contains("kind 3"), "{e}");
+    }
+
+    #[test]
+    fn a_state_written_before_the_claim_field_decodes_without_a_claim() {
+        let s = InstanceState::new(
+            InstanceId::new("older").expect("valid id"),
+            "a.name".into(),
+            vec![0x90],
+            ReplyTo::Root,
+        );
+        // The fields of a state as written before `claim` was added, in their order.
+        let older = (
+            &s.id,
+            &s.name,
+            serde_bytes::Bytes::new(&s.input),
+            &s.journal,
+            &s.reply,
+            s.mailbox,
+            s.version,
+            s.recorded,
+            s.finished,
+            &s.snapshot,
+            s.base,
+            s.touch_at_ms,
+            s.steps,
+        );
+        let msg = TaskMessageRef::Step {
+            state: &older,
+            completion: None,
+        };
+        let decoded = decode::<TaskMessage>(&msg.encode()).expect("decodes");
+        let TaskMessage::Step { state, .. } = decoded else {
+            panic!("a step")
+        };
+        assert_eq!(state.claim, None);
+        assert_eq!(*state, s);
     }
 
     #[test]

@@ -103,6 +103,10 @@ pub(crate) enum MessageId<'a> {
     Status(&'a InstanceId, u32),
     /// `s:<id>`: an external event, by the id its sender gave it.
     Signal(&'a InstanceId, &'a str),
+    /// `start:<nonce>`: the start of a root under a chosen id, claimed with `nonce` (in
+    /// hex). Each start of the id has an id of its own, so that the dedupe window never
+    /// takes the winning start for a redelivery of a losing one.
+    ClaimedStart(&'a InstanceId, u64),
 }
 
 impl fmt::Display for MessageId<'_> {
@@ -121,6 +125,7 @@ impl fmt::Display for MessageId<'_> {
             MessageId::Result(i) => write!(f, "{i}:result"),
             MessageId::Status(i, recorded) => write!(f, "{i}:status:{recorded}"),
             MessageId::Signal(i, id) => write!(f, "{i}:s:{id}"),
+            MessageId::ClaimedStart(i, nonce) => write!(f, "{i}:start:{nonce:x}"),
         }
     }
 }
@@ -155,9 +160,14 @@ impl Outgoing {
         }
     }
 
-    /// The start of `state`, a new instance ([`MessageId::Start`]).
+    /// The start of `state`, a new instance ([`MessageId::Start`]; a root started under
+    /// a chosen id carries a claim nonce: [`MessageId::ClaimedStart`]).
     pub(crate) fn start(state: &InstanceState) -> Self {
-        Self::step(state, MessageId::Start(&state.id))
+        let id = match state.claim {
+            Some(nonce) => MessageId::ClaimedStart(&state.id, nonce),
+            None => MessageId::Start(&state.id),
+        };
+        Self::step(state, id)
     }
 
     /// A step of `state` with no result to record, to the task queue of its DTask.

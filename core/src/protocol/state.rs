@@ -65,6 +65,13 @@ impl fmt::Display for InstanceId {
     }
 }
 
+/// A fresh claim nonce for a start under a chosen id: 62 random bits, never 0 (below
+/// 2^62, so that a transport may store it as a non-negative signed 64-bit number).
+pub(crate) fn new_claim_nonce() -> u64 {
+    let bits = uuid::Uuid::new_v4().as_u128() as u64;
+    (bits & ((1 << 62) - 1)).max(1)
+}
+
 /// Milliseconds since the Unix epoch.
 pub(crate) fn to_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -246,6 +253,11 @@ pub(crate) struct InstanceState {
     /// that the status is written again when the instance waits for something else.
     #[serde(default)]
     pub(crate) shown_long: bool,
+    /// The random nonce of a start under a chosen id ([`new_claim_nonce`]): before the
+    /// root's first step, the worker runs it only if the id's claim register holds this
+    /// nonce. `None` for every other instance.
+    #[serde(default)]
+    pub(crate) claim: Option<u64>,
 }
 
 /// How many event ids an instance remembers to drop redelivered events.
@@ -282,6 +294,7 @@ impl InstanceState {
             inbox: Vec::new(),
             seen: Vec::new(),
             shown_long: false,
+            claim: None,
         }
     }
 
@@ -408,6 +421,7 @@ impl InstanceState {
             inbox: Vec::new(),
             seen: Vec::new(),
             shown_long: false,
+            claim: None,
         }
     }
 }

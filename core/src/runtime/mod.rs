@@ -2,6 +2,7 @@
 //! every worker shares ([`WorkerConfig`]), and the embedded [`Runtime`] (workers and a
 //! client on the in-memory transport).
 
+mod claim;
 mod config;
 mod embedded;
 mod worker;

@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::claim;
 use super::config::WorkerConfig;
 use crate::engine::{Engine, Settlement, Stepped};
 use crate::error::Error;
@@ -58,6 +59,7 @@ struct Stats {
     dead_lettered: AtomicU64,
     duplicate_results: AtomicU64,
     inlined: AtomicU64,
+    duplicate_starts: AtomicU64,
 }
 
 /// Counters of a worker.
@@ -76,6 +78,10 @@ pub struct WorkerStats {
     /// Steps run inline, within the delivery of the step before them
     /// ([`WorkerConfig::inline_steps`]); not counted in `processed`.
     pub inlined: u64,
+    /// Starts dropped without running because another start holds their id: a second
+    /// [`Client::start_with_id`](crate::Client::start_with_id) of an id, whose client was
+    /// told [`Error::is_already_started`].
+    pub duplicate_starts: u64,
 }
 
 impl std::ops::Add for WorkerStats {
@@ -88,6 +94,7 @@ impl std::ops::Add for WorkerStats {
             dead_lettered: self.dead_lettered + o.dead_lettered,
             duplicate_results: self.duplicate_results + o.duplicate_results,
             inlined: self.inlined + o.inlined,
+            duplicate_starts: self.duplicate_starts + o.duplicate_starts,
         }
     }
 }
@@ -170,6 +177,7 @@ impl Worker {
             dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
             duplicate_results: s.duplicate_results.load(Ordering::Relaxed),
             inlined: s.inlined.load(Ordering::Relaxed),
+            duplicate_starts: s.duplicate_starts.load(Ordering::Relaxed),
         }
     }
 
@@ -267,6 +275,16 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 }
 
 impl Inner {
+    /// Forgets a message id taken for a delivery that is put back: its redelivery is news.
+    fn forget(&self, message_id: Option<&str>) {
+        if let Some(id) = message_id {
+            self.dedupe
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .release(id);
+        }
+    }
+
     fn count_duplicates(&self, report: &[Published]) {
         let n = report
             .iter()
@@ -381,6 +399,24 @@ impl Inner {
                     if !fresh {
                         debug!(message_id = %id, "dropping a redelivery of finished work");
                         let _ = settle.ack().await;
+                        return;
+                    }
+                }
+                match claim::may_run(&*self.transport, &msg).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.stats.duplicate_starts.fetch_add(1, Ordering::Relaxed);
+                        debug!(
+                            message_id = message_id.as_deref().unwrap_or(""),
+                            "another start holds this start's id: dropped without running"
+                        );
+                        let _ = settle.ack().await;
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "claiming the id of a start failed; it will be redelivered");
+                        self.forget(message_id.as_deref());
+                        let _ = settle.requeue().await;
                         return;
                     }
                 }

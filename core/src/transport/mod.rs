@@ -24,7 +24,9 @@
 //!   the two queues independently).
 //! - **Registers** (optional, [`Transport::registers`]). A [`Destination::Result`] is
 //!   written once: a second write is refused and reported as [`Published::Duplicate`]. A
-//!   [`Destination::Status`] keeps the last write.
+//!   [`Destination::Status`] keeps the last write. A claim register
+//!   ([`Registers::claim`]) takes the first nonce claimed for an id and answers every
+//!   later claim by comparing with it, atomically, for the register retention.
 //! - **Reply queues** (optional, [`Transport::replies`]). A [`Destination::Reply`] is
 //!   stored durably in the client's reply queue until the client acks it; duplicates may
 //!   arrive (redone work), and the client keeps the first.
@@ -188,7 +190,8 @@ pub trait Transport: Send + Sync + 'static {
     fn replies(&self) -> Option<&dyn ReplyQueues>;
 }
 
-/// The result and status registers of root instances: a capability of a [`Transport`].
+/// The result and status registers of root instances, and the claim registers of roots
+/// started under chosen ids: a capability of a [`Transport`].
 pub trait Registers: Send + Sync {
     /// Creates the result register of the new root `instance`, empty (nothing if it
     /// exists), before its start is published: from then on the instance is known, and
@@ -209,6 +212,20 @@ pub trait Registers: Send + Sync {
     /// Reads the status register of `instance` (`None` when it is empty or missing).
     /// Reading must not create it.
     fn read_status(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>>;
+
+    /// Claims the id `instance` for the start that carries `nonce` (a random number in
+    /// `1..2^62`), in the id's set-once **claim register**: an empty register takes
+    /// `nonce`; a written one is compared with it. Returns `true` when the register holds
+    /// `nonce` (written by this call or by an earlier claim with the same nonce), `false`
+    /// when it holds another start's nonce.
+    ///
+    /// A compare-and-set: of concurrent claims with different nonces, from any processes,
+    /// exactly one gets `true`, and every later claim sees the same winner until the
+    /// register expires (the result retention). The client that starts an id under a
+    /// chosen name claims it after publishing the start, and a worker claims it with the
+    /// start's nonce before running it (for a client that died in between), so a claim
+    /// may come twice with the same nonce.
+    fn claim(&self, instance: &InstanceId, nonce: u64) -> BoxFuture<'_, Result<bool, Error>>;
 }
 
 /// The clients' reply queues ([`Destination::Reply`]): a capability of a [`Transport`].

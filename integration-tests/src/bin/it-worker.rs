@@ -5,7 +5,8 @@
 //!
 //! It stops gracefully when its standard input closes (the test that started it is done
 //! or gone) or on SIGTERM, then prints one line to standard output:
-//! `it-worker stopped pid=.. processed=.. dead_lettered=.. duplicate_results=.. restarts=..`.
+//! `it-worker stopped pid=.. processed=.. dead_lettered=.. duplicate_results=.. restarts=..
+//! duplicate_starts=..`.
 
 use std::time::Duration;
 
@@ -50,11 +51,13 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     println!(
-        "it-worker stopped pid={pid} processed={} dead_lettered={} duplicate_results={} restarts={}",
+        "it-worker stopped pid={pid} processed={} dead_lettered={} duplicate_results={} restarts={} \
+         duplicate_starts={}",
         report.stats.processed,
         report.stats.dead_lettered,
         report.stats.duplicate_results,
-        report.restarts
+        report.restarts,
+        report.stats.duplicate_starts
     );
     // The blocking read of standard input may still be running (after SIGTERM): do not
     // wait for it.

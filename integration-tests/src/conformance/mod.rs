@@ -4,8 +4,9 @@
 //! chains of children, `when_all` / `when_any` / `join` / `spawn`, errors and panics of
 //! children, delays that are never early, `run` executed once and replayed, detected
 //! nondeterminism, instances that can never wake, unknown names and bad input, the state
-//! budget, results read by id from another client, poison messages dead-lettered while the
-//! workers keep serving, and a graceful stop.
+//! budget, results read by id from another client, a chosen id started once (concurrent
+//! starts, a client that died before claiming its id), poison messages dead-lettered while
+//! the workers keep serving, and a graceful stop.
 //!
 //! To run it on a new transport:
 //!
@@ -214,6 +215,7 @@ macro_rules! conformance_suite {
             unknown_names_and_bad_input_are_clear_errors,
             a_state_past_the_budget_fails_clearly,
             results_by_id_from_a_second_client_and_status,
+            a_chosen_id_starts_once_and_later_starts_are_refused,
             poison_messages_are_dead_lettered_and_the_worker_keeps_serving,
             shutdown_stops_the_workers_and_leaves_no_consumer,
             events_arrive_once_in_the_order_sent,

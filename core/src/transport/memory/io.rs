@@ -225,6 +225,12 @@ impl Registers for MemoryTransport {
         let r = self.shared.lock().statuses.get(instance).cloned();
         futures::future::ready(Ok(r)).boxed()
     }
+
+    fn claim(&self, instance: &InstanceId, nonce: u64) -> BoxFuture<'_, Result<bool, Error>> {
+        let mut mem = self.shared.lock();
+        let held = *mem.claims.entry(instance.clone()).or_insert(nonce);
+        futures::future::ready(Ok(held == nonce)).boxed()
+    }
 }
 
 impl ReplyQueues for MemoryTransport {

@@ -141,6 +141,8 @@ struct Mem {
     /// Result registers created empty (`create_register`).
     registers: HashSet<InstanceId>,
     statuses: HashMap<InstanceId, Vec<u8>>,
+    /// Claim registers: the nonce of the start that claimed each id.
+    claims: HashMap<InstanceId, u64>,
     result_waiters: HashMap<InstanceId, Arc<Notify>>,
     /// Client reply queues: the instance each result is for, and the result.
     replies: HashMap<String, VecDeque<(InstanceId, Vec<u8>)>>,

@@ -1,6 +1,9 @@
 //! What clients and workers do around the instances: starting by name, bad input, the
-//! state budget, results read by id, poison messages, a graceful stop.
+//! state budget, results read by id, starting a chosen id once, poison messages, a
+//! graceful stop.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -74,8 +77,8 @@ async fn later(ms: u64) -> String {
 
 /// An instance started under a chosen id: its status and result, read by id from the
 /// starting client and from another one, any number of times; unknown ids stay unknown
-/// (asking creates nothing); a second start of the id shares the first one's result; a
-/// start nobody serves is pending.
+/// (asking creates nothing); a second start of the id is refused and the first result
+/// stands; a start nobody serves is pending.
 pub async fn results_by_id_from_a_second_client_and_status<E: Env>(env: E) -> Outcome {
     let w = workers(&env, 1, registry![later]).await?;
     let c = env.client().await?;
@@ -107,9 +110,10 @@ pub async fn results_by_id_from_a_second_client_and_status<E: Env>(env: E) -> Ou
     // Reading does not consume: again, from the first handle.
     assert_eq!(h.result().await?, "later");
     assert_eq!(c.status(&id).await?, Status::Succeeded);
-    // Starting the same id again: one result for both.
-    let again = c.start_with_id(id.clone(), later(1)).await?;
-    assert_eq!(again.result().await?, "later");
+    // Starting the same id again is refused: the first result stands.
+    let again = c.start_with_id(id.clone(), later(1)).await.unwrap_err();
+    assert!(again.is_already_started(), "{again}");
+    assert_eq!(h.result().await?, "later");
     assert!(InstanceId::new("bad id with spaces").is_err());
     // A start no worker serves yet is pending, with no status written; reading its
     // status leaves no status register behind. Last, as its message stays queued: a
@@ -118,6 +122,113 @@ pub async fn results_by_id_from_a_second_client_and_status<E: Env>(env: E) -> Ou
     assert_eq!(waiting.status().await?, Status::Pending);
     assert_eq!(waiting.status().await?, Status::Pending);
     assert!(!env.registers(waiting.id()).await?.status);
+    w.stop().await?;
+    env.cleanup().await
+}
+
+/// How many times the side effect of `counted_once(tag, ..)` ran in this process, by tag
+/// (every scenario's workers run here, and each start uses a tag of its own).
+static COUNTED: LazyLock<Mutex<HashMap<String, usize>>> = LazyLock::new(Mutex::default);
+
+fn counted(tag: &str) -> usize {
+    COUNTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(tag)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Counts one run of its side effect under `tag`, waits `ms` on a durable timer, then
+/// returns `tag`.
+#[dtask]
+async fn counted_once(tag: String, ms: u64) -> String {
+    let t = tag.clone();
+    DTask::run(move || async move {
+        *COUNTED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(t)
+            .or_default() += 1;
+    })
+    .await;
+    DTask::delay(Duration::from_millis(ms)).await;
+    tag
+}
+
+/// A chosen id starts once: of two clients starting it at once, one wins and the other
+/// is refused with `is_already_started`; later starts of the id, while it runs and after
+/// it finished, are refused too; its side effect runs once and the workers drop each
+/// refused start without running it. A start whose client died before claiming its id
+/// runs once and keeps the id. A claimed start nobody serves yet is pending.
+pub async fn a_chosen_id_starts_once_and_later_starts_are_refused<E: Env>(env: E) -> Outcome {
+    let w = workers(&env, 2, registry![counted_once]).await?;
+    let (c1, c2) = (env.client().await?, env.client().await?);
+    let id = InstanceId::new(format!("once-{}", InstanceId::random()))?;
+    let tag = id.to_string();
+    let (a, b) = tokio::join!(
+        c1.start_with_id(id.clone(), counted_once(tag.clone(), 1_500)),
+        c2.start_with_id(id.clone(), counted_once(tag.clone(), 1_500)),
+    );
+    let (winner, loser) = match (a, b) {
+        (Ok(h), Err(e)) | (Err(e), Ok(h)) => (h, e),
+        (a, b) => anyhow::bail!(
+            "not one winner: {:?} and {:?}",
+            a.map(|_| ()),
+            b.map(|_| ())
+        ),
+    };
+    assert!(loser.is_already_started(), "{loser}");
+    assert!(loser.to_string().contains(id.as_str()), "{loser}");
+    eventually(&env, SOON, "the instance waits on its timer", || async {
+        Ok(winner.status().await? == Status::Suspended)
+    })
+    .await?;
+    let running = c1
+        .start_with_id(id.clone(), counted_once(tag.clone(), 1))
+        .await;
+    assert!(running.unwrap_err().is_already_started());
+    env.advance(ms(1_500)).await;
+    assert_eq!(winner.result().await?, tag);
+    let finished = c2
+        .start_with_id(id.clone(), counted_once(tag.clone(), 1))
+        .await;
+    assert!(finished.unwrap_err().is_already_started());
+    assert_eq!(c2.handle::<String>(id.clone()).result().await?, tag);
+
+    // A client killed between publishing a start and claiming its id.
+    let orphan = InstanceId::new(format!("orphan-{}", InstanceId::random()))?;
+    let orphan_tag = orphan.to_string();
+    let h = dtasks::test_util::start_without_claim(
+        &c1,
+        orphan.clone(),
+        counted_once(orphan_tag.clone(), 0),
+    )
+    .await?;
+    assert_eq!(h.result().await?, orphan_tag);
+    let late = c2.start_with_id(orphan.clone(), counted_once(orphan_tag.clone(), 0));
+    assert!(late.await.unwrap_err().is_already_started());
+
+    // Every refused start reached a worker, which dropped it without running it.
+    eventually(&env, SOON, "four starts dropped", || async {
+        Ok(w.stats().iter().map(|s| s.duplicate_starts).sum::<u64>() == 4)
+    })
+    .await?;
+    assert_eq!(counted(&tag), 1, "the side effect of {id} ran again");
+    assert_eq!(counted(&orphan_tag), 1, "the orphan start did not run once");
+
+    // Claimed, queued, not yet run: pending, and the id is taken. Last, as its message
+    // stays queued (a transport that tells when it is idle never is again).
+    let queued = InstanceId::new(format!("queued-{}", InstanceId::random()))?;
+    let h = c1
+        .start_by_name_with_id(queued.clone(), "nobody.serves.this", vec![0x90])
+        .await?;
+    assert_eq!(h.status().await?, Status::Pending);
+    let again = c2
+        .start_by_name_with_id(queued.clone(), "nobody.serves.this", vec![0x90])
+        .await;
+    assert!(again.unwrap_err().is_already_started());
+    assert_eq!(h.status().await?, Status::Pending);
     w.stop().await?;
     env.cleanup().await
 }
