@@ -235,6 +235,29 @@ impl Broker {
     ) -> anyhow::Result<procs::WorkerProcesses> {
         self.processes.store(true, Ordering::SeqCst);
         let mut set = procs::WorkerProcesses::spawn(exe, &self.url, &self.prefix, n)?;
+        self.wait_for_processes(&mut set, n).await?;
+        Ok(set)
+    }
+
+    /// Starts one more process in `set` (after a kill, say: a replacement) and waits until
+    /// every task queue has as many consumers as processes of the set run. Returns its
+    /// index in the set.
+    pub async fn add_worker_process(
+        &self,
+        set: &mut procs::WorkerProcesses,
+    ) -> anyhow::Result<usize> {
+        let i = set.spawn_one()?;
+        let running = set.running();
+        self.wait_for_processes(set, running).await?;
+        Ok(i)
+    }
+
+    /// Waits until each task queue of [`tasks::registry`] has at least `n` consumers.
+    async fn wait_for_processes(
+        &self,
+        set: &mut procs::WorkerProcesses,
+        n: usize,
+    ) -> anyhow::Result<()> {
         for name in tasks::registry().names() {
             let queue = format!("{}.task.{name}", self.prefix);
             wait_for(Duration::from_secs(30), || async {
@@ -248,7 +271,7 @@ impl Broker {
                 )
             })?;
         }
-        Ok(set)
+        Ok(())
     }
 
     /// A channel on the test's own raw connection, for looking at queues. The

@@ -69,6 +69,10 @@ pub struct WorkerProcesses {
     procs: Vec<Proc>,
     dir: PathBuf,
     stopped: bool,
+    /// What every process of the set runs, and where: the binary, the broker, the prefix.
+    exe: String,
+    url: String,
+    prefix: String,
 }
 
 impl std::fmt::Debug for WorkerProcesses {
@@ -89,32 +93,48 @@ impl WorkerProcesses {
             procs: Vec::new(),
             dir,
             stopped: false,
+            exe: exe.to_string(),
+            url: url.to_string(),
+            prefix: prefix.to_string(),
         };
-        let filter = std::env::var("IT_WORKER_LOG").unwrap_or_else(|_| "info".to_string());
-        for i in 0..n {
-            let log = set.dir.join(format!("worker-{i}.log"));
-            let file = std::fs::File::create(&log)
-                .with_context(|| format!("creating {}", log.display()))?;
-            let mut child = Command::new(exe)
-                .env("AMQP_URL", url)
-                .env("DTASKS_PREFIX", prefix)
-                .env("RUST_LOG", &filter)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::from(file))
-                .spawn()
-                .with_context(|| format!("starting {exe}"))?;
-            let pid = child.id();
-            let stdin = child.stdin.take();
-            set.procs.push(Proc {
-                child,
-                pid,
-                stdin,
-                log,
-                killed: false,
-            });
+        for _ in 0..n {
+            set.spawn_one()?;
         }
         Ok(set)
+    }
+
+    /// Starts one more process of the set's binary under its prefix; returns its index.
+    /// Returns at once: it subscribes meanwhile.
+    pub(crate) fn spawn_one(&mut self) -> anyhow::Result<usize> {
+        let i = self.procs.len();
+        let filter = std::env::var("IT_WORKER_LOG").unwrap_or_else(|_| "info".to_string());
+        let log = self.dir.join(format!("worker-{i}.log"));
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut child = Command::new(&self.exe)
+            .env("AMQP_URL", &self.url)
+            .env("DTASKS_PREFIX", &self.prefix)
+            .env("RUST_LOG", &filter)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .with_context(|| format!("starting {}", self.exe))?;
+        let pid = child.id();
+        let stdin = child.stdin.take();
+        self.procs.push(Proc {
+            child,
+            pid,
+            stdin,
+            log,
+            killed: false,
+        });
+        Ok(i)
+    }
+
+    /// How many processes of the set are running now (a process that exited is reaped).
+    pub fn running(&mut self) -> usize {
+        (0..self.procs.len()).filter(|i| self.alive(*i)).count()
     }
 
     /// How many processes were started.

@@ -229,6 +229,62 @@ pub async fn once(path: String, tag: String, ms: u64) -> u32 {
     pid
 }
 
+/// Takes the next event named `name` and records, with a [`DTask::run`] side effect, the
+/// process that took it: appends its id to the file `log` (so that a test sees which
+/// processes are merging events while it runs) and returns it.
+async fn take_event(name: &str, log: &str) -> (u64, u32) {
+    let value = DTask::event::<u64>(name.to_string()).await;
+    let log = log.to_string();
+    let pid = DTask::run(move || async move {
+        let pid = std::process::id();
+        append_line(&log, &pid.to_string());
+        pid
+    })
+    .await;
+    (value, pid)
+}
+
+/// Waits for `n` events named `name`, one at a time (replay model): returns their values
+/// in the order taken and, for each, the process that took it (also appended to `log`).
+#[dtask(name = "it.gather")]
+pub async fn gather(n: u32, name: String, log: String) -> (Vec<u64>, Vec<u32>) {
+    let mut values = Vec::with_capacity(n as usize);
+    let mut pids = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let (value, pid) = take_event(&name, &log).await;
+        values.push(value);
+        pids.push(pid);
+    }
+    (values, pids)
+}
+
+/// [`gather`] in the snapshot model: the values and processes so far are saved locals.
+#[dtask(snapshot, name = "it.gather_snap")]
+pub async fn gather_snap(n: u32, name: String, log: String) -> (Vec<u64>, Vec<u32>) {
+    let mut values: Vec<u64> = Vec::new();
+    let mut pids: Vec<u32> = Vec::new();
+    for _ in 0..n {
+        let value: u64 = DTask::event(name.clone()).await;
+        let path = log.clone();
+        let pid = DTask::run(move || async move {
+            let pid = std::process::id();
+            append_line(&path, &pid.to_string());
+            pid
+        })
+        .await;
+        values.push(value);
+        pids.push(pid);
+    }
+    (values, pids)
+}
+
+/// Suspends with [`DTask::suspend`], appending its resume token (text form) to the file
+/// `tokens`, and returns the value it is resumed with.
+#[dtask(name = "it.await_resume")]
+pub async fn await_resume(tokens: String) -> String {
+    DTask::suspend(move |token| async move { append_line(&tokens, &token.to_string()) }).await
+}
+
 /// Every DTask of this module.
 pub fn registry() -> Registry {
     crate::registry![
@@ -252,5 +308,8 @@ pub fn registry() -> Registry {
         pause,
         pauses,
         once,
+        gather,
+        gather_snap,
+        await_resume,
     ]
 }
