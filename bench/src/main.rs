@@ -1,8 +1,9 @@
 //! The dtasks benchmark: runs the workloads of `WORKLOADS.md` (W1a chain latency, W1b
 //! chain throughput, W2 fan-out/fan-in, W3 timers, W4 recovery) on the in-memory
 //! transport and on RabbitMQ, with the raw lapin step hand-off baseline in the same run,
-//! and prints one table with the ratios; and M1, a long-lived task in the replay and the
-//! snapshot model, in a small table of its own. See `bench/README.md`.
+//! and prints one table with the ratios; M1, a long-lived task in the replay and the
+//! snapshot model, and E1, the signal round trip next to a raw request-reply, in small
+//! tables of their own. See `bench/README.md`.
 //!
 //! ```text
 //! cargo run --release -p dtasks-bench -- [--quick] [--transport memory|amqp|all]
