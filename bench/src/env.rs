@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 use crate::counting::{Counters, Counting};
 use crate::sys::Admin;
 use crate::tasks::{
-    chain, fan, m1_replay, m1_snapshot, m1_step, step, timer, M1_REPLAY, M1_SNAPSHOT, M1_STEP,
+    await_event, chain, fan, m1_replay, m1_snapshot, m1_step, step, timer, E1_AWAIT, M1_REPLAY,
+    M1_SNAPSHOT, M1_STEP,
 };
 
 /// The settings every workload runs with (recorded with the results).
@@ -33,7 +34,7 @@ pub(crate) struct Settings {
 }
 
 /// The DTasks the workers of an environment run.
-const TASK_NAMES: [&str; 7] = [
+const TASK_NAMES: [&str; 8] = [
     "bench.chain",
     "bench.step",
     "bench.fan",
@@ -41,6 +42,7 @@ const TASK_NAMES: [&str; 7] = [
     M1_STEP,
     M1_REPLAY,
     M1_SNAPSHOT,
+    E1_AWAIT,
 ];
 
 /// Which transport an environment runs on.
@@ -75,6 +77,7 @@ fn worker(t: Arc<dyn Transport>, s: &Settings) -> Result<Worker, dtasks::Error> 
             .register(m1_step)
             .register(m1_replay)
             .register(m1_snapshot)
+            .register(await_event)
             .concurrency(s.concurrency)
             .inline_steps(s.inline_steps),
     )

@@ -1,8 +1,9 @@
 //! The dtasks benchmark: runs the workloads of `WORKLOADS.md` (W1a chain latency, W1b
 //! chain throughput, W2 fan-out/fan-in, W3 timers, W4 recovery) on the in-memory
 //! transport and on RabbitMQ, with the raw lapin step hand-off baseline in the same run,
-//! and prints one table with the ratios; and M1, a long-lived task in the replay and the
-//! snapshot model, in a small table of its own. See `bench/README.md`.
+//! and prints one table with the ratios; M1, a long-lived task in the replay and the
+//! snapshot model, and E1, the signal round trip next to a raw request-reply, in small
+//! tables of their own. See `bench/README.md`.
 //!
 //! ```text
 //! cargo run --release -p dtasks-bench -- [--quick] [--transport memory|amqp|all]
@@ -15,6 +16,7 @@ mod probe;
 mod raw;
 mod recovery;
 mod report;
+mod signal;
 mod stats;
 mod sys;
 mod tasks;
@@ -36,8 +38,8 @@ usage: dtasks-bench [--quick] [--transport memory|amqp|all] [options]
 
   --quick              smaller workloads, one repetition (under 2 minutes)
   --transport T        memory, amqp or all (default all)
-  --only LIST          comma-separated subset of w1a,w1b,call,w2,w3,w4,m1,raw (no results file;
-                       call: W1b with Client::call)
+  --only LIST          comma-separated subset of w1a,w1b,call,w2,w3,w4,m1,e1,raw (no results
+                       file; call: W1b with Client::call; e1: the signal round trip)
   --workers N          dtasks workers, and raw baseline consumers (default 2)
   --concurrency N      deliveries each worker handles at once (default 64)
   --prefetch N         task-queue prefetch per worker and raw consumer (default 64)
@@ -109,7 +111,8 @@ fn parse_args() -> anyhow::Result<Args> {
                     .split(',')
                     .map(|s| s.trim().to_lowercase())
                     .collect();
-                const KNOWN: [&str; 8] = ["w1a", "w1b", "call", "w2", "w3", "w4", "m1", "raw"];
+                const KNOWN: [&str; 9] =
+                    ["w1a", "w1b", "call", "w2", "w3", "w4", "m1", "e1", "raw"];
                 if let Some(bad) = names.iter().find(|n| !KNOWN.contains(&n.as_str())) {
                     anyhow::bail!(
                         "--only: unknown workload `{bad}` (known: {})",
@@ -183,6 +186,7 @@ impl Args {
                 m1: 1_000,
                 m1_amqp: 200,
                 reps: self.reps.unwrap_or(1).max(1),
+                e1: 100,
             }
         } else {
             Sizes {
@@ -197,6 +201,7 @@ impl Args {
                 m1: 1_000,
                 m1_amqp: 1_000,
                 reps: self.reps.unwrap_or(5).max(1),
+                e1: 300,
             }
         }
     }
@@ -263,6 +268,12 @@ async fn run_memory(a: &Args, z: &Sizes, notes: &mut Vec<String>) -> anyhow::Res
     if a.wants("w3") {
         step("in-memory: W3");
         set.w3 = Some(workloads::w3(&env, None, z.w3, z.w3_delay_ms).await?);
+    }
+    if a.wants("e1") {
+        step("in-memory: E1");
+        let r = signal::run(&env, None, None, z.e1, 1_000_000).await?;
+        step(&format!("in-memory: E1: {}", r.summary()));
+        set.e1 = Some(r);
     }
     if a.wants("m1") {
         let mut runs = Vec::new();
@@ -332,7 +343,7 @@ async fn run_amqp(
         w4: None,
         w4_control: None,
     };
-    let needs_env = ["w1a", "w1b", "call", "w2", "w3"]
+    let needs_env = ["w1a", "w1b", "call", "w2", "w3", "e1"]
         .iter()
         .any(|w| a.wants(w));
     if needs_env || a.wants("raw") {
@@ -407,6 +418,16 @@ async fn run_amqp(
                 step("RabbitMQ: W3");
                 out.set.w3 = Some(workloads::w3(&env, Some(admin), z.w3, z.w3_delay_ms).await?);
             }
+            if a.wants("e1") {
+                step("RabbitMQ: E1, alternated with the raw request-reply");
+                let mut rt = signal::RawRoundTrip::start(&spec.url, prefix, admin).await?;
+                let r = signal::run(&env, Some(admin), Some(&mut rt), z.e1, 1_000_000).await;
+                rt.stop().await;
+                let r = r?;
+                step(&format!("RabbitMQ: E1: {}", r.summary()));
+                out.set.e1 = Some(r);
+                env.delete_registers(Some(admin)).await?;
+            }
             anyhow::Ok(())
         }
         .await;
@@ -414,6 +435,7 @@ async fn run_amqp(
         step("RabbitMQ: deleting the run's queues");
         let mut names = declared;
         names.extend((0..z.reps).map(raw_queue));
+        names.extend(signal::raw_queues(prefix));
         cleanup(admin, prefix, names).await?;
         result?;
     }

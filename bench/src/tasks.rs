@@ -74,6 +74,19 @@ pub(crate) async fn timer(delay_ms: u64) -> (u64, u64) {
     (due, woke)
 }
 
+/// The DTask name of E1.
+pub(crate) const E1_AWAIT: &str = "bench.await_event";
+
+/// The event E1's instances wait for.
+pub(crate) const E1_EVENT: &str = "go";
+
+/// E1: waits for the event [`E1_EVENT`] and returns its tag and the event's value.
+#[dtask(name = "bench.await_event")]
+pub(crate) async fn await_event(tag: u64) -> (u64, u64) {
+    let value: u64 = DTask::event(E1_EVENT).await;
+    (tag, value)
+}
+
 /// The DTask names of M1.
 pub(crate) const M1_STEP: &str = "bench.m1.step";
 pub(crate) const M1_REPLAY: &str = "bench.m1.replay";

@@ -3,6 +3,7 @@
 //! order of the document; the tables and the verdicts are written by its submodules.
 
 mod numbers;
+mod signal;
 mod tables;
 mod verdicts;
 
@@ -12,6 +13,7 @@ use crate::env::Settings;
 use crate::long::M1Run;
 use crate::raw::RawRun;
 use crate::recovery::Recovery;
+use crate::signal::E1Run;
 use crate::stats::median_by;
 use crate::workloads::Run;
 
@@ -31,6 +33,8 @@ pub(crate) struct Sizes {
     pub(crate) m1_amqp: u32,
     /// Repetitions of W1b and of the raw baseline (medians are reported).
     pub(crate) reps: usize,
+    /// E1: measured signal round trips on each transport.
+    pub(crate) e1: usize,
 }
 
 /// The runs of one transport.
@@ -44,6 +48,8 @@ pub(crate) struct Set {
     pub(crate) w3: Option<Run>,
     /// M1, one run per model (the in-memory set also holds the engine-alone runs).
     pub(crate) m1: Vec<M1Run>,
+    /// E1, the signal round trip (on RabbitMQ with the raw request-reply it is compared to).
+    pub(crate) e1: Option<E1Run>,
 }
 
 /// Everything one benchmark run measured.
@@ -101,6 +107,7 @@ impl Report {
                 e.extend(r.errors.iter().map(|x| format!("M1: {x}")));
             }
         }
+        e.extend(self.e1_errors());
         for r in &self.raw {
             e.extend(r.errors.iter().map(|x| format!("raw baseline: {x}")));
         }
@@ -146,6 +153,7 @@ impl Report {
         let aw1b = self.amqp.as_ref().and_then(Self::w1b_median);
         self.render_figures(&mut o, &raw, &mw1b, &aw1b);
         self.render_m1(&mut o);
+        self.render_e1(&mut o);
         let verdicts = self.render_targets(&mut o);
         self.render_costs(&mut o, &raw, &mw1b, &aw1b);
         self.render_missed(&mut o, &verdicts, &raw, &mw1b, &aw1b);
@@ -166,6 +174,13 @@ impl Report {
                 "Every workload checked its results and passed: each chain returned start + {}, each fan-in the exact sum, every timer fired and none early, no message was dead-lettered, every W4 instance returned once with the right value, and every raw chain finished exactly once with an intact payload.",
                 s.steps
             );
+            let e1 = |set: &Option<Set>| set.as_ref().is_some_and(|s| s.e1.is_some());
+            if e1(&self.memory) || e1(&self.amqp) {
+                let _ = writeln!(
+                    o,
+                    "\nE1: every instance returned the event sent to it (its own tag and value), and every raw reply was its round's request."
+                );
+            }
             if self.m1_runs().next().is_some() {
                 let _ = writeln!(
                     o,
@@ -197,6 +212,7 @@ impl Report {
         let _ = writeln!(o, "- payload: {} B of user data per step (a `serde_bytes` argument of each child); raw baseline bodies {} B (8 B header + payload), persistent, quorum queue, publisher confirms, mandatory, ack after confirm, one ack per message", s.payload, 8 + s.payload);
         let _ = writeln!(o, "- raw baseline: {} consumers (own connection each, prefetch {}, one confirm channel each, every delivery handled concurrently), {} chains × {} steps", s.workers, s.prefetch, z.raw_chains, s.steps);
         let _ = writeln!(o, "- W1a {} instances one at a time; W1b {} at once × {} reps; W2 {} parents × {} children; W3 {} timers of {} ms; W4 {} at once", z.w1a, z.w1b, z.reps, z.w2_parents, z.w2_width, z.w3, z.w3_delay_ms, z.w4);
+        let _ = writeln!(o, "- E1: {} signal round trips one at a time on each transport, after {} warm-up rounds (on RabbitMQ alternated with as many raw request-replies)", z.e1, crate::signal::WARM_UP);
         let _ = writeln!(o, "- M1: a loop of {} awaits on the engine alone and in memory, {} on RabbitMQ; one instance at a time, twice per model and place in the order replay, snapshot, snapshot, replay; no payload", z.m1, z.m1_amqp);
         let _ = writeln!(o, "- latency and lateness percentiles are nearest-rank; broker CPU read from `/proc/<beam.smp>/stat`{}", if self.broker_cpu { "" } else { " (not available in this run)" });
         o
