@@ -354,6 +354,9 @@ pub(crate) enum Shape {
     All(Vec<Shape>),
     /// `when_any`: the part recorded first, as `(index, value)`.
     Any(Vec<Shape>),
+    /// An await whose expression a resume builds again (a retry): the rebuilt DTask is
+    /// replayed over the operations it issued, at positions `first..end`, then goes on.
+    Replay { first: Seq, end: Seq },
 }
 
 impl Shape {
@@ -361,6 +364,7 @@ impl Shape {
         match self {
             Shape::Op { seq, .. } => out.push(*seq),
             Shape::All(parts) | Shape::Any(parts) => parts.iter().for_each(|p| p.seqs(out)),
+            Shape::Replay { first, end } => out.extend(*first..*end),
         }
     }
 }
