@@ -3,7 +3,8 @@
 //! A transport conforms when every scenario of [`scenarios`] passes on it: calls and
 //! chains of children, `when_all` / `when_any` / `join` / `spawn`, errors and panics of
 //! children, delays that are never early, `run` executed once and replayed, detected
-//! nondeterminism, instances that can never wake, unknown names and bad input, the state
+//! nondeterminism, retries of side effects and child calls in both execution models,
+//! instances that can never wake, unknown names and bad input, the state
 //! budget, results read by id from another client, poison messages dead-lettered while the
 //! workers keep serving, and a graceful stop.
 //!
@@ -216,6 +217,8 @@ macro_rules! conformance_suite {
             results_by_id_from_a_second_client_and_status,
             poison_messages_are_dead_lettered_and_the_worker_keeps_serving,
             shutdown_stops_the_workers_and_leaves_no_consumer,
+            retries_wait_between_attempts_and_count_them,
+            exhausted_retries_report_the_attempts,
         );
     };
 }

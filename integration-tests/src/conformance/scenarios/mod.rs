@@ -7,6 +7,7 @@
 
 mod calls;
 mod clients;
+mod retry;
 mod time;
 
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::Workers;
 
 pub use calls::*;
 pub use clients::*;
+pub use retry::*;
 pub use time::*;
 
 #[dtask]
