@@ -49,6 +49,8 @@ async fn effect(tag: String, fails: u32, fatal: bool) -> Result<u32, String> {
     }
 }
 
+/// Whether an error of [`effect`] is worth another attempt.
+#[allow(clippy::ptr_arg)] // the predicate's argument is `&E`, and `E` is `String`
 fn transient(e: &String) -> bool {
     !e.starts_with("fatal")
 }

@@ -51,14 +51,27 @@ async fn a_worker_killed_during_a_backoff_neither_loses_the_wait_nor_restarts_th
     let killed_at = now_ms();
     victim.kill(0)?;
     for f in &files {
-        assert_eq!(attempts(f).len(), 1, "{f}: a second attempt before the kill");
+        assert_eq!(
+            attempts(f).len(),
+            1,
+            "{f}: a second attempt before the kill"
+        );
     }
 
     let survivor = b.worker_processes(WORKER, 1).await?;
-    let effect = within(Duration::from_secs(60), "the retried effect", h_effect.result()).await??;
+    let effect = within(
+        Duration::from_secs(60),
+        "the retried effect",
+        h_effect.result(),
+    )
+    .await??;
     assert_eq!(effect, Err("attempt 3 failed".to_string()));
-    let effect_s =
-        within(Duration::from_secs(60), "the snapshot retry", h_effect_s.result()).await??;
+    let effect_s = within(
+        Duration::from_secs(60),
+        "the snapshot retry",
+        h_effect_s.result(),
+    )
+    .await??;
     assert_eq!(effect_s, Err("attempt 3 failed".to_string()));
     let call = within(Duration::from_secs(60), "the retried call", h_call.result()).await??;
     let msg = call.expect_err("every attempt panicked");
@@ -71,7 +84,10 @@ async fn a_worker_killed_during_a_backoff_neither_loses_the_wait_nor_restarts_th
         assert_eq!(seen.len(), 3, "{f}: attempts {seen:?}");
         assert_eq!(seen[0].0, victim_pid, "{f}: {seen:?}");
         for (pid, at) in &seen[1..] {
-            assert_ne!(*pid, victim_pid, "{f}: an attempt after the kill in the victim");
+            assert_ne!(
+                *pid, victim_pid,
+                "{f}: an attempt after the kill in the victim"
+            );
             assert!(*at > killed_at, "{f}: {seen:?}");
         }
         // The waits (3 s, then 6 s) are never early, across the kill too.

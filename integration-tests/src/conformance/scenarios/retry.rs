@@ -17,14 +17,19 @@ static ATTEMPTS: Mutex<Option<HashMap<String, Vec<u64>>>> = Mutex::new(None);
 
 fn attempt(tag: &str) -> usize {
     let mut all = ATTEMPTS.lock().unwrap_or_else(|p| p.into_inner());
-    let times = all.get_or_insert_with(HashMap::new).entry(tag.to_string()).or_default();
+    let times = all
+        .get_or_insert_with(HashMap::new)
+        .entry(tag.to_string())
+        .or_default();
     times.push(now_ms());
     times.len()
 }
 
 fn attempts(tag: &str) -> Vec<u64> {
     let all = ATTEMPTS.lock().unwrap_or_else(|p| p.into_inner());
-    all.as_ref().and_then(|m| m.get(tag).cloned()).unwrap_or_default()
+    all.as_ref()
+        .and_then(|m| m.get(tag).cloned())
+        .unwrap_or_default()
 }
 
 /// Three attempts, 300 ms then 600 ms apart.
@@ -142,7 +147,9 @@ pub async fn exhausted_retries_report_the_attempts<E: Env>(env: E) -> Outcome {
     let (t_run, t_call) = (format!("{run}-run"), format!("{run}-call"));
     let h_run = c.start(retried_run_snapshot(t_run.clone(), 99)).await?;
     let h_call = c.start(retried_call(t_call.clone(), 99)).await?;
-    env.advance(ms(1_000)).await;
+    // The waits, one after the other (a virtual clock fires each timer at its instant).
+    env.advance(ms(300)).await;
+    env.advance(ms(600)).await;
     assert_eq!(h_run.result().await?, Err("attempt 3 failed".to_string()));
     let err = h_call.result().await.expect_err("the attempts ran out");
     let f = err.failure().expect("the instance failed");
