@@ -128,8 +128,16 @@ async fn uncaught_snapshot(tag: String) -> u32 {
     flaky(tag, 99).retry(policy(2)).await
 }
 
+/// A retry built before the await that waits for it: a resume could not build it again.
+#[dtask(name = "retry.through_a_local", snapshot)]
+async fn through_a_local(tag: String) -> Result<u32, String> {
+    let retried = DTask::run_with_retry(policy(3), move || effect(tag.clone(), 99, false));
+    retried.await
+}
+
 fn runtime() -> Runtime {
     let config = WorkerConfig::new()
+        .register(through_a_local)
         .register(run_replay)
         .register(run_snapshot)
         .register(flaky)
@@ -320,4 +328,20 @@ fn invalid_policy_values_are_clamped() {
     assert_eq!(huge.delay_after(1), Duration::from_secs(1));
     assert_eq!(huge.delay_after(2), Duration::from_secs(60));
     assert_eq!(huge.delay_after(u32::MAX), Duration::from_secs(60));
+}
+
+#[tokio::test]
+async fn a_snapshot_retry_not_written_in_its_await_fails_clearly_when_it_must_wait() -> TestResult {
+    let rt = runtime();
+    let h = rt.client().start(through_a_local("local".into())).await?;
+    rt.wait_idle().await;
+    let err = h.result().await.expect_err("it cannot be saved");
+    let f = err.failure().expect("a failure");
+    assert!(f.is_misuse(), "{f}");
+    assert!(
+        f.message().contains("DTask::run_with_retry(..).await"),
+        "{f}"
+    );
+    assert_eq!(attempts("local"), 1);
+    Ok(())
 }
