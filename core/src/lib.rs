@@ -55,7 +55,7 @@ pub mod test_util;
 pub mod transport;
 
 pub use client::{Client, Handle, Untyped};
-pub use dtask::{Call, DTask, IntoDTask, Join, ResumeToken, SpawnHandle};
+pub use dtask::{Call, DTask, IntoDTask, Join, ResumeToken, RetryCall, RetryPolicy, SpawnHandle};
 pub use dtasks_macros::dtask;
 pub use error::{Error, Failure};
 pub use protocol::{InstanceId, Status, Wait, ENVELOPE_VERSION};
@@ -88,6 +88,42 @@ macro_rules! __dtask_resume {
     ($index:expr, $kind:ident, $pending:ident, $line:expr, [$($codec:ident => $local:ident),*]) => {{
         let p = $crate::__private::snapshot::resume(&$kind, &mut $pending);
         $crate::__dtask_await!(p, $index, $line, [$($codec => $local),*])
+    }};
+}
+
+/// A fresh await whose expression a resume builds again (a retry): its saved locals are
+/// encoded before the expression runs (generated code). Not a public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __dtask_rebuild_point {
+    ($index:expr, $kind:ident, $fut:expr, $line:expr, [$($codec:ident => $local:ident),*]) => {{
+        #[allow(unused_imports)]
+        use $crate::__private::snapshot::{ProbeDist as _, ProbeLocal as _};
+        #[allow(unused_mut)]
+        let mut pre = $crate::__private::snapshot::Presave::new();
+        $(pre.put(&$codec, &$local);)*
+        let f = ::core::future::IntoFuture::into_future($fut);
+        let kind = (&$crate::__private::snapshot::Probe(&f)).__dtask_kind();
+        let p = kind.rebuild_point(&$kind, f, pre);
+        $crate::__dtask_await!(p, $index, $line, [])
+    }};
+}
+
+/// The await a machine resumes at whose expression is built again (generated code). Not a
+/// public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __dtask_rebuild_resume {
+    ($index:expr, $kind:ident, $pending:ident, $fut:expr, $line:expr, [$($codec:ident => $local:ident),*]) => {{
+        #[allow(unused_imports)]
+        use $crate::__private::snapshot::{ProbeDist as _, ProbeLocal as _};
+        #[allow(unused_mut)]
+        let mut pre = $crate::__private::snapshot::Presave::new();
+        $(pre.put(&$codec, &$local);)*
+        let f = ::core::future::IntoFuture::into_future($fut);
+        let kind = (&$crate::__private::snapshot::Probe(&f)).__dtask_kind();
+        let p = kind.resume_rebuild(&$kind, &mut $pending, f, pre);
+        $crate::__dtask_await!(p, $index, $line, [])
     }};
 }
 

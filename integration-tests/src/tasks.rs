@@ -8,7 +8,7 @@
 use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dtasks::{dtask, DTask, Registry};
+use dtasks::{dtask, DTask, Registry, RetryPolicy};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -311,5 +311,63 @@ pub fn registry() -> Registry {
         gather,
         gather_snap,
         await_resume,
+        retried_effect,
+        retried_effect_snapshot,
+        always_panics,
+        retried_panics,
     ]
+}
+
+/// Three attempts, 3 s then 6 s apart: long enough to kill a worker during a wait.
+fn slow_retries() -> RetryPolicy {
+    RetryPolicy::new()
+        .with_max_attempts(3)
+        .with_initial_delay(Duration::from_secs(3))
+        .with_backoff_factor(2.0)
+}
+
+/// One attempt of a side effect that always fails: appends `pid now` to the file at
+/// `path` and returns the number of lines so far as the error.
+fn failing_attempt(path: &str) -> Result<(), String> {
+    append_line(path, &format!("{} {}", std::process::id(), now_ms()));
+    let lines = std::fs::read_to_string(path).map_or(0, |t| t.lines().count());
+    Err(format!("attempt {lines} failed"))
+}
+
+/// A side effect that always fails, retried as [`slow_retries`] says: returns its last
+/// error.
+#[dtask(name = "it.retried_effect")]
+pub async fn retried_effect(path: String) -> Result<(), String> {
+    DTask::run_with_retry(slow_retries(), move || {
+        let path = path.clone();
+        async move { failing_attempt(&path) }
+    })
+    .await
+}
+
+/// [`retried_effect`] in the snapshot model.
+#[dtask(name = "it.retried_effect_snapshot", snapshot)]
+pub async fn retried_effect_snapshot(path: String) -> Result<(), String> {
+    DTask::run_with_retry(slow_retries(), move || {
+        let path = path.clone();
+        async move { failing_attempt(&path) }
+    })
+    .await
+}
+
+/// Appends `pid now` to the file at `path`, then panics.
+#[dtask(name = "it.always_panics")]
+pub async fn always_panics(path: String) {
+    let _ = failing_attempt(&path);
+    panic!("always panics");
+}
+
+/// A child that always panics, retried as [`slow_retries`] says; its failure is a value.
+#[dtask(name = "it.retried_panics")]
+pub async fn retried_panics(path: String) -> Result<(), String> {
+    always_panics(path)
+        .retry(slow_retries())
+        .catch_failure()
+        .await
+        .map_err(|f| f.to_string())
 }

@@ -1,10 +1,11 @@
 //! The [`DTask`] type: its leaf operations (child calls, timers, yields, spawn handles)
 //! here, the combinators and `run` in [`combinators`], `spawn` and its handle in
-//! [`spawn`], and the structure a snapshot saves in [`spec`].
+//! [`spawn`], retries in [`retry`], and the structure a snapshot saves in [`spec`].
 
 mod call;
 mod combinators;
 mod external;
+mod retry;
 mod spawn;
 mod spec;
 
@@ -21,6 +22,7 @@ use serde::de::DeserializeOwned;
 pub use call::{Call, IntoDTask};
 pub use combinators::Join;
 pub use external::ResumeToken;
+pub use retry::{RetryCall, RetryPolicy};
 pub use spawn::SpawnHandle;
 pub(crate) use spec::Spec;
 

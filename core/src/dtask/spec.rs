@@ -21,6 +21,9 @@ pub(crate) enum Spec {
     Within(Box<Spec>),
     /// Something a snapshot cannot hold (a closure, an unserializable value).
     Unsaveable(&'static str),
+    /// A retry (`DTask::run_with_retry`, `Call::retry`): saved only by an await whose
+    /// expression builds it, which a resume evaluates again (see `exec::snapshot`).
+    Retry,
 }
 
 impl Spec {
@@ -62,6 +65,15 @@ impl Spec {
                 return Err(format!(
                     "it combines {what}, which a snapshot cannot hold; apply it after the await"
                 ))
+            }
+            Spec::Retry => {
+                return Err(
+                    "a retry (`DTask::run_with_retry`, `.retry(policy)`) waiting for \
+                     its next attempt can only be saved by an await that builds it in its own \
+                     expression (`DTask::run_with_retry(..).await`, `call.retry(p).await`), \
+                     because a resume builds it again from there"
+                        .to_string(),
+                )
             }
         })
     }

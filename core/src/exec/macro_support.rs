@@ -19,7 +19,10 @@ use crate::protocol::state::{Seq, Shape};
 use crate::step::{with, Frame, Saved};
 
 pub use super::snapshot::Resume;
-pub use crate::{__dtask_point as point, __dtask_resume as resume_point};
+pub use crate::{
+    __dtask_point as point, __dtask_rebuild_point as rebuild_point,
+    __dtask_rebuild_resume as rebuild_resume_point, __dtask_resume as resume_point,
+};
 
 /// A type, carried as a value so that inference can connect the places that save
 /// and restore one local (one `Ty` per saved local).
@@ -130,7 +133,48 @@ pub struct Point<K, F> {
     slot: Slot<F>,
     /// Positions claimed by the first poll of a live DTask.
     claimed: Option<(Seq, Seq)>,
+    /// For an await whose expression a resume builds again (a retry).
+    rebuild: Option<Rebuild>,
     _k: PhantomData<K>,
+}
+
+/// An await built again at a resume: its locals, encoded before its expression ran, and
+/// (when resumed) the positions its DTask replays.
+struct Rebuild {
+    locals: Presave,
+    replay: Option<Result<(Seq, Seq), String>>,
+}
+
+/// The locals of an await whose expression a resume builds again, encoded before the
+/// expression runs (it may move them).
+pub struct Presave {
+    buf: Vec<u8>,
+    error: Option<String>,
+}
+
+impl Presave {
+    /// Nothing encoded yet.
+    pub fn new() -> Self {
+        Self {
+            buf: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Encodes one local.
+    pub fn put<T>(&mut self, codec: &Codec<T>, value: &T) {
+        if self.error.is_none() {
+            if let Err(e) = (codec.put)(value, &mut self.buf) {
+                self.error = Some(e);
+            }
+        }
+    }
+}
+
+impl Default for Presave {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<T: DeserializeOwned + Send + 'static> Dist<T> {
@@ -140,8 +184,47 @@ impl<T: DeserializeOwned + Send + 'static> Dist<T> {
         Point {
             slot: Slot::Live(Box::pin(f)),
             claimed: None,
+            rebuild: None,
             _k: PhantomData,
         }
+    }
+
+    /// The point that awaits `f`, an expression a resume builds again; `locals` were
+    /// encoded before it was evaluated.
+    pub fn rebuild_point(
+        self,
+        k: &Ty<Self>,
+        f: DTask<T>,
+        locals: Presave,
+    ) -> Point<Self, DTask<T>> {
+        let mut p = self.point(k, f);
+        p.rebuild = Some(Rebuild {
+            locals,
+            replay: None,
+        });
+        p
+    }
+
+    /// The point a machine resumes at whose expression was built again (`f`): it replays
+    /// the positions the saved operation names, then goes on live.
+    pub fn resume_rebuild(
+        self,
+        k: &Ty<Self>,
+        pending: &mut Option<Pending>,
+        f: DTask<T>,
+        locals: Presave,
+    ) -> Point<Self, DTask<T>> {
+        let replay = match pending.take() {
+            Some(Pending(Shape::Replay { first, end })) => Ok((first, end)),
+            Some(_) => Err("the snapshot saved this await as one that is not built again".into()),
+            None => Err("a resumed await was reached twice".into()),
+        };
+        let mut p = self.point(k, f);
+        p.rebuild = Some(Rebuild {
+            locals,
+            replay: Some(replay),
+        });
+        p
     }
 }
 
@@ -152,6 +235,37 @@ impl<O> Local<O> {
         Point {
             slot: Slot::Live(Box::pin(f)),
             claimed: None,
+            rebuild: None,
+            _k: PhantomData,
+        }
+    }
+
+    /// A local await is never saved, so nothing is built again: a plain point.
+    pub fn rebuild_point<F: Future<Output = O>>(
+        self,
+        k: &Ty<Self>,
+        f: F,
+        _: Presave,
+    ) -> Point<Self, F> {
+        self.point(k, f)
+    }
+
+    /// A machine never resumes at a local await (its snapshot is refused when saved).
+    pub fn resume_rebuild<F: Future<Output = O>>(
+        self,
+        k: &Ty<Self>,
+        pending: &mut Option<Pending>,
+        _: F,
+        _: Presave,
+    ) -> Point<Self, F> {
+        tie(k, &self);
+        Point {
+            slot: match pending.take() {
+                Some(p) => Slot::Saved(p.0),
+                None => Slot::Missing,
+            },
+            claimed: None,
+            rebuild: None,
             _k: PhantomData,
         }
     }
@@ -166,6 +280,7 @@ pub fn resume<K: Kind>(_: &Ty<K>, pending: &mut Option<Pending>) -> Point<K, K::
             None => Slot::Missing,
         },
         claimed: None,
+        rebuild: None,
         _k: PhantomData,
     }
 }
@@ -178,9 +293,34 @@ impl<T: DeserializeOwned + Send + 'static> Future for Point<Dist<T>, DTask<T>> {
         let polled = match &mut this.slot {
             Slot::Live(f) => {
                 if this.claimed.is_none() {
+                    let replay = this.rebuild.as_ref().and_then(|r| r.replay.clone());
+                    match replay {
+                        Some(Err(e)) => {
+                            with(|ex| ex.fail(corrupt(e)));
+                            return Poll::Pending;
+                        }
+                        Some(Ok((first, end))) => with(|ex| ex.rewind(first, end)),
+                        None => {}
+                    }
                     let start = with(|ex| ex.next_seq);
                     let r = f.as_mut().poll(cx);
-                    this.claimed = Some((start, with(|ex| ex.next_seq)));
+                    let reached = with(|ex| ex.next_seq);
+                    this.claimed = Some((start, reached));
+                    if let Some(Ok((first, end))) = replay {
+                        if reached < end {
+                            with(|ex| {
+                                ex.fail(Failure::new(
+                                    FailureKind::NonDeterminism,
+                                    format!(
+                                        "the await built again at a resume issued the \
+                                         operations {first}..{reached}, but the journal records \
+                                         {first}..{end}"
+                                    ),
+                                ))
+                            });
+                            return Poll::Pending;
+                        }
+                    }
                     r
                 } else {
                     f.as_mut().poll(cx)
@@ -260,6 +400,20 @@ impl<O, F: Future<Output = O>> Future for Point<Local<O>, F> {
 impl<T: DeserializeOwned + Send + 'static> Point<Dist<T>, DTask<T>> {
     /// Starts saving the frame of pending point `index` (written at `at`).
     pub fn saver(&self, index: u32, at: &'static str) -> Saver<Dist<T>> {
+        if let (Some(rebuild), Slot::Live(_)) = (&self.rebuild, &self.slot) {
+            // All the positions claimed since its first poll are its own: the await is
+            // the only code of the machine that runs while it is pending.
+            let (first, _) = self.claimed.unwrap_or((0, 0));
+            let end = with(|ex| ex.next_seq);
+            return Saver {
+                index,
+                at,
+                pending: Ok(Shape::Replay { first, end }),
+                buf: rebuild.locals.buf.clone(),
+                error: rebuild.locals.error.clone(),
+                _k: PhantomData,
+            };
+        }
         let pending = match &self.slot {
             Slot::Live(f) => {
                 let (first, end) = self.claimed.unwrap_or((0, 0));

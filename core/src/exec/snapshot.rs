@@ -92,6 +92,10 @@ pub(crate) fn eval(shape: &Shape, ex: &mut Exec) -> Eval {
                 Eval::Ready(out, order)
             }
         }
+        Shape::Replay { first, end } => Eval::Failed(corrupt(format!(
+            "the snapshot waits on operations {first}..{end} of an await that is built again \
+             at a resume, but the await it resumes at does not build one"
+        ))),
         Shape::Any(parts) => {
             if parts.is_empty() {
                 return Eval::Failed(Failure::new(

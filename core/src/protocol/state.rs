@@ -455,6 +455,9 @@ pub(crate) enum Shape {
     /// `task.within(timeout)`: `Some(value)` when the task was recorded before the timer
     /// at `timer`, else `None`.
     Within { task: Box<Shape>, timer: Seq },
+    /// An await whose expression a resume builds again (a retry): the rebuilt DTask is
+    /// replayed over the operations it issued, at positions `first..end`, then goes on.
+    Replay { first: Seq, end: Seq },
 }
 
 impl Shape {
@@ -466,6 +469,7 @@ impl Shape {
                 task.seqs(out);
                 out.push(*timer);
             }
+            Shape::Replay { first, end } => out.extend(*first..*end),
         }
     }
 }

@@ -37,6 +37,9 @@ pub(crate) struct Exec {
     pub(crate) dtask: String,
     /// Events received and not yet taken by a wait, moved in from the state.
     pub(crate) inbox: Vec<Signal>,
+    /// Snapshot model: claims of positions below this one replay the journal (an await
+    /// built again at a resume, see [`Exec::rewind`]).
+    pub(crate) replay_until: Seq,
 }
 
 /// A clock: the current time of a transport (real or virtual).
@@ -127,7 +130,16 @@ impl Exec {
             child_inputs: HashMap::new(),
             dtask: String::new(),
             inbox: Vec::new(),
+            replay_until: 0,
         }
+    }
+
+    /// Snapshot model: the next claims take positions `first..end` again, replaying the
+    /// entries recorded there (checked like the replay model's), for an await whose
+    /// DTask a resume built again (a retry waiting for its next attempt).
+    pub(crate) fn rewind(&mut self, first: Seq, end: Seq) {
+        self.next_seq = first;
+        self.replay_until = end;
     }
 
     /// Sets the clock relative timers read (default: the step's start).
@@ -160,6 +172,21 @@ impl Exec {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        if self.snapshot.is_some() && seq < self.replay_until {
+            // An await built again at a resume replays what it issued before.
+            return match self.entry(seq) {
+                Some(recorded) if recorded.cmd.matches(&cmd) => Some(seq),
+                recorded => {
+                    let was = recorded.map_or("nothing".to_string(), |e| format!("`{}`", e.cmd));
+                    let msg = format!(
+                        "at journal position {seq} the await built again at a resume issued \
+                         `{cmd}` where the journal records {was}"
+                    );
+                    self.fail(Failure::new(FailureKind::NonDeterminism, msg));
+                    None
+                }
+            };
+        }
         if self.snapshot.is_some() {
             // No replay: every operation is new and takes the next position.
             self.journal.push(Entry {

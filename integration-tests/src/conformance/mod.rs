@@ -3,10 +3,12 @@
 //! A transport conforms when every scenario of [`scenarios`] passes on it: calls and
 //! chains of children, `when_all` / `when_any` / `join` / `spawn`, errors and panics of
 //! children, delays that are never early, `run` executed once and replayed, detected
-//! nondeterminism, instances that can never wake, unknown names and bad input, the state
-//! budget, results read by id from another client, a chosen id started once (concurrent
-//! starts, a client that died before claiming its id), poison messages dead-lettered while
-//! the workers keep serving, and a graceful stop.
+//! nondeterminism, retries of side effects and child calls in both execution models,
+//! instances that can never wake, unknown names and bad input, the state budget, results
+//! read by id from another client, a chosen id started once (concurrent starts, a client
+//! that died before claiming its id), external events, resume tokens and waits with a
+//! timeout, poison messages dead-lettered while the workers keep serving, and a graceful
+//! stop.
 //!
 //! To run it on a new transport:
 //!
@@ -221,6 +223,8 @@ macro_rules! conformance_suite {
             events_arrive_once_in_the_order_sent,
             a_token_resumes_its_suspension_from_another_client,
             an_event_within_a_timeout,
+            retries_wait_between_attempts_and_count_them,
+            exhausted_retries_report_the_attempts,
         );
     };
 }

@@ -131,11 +131,18 @@ impl Gen<'_> {
             let (i, c) = (&b.ident, codec_var(index, &self.fields[id]));
             quote! { #c => #i }
         });
-        let value = if resumed {
-            quote! { __dt::resume_point!(#index, #k, __dt_pending, #line, [#(#saves),*]) }
-        } else {
-            let expr = &p.expr;
-            quote! { __dt::point!(#index, #k, #expr, #line, [#(#saves),*]) }
+        let expr = &p.expr;
+        let value = match (resumed, p.rebuild) {
+            (true, false) => {
+                quote! { __dt::resume_point!(#index, #k, __dt_pending, #line, [#(#saves),*]) }
+            }
+            (false, false) => quote! { __dt::point!(#index, #k, #expr, #line, [#(#saves),*]) },
+            (true, true) => quote! {
+                __dt::rebuild_resume_point!(#index, #k, __dt_pending, #expr, #line, [#(#saves),*])
+            },
+            (false, true) => {
+                quote! { __dt::rebuild_point!(#index, #k, #expr, #line, [#(#saves),*]) }
+            }
         };
         match &p.target {
             Target::Let { pat, ty, .. } => {

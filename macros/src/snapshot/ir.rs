@@ -80,6 +80,9 @@ pub(crate) struct Point {
     pub(crate) expr: Expr,
     /// The span of the `.await`.
     pub(crate) span: Span,
+    /// The expression builds a retry (`run_with_retry`, `.retry(..)`): a resume evaluates
+    /// it again, so the locals it uses are saved too, encoded before it runs.
+    pub(crate) rebuild: bool,
 }
 
 /// Where the result of an await goes.

@@ -86,11 +86,13 @@ impl Lowerer {
     fn point(&mut self, target: Target, expr: Expr, span: Span) -> Stmt {
         let index = self.next_point;
         self.next_point += 1;
+        let rebuild = builds_retry(&expr);
         Stmt::Point(Point {
             index,
             target,
             expr,
             span,
+            rebuild,
         })
     }
 
@@ -1005,4 +1007,29 @@ pub(crate) fn collect_pat(pat: &Pat, out: &mut Vec<(Ident, bool, bool)>) {
         Pat::Type(t) => collect_pat(&t.pat, out),
         _ => {}
     }
+}
+
+/// Whether an awaited expression builds a retry: it calls `run_with_retry` /
+/// `run_with_retry_if` or a method `.retry(..)` (syntax only: the macro sees no types).
+pub(crate) fn builds_retry(e: &Expr) -> bool {
+    struct Find(bool);
+    impl<'ast> Visit<'ast> for Find {
+        fn visit_expr_method_call(&mut self, m: &'ast syn::ExprMethodCall) {
+            if m.method == "retry" {
+                self.0 = true;
+            }
+            syn::visit::visit_expr_method_call(self, m);
+        }
+        fn visit_expr_path(&mut self, p: &'ast syn::ExprPath) {
+            if let Some(last) = p.path.segments.last() {
+                if last.ident == "run_with_retry" || last.ident == "run_with_retry_if" {
+                    self.0 = true;
+                }
+            }
+            syn::visit::visit_expr_path(self, p);
+        }
+    }
+    let mut f = Find(false);
+    f.visit_expr(e);
+    f.0
 }

@@ -416,6 +416,12 @@ fn cont_block(s: &mut Scopes<'_>, b: &Block, path: &[(usize, Step)], construct: 
             }
         }
     }
+    if let (Stmt::Point(p), Step::Here) = (here, step) {
+        if p.rebuild {
+            // A resume evaluates the expression again.
+            s.expr(&p.expr);
+        }
+    }
     match (here, step) {
         (Stmt::Point(p), Step::Here) => match &p.target {
             Target::Assign(Expr::Path(place)) if place.path.get_ident().is_some() => {

@@ -8,6 +8,7 @@
 mod calls;
 mod clients;
 mod events;
+mod retry;
 mod time;
 
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::Workers;
 pub use calls::*;
 pub use clients::*;
 pub use events::*;
+pub use retry::*;
 pub use time::*;
 
 #[dtask]
