@@ -17,6 +17,12 @@ pub(crate) enum Spec {
     },
     All(Vec<Spec>),
     Any(Vec<Spec>),
+    /// `DTask::cleanup` of a part.
+    Cleanup(Box<Spec>),
+    /// `DTask::race`.
+    Race(Vec<Spec>),
+    /// `DTask::timeout` of a task: the task's positions, then the delay's.
+    Timeout(Box<Spec>),
     /// Something a snapshot cannot hold (a closure, an unserializable value).
     Unsaveable(&'static str),
 }
@@ -47,6 +53,19 @@ impl Spec {
                     .map(|p| p.assign(next))
                     .collect::<Result<_, _>>()?,
             ),
+            Spec::Cleanup(part) => Shape::Cleanup(Box::new(part.assign(next)?)),
+            Spec::Race(parts) => Shape::Race(
+                parts
+                    .iter()
+                    .map(|p| p.assign(next))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Spec::Timeout(task) => {
+                let task = Box::new(task.assign(next)?);
+                let delay = *next;
+                *next += 1;
+                Shape::Timeout { task, delay }
+            }
             Spec::Unsaveable(what) => {
                 return Err(format!(
                     "it combines {what}, which a snapshot cannot hold; apply it after the await"

@@ -7,7 +7,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::message::{MailboxItem, ResultRecord, Status, TaskMessage};
+use super::message::{CancelRecord, MailboxItem, ResultRecord, Status, TaskMessage};
 use super::state::{Entry, InstanceId, InstanceState, Outcome, Seq, Snapshot};
 use crate::error::Error;
 
@@ -24,6 +24,7 @@ pub(crate) enum Kind {
     Mailbox = 2,
     Result = 3,
     Status = 4,
+    Cancel = 5,
 }
 
 pub(crate) trait Enveloped: Serialize + DeserializeOwned {
@@ -41,6 +42,9 @@ impl Enveloped for ResultRecord {
 }
 impl Enveloped for Status {
     const KIND: Kind = Kind::Status;
+}
+impl Enveloped for CancelRecord {
+    const KIND: Kind = Kind::Cancel;
 }
 
 pub(crate) fn encode<T: Enveloped>(value: &T) -> Vec<u8> {
@@ -120,6 +124,9 @@ pub(crate) struct ChildStateRef<'a> {
     base: Seq,
     touch_at_ms: u64,
     steps: u32,
+    cancelled: Option<&'a str>,
+    cancel_scope: Option<InstanceId>,
+    shielded: &'a [Seq],
 }
 
 /// A borrowed mirror of [`ReplyTo`](super::state::ReplyTo) up to its `Continuation`
@@ -157,6 +164,9 @@ impl<'a> ChildStateRef<'a> {
             base: 0,
             touch_at_ms: 0,
             steps: 0,
+            cancelled: None,
+            cancel_scope: parent.child_scope(seq),
+            shielded: &[],
         }
     }
 }
@@ -264,20 +274,34 @@ mod tests {
             any::<u64>(),
             any::<u32>(),
             any::<bool>(),
+            proptest::option::of(".{0,20}"),
+            any::<bool>(),
+            proptest::collection::vec(any::<u32>(), 0..3),
         )
             .prop_map(
-                |(id, name, input, journal, mailbox, version, recorded, finished)| {
-                    let mut s = InstanceState::new(
-                        InstanceId::new(id).expect("valid id"),
-                        name,
-                        input,
-                        ReplyTo::Root,
-                    );
+                |(
+                    id,
+                    name,
+                    input,
+                    journal,
+                    mailbox,
+                    version,
+                    recorded,
+                    finished,
+                    cancelled,
+                    scoped,
+                    shielded,
+                )| {
+                    let id = InstanceId::new(id).expect("valid id");
+                    let mut s = InstanceState::new(id.clone(), name, input, ReplyTo::Root);
                     s.journal = journal;
                     s.mailbox = mailbox;
                     s.version = version;
                     s.recorded = recorded;
                     s.finished = finished;
+                    s.cancelled = cancelled;
+                    s.cancel_scope = scoped.then_some(id);
+                    s.shielded = shielded;
                     s
                 },
             )
@@ -329,8 +353,8 @@ mod tests {
             let child_id = s.id.child(seq);
             let input = vec![seq as u8; (seq % 7) as usize];
             let owned = TaskMessage::Step {
-                state: Box::new(InstanceState::new(
-                    child_id.clone(),
+                state: Box::new(s.new_child(
+                    seq,
                     "a.child".into(),
                     input.clone(),
                     ReplyTo::Continuation { parent: Box::new(s.clone()), seq },

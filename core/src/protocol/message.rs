@@ -37,6 +37,19 @@ pub(crate) enum MailboxItem {
     /// A keep-alive: draining the mailbox counts as using it, so a broker does not expire
     /// the mailbox of an instance that waits longer than the mailbox retention.
     Touch,
+    /// The instance is cancelled with `reason`: the merge runs a step at once, which
+    /// finds it cancelled (an instance suspended in mailbox mode stops now, rather than
+    /// at its next result).
+    Cancel { reason: String },
+}
+
+/// A durable cancel record: `instance` (and every descendant in its cancel scope) is
+/// cancelled with `reason`. Kept by the transport's [`Cancels`](crate::transport::Cancels)
+/// capability, visible to every worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CancelRecord {
+    pub(crate) instance: InstanceId,
+    pub(crate) reason: String,
 }
 
 /// The final result of a root instance, as kept in the result register.

@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 use super::codec::{encode, ChildStateRef, MailboxItemRef, TaskMessageRef};
-use super::message::{MailboxItem, ResultRecord, Status, TaskMessage};
+use super::message::{CancelRecord, MailboxItem, ResultRecord, Status, TaskMessage};
 use super::state::{from_millis, to_millis, InstanceId, InstanceState, Outcome, ReplyTo, Seq};
 
 /// MessagePack for `()`, the value of fired timers and yields.
@@ -52,6 +52,12 @@ pub enum Destination {
     Reply {
         /// The client's reply queue name.
         client: String,
+    },
+    /// The transport's cancel records ([`Cancels`](crate::transport::Cancels)): the
+    /// message is the durable record that `instance` is cancelled.
+    Cancel {
+        /// The instance cancelled.
+        instance: InstanceId,
     },
 }
 
@@ -99,6 +105,9 @@ pub(crate) enum MessageId<'a> {
     Result(&'a InstanceId),
     /// `status:<recorded>`: a root's status write, after `recorded` results.
     Status(&'a InstanceId, u32),
+    /// `cancel`: the cancel record of an instance, and the cancel item put in its
+    /// mailbox.
+    Cancel(&'a InstanceId),
 }
 
 impl fmt::Display for MessageId<'_> {
@@ -116,6 +125,7 @@ impl fmt::Display for MessageId<'_> {
             MessageId::ForwardAgain(i, at, now) => write!(f, "{i}:fwd{at}@{now}"),
             MessageId::Result(i) => write!(f, "{i}:result"),
             MessageId::Status(i, recorded) => write!(f, "{i}:status:{recorded}"),
+            MessageId::Cancel(i) => write!(f, "{i}:cancel"),
         }
     }
 }
@@ -339,6 +349,7 @@ impl Outgoing {
             MailboxItem::Event { seq, .. } => MessageId::Event(instance, *seq),
             MailboxItem::State(s) => MessageId::State(instance, s.version),
             MailboxItem::Touch => MessageId::Touch(instance, not_before_ms),
+            MailboxItem::Cancel { .. } => MessageId::Cancel(instance),
         };
         let dest = Destination::Mailbox {
             instance: instance.clone(),
@@ -392,5 +403,37 @@ impl Outgoing {
         };
         let id = MessageId::Status(&state.id, state.recorded);
         Self::about(dest, encode(&status), id, state)
+    }
+
+    /// The durable record that `instance` is cancelled with `reason`, for the transport's
+    /// cancel records ([`MessageId::Cancel`]).
+    pub(crate) fn cancel_record(instance: &InstanceId, reason: &str) -> Self {
+        let body = encode(&CancelRecord {
+            instance: instance.clone(),
+            reason: reason.to_string(),
+        });
+        let dest = Destination::Cancel {
+            instance: instance.clone(),
+        };
+        Self::named(dest, body, MessageId::Cancel(instance), instance, "")
+    }
+
+    /// The cancel item for the mailbox of `instance` (of DTask `name`): its merge runs a
+    /// step at once, which stops an instance suspended in mailbox mode
+    /// ([`MessageId::Cancel`]).
+    pub(crate) fn cancel_item(instance: &InstanceId, name: &str, reason: &str) -> Self {
+        let item = MailboxItem::Cancel {
+            reason: reason.to_string(),
+        };
+        let dest = Destination::Mailbox {
+            instance: instance.clone(),
+        };
+        Self::named(
+            dest,
+            encode(&item),
+            MessageId::Cancel(instance),
+            instance,
+            name,
+        )
     }
 }
