@@ -77,7 +77,6 @@ impl DTask<()> {
     /// still be awaited later.
     ///
     /// ```
-    /// use std::time::Duration;
     /// use dtasks::{dtask, DTask};
     ///
     /// #[dtask]

@@ -44,7 +44,7 @@ pub(crate) enum MailboxItem {
 }
 
 /// A durable cancel record: `instance` (and every descendant in its cancel scope) is
-/// cancelled with `reason`. Kept by the transport's [`Cancels`](crate::transport::Cancels)
+/// cancelled with `reason`. Kept by the transport's `Cancels`
 /// capability, visible to every worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct CancelRecord {

@@ -53,7 +53,7 @@ pub enum Destination {
         /// The client's reply queue name.
         client: String,
     },
-    /// The transport's cancel records ([`Cancels`](crate::transport::Cancels)): the
+    /// The transport's cancel records (`Cancels`): the
     /// message is the durable record that `instance` is cancelled.
     Cancel {
         /// The instance cancelled.

@@ -216,6 +216,7 @@ macro_rules! conformance_suite {
             results_by_id_from_a_second_client_and_status,
             poison_messages_are_dead_lettered_and_the_worker_keeps_serving,
             shutdown_stops_the_workers_and_leaves_no_consumer,
+            cancel_stops_a_tree_and_race_losers,
         );
     };
 }

@@ -6,6 +6,7 @@
 //! longest), since on a real clock they really pass.
 
 mod calls;
+mod cancel;
 mod clients;
 mod time;
 
@@ -18,6 +19,7 @@ use super::Env;
 use crate::Workers;
 
 pub use calls::*;
+pub use cancel::*;
 pub use clients::*;
 pub use time::*;
 
