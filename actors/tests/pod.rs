@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtasks::transport::{Delivery, MailboxMessage, Outgoing, Published, Registers, ReplyQueues};
+use dtasks::transport::{
+    Cancels, Delivery, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
+};
 use dtasks::{dtask, Client, DTask, Error, InstanceId, MemoryTransport, Transport, WorkerConfig};
 use dtasks_actors::WorkerPod;
 use futures::future::BoxFuture;
@@ -57,6 +59,10 @@ impl Transport for FlakyConsume {
     }
     fn replies(&self) -> Option<&dyn ReplyQueues> {
         self.inner.replies()
+    }
+
+    fn cancels(&self) -> Option<&dyn Cancels> {
+        self.inner.cancels()
     }
 }
 

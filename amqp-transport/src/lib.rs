@@ -41,6 +41,7 @@
 //! | `P.mbox.<instance>` | classic | `x-expires` (mailbox retention) | the mailbox of an instance |
 //! | `P.result.<instance>` | classic | `x-max-length` 1, `x-overflow` reject-publish, `x-expires` | the result (written once) |
 //! | `P.status.<instance>` | classic | `x-max-length` 1, `x-overflow` drop-head, `x-expires` | the last status |
+//! | `P.cancels` | stream | `x-max-age` (the result retention) | cancel records, read from the first by every worker (`Client::cancel`, `DTask::race`) |
 //!
 //! Messages carry `message_id` and the headers `x-dtasks-instance`, `x-dtasks-dtask` and
 //! `x-dtasks-envelope`; delayed ones also `x-dtasks-at` (due time, epoch ms) and
@@ -86,6 +87,7 @@
 //!   seconds in the broker's configuration where timers matter to the second (the
 //!   repository's `deploy/rabbitmq-advanced.config` sets 5 s).
 
+mod cancels;
 mod clock;
 mod config;
 mod conn;

@@ -260,6 +260,14 @@ impl Shared {
                 false,
                 props,
             ),
+            Destination::Cancel { .. } => (
+                Route::Queue {
+                    queue: self.topo.cancels(),
+                    kind: Kind::Cancels,
+                },
+                false,
+                props,
+            ),
             other => {
                 return Err(AmqpError::Invalid(format!(
                     "this transport does not support the destination {other:?}"

@@ -19,6 +19,8 @@ pub(crate) struct Shared {
     /// The channel every result wait of this process consumes on (one consumer per
     /// waiting handle), opened on first use and again after it closed.
     pub(crate) waits: tokio::sync::Mutex<Option<Channel>>,
+    /// The cancel records this process has read (`cancels`).
+    pub(crate) cancels: dtasks::transport::CancelBook,
 }
 
 impl Shared {
@@ -39,6 +41,7 @@ impl Shared {
             declared: Declared::default(),
             doorbells: Doorbells::default(),
             waits: tokio::sync::Mutex::new(None),
+            cancels: dtasks::transport::CancelBook::new(),
         })
     }
 

@@ -12,6 +12,9 @@ use crate::error::{AmqpError, Result};
 /// past 30 days (a longer delay passes through the top level several times).
 pub(crate) const MAX_LEVEL: u8 = 32;
 
+/// The segment size of the stream of cancel records.
+const CANCELS_SEGMENT_BYTES: i64 = 1 << 20;
+
 /// What a queue is for; decides its arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -26,6 +29,7 @@ pub(crate) enum Kind {
     Reply,
     /// A claim register, declared with the nonce of the start that claims it.
     Claim(u64),
+    Cancels,
 }
 
 /// Names and declares the queues under one prefix.
@@ -107,6 +111,11 @@ impl Topology {
         format!("{}.claim.{instance}", self.prefix)
     }
 
+    /// The stream of cancel records, followed by every worker.
+    pub(crate) fn cancels(&self) -> String {
+        format!("{}.cancels", self.prefix)
+    }
+
     /// The reply queue of a client (`Client::call`).
     pub(crate) fn reply(&self, client: &str) -> String {
         format!("{}.reply.{client}", self.prefix)
@@ -120,6 +129,7 @@ impl Topology {
         };
         let queue_type = match kind {
             Kind::Mailbox | Kind::Result | Kind::Status | Kind::Reply | Kind::Claim(_) => "classic",
+            Kind::Cancels => "stream",
             _ => "quorum",
         };
         put("x-queue-type", text(queue_type));
@@ -157,6 +167,17 @@ impl Topology {
                 // (`registers.rs`). The queue never holds a message.
                 put("x-max-length", AMQPValue::LongLongInt(claim_arg(nonce)));
                 put("x-expires", AMQPValue::LongLongInt(self.register_expires));
+            }
+            // A record is kept as long as a result is: an instance that may still run
+            // is never forgotten as cancelled. Small segments, since records are small
+            // and the broker drops whole segments once they are past the age.
+            Kind::Cancels => {
+                let secs = (self.register_expires / 1000).max(1);
+                put("x-max-age", text(&format!("{secs}s")));
+                put(
+                    "x-stream-max-segment-size-bytes",
+                    AMQPValue::LongLongInt(CANCELS_SEGMENT_BYTES),
+                );
             }
         }
         (QueueDeclareOptions::durable(), args)

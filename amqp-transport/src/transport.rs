@@ -4,13 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtasks::transport::{MailboxMessage, Outgoing, Published, Registers, ReplyQueues, Transport};
+use dtasks::transport::{
+    CancelBook, Cancels, Following, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
+    Transport,
+};
 use dtasks::InstanceId;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::FutureExt;
 use tracing::info;
 
+use crate::cancels;
 use crate::config::AmqpConfig;
 use crate::conn;
 use crate::consume;
@@ -153,6 +157,21 @@ impl Transport for AmqpTransport {
 
     fn replies(&self) -> Option<&dyn ReplyQueues> {
         Some(self)
+    }
+
+    fn cancels(&self) -> Option<&dyn Cancels> {
+        Some(self)
+    }
+}
+
+/// Cancel records: the stream `P.cancels`, followed from its first record.
+impl Cancels for AmqpTransport {
+    fn book(&self) -> CancelBook {
+        self.shared.cancels.clone()
+    }
+
+    fn follow(&self) -> BoxFuture<'_, std::result::Result<Following, dtasks::Error>> {
+        async move { Ok(cancels::follow(self.shared.clone()).await?) }.boxed()
     }
 }
 

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use dtasks::transport::{
-    Delivery, Destination, MailboxMessage, Outgoing, Published, Registers, ReplyQueues, Transport,
+    Cancels, Delivery, Destination, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
+    Transport,
 };
 use dtasks::{Error, InstanceId};
 use futures::future::BoxFuture;
@@ -156,5 +157,9 @@ impl Transport for Counting {
 
     fn replies(&self) -> Option<&dyn ReplyQueues> {
         self.inner.replies()
+    }
+
+    fn cancels(&self) -> Option<&dyn Cancels> {
+        self.inner.cancels()
     }
 }

@@ -24,6 +24,8 @@ use crate::protocol::state::{
 use crate::registry::Registry;
 use crate::transport::{IntoTransport, Registers, Reply, Transport};
 
+mod cancel;
+
 /// Starts DTask instances and reads their results. Cheap to clone.
 ///
 /// A client needs no registry: it can run in a process that is not a worker.
@@ -551,6 +553,7 @@ async fn status_of(t: &dyn Transport, id: &InstanceId) -> Result<Status, Error> 
         let rec: ResultRecord = decode(&bytes)?;
         return Ok(match rec.outcome {
             Outcome::Ok(_) => Status::Succeeded,
+            Outcome::Failed(f) if f.is_cancelled() => Status::Cancelled,
             Outcome::Failed(_) => Status::Failed,
         });
     }

@@ -30,6 +30,8 @@ pub(crate) enum FailureKind {
     Stuck,
     Misuse,
     CodeChanged,
+    Cancelled,
+    Timeout,
 }
 
 impl Failure {
@@ -95,6 +97,20 @@ impl Failure {
     pub fn is_code_changed(&self) -> bool {
         self.kind == FailureKind::CodeChanged
     }
+
+    /// The instance was cancelled ([`Client::cancel`](crate::Client::cancel), a cancelled
+    /// ancestor, or a lost [`DTask::race`](crate::DTask::race)), or an await it made was
+    /// stopped by that cancellation. [`Failure::message`] is the reason given to the
+    /// cancellation, verbatim.
+    pub fn is_cancelled(&self) -> bool {
+        self.kind == FailureKind::Cancelled
+    }
+
+    /// A [`DTask::timeout`](crate::DTask::timeout) elapsed before its task finished (the
+    /// task was cancelled).
+    pub fn is_timeout(&self) -> bool {
+        self.kind == FailureKind::Timeout
+    }
 }
 
 impl fmt::Display for Failure {
@@ -109,6 +125,8 @@ impl fmt::Display for Failure {
             FailureKind::Stuck => "stuck",
             FailureKind::Misuse => "misuse",
             FailureKind::CodeChanged => "code changed",
+            FailureKind::Cancelled => "cancelled",
+            FailureKind::Timeout => "timed out",
         };
         write!(f, "{kind}: {}", self.message)
     }
@@ -213,6 +231,11 @@ impl Error {
     /// The instance ran and failed; [`Error::failure`] says why.
     pub fn is_failed(&self) -> bool {
         matches!(self.repr, Repr::Failed(_))
+    }
+    /// The instance was cancelled: [`Error::is_failed`] with a failure that
+    /// [`Failure::is_cancelled`] (its message is the reason).
+    pub fn is_cancelled(&self) -> bool {
+        self.failure().is_some_and(Failure::is_cancelled)
     }
     /// The instance's failure, when [`Error::is_failed`].
     pub fn failure(&self) -> Option<&Failure> {

@@ -274,6 +274,7 @@ async fn drive_model(
             end,
             first_new,
             child_inputs,
+            ..
         } = run_step(model, &mut state, now(), None).await;
         trace.steps += 1;
         inputs.extend(child_inputs);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use dtasks::transport::{
-    Delivery, Destination, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
+    Cancels, Delivery, Destination, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
 };
 use dtasks::{dtask, DTask, Error, InstanceId, MemoryTransport, Runtime, Transport, WorkerConfig};
 use futures::future::BoxFuture;
@@ -162,6 +162,9 @@ async fn without_reply_queues_a_call_starts_with_a_register() -> TestResult {
         // What this test is about.
         fn replies(&self) -> Option<&dyn ReplyQueues> {
             None
+        }
+        fn cancels(&self) -> Option<&dyn Cancels> {
+            self.0.cancels()
         }
     }
     let t = NoReplies(MemoryTransport::new());

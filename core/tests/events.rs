@@ -387,3 +387,27 @@ async fn start_with_signal_of_a_running_instance_only_signals_it() -> TestResult
     assert!(e.is_finished(), "{e}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_wait_for_an_event_stops_at_once() -> TestResult {
+    for snapshot in [false, true] {
+        let rt = runtime(false);
+        let client = rt.client();
+        let h = if snapshot {
+            client.start(collect_snap(2)).await?
+        } else {
+            client.start(collect(2)).await?
+        };
+        client.signal(h.id(), "item", "one").await?;
+        suspended(&h).await;
+        assert!(client.cancel(h.id(), "customer left").await?);
+        let e = h.result().await.unwrap_err();
+        let f = e.failure().expect("a failure");
+        assert!(f.is_cancelled(), "snapshot {snapshot}: {f}");
+        assert_eq!(f.message(), "customer left");
+        assert_eq!(h.status().await?, Status::Cancelled);
+        let late = client.signal(h.id(), "item", "two").await.unwrap_err();
+        assert!(late.is_finished(), "{late}");
+    }
+    Ok(())
+}

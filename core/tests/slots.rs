@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dtasks::transport::{
-    Delivery, Destination, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
+    Cancels, Delivery, Destination, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
 };
 use dtasks::{dtask, Client, Error, InstanceId, MemoryTransport, Transport, Worker, WorkerConfig};
 use futures::future::BoxFuture;
@@ -78,6 +78,10 @@ impl Transport for Gated {
 
     fn replies(&self) -> Option<&dyn ReplyQueues> {
         self.inner.replies()
+    }
+
+    fn cancels(&self) -> Option<&dyn Cancels> {
+        self.inner.cancels()
     }
 }
 

@@ -285,6 +285,43 @@ pub async fn await_resume(tokens: String) -> String {
     DTask::suspend(move |token| async move { append_line(&tokens, &token.to_string()) }).await
 }
 
+/// Waits `ms` on a durable timer, appends `woke <pid>` to `file` (local work, before the
+/// next distributed await), yields, then appends `finished`.
+#[dtask(name = "it.cancel_nap")]
+pub async fn cancel_nap(ms: u64, file: String) -> u64 {
+    DTask::delay(Duration::from_millis(ms)).await;
+    let f = file.clone();
+    DTask::run(move || async move { append_line(&f, &format!("woke {}", std::process::id())) })
+        .await;
+    DTask::yield_now().await;
+    DTask::run(move || async move { append_line(&file, "finished") }).await;
+    ms
+}
+
+/// Waits on two [`cancel_nap`]s (in its mailbox); when that wait is cancelled, appends
+/// `stopped <i>: <reason>` to `file`.
+#[dtask(name = "it.cancel_branch")]
+pub async fn cancel_branch(i: u64, ms: u64, file: String) -> u64 {
+    let (a, b) = DTask::join((
+        cancel_nap(ms, file.clone()).catch_failure(),
+        cancel_nap(ms, file.clone()).catch_failure(),
+    ))
+    .await;
+    if let (Err(f), _) | (_, Err(f)) = (a, b) {
+        if f.is_cancelled() {
+            let line = format!("stopped {i}: {}", f.message());
+            DTask::run(move || async move { append_line(&file, &line) }).await;
+        }
+    }
+    i
+}
+
+/// `n` [`cancel_branch`]es at once.
+#[dtask(name = "it.cancel_tree")]
+pub async fn cancel_tree(n: u64, ms: u64, file: String) -> Vec<u64> {
+    DTask::when_all((0..n).map(|i| cancel_branch(i, ms, file.clone()))).await
+}
+
 /// Every DTask of this module.
 pub fn registry() -> Registry {
     crate::registry![
@@ -315,6 +352,9 @@ pub fn registry() -> Registry {
         retried_effect_snapshot,
         always_panics,
         retried_panics,
+        cancel_nap,
+        cancel_branch,
+        cancel_tree,
     ]
 }
 

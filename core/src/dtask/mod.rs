@@ -3,6 +3,7 @@
 //! [`spawn`], retries in [`retry`], and the structure a snapshot saves in [`spec`].
 
 mod call;
+mod cancel;
 mod combinators;
 mod external;
 mod retry;
@@ -20,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 
 pub use call::{Call, IntoDTask};
+pub(crate) use cancel::{cancel_started, named, timed_out};
 pub use combinators::Join;
 pub use external::ResumeToken;
 pub use retry::{RetryCall, RetryPolicy};
@@ -126,6 +128,7 @@ impl Leaf {
                     let seq = ex.claim_child(name, stable_hash(bytes))?;
                     if seq as usize >= ex.replayed {
                         ex.child_inputs.insert(seq, std::mem::take(bytes));
+                        ex.note_child(seq);
                     }
                     self.seq = Some(seq);
                     return Some(seq);
@@ -182,17 +185,27 @@ impl Leaf {
             let Some(seq) = self.claim(ex) else {
                 return Poll::Pending;
             };
-            match ex.result(seq) {
-                Some(r) => Poll::Ready(r),
-                None => {
-                    ex.blocked += 1;
-                    Poll::Pending
+            if let Some(r) = ex.result(seq) {
+                return Poll::Ready(r);
+            }
+            // Cancelled: an await outside a clean-up scope fails now, and its result is
+            // recorded as that failure (replays see the same).
+            if let Some(reason) = ex.cancelling() {
+                ex.cancel_op(seq, &reason, false);
+                if let Some(r) = ex.result(seq) {
+                    return Poll::Ready(r);
                 }
             }
+            ex.blocked += 1;
+            Poll::Pending
         })
     }
 
     fn child_failure(&self, f: &Failure) -> Failure {
+        if f.is_cancelled() {
+            // Distinct and matchable, with the reason as given.
+            return f.clone();
+        }
         let what = match &self.op {
             LeafOp::Child { name, .. } => format!("`{name}`"),
             other => format!("{other:?}"),

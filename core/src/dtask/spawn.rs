@@ -30,6 +30,10 @@ impl DTask<()> {
         with(|ex| {
             let instance = ex.instance.clone();
             let seq = leaf.claim(ex);
+            if let (Some(seq), Some(reason)) = (seq, ex.cancelling()) {
+                // A cancelled instance starts nothing new, and stops what it started.
+                ex.cancel_op(seq, &reason, false);
+            }
             if let Some(snapshot) = &mut ex.snapshot {
                 // Pinned beside the journal at the suspension (see `exec`).
                 snapshot.spawned.extend(seq);

@@ -19,6 +19,12 @@ pub(crate) enum Spec {
     Any(Vec<Spec>),
     /// `task.within(timeout)`: the task, then its timer.
     Within(Box<Spec>),
+    /// `DTask::cleanup` of a part.
+    Cleanup(Box<Spec>),
+    /// `DTask::race`.
+    Race(Vec<Spec>),
+    /// `DTask::timeout` of a task: the task's positions, then the delay's.
+    Timeout(Box<Spec>),
     /// Something a snapshot cannot hold (a closure, an unserializable value).
     Unsaveable(&'static str),
     /// A retry (`DTask::run_with_retry`, `Call::retry`): saved only by an await whose
@@ -60,6 +66,19 @@ impl Spec {
                     task: Box::new(task),
                     timer,
                 }
+            }
+            Spec::Cleanup(part) => Shape::Cleanup(Box::new(part.assign(next)?)),
+            Spec::Race(parts) => Shape::Race(
+                parts
+                    .iter()
+                    .map(|p| p.assign(next))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Spec::Timeout(task) => {
+                let task = Box::new(task.assign(next)?);
+                let delay = *next;
+                *next += 1;
+                Shape::Timeout { task, delay }
             }
             Spec::Unsaveable(what) => {
                 return Err(format!(

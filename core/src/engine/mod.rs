@@ -3,6 +3,7 @@
 //! ([`Outgoing`]'s constructors) are published before the delivery is acked; it moves no
 //! bytes itself. See `docs/architecture.md` for the protocol.
 
+mod cancel;
 #[cfg(test)]
 mod race_tests;
 #[cfg(test)]
@@ -19,10 +20,11 @@ use crate::protocol::codec::decode;
 use crate::protocol::message::{MailboxItem, Status, TaskMessage};
 use crate::protocol::outgoing::{Outgoing, UNIT};
 use crate::protocol::state::{
-    to_millis, Command, InstanceId, InstanceState, Outcome, ReplyTo, Seq, Signal,
+    to_millis, Command, Entry, InstanceId, InstanceState, Outcome, ReplyTo, Seq, Signal,
 };
 use crate::registry::Registry;
 use crate::step::{Clock, StepEnd};
+use crate::transport::CancelBook;
 
 /// Default size budget of one message (state included).
 pub(crate) const DEFAULT_STATE_BUDGET: usize = 4 * 1024 * 1024;
@@ -35,6 +37,8 @@ pub(crate) struct Engine {
     pub(crate) keepalive: Option<Duration>,
     /// The transport's clock, for timers issued during a step.
     pub(crate) clock: Option<Clock>,
+    /// The cancel records this worker follows (`None`: the transport keeps none).
+    pub(crate) cancels: Option<CancelBook>,
 }
 
 /// What to do with the messages drained from a mailbox.
@@ -93,12 +97,15 @@ impl HandOff {
                 name,
                 input,
             } => {
+                let scope = state.child_scope(seq);
                 let reply = ReplyTo::Continuation {
                     parent: Box::new(state),
                     seq,
                 };
+                let mut child = InstanceState::new(id, name, input, reply);
+                child.cancel_scope = scope;
                 Some(TaskMessage::Step {
-                    state: Box::new(InstanceState::new(id, name, input, reply)),
+                    state: Box::new(child),
                     completion: None,
                 })
             }
@@ -124,6 +131,7 @@ impl Engine {
             budget,
             keepalive: None,
             clock: None,
+            cancels: None,
         }
     }
 
@@ -213,6 +221,7 @@ impl Engine {
         let mut events: Vec<(usize, Seq, Outcome)> = Vec::new();
         let mut signals: Vec<(usize, Signal)> = Vec::new();
         let mut touched = false;
+        let mut cancels: Vec<(usize, String)> = Vec::new();
         for (i, body) in items.iter().enumerate() {
             match decode::<MailboxItem>(body) {
                 Ok(MailboxItem::State(s)) => {
@@ -227,6 +236,7 @@ impl Engine {
                 Ok(MailboxItem::Signal(signal)) => signals.push((i, signal)),
                 // The drain itself was the point; the touch is acked.
                 Ok(MailboxItem::Touch) => touched = true,
+                Ok(MailboxItem::Cancel { reason }) => cancels.push((i, reason)),
                 Err(e) => settle[i] = (Settlement::DeadLetter, e.to_string()),
             }
         }
@@ -239,6 +249,10 @@ impl Engine {
             for i in waiting {
                 settle[i].0 = Settlement::Requeue;
                 any = true;
+            }
+            // A cancel waits for the state too (it may be running, or ride elsewhere).
+            for (i, _) in &cancels {
+                settle[*i].0 = Settlement::Requeue;
             }
             return MailboxPlan {
                 outputs: Vec::new(),
@@ -276,6 +290,9 @@ impl Engine {
             }
         }
         merged += state.deliver_events();
+        if cancel::merge(&mut state, cancels.into_iter().next().map(|(_, r)| r)) {
+            merged += 1;
+        }
         if touched {
             // The keep-alive that fired is spent: the next write of the state schedules
             // another.
@@ -360,13 +377,16 @@ impl Engine {
             Model::Snapshot { .. } => "snapshot",
         };
         span.record("model", model);
+        self.check_cancelled(&mut state);
         let StepOutput {
             end,
             first_new,
             child_inputs,
+            cancelled_children,
         } = run_step(reg.run, &mut state, now, self.clock.clone())
             .instrument(span.clone())
             .await;
+        let end = cancel::end_of(&state, end);
         state.steps = state.steps.saturating_add(1);
         let outcome = match &end {
             StepEnd::Completed(_) => "completed",
@@ -375,7 +395,8 @@ impl Engine {
         };
         // What `suspend` changes in the state, restored when the budget fails the step.
         let (mailbox, version, touch_at_ms) = (state.mailbox, state.version, state.touch_at_ms);
-        let (outputs, hand_off) = match end {
+        let ended = !matches!(end, StepEnd::Suspended);
+        let (mut outputs, hand_off) = match end {
             StepEnd::Completed(bytes)
                 if child_inputs.is_empty()
                     && !state.mailbox
@@ -404,6 +425,12 @@ impl Engine {
             }
             StepEnd::Suspended => self.suspend(&mut state, first_new, child_inputs, now),
         };
+        outputs.extend(cancel::tell_children(
+            &state,
+            &cancelled_children,
+            first_new,
+            ended,
+        ));
         // Checked on the encoded messages, while the state is still whole.
         if let Some(big) = outputs
             .iter()
@@ -449,9 +476,13 @@ impl Engine {
         }
         // Nobody waits for the results of detached children.
         for (seq, input) in detached {
-            if let Some(Command::Child { name, .. }) = state.entry(seq).map(|e| &e.cmd) {
-                let child =
-                    InstanceState::new(state.id.child(seq), name.clone(), input, ReplyTo::Detached);
+            if let Some(Entry {
+                cmd: Command::Child { name, .. },
+                result: None,
+                ..
+            }) = state.entry(seq)
+            {
+                let child = state.new_child(seq, name.clone(), input, ReplyTo::Detached);
                 outputs.push(Outgoing::start(&child));
             }
         }
@@ -547,8 +578,8 @@ impl Engine {
             match cmd {
                 Command::Child { name, .. } => {
                     let input = inputs.remove(&seq).unwrap_or_default();
-                    let child = InstanceState::new(
-                        state.id.child(seq),
+                    let child = state.new_child(
+                        seq,
                         name,
                         input,
                         ReplyTo::Mailbox {

@@ -22,7 +22,7 @@ pub(crate) use snapshot::SnapshotRunFn;
 
 use crate::error::Failure;
 use crate::protocol::state::{InstanceState, Seq};
-use crate::step::{drive, BodyFuture, Clock, Exec, StepEnd};
+use crate::step::{drive, BodyFuture, CancelChild, Clock, Exec, StepEnd};
 
 /// The generated function that starts a replay-model body from encoded arguments.
 pub(crate) type RunFn = fn(&[u8]) -> Result<BodyFuture, Failure>;
@@ -61,6 +61,8 @@ pub(crate) struct StepOutput {
     pub(crate) first_new: Seq,
     /// The encoded inputs of the child calls the step issued, by position.
     pub(crate) child_inputs: HashMap<Seq, Vec<u8>>,
+    /// The running children the step cancelled (its cancellation, a race's losers).
+    pub(crate) cancelled_children: Vec<CancelChild>,
 }
 
 impl StepOutput {
@@ -69,6 +71,7 @@ impl StepOutput {
             end: StepEnd::Failed(f),
             first_new,
             child_inputs: HashMap::new(),
+            cancelled_children: Vec::new(),
         }
     }
 }
@@ -91,22 +94,26 @@ pub(crate) async fn run_step(
     }
 }
 
-/// Drives `body` to quiescence in `exec`, which holds the journal taken from `state`, then
-/// moves the journal and the count of recorded results back into `state` and hands the
-/// rest of the context to `rest`.
+/// Drives `body` to quiescence in `exec`, which holds the journal taken from `state`
+/// (and the instance's cancellation), then moves the journal, the count of recorded
+/// results and the children started in clean-up scopes back into `state`, and hands the
+/// rest of the context to `rest`; also returns the running children the step cancelled.
 async fn drive_state<R>(
     body: &mut BodyFuture,
     state: &mut InstanceState,
     mut exec: Exec,
     rest: impl FnOnce(&mut Exec) -> R,
-) -> (StepEnd, R) {
+) -> (StepEnd, R, Vec<CancelChild>) {
     exec.dtask.clone_from(&state.name);
     exec.inbox = std::mem::take(&mut state.inbox);
+    let exec = exec.with_cancel(state.cancelled.clone(), std::mem::take(&mut state.shielded));
     let exec = Arc::new(Mutex::new(exec));
     let end = drive(body, &exec).await;
     let mut ex = exec.lock().unwrap_or_else(|p| p.into_inner());
     state.journal = std::mem::take(&mut ex.journal);
     state.inbox = std::mem::take(&mut ex.inbox);
     state.recorded = ex.recorded;
-    (end, rest(&mut ex))
+    state.shielded = std::mem::take(&mut ex.cancel.shielded);
+    let cancelled = std::mem::take(&mut ex.cancel.children);
+    (end, rest(&mut ex), cancelled)
 }

@@ -21,7 +21,7 @@ pub(super) async fn run_step(
     };
     let journal = std::mem::take(&mut state.journal);
     let exec = Exec::replay(state.id.clone(), journal, state.recorded, now).with_clock(clock);
-    let (end, child_inputs) = drive_state(&mut body, state, exec, |ex| {
+    let (end, child_inputs, cancelled_children) = drive_state(&mut body, state, exec, |ex| {
         std::mem::take(&mut ex.child_inputs)
     })
     .await;
@@ -29,5 +29,6 @@ pub(super) async fn run_step(
         end,
         first_new,
         child_inputs,
+        cancelled_children,
     }
 }

@@ -18,6 +18,7 @@
 use std::time::SystemTime;
 
 use super::{drive_state, StepOutput};
+use crate::dtask::{cancel_started, named, timed_out};
 use crate::error::{Failure, FailureKind};
 use crate::protocol::codec::encode_value;
 use crate::protocol::state::{Command, Entry, InstanceState, Outcome, Seq, Shape, Snapshot};
@@ -45,11 +46,27 @@ pub(crate) fn eval(shape: &Shape, ex: &mut Exec) -> Eval {
                     "the snapshot waits on operation {seq}, which the journal does not hold"
                 )));
             };
+            if e.result.is_none() {
+                // Cancelled: the await fails now (outside a clean-up scope).
+                if let Some(reason) = ex.cancelling() {
+                    ex.cancel_op(*seq, &reason, false);
+                }
+            }
+            let Some(e) = ex.entry(*seq) else {
+                return Eval::Pending;
+            };
             let order = e.order;
             match &e.result {
                 None => {
                     ex.blocked += 1;
                     Eval::Pending
+                }
+                Some(Outcome::Failed(f)) if f.is_cancelled() => {
+                    if *catch {
+                        Eval::Ready(wrap_err(f), order)
+                    } else {
+                        Eval::Failed(f.clone())
+                    }
                 }
                 Some(Outcome::Ok(bytes)) if *catch => Eval::Ready(wrap_ok(bytes), order),
                 Some(Outcome::Ok(bytes)) => Eval::Ready(bytes.clone(), order),
@@ -96,34 +113,74 @@ pub(crate) fn eval(shape: &Shape, ex: &mut Exec) -> Eval {
             "the snapshot waits on operations {first}..{end} of an await that is built again \
              at a resume, but the await it resumes at does not build one"
         ))),
-        Shape::Any(parts) => {
-            if parts.is_empty() {
-                return Eval::Failed(Failure::new(
-                    FailureKind::Misuse,
-                    "DTask::when_any of no tasks can never finish",
-                ));
-            }
-            let mut winner: Option<(u32, usize, Vec<u8>)> = None;
-            for (i, p) in parts.iter().enumerate() {
-                match eval(p, ex) {
-                    Eval::Failed(f) => return Eval::Failed(f),
-                    Eval::Pending => {}
-                    Eval::Ready(bytes, o) => {
-                        if winner.as_ref().is_none_or(|(wo, _, _)| o < *wo) {
-                            winner = Some((o, i, bytes));
-                        }
+        Shape::Any(parts) => match first_of(parts, ex) {
+            Err((f, _)) => Eval::Failed(f),
+            Ok(None) => Eval::Pending,
+            Ok(Some((order, i, bytes))) => Eval::Ready(indexed(i, &bytes), order),
+        },
+        Shape::Cleanup(part) => {
+            ex.cancel.shield += 1;
+            let r = eval(part, ex);
+            ex.cancel.shield = ex.cancel.shield.saturating_sub(1);
+            r
+        }
+        Shape::Race(parts) => {
+            let first = first_of(parts, ex);
+            // The winner is the part recorded first, a failure included.
+            let winner = match &first {
+                Ok(Some((_, i, _))) => Some(*i),
+                Err((_, Some(i))) => Some(*i),
+                _ => None,
+            };
+            if let Some(i) = winner {
+                let mut won = Vec::new();
+                parts[i].seqs(&mut won);
+                let range = match won[..] {
+                    [one] => Some(one..one + 1),
+                    _ => None,
+                };
+                let reason = format!("lost DTask::race to part {i}{}", named(ex, range.as_ref()));
+                for (j, p) in parts.iter().enumerate() {
+                    if j != i {
+                        let mut losers = Vec::new();
+                        p.seqs(&mut losers);
+                        cancel_started(ex, losers, &reason);
                     }
                 }
             }
-            match winner {
-                Some((order, i, bytes)) => {
-                    let mut out = Vec::new();
-                    let _ = rmp::encode::write_array_len(&mut out, 2);
-                    let _ = rmp::encode::write_uint(&mut out, i as u64);
-                    out.extend_from_slice(&bytes);
-                    Eval::Ready(out, order)
+            match first {
+                Err((f, _)) => Eval::Failed(f),
+                Ok(None) => Eval::Pending,
+                Ok(Some((order, i, bytes))) => Eval::Ready(indexed(i, &bytes), order),
+            }
+        }
+        Shape::Timeout { task, delay } => {
+            let t = eval(task, ex);
+            let d = eval(
+                &Shape::Op {
+                    seq: *delay,
+                    catch: false,
+                },
+                ex,
+            );
+            match (t, d) {
+                (Eval::Failed(f), _) | (_, Eval::Failed(f)) => Eval::Failed(f),
+                (Eval::Ready(bytes, to), Eval::Ready(_, d_o)) if to < d_o => {
+                    Eval::Ready(wrap_ok(&bytes), to)
                 }
-                None => Eval::Pending,
+                (Eval::Ready(bytes, to), Eval::Pending) => Eval::Ready(wrap_ok(&bytes), to),
+                (_, Eval::Ready(_, d_o)) => {
+                    let millis = match ex.entry(*delay).map(|e| &e.cmd) {
+                        Some(Command::Delay { millis, .. }) => *millis,
+                        _ => 0,
+                    };
+                    let failure = timed_out(std::time::Duration::from_millis(millis));
+                    let mut seqs = Vec::new();
+                    task.seqs(&mut seqs);
+                    cancel_started(ex, seqs, failure.message());
+                    Eval::Ready(wrap_err(&failure), d_o)
+                }
+                (Eval::Pending, Eval::Pending) => Eval::Pending,
             }
         }
         Shape::Within { task, timer } => {
@@ -153,6 +210,46 @@ pub(crate) fn eval(shape: &Shape, ex: &mut Exec) -> Eval {
             }
         }
     }
+}
+
+/// The part of `parts` recorded first, as `(order, index, value)`; a failure of a part
+/// fails it (with the part's index when the failure is that part's recorded result).
+#[allow(clippy::type_complexity)]
+fn first_of(
+    parts: &[Shape],
+    ex: &mut Exec,
+) -> Result<Option<(u32, usize, Vec<u8>)>, (Failure, Option<usize>)> {
+    if parts.is_empty() {
+        return Err((
+            Failure::new(
+                FailureKind::Misuse,
+                "DTask::when_any of no tasks can never finish",
+            ),
+            None,
+        ));
+    }
+    let mut winner: Option<(u32, usize, Vec<u8>)> = None;
+    for (i, p) in parts.iter().enumerate() {
+        match eval(p, ex) {
+            Eval::Failed(f) => return Err((f, Some(i))),
+            Eval::Pending => {}
+            Eval::Ready(bytes, o) => {
+                if winner.as_ref().is_none_or(|(wo, _, _)| o < *wo) {
+                    winner = Some((o, i, bytes));
+                }
+            }
+        }
+    }
+    Ok(winner)
+}
+
+/// `(index, value)` as serde encodes a tuple in MessagePack.
+fn indexed(i: usize, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = rmp::encode::write_array_len(&mut out, 2);
+    let _ = rmp::encode::write_uint(&mut out, i as u64);
+    out.extend_from_slice(bytes);
+    out
 }
 
 /// `Ok(value)` around an encoded value, as serde encodes `Result` in MessagePack.
@@ -219,13 +316,14 @@ pub(super) async fn run_step(
         now,
     )
     .with_clock(clock);
-    let (end, (snap, child_inputs)) = drive_state(&mut body, state, exec, |ex| {
-        (
-            ex.snapshot.take().unwrap_or_default(),
-            std::mem::take(&mut ex.child_inputs),
-        )
-    })
-    .await;
+    let (end, (snap, child_inputs), cancelled_children) =
+        drive_state(&mut body, state, exec, |ex| {
+            (
+                ex.snapshot.take().unwrap_or_default(),
+                std::mem::take(&mut ex.child_inputs),
+            )
+        })
+        .await;
     let mut pinned = snap.pinned;
     // Spawned operations move beside the journal, which can then be compacted freely.
     for seq in snap.spawned {
@@ -266,6 +364,7 @@ pub(super) async fn run_step(
         end,
         first_new,
         child_inputs,
+        cancelled_children,
     }
 }
 

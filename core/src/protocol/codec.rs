@@ -7,7 +7,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::message::{MailboxItem, ResultRecord, Status, StatusRecord, TaskMessage};
+use super::message::{CancelRecord, MailboxItem, ResultRecord, Status, StatusRecord, TaskMessage};
 use super::state::{Entry, InstanceId, InstanceState, Outcome, Seq, Signal, Snapshot};
 use crate::error::Error;
 
@@ -24,6 +24,7 @@ pub(crate) enum Kind {
     Mailbox = 2,
     Result = 3,
     Status = 4,
+    Cancel = 5,
 }
 
 pub(crate) trait Enveloped: Serialize + DeserializeOwned {
@@ -44,6 +45,9 @@ impl Enveloped for Status {
 }
 impl Enveloped for StatusRecord {
     const KIND: Kind = Kind::Status;
+}
+impl Enveloped for CancelRecord {
+    const KIND: Kind = Kind::Cancel;
 }
 
 pub(crate) fn encode<T: Enveloped>(value: &T) -> Vec<u8> {
@@ -127,6 +131,9 @@ pub(crate) struct ChildStateRef<'a> {
     seen: &'a [String],
     shown_long: bool,
     claim: Option<u64>,
+    cancelled: Option<&'a str>,
+    cancel_scope: Option<InstanceId>,
+    shielded: &'a [Seq],
 }
 
 /// A borrowed mirror of [`ReplyTo`](super::state::ReplyTo) up to its `Continuation`
@@ -168,6 +175,9 @@ impl<'a> ChildStateRef<'a> {
             seen: &[],
             shown_long: false,
             claim: None,
+            cancelled: None,
+            cancel_scope: parent.child_scope(seq),
+            shielded: &[],
         }
     }
 }
@@ -276,21 +286,36 @@ mod tests {
             any::<u32>(),
             any::<bool>(),
             proptest::option::of(any::<u64>()),
+            proptest::option::of(".{0,20}"),
+            any::<bool>(),
+            proptest::collection::vec(any::<u32>(), 0..3),
         )
             .prop_map(
-                |(id, name, input, journal, mailbox, version, recorded, finished, claim)| {
-                    let mut s = InstanceState::new(
-                        InstanceId::new(id).expect("valid id"),
-                        name,
-                        input,
-                        ReplyTo::Root,
-                    );
+                |(
+                    id,
+                    name,
+                    input,
+                    journal,
+                    mailbox,
+                    version,
+                    recorded,
+                    finished,
+                    claim,
+                    cancelled,
+                    scoped,
+                    shielded,
+                )| {
+                    let id = InstanceId::new(id).expect("valid id");
+                    let mut s = InstanceState::new(id.clone(), name, input, ReplyTo::Root);
                     s.journal = journal;
                     s.mailbox = mailbox;
                     s.version = version;
                     s.recorded = recorded;
                     s.finished = finished;
                     s.claim = claim;
+                    s.cancelled = cancelled;
+                    s.cancel_scope = scoped.then_some(id);
+                    s.shielded = shielded;
                     s
                 },
             )
@@ -342,8 +367,8 @@ mod tests {
             let child_id = s.id.child(seq);
             let input = vec![seq as u8; (seq % 7) as usize];
             let owned = TaskMessage::Step {
-                state: Box::new(InstanceState::new(
-                    child_id.clone(),
+                state: Box::new(s.new_child(
+                    seq,
                     "a.child".into(),
                     input.clone(),
                     ReplyTo::Continuation { parent: Box::new(s.clone()), seq },

@@ -39,6 +39,19 @@ pub(crate) enum MailboxItem {
     Touch,
     /// An external event for the instance, kept in its state until a wait takes it.
     Signal(Signal),
+    /// The instance is cancelled with `reason`: the merge runs a step at once, which
+    /// finds it cancelled (an instance suspended in mailbox mode stops now, rather than
+    /// at its next result).
+    Cancel { reason: String },
+}
+
+/// A durable cancel record: `instance` (and every descendant in its cancel scope) is
+/// cancelled with `reason`. Kept by the transport's `Cancels`
+/// capability, visible to every worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CancelRecord {
+    pub(crate) instance: InstanceId,
+    pub(crate) reason: String,
 }
 
 /// The final result of a root instance, as kept in the result register.

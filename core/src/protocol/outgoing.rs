@@ -10,7 +10,9 @@ use std::fmt;
 use std::time::SystemTime;
 
 use super::codec::{encode, ChildStateRef, MailboxItemRef, TaskMessageRef};
-use super::message::{MailboxItem, ResultRecord, Status, StatusRecord, TaskMessage, Wait};
+use super::message::{
+    CancelRecord, MailboxItem, ResultRecord, Status, StatusRecord, TaskMessage, Wait,
+};
 use super::state::{
     from_millis, to_millis, InstanceId, InstanceState, Outcome, ReplyTo, Seq, Signal,
 };
@@ -54,6 +56,12 @@ pub enum Destination {
     Reply {
         /// The client's reply queue name.
         client: String,
+    },
+    /// The transport's cancel records (`Cancels`): the
+    /// message is the durable record that `instance` is cancelled.
+    Cancel {
+        /// The instance cancelled.
+        instance: InstanceId,
     },
 }
 
@@ -107,6 +115,9 @@ pub(crate) enum MessageId<'a> {
     /// hex). Each start of the id has an id of its own, so that the dedupe window never
     /// takes the winning start for a redelivery of a losing one.
     ClaimedStart(&'a InstanceId, u64),
+    /// `cancel`: the cancel record of an instance, and the cancel item put in its
+    /// mailbox.
+    Cancel(&'a InstanceId),
 }
 
 impl fmt::Display for MessageId<'_> {
@@ -126,6 +137,7 @@ impl fmt::Display for MessageId<'_> {
             MessageId::Status(i, recorded) => write!(f, "{i}:status:{recorded}"),
             MessageId::Signal(i, id) => write!(f, "{i}:s:{id}"),
             MessageId::ClaimedStart(i, nonce) => write!(f, "{i}:start:{nonce:x}"),
+            MessageId::Cancel(i) => write!(f, "{i}:cancel"),
         }
     }
 }
@@ -370,6 +382,7 @@ impl Outgoing {
             MailboxItem::State(s) => MessageId::State(instance, s.version),
             MailboxItem::Touch => MessageId::Touch(instance, not_before_ms),
             MailboxItem::Signal(s) => MessageId::Signal(instance, &s.id),
+            MailboxItem::Cancel { .. } => MessageId::Cancel(instance),
         };
         let dest = Destination::Mailbox {
             instance: instance.clone(),
@@ -428,5 +441,37 @@ impl Outgoing {
             Vec::new()
         };
         Self::about(dest, encode(&StatusRecord { status, waits }), id, state)
+    }
+
+    /// The durable record that `instance` is cancelled with `reason`, for the transport's
+    /// cancel records ([`MessageId::Cancel`]).
+    pub(crate) fn cancel_record(instance: &InstanceId, reason: &str) -> Self {
+        let body = encode(&CancelRecord {
+            instance: instance.clone(),
+            reason: reason.to_string(),
+        });
+        let dest = Destination::Cancel {
+            instance: instance.clone(),
+        };
+        Self::named(dest, body, MessageId::Cancel(instance), instance, "")
+    }
+
+    /// The cancel item for the mailbox of `instance` (of DTask `name`): its merge runs a
+    /// step at once, which stops an instance suspended in mailbox mode
+    /// ([`MessageId::Cancel`]).
+    pub(crate) fn cancel_item(instance: &InstanceId, name: &str, reason: &str) -> Self {
+        let item = MailboxItem::Cancel {
+            reason: reason.to_string(),
+        };
+        let dest = Destination::Mailbox {
+            instance: instance.clone(),
+        };
+        Self::named(
+            dest,
+            encode(&item),
+            MessageId::Cancel(instance),
+            instance,
+            name,
+        )
     }
 }

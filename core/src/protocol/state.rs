@@ -54,6 +54,11 @@ impl InstanceId {
         &self.0
     }
 
+    /// An id that is known to be valid (a prefix of a valid id).
+    pub(crate) fn from_trusted(id: &str) -> Self {
+        Self(id.to_string())
+    }
+
     pub(crate) fn child(&self, seq: Seq) -> Self {
         Self(format!("{}.{seq}", self.0))
     }
@@ -258,6 +263,21 @@ pub(crate) struct InstanceState {
     /// nonce. `None` for every other instance.
     #[serde(default)]
     pub(crate) claim: Option<u64>,
+    /// Set, with the reason, once a step found the instance cancelled: from then on its
+    /// distributed awaits outside a clean-up scope fail as cancelled, and it ends
+    /// `Cancelled` (see `engine::cancel`).
+    #[serde(default)]
+    pub(crate) cancelled: Option<String>,
+    /// The outermost instance whose cancellation cancels this one: the ancestors that
+    /// count are this id and every id between it and the instance's own (`None`: only
+    /// the instance's own id, as for roots and children started in a clean-up scope).
+    #[serde(default)]
+    pub(crate) cancel_scope: Option<InstanceId>,
+    /// The positions of the children started inside a clean-up scope
+    /// ([`DTask::cleanup`](crate::DTask::cleanup)): they are not cancelled with this
+    /// instance.
+    #[serde(default)]
+    pub(crate) shielded: Vec<Seq>,
 }
 
 /// How many event ids an instance remembers to drop redelivered events.
@@ -295,6 +315,9 @@ impl InstanceState {
             seen: Vec::new(),
             shown_long: false,
             claim: None,
+            cancelled: None,
+            cancel_scope: None,
+            shielded: Vec::new(),
         }
     }
 
@@ -336,6 +359,46 @@ impl InstanceState {
             }
         }
         given
+    }
+
+    /// The cancel scope of the child this instance starts at `seq`: none for a child
+    /// started in a clean-up scope, else this instance's own scope.
+    pub(crate) fn child_scope(&self, seq: Seq) -> Option<InstanceId> {
+        if self.shielded.contains(&seq) {
+            None
+        } else {
+            Some(self.cancel_scope.clone().unwrap_or_else(|| self.id.clone()))
+        }
+    }
+
+    /// The new child `name(input)` this instance starts at `seq`, replying to `reply`.
+    pub(crate) fn new_child(&self, seq: Seq, name: String, input: Vec<u8>, reply: ReplyTo) -> Self {
+        let mut child = Self::new(self.id.child(seq), name, input, reply);
+        child.cancel_scope = self.child_scope(seq);
+        child
+    }
+
+    /// The ids whose cancellation cancels this instance: its scope's outermost id, each
+    /// id between that one and its own, and its own. Child ids are `parent.seq`, so the
+    /// ids in between are the prefixes of its own id that end before a `.` after the
+    /// scope's id (exact even when a root's id contains `.`).
+    pub(crate) fn cancel_ids(&self) -> Vec<&str> {
+        let own = self.id.as_str();
+        let mut ids = Vec::new();
+        if let Some(scope) = &self.cancel_scope {
+            let scope = scope.as_str();
+            if own.len() > scope.len() && own.starts_with(scope) {
+                ids.push(scope);
+                let rest = &own[scope.len()..];
+                for (i, b) in rest.bytes().enumerate().skip(1) {
+                    if b == b'.' {
+                        ids.push(&own[..scope.len() + i]);
+                    }
+                }
+            }
+        }
+        ids.push(own);
+        ids
     }
 
     /// The journal entry at position `seq` (for a snapshot-model instance, also the
@@ -422,6 +485,9 @@ impl InstanceState {
             seen: Vec::new(),
             shown_long: false,
             claim: None,
+            cancelled: self.cancelled.clone(),
+            cancel_scope: None,
+            shielded: Vec::new(),
         }
     }
 }
@@ -458,18 +524,32 @@ pub(crate) enum Shape {
     /// An await whose expression a resume builds again (a retry): the rebuilt DTask is
     /// replayed over the operations it issued, at positions `first..end`, then goes on.
     Replay { first: Seq, end: Seq },
+    /// `DTask::cleanup`: the part's awaits are exempt from the instance's cancellation.
+    Cleanup(Box<Shape>),
+    /// `DTask::race`: as `Any`, and the children the losers started are cancelled.
+    Race(Vec<Shape>),
+    /// `DTask::timeout`: the task, or a timeout failure when the delay is recorded first
+    /// (the task's children are then cancelled), as a `Result`.
+    Timeout { task: Box<Shape>, delay: Seq },
 }
 
 impl Shape {
     pub(crate) fn seqs(&self, out: &mut Vec<Seq>) {
         match self {
             Shape::Op { seq, .. } => out.push(*seq),
-            Shape::All(parts) | Shape::Any(parts) => parts.iter().for_each(|p| p.seqs(out)),
             Shape::Within { task, timer } => {
                 task.seqs(out);
                 out.push(*timer);
             }
             Shape::Replay { first, end } => out.extend(*first..*end),
+            Shape::All(parts) | Shape::Any(parts) | Shape::Race(parts) => {
+                parts.iter().for_each(|p| p.seqs(out))
+            }
+            Shape::Cleanup(part) => part.seqs(out),
+            Shape::Timeout { task, delay } => {
+                task.seqs(out);
+                out.push(*delay);
+            }
         }
     }
 }

@@ -146,11 +146,15 @@ impl Worker {
         let transport = transport.into_transport();
         let keepalive = transport.mailbox_retention().map(|r| r / 4);
         let clock = transport.clone();
+        let mut engine = Engine::new(config.registry, config.state_budget)
+            .with_keepalive(keepalive)
+            .with_clock(Arc::new(move || clock.now()));
+        if let Some(cancels) = transport.cancels() {
+            engine = engine.with_cancels(cancels.book());
+        }
         Ok(Worker {
             inner: Arc::new(Inner {
-                engine: Engine::new(config.registry, config.state_budget)
-                    .with_keepalive(keepalive)
-                    .with_clock(Arc::new(move || clock.now())),
+                engine,
                 transport,
                 concurrency: config.concurrency,
                 dedupe: Mutex::new(Dedupe::new(config.dedupe_window)),
@@ -190,6 +194,11 @@ impl Worker {
     /// in flight before returning (graceful shutdown).
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let inner = self.inner.clone();
+        // Every cancel record published so far is known before the first step runs.
+        let _following = match inner.transport.cancels() {
+            Some(cancels) => Some(cancels.follow().await?),
+            None => None,
+        };
         let mut stream = inner
             .transport
             .consume(inner.engine.registry.names())

@@ -40,6 +40,34 @@ pub(crate) struct Exec {
     /// Snapshot model: claims of positions below this one replay the journal (an await
     /// built again at a resume, see [`Exec::rewind`]).
     pub(crate) replay_until: Seq,
+    /// What cancellation means in this step (see [`Cancel`]).
+    pub(crate) cancel: Cancel,
+}
+
+/// The cancellation state of one step.
+#[derive(Default)]
+pub(crate) struct Cancel {
+    /// The reason, once the instance is cancelled.
+    pub(crate) reason: Option<String>,
+    /// How many clean-up scopes ([`DTask::cleanup`](crate::DTask::cleanup)) are being
+    /// polled: their awaits are exempt.
+    pub(crate) shield: u32,
+    /// The positions of the children started in a clean-up scope (the state's, plus those
+    /// claimed in this step).
+    pub(crate) shielded: Vec<Seq>,
+    /// The running children this step cancelled (their entries now hold a cancelled
+    /// failure): the engine tells them.
+    pub(crate) children: Vec<CancelChild>,
+}
+
+/// A running child that a step cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CancelChild {
+    pub(crate) seq: Seq,
+    pub(crate) reason: String,
+    /// Whether the child needs a cancel record of its own (a race's loser); a child
+    /// cancelled with its parent is covered by an ancestor's record.
+    pub(crate) record: bool,
 }
 
 /// A clock: the current time of a transport (real or virtual).
@@ -131,6 +159,7 @@ impl Exec {
             dtask: String::new(),
             inbox: Vec::new(),
             replay_until: 0,
+            cancel: Cancel::default(),
         }
     }
 
@@ -140,6 +169,86 @@ impl Exec {
     pub(crate) fn rewind(&mut self, first: Seq, end: Seq) {
         self.next_seq = first;
         self.replay_until = end;
+    }
+
+    /// Sets the instance's cancellation (`reason`) and the positions of the children it
+    /// started in clean-up scopes.
+    pub(crate) fn with_cancel(mut self, reason: Option<String>, shielded: Vec<Seq>) -> Self {
+        self.cancel.reason = reason;
+        self.cancel.shielded = shielded;
+        self
+    }
+
+    /// The reason an await made now fails with: the instance is cancelled and the await
+    /// is outside every clean-up scope.
+    pub(crate) fn cancelling(&self) -> Option<String> {
+        match self.cancel.shield {
+            0 => self.cancel.reason.clone(),
+            _ => None,
+        }
+    }
+
+    /// Called when a child is claimed at `seq` in this step: a child claimed in a clean-up
+    /// scope is kept out of the instance's cancel scope.
+    pub(crate) fn note_child(&mut self, seq: Seq) {
+        if self.cancel.shield > 0 && !self.cancel.shielded.contains(&seq) {
+            self.cancel.shielded.push(seq);
+        }
+    }
+
+    /// Resolves the outstanding operation `seq` with a cancelled failure (`reason`), so
+    /// that replays see the same and a late result drops out. A child started in an
+    /// earlier step (so running) and not in a clean-up scope is told; with `record`, it
+    /// gets a cancel record of its own. Returns whether `seq` was outstanding.
+    pub(crate) fn cancel_op(&mut self, seq: Seq, reason: &str, record: bool) -> bool {
+        let order = self.recorded + 1;
+        let running = (seq as usize) < self.replayed && !self.cancel.shielded.contains(&seq);
+        let Some(e) = self.entry_mut(seq) else {
+            return false;
+        };
+        if e.result.is_some() || !e.cmd.is_distributed() {
+            return false;
+        }
+        let child = matches!(e.cmd, Command::Child { .. });
+        e.result = Some(Outcome::Failed(Failure::new(
+            FailureKind::Cancelled,
+            reason,
+        )));
+        e.order = order;
+        self.recorded = order;
+        if child && running {
+            self.cancel.children.push(CancelChild {
+                seq,
+                reason: reason.to_string(),
+                record,
+            });
+        }
+        true
+    }
+
+    /// The entry at `seq`, in the journal or beside it (spawned, snapshot model).
+    fn entry_mut(&mut self, seq: Seq) -> Option<&mut Entry> {
+        let i = seq.checked_sub(self.base).map(|i| i as usize);
+        let in_journal = i
+            .and_then(|i| self.journal.get(i))
+            .is_some_and(|e| e.cmd != Command::Compacted);
+        if in_journal {
+            return i.and_then(|i| self.journal.get_mut(i));
+        }
+        self.snapshot
+            .as_mut()?
+            .pinned
+            .iter_mut()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, e)| e)
+    }
+
+    /// Whether `seq` is a child operation this instance started itself in the journal (a
+    /// race's part), not a spawned one kept beside a compacted journal.
+    pub(crate) fn started_here(&self, seq: Seq) -> bool {
+        let i = seq.checked_sub(self.base).map(|i| i as usize);
+        i.and_then(|i| self.journal.get(i))
+            .is_some_and(|e| matches!(e.cmd, Command::Child { .. }))
     }
 
     /// Sets the clock relative timers read (default: the step's start).

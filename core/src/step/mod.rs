@@ -5,5 +5,5 @@
 pub(crate) mod context;
 pub(crate) mod driver;
 
-pub(crate) use context::{with, Clock, Exec, Frame, Saved};
+pub(crate) use context::{with, CancelChild, Clock, Exec, Frame, Saved};
 pub(crate) use driver::{drive, BodyFuture, StepEnd};

@@ -27,6 +27,9 @@
 //!   [`Destination::Status`] keeps the last write. A claim register
 //!   ([`Registers::claim`]) takes the first nonce claimed for an id and answers every
 //!   later claim by comparing with it, atomically, for the register retention.
+//! - **Cancel records** (optional, [`Transport::cancels`]). A [`Destination::Cancel`] is
+//!   stored durably, kept at least as long as results, and seen by every process that
+//!   follows the records ([`Cancels::follow`]), including processes started later.
 //! - **Reply queues** (optional, [`Transport::replies`]). A [`Destination::Reply`] is
 //!   stored durably in the client's reply queue until the client acks it; duplicates may
 //!   arrive (redone work), and the client keeps the first.
@@ -35,6 +38,7 @@
 //! [`Registers`] (results and status of roots) and [`ReplyQueues`] are capabilities a
 //! transport hands out through [`Transport::registers`] and [`Transport::replies`].
 
+mod cancels;
 mod memory;
 
 use std::fmt;
@@ -44,6 +48,7 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+pub use cancels::{CancelBook, Cancels, Following};
 pub use memory::{DeadLetter, MemoryTransport, MemoryTransportBuilder};
 
 use crate::error::Error;
@@ -188,6 +193,11 @@ pub trait Transport: Send + Sync + 'static {
     /// [`Client::call`](crate::Client::call) starts the instance with a result register
     /// and waits on it.
     fn replies(&self) -> Option<&dyn ReplyQueues>;
+
+    /// The cancel records, when this transport keeps them (needed by
+    /// [`Client::cancel`](crate::Client::cancel); a worker follows them to stop the
+    /// instances cancelled). Publishing to [`Destination::Cancel`] needs them.
+    fn cancels(&self) -> Option<&dyn Cancels>;
 }
 
 /// The result and status registers of root instances, and the claim registers of roots

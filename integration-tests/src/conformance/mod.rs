@@ -225,6 +225,7 @@ macro_rules! conformance_suite {
             an_event_within_a_timeout,
             retries_wait_between_attempts_and_count_them,
             exhausted_retries_report_the_attempts,
+            cancel_stops_a_tree_and_race_losers,
         );
     };
 }

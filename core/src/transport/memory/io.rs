@@ -15,8 +15,8 @@ use super::MemoryTransport;
 use crate::error::Error;
 use crate::protocol::InstanceId;
 use crate::transport::{
-    Delivery, DeliveryKind, Destination, MailboxMessage, Outgoing, Published, Registers, Reply,
-    ReplyQueues, Transport,
+    CancelBook, Cancels, Delivery, DeliveryKind, Destination, Following, MailboxMessage, Outgoing,
+    Published, Registers, Reply, ReplyQueues, Transport,
 };
 
 impl Transport for MemoryTransport {
@@ -174,6 +174,22 @@ impl Transport for MemoryTransport {
 
     fn replies(&self) -> Option<&dyn ReplyQueues> {
         Some(self)
+    }
+
+    fn cancels(&self) -> Option<&dyn Cancels> {
+        Some(self)
+    }
+}
+
+/// One book shared by every clone: a record is seen by every worker as soon as it is
+/// published.
+impl Cancels for MemoryTransport {
+    fn book(&self) -> CancelBook {
+        self.shared.cancels.clone()
+    }
+
+    fn follow(&self) -> BoxFuture<'_, Result<Following, Error>> {
+        futures::future::ready(Ok(Following::new(()))).boxed()
     }
 }
 

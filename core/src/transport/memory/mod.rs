@@ -19,7 +19,7 @@ mod settle;
 
 use tokio::sync::Notify;
 
-use super::{Destination, Outgoing, Published};
+use super::{CancelBook, Destination, Outgoing, Published};
 use crate::protocol::InstanceId;
 
 /// The in-process transport. Cheap to clone; clones share the same queues.
@@ -93,6 +93,7 @@ impl MemoryTransportBuilder {
                 duplicate: self.duplicate,
                 max_redeliveries: self.max_redeliveries.unwrap_or(5),
                 mailbox_retention: self.mailbox_retention,
+                cancels: CancelBook::new(),
             }),
         }
     }
@@ -113,6 +114,8 @@ struct Shared {
     duplicate: bool,
     max_redeliveries: u32,
     mailbox_retention: Option<Duration>,
+    /// The cancel records: shared by every clone, so every worker sees each at once.
+    cancels: CancelBook,
 }
 
 #[derive(Clone)]
@@ -327,6 +330,14 @@ impl MemoryTransport {
                     .entry(client.clone())
                     .or_default()
                     .push_back((about, msg.body));
+            }
+            Destination::Cancel { .. } => {
+                if let Err(e) = self.shared.cancels.insert_encoded(&msg.body) {
+                    mem.dead.push(DeadLetter {
+                        body: msg.body,
+                        reason: e.to_string(),
+                    });
+                }
             }
         }
         Published::Stored

@@ -6,6 +6,7 @@
 //! longest), since on a real clock they really pass.
 
 mod calls;
+mod cancel;
 mod clients;
 mod events;
 mod retry;
@@ -20,6 +21,7 @@ use super::Env;
 use crate::Workers;
 
 pub use calls::*;
+pub use cancel::*;
 pub use clients::*;
 pub use events::*;
 pub use retry::*;
