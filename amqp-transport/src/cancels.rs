@@ -77,8 +77,27 @@ pub(crate) async fn follow(shared: Arc<Shared>) -> Result<Following> {
     Ok(Following::new(rx))
 }
 
-/// Declares the stream and consumes it from its first record.
+/// How long a follower waits for a stream just declared to be ready for consumers.
+const STREAM_READY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Declares the stream and consumes it from its first record. A stream just declared
+/// refuses consumers for a moment ("does not have a replica on the local node"): that
+/// refusal is waited out, on a fresh channel each time (it closes the channel).
 async fn open(shared: &Shared) -> Result<(Channel, lapin::Consumer)> {
+    let deadline = tokio::time::Instant::now() + STREAM_READY;
+    loop {
+        match open_once(shared).await {
+            Err(e)
+                if e.to_string().contains("replica") && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn open_once(shared: &Shared) -> Result<(Channel, lapin::Consumer)> {
     let queue = shared.topo.cancels();
     let ch = conn::open_channel(&shared.consume_conns).await?;
     shared.declare_uncached(&ch, &queue, Kind::Cancels).await?;
