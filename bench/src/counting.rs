@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use dtasks::transport::{
     Cancels, Delivery, Destination, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
@@ -13,7 +13,7 @@ use dtasks::{Error, InstanceId};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
-use crate::tasks::M1_STEP;
+use crate::tasks::{E2_JOB, M1_STEP};
 
 /// Destination kinds, in the order of [`KINDS`].
 pub(crate) const KINDS: [&str; 7] = [
@@ -41,6 +41,19 @@ pub(crate) struct Counters {
     /// Body sizes of the messages to the task queue of the M1 step, in publish order: each
     /// starts a child and carries the state of its suspended parent.
     m1_starts: Mutex<Vec<usize>>,
+    /// E2: the writes of an E2 child to its own mailbox, when the broker confirmed them.
+    e2_writes: Mutex<Vec<MailboxWrite>>,
+}
+
+/// A confirmed write of an instance to its own mailbox (E2 children only).
+#[derive(Clone, Debug)]
+pub(crate) struct MailboxWrite {
+    /// The instance.
+    pub(crate) instance: String,
+    /// Its tombstone (the instance ended), else a state write (it waits there).
+    pub(crate) end: bool,
+    /// When the publish batch that carried it was confirmed.
+    pub(crate) at: Instant,
 }
 
 /// A copy of the counters at one moment.
@@ -67,6 +80,31 @@ impl Counters {
     /// Takes the recorded M1 start sizes, leaving none.
     pub(crate) fn take_m1_starts(&self) -> Vec<usize> {
         std::mem::take(&mut *self.m1_starts.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Takes the recorded mailbox writes of E2 children, leaving none.
+    pub(crate) fn take_e2_writes(&self) -> Vec<MailboxWrite> {
+        std::mem::take(&mut *self.e2_writes.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The E2 child's write to its own mailbox that `o` is, if it is one: `(instance, end)`.
+/// A tombstone is the message `<instance>:end` (`MessageId::End`), a state write
+/// `<instance>:v<version>` (`MessageId::State`); other items are not recorded.
+fn e2_write(o: &Outgoing) -> Option<(String, bool)> {
+    match &o.destination {
+        Destination::Mailbox { instance } if o.dtask == E2_JOB && *instance == o.instance => {
+            let id = instance.to_string();
+            let rest = o.message_id.strip_prefix(id.as_str())?;
+            if rest == ":end" {
+                Some((id, true))
+            } else if rest.starts_with(":v") {
+                Some((id, false))
+            } else {
+                None
+            }
+        }
+        _ => None,
     }
 }
 
@@ -111,6 +149,7 @@ impl Transport for Counting {
     }
 
     fn publish(&self, batch: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Published>, Error>> {
+        let e2: Vec<(String, bool)> = batch.iter().filter_map(e2_write).collect();
         if !batch.is_empty() {
             let c = &self.counters;
             c.batches.fetch_add(1, Ordering::Relaxed);
@@ -126,7 +165,25 @@ impl Transport for Counting {
                 }
             }
         }
-        self.inner.publish(batch)
+        if e2.is_empty() {
+            return self.inner.publish(batch);
+        }
+        Box::pin(async move {
+            let r = self.inner.publish(batch).await;
+            if r.is_ok() {
+                let at = Instant::now();
+                self.counters
+                    .e2_writes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(e2.into_iter().map(|(instance, end)| MailboxWrite {
+                        instance,
+                        end,
+                        at,
+                    }));
+            }
+            r
+        })
     }
 
     fn consume(

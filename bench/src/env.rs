@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 use crate::counting::{Counters, Counting};
 use crate::sys::Admin;
 use crate::tasks::{
-    await_event, chain, fan, m1_replay, m1_snapshot, m1_step, step, timer, E1_AWAIT, M1_REPLAY,
-    M1_SNAPSHOT, M1_STEP,
+    await_event, chain, e2_fan, e2_job, fan, m1_replay, m1_snapshot, m1_step, step, timer,
+    E1_AWAIT, E2_FAN, E2_JOB, M1_REPLAY, M1_SNAPSHOT, M1_STEP,
 };
 
 /// The settings every workload runs with (recorded with the results).
@@ -34,7 +34,7 @@ pub(crate) struct Settings {
 }
 
 /// The DTasks the workers of an environment run.
-const TASK_NAMES: [&str; 8] = [
+const TASK_NAMES: [&str; 10] = [
     "bench.chain",
     "bench.step",
     "bench.fan",
@@ -43,6 +43,8 @@ const TASK_NAMES: [&str; 8] = [
     M1_REPLAY,
     M1_SNAPSHOT,
     E1_AWAIT,
+    E2_FAN,
+    E2_JOB,
 ];
 
 /// Which transport an environment runs on.
@@ -78,6 +80,8 @@ fn worker(t: Arc<dyn Transport>, s: &Settings) -> Result<Worker, dtasks::Error> 
             .register(m1_replay)
             .register(m1_snapshot)
             .register(await_event)
+            .register(e2_fan)
+            .register(e2_job)
             .concurrency(s.concurrency)
             .inline_steps(s.inline_steps),
     )
@@ -200,6 +204,32 @@ impl Env {
             .iter()
             .flat_map(|t| t.declared_queues())
             .filter(|q| q.contains(".result.") || q.contains(".status."))
+            .collect();
+        names.sort();
+        names.dedup();
+        admin.delete(&names).await?;
+        Ok(())
+    }
+
+    /// Deletes the mailboxes (RabbitMQ) of the instance `root` and of its descendants, once
+    /// they have all finished: a classic queue per instance that would otherwise stay until
+    /// it expires, and every existing queue costs the broker work.
+    pub(crate) async fn delete_mailboxes(
+        &self,
+        admin: Option<&Admin>,
+        root: &str,
+    ) -> anyhow::Result<()> {
+        let Some(admin) = admin else { return Ok(()) };
+        let Some(prefix) = &self.prefix else {
+            return Ok(());
+        };
+        let own = format!("{prefix}.mbox.{root}");
+        let under = format!("{own}.");
+        let mut names: Vec<String> = self
+            .amqp
+            .iter()
+            .flat_map(|t| t.declared_queues())
+            .filter(|q| *q == own || q.starts_with(&under))
             .collect();
         names.sort();
         names.dedup();

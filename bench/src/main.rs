@@ -2,13 +2,15 @@
 //! chain throughput, W2 fan-out/fan-in, W3 timers, W4 recovery) on the in-memory
 //! transport and on RabbitMQ, with the raw lapin step hand-off baseline in the same run,
 //! and prints one table with the ratios; M1, a long-lived task in the replay and the
-//! snapshot model, and E1, the signal round trip next to a raw request-reply, in small
-//! tables of their own. See `bench/README.md`.
+//! snapshot model, E1, the signal round trip next to a raw request-reply, and E2, the
+//! cancellation of a 100-child fan-out, in small tables of their own. See
+//! `bench/README.md`.
 //!
 //! ```text
 //! cargo run --release -p dtasks-bench -- [--quick] [--transport memory|amqp|all]
 //! ```
 
+mod cancel;
 mod counting;
 mod env;
 mod long;
@@ -38,8 +40,9 @@ usage: dtasks-bench [--quick] [--transport memory|amqp|all] [options]
 
   --quick              smaller workloads, one repetition (under 2 minutes)
   --transport T        memory, amqp or all (default all)
-  --only LIST          comma-separated subset of w1a,w1b,call,w2,w3,w4,m1,e1,raw (no results
-                       file; call: W1b with Client::call; e1: the signal round trip)
+  --only LIST          comma-separated subset of w1a,w1b,call,w2,w3,w4,m1,e1,e2,raw (no
+                       results file; call: W1b with Client::call; e1: the signal round
+                       trip; e2: the cancellation of a fan-out)
   --workers N          dtasks workers, and raw baseline consumers (default 2)
   --concurrency N      deliveries each worker handles at once (default 64)
   --prefetch N         task-queue prefetch per worker and raw consumer (default 64)
@@ -111,8 +114,9 @@ fn parse_args() -> anyhow::Result<Args> {
                     .split(',')
                     .map(|s| s.trim().to_lowercase())
                     .collect();
-                const KNOWN: [&str; 9] =
-                    ["w1a", "w1b", "call", "w2", "w3", "w4", "m1", "e1", "raw"];
+                const KNOWN: [&str; 10] = [
+                    "w1a", "w1b", "call", "w2", "w3", "w4", "m1", "e1", "e2", "raw",
+                ];
                 if let Some(bad) = names.iter().find(|n| !KNOWN.contains(&n.as_str())) {
                     anyhow::bail!(
                         "--only: unknown workload `{bad}` (known: {})",
@@ -187,6 +191,8 @@ impl Args {
                 m1_amqp: 200,
                 reps: self.reps.unwrap_or(1).max(1),
                 e1: 100,
+                e2: 5,
+                e2_width: 100,
             }
         } else {
             Sizes {
@@ -202,6 +208,8 @@ impl Args {
                 m1_amqp: 1_000,
                 reps: self.reps.unwrap_or(5).max(1),
                 e1: 300,
+                e2: 20,
+                e2_width: 100,
             }
         }
     }
@@ -275,6 +283,12 @@ async fn run_memory(a: &Args, z: &Sizes, notes: &mut Vec<String>) -> anyhow::Res
         step(&format!("in-memory: E1: {}", r.summary()));
         set.e1 = Some(r);
     }
+    if a.wants("e2") {
+        step("in-memory: E2");
+        let r = cancel::run(&env, None, z.e2, z.e2_width, 2_000_000).await?;
+        step(&format!("in-memory: E2: {}", r.summary()));
+        set.e2 = Some(r);
+    }
     if a.wants("m1") {
         let mut runs = Vec::new();
         for model in long::ORDER {
@@ -343,7 +357,7 @@ async fn run_amqp(
         w4: None,
         w4_control: None,
     };
-    let needs_env = ["w1a", "w1b", "call", "w2", "w3", "e1"]
+    let needs_env = ["w1a", "w1b", "call", "w2", "w3", "e1", "e2"]
         .iter()
         .any(|w| a.wants(w));
     if needs_env || a.wants("raw") {
@@ -426,6 +440,13 @@ async fn run_amqp(
                 let r = r?;
                 step(&format!("RabbitMQ: E1: {}", r.summary()));
                 out.set.e1 = Some(r);
+                env.delete_registers(Some(admin)).await?;
+            }
+            if a.wants("e2") {
+                step("RabbitMQ: E2");
+                let r = cancel::run(&env, Some(admin), z.e2, z.e2_width, 2_000_000).await?;
+                step(&format!("RabbitMQ: E2: {}", r.summary()));
+                out.set.e2 = Some(r);
                 env.delete_registers(Some(admin)).await?;
             }
             anyhow::Ok(())

@@ -137,3 +137,35 @@ pub(crate) async fn m1_snapshot(tag: u64, n: u32, seed: u64) -> u64 {
     }
     v
 }
+
+/// The DTask names of E2.
+pub(crate) const E2_FAN: &str = "bench.e2.fan";
+pub(crate) const E2_JOB: &str = "bench.e2.job";
+
+/// The event E2's children wait for (never sent: they end by cancellation).
+pub(crate) const E2_EVENT: &str = "done";
+
+/// Which E2 children ran their first step: `(round tag, child index)`, pushed by the
+/// child itself (the workers run in this process).
+pub(crate) static E2_STARTED: std::sync::Mutex<Vec<(u64, u32)>> = std::sync::Mutex::new(Vec::new());
+
+/// E2: one child of the fan-out. Records that it started, then waits in its mailbox for
+/// the event [`E2_EVENT`], as a job waiting for an outside system's answer does.
+#[dtask(name = "bench.e2.job")]
+pub(crate) async fn e2_job(tag: u64, i: u32) -> u64 {
+    DTask::run(move || async move {
+        E2_STARTED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((tag, i));
+    })
+    .await;
+    DTask::event::<u64>(E2_EVENT).await
+}
+
+/// E2: starts `width` children with `when_all` and sums their values.
+#[dtask(name = "bench.e2.fan")]
+pub(crate) async fn e2_fan(tag: u64, width: u32) -> u64 {
+    let all = DTask::when_all((0..width).map(|i| e2_job(tag, i))).await;
+    all.iter().sum()
+}

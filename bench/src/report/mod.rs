@@ -2,6 +2,7 @@
 //! evidence of what limits a missed target. This file holds what a run measured and the
 //! order of the document; the tables and the verdicts are written by its submodules.
 
+mod cancel;
 mod numbers;
 mod signal;
 mod tables;
@@ -9,6 +10,7 @@ mod verdicts;
 
 use std::fmt::Write as _;
 
+use crate::cancel::E2Run;
 use crate::env::Settings;
 use crate::long::M1Run;
 use crate::raw::RawRun;
@@ -35,6 +37,9 @@ pub(crate) struct Sizes {
     pub(crate) reps: usize,
     /// E1: measured signal round trips on each transport.
     pub(crate) e1: usize,
+    /// E2: measured cancellations of a fan-out on each transport, and its width.
+    pub(crate) e2: usize,
+    pub(crate) e2_width: u32,
 }
 
 /// The runs of one transport.
@@ -50,6 +55,8 @@ pub(crate) struct Set {
     pub(crate) m1: Vec<M1Run>,
     /// E1, the signal round trip (on RabbitMQ with the raw request-reply it is compared to).
     pub(crate) e1: Option<E1Run>,
+    /// E2, the cancellation of a fan-out.
+    pub(crate) e2: Option<E2Run>,
 }
 
 /// Everything one benchmark run measured.
@@ -108,6 +115,7 @@ impl Report {
             }
         }
         e.extend(self.e1_errors());
+        e.extend(self.e2_errors());
         for r in &self.raw {
             e.extend(r.errors.iter().map(|x| format!("raw baseline: {x}")));
         }
@@ -154,6 +162,7 @@ impl Report {
         self.render_figures(&mut o, &raw, &mw1b, &aw1b);
         self.render_m1(&mut o);
         self.render_e1(&mut o);
+        self.render_e2(&mut o);
         let verdicts = self.render_targets(&mut o);
         self.render_costs(&mut o, &raw, &mw1b, &aw1b);
         self.render_missed(&mut o, &verdicts, &raw, &mw1b, &aw1b);
@@ -179,6 +188,14 @@ impl Report {
                 let _ = writeln!(
                     o,
                     "\nE1: every instance returned the event sent to it (its own tag and value), and every raw reply was its round's request."
+                );
+            }
+            let e2 = |set: &Option<Set>| set.as_ref().is_some_and(|s| s.e2.is_some());
+            if e2(&self.memory) || e2(&self.amqp) {
+                let _ = writeln!(
+                    o,
+                    "\nE2: in every round each of the {} children ran and waited in its mailbox before the cancel, none ended before it, every one ended after it (its tombstone confirmed), the root's result was the cancellation with the reason given and its status read `Cancelled`.",
+                    z.e2_width
                 );
             }
             if self.m1_runs().next().is_some() {
@@ -213,6 +230,7 @@ impl Report {
         let _ = writeln!(o, "- raw baseline: {} consumers (own connection each, prefetch {}, one confirm channel each, every delivery handled concurrently), {} chains × {} steps", s.workers, s.prefetch, z.raw_chains, s.steps);
         let _ = writeln!(o, "- W1a {} instances one at a time; W1b {} at once × {} reps; W2 {} parents × {} children; W3 {} timers of {} ms; W4 {} at once", z.w1a, z.w1b, z.reps, z.w2_parents, z.w2_width, z.w3, z.w3_delay_ms, z.w4);
         let _ = writeln!(o, "- E1: {} signal round trips one at a time on each transport, after {} warm-up rounds (on RabbitMQ alternated with as many raw request-replies)", z.e1, crate::signal::WARM_UP);
+        let _ = writeln!(o, "- E2: {} cancellations of a fan-out of {} children, one at a time on each transport, after {} warm-up round", z.e2, z.e2_width, crate::cancel::WARM_UP);
         let _ = writeln!(o, "- M1: a loop of {} awaits on the engine alone and in memory, {} on RabbitMQ; one instance at a time, twice per model and place in the order replay, snapshot, snapshot, replay; no payload", z.m1, z.m1_amqp);
         let _ = writeln!(o, "- latency and lateness percentiles are nearest-rank; broker CPU read from `/proc/<beam.smp>/stat`{}", if self.broker_cpu { "" } else { " (not available in this run)" });
         o
