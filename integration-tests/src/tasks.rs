@@ -285,10 +285,12 @@ pub async fn await_resume(tokens: String) -> String {
     DTask::suspend(move |token| async move { append_line(&tokens, &token.to_string()) }).await
 }
 
-/// Waits `ms` on a durable timer, appends `woke <pid>` to `file` (local work, before the
-/// next distributed await), yields, then appends `finished`.
+/// Appends `napping` to `file`, waits `ms` on a durable timer, appends `woke <pid>` (local
+/// work, before the next distributed await), yields, then appends `finished`.
 #[dtask(name = "it.cancel_nap")]
 pub async fn cancel_nap(ms: u64, file: String) -> u64 {
+    let f = file.clone();
+    DTask::run(move || async move { append_line(&f, "napping") }).await;
     DTask::delay(Duration::from_millis(ms)).await;
     let f = file.clone();
     DTask::run(move || async move { append_line(&f, &format!("woke {}", std::process::id())) })

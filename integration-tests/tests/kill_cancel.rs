@@ -39,6 +39,12 @@ async fn a_cancel_sent_before_every_worker_is_killed_still_stops_the_tree() -> a
     })
     .await
     .context("the tree did not suspend")?;
+    // Every grandchild has started its timer (its state rides in it from then on).
+    wait_for(Duration::from_secs(20), || async {
+        Ok(lines(&file).iter().filter(|l| *l == "napping").count() >= 2 * N as usize)
+    })
+    .await
+    .with_context(|| format!("not every grandchild started: {:?}", lines(&file)))?;
 
     // Sent (durable), then every worker dies before it can act on it for sure.
     assert!(c.cancel(h.id(), "kill test").await?);

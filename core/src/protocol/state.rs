@@ -103,6 +103,23 @@ pub(crate) fn entry_at<'a>(
     }
 }
 
+/// [`entry_at`], for changing the entry.
+pub(crate) fn entry_at_mut<'a>(
+    journal: &'a mut [Entry],
+    base: Seq,
+    pinned: Option<&'a mut Vec<(Seq, Entry)>>,
+    seq: Seq,
+) -> Option<&'a mut Entry> {
+    let i = seq.checked_sub(base).map(|i| i as usize);
+    let in_journal = i
+        .and_then(|i| journal.get(i))
+        .is_some_and(|e| e.cmd != Command::Compacted);
+    if in_journal {
+        return i.and_then(|i| journal.get_mut(i));
+    }
+    pinned?.iter_mut().find(|(s, _)| *s == seq).map(|(_, e)| e)
+}
+
 /// A distributed operation as recorded in the journal. Two commands at the same position
 /// must match on replay, else the instance fails with a non-determinism error.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,19 +426,8 @@ impl InstanceState {
     }
 
     fn entry_mut(&mut self, seq: Seq) -> Option<&mut Entry> {
-        let i = seq.checked_sub(self.base).map(|i| i as usize);
-        let in_journal = i
-            .and_then(|i| self.journal.get(i))
-            .is_some_and(|e| e.cmd != Command::Compacted);
-        if in_journal {
-            return i.and_then(|i| self.journal.get_mut(i));
-        }
-        self.snapshot
-            .as_mut()?
-            .pinned
-            .iter_mut()
-            .find(|(s, _)| *s == seq)
-            .map(|(_, e)| e)
+        let pinned = self.snapshot.as_mut().map(|s| &mut s.pinned);
+        entry_at_mut(&mut self.journal, self.base, pinned, seq)
     }
 
     /// The positions of the operations issued whose results are still unknown.

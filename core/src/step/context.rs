@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::error::{Failure, FailureKind};
-use crate::protocol::state::{entry_at, Command, Entry, InstanceId, Outcome, Seq, Shape, Signal};
+use crate::protocol::state::{
+    entry_at, entry_at_mut, Command, Entry, InstanceId, Outcome, Seq, Shape, Signal,
+};
 
 /// The context of one step: the journal DTask operations claim positions in and read
 /// results from, and what the step issued.
@@ -228,19 +230,8 @@ impl Exec {
 
     /// The entry at `seq`, in the journal or beside it (spawned, snapshot model).
     fn entry_mut(&mut self, seq: Seq) -> Option<&mut Entry> {
-        let i = seq.checked_sub(self.base).map(|i| i as usize);
-        let in_journal = i
-            .and_then(|i| self.journal.get(i))
-            .is_some_and(|e| e.cmd != Command::Compacted);
-        if in_journal {
-            return i.and_then(|i| self.journal.get_mut(i));
-        }
-        self.snapshot
-            .as_mut()?
-            .pinned
-            .iter_mut()
-            .find(|(s, _)| *s == seq)
-            .map(|(_, e)| e)
+        let pinned = self.snapshot.as_mut().map(|s| &mut s.pinned);
+        entry_at_mut(&mut self.journal, self.base, pinned, seq)
     }
 
     /// Whether `seq` is a child operation this instance started itself in the journal (a
