@@ -4,6 +4,7 @@
 //! bytes itself. See `docs/architecture.md` for the protocol.
 
 mod cancel;
+mod handoff;
 #[cfg(test)]
 mod race_tests;
 #[cfg(test)]
@@ -20,11 +21,12 @@ use crate::protocol::codec::decode;
 use crate::protocol::message::{MailboxItem, Status, TaskMessage};
 use crate::protocol::outgoing::{Outgoing, UNIT};
 use crate::protocol::state::{
-    to_millis, Command, Entry, InstanceId, InstanceState, Outcome, ReplyTo, Seq, Signal,
+    to_millis, Command, Entry, InstanceState, Outcome, ReplyTo, Seq, Signal,
 };
 use crate::registry::Registry;
 use crate::step::{Clock, StepEnd};
 use crate::transport::CancelBook;
+use handoff::HandOff;
 
 /// Default size budget of one message (state included).
 pub(crate) const DEFAULT_STATE_BUDGET: usize = 4 * 1024 * 1024;
@@ -68,54 +70,6 @@ impl From<Vec<Outgoing>> for Stepped {
         Self {
             outputs,
             next: None,
-        }
-    }
-}
-
-/// The one message of a step that hands its instance on to a next step, kept for running
-/// that step inline. It is built after the budget check, from the state the step leaves.
-enum HandOff {
-    None,
-    /// The start of the child `id` at `seq`, the parent's state riding in it.
-    Child {
-        id: InstanceId,
-        seq: Seq,
-        name: String,
-        input: Vec<u8>,
-    },
-    /// The parent's resume with this result, its state riding back.
-    Parent(Outcome),
-}
-
-impl HandOff {
-    fn into_message(self, state: InstanceState) -> Option<TaskMessage> {
-        match self {
-            HandOff::None => None,
-            HandOff::Child {
-                id,
-                seq,
-                name,
-                input,
-            } => {
-                let scope = state.child_scope(seq);
-                let reply = ReplyTo::Continuation {
-                    parent: Box::new(state),
-                    seq,
-                };
-                let mut child = InstanceState::new(id, name, input, reply);
-                child.cancel_scope = scope;
-                Some(TaskMessage::Step {
-                    state: Box::new(child),
-                    completion: None,
-                })
-            }
-            HandOff::Parent(outcome) => match state.reply {
-                ReplyTo::Continuation { parent, seq } => Some(TaskMessage::Step {
-                    state: parent,
-                    completion: Some((seq, outcome)),
-                }),
-                _ => None,
-            },
         }
     }
 }

@@ -2,14 +2,13 @@
 //! machine, how they save their frame while pending, and how a resumed machine reads its
 //! saved locals. Reached as `dtasks::__private::snapshot`; not a public API.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::snapshot::{corrupt, eval, Eval};
 use crate::dtask::DTask;
@@ -18,107 +17,16 @@ use crate::protocol::codec::decode_value;
 use crate::protocol::state::{Seq, Shape};
 use crate::step::{with, Frame, Saved};
 
+mod control;
+mod probe;
+
 pub use super::snapshot::Resume;
 pub use crate::{
     __dtask_point as point, __dtask_rebuild_point as rebuild_point,
     __dtask_rebuild_resume as rebuild_resume_point, __dtask_resume as resume_point,
 };
-
-/// A type, carried as a value so that inference can connect the places that save
-/// and restore one local (one `Ty` per saved local).
-pub struct Ty<T>(PhantomData<fn() -> T>);
-
-impl<T> Ty<T> {
-    /// A type to be inferred.
-    pub fn new() -> Self {
-        Ty(PhantomData)
-    }
-}
-
-impl<T> Default for Ty<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T> Clone for Ty<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for Ty<T> {}
-
-/// An await of a `DTask<T>`: a distributed await, saved when pending.
-pub struct Dist<T>(PhantomData<fn() -> T>);
-
-/// An await of any other future (local work, never saved) with output `O`.
-pub struct Local<O>(PhantomData<fn() -> O>);
-
-/// Classifies the future of an await at compile time (see [`ProbeDist`]).
-pub struct Probe<'a, F>(pub &'a F);
-
-/// Picked by method resolution for `(&Probe(&f)).__dtask_kind()` when `f` is a
-/// `DTask<T>`.
-pub trait ProbeDist {
-    /// [`Dist`].
-    type Kind;
-    /// The kind of the await.
-    fn __dtask_kind(&self) -> Self::Kind;
-}
-
-impl<T> ProbeDist for Probe<'_, DTask<T>> {
-    type Kind = Dist<T>;
-    fn __dtask_kind(&self) -> Dist<T> {
-        Dist(PhantomData)
-    }
-}
-
-/// Picked (one auto-reference later) for every other future.
-pub trait ProbeLocal {
-    /// [`Local`].
-    type Kind;
-    /// The kind of the await.
-    fn __dtask_kind(&self) -> Self::Kind;
-}
-
-impl<F: Future> ProbeLocal for &Probe<'_, F> {
-    type Kind = Local<F::Output>;
-    fn __dtask_kind(&self) -> Local<F::Output> {
-        Local(PhantomData)
-    }
-}
-
-/// Connects a value to an inferred type.
-pub fn tie<T>(_: &Ty<T>, _: &T) {}
-
-/// The kinds of awaits.
-pub trait Kind: Sized {
-    /// The future awaited.
-    type Fut;
-    /// Whether awaits of this kind are saved.
-    const DISTRIBUTED: bool;
-}
-
-impl<T: DeserializeOwned + Send + 'static> Kind for Dist<T> {
-    type Fut = DTask<T>;
-    const DISTRIBUTED: bool = true;
-}
-
-impl<O> Kind for Local<O> {
-    type Fut = NeverLocal<O>;
-    const DISTRIBUTED: bool = false;
-}
-
-/// Stands for the future of a local await that a snapshot names (never built).
-pub struct NeverLocal<O>(PhantomData<fn() -> O>);
-
-impl<O> Future for NeverLocal<O> {
-    type Output = O;
-    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<O> {
-        Poll::Pending
-    }
-}
+pub use control::*;
+pub use probe::*;
 
 enum Slot<F> {
     Live(Pin<Box<F>>),
@@ -600,107 +508,6 @@ impl<T, O> Held<Local<O>> for T {
     }
     fn take(_: Source<'_, '_>) -> Result<Self, String> {
         Err("locals are not saved at local awaits".to_string())
-    }
-}
-
-/// Polls a point once and tells whether it is ready, so that the generated code can
-/// save its frame before returning `Pending`.
-pub fn poll_once<F: Future + Unpin>(f: &mut F) -> PollOnce<'_, F> {
-    PollOnce(f)
-}
-
-/// See [`poll_once`].
-pub struct PollOnce<'a, F>(&'a mut F);
-
-impl<F: Future + Unpin> Future for PollOnce<'_, F> {
-    type Output = Poll<F::Output>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(Pin::new(&mut *self.0).poll(cx))
-    }
-}
-
-/// Returns `Pending` once, without waking: whoever made the point pending wakes the
-/// machine (or nothing local can, and the step suspends).
-pub fn park() -> Park {
-    Park(false)
-}
-
-/// See [`park`].
-pub struct Park(bool);
-
-impl Future for Park {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            Poll::Pending
-        }
-    }
-}
-
-/// What a `for` loop with a distributed await in its body may iterate over.
-#[diagnostic::on_unimplemented(
-    message = "a `for` loop over `{Self}` cannot be saved across a distributed await in a #[dtask(snapshot)] function",
-    label = "the loop's position is saved in the snapshot",
-    note = "iterate over a range (`0..n`, `a..=b`) or an owned `Vec`/`VecDeque` (e.g. `.collect::<Vec<_>>()` first)"
-)]
-pub trait ForIter {
-    /// The saved iterator.
-    type State: Iterator;
-    /// Starts the iteration.
-    fn start(self) -> Self::State;
-}
-
-/// The iterator of a `for` loop with a distributed await in its body.
-pub fn for_iter<I: ForIter>(items: I) -> I::State {
-    items.start()
-}
-
-impl<T> ForIter for std::ops::Range<T>
-where
-    std::ops::Range<T>: Iterator,
-{
-    type State = Self;
-    fn start(self) -> Self {
-        self
-    }
-}
-
-impl<T> ForIter for std::ops::RangeInclusive<T>
-where
-    std::ops::RangeInclusive<T>: Iterator,
-{
-    type State = Self;
-    fn start(self) -> Self {
-        self
-    }
-}
-
-impl<T> ForIter for Vec<T> {
-    type State = Items<T>;
-    fn start(self) -> Items<T> {
-        Items(self.into())
-    }
-}
-
-impl<T> ForIter for VecDeque<T> {
-    type State = Items<T>;
-    fn start(self) -> Items<T> {
-        Items(self)
-    }
-}
-
-/// The remaining items of a `for` loop over an owned collection.
-#[derive(Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Items<T>(VecDeque<T>);
-
-impl<T> Iterator for Items<T> {
-    type Item = T;
-    fn next(&mut self) -> Option<T> {
-        self.0.pop_front()
     }
 }
 
