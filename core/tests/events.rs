@@ -411,3 +411,58 @@ async fn a_cancelled_wait_for_an_event_stops_at_once() -> TestResult {
     }
     Ok(())
 }
+
+static LATE_WORK: AtomicUsize = AtomicUsize::new(0);
+
+#[dtask(name = "events.slow_job")]
+async fn slow_job() -> u32 {
+    DTask::delay(Duration::from_secs(3600)).await;
+    // A cancelled instance stops at its next distributed await.
+    DTask::yield_now().await;
+    DTask::run(|| async { LATE_WORK.fetch_add(1, Ordering::SeqCst) as u32 }).await
+}
+
+#[dtask(name = "events.job_within")]
+async fn job_within() -> Option<u32> {
+    slow_job().within(Duration::from_secs(60)).await
+}
+
+#[dtask(snapshot, name = "events.job_within_snap")]
+async fn job_within_snap() -> Option<u32> {
+    let r = slow_job().within(Duration::from_secs(60)).await;
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn within_cancels_the_child_that_lost_to_the_timer() -> TestResult {
+    for snapshot in [false, true] {
+        let rt = Runtime::builder(
+            WorkerConfig::new()
+                .register(slow_job)
+                .register(job_within)
+                .register(job_within_snap),
+        )
+        .virtual_time()
+        .build()?;
+        let client = rt.client();
+        let h = if snapshot {
+            client.start(job_within_snap()).await?
+        } else {
+            client.start(job_within()).await?
+        };
+        suspended(&h).await;
+        rt.advance(Duration::from_secs(61));
+        rt.wait_idle().await;
+        assert_eq!(h.result().await?, None, "snapshot: {snapshot}");
+        // The child's timer fires later; cancelled, it does no more work.
+        let before = LATE_WORK.load(Ordering::SeqCst);
+        rt.advance(Duration::from_secs(3600));
+        rt.wait_idle().await;
+        assert_eq!(
+            LATE_WORK.load(Ordering::SeqCst),
+            before,
+            "snapshot: {snapshot}"
+        );
+    }
+    Ok(())
+}

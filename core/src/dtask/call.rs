@@ -85,6 +85,12 @@ impl<T: DeserializeOwned + Send + 'static> Call<T> {
     pub fn catch_failure(self) -> DTask<Result<T, Failure>> {
         DTask::catch_leaf(self.op())
     }
+
+    /// Waits for this call at most `timeout`: [`DTask::within`] of it (`None`, and the
+    /// child cancelled, when the timer fires first).
+    pub fn within(self, timeout: std::time::Duration) -> DTask<Option<T>> {
+        DTask::from(self).within(timeout)
+    }
 }
 
 impl<T: DeserializeOwned + Send + 'static> IntoFuture for Call<T> {

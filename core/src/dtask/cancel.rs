@@ -230,7 +230,7 @@ pub(crate) fn timed_out(duration: Duration) -> Failure {
 }
 
 /// Polls a part, noting on its first poll the positions it claimed.
-fn poll_claiming<R>(
+pub(super) fn poll_claiming<R>(
     range: &mut Option<Range<Seq>>,
     poll: impl FnOnce(&mut Context<'_>) -> Poll<R>,
     cx: &mut Context<'_>,

@@ -11,6 +11,7 @@ use std::task::Poll;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::cancel::{cancel_started, poll_claiming};
 use super::{fail_now, DTask, LeafOp, Spec};
 use crate::error::{Error, Failure, FailureKind};
 use crate::protocol::codec::decode_value;
@@ -173,9 +174,10 @@ impl<T: DeserializeOwned + Send + 'static> DTask<T> {
     /// wins, as in [`DTask::when_any`]). The approval-or-timeout flow is one line:
     /// `DTask::event::<Approval>("approval").within(seven_days).await`.
     ///
-    /// Works in both execution models. The DTask that lost to the timer is not stopped:
-    /// a child keeps running and its result is dropped; a wait for an event stops
-    /// waiting, and events sent to it later stay for the next wait of that name.
+    /// Works in both execution models. What lost to the timer is stopped: the children it
+    /// started are cancelled (as by [`DTask::timeout`], whose `Err` this turns into
+    /// `None`), and a wait for an event stops waiting, so that events sent later go to
+    /// the next wait of that name.
     ///
     /// ```
     /// use std::time::Duration;
@@ -203,10 +205,13 @@ impl<T: DeserializeOwned + Send + 'static> DTask<T> {
         let spec = Spec::Within(Box::new(task.spec.clone()));
         let mut done: Option<(Result<T, Failure>, u32)> = None;
         let mut fired: Option<u32> = None;
+        let mut claimed: Option<std::ops::Range<Seq>> = None;
         DTask::from_future(
             std::future::poll_fn(move |cx| {
                 if done.is_none() {
-                    if let Poll::Ready(v) = task.poll_settled(cx) {
+                    if let Poll::Ready(v) =
+                        poll_claiming(&mut claimed, |cx| task.poll_settled(cx), cx)
+                    {
                         done = Some(v);
                     }
                 }
@@ -225,6 +230,10 @@ impl<T: DeserializeOwned + Send + 'static> DTask<T> {
                     },
                     (_, Some(f)) => {
                         task.retire();
+                        let reason = within_reason(timeout);
+                        with(|ex| {
+                            cancel_started(ex, claimed.clone().into_iter().flatten(), &reason)
+                        });
                         Poll::Ready((None, f))
                     }
                     (d, None) => {
@@ -236,6 +245,11 @@ impl<T: DeserializeOwned + Send + 'static> DTask<T> {
             spec,
         )
     }
+}
+
+/// Why the children of a task that lost to its `within` timer are cancelled.
+pub(crate) fn within_reason(timeout: std::time::Duration) -> String {
+    format!("did not finish within {} ms", timeout.as_millis())
 }
 
 /// The token of one [`DTask::suspend`]: pass it to

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 pub use call::{Call, IntoDTask};
 pub(crate) use cancel::{cancel_started, named, timed_out};
 pub use combinators::Join;
+pub(crate) use external::within_reason;
 pub use external::ResumeToken;
 pub use retry::{RetryCall, RetryPolicy};
 pub use spawn::SpawnHandle;

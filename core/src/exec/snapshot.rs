@@ -18,7 +18,7 @@
 use std::time::SystemTime;
 
 use super::{drive_state, StepOutput};
-use crate::dtask::{cancel_started, named, timed_out};
+use crate::dtask::{cancel_started, named, timed_out, within_reason};
 use crate::error::{Failure, FailureKind};
 use crate::protocol::codec::encode_value;
 use crate::protocol::state::{Command, Entry, InstanceState, Outcome, Seq, Shape, Snapshot};
@@ -204,7 +204,18 @@ pub(crate) fn eval(shape: &Shape, ex: &mut Exec) -> Eval {
                 }
                 Eval::Failed(f) if fired_at.is_none() => Eval::Failed(f),
                 _ => match fired_at {
-                    Some(f) => Eval::Ready(vec![0xc0], f),
+                    Some(f) => {
+                        // The timer won: what the task started is cancelled.
+                        let mut seqs = Vec::new();
+                        task.seqs(&mut seqs);
+                        let millis = match ex.entry(*timer).map(|e| &e.cmd) {
+                            Some(Command::Delay { millis, .. }) => *millis,
+                            _ => 0,
+                        };
+                        let reason = within_reason(std::time::Duration::from_millis(millis));
+                        cancel_started(ex, seqs, &reason);
+                        Eval::Ready(vec![0xc0], f)
+                    }
                     None => Eval::Pending,
                 },
             }
