@@ -2,13 +2,14 @@
 //! machine, how they save their frame while pending, and how a resumed machine reads its
 //! saved locals. Reached as `dtasks::__private::snapshot`; not a public API.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::snapshot::{corrupt, eval, Eval};
 use crate::dtask::DTask;
@@ -508,6 +509,70 @@ impl<T, O> Held<Local<O>> for T {
     }
     fn take(_: Source<'_, '_>) -> Result<Self, String> {
         Err("locals are not saved at local awaits".to_string())
+    }
+}
+
+/// What a `for` loop with a distributed await in its body may iterate over.
+#[diagnostic::on_unimplemented(
+    message = "a `for` loop over `{Self}` cannot be saved across a distributed await in a #[dtask(snapshot)] function",
+    label = "the loop's position is saved in the snapshot",
+    note = "iterate over a range (`0..n`, `a..=b`) or an owned `Vec`/`VecDeque` (e.g. `.collect::<Vec<_>>()` first)"
+)]
+pub trait ForIter {
+    /// The saved iterator.
+    type State: Iterator;
+    /// Starts the iteration.
+    fn start(self) -> Self::State;
+}
+
+/// The iterator of a `for` loop with a distributed await in its body.
+pub fn for_iter<I: ForIter>(items: I) -> I::State {
+    items.start()
+}
+
+impl<T> ForIter for std::ops::Range<T>
+where
+    std::ops::Range<T>: Iterator,
+{
+    type State = Self;
+    fn start(self) -> Self {
+        self
+    }
+}
+
+impl<T> ForIter for std::ops::RangeInclusive<T>
+where
+    std::ops::RangeInclusive<T>: Iterator,
+{
+    type State = Self;
+    fn start(self) -> Self {
+        self
+    }
+}
+
+impl<T> ForIter for Vec<T> {
+    type State = Items<T>;
+    fn start(self) -> Items<T> {
+        Items(self.into())
+    }
+}
+
+impl<T> ForIter for VecDeque<T> {
+    type State = Items<T>;
+    fn start(self) -> Items<T> {
+        Items(self)
+    }
+}
+
+/// The remaining items of a `for` loop over an owned collection.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Items<T>(VecDeque<T>);
+
+impl<T> Iterator for Items<T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.0.pop_front()
     }
 }
 
