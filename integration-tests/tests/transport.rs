@@ -124,6 +124,41 @@ async fn registers_result_once_status_last() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_register_takes_one_nonce_of_many_at_once_and_keeps_it() -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    // Eight processes claim one id at once, each with a nonce of its own.
+    let mut transports = Vec::new();
+    for _ in 0..8 {
+        transports.push(b.transport().await?);
+    }
+    let id = InstanceId::random();
+    let claims = transports.iter().zip(1u64..).map(|(t, nonce)| {
+        let id = &id;
+        async move { t.claim(id, nonce).await.map(|ours| (nonce, ours)) }
+    });
+    let claimed = futures::future::try_join_all(claims).await?;
+    let winners: Vec<u64> = claimed
+        .iter()
+        .filter(|(_, ours)| *ours)
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(winners.len(), 1, "claims: {claimed:?}");
+    let winner = winners[0];
+    // The winner stands for every transport, whatever it claims with; the winner's own
+    // nonce, claimed again (by a worker for its client), holds.
+    for t in &transports {
+        assert!(t.claim(&id, winner).await?);
+        assert!(!t.claim(&id, winner + 100).await?);
+    }
+    // The register holds no message (the nonce is an argument of the queue), and other ids
+    // are free.
+    let register = format!("{}.claim.{id}", b.prefix());
+    assert_eq!(b.queue_len(&register).await?, Some(0));
+    assert!(transports[0].claim(&InstanceId::random(), 7).await?);
+    b.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_a_result_wakes_on_the_write() -> anyhow::Result<()> {
     let b = Broker::start().await?;
     let t = b.transport().await?;
