@@ -285,16 +285,15 @@ pub async fn await_resume(tokens: String) -> String {
     DTask::suspend(move |token| async move { append_line(&tokens, &token.to_string()) }).await
 }
 
-/// Appends `napping` to `file`, waits `ms` on a durable timer, appends `woke <pid>` (local
-/// work, before the next distributed await), yields, then appends `finished`.
+/// Appends `napping <tag>` to `file`, waits `ms` on a durable timer, appends `woke <tag>`
+/// (local work, before the next distributed await), yields, then appends `finished`.
 #[dtask(name = "it.cancel_nap")]
-pub async fn cancel_nap(ms: u64, file: String) -> u64 {
-    let f = file.clone();
-    DTask::run(move || async move { append_line(&f, "napping") }).await;
+pub async fn cancel_nap(ms: u64, file: String, tag: String) -> u64 {
+    let (f, t) = (file.clone(), tag.clone());
+    DTask::run(move || async move { append_line(&f, &format!("napping {t}")) }).await;
     DTask::delay(Duration::from_millis(ms)).await;
     let f = file.clone();
-    DTask::run(move || async move { append_line(&f, &format!("woke {}", std::process::id())) })
-        .await;
+    DTask::run(move || async move { append_line(&f, &format!("woke {tag}")) }).await;
     DTask::yield_now().await;
     DTask::run(move || async move { append_line(&file, "finished") }).await;
     ms
@@ -305,8 +304,8 @@ pub async fn cancel_nap(ms: u64, file: String) -> u64 {
 #[dtask(name = "it.cancel_branch")]
 pub async fn cancel_branch(i: u64, ms: u64, file: String) -> u64 {
     let (a, b) = DTask::join((
-        cancel_nap(ms, file.clone()).catch_failure(),
-        cancel_nap(ms, file.clone()).catch_failure(),
+        cancel_nap(ms, file.clone(), format!("{i}.0")).catch_failure(),
+        cancel_nap(ms, file.clone(), format!("{i}.1")).catch_failure(),
     ))
     .await;
     if let (Err(f), _) | (_, Err(f)) = (a, b) {
