@@ -26,29 +26,39 @@ impl Shared {
     /// failures with backoff, up to the publish timeout, like a publish: a start during a
     /// broker outage waits for the broker.
     pub(crate) async fn create_register(&self, queue: &str) -> Result<()> {
+        self.retrying("creating a register", queue, || async {
+            let ch = conn::get_channel(&self.channels).await?;
+            self.declare(&ch, queue, Kind::Result).await
+        })
+        .await
+    }
+
+    /// Runs `once` until it succeeds or fails permanently, each attempt bounded by the
+    /// attempt timeout, with backoff between attempts, up to the publish timeout.
+    async fn retrying<T, F, Fut>(&self, what: &str, queue: &str, mut once: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let deadline = Instant::now() + self.cfg.publish_timeout;
         let mut backoff = Backoff::new(Duration::from_millis(50), self.cfg.max_backoff);
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let once = async {
-                let ch = conn::get_channel(&self.channels).await?;
-                self.declare(&ch, queue, Kind::Result).await
-            };
-            let e = match tokio::time::timeout(ATTEMPT_TIMEOUT, once).await {
-                Ok(Ok(())) => return Ok(()),
+            let e = match tokio::time::timeout(ATTEMPT_TIMEOUT, once()).await {
+                Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => e,
-                Err(_) => AmqpError::Timeout(format!("declaring `{queue}`")),
+                Err(_) => AmqpError::Timeout(format!("{what}: `{queue}`")),
             };
             if e.is_permanent() {
                 return Err(e);
             }
             let pause = backoff.next_delay();
             if Instant::now() + pause >= deadline {
-                warn!(error = %e, attempt, queue, "creating a register failed; giving up");
+                warn!(error = %e, attempt, queue, "{what} failed; giving up");
                 return Err(e);
             }
-            warn!(error = %e, attempt, queue, "creating a register failed; retrying");
+            warn!(error = %e, attempt, queue, "{what} failed; retrying");
             tokio::time::sleep(pause).await;
         }
     }
@@ -64,46 +74,26 @@ impl Shared {
     /// queue as empty and takes a second claim. Retries through connection failures like
     /// [`Shared::create_register`].
     pub(crate) async fn claim(&self, queue: &str, nonce: u64) -> Result<bool> {
-        let deadline = Instant::now() + self.cfg.publish_timeout;
-        let mut backoff = Backoff::new(Duration::from_millis(50), self.cfg.max_backoff);
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let once = async {
-                let ch = conn::get_channel(&self.channels).await?;
-                let (opts, args) = self.topo.declaration(Kind::Claim(nonce));
-                match ch.queue_declare(short(queue)?, opts, args).await {
-                    Ok(_) => {
-                        self.declared.remember(queue);
-                        Ok(true)
-                    }
-                    Err(e) if is_inequivalent(&e, "x-max-length") => {
-                        // The broker closed the channel: it leaves the pool.
-                        drop(Object::take(ch));
-                        Ok(false)
-                    }
-                    Err(e) => {
-                        drop(Object::take(ch));
-                        Err(AmqpError::broker(format!("claiming `{queue}`"), e))
-                    }
+        self.retrying("claiming an id", queue, || async {
+            let ch = conn::get_channel(&self.channels).await?;
+            let (opts, args) = self.topo.declaration(Kind::Claim(nonce));
+            match ch.queue_declare(short(queue)?, opts, args).await {
+                Ok(_) => {
+                    self.declared.remember(queue);
+                    Ok(true)
                 }
-            };
-            let e = match tokio::time::timeout(ATTEMPT_TIMEOUT, once).await {
-                Ok(Ok(ours)) => return Ok(ours),
-                Ok(Err(e)) => e,
-                Err(_) => AmqpError::Timeout(format!("claiming `{queue}`")),
-            };
-            if e.is_permanent() {
-                return Err(e);
+                Err(e) if is_inequivalent(&e, "x-max-length") => {
+                    // The broker closed the channel: it leaves the pool.
+                    drop(Object::take(ch));
+                    Ok(false)
+                }
+                Err(e) => {
+                    drop(Object::take(ch));
+                    Err(AmqpError::broker(format!("claiming `{queue}`"), e))
+                }
             }
-            let pause = backoff.next_delay();
-            if Instant::now() + pause >= deadline {
-                warn!(error = %e, attempt, queue, "claiming an id failed; giving up");
-                return Err(e);
-            }
-            warn!(error = %e, attempt, queue, "claiming an id failed; retrying");
-            tokio::time::sleep(pause).await;
-        }
+        })
+        .await
     }
 
     /// Whether `queue` exists.
