@@ -1,4 +1,4 @@
-//! Worker pods for [dtasks](dtasks): what a deployment runs.
+//! Worker pods for [dtasks]: what a deployment runs.
 //!
 //! A [`WorkerPod`] is a small actor tree on [ractor]: a supervisor that starts one or more
 //! consumer actors, each running a [`dtasks::Worker`] on the pod's transport, restarts a
@@ -33,6 +33,10 @@
 //! assert!(report.stats.processed >= 1);
 //! # Ok(()) }
 //! ```
+
+mod metrics;
+
+pub use metrics::{serve_prometheus, serve_prometheus_from_env, METRICS_ADDR_ENV, RESTARTS};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -290,6 +294,9 @@ impl Actor for Supervisor {
             PodMsg::Summary => {
                 let s = sum(&state.args.workers);
                 let timers = state.args.transport.pending_timers().await.ok().flatten();
+                if let Some(t) = timers {
+                    ::metrics::gauge!(dtasks::metrics::TIMERS_HELD).set(t as f64);
+                }
                 info!(
                     processed = s.processed,
                     in_flight = s.in_flight,
@@ -334,6 +341,7 @@ impl Actor for Supervisor {
             Self::finish_drain_if_done(state);
         } else {
             state.restarts += 1;
+            ::metrics::counter!(RESTARTS).increment(1);
             let backoff = Duration::from_millis(200 * 2u64.pow(state.restarts.min(5) as u32));
             error!(slot, reason = ?failure, ?backoff, "a consumer stopped; restarting it");
             myself.send_after(backoff, move || PodMsg::Restart(slot));

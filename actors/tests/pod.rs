@@ -4,9 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtasks::transport::{
-    Cancels, Delivery, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
-};
+use dtasks::transport::{Cancels, Delivery, MailboxMessage, Outgoing, Published, ReplyQueues};
 use dtasks::{dtask, Client, DTask, Error, InstanceId, MemoryTransport, Transport, WorkerConfig};
 use dtasks_actors::WorkerPod;
 use futures::future::BoxFuture;
@@ -42,6 +40,13 @@ impl Transport for FlakyConsume {
         }
         self.inner.consume(names)
     }
+    fn drain_for_doorbell(
+        &self,
+        instance: &InstanceId,
+        tag: u64,
+    ) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>> {
+        self.inner.drain_for_doorbell(instance, tag)
+    }
     fn drain_mailbox(&self, i: &InstanceId) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>> {
         self.inner.drain_mailbox(i)
     }
@@ -54,8 +59,8 @@ impl Transport for FlakyConsume {
     fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
         self.inner.pending_timers()
     }
-    fn registers(&self) -> Option<&dyn Registers> {
-        self.inner.registers()
+    fn store(&self) -> Option<std::sync::Arc<dyn dtasks::store::InstanceStore>> {
+        self.inner.store()
     }
     fn replies(&self) -> Option<&dyn ReplyQueues> {
         self.inner.replies()
@@ -63,6 +68,10 @@ impl Transport for FlakyConsume {
 
     fn cancels(&self) -> Option<&dyn Cancels> {
         self.inner.cancels()
+    }
+
+    fn delete_mailbox(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>> {
+        self.inner.delete_mailbox(instance)
     }
 }
 

@@ -5,6 +5,20 @@ use std::time::Duration;
 /// The broker address used when `AMQP_URL` is not set.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// The default of [`AmqpConfig::with_dead_letter_limit`]: how many messages the
+/// dead-letter queue keeps.
+pub const DEFAULT_DEAD_LETTERS: u32 = 10_000;
+
+/// The most bytes of bodies the dead-letter queue keeps (its `x-max-length-bytes`): past
+/// it, the oldest letters are dropped.
+pub const DEAD_LETTER_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The most bytes of one message's body kept in the dead-letter queue; a longer body is
+/// cut there, and the letter says its full size ([`DeadLetter::truncated`]).
+///
+/// [`DeadLetter::truncated`]: crate::DeadLetter::truncated
+pub const DEAD_LETTER_BODY: usize = 64 * 1024;
+
 /// The queue name prefix used when `DTASKS_PREFIX` is not set.
 pub const DEFAULT_PREFIX: &str = "dtasks";
 
@@ -13,9 +27,9 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// Configures an [`AmqpTransport`](crate::AmqpTransport).
 ///
 /// Every process that shares a prefix (workers and clients of one deployment) must use
-/// the same prefix, shard count and retention periods: the shard count routes doorbells,
-/// and the retention periods are queue arguments that RabbitMQ refuses to change on an
-/// existing queue.
+/// the same prefix, shard count, task queue count, retention periods and mailbox type:
+/// the shard and task queue counts route messages, and the retention periods and the mailbox type are queue arguments
+/// that RabbitMQ refuses to change on an existing queue.
 ///
 /// ```
 /// use std::time::Duration;
@@ -30,7 +44,8 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// ```
 #[derive(Clone, Debug)]
 pub struct AmqpConfig {
-    pub(crate) url: String,
+    /// The broker nodes, tried in turn (at least one).
+    pub(crate) urls: Vec<String>,
     pub(crate) prefix: String,
     pub(crate) shards: u16,
     pub(crate) mailbox_retention: Duration,
@@ -42,6 +57,10 @@ pub struct AmqpConfig {
     pub(crate) timer_hold: Duration,
     pub(crate) redelivery_pause: Duration,
     pub(crate) max_backoff: Duration,
+    pub(crate) reply_queues: bool,
+    pub(crate) dead_letters: u32,
+    pub(crate) quorum_mailboxes: bool,
+    pub(crate) task_queues: u16,
 }
 
 impl AmqpConfig {
@@ -49,7 +68,7 @@ impl AmqpConfig {
     /// with the defaults for everything else.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
+            urls: vec![url.into()],
             prefix: DEFAULT_PREFIX.to_string(),
             shards: 16,
             mailbox_retention: 7 * DAY,
@@ -61,24 +80,75 @@ impl AmqpConfig {
             timer_hold: Duration::from_secs(1),
             redelivery_pause: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
+            reply_queues: true,
+            dead_letters: DEFAULT_DEAD_LETTERS,
+            quorum_mailboxes: false,
+            task_queues: 1,
         }
     }
 
-    /// A configuration from the environment: `AMQP_URL` (default
-    /// [`DEFAULT_URL`]) and `DTASKS_PREFIX` (default [`DEFAULT_PREFIX`]).
+    /// A configuration from the environment: `AMQP_URL` (default [`DEFAULT_URL`]; the
+    /// addresses of several nodes of a cluster separated by commas, see
+    /// [`AmqpConfig::with_urls`]), `DTASKS_PREFIX` (default [`DEFAULT_PREFIX`]),
+    /// `DTASKS_QUORUM_MAILBOXES` (`1` or `true`: [`AmqpConfig::with_quorum_mailboxes`])
+    /// and `DTASKS_TASK_QUEUES` ([`AmqpConfig::with_task_queues`]).
     pub fn from_env() -> Self {
         let url = std::env::var("AMQP_URL")
             .ok()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| DEFAULT_URL.to_string());
-        let mut cfg = Self::new(url);
+        let urls: Vec<String> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect();
+        let mut cfg = Self::new(DEFAULT_URL).with_urls(urls);
         if let Some(p) = std::env::var("DTASKS_PREFIX")
             .ok()
             .filter(|s| !s.is_empty())
         {
             cfg.prefix = p;
         }
+        if std::env::var("DTASKS_QUORUM_MAILBOXES").is_ok_and(|v| v == "1" || v == "true") {
+            cfg.quorum_mailboxes = true;
+        }
+        if let Some(n) = std::env::var("DTASKS_TASK_QUEUES")
+            .ok()
+            .and_then(|v| v.parse::<u16>().ok())
+        {
+            cfg.task_queues = n;
+        }
         cfg
+    }
+
+    /// The addresses of several nodes of one RabbitMQ cluster, in the order to try them
+    /// (an empty list is ignored). A connection goes to the first node that takes it,
+    /// starting from the one that took the last connection; when that node goes away, the
+    /// reconnect tries the others in turn, so workers and clients fail over to a live
+    /// node. Queues are reached from any node of the cluster.
+    ///
+    /// ```
+    /// use dtasks_amqp::AmqpConfig;
+    ///
+    /// let cfg = AmqpConfig::default().with_urls([
+    ///     "amqp://guest:guest@10.0.0.1:5672/%2f",
+    ///     "amqp://guest:guest@10.0.0.2:5672/%2f",
+    ///     "amqp://guest:guest@10.0.0.3:5672/%2f",
+    /// ]);
+    /// assert_eq!(cfg.urls().len(), 3);
+    /// assert_eq!(cfg.url(), "amqp://guest:guest@10.0.0.1:5672/%2f");
+    /// ```
+    pub fn with_urls<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(Into::into).collect();
+        if !urls.is_empty() {
+            self.urls = urls;
+        }
+        self
     }
 
     /// The prefix of every queue name (default `dtasks`): 1 to 48 bytes of ASCII letters,
@@ -91,6 +161,9 @@ impl AmqpConfig {
     /// How many doorbell shard queues there are (default 16, at most 1024). Doorbells of
     /// one instance always go to the same shard, whose single active consumer handles
     /// them one at a time; more shards allow more instances to be merged in parallel.
+    /// The shards spread over the consuming workers (each takes about
+    /// `shards / workers`), so a deployment with more worker processes than shards
+    /// leaves some of them without merges: use at least as many shards as workers.
     pub fn with_shards(mut self, n: u16) -> Self {
         self.shards = n;
         self
@@ -152,14 +225,72 @@ impl AmqpConfig {
         self
     }
 
+    /// Whether clients on this transport get a reply queue (default `true`): a classic
+    /// queue per client, made by its first `Client::call` or start, that brings results
+    /// back without a lookup and expires after the result retention without use. A
+    /// short-lived process that starts a few instances and exits (a command-line tool)
+    /// leaves one behind each time: without reply queues, `Client::call` is a start and a
+    /// wait in the instance store, and a handle's result is read from the store.
+    pub fn with_reply_queues(mut self, on: bool) -> Self {
+        self.reply_queues = on;
+        self
+    }
+
+    /// Whether mailboxes are quorum queues (default `false`: classic queues). On a
+    /// RabbitMQ cluster a classic queue lives on one node, and the fan-ins whose mailboxes
+    /// live on a node that goes away wait until it comes back; a quorum mailbox is
+    /// replicated (over 3 nodes, or all of a smaller cluster) and its fan-in goes on
+    /// through the loss of a node. It costs more broker work per fan-in: each parent's
+    /// mailbox is a replicated queue created, written and deleted. Every process of a
+    /// deployment must use the same setting (the broker refuses to declare a queue again
+    /// with another type).
+    pub fn with_quorum_mailboxes(mut self, on: bool) -> Self {
+        self.quorum_mailboxes = on;
+        self
+    }
+
+    /// How many task queues each DTask has (default 1, at most 64). One queue is one
+    /// queue leader: one Erlang process on one broker node carries every start and resume
+    /// of the DTask, whatever the cluster's size. With `n > 1` a DTask's messages go to
+    /// `P.task.<name>.<i>`, `i < n`, by a hash of the instance id, and every worker of the
+    /// DTask consumes all `n`; on a cluster whose nodes place queue leaders `balanced`
+    /// (`queue_leader_locator` in `rabbitmq.conf`, as `deploy/cluster.sh` sets it) the
+    /// leaders land on different nodes. Use one queue per broker node for a hot DTask.
+    /// Every process of a deployment must use the same count (a client routes to the
+    /// queues the workers consume); changing it leaves the messages in the old queues
+    /// until workers with the old count take them.
+    pub fn with_task_queues(mut self, n: u16) -> Self {
+        self.task_queues = n;
+        self
+    }
+
+    /// How many messages the dead-letter queue `P.dead` keeps (default
+    /// [`DEFAULT_DEAD_LETTERS`], at least 1): past it, the oldest is dropped (the queue's
+    /// `x-max-length`, with `drop-head` overflow). The queue also keeps at most
+    /// [`DEAD_LETTER_BYTES`] of bodies, and a body over [`DEAD_LETTER_BODY`] is cut there
+    /// (the letter is then listed with its size and cannot be replayed), so that messages
+    /// nobody can handle do not fill the broker. The queue's arguments are set when it is
+    /// created: on a queue created by an earlier version, or with another limit, the
+    /// transport uses the queue as it is and logs a warning (apply the limit with a
+    /// policy, or delete the queue while no worker runs).
+    pub fn with_dead_letter_limit(mut self, n: u32) -> Self {
+        self.dead_letters = n.max(1);
+        self
+    }
+
     /// The prefix this configuration uses.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    /// The broker address this configuration uses.
+    /// The broker address this configuration uses (the first, when it has several).
     pub fn url(&self) -> &str {
-        &self.url
+        &self.urls[0]
+    }
+
+    /// Every broker address this configuration uses, in the order they are tried.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
     }
 
     pub(crate) fn validate(&self) -> Result<(), String> {
@@ -175,6 +306,12 @@ impl AmqpConfig {
         }
         if self.shards == 0 || self.shards > 1024 {
             return Err(format!("{} shards: use 1 to 1024", self.shards));
+        }
+        if self.task_queues == 0 || self.task_queues > 64 {
+            return Err(format!(
+                "{} task queues per DTask: use 1 to 64",
+                self.task_queues
+            ));
         }
         if self.prefetch == 0 || self.delay_prefetch == 0 || self.publish_channels == 0 {
             return Err("prefetch counts and publish channels must be at least 1".into());
@@ -220,6 +357,8 @@ mod tests {
         let refused = [
             base().with_prefix("has space"),
             base().with_shards(0),
+            base().with_task_queues(0),
+            base().with_task_queues(65),
             base().with_prefetch(0),
             base().with_delay_prefetch(0),
             base().with_publish_channels(0),

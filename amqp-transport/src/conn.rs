@@ -2,12 +2,14 @@
 //! away; and the pace of retries while it is away.
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use deadpool_lapin::{PoolConfig, Runtime, Timeouts};
+use deadpool::Runtime;
 use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
+use tracing::{info, warn};
 
 use crate::error::{AmqpError, Context, Result};
 
@@ -18,35 +20,90 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// take before it is abandoned and retried.
 pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A pool of connections (deadpool-lapin): a dead connection is replaced on the next get.
+/// Makes connections for a pool, to the first broker node of the list that takes one:
+/// it starts at the node that took the last one, and tries the others in turn when that
+/// one refuses, so a client of a cluster fails over to a live node on connect and on
+/// every reconnect.
+pub(crate) struct Connections {
+    urls: Vec<String>,
+    name: String,
+    /// The index in `urls` of the node that took the last connection.
+    next: AtomicUsize,
+}
+
+impl managed::Manager for Connections {
+    type Type = Connection;
+    type Error = AmqpError;
+
+    async fn create(&self) -> Result<Connection> {
+        let first = self.next.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for k in 0..self.urls.len() {
+            let i = (first + k) % self.urls.len();
+            let props =
+                ConnectionProperties::default().with_connection_name(self.name.clone().into());
+            match tokio::time::timeout(CREATE_TIMEOUT, Connection::connect(&self.urls[i], props))
+                .await
+            {
+                Ok(Ok(conn)) => {
+                    if i != first {
+                        info!(node = i, "connected to another broker node");
+                    }
+                    self.next.store(i, Ordering::Relaxed);
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => failures.push(format!("node {i}: {e}")),
+                Err(_) => failures.push(format!("node {i}: no answer within {CREATE_TIMEOUT:?}")),
+            }
+            if self.urls.len() > 1 {
+                warn!(node = i, error = %failures[failures.len() - 1], "a broker node refused a connection; trying the next");
+            }
+        }
+        Err(AmqpError::Connect(failures.join("; ")))
+    }
+
+    async fn recycle(&self, conn: &mut Connection, _: &Metrics) -> RecycleResult<AmqpError> {
+        if conn.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("the connection is closed"))
+        }
+    }
+}
+
+/// A pool of connections: a dead connection is replaced on the next get.
+pub(crate) type ConnectionPool = managed::Pool<Connections>;
+
+/// A pool of `size` connections to the broker nodes at `urls` (tried in turn).
 pub(crate) fn connection_pool(
-    url: &str,
+    urls: &[String],
     name: String,
     size: usize,
-) -> Result<deadpool_lapin::Pool> {
-    let mut pool = PoolConfig::new(size);
-    pool.timeouts = Timeouts {
-        wait: Some(CREATE_TIMEOUT),
-        create: Some(CREATE_TIMEOUT),
-        recycle: Some(CREATE_TIMEOUT),
+) -> Result<ConnectionPool> {
+    if urls.is_empty() {
+        return Err(AmqpError::Config("no broker address".into()));
+    }
+    let conns = Connections {
+        urls: urls.to_vec(),
+        name,
+        next: AtomicUsize::new(0),
     };
-    let cfg = deadpool_lapin::Config {
-        url: Some(url.to_string()),
-        pool: Some(pool),
-    };
-    cfg.create_pool(
-        move || ConnectionProperties::default().with_connection_name(name.clone().into()),
-        Runtime::Tokio1,
-    )
-    .map_err(|e| AmqpError::Config(e.to_string()))
+    managed::Pool::builder(conns)
+        .max_size(size)
+        .wait_timeout(Some(CREATE_TIMEOUT * urls.len() as u32))
+        .create_timeout(Some(CREATE_TIMEOUT * urls.len() as u32))
+        .recycle_timeout(Some(CREATE_TIMEOUT))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| AmqpError::Config(e.to_string()))
 }
 
 /// Opens a channel on a connection of `conns`.
-pub(crate) async fn open_channel(conns: &deadpool_lapin::Pool) -> Result<Channel> {
-    let conn = conns
-        .get()
-        .await
-        .map_err(|e| AmqpError::Connect(e.to_string()))?;
+pub(crate) async fn open_channel(conns: &ConnectionPool) -> Result<Channel> {
+    let conn = conns.get().await.map_err(|e| match e {
+        managed::PoolError::Backend(e) => e,
+        other => AmqpError::Connect(other.to_string()),
+    })?;
     // The channel keeps its connection open; the pool keeps the connection for reuse.
     conn.create_channel()
         .await
@@ -55,7 +112,7 @@ pub(crate) async fn open_channel(conns: &deadpool_lapin::Pool) -> Result<Channel
 
 /// Makes channels in publisher-confirm mode for the publish pool.
 pub(crate) struct ConfirmChannels {
-    pub(crate) conns: deadpool_lapin::Pool,
+    pub(crate) conns: ConnectionPool,
 }
 
 impl managed::Manager for ConfirmChannels {
@@ -81,7 +138,7 @@ impl managed::Manager for ConfirmChannels {
 
 pub(crate) type ChannelPool = managed::Pool<ConfirmChannels>;
 
-pub(crate) fn channel_pool(conns: deadpool_lapin::Pool, size: usize) -> Result<ChannelPool> {
+pub(crate) fn channel_pool(conns: ConnectionPool, size: usize) -> Result<ChannelPool> {
     managed::Pool::builder(ConfirmChannels { conns })
         .max_size(size)
         .wait_timeout(Some(CREATE_TIMEOUT * 3))

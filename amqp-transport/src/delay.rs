@@ -99,7 +99,6 @@ pub(crate) async fn reroute(shared: Arc<Shared>, ch: Channel, d: AmqpDelivery, d
         },
         body: d.data,
         props: without_broker_headers(d.properties),
-        register: false,
         done: None,
     }];
     match shared.publish_raw(&mut item).await {

@@ -9,7 +9,7 @@ use lapin::message::Delivery as AmqpDelivery;
 use lapin::Channel;
 use tokio::sync::mpsc;
 
-use crate::headers::{header_i64, message_id};
+use crate::headers::{header_i64, message_id, trace};
 use crate::settle::AmqpSettle;
 use crate::shared::Shared;
 
@@ -61,6 +61,7 @@ pub(crate) fn task_delivery(
     d: AmqpDelivery,
 ) -> Delivery {
     let message_id = message_id(&d.properties);
+    let trace = trace(&d.properties);
     let redeliveries = redeliveries(&d);
     let settle = AmqpSettle::new(
         shared.clone(),
@@ -75,6 +76,7 @@ pub(crate) fn task_delivery(
         kind: DeliveryKind::Task {
             body: d.data,
             message_id,
+            trace,
         },
         redeliveries,
         settle: Box::new(settle),

@@ -22,6 +22,9 @@ pub(crate) enum AmqpError {
     Config(String),
     #[error("{0}")]
     Invalid(String),
+    /// One failure that several waiters share (a batch written for all of them).
+    #[error(transparent)]
+    Shared(std::sync::Arc<AmqpError>),
 }
 
 /// Reply codes of channel errors that retrying cannot fix.
@@ -41,6 +44,7 @@ impl AmqpError {
     fn reply_code(&self) -> Option<u16> {
         match self {
             Self::Broker { source, .. } => reply_code(source),
+            Self::Shared(e) => e.reply_code(),
             _ => None,
         }
     }
@@ -50,6 +54,7 @@ impl AmqpError {
     pub(crate) fn is_permanent(&self) -> bool {
         match self {
             Self::Config(_) | Self::Invalid(_) => true,
+            Self::Shared(e) => e.is_permanent(),
             _ => matches!(
                 self.reply_code(),
                 Some(ACCESS_REFUSED | RESOURCE_LOCKED | PRECONDITION_FAILED)
@@ -64,14 +69,15 @@ pub(crate) fn is_not_found(e: &lapin::Error) -> bool {
 }
 
 /// The broker refused to declare a queue because it exists with another value of the
-/// argument `arg` (406 PRECONDITION_FAILED, "inequivalent arg").
+/// argument `arg` (406 PRECONDITION_FAILED, "inequivalent arg"); an empty `arg` matches
+/// any argument.
 pub(crate) fn is_inequivalent(e: &lapin::Error, arg: &str) -> bool {
     match e.kind() {
         ErrorKind::ProtocolError(p) => {
             p.get_id() == PRECONDITION_FAILED
                 && p.get_message()
                     .as_str()
-                    .contains(&format!("inequivalent arg '{arg}'"))
+                    .contains(&format!("inequivalent arg '{arg}"))
         }
         _ => false,
     }

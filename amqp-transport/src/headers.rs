@@ -1,5 +1,6 @@
 //! The properties and headers of the messages the transport publishes, and their readers.
 
+use dtasks::trace::TraceContext;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 
@@ -10,6 +11,8 @@ use crate::topology::text;
 pub(crate) const H_REASON: &str = "x-dtasks-reason";
 /// Header: the queue a dead-lettered message came from.
 pub(crate) const H_QUEUE: &str = "x-dtasks-queue";
+/// Header of a dead letter whose body was cut: the full body's size in bytes.
+pub(crate) const H_TRUNCATED: &str = "x-dtasks-truncated";
 /// Header: the instance a message is about.
 pub(crate) const H_INSTANCE: &str = "x-dtasks-instance";
 /// Header: the DTask name of that instance.
@@ -24,6 +27,11 @@ pub(crate) const H_AT: &str = "x-dtasks-at";
 pub(crate) const H_TARGET: &str = "x-dtasks-target";
 /// Header of a doorbell: the ids of the mailbox messages it announces, space-separated.
 pub(crate) const H_RINGS: &str = "x-dtasks-rings";
+
+/// Header: the W3C `traceparent` of the span the message was sent from.
+pub(crate) const H_TRACEPARENT: &str = "traceparent";
+/// Header: the W3C `tracestate` that goes with it.
+pub(crate) const H_TRACESTATE: &str = "tracestate";
 
 /// The properties of a message published by the transport: persistent, with its id and
 /// the dtasks headers.
@@ -92,4 +100,23 @@ pub(crate) fn header_str(props: &BasicProperties, key: &str) -> Option<String> {
         AMQPValue::ShortString(s) => Some(s.to_string()),
         _ => None,
     }
+}
+
+/// `props` with the trace context's headers, when there is one (RabbitMQ keeps headers
+/// through its delay queues and dead-lettering: a timer continues the trace).
+pub(crate) fn with_trace(props: BasicProperties, trace: Option<&TraceContext>) -> BasicProperties {
+    let Some(t) = trace else {
+        return props;
+    };
+    let mut extra = vec![(H_TRACEPARENT, text(t.traceparent()))];
+    if let Some(state) = t.tracestate() {
+        extra.push((H_TRACESTATE, text(state)));
+    }
+    with_headers(props, extra)
+}
+
+/// The trace context a message was sent with.
+pub(crate) fn trace(props: &BasicProperties) -> Option<TraceContext> {
+    let parent = header_str(props, H_TRACEPARENT)?;
+    TraceContext::new(parent, header_str(props, H_TRACESTATE).unwrap_or_default())
 }

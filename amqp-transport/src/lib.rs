@@ -32,13 +32,13 @@
 //!
 //! | queue | type | arguments | holds |
 //! |---|---|---|---|
-//! | `P.task.<dtask>` | quorum | | steps of instances of one DTask |
+//! | `P.task.<dtask>` | quorum | | steps of instances of one DTask (`P.task.<dtask>.<i>`, `i < k`, with [`AmqpConfig::with_task_queues`]`(k)`, by hash of the instance id) |
 //! | `P.wake.<dtask>` | quorum | | due timers of instances of one DTask (consumed like the task queue, so that a timer does not wait behind every queued start) |
-//! | `P.dead` | quorum | | dead letters, with `x-dtasks-reason` and `x-dtasks-queue` headers |
+//! | `P.dead` | quorum | | dead letters, with `x-dtasks-reason` and `x-dtasks-queue` headers ([`AmqpTransport::dead_letters`] lists them, [`AmqpTransport::replay_dead_letter`] puts one back where it came from) |
 //! | `P.delay.<k>`, k = 0..=32 | quorum | `x-message-ttl` 2^k ms, dead-letter to `P.delay.ready` (at-least-once, `x-overflow` reject-publish) | timers |
 //! | `P.delay.ready` | quorum | | timers that left a level, re-routed by every consumer |
-//! | `P.shard.<i>`, i < shards | quorum | `x-single-active-consumer` | doorbells, routed by FNV-1a of the instance id |
-//! | `P.mbox.<instance>` | classic | `x-expires` (mailbox retention) | the mailbox of an instance |
+//! | `P.shard.<i>`, i < shards | quorum | `x-single-active-consumer` | doorbells, routed by FNV-1a of the instance id; every worker consumes every shard, and the shards spread over the workers ([`AmqpTransport::held_shards`]) |
+//! | `P.mbox.<instance>` | classic (quorum with [`AmqpConfig::with_quorum_mailboxes`]) | `x-expires` (mailbox retention) | the mailbox of an instance |
 //! | `P.result.<instance>` | classic | `x-max-length` 1, `x-overflow` reject-publish, `x-expires` | the result (written once) |
 //! | `P.status.<instance>` | classic | `x-max-length` 1, `x-overflow` drop-head, `x-expires` | the last status |
 //! | `P.cancels` | stream | `x-max-age` (the result retention) | cancel records, read from the first by every worker (`Client::cancel`, `DTask::race`) |
@@ -92,11 +92,15 @@ mod clock;
 mod config;
 mod conn;
 mod consume;
+mod dead;
 mod delay;
 mod delivery;
 mod error;
+mod facts;
+mod follow;
 mod headers;
 mod mailbox;
+pub mod metrics;
 mod publish;
 mod records;
 mod registers;
@@ -107,5 +111,9 @@ mod supervise;
 mod topology;
 mod transport;
 
-pub use config::{AmqpConfig, DEFAULT_PREFIX, DEFAULT_URL};
+pub use config::{
+    AmqpConfig, DEAD_LETTER_BODY, DEAD_LETTER_BYTES, DEFAULT_DEAD_LETTERS, DEFAULT_PREFIX,
+    DEFAULT_URL,
+};
+pub use dead::DeadLetter;
 pub use transport::AmqpTransport;

@@ -1,21 +1,21 @@
 //! Doorbells and mailboxes on the consuming side: a doorbell becomes a delivery (or is
-//! acked at once when it is spent), and its instance's mailbox is drained on the
-//! doorbell's channel.
+//! acked at once when it is spent), and its instance's mailbox is drained on the channel
+//! of that delivery, never once it closed; the mailbox of a finished instance is deleted.
 
 use std::sync::Arc;
 
 use dtasks::transport::{Delivery, DeliveryKind, MailboxMessage, Settle};
 use dtasks::InstanceId;
 use lapin::message::Delivery as AmqpDelivery;
-use lapin::options::BasicGetOptions;
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::Channel;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::conn;
 use crate::delivery::Output;
-use crate::error::{AmqpError, Result};
-use crate::headers::{header_str, message_id, H_RINGS};
+use crate::error::{AmqpError, Context, Result};
+use crate::headers::{header_str, message_id, trace, H_RINGS};
 use crate::settle::AmqpSettle;
 use crate::shared::Shared;
 use crate::topology::short;
@@ -31,7 +31,7 @@ pub(crate) fn doorbell(
 ) {
     let instance = String::from_utf8(d.data.clone())
         .ok()
-        .and_then(|s| InstanceId::new(s).ok());
+        .and_then(|s| InstanceId::from_message(s).ok());
     let mut settle = AmqpSettle::new(
         shared.clone(),
         ch.clone(),
@@ -66,11 +66,15 @@ pub(crate) fn doorbell(
             }
         }
     }
+    shared.doorbells.count_handed();
     let token = shared.doorbells.out(instance.as_str(), ch);
-    let (sh, id) = (shared.clone(), instance.as_str().to_string());
-    settle.set_on_settle(Box::new(move || sh.doorbells.done(&id, token)));
+    let sh = shared.clone();
+    settle.set_on_settle(Box::new(move || sh.doorbells.done(token)));
     let delivery = Delivery {
-        kind: DeliveryKind::Doorbell { instance },
+        kind: DeliveryKind::Doorbell {
+            instance,
+            tag: token,
+        },
         redeliveries: u32::from(d.redelivered),
         settle: Box::new(settle),
     };
@@ -89,11 +93,30 @@ pub(crate) fn doorbell(
 }
 
 impl Shared {
+    /// Drains the mailbox of `instance` for the doorbell delivery `doorbell` (its token),
+    /// on the channel that holds it; without one, on a channel of its own.
     pub(crate) async fn drain_mailbox(
         self: &Arc<Self>,
         instance: &InstanceId,
+        doorbell: Option<u64>,
     ) -> Result<Vec<MailboxMessage>> {
         let queue = self.topo.mailbox(instance.as_str());
+        let held = match doorbell {
+            Some(token) => match self.doorbells.channel(token, instance.as_str()) {
+                Some(ch) if ch.status().connected() => Some(ch),
+                // The delivery's channel closed (or it was settled): the broker gives the
+                // doorbell back, and whoever takes it next, this process included, drains
+                // under that delivery. Draining here too, on another channel, would split
+                // the mailbox between two merges of the same version.
+                _ => {
+                    return Err(AmqpError::Connect(format!(
+                        "the doorbell delivery of `{instance}` is no longer held (its \
+                         channel closed); its next delivery drains the mailbox"
+                    )))
+                }
+            },
+            None => None,
+        };
         // A missing mailbox (expired, or never written) is empty. `basic.get` on a missing
         // queue would close the shard channel, so look first on another channel (only for
         // existence: a message count seen from another channel may miss a message this
@@ -101,13 +124,9 @@ impl Shared {
         if !self.exists(&queue).await? {
             return Ok(Vec::new());
         }
-        let held = self
-            .doorbells
-            .channel(instance.as_str())
-            .filter(|ch| ch.status().connected());
         let ch = match held {
             Some(ch) => ch,
-            // No doorbell outstanding in this process: a channel of its own.
+            // Under no doorbell delivery: a channel of its own.
             None => conn::open_channel(&self.consume_conns).await?,
         };
         let mut out = Vec::new();
@@ -119,6 +138,7 @@ impl Shared {
                 Ok(Some(m)) => {
                     let d = m.delivery;
                     let id = message_id(&d.properties);
+                    let trace = trace(&d.properties);
                     let mut settle = AmqpSettle::new(
                         self.clone(),
                         ch.clone(),
@@ -136,6 +156,7 @@ impl Shared {
                     }
                     out.push(MailboxMessage {
                         body: d.data,
+                        trace,
                         settle: Box::new(settle),
                     });
                 }
@@ -148,5 +169,20 @@ impl Shared {
         }
         debug!(instance = %instance, messages = out.len(), "mailbox drained");
         Ok(out)
+    }
+
+    /// Deletes the mailbox of `instance`, whatever it holds: the messages a drain holds
+    /// unacked go with it, and acking them afterwards is harmless (the broker ignores
+    /// settlements for a deleted queue). Deleting a missing queue succeeds.
+    pub(crate) async fn delete_mailbox(&self, instance: &InstanceId) -> Result<()> {
+        let queue = self.topo.mailbox(instance.as_str());
+        let ch = conn::get_channel(&self.channels).await?;
+        ch.queue_delete(short(&queue)?, QueueDeleteOptions::default())
+            .await
+            .context(|| format!("deleting queue `{queue}`"))?;
+        // Declared again by whatever this process publishes to it next.
+        self.declared.forget(&queue);
+        debug!(instance = %instance, "mailbox deleted");
+        Ok(())
     }
 }

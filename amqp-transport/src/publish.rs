@@ -14,7 +14,8 @@ use tracing::{debug, warn};
 use crate::clock::{ceil_ms, now_ms};
 use crate::conn::{self, Backoff, ATTEMPT_TIMEOUT};
 use crate::error::{AmqpError, Context, Result};
-use crate::headers::{properties, with_headers, H_AT, H_RINGS, H_TARGET};
+use crate::headers::{properties, with_headers, with_trace, H_AT, H_RINGS, H_TARGET};
+use crate::metrics::{CONFIRM_DURATION, PUBLISHED};
 use crate::shared::Shared;
 use crate::topology::{self, short, text, Kind};
 
@@ -41,8 +42,6 @@ pub(crate) struct RawItem {
     pub(crate) route: Route,
     pub(crate) body: Vec<u8>,
     pub(crate) props: BasicProperties,
-    /// A nack means the write-once register is full: [`Published::Duplicate`].
-    pub(crate) register: bool,
     pub(crate) done: Option<Published>,
 }
 
@@ -57,7 +56,6 @@ impl RawItem {
             route: Route::Queue { queue, kind },
             body,
             props,
-            register: false,
             done: None,
         }
     }
@@ -121,24 +119,21 @@ impl Shared {
 
     async fn attempt(&self, items: &mut [RawItem]) -> Result<()> {
         let ch = conn::get_channel(&self.channels).await?;
+        let started = Instant::now();
         let mut pending = Vec::new();
         for (i, item) in items.iter().enumerate() {
             if item.done.is_some() {
                 continue;
             }
             let (queue, kind) = self.resolve(&item.route);
-            if kind == Kind::Reply {
+            if kind == Kind::Reply || kind == Kind::Touch {
                 // The calling client declared its reply queue before the start; never
-                // recreated here (a missing one means the client is gone).
-            } else if kind != Kind::Result {
+                // recreated here (a missing one means the client is gone). A keep-alive
+                // never creates a mailbox (a missing one was deleted when its instance
+                // finished).
+            } else {
                 self.declare(&ch, &queue, kind).await?;
-            } else if self.declared.is_missing(&queue) {
-                self.declare(&ch, &queue, kind).await?;
-                self.declared.found(&queue);
             }
-            // A root's result register exists from its start (the client creates it), so
-            // a result is written without declaring it first (a round trip and broker work
-            // per root); a register found missing (expired) is declared on the retry.
             let confirm = ch
                 .basic_publish(
                     "".into(),
@@ -155,9 +150,14 @@ impl Shared {
             pending.push((i, queue, kind, confirm));
         }
         let mut first_err = None;
+        let batch = pending.len();
         for (i, queue, kind, confirm) in pending {
             let outcome = match confirm.await {
                 Ok(Confirmation::Ack(None)) => Ok(Published::Stored),
+                Ok(Confirmation::Ack(Some(_))) if kind == Kind::Touch => {
+                    debug!(queue, "a keep-alive for a deleted mailbox is dropped");
+                    Ok(Published::Dropped)
+                }
                 Ok(Confirmation::Ack(Some(_))) if kind == Kind::Reply => {
                     // The caller is gone and so is its reply queue: nobody can receive
                     // this result (`Client::call` says so).
@@ -170,12 +170,8 @@ impl Shared {
                 Ok(Confirmation::Ack(Some(_))) => {
                     // Deleted since we declared it (e.g. an expired mailbox): declare again.
                     self.declared.forget(&queue);
-                    if kind == Kind::Result {
-                        self.declared.set_missing(&queue);
-                    }
                     Err(AmqpError::Returned(queue))
                 }
-                Ok(Confirmation::Nack(_)) if items[i].register => Ok(Published::Duplicate),
                 Ok(Confirmation::Nack(_)) => Err(AmqpError::Nacked(queue)),
                 Ok(Confirmation::NotRequested) => Err(AmqpError::Invalid(
                     "a publish channel is not in confirm mode".into(),
@@ -192,6 +188,11 @@ impl Shared {
                 }
             }
         }
+        if batch > 0 {
+            // From the first publish of the batch to its last confirm.
+            ::metrics::histogram!(CONFIRM_DURATION).record(started.elapsed().as_secs_f64());
+            ::metrics::counter!(PUBLISHED).increment(batch as u64);
+        }
         match first_err {
             None => Ok(()),
             Some(e) => Err(e),
@@ -200,14 +201,16 @@ impl Shared {
 
     /// Turns an outgoing message into a raw one.
     fn item_for(&self, o: &Outgoing) -> Result<RawItem> {
-        let props = properties(&o.message_id, o.instance.as_str(), &o.dtask);
-        let (route, register, props) = match &o.destination {
+        let props = with_trace(
+            properties(&o.message_id, o.instance.as_str(), &o.dtask),
+            o.trace.as_ref(),
+        );
+        let (route, props) = match &o.destination {
             Destination::Task { name } => (
                 Route::Queue {
-                    queue: self.topo.task(name),
+                    queue: self.topo.task_for(name, o.instance.as_str()),
                     kind: Kind::Task,
                 },
-                false,
                 props,
             ),
             Destination::Delayed { name, at } => {
@@ -224,7 +227,6 @@ impl Shared {
                         target: name.clone(),
                         at_ms,
                     },
-                    false,
                     props,
                 )
             }
@@ -233,23 +235,13 @@ impl Shared {
                     queue: self.topo.mailbox(instance.as_str()),
                     kind: Kind::Mailbox,
                 },
-                false,
                 props,
             ),
-            Destination::Result { instance } => (
+            Destination::Store { .. } => (
                 Route::Queue {
-                    queue: self.topo.result(instance.as_str()),
-                    kind: Kind::Result,
+                    queue: self.topo.facts(),
+                    kind: Kind::Facts,
                 },
-                true,
-                props,
-            ),
-            Destination::Status { instance } => (
-                Route::Queue {
-                    queue: self.topo.status(instance.as_str()),
-                    kind: Kind::Status,
-                },
-                false,
                 props,
             ),
             Destination::Reply { client } => (
@@ -257,7 +249,6 @@ impl Shared {
                     queue: self.topo.reply(client),
                     kind: Kind::Reply,
                 },
-                false,
                 props,
             ),
             Destination::Cancel { .. } => (
@@ -265,7 +256,13 @@ impl Shared {
                     queue: self.topo.cancels(),
                     kind: Kind::Cancels,
                 },
-                false,
+                props,
+            ),
+            Destination::Touch { instance } => (
+                Route::Queue {
+                    queue: self.topo.mailbox(instance.as_str()),
+                    kind: Kind::Touch,
+                },
                 props,
             ),
             other => {
@@ -278,7 +275,6 @@ impl Shared {
             route,
             body: o.body.clone(),
             props,
-            register,
             done: None,
         })
     }
@@ -297,8 +293,16 @@ impl Shared {
         // Each doorbell names the messages it announces, so that the consumer can tell a
         // spent one (its messages already drained) from news.
         let mut rung: Vec<(&InstanceId, &str, String)> = Vec::new();
-        for o in &batch {
-            if let Destination::Mailbox { instance } = &o.destination {
+        for (o, item) in batch.iter().zip(&items) {
+            let instance = match &o.destination {
+                Destination::Mailbox { instance } => Some(instance),
+                // A keep-alive rings only when it found its mailbox.
+                Destination::Touch { instance } if item.done == Some(Published::Stored) => {
+                    Some(instance)
+                }
+                _ => None,
+            };
+            if let Some(instance) = instance {
                 match rung.iter_mut().find(|(i, _, _)| *i == instance) {
                     Some((_, _, ids)) => {
                         ids.push(' ');

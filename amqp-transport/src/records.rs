@@ -1,7 +1,7 @@
 //! What a process remembers between broker operations, in bounded memory: the queues it
 //! declared, the doorbells its shard consumers hold, and the mailbox messages it merged.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -25,8 +25,6 @@ pub(crate) struct Declared {
     ever_declared: Mutex<BTreeSet<String>>,
     /// Set once `ever_declared` is full.
     ever_full: AtomicBool,
-    /// Result registers that a write found missing: declared before the next write.
-    missing: Mutex<HashSet<String>>,
 }
 
 impl Declared {
@@ -64,28 +62,18 @@ impl Declared {
     pub(crate) fn ever(&self) -> Vec<String> {
         lock(&self.ever_declared).iter().cloned().collect()
     }
-
-    /// Records that a write found the result register `queue` missing.
-    pub(crate) fn set_missing(&self, queue: &str) {
-        lock(&self.missing).insert(queue.to_string());
-    }
-
-    pub(crate) fn is_missing(&self, queue: &str) -> bool {
-        lock(&self.missing).contains(queue)
-    }
-
-    /// Records that the result register `queue` exists again.
-    pub(crate) fn found(&self, queue: &str) {
-        lock(&self.missing).remove(queue);
-    }
 }
 
 /// The doorbells this process holds, and the mailbox messages it merged.
-#[derive(Default)]
-pub(crate) struct Doorbells {
-    /// The shard channel that holds the outstanding doorbell of an instance: its mailbox
-    /// is drained on the same channel.
-    held: Mutex<HashMap<String, (u64, Channel)>>,
+///
+/// A held doorbell is recorded per delivery (by a token of this process), not per
+/// instance: the same doorbell may be delivered to this process again, on a new channel,
+/// while the merge under its first delivery still runs. Each drain follows its own
+/// delivery: the stale merge finds its closed channel, the fresh delivery its open one.
+pub(crate) struct Doorbells<C = Channel> {
+    /// Per delivery held: its instance and the shard channel that holds it (its mailbox
+    /// is drained on the same channel).
+    held: Mutex<HashMap<u64, (String, C)>>,
     seq: AtomicU64,
     /// Ids of mailbox messages this process drained and acked: merged into a state that
     /// was confirmed first. A doorbell that announces only such messages has nothing to
@@ -93,29 +81,55 @@ pub(crate) struct Doorbells {
     merged: Mutex<Generations>,
     /// Doorbells acked without a drain because they were spent.
     spent: AtomicU64,
+    /// Doorbells handed to the worker: each one a drain and a merge.
+    handed: AtomicU64,
+    /// The shard queues this process's consumers are the active consumer of (known from
+    /// a delivery), with how many of its sessions hold each (one, but for a moment during
+    /// a hand-over between two sessions of the same process).
+    shards: Mutex<BTreeMap<String, usize>>,
 }
 
-impl Doorbells {
-    /// Records that `instance`'s doorbell is outstanding on `ch`; returns a token for
-    /// [`Doorbells::done`].
-    pub(crate) fn out(&self, instance: &str, ch: &Channel) -> u64 {
+impl<C> Default for Doorbells<C> {
+    fn default() -> Self {
+        Self {
+            held: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(1),
+            merged: Mutex::new(Generations::default()),
+            spent: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
+            shards: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl<C: Clone> Doorbells<C> {
+    /// Records a delivery of `instance`'s doorbell, held on `ch`; returns its token, the
+    /// delivery's tag for [`Doorbells::channel`] and [`Doorbells::done`].
+    pub(crate) fn out(&self, instance: &str, ch: &C) -> u64 {
         let token = self.seq.fetch_add(1, Ordering::Relaxed);
-        lock(&self.held).insert(instance.to_string(), (token, ch.clone()));
+        lock(&self.held).insert(token, (instance.to_string(), ch.clone()));
         token
     }
 
-    pub(crate) fn done(&self, instance: &str, token: u64) {
-        let mut map = lock(&self.held);
-        if map.get(instance).is_some_and(|(t, _)| *t == token) {
-            map.remove(instance);
-        }
+    /// The delivery `token` was settled (or given up).
+    pub(crate) fn done(&self, token: u64) {
+        lock(&self.held).remove(&token);
     }
 
-    /// The channel that holds `instance`'s outstanding doorbell, if any.
-    pub(crate) fn channel(&self, instance: &str) -> Option<Channel> {
-        lock(&self.held).get(instance).map(|(_, ch)| ch.clone())
+    /// The channel that holds the doorbell delivery `token` of `instance`, while it is
+    /// held (the caller checks that the channel is still open).
+    pub(crate) fn channel(&self, token: u64, instance: &str) -> Option<C> {
+        lock(&self.held)
+            .get(&token)
+            .filter(|(i, _)| i == instance)
+            .map(|(_, ch)| ch.clone())
     }
 
+    /// How many doorbell deliveries are held.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        lock(&self.held).len()
+    }
     /// Records that the mailbox message `id` was drained and acked.
     pub(crate) fn mark_merged(&self, id: String) {
         lock(&self.merged).insert(id);
@@ -135,6 +149,35 @@ impl Doorbells {
 
     pub(crate) fn spent(&self) -> u64 {
         self.spent.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_handed(&self) {
+        self.handed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn handed(&self) -> u64 {
+        self.handed.load(Ordering::Relaxed)
+    }
+
+    /// Records that a session of this process became the active consumer of `shard`.
+    pub(crate) fn hold_shard(&self, shard: &str) {
+        *lock(&self.shards).entry(shard.to_string()).or_default() += 1;
+    }
+
+    /// Records that a session of this process no longer consumes `shard` actively.
+    pub(crate) fn release_shard(&self, shard: &str) {
+        let mut shards = lock(&self.shards);
+        if let Some(n) = shards.get_mut(shard) {
+            *n -= 1;
+            if *n == 0 {
+                shards.remove(shard);
+            }
+        }
+    }
+
+    /// The shards this process is the active consumer of, sorted.
+    pub(crate) fn held_shards(&self) -> Vec<String> {
+        lock(&self.shards).keys().cloned().collect()
     }
 }
 
@@ -176,5 +219,33 @@ mod tests {
         assert!(lock(&records.declared).contains(&format!("p.result.{}", n - 1)));
         assert_eq!(lock(&records.ever_declared).len(), MAX_REMEMBERED);
         assert!(records.ever_full.load(Ordering::Relaxed));
+    }
+
+    /// A channel that is open or closed, for the records of held doorbells.
+    #[derive(Clone, Debug, PartialEq)]
+    struct Ch(&'static str);
+
+    #[test]
+    fn a_drain_follows_its_own_doorbell_delivery() {
+        let bells: Doorbells<Ch> = Doorbells::default();
+        // The doorbell of `i` is delivered on channel a; a's connection is cut while
+        // the merge under it runs, and the broker delivers the doorbell again to this
+        // process, on channel b.
+        let first = bells.out("i", &Ch("a"));
+        let again = bells.out("i", &Ch("b"));
+        assert_ne!(first, again);
+        // The stale merge's drain finds its own (closed) channel, never b: it must not
+        // drain. The fresh delivery drains on b.
+        assert_eq!(bells.channel(first, "i"), Some(Ch("a")));
+        assert_eq!(bells.channel(again, "i"), Some(Ch("b")));
+        // A token names one instance's delivery only.
+        assert_eq!(bells.channel(again, "j"), None);
+        // The stale delivery's settle does not touch the fresh one's record.
+        bells.done(first);
+        assert_eq!(bells.channel(first, "i"), None);
+        assert_eq!(bells.channel(again, "i"), Some(Ch("b")));
+        bells.done(again);
+        assert_eq!(bells.channel(again, "i"), None);
+        assert_eq!(bells.held(), 0);
     }
 }

@@ -8,11 +8,13 @@ use dtasks::transport::Settle;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::types::AMQPValue;
 use lapin::{Acker, BasicProperties, Channel};
 use tracing::{debug, info, warn};
 
+use crate::config::DEAD_LETTER_BODY;
 use crate::error::AmqpError;
-use crate::headers::{with_headers, H_QUEUE, H_REASON};
+use crate::headers::{with_headers, H_QUEUE, H_REASON, H_TRUNCATED};
 use crate::publish::RawItem;
 use crate::shared::Shared;
 use crate::topology::{text, Kind};
@@ -142,6 +144,19 @@ impl Inner {
 }
 
 impl Settle for AmqpSettle {
+    fn lost(&self) -> Option<BoxFuture<'static, ()>> {
+        let channel = self.inner.as_ref()?.channel.clone();
+        Some(
+            async move {
+                // lapin tells no one when a channel closes: look now and then.
+                while channel.status().connected() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            .boxed(),
+        )
+    }
+
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
         let mut inner = self.take();
         async move {
@@ -178,16 +193,18 @@ impl Settle for AmqpSettle {
         let mut inner = self.take();
         async move {
             let dead = inner.shared.topo.dead();
-            let props = with_headers(
-                inner.props.clone(),
-                vec![(H_REASON, text(&reason)), (H_QUEUE, text(&inner.queue))],
-            );
-            let mut item = [RawItem::to_queue(
-                dead,
-                Kind::Dead,
-                std::mem::take(&mut inner.body),
-                props,
-            )];
+            let mut headers = vec![(H_REASON, text(&reason)), (H_QUEUE, text(&inner.queue))];
+            let mut body = std::mem::take(&mut inner.body);
+            if body.len() > DEAD_LETTER_BODY {
+                // Kept for a person to look at, not to replay: the start of it is enough.
+                headers.push((
+                    H_TRUNCATED,
+                    AMQPValue::LongLongInt(body.len().min(i64::MAX as usize) as i64),
+                ));
+                body.truncate(DEAD_LETTER_BODY);
+            }
+            let props = with_headers(inner.props.clone(), headers);
+            let mut item = [RawItem::to_queue(dead, Kind::Dead, body, props)];
             // Ack the original only once the dead letter is safely stored.
             if let Err(e) = inner.shared.publish_raw(&mut item).await {
                 warn!(queue = %inner.queue, error = %e, "dead-lettering failed; the message goes back");

@@ -1,26 +1,28 @@
 //! [`Shared`]: what every clone of a transport shares, and declaring queues through it.
 
+use deadpool::managed::Object;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use lapin::Channel;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::AmqpConfig;
 use crate::conn::{self, ChannelPool};
-use crate::error::{AmqpError, Context, Result};
+use crate::error::{is_inequivalent, AmqpError, Context, Result};
 use crate::records::{Declared, Doorbells};
 use crate::topology::{short, Kind, Topology};
 
 pub(crate) struct Shared {
     pub(crate) cfg: AmqpConfig,
     pub(crate) topo: Topology,
-    pub(crate) consume_conns: deadpool_lapin::Pool,
+    pub(crate) consume_conns: conn::ConnectionPool,
     pub(crate) channels: ChannelPool,
     pub(crate) declared: Declared,
     pub(crate) doorbells: Doorbells,
-    /// The channel every result wait of this process consumes on (one consumer per
-    /// waiting handle), opened on first use and again after it closed.
-    pub(crate) waits: tokio::sync::Mutex<Option<Channel>>,
     /// The cancel records this process has read (`cancels`).
     pub(crate) cancels: dtasks::transport::CancelBook,
+    /// Set by `AmqpTransport::close`: every consumer of this process stops.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -29,9 +31,9 @@ impl Shared {
     pub(crate) fn new(cfg: AmqpConfig) -> Result<Self> {
         cfg.validate().map_err(AmqpError::Config)?;
         let publish_conns =
-            conn::connection_pool(&cfg.url, format!("dtasks {} publisher", cfg.prefix), 1)?;
+            conn::connection_pool(&cfg.urls, format!("dtasks {} publisher", cfg.prefix), 1)?;
         let consume_conns =
-            conn::connection_pool(&cfg.url, format!("dtasks {} consumer", cfg.prefix), 1)?;
+            conn::connection_pool(&cfg.urls, format!("dtasks {} consumer", cfg.prefix), 1)?;
         let channels = conn::channel_pool(publish_conns, cfg.publish_channels)?;
         Ok(Self {
             topo: Topology::new(&cfg),
@@ -40,9 +42,20 @@ impl Shared {
             channels,
             declared: Declared::default(),
             doorbells: Doorbells::default(),
-            waits: tokio::sync::Mutex::new(None),
             cancels: dtasks::transport::CancelBook::new(),
+            closed: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Stops every consumer of this process (`AmqpTransport::close`).
+    pub(crate) fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Resolves once the transport is closed.
+    pub(crate) async fn closing(&self) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     /// Declares `queue` unless this process already did.
@@ -56,6 +69,43 @@ impl Shared {
             Box::pin(self.declare(ch, &ready, Kind::DelayReady)).await?;
         }
         self.declare_uncached(ch, queue, kind).await
+    }
+
+    /// Declares the dead-letter queue with its bound. One declared without it, or with
+    /// another limit (by an earlier version, or another configuration), is used as it is,
+    /// with a warning: the broker refuses to change a queue's arguments.
+    pub(crate) async fn declare_dead(&self) -> Result<()> {
+        let queue = self.topo.dead();
+        let ch = conn::get_channel(&self.channels).await?;
+        let (opts, args) = self.topo.declaration(Kind::Dead);
+        match ch.queue_declare(short(&queue)?, opts, args).await {
+            Ok(_) => {}
+            Err(e) if is_inequivalent(&e, "") => {
+                // The broker closed the channel: it leaves the pool.
+                drop(Object::take(ch));
+                warn!(
+                    queue,
+                    error = %e,
+                    "the dead-letter queue exists with other arguments (an earlier version \
+                     made it without a bound): it is used as it is; apply the bound with a \
+                     policy, or delete the queue while no worker runs"
+                );
+                let ch = conn::get_channel(&self.channels).await?;
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                ch.queue_declare(short(&queue)?, passive, FieldTable::default())
+                    .await
+                    .context(|| format!("checking queue `{queue}`"))?;
+            }
+            Err(e) => {
+                drop(Object::take(ch));
+                return Err(AmqpError::broker(format!("declaring queue `{queue}`"), e));
+            }
+        }
+        self.declared.remember(&queue);
+        Ok(())
     }
 
     /// Declares `queue` (idempotent: the same arguments every time).

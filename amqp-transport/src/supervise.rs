@@ -46,6 +46,7 @@ pub(crate) async fn supervised<T, S, OF, PF>(
     loop {
         let opened = tokio::select! {
             _ = tx.closed() => return,
+            _ = shared.closing() => return,
             s = open() => s,
         };
         match opened {
@@ -56,7 +57,11 @@ pub(crate) async fn supervised<T, S, OF, PF>(
                     info!("{what} re-subscribed");
                 }
                 let since = Instant::now();
-                match pump(session).await {
+                let ended = tokio::select! {
+                    _ = shared.closing() => End::Closed,
+                    end = pump(session) => end,
+                };
+                match ended {
                     End::Closed => {
                         debug!("{what}: stream dropped; consumers cancelled");
                         return;
@@ -82,6 +87,7 @@ pub(crate) async fn supervised<T, S, OF, PF>(
         }
         tokio::select! {
             _ = tx.closed() => return,
+            _ = shared.closing() => return,
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, DEAD_LETTER_BYTES};
 use crate::error::{AmqpError, Result};
 
 /// The highest delay level: `2^32` ms is about 49.7 days, so levels cover 1 ms to far
@@ -24,12 +24,15 @@ pub(crate) enum Kind {
     DelayReady,
     Shard,
     Mailbox,
-    Result,
-    Status,
     Reply,
     /// A claim register, declared with the nonce of the start that claims it.
     Claim(u64),
     Cancels,
+    /// The stream of instance facts.
+    Facts,
+    /// A mailbox as the destination of a keep-alive: never declared for it (a keep-alive
+    /// must not create a mailbox); declared, it is a mailbox.
+    Touch,
 }
 
 /// Names and declares the queues under one prefix.
@@ -39,6 +42,9 @@ pub(crate) struct Topology {
     shards: u16,
     mailbox_expires: i64,
     register_expires: i64,
+    dead_letters: u32,
+    quorum_mailboxes: bool,
+    task_queues: u16,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -52,6 +58,9 @@ impl Topology {
             shards: cfg.shards,
             mailbox_expires: millis(cfg.mailbox_retention),
             register_expires: millis(cfg.register_retention),
+            dead_letters: cfg.dead_letters,
+            quorum_mailboxes: cfg.quorum_mailboxes,
+            task_queues: cfg.task_queues,
         }
     }
 
@@ -63,8 +72,39 @@ impl Topology {
         self.shards
     }
 
+    /// The task queue of DTask `name` (its first, when it has several).
     pub(crate) fn task(&self, name: &str) -> String {
-        format!("{}.task.{name}", self.prefix)
+        if self.task_queues > 1 {
+            self.task_part(name, 0)
+        } else {
+            format!("{}.task.{name}", self.prefix)
+        }
+    }
+
+    fn task_part(&self, name: &str, i: u16) -> String {
+        format!("{}.task.{name}.{i}", self.prefix)
+    }
+
+    /// Every task queue of DTask `name`: the one `P.task.<name>`, or `P.task.<name>.<i>`
+    /// for each `i` below the count (`AmqpConfig::with_task_queues`).
+    pub(crate) fn tasks(&self, name: &str) -> Vec<String> {
+        if self.task_queues > 1 {
+            (0..self.task_queues)
+                .map(|i| self.task_part(name, i))
+                .collect()
+        } else {
+            vec![self.task(name)]
+        }
+    }
+
+    /// The task queue of DTask `name` that the messages of `instance` go to.
+    pub(crate) fn task_for(&self, name: &str, instance: &str) -> String {
+        if self.task_queues > 1 {
+            let i = (fnv1a(instance.as_bytes()) % u64::from(self.task_queues)) as u16;
+            self.task_part(name, i)
+        } else {
+            self.task(name)
+        }
     }
 
     /// Due timers of a DTask: a queue of their own, so that a timer does not wait behind
@@ -94,16 +134,24 @@ impl Topology {
         self.shard((fnv1a(instance.as_bytes()) % u64::from(self.shards)) as u16)
     }
 
+    /// The mailbox of `instance`: `P.mbox.<instance>`, or, when that is longer than the
+    /// broker's 255 bytes (a child's id grows with its nesting), its first bytes, `~` and a
+    /// 128-bit hash of the whole id (deterministic: every process names it alike).
     pub(crate) fn mailbox(&self, instance: &str) -> String {
-        format!("{}.mbox.{instance}", self.prefix)
-    }
-
-    pub(crate) fn result(&self, instance: &str) -> String {
-        format!("{}.result.{instance}", self.prefix)
-    }
-
-    pub(crate) fn status(&self, instance: &str) -> String {
-        format!("{}.status.{instance}", self.prefix)
+        let name = format!("{}.mbox.{instance}", self.prefix);
+        if name.len() <= MAX_NAME {
+            return name;
+        }
+        let hash = format!(
+            "~{:016x}{:016x}",
+            fnv1a(instance.as_bytes()),
+            fnv1a_from(FNV_SECOND_BASIS, instance.as_bytes())
+        );
+        // Ids are ASCII: any byte is a character boundary.
+        let mut short = name;
+        short.truncate(MAX_NAME - hash.len());
+        short.push_str(&hash);
+        short
     }
 
     /// The claim register of a root started under a chosen id.
@@ -116,9 +164,37 @@ impl Topology {
         format!("{}.cancels", self.prefix)
     }
 
+    /// The stream of instance facts (the RabbitMQ-only instance store).
+    pub(crate) fn facts(&self) -> String {
+        format!("{}.facts", self.prefix)
+    }
+
     /// The reply queue of a client (`Client::call`).
     pub(crate) fn reply(&self, client: &str) -> String {
         format!("{}.reply.{client}", self.prefix)
+    }
+
+    /// The kind of `queue` when it is one that workers consume (a task, wake, shard or
+    /// mailbox queue, or the ready queue of timers) under this prefix: where a dead letter
+    /// may be replayed to.
+    pub(crate) fn consumed_kind(&self, queue: &str) -> Option<Kind> {
+        let rest = queue.strip_prefix(&self.prefix)?.strip_prefix('.')?;
+        let named = |p: &str| rest.strip_prefix(p).is_some_and(|n| !n.is_empty());
+        if rest == "delay.ready" {
+            Some(Kind::DelayReady)
+        } else if named("task.") || named("wake.") {
+            Some(Kind::Task)
+        } else if named("mbox.") {
+            Some(Kind::Mailbox)
+        } else if rest
+            .strip_prefix("shard.")
+            .and_then(|i| i.parse::<u16>().ok())
+            .is_some_and(|i| i < self.shards)
+        {
+            Some(Kind::Shard)
+        } else {
+            None
+        }
     }
 
     /// The options and arguments to declare a queue of `kind`.
@@ -128,13 +204,27 @@ impl Topology {
             args.insert(ShortString::from(k), v);
         };
         let queue_type = match kind {
-            Kind::Mailbox | Kind::Result | Kind::Status | Kind::Reply | Kind::Claim(_) => "classic",
-            Kind::Cancels => "stream",
+            Kind::Mailbox | Kind::Touch if self.quorum_mailboxes => "quorum",
+            Kind::Mailbox | Kind::Touch | Kind::Reply | Kind::Claim(_) => "classic",
+            Kind::Cancels | Kind::Facts => "stream",
             _ => "quorum",
         };
         put("x-queue-type", text(queue_type));
         match kind {
-            Kind::Task | Kind::Dead | Kind::DelayReady => {}
+            Kind::Task | Kind::DelayReady => {}
+            // Bounded, so that messages nobody can handle do not fill the broker: the
+            // oldest go first (bodies are cut to `DEAD_LETTER_BODY` when dead-lettered).
+            Kind::Dead => {
+                put(
+                    "x-max-length",
+                    AMQPValue::LongLongInt(i64::from(self.dead_letters)),
+                );
+                put(
+                    "x-max-length-bytes",
+                    AMQPValue::LongLongInt(DEAD_LETTER_BYTES as i64),
+                );
+                put("x-overflow", text("drop-head"));
+            }
             Kind::DelayLevel(k) => {
                 put(
                     "x-message-ttl",
@@ -148,16 +238,8 @@ impl Topology {
                 put("x-overflow", text("reject-publish"));
             }
             Kind::Shard => put("x-single-active-consumer", AMQPValue::Boolean(true)),
-            Kind::Mailbox => put("x-expires", AMQPValue::LongLongInt(self.mailbox_expires)),
-            Kind::Result => {
-                put("x-max-length", AMQPValue::LongLongInt(1));
-                put("x-overflow", text("reject-publish"));
-                put("x-expires", AMQPValue::LongLongInt(self.register_expires));
-            }
-            Kind::Status => {
-                put("x-max-length", AMQPValue::LongLongInt(1));
-                put("x-overflow", text("drop-head"));
-                put("x-expires", AMQPValue::LongLongInt(self.register_expires));
+            Kind::Mailbox | Kind::Touch => {
+                put("x-expires", AMQPValue::LongLongInt(self.mailbox_expires))
             }
             // Removed when its client has been gone for the result retention.
             Kind::Reply => put("x-expires", AMQPValue::LongLongInt(self.register_expires)),
@@ -171,6 +253,12 @@ impl Topology {
             // A record is kept as long as a result is: an instance that may still run
             // is never forgotten as cancelled. Small segments, since records are small
             // and the broker drops whole segments once they are past the age.
+            // Facts are kept for the result retention too; the segments are the broker's
+            // default size (facts are many), dropped whole once past the age.
+            Kind::Facts => {
+                let secs = (self.register_expires / 1000).max(1);
+                put("x-max-age", text(&format!("{secs}s")));
+            }
             Kind::Cancels => {
                 let secs = (self.register_expires / 1000).max(1);
                 put("x-max-age", text(&format!("{secs}s")));
@@ -202,9 +290,20 @@ pub(crate) fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
+/// The longest queue name the broker takes, in bytes.
+pub(crate) const MAX_NAME: usize = 255;
+
+/// The offset basis of the second hash of a shortened name: FNV-1a from another start, so
+/// that the two 64-bit hashes together are a 128-bit one.
+const FNV_SECOND_BASIS: u64 = 0x6c62_272e_07bb_0142;
+
 /// 64-bit FNV-1a: a stable hash (the same in every process and build) for shard routing.
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a_from(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+fn fnv1a_from(basis: u64, bytes: &[u8]) -> u64 {
+    let mut h: u64 = basis;
     for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
@@ -222,6 +321,30 @@ pub(crate) fn level_for(remaining_ms: u64) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_mailbox_name_is_shortened_deterministically() {
+        let topo = Topology::new(&AmqpConfig::default().with_prefix("p".repeat(48)));
+        let short = "a".repeat(40);
+        assert_eq!(
+            topo.mailbox(&short),
+            format!("{}.mbox.{short}", "p".repeat(48))
+        );
+        // A child 150 levels down: `root.0.0...`.
+        let deep: String = std::iter::once("r".repeat(32))
+            .chain(std::iter::repeat_n("0".to_string(), 150))
+            .collect::<Vec<_>>()
+            .join(".");
+        let name = topo.mailbox(&deep);
+        assert_eq!(name.len(), MAX_NAME);
+        assert!(name.starts_with(&format!("{}.mbox.rrrr", "p".repeat(48))));
+        assert_eq!(name, topo.mailbox(&deep), "the same id, the same name");
+        // Ids that differ only past the kept bytes get different names.
+        let sibling = format!("{}.1", &deep[..deep.len() - 2]);
+        assert_ne!(topo.mailbox(&sibling), name);
+        assert_eq!(topo.mailbox(&sibling).len(), MAX_NAME);
+        assert_eq!(topo.consumed_kind(&name), Some(Kind::Mailbox));
+    }
 
     #[test]
     fn levels_never_overshoot() {
@@ -247,6 +370,25 @@ mod tests {
     }
 
     #[test]
+    fn a_dtask_spread_over_task_queues_routes_each_instance_to_one() {
+        let one = Topology::new(&AmqpConfig::new("amqp://x").with_prefix("p"));
+        assert_eq!(one.tasks("t"), vec!["p.task.t".to_string()]);
+        assert_eq!(one.task_for("t", "i-1"), "p.task.t");
+        let three = Topology::new(
+            &AmqpConfig::new("amqp://x")
+                .with_prefix("p")
+                .with_task_queues(3),
+        );
+        assert_eq!(three.tasks("t"), ["p.task.t.0", "p.task.t.1", "p.task.t.2"]);
+        let used: std::collections::BTreeSet<String> = (0..60)
+            .map(|i| three.task_for("t", &format!("instance-{i}")))
+            .collect();
+        assert_eq!(used.len(), 3, "60 instances use every queue: {used:?}");
+        assert_eq!(three.task_for("t", "x"), three.task_for("t", "x"));
+        assert_eq!(three.consumed_kind("p.task.t.2"), Some(Kind::Task));
+    }
+
+    #[test]
     fn names() {
         let t = Topology::new(&AmqpConfig::new("amqp://x").with_prefix("p"));
         assert_eq!(t.task("add_one"), "p.task.add_one");
@@ -254,6 +396,27 @@ mod tests {
         assert!(t.shard_of("abc").starts_with("p.shard."));
         assert_eq!(t.shard_of("abc"), t.shard_of("abc"));
         assert_eq!(t.claim("order-1"), "p.claim.order-1");
+    }
+
+    #[test]
+    fn dead_letters_replay_only_to_consumed_queues_of_the_prefix() {
+        let t = Topology::new(&AmqpConfig::new("amqp://x").with_prefix("p").with_shards(4));
+        assert_eq!(t.consumed_kind("p.task.add_one"), Some(Kind::Task));
+        assert_eq!(t.consumed_kind("p.wake.add_one"), Some(Kind::Task));
+        assert_eq!(t.consumed_kind("p.delay.ready"), Some(Kind::DelayReady));
+        assert_eq!(t.consumed_kind("p.mbox.i-1"), Some(Kind::Mailbox));
+        assert_eq!(t.consumed_kind("p.shard.3"), Some(Kind::Shard));
+        for other in [
+            "p.shard.4",
+            "p.task.",
+            "p.dead",
+            "p.facts",
+            "p.delay.3",
+            "q.task.add_one",
+            "ptask.x",
+        ] {
+            assert_eq!(t.consumed_kind(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! [`AmqpTransport`]: the `dtasks` transport contract on RabbitMQ, every capability of it
-//! (`Transport`, `Registers`, `ReplyQueues`), delegated to the modules that implement each.
+//! (`Transport`, its instance store, `ReplyQueues`, `Cancels`), delegated to the modules
+//! that implement each.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use dtasks::transport::{
-    CancelBook, Cancels, Following, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
-    Transport,
+    CancelBook, Cancels, Following, MailboxMessage, Outgoing, Published, ReplyQueues, Transport,
 };
 use dtasks::InstanceId;
 use futures::future::BoxFuture;
@@ -19,6 +19,7 @@ use crate::config::AmqpConfig;
 use crate::conn;
 use crate::consume;
 use crate::error::Result;
+use crate::facts::{FactIndex, StreamStore};
 use crate::replies;
 use crate::shared::Shared;
 use crate::topology::Kind;
@@ -31,6 +32,9 @@ use crate::topology::Kind;
 #[derive(Clone)]
 pub struct AmqpTransport {
     pub(crate) shared: Arc<Shared>,
+    /// What this process has read of the instance facts (its stream follower stops when
+    /// the last clone of the transport and of its store is dropped).
+    facts: Arc<FactIndex>,
 }
 
 impl std::fmt::Debug for AmqpTransport {
@@ -42,6 +46,23 @@ impl std::fmt::Debug for AmqpTransport {
 }
 
 impl AmqpTransport {
+    /// Closes this transport (every clone): its consumers stop (a worker's stream ends,
+    /// the reply and record followers stop, nothing is subscribed again) and its
+    /// connections close. Messages handed out and not yet settled are requeued by the
+    /// broker. For a process that is about to exit, or a test that deletes its queues.
+    pub async fn close(&self) {
+        self.shared.close();
+        // Consumers stop as their tasks see the flag; the connections go with the pools.
+        self.shared.consume_conns.close();
+        self.shared.channels.close();
+    }
+
+    /// The RabbitMQ-only instance store of this transport (what
+    /// [`Transport::store`] hands out): facts appended to the stream `P.facts`.
+    pub fn instance_store(&self) -> StreamStore {
+        StreamStore::new(self.shared.clone(), self.facts.clone())
+    }
+
     /// Connects to the broker of `cfg` and declares the queues shared by the deployment.
     /// Fails when the broker cannot be reached or the configuration is invalid.
     ///
@@ -59,14 +80,17 @@ impl AmqpTransport {
 
     async fn connect_inner(cfg: AmqpConfig) -> Result<Self> {
         let shared = Arc::new(Shared::new(cfg)?);
+        shared.declare_dead().await?;
         let ch = conn::get_channel(&shared.channels).await?;
-        shared.declare(&ch, &shared.topo.dead(), Kind::Dead).await?;
         shared
             .declare(&ch, &shared.topo.delay_ready(), Kind::DelayReady)
             .await?;
         drop(ch);
         info!(prefix = shared.topo.prefix(), "connected to the broker");
-        Ok(Self { shared })
+        Ok(Self {
+            shared,
+            facts: Arc::default(),
+        })
     }
 
     /// The queue name prefix.
@@ -79,6 +103,21 @@ impl AmqpTransport {
     /// result, and one drain usually takes several results).
     pub fn spent_doorbells(&self) -> u64 {
         self.shared.doorbells.spent()
+    }
+
+    /// How many doorbells this transport's consumers handed to their worker, each one a
+    /// drain of a mailbox and a merge (spent doorbells, acked without a drain, are not
+    /// counted): where the merges of fan-ins ran.
+    pub fn merged_doorbells(&self) -> u64 {
+        self.shared.doorbells.handed()
+    }
+
+    /// The doorbell shard queues this transport's consumers are the active consumer of
+    /// now, sorted: known from a delivery on the current subscription, so a shard with no
+    /// traffic since it moved here is not listed. The shards spread over every consuming
+    /// worker (see [`AmqpConfig::with_shards`]).
+    pub fn held_shards(&self) -> Vec<String> {
+        self.shared.doorbells.held_shards()
     }
 
     /// The names of the queues this transport has declared so far, sorted (for tools and
@@ -94,7 +133,8 @@ impl AmqpTransport {
         self.shared.topo.dead()
     }
 
-    /// The name of the task queue of the DTask `name`.
+    /// The name of the task queue of the DTask `name` (the first of them, with
+    /// [`AmqpConfig::with_task_queues`](crate::AmqpConfig::with_task_queues) above 1).
     pub fn task_queue(&self, name: &str) -> String {
         self.shared.topo.task(name)
     }
@@ -144,23 +184,44 @@ impl Transport for AmqpTransport {
         instance: &InstanceId,
     ) -> BoxFuture<'_, std::result::Result<Vec<MailboxMessage>, dtasks::Error>> {
         let instance = instance.clone();
-        async move { Ok(self.shared.drain_mailbox(&instance).await?) }.boxed()
+        async move { Ok(self.shared.drain_mailbox(&instance, None).await?) }.boxed()
+    }
+
+    fn drain_for_doorbell(
+        &self,
+        instance: &InstanceId,
+        tag: u64,
+    ) -> BoxFuture<'_, std::result::Result<Vec<MailboxMessage>, dtasks::Error>> {
+        let instance = instance.clone();
+        async move { Ok(self.shared.drain_mailbox(&instance, Some(tag)).await?) }.boxed()
     }
 
     fn pending_timers(&self) -> BoxFuture<'_, std::result::Result<Option<u64>, dtasks::Error>> {
         async move { Ok(Some(self.shared.pending_timers().await?)) }.boxed()
     }
 
-    fn registers(&self) -> Option<&dyn Registers> {
-        Some(self)
+    fn store(&self) -> Option<Arc<dyn dtasks::store::InstanceStore>> {
+        Some(Arc::new(self.instance_store()))
     }
 
     fn replies(&self) -> Option<&dyn ReplyQueues> {
-        Some(self)
+        if self.shared.cfg.reply_queues {
+            Some(self)
+        } else {
+            None
+        }
     }
 
     fn cancels(&self) -> Option<&dyn Cancels> {
         Some(self)
+    }
+
+    fn delete_mailbox(
+        &self,
+        instance: &InstanceId,
+    ) -> BoxFuture<'_, std::result::Result<(), dtasks::Error>> {
+        let instance = instance.clone();
+        async move { Ok(self.shared.delete_mailbox(&instance).await?) }.boxed()
     }
 }
 
@@ -172,59 +233,6 @@ impl Cancels for AmqpTransport {
 
     fn follow(&self) -> BoxFuture<'_, std::result::Result<Following, dtasks::Error>> {
         async move { Ok(cancels::follow(self.shared.clone()).await?) }.boxed()
-    }
-}
-
-/// Result registers and status registers: one classic queue each per root; a claim
-/// register per root started under a chosen id.
-impl Registers for AmqpTransport {
-    fn create_register(
-        &self,
-        instance: &InstanceId,
-    ) -> BoxFuture<'_, std::result::Result<(), dtasks::Error>> {
-        let queue = self.shared.topo.result(instance.as_str());
-        async move { Ok(self.shared.create_register(&queue).await?) }.boxed()
-    }
-
-    fn register_exists(
-        &self,
-        instance: &InstanceId,
-    ) -> BoxFuture<'_, std::result::Result<bool, dtasks::Error>> {
-        let queue = self.shared.topo.result(instance.as_str());
-        async move { Ok(self.shared.exists(&queue).await?) }.boxed()
-    }
-
-    fn read_result(
-        &self,
-        instance: &InstanceId,
-    ) -> BoxFuture<'_, std::result::Result<Option<Vec<u8>>, dtasks::Error>> {
-        let queue = self.shared.topo.result(instance.as_str());
-        async move { Ok(self.shared.peek(&queue, false).await?) }.boxed()
-    }
-
-    fn wait_result(
-        &self,
-        instance: &InstanceId,
-    ) -> BoxFuture<'_, std::result::Result<Vec<u8>, dtasks::Error>> {
-        let instance = instance.clone();
-        async move { Ok(self.shared.wait_result(&instance).await?) }.boxed()
-    }
-
-    fn read_status(
-        &self,
-        instance: &InstanceId,
-    ) -> BoxFuture<'_, std::result::Result<Option<Vec<u8>>, dtasks::Error>> {
-        let queue = self.shared.topo.status(instance.as_str());
-        async move { Ok(self.shared.read_status(&queue).await?) }.boxed()
-    }
-
-    fn claim(
-        &self,
-        instance: &InstanceId,
-        nonce: u64,
-    ) -> BoxFuture<'_, std::result::Result<bool, dtasks::Error>> {
-        let queue = self.shared.topo.claim(instance.as_str());
-        async move { Ok(self.shared.claim(&queue, nonce).await?) }.boxed()
     }
 }
 

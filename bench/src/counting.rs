@@ -1,13 +1,14 @@
 //! A transport wrapper that counts what the core publishes: messages and bytes by
-//! destination, and publish batches (each is one wait for the broker's confirms).
+//! destination, and publish batches (each is one wait for the broker's confirms); and an
+//! instance store wrapper that counts what is recorded: `record` calls and facts by kind.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use dtasks::store::{Fact, FactKind, Filter, InstanceInfo, InstanceStore, Listing, Query};
 use dtasks::transport::{
-    Cancels, Delivery, Destination, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
-    Transport,
+    Cancels, Delivery, Destination, MailboxMessage, Outgoing, Published, ReplyQueues, Transport,
 };
 use dtasks::{Error, InstanceId};
 use futures::future::BoxFuture;
@@ -17,7 +18,7 @@ use crate::tasks::{E2_JOB, M1_STEP};
 
 /// Destination kinds, in the order of [`KINDS`].
 pub(crate) const KINDS: [&str; 7] = [
-    "task", "delayed", "mailbox", "result", "status", "reply", "other",
+    "task", "delayed", "mailbox", "store", "touch", "reply", "other",
 ];
 
 fn kind_of(d: &Destination) -> usize {
@@ -25,8 +26,8 @@ fn kind_of(d: &Destination) -> usize {
         Destination::Task { .. } => 0,
         Destination::Delayed { .. } => 1,
         Destination::Mailbox { .. } => 2,
-        Destination::Result { .. } => 3,
-        Destination::Status { .. } => 4,
+        Destination::Store { .. } => 3,
+        Destination::Touch { .. } => 4,
         Destination::Reply { .. } => 5,
         _ => 6,
     }
@@ -43,6 +44,26 @@ pub(crate) struct Counters {
     m1_starts: Mutex<Vec<usize>>,
     /// E2: the writes of an E2 child to its own mailbox, when the broker confirmed them.
     e2_writes: Mutex<Vec<MailboxWrite>>,
+    /// `InstanceStore::record` calls, through [`CountingStore`].
+    records: AtomicU64,
+    /// Facts recorded, by kind (in the order of [`FACT_KINDS`]).
+    facts: [AtomicU64; FACT_KINDS.len()],
+    /// `record` calls and the µs they took until durable, by the kind of their first fact
+    /// (a client's start records a Started fact; a worker's step a status or a finish).
+    record_calls: [AtomicU64; FACT_KINDS.len()],
+    record_us: [AtomicU64; FACT_KINDS.len()],
+}
+
+/// Fact kinds, in the order of [`Counts::facts`].
+pub(crate) const FACT_KINDS: [&str; 4] = ["started", "status", "finished", "purged"];
+
+fn fact_kind(f: &Fact) -> usize {
+    match f.kind {
+        FactKind::Started { .. } => 0,
+        FactKind::Status { .. } => 1,
+        FactKind::Finished { .. } => 2,
+        _ => 3,
+    }
 }
 
 /// A confirmed write of an instance to its own mailbox (E2 children only).
@@ -62,6 +83,13 @@ pub(crate) struct Counts {
     pub(crate) batches: u64,
     pub(crate) msgs: [u64; KINDS.len()],
     pub(crate) bytes: [u64; KINDS.len()],
+    /// `InstanceStore::record` calls.
+    pub(crate) records: u64,
+    /// Facts recorded, by kind ([`FACT_KINDS`]).
+    pub(crate) facts: [u64; FACT_KINDS.len()],
+    /// `record` calls, and the µs they took, by the kind of their first fact.
+    pub(crate) record_calls: [u64; FACT_KINDS.len()],
+    pub(crate) record_us: [u64; FACT_KINDS.len()],
 }
 
 impl Counters {
@@ -73,6 +101,12 @@ impl Counters {
         for i in 0..KINDS.len() {
             c.msgs[i] = self.msgs[i].load(Ordering::Relaxed);
             c.bytes[i] = self.bytes[i].load(Ordering::Relaxed);
+        }
+        c.records = self.records.load(Ordering::Relaxed);
+        for i in 0..FACT_KINDS.len() {
+            c.facts[i] = self.facts[i].load(Ordering::Relaxed);
+            c.record_calls[i] = self.record_calls[i].load(Ordering::Relaxed);
+            c.record_us[i] = self.record_us[i].load(Ordering::Relaxed);
         }
         c
     }
@@ -119,7 +153,17 @@ impl Counts {
             c.msgs[i] = self.msgs[i] - earlier.msgs[i];
             c.bytes[i] = self.bytes[i] - earlier.bytes[i];
         }
+        c.records = self.records - earlier.records;
+        for i in 0..FACT_KINDS.len() {
+            c.facts[i] = self.facts[i] - earlier.facts[i];
+            c.record_calls[i] = self.record_calls[i] - earlier.record_calls[i];
+            c.record_us[i] = self.record_us[i] - earlier.record_us[i];
+        }
         c
+    }
+
+    pub(crate) fn total_facts(&self) -> u64 {
+        self.facts.iter().sum()
     }
 
     pub(crate) fn total_msgs(&self) -> u64 {
@@ -193,6 +237,13 @@ impl Transport for Counting {
         self.inner.consume(names)
     }
 
+    fn drain_for_doorbell(
+        &self,
+        instance: &InstanceId,
+        tag: u64,
+    ) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>> {
+        self.inner.drain_for_doorbell(instance, tag)
+    }
     fn drain_mailbox(
         &self,
         instance: &InstanceId,
@@ -208,8 +259,9 @@ impl Transport for Counting {
         self.inner.mailbox_retention()
     }
 
-    fn registers(&self) -> Option<&dyn Registers> {
-        self.inner.registers()
+    fn store(&self) -> Option<Arc<dyn InstanceStore>> {
+        let inner = self.inner.store()?;
+        Some(Arc::new(CountingStore::new(inner, self.counters.clone())))
     }
 
     fn replies(&self) -> Option<&dyn ReplyQueues> {
@@ -218,5 +270,73 @@ impl Transport for Counting {
 
     fn cancels(&self) -> Option<&dyn Cancels> {
         self.inner.cancels()
+    }
+
+    fn delete_mailbox(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>> {
+        self.inner.delete_mailbox(instance)
+    }
+}
+
+/// Wraps an instance store and counts what is recorded through it: each `record` call (a
+/// write the caller waits for) and its facts by kind.
+pub(crate) struct CountingStore {
+    inner: Arc<dyn InstanceStore>,
+    counters: Arc<Counters>,
+}
+
+impl CountingStore {
+    pub(crate) fn new(inner: Arc<dyn InstanceStore>, counters: Arc<Counters>) -> Self {
+        Self { inner, counters }
+    }
+}
+
+impl InstanceStore for CountingStore {
+    fn record(&self, facts: Vec<Fact>) -> BoxFuture<'_, Result<u64, Error>> {
+        let c = &self.counters;
+        c.records.fetch_add(1, Ordering::Relaxed);
+        for f in &facts {
+            c.facts[fact_kind(f)].fetch_add(1, Ordering::Relaxed);
+        }
+        let first = facts.first().map_or(FACT_KINDS.len() - 1, fact_kind);
+        Box::pin(async move {
+            let t = Instant::now();
+            let r = self.inner.record(facts).await;
+            let c = &self.counters;
+            c.record_calls[first].fetch_add(1, Ordering::Relaxed);
+            c.record_us[first].fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            r
+        })
+    }
+
+    fn get<'a>(&'a self, id: &'a InstanceId) -> BoxFuture<'a, Result<Option<InstanceInfo>, Error>> {
+        self.inner.get(id)
+    }
+
+    fn list<'a>(&'a self, query: &'a Query) -> BoxFuture<'a, Result<Listing, Error>> {
+        self.inner.list(query)
+    }
+
+    fn purge<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<u64, Error>> {
+        self.inner.purge(filter)
+    }
+
+    fn claim<'a>(&'a self, id: &'a InstanceId, nonce: u64) -> BoxFuture<'a, Result<bool, Error>> {
+        self.inner.claim(id, nonce)
+    }
+
+    fn wait_finished<'a>(
+        &'a self,
+        id: &'a InstanceId,
+    ) -> BoxFuture<'a, Result<InstanceInfo, Error>> {
+        self.inner.wait_finished(id)
+    }
+
+    // Forwarded too: the default would wait as `wait_finished` does, which on the stream
+    // store is a marker round trip per result (the wrapper would measure that instead).
+    fn read_finished<'a>(
+        &'a self,
+        id: &'a InstanceId,
+    ) -> BoxFuture<'a, Result<InstanceInfo, Error>> {
+        self.inner.read_finished(id)
     }
 }

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dtasks::store::InstanceStore;
 use dtasks::{Client, MemoryTransport, Transport, Worker, WorkerConfig, WorkerStats};
 use dtasks_amqp::{AmqpConfig, AmqpTransport};
+use dtasks_postgres::PgStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::counting::{Counters, Counting};
+use crate::counting::{Counters, Counting, CountingStore};
 use crate::sys::Admin;
 use crate::tasks::{
     await_event, chain, e2_fan, e2_job, fan, m1_replay, m1_snapshot, m1_step, step, timer,
@@ -66,12 +68,44 @@ pub(crate) struct Env {
     workers: Vec<Worker>,
     memory: Option<MemoryTransport>,
     amqp: Vec<AmqpTransport>,
+    /// The PostgreSQL stores of the workers and of the client, when they use one.
+    pub(crate) pg: Vec<PgStore>,
 }
 
-fn worker(t: Arc<dyn Transport>, s: &Settings) -> Result<Worker, dtasks::Error> {
+/// What the PostgreSQL stores of an environment wrote, summed (`PgStore::write_stats`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PgWrites {
+    pub(crate) transactions: u64,
+    pub(crate) facts: u64,
+    pub(crate) calls: u64,
+    pub(crate) failed_attempts: u64,
+}
+
+impl PgWrites {
+    /// What happened between `earlier` and `self`.
+    pub(crate) fn since(&self, earlier: &PgWrites) -> PgWrites {
+        PgWrites {
+            transactions: self.transactions - earlier.transactions,
+            facts: self.facts - earlier.facts,
+            calls: self.calls - earlier.calls,
+            failed_attempts: self.failed_attempts - earlier.failed_attempts,
+        }
+    }
+}
+
+fn worker(
+    t: Arc<dyn Transport>,
+    s: &Settings,
+    store: Option<Arc<dyn InstanceStore>>,
+) -> Result<Worker, dtasks::Error> {
+    let config = WorkerConfig::new();
+    let config = match store {
+        Some(store) => config.store(store),
+        None => config,
+    };
     Worker::new(
         t,
-        WorkerConfig::new()
+        config
             .register(chain)
             .register(step)
             .register(fan)
@@ -114,6 +148,7 @@ impl Env {
             workers,
             memory: None,
             amqp: Vec::new(),
+            pg: Vec::new(),
         }
     }
 
@@ -126,7 +161,7 @@ impl Env {
             counters.clone(),
         ));
         let workers = (0..s.workers)
-            .map(|_| worker(shared.clone(), s))
+            .map(|_| worker(shared.clone(), s, None))
             .collect::<Result<Vec<_>, _>>()?;
         let client = Client::new(shared);
         let mut env = Self::spawn(Which::Memory, workers, client, counters);
@@ -135,37 +170,65 @@ impl Env {
     }
 
     /// Workers each on a transport (connections) of its own under `prefix`, and a client
-    /// on another; returns once every worker consumes its task queues.
+    /// on another; returns once every worker consumes its task queues. The facts of roots
+    /// go to the transport's own store (the RabbitMQ-only stream store).
     pub(crate) async fn amqp(
         s: &Settings,
         prefix: &str,
         admin: &Admin,
         broker_pid: Option<String>,
     ) -> anyhow::Result<Self> {
+        Self::amqp_with(s, prefix, admin, broker_pid, Vec::new()).await
+    }
+
+    /// [`Env::amqp`] with the facts of roots in PostgreSQL: `pg` holds one store for each
+    /// worker and one for the client (as if each ran in a process of its own), all on the
+    /// same schema, each behind the counting wrapper.
+    pub(crate) async fn amqp_with(
+        s: &Settings,
+        prefix: &str,
+        admin: &Admin,
+        broker_pid: Option<String>,
+        pg: Vec<PgStore>,
+    ) -> anyhow::Result<Self> {
+        if !pg.is_empty() && pg.len() != s.workers + 1 {
+            anyhow::bail!("one PostgreSQL store per worker and one for the client");
+        }
         let counters = Arc::new(Counters::default());
         let cfg = || {
             AmqpConfig::from_env()
                 .with_prefix(prefix)
                 .with_prefetch(s.prefetch)
         };
+        let counted_pg = |i: usize| -> Option<Arc<dyn InstanceStore>> {
+            pg.get(i).map(|p| {
+                Arc::new(CountingStore::new(Arc::new(p.clone()), counters.clone()))
+                    as Arc<dyn InstanceStore>
+            })
+        };
         let mut transports = Vec::new();
         let mut workers = Vec::new();
-        for _ in 0..s.workers {
+        for i in 0..s.workers {
             let t = AmqpTransport::connect(cfg()).await?;
             transports.push(t.clone());
             let counted: Arc<dyn Transport> =
                 Arc::new(Counting::new(Arc::new(t), counters.clone()));
-            workers.push(worker(counted, s)?);
+            workers.push(worker(counted, s, counted_pg(i))?);
         }
         let ct = AmqpTransport::connect(cfg()).await?;
         transports.push(ct.clone());
         let client = Client::new(Arc::new(Counting::new(Arc::new(ct), counters.clone())));
+        let client = match counted_pg(s.workers) {
+            Some(store) => client.with_store(store),
+            None => client,
+        };
         let mut env = Self::spawn(Which::Amqp, workers, client, counters);
         let queues: Vec<String> = TASK_NAMES
             .iter()
             .map(|n| transports[0].task_queue(n))
             .collect();
         env.amqp = transports;
+        env.pg = pg;
         env.prefix = Some(prefix.to_string());
         env.broker_pid = broker_pid;
         admin
@@ -180,6 +243,42 @@ impl Env {
             .iter()
             .map(Worker::stats)
             .fold(WorkerStats::default(), |a, b| a + b)
+    }
+
+    /// What the PostgreSQL stores wrote so far, summed (zero without them).
+    pub(crate) fn pg_writes(&self) -> PgWrites {
+        self.pg
+            .iter()
+            .map(PgStore::write_stats)
+            .fold(PgWrites::default(), |a, w| PgWrites {
+                transactions: a.transactions + w.transactions,
+                facts: a.facts + w.facts,
+                calls: a.calls + w.calls,
+                failed_attempts: a.failed_attempts + w.failed_attempts,
+            })
+    }
+
+    /// A second client under this environment's prefix, on a transport (connections) of
+    /// its own, reading `store` when given, else the transport's own store: a client of
+    /// another process, which started none of the instances it reads.
+    pub(crate) async fn second_client(
+        &self,
+        s: &Settings,
+        store: Option<PgStore>,
+    ) -> anyhow::Result<(Client, AmqpTransport)> {
+        let prefix = self.prefix.as_deref().unwrap_or_default();
+        let t = AmqpTransport::connect(
+            AmqpConfig::from_env()
+                .with_prefix(prefix)
+                .with_prefetch(s.prefetch),
+        )
+        .await?;
+        let client = Client::new(Arc::new(t.clone()) as Arc<dyn Transport>);
+        let client = match store {
+            Some(p) => client.with_store(p),
+            None => client,
+        };
+        Ok((client, t))
     }
 
     /// How many messages are in the dead letters now.

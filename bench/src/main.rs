@@ -10,6 +10,7 @@
 //! cargo run --release -p dtasks-bench -- [--quick] [--transport memory|amqp|all]
 //! ```
 
+mod args;
 mod cancel;
 mod counting;
 mod env;
@@ -20,6 +21,7 @@ mod recovery;
 mod report;
 mod signal;
 mod stats;
+mod stores;
 mod sys;
 mod tasks;
 mod workloads;
@@ -28,128 +30,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 
+use crate::args::{parse_args, Args};
 use crate::env::{fixed_queues, Env, Settings};
 use crate::raw::RawSpec;
 use crate::report::{Report, Set, Sizes};
 use crate::sys::Admin;
-
-const USAGE: &str = "\
-usage: dtasks-bench [--quick] [--transport memory|amqp|all] [options]
-
-  --quick              smaller workloads, one repetition (under 2 minutes)
-  --transport T        memory, amqp or all (default all)
-  --only LIST          comma-separated subset of w1a,w1b,call,w2,w3,w4,m1,e1,e2,raw (no
-                       results file; call: W1b with Client::call; e1: the signal round
-                       trip; e2: the cancellation of a fan-out)
-  --workers N          dtasks workers, and raw baseline consumers (default 2)
-  --concurrency N      deliveries each worker handles at once (default 64)
-  --prefetch N         task-queue prefetch per worker and raw consumer (default 64)
-  --payload BYTES      user payload per step (default 256)
-  --steps N            child steps per chain in W1a, W1b, W4 and raw (default 10)
-  --chains N           W1b instances and raw chains (default 500)
-  --inline N           steps a worker may run inline per delivery (default 32; 0: off)
-  --reps N             repetitions of W1b and of the raw baseline (default 5, quick 1)
-  --out DIR            where the results go (default bench/results)
-  --no-write           print the table only
-  --probe              measure the broker's CPU per kind of operation, print it, and stop
-
-The broker is AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f).";
-
-#[derive(Debug)]
-struct Args {
-    quick: bool,
-    memory: bool,
-    amqp: bool,
-    only: Option<Vec<String>>,
-    settings: Settings,
-    reps: Option<usize>,
-    chains: Option<usize>,
-    out: Option<PathBuf>,
-    write: bool,
-    worker_mode: bool,
-    probe: bool,
-    prefix: Option<String>,
-}
-
-fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        quick: false,
-        memory: true,
-        amqp: true,
-        only: None,
-        settings: Settings {
-            workers: 2,
-            concurrency: 64,
-            prefetch: 64,
-            payload: 256,
-            steps: 10,
-            inline_steps: dtasks::DEFAULT_INLINE_STEPS,
-        },
-        reps: None,
-        chains: None,
-        out: None,
-        write: true,
-        worker_mode: false,
-        probe: false,
-        prefix: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .with_context(|| format!("{name} needs a value\n\n{USAGE}"))
-        };
-        match arg.as_str() {
-            "--quick" => a.quick = true,
-            "--transport" => match value("--transport")?.as_str() {
-                "memory" => (a.memory, a.amqp) = (true, false),
-                "amqp" | "rabbitmq" => (a.memory, a.amqp) = (false, true),
-                "all" => (a.memory, a.amqp) = (true, true),
-                other => bail!("unknown transport `{other}`\n\n{USAGE}"),
-            },
-            "--only" => {
-                let names: Vec<String> = value("--only")?
-                    .split(',')
-                    .map(|s| s.trim().to_lowercase())
-                    .collect();
-                const KNOWN: [&str; 10] = [
-                    "w1a", "w1b", "call", "w2", "w3", "w4", "m1", "e1", "e2", "raw",
-                ];
-                if let Some(bad) = names.iter().find(|n| !KNOWN.contains(&n.as_str())) {
-                    anyhow::bail!(
-                        "--only: unknown workload `{bad}` (known: {})",
-                        KNOWN.join(",")
-                    );
-                }
-                a.only = Some(names);
-            }
-            "--workers" => a.settings.workers = value("--workers")?.parse()?,
-            "--concurrency" => a.settings.concurrency = value("--concurrency")?.parse()?,
-            "--prefetch" => a.settings.prefetch = value("--prefetch")?.parse()?,
-            "--payload" => a.settings.payload = value("--payload")?.parse()?,
-            "--reps" => a.reps = Some(value("--reps")?.parse()?),
-            "--steps" => a.settings.steps = value("--steps")?.parse()?,
-            "--inline" => a.settings.inline_steps = value("--inline")?.parse()?,
-            "--chains" => a.chains = Some(value("--chains")?.parse()?),
-            "--out" => a.out = Some(value("--out")?.into()),
-            "--no-write" => a.write = false,
-            "--worker-mode" => a.worker_mode = true,
-            "--probe" => a.probe = true,
-            "--prefix" => a.prefix = Some(value("--prefix")?),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument `{other}`\n\n{USAGE}"),
-        }
-    }
-    if a.settings.workers == 0 || a.settings.concurrency == 0 || a.settings.prefetch == 0 {
-        bail!("workers, concurrency and prefetch must be at least 1");
-    }
-    Ok(a)
-}
 
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -160,59 +47,6 @@ fn init_logs() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-impl Args {
-    fn wants(&self, w: &str) -> bool {
-        self.only.as_ref().is_none_or(|o| o.iter().any(|x| x == w))
-    }
-
-    fn sizes(&self) -> Sizes {
-        let mut z = self.default_sizes();
-        if let Some(n) = self.chains {
-            z.w1b = n;
-            z.raw_chains = n;
-        }
-        z
-    }
-
-    fn default_sizes(&self) -> Sizes {
-        if self.quick {
-            Sizes {
-                w1a: 10,
-                w1b: 500,
-                w2_parents: 10,
-                w2_width: 100,
-                w3: 500,
-                w3_delay_ms: 2_000,
-                w4: 300,
-                raw_chains: 500,
-                m1: 1_000,
-                m1_amqp: 200,
-                reps: self.reps.unwrap_or(1).max(1),
-                e1: 100,
-                e2: 5,
-                e2_width: 100,
-            }
-        } else {
-            Sizes {
-                w1a: 20,
-                w1b: 500,
-                w2_parents: 20,
-                w2_width: 100,
-                w3: 1_000,
-                w3_delay_ms: 2_000,
-                w4: 500,
-                raw_chains: 500,
-                m1: 1_000,
-                m1_amqp: 1_000,
-                reps: self.reps.unwrap_or(5).max(1),
-                e1: 300,
-                e2: 20,
-                e2_width: 100,
-            }
-        }
-    }
 }
 
 /// The settings of M1's workers: every resume goes through the transport.
@@ -357,9 +191,17 @@ async fn run_amqp(
         w4: None,
         w4_control: None,
     };
-    let needs_env = ["w1a", "w1b", "call", "w2", "w3", "e1", "e2"]
-        .iter()
-        .any(|w| a.wants(w));
+    let needs_env = [
+        "w1a", "w1b", "call", "w2", "w3", "e1", "e2", "s1", "s2", "s4",
+    ]
+    .iter()
+    .any(|w| a.wants(w));
+    // S1 and S4 on the stream store are W1b's runs (start and call).
+    let (w1b, call) = (
+        a.wants_any(&["w1b", "s1", "s4"]),
+        a.wants_any(&["call", "s1"]),
+    );
+    let mut second = Vec::new();
     if needs_env || a.wants("raw") {
         let env = Env::amqp(s, prefix, admin, broker.clone()).await?;
         let raw_queue = |rep: usize| format!("{prefix}.raw.{rep}");
@@ -393,7 +235,7 @@ async fn run_amqp(
                     raw::declare(admin, &spec.queue).await?;
                     out.raw.push(raw::handoff(&spec, broker.as_deref()).await?);
                 }
-                if a.wants("w1b") {
+                if w1b {
                     step(&format!("RabbitMQ: W1b rep {}", rep + 1));
                     out.set.w1b.push(
                         workloads::w1b(&env, Some(admin), s, z.w1b, rep as u64 * 10_000_000)
@@ -402,7 +244,7 @@ async fn run_amqp(
                     // Each rep and each raw baseline on the same broker: no registers left.
                     env.delete_registers(Some(admin)).await?;
                 }
-                if a.wants("call") {
+                if call {
                     step(&format!("RabbitMQ: W1b with call, rep {}", rep + 1));
                     out.set.w1b_call.push(
                         workloads::w1b_via(
@@ -449,16 +291,36 @@ async fn run_amqp(
                 out.set.e2 = Some(r);
                 env.delete_registers(Some(admin)).await?;
             }
+            if a.wants("s2") {
+                step("RabbitMQ: S2, status by id on the stream store");
+                let (r, q) = stores::s2(&env, admin, s, z.s2, None).await?;
+                out.set.stores.status_stream = Some(r);
+                second = q;
+            }
             anyhow::Ok(())
         }
         .await;
         let declared = env.stop().await?;
         step("RabbitMQ: deleting the run's queues");
         let mut names = declared;
+        names.append(&mut second);
         names.extend((0..z.reps).map(raw_queue));
         names.extend(signal::raw_queues(prefix));
         cleanup(admin, prefix, names).await?;
         result?;
+    }
+    if a.wants_any(&["s1", "s2", "s4"]) {
+        let wants = |w: &str| a.wants(w);
+        stores::pg_section(
+            &a.settings,
+            &wants,
+            (z.w1b, z.reps, z.s2),
+            admin,
+            prefix,
+            broker.clone(),
+            &mut out.set.stores,
+        )
+        .await?;
     }
     if a.wants("m1") {
         // M1 measures a resume through the transport: workers that run nothing inline,
@@ -485,7 +347,7 @@ async fn run_amqp(
         let result = async {
             step("RabbitMQ: W4 without a kill (control)");
             let control = recovery::run(&p4, admin, s, z.w4, None, None, broker.as_deref()).await?;
-            let kill_after = Duration::from_secs_f64((control.cpu.wall * 0.5).max(0.2));
+            let kill_after = Duration::from_secs_f64((control.cpu.wall * 0.5).max(0.05));
             step(&format!(
                 "RabbitMQ: W4 with a worker process SIGKILLed at {:.2} s",
                 kill_after.as_secs_f64()
@@ -528,6 +390,9 @@ async fn run_amqp(
             }
         }
     }
+    if a.wants("s3") {
+        stores::list_section(&mut out.set.stores).await?;
+    }
     Ok(out)
 }
 
@@ -550,8 +415,13 @@ async fn bench(a: Args) -> anyhow::Result<bool> {
         let admin = Admin::connect(&url).await?;
         let version = sys::broker_version().unwrap_or_else(|| "(version unknown)".into());
         let files = broker_pid.as_deref().and_then(sys::broker_open_files);
+        let node = std::env::var("RABBITMQ_NODENAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .map_or(String::new(), |n| format!("node `{n}`, "));
         broker = Some(match files {
-            Some(n) => format!("{version} (open-file limit {n})"),
+            Some(n) => format!("{version} ({node}open-file limit {n})"),
+            None if !node.is_empty() => format!("{version} ({})", node.trim_end_matches(", ")),
             None => version,
         });
         let prefix = format!(

@@ -42,18 +42,46 @@ fn cpu_secs(pid: &str) -> Option<f64> {
     Some(ticks / clk_tck())
 }
 
-/// The pid of the local RabbitMQ node (`beam.smp`), when it runs on this machine.
+/// The pid of the local RabbitMQ node (`beam.smp`), when it runs on this machine: the
+/// node `RABBITMQ_NODENAME` names when that is set (as for `rabbitmqctl`), else the first
+/// node found. Command-line tools (`rabbitmqctl`) run a `beam.smp` too: they are skipped.
 pub(crate) fn broker_pid() -> Option<String> {
+    let wanted = std::env::var("RABBITMQ_NODENAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|n| format!("RABBITMQ_NODENAME={n}"));
     let dir = std::fs::read_dir("/proc").ok()?;
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
-            if comm.trim() == "beam.smp" {
-                return Some(name);
-            }
+        let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else {
+            continue;
+        };
+        if comm.trim() != "beam.smp" {
+            continue;
+        }
+        let args = |file: &str| -> Vec<String> {
+            std::fs::read(e.path().join(file))
+                .map(|b| {
+                    b.split(|c| *c == 0)
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // A node boots the `rabbit` application; a command-line tool runs an escript.
+        let cmdline = args("cmdline");
+        if !cmdline
+            .windows(2)
+            .any(|w| w[0] == "rabbit" && w[1] == "boot")
+        {
+            continue;
+        }
+        match &wanted {
+            Some(w) if !args("environ").iter().any(|v| v == w) => continue,
+            _ => return Some(name),
         }
     }
     None
@@ -67,6 +95,10 @@ pub(crate) struct CpuUse {
     pub(crate) bench: f64,
     /// CPU seconds of the broker, when it runs here.
     pub(crate) broker: Option<f64>,
+    /// CPU seconds of the PostgreSQL server's processes, when it runs here (every
+    /// `postgres` process alive at both ends of the interval: the connections of a run
+    /// are; other work on the same server counts too).
+    pub(crate) database: Option<f64>,
 }
 
 /// Measures wall and CPU time from its creation.
@@ -74,6 +106,21 @@ pub(crate) struct CpuMeter {
     t0: Instant,
     bench0: f64,
     broker: Option<(String, f64)>,
+    database: Vec<(String, f64)>,
+}
+
+/// The pids of the processes named `postgres` (the server and its backends).
+fn postgres_pids() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|n| {
+            std::fs::read_to_string(format!("/proc/{n}/comm")).is_ok_and(|c| c.trim() == "postgres")
+        })
+        .collect()
 }
 
 impl CpuMeter {
@@ -82,6 +129,10 @@ impl CpuMeter {
             t0: Instant::now(),
             bench0: cpu_secs("self").unwrap_or(0.0),
             broker: broker.and_then(|p| cpu_secs(p).map(|s| (p.to_string(), s))),
+            database: postgres_pids()
+                .into_iter()
+                .filter_map(|p| cpu_secs(&p).map(|s| (p, s)))
+                .collect(),
         }
     }
 
@@ -93,6 +144,12 @@ impl CpuMeter {
                 .broker
                 .as_ref()
                 .and_then(|(p, s0)| cpu_secs(p).map(|s| s - s0)),
+            database: (!self.database.is_empty()).then(|| {
+                self.database
+                    .iter()
+                    .filter_map(|(p, s0)| cpu_secs(p).map(|s| s - s0))
+                    .sum()
+            }),
         }
     }
 }

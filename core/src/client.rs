@@ -8,21 +8,25 @@ use std::sync::{Arc, Mutex};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::sync::{oneshot, OnceCell};
-use tracing::{debug, warn};
+use tracing::{debug, info_span, warn, Instrument};
 
 use serde::de::DeserializeOwned;
 
 use crate::dtask::Call;
+use crate::engine::DEFAULT_STATE_BUDGET;
 use crate::error::Error;
 use crate::protocol::codec::{decode, decode_value};
-use crate::protocol::message::{ResultRecord, Status, StatusRecord};
+use crate::protocol::message::{ResultRecord, Status};
 use crate::protocol::outgoing::Outgoing;
 use crate::protocol::state::{new_claim_nonce, InstanceId, InstanceState, Outcome, ReplyTo};
 use crate::registry::Registry;
-use crate::transport::{IntoTransport, Registers, Reply, Transport};
+use crate::store::{Fact, FactKind, InstanceInfo, InstanceStore, IntoStore};
+use crate::transport::{IntoTransport, Reply, Transport};
 
+mod budget;
 mod cancel;
 mod events;
+mod manage;
 
 /// Starts DTask instances and reads their results. Cheap to clone.
 ///
@@ -30,9 +34,17 @@ mod events;
 #[derive(Clone)]
 pub struct Client {
     transport: Arc<dyn Transport>,
+    /// Where the facts of roots are read (and starts recorded): the transport's store
+    /// unless another was given.
+    store: Option<Arc<dyn InstanceStore>>,
     registry: Option<Registry>,
+    /// The largest start, event or resume this client sends, in bytes: the workers' state
+    /// budget, which a start's arguments count against from its first step.
+    budget: usize,
     /// This client's reply queue and its readers, made by the first `call`.
     replies: Arc<OnceCell<ReplyHub>>,
+    /// Whether the roots this client starts record their children in the store.
+    records_children: bool,
 }
 
 impl fmt::Debug for Client {
@@ -44,11 +56,65 @@ impl fmt::Debug for Client {
 impl Client {
     /// A client on `transport` (a [`Transport`] by value, or shared in an `Arc`).
     pub fn new(transport: impl IntoTransport) -> Self {
+        let transport = transport.into_transport();
         Self {
-            transport: transport.into_transport(),
+            store: transport.store(),
+            transport,
             registry: None,
+            budget: DEFAULT_STATE_BUDGET,
             replies: Arc::new(OnceCell::new()),
+            records_children: false,
         }
+    }
+
+    /// Reads the facts of roots from `store`, and records starts there, instead of the
+    /// transport's own store ([`Transport::store`]): the store the workers write to
+    /// ([`WorkerConfig::store`](crate::WorkerConfig::store)).
+    pub fn with_store(mut self, store: impl IntoStore) -> Self {
+        self.store = Some(store.into_store());
+        self
+    }
+
+    /// A client whose roots ([`Client::start`] and the other starts; not
+    /// [`Client::call`]) record their children, and the children theirs, in the instance
+    /// store: each child is then listed with its parent ([`Filter::parent`]), has a page
+    /// of its own in `dtasks-axum`, and can be read by id like a root.
+    ///
+    /// This costs store writes that roots alone do not make: a child's start goes with
+    /// the step of its parent that starts it (one write with that step's other facts),
+    /// and each child writes its finish, and its status when it suspends, as a root does
+    /// — about one more store write per child. Leave it off for high-volume fan-outs
+    /// whose children nobody looks at; roots are recorded either way.
+    ///
+    /// ```
+    /// # use dtasks::{dtask, Runtime, WorkerConfig};
+    /// # use dtasks::store::{Filter, Query};
+    /// #[dtask]
+    /// async fn double(x: u64) -> u64 { x * 2 }
+    ///
+    /// #[dtask]
+    /// async fn sum_of_doubles(n: u64) -> u64 {
+    ///     let mut sum = 0;
+    ///     for i in 0..n {
+    ///         sum += double(i).await;
+    ///     }
+    ///     sum
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dtasks::Error> {
+    /// let rt = Runtime::new(WorkerConfig::new().register(double).register(sum_of_doubles))?;
+    /// let client = rt.client().recording_children();
+    /// let handle = client.start(sum_of_doubles(3)).await?;
+    /// assert_eq!(handle.result().await?, 6);
+    /// let children = client.list(&Query::new(Filter::new().parent(handle.id().clone()))).await?;
+    /// assert_eq!(children.instances.len(), 3);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`Filter::parent`]: crate::store::Filter::parent
+    pub fn recording_children(mut self) -> Self {
+        self.records_children = true;
+        self
     }
 
     /// A client that checks names and inputs against `registry` before starting
@@ -73,7 +139,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn start<T>(&self, task: Call<T>) -> Result<Handle<T>, Error> {
-        let (name, input) = encoded(task)?;
+        let (name, input) = task.into_encoded()?;
         // A fresh random id cannot have been started: nothing to claim.
         self.publish_start(InstanceId::random(), name, input, ClaimId::No)
             .await
@@ -115,7 +181,7 @@ impl Client {
         id: InstanceId,
         task: Call<T>,
     ) -> Result<Handle<T>, Error> {
-        let (name, input) = encoded(task)?;
+        let (name, input) = task.into_encoded()?;
         self.publish_start(id, name, input, ClaimId::Yes).await
     }
 
@@ -173,7 +239,7 @@ impl Client {
     /// # }
     /// ```
     pub async fn call<T: DeserializeOwned>(&self, task: Call<T>) -> Result<T, Error> {
-        let (name, input) = encoded(task)?;
+        let (name, input) = task.into_encoded()?;
         if self.transport.replies().is_none() {
             let h: Handle<T> = self
                 .publish_start(InstanceId::random(), name, input, ClaimId::No)
@@ -181,10 +247,7 @@ impl Client {
             return h.result().await;
         }
         self.check(&name, &input)?;
-        let hub = self
-            .replies
-            .get_or_try_init(|| ReplyHub::start(self.transport.clone()))
-            .await?;
+        let hub = self.hub().await?;
         let id = InstanceId::random();
         // Waiting before the start is out: the result may come back at once.
         let waiting = hub.wait(&id);
@@ -196,10 +259,16 @@ impl Client {
                 client: hub.client.clone(),
             },
         );
-        self.transport
-            .publish(vec![Outgoing::start(&state)])
-            .await?;
-        let record = waiting.result().await?;
+        // The root of the instance's trace, or a child of the caller's span.
+        let span = info_span!("dtask.call", instance = %id, dtask = %name);
+        let start = span.in_scope(|| Outgoing::start(&state));
+        self.check_size(&format!("the start of `{name}`"), &start)?;
+        let record = async {
+            self.transport.publish(vec![start]).await?;
+            waiting.result().await
+        }
+        .instrument(span)
+        .await?;
         decode_value(&outcome_bytes(&record)?).map_err(Error::decode)
     }
 
@@ -227,38 +296,71 @@ impl Client {
         claim: ClaimId,
     ) -> Result<Handle<T>, Error> {
         self.check(&name, &input)?;
-        let registers = registers(&*self.transport)?;
+        let store = self.store()?;
         let mut state = InstanceState::new(id.clone(), name, input, ReplyTo::Root);
         state.claim = (claim != ClaimId::No).then(new_claim_nonce);
-        // The register first: once the start is out, the instance may finish at once.
-        // No status is written: an empty register reads as `Pending`.
-        registers.create_register(&id).await?;
-        self.transport
-            .publish(vec![Outgoing::start(&state)])
-            .await?;
+        state.records_children = self.records_children;
+        // The result comes back to this client's reply queue too: waiting for it needs
+        // no lookup.
+        let early = match self.transport.replies() {
+            Some(_) => {
+                let hub = self.hub().await?;
+                state.notify = Some(hub.client.clone());
+                Some(Arc::new(Early::new(hub.wait(&id), self.replies.clone())))
+            }
+            None => None,
+        };
+        // The root of the instance's trace, or a child of the caller's span.
+        let start = info_span!("dtask.start", instance = %id, dtask = %state.name)
+            .in_scope(|| Outgoing::start(&state));
+        self.check_size(&format!("the start of `{}`", state.name), &start)?;
+        // Known first: once the start is out, the instance may finish at once.
+        let started = Fact::new(
+            id.clone(),
+            state.name.clone(),
+            self.transport.now(),
+            FactKind::Started { parent: None },
+        );
+        store.record(vec![started]).await?;
+        self.transport.publish(vec![start]).await?;
         // Claimed only once the start is out: a client that dies before this leaves a
         // start that a worker claims for it, never a claim with nothing started.
         if let (ClaimId::Yes, Some(nonce)) = (claim, state.claim) {
-            if !registers.claim(&id, nonce).await? {
+            if !store.claim(&id, nonce).await? {
                 debug!(instance = %id, "the id was already started; this start loses");
                 return Err(Error::already_started(id.as_str()));
             }
         }
-        Ok(self.handle(id))
+        let mut handle = self.handle(id);
+        handle.early = early;
+        Ok(handle)
+    }
+
+    /// This client's reply queue, made by the first call or start.
+    async fn hub(&self) -> Result<&ReplyHub, Error> {
+        self.replies
+            .get_or_try_init(|| ReplyHub::start(self.transport.clone()))
+            .await
+    }
+
+    /// The instance store, or an error saying that there is none.
+    pub(crate) fn store(&self) -> Result<&Arc<dyn InstanceStore>, Error> {
+        self.store.as_ref().ok_or_else(no_store)
     }
 
     /// A handle to the root instance `id` (started earlier, maybe by another process).
     pub fn handle<T>(&self, id: InstanceId) -> Handle<T> {
         Handle {
             id,
-            transport: self.transport.clone(),
+            store: self.store.clone(),
+            early: None,
             _t: PhantomData,
         }
     }
 
     /// The status of the root instance `id`; [`Error::is_not_found`] when unknown.
     pub async fn status(&self, id: &InstanceId) -> Result<Status, Error> {
-        status_of(&*self.transport, id).await
+        Ok(self.instance(id).await?.status)
     }
 }
 
@@ -276,13 +378,6 @@ pub(crate) enum ClaimId {
     PublishOnly,
 }
 
-/// The name and the encoded input of `task`.
-fn encoded<T>(task: Call<T>) -> Result<(String, Vec<u8>), Error> {
-    let (name, input) = task.into_parts();
-    let input = input.map_err(|e| Error::bad_input(format!("the input cannot be encoded: {e}")))?;
-    Ok((name, input))
-}
-
 fn check_name(name: &str) -> Result<(), Error> {
     if name.is_empty() || name.len() > 200 {
         return Err(Error::bad_input("a DTask name has 1 to 200 bytes"));
@@ -290,14 +385,12 @@ fn check_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The registers of `t`, or an error saying that this transport keeps no results.
-fn registers(t: &dyn Transport) -> Result<&dyn Registers, Error> {
-    t.registers().ok_or_else(|| {
-        Error::config(
-            "this transport keeps no result registers: start instances with Client::call, \
-             which returns the result to the caller",
-        )
-    })
+fn no_store() -> Error {
+    Error::config(
+        "there is no instance store (the transport keeps none and none was given): start \
+         instances with Client::call, which returns the result to the caller, or give the \
+         client and the workers a store",
+    )
 }
 
 type Waiters = Arc<Mutex<HashMap<InstanceId, oneshot::Sender<Vec<u8>>>>>;
@@ -340,8 +433,10 @@ impl ReplyHub {
 
 impl Drop for ReplyHub {
     fn drop(&mut self) {
-        // The last clone of the client is gone: stop reading (unread replies stay queued).
+        // The last clone of the client is gone: stop reading (unread replies stay queued),
+        // and tell any call still waiting.
         self.reader.abort();
+        lock(&self.waiters).clear();
     }
 }
 
@@ -393,40 +488,6 @@ async fn read_replies(mut replies: BoxStream<'static, Result<Reply, Error>>, wai
     lock(&waiters).clear();
 }
 
-async fn status_of(t: &dyn Transport, id: &InstanceId) -> Result<Status, Error> {
-    let t = registers(t)?;
-    // Looked up first: a missing register is an unknown id, an empty one a pending start.
-    if !t.register_exists(id).await? {
-        return Err(Error::not_found(id.as_str()));
-    }
-    if let Some(bytes) = t.read_result(id).await? {
-        let rec: ResultRecord = decode(&bytes)?;
-        return Ok(match rec.outcome {
-            Outcome::Ok(_) => Status::Succeeded,
-            Outcome::Failed(f) if f.is_cancelled() => Status::Cancelled,
-            Outcome::Failed(_) => Status::Failed,
-        });
-    }
-    Ok(read_status(t, id)
-        .await?
-        .map_or(Status::Pending, |r| r.status))
-}
-
-/// The status register of `id`: a status record, or a bare status written by an earlier
-/// version.
-async fn read_status(t: &dyn Registers, id: &InstanceId) -> Result<Option<StatusRecord>, Error> {
-    let Some(bytes) = t.read_status(id).await? else {
-        return Ok(None);
-    };
-    match decode::<StatusRecord>(&bytes) {
-        Ok(r) => Ok(Some(r)),
-        Err(_) => Ok(Some(StatusRecord {
-            status: decode::<Status>(&bytes)?,
-            waits: Vec::new(),
-        })),
-    }
-}
-
 /// The result type of handles from [`Client::start_by_name`]: read them with
 /// [`Handle::result_bytes`], or convert with [`Handle::typed`].
 #[derive(Debug, Clone, Copy)]
@@ -435,7 +496,9 @@ pub enum Untyped {}
 /// A handle to a root instance: its id, its status and its result.
 pub struct Handle<T> {
     id: InstanceId,
-    transport: Arc<dyn Transport>,
+    store: Option<Arc<dyn InstanceStore>>,
+    /// The result on its way to this client's reply queue (a handle from a start).
+    early: Option<Arc<Early>>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -443,9 +506,45 @@ impl<T> Clone for Handle<T> {
     fn clone(&self) -> Self {
         Self {
             id: self.id.clone(),
-            transport: self.transport.clone(),
+            store: self.store.clone(),
+            early: self.early.clone(),
             _t: PhantomData,
         }
+    }
+}
+
+/// The news that a root this process started finished, as its result comes back on the
+/// reply queue: awaited once, kept for every clone of the handle. Only the news is used:
+/// the result that stands is read from the store.
+struct Early {
+    waiting: Mutex<Option<Waiting>>,
+    finished: OnceCell<bool>,
+    /// The reply queue's reader stays while a handle may wait on it, even when the
+    /// client that started the instance is gone.
+    _hub: Arc<OnceCell<ReplyHub>>,
+}
+
+impl Early {
+    fn new(waiting: Waiting, hub: Arc<OnceCell<ReplyHub>>) -> Self {
+        Self {
+            waiting: Mutex::new(Some(waiting)),
+            finished: OnceCell::new(),
+            _hub: hub,
+        }
+    }
+
+    /// Whether the reply came (`false` when the reply queue's reader stopped first).
+    async fn finished(&self) -> bool {
+        *self
+            .finished
+            .get_or_init(|| async {
+                let waiting = lock(&self.waiting).take();
+                match waiting {
+                    Some(w) => w.result().await.is_ok(),
+                    None => false,
+                }
+            })
+            .await
     }
 }
 
@@ -461,22 +560,49 @@ impl<T> Handle<T> {
         &self.id
     }
 
-    /// The instance's status.
+    /// The instance's status; [`Error::is_not_found`] when the store holds nothing of it.
     pub async fn status(&self) -> Result<Status, Error> {
-        status_of(&*self.transport, &self.id).await
+        Ok(self.info().await?.status)
     }
 
-    /// Waits for the result and returns it as MessagePack bytes.
+    /// What the store knows of the instance; [`Error::is_not_found`] when nothing.
+    pub async fn info(&self) -> Result<InstanceInfo, Error> {
+        let store = self.store.as_ref().ok_or_else(no_store)?;
+        store
+            .get(&self.id)
+            .await?
+            .ok_or_else(|| Error::not_found(self.id.as_str()))
+    }
+
+    /// Waits for the result and returns it as MessagePack bytes; [`Error::is_not_found`]
+    /// at once when the store holds nothing of the instance.
+    ///
+    /// A handle from [`Client::start`] learns of the finish on the client's reply queue and
+    /// then reads the result (no polling); any other handle waits for it in the instance
+    /// store. Either way the result is the one the store recorded first.
     pub async fn result_bytes(&self) -> Result<Vec<u8>, Error> {
-        let bytes = registers(&*self.transport)?.wait_result(&self.id).await?;
-        outcome_bytes(&bytes)
+        let store = self.store.as_ref().ok_or_else(no_store)?;
+        // The reply says that it finished; the store holds the result that stands (the
+        // first recorded: the reply of a step redone after a crash may carry another).
+        let finished = match &self.early {
+            Some(early) => early.finished().await,
+            None => false,
+        };
+        let info = if finished {
+            store.read_finished(&self.id).await?
+        } else {
+            store.wait_finished(&self.id).await?
+        };
+        info.result_bytes()
+            .unwrap_or_else(|| Err(Error::transport("a finished instance without its result")))
     }
 
     /// The same instance with a different result type.
     pub fn typed<U>(self) -> Handle<U> {
         Handle {
             id: self.id,
-            transport: self.transport,
+            store: self.store,
+            early: self.early,
             _t: PhantomData,
         }
     }
@@ -500,12 +626,6 @@ impl<T: DeserializeOwned> Handle<T> {
 
     /// The result if the instance has finished, without waiting.
     pub async fn try_result(&self) -> Result<Option<T>, Error> {
-        match registers(&*self.transport)?.read_result(&self.id).await? {
-            None => Ok(None),
-            Some(bytes) => {
-                let b = outcome_bytes(&bytes)?;
-                decode_value(&b).map(Some).map_err(Error::decode)
-            }
-        }
+        self.info().await?.result().transpose()
     }
 }

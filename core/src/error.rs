@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 /// Why a DTask instance failed.
 ///
 /// A failure is a value: it is recorded in the instance's result, travels to an awaiting
-/// parent (which then fails too, unless it used [`DTask::catch_failure`]) and is returned
+/// parent (which then fails too, unless it used [`Call::catch_failure`]) and is returned
 /// to clients by [`Handle::result`]. Inspect it with the `is_*` predicates.
 ///
-/// [`DTask::catch_failure`]: crate::DTask::catch_failure
+/// [`Call::catch_failure`]: crate::Call::catch_failure
 /// [`Handle::result`]: crate::Handle::result
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
@@ -32,6 +32,8 @@ pub(crate) enum FailureKind {
     CodeChanged,
     Cancelled,
     Timeout,
+    LimitExceeded,
+    DeadLettered,
 }
 
 impl Failure {
@@ -39,6 +41,32 @@ impl Failure {
         Self {
             kind,
             message: message.into(),
+        }
+    }
+
+    /// What kind of failure it is.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+    pub(crate) fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    /// The kind of failure in snake case (`panic`, `child_failed`, `timeout`, …), as the
+    /// metrics label it.
+    pub(crate) fn kind_name(&self) -> &'static str {
+        match self.kind {
+            FailureKind::Panic => "panic",
+            FailureKind::NonDeterminism => "nondeterminism",
+            FailureKind::ChildFailed => "child_failed",
+            FailureKind::UnknownDTask => "unknown_dtask",
+            FailureKind::BadInput => "bad_input",
+            FailureKind::StateTooLarge => "state_too_large",
+            FailureKind::Stuck => "stuck",
+            FailureKind::Misuse => "misuse",
+            FailureKind::CodeChanged => "code_changed",
+            FailureKind::Cancelled => "cancelled",
+            FailureKind::Timeout => "timeout",
+            FailureKind::LimitExceeded => "limit_exceeded",
+            FailureKind::DeadLettered => "dead_lettered",
         }
     }
 
@@ -111,6 +139,21 @@ impl Failure {
     pub fn is_timeout(&self) -> bool {
         self.kind == FailureKind::Timeout
     }
+
+    /// The instance asked for something past one of dtasks' limits (a delay longer than
+    /// [`DTask::MAX_DELAY`](crate::DTask::MAX_DELAY)); the message names the limit. Every
+    /// limit, and what happens at it: `docs/architecture.md`, section 7.
+    pub fn is_limit_exceeded(&self) -> bool {
+        self.kind == FailureKind::LimitExceeded
+    }
+
+    /// A message of the instance could not be handled (it failed at every delivery, up
+    /// to [`WorkerConfig::max_redeliveries`](crate::WorkerConfig::max_redeliveries), or it
+    /// could not be read): it was moved to the dead-letter queue, and the instance failed
+    /// with this failure, whose message gives the reason.
+    pub fn is_dead_lettered(&self) -> bool {
+        self.kind == FailureKind::DeadLettered
+    }
 }
 
 impl fmt::Display for Failure {
@@ -127,6 +170,8 @@ impl fmt::Display for Failure {
             FailureKind::CodeChanged => "code changed",
             FailureKind::Cancelled => "cancelled",
             FailureKind::Timeout => "timed out",
+            FailureKind::LimitExceeded => "limit exceeded",
+            FailureKind::DeadLettered => "dead-lettered",
         };
         write!(f, "{kind}: {}", self.message)
     }
@@ -159,6 +204,8 @@ enum Repr {
     Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("instance store error: {0}")]
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("instance `{0}` has finished")]
     Finished(String),
     #[error(
@@ -166,6 +213,8 @@ enum Repr {
          the register retention)"
     )]
     AlreadyStarted(String),
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
 }
 
 impl Error {
@@ -189,7 +238,11 @@ impl Error {
             repr: Repr::Decode(msg.into()),
         }
     }
-    pub(crate) fn not_found(id: impl Into<String>) -> Self {
+    /// No instance `id` is known ([`Error::is_not_found`]).
+    ///
+    /// For implementations of an instance store.(a wait for an
+    /// instance the store holds nothing of).
+    pub fn not_found(id: impl Into<String>) -> Self {
         Self {
             repr: Repr::NotFound(id.into()),
         }
@@ -211,6 +264,12 @@ impl Error {
         }
     }
 
+    pub(crate) fn limit_exceeded(msg: impl Into<String>) -> Self {
+        Self {
+            repr: Repr::LimitExceeded(msg.into()),
+        }
+    }
+
     /// The message of a configuration error without its prefix (for listing several).
     pub(crate) fn detail(&self) -> String {
         match &self.repr {
@@ -226,6 +285,22 @@ impl Error {
         Self {
             repr: Repr::Transport(err.into()),
         }
+    }
+
+    /// Wraps an error of an instance store (a database client error, an I/O error).
+    ///
+    /// For implementations of an instance store.
+    pub fn store(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self {
+            repr: Repr::Store(err.into()),
+        }
+    }
+
+    /// An input that is not valid (a store's query, a name), with `msg` saying why.
+    ///
+    /// For implementations of an instance store.
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Self::bad_input(msg)
     }
 
     /// The instance ran and failed; [`Error::failure`] says why.
@@ -265,6 +340,10 @@ impl Error {
     pub fn is_transport(&self) -> bool {
         matches!(self.repr, Repr::Transport(_))
     }
+    /// The instance store (its database) failed or cannot be reached.
+    pub fn is_store(&self) -> bool {
+        matches!(self.repr, Repr::Store(_))
+    }
     /// The configuration is invalid.
     pub fn is_config(&self) -> bool {
         matches!(self.repr, Repr::Config(_))
@@ -279,6 +358,12 @@ impl Error {
     /// once. The message names the id.
     pub fn is_already_started(&self) -> bool {
         matches!(self.repr, Repr::AlreadyStarted(_))
+    }
+    /// The call asked for something past one of dtasks' limits (arguments that encode to
+    /// a start message larger than the state budget); nothing was started. The message
+    /// names the limit. Every limit: `docs/architecture.md`, section 7.
+    pub fn is_limit_exceeded(&self) -> bool {
+        matches!(self.repr, Repr::LimitExceeded(_))
     }
 }
 

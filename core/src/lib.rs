@@ -46,18 +46,26 @@ mod dtask;
 mod engine;
 mod error;
 mod exec;
+#[cfg(feature = "json")]
+pub mod json;
+pub mod metrics;
 mod protocol;
 mod registry;
 mod runtime;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod step;
+pub mod store;
 #[cfg(feature = "test-util")]
 pub mod test_util;
+pub mod trace;
 pub mod transport;
 
 pub use client::{Client, Handle, Untyped};
 pub use dtask::{Call, DTask, IntoDTask, Join, ResumeToken, RetryCall, RetryPolicy, SpawnHandle};
 pub use dtasks_macros::dtask;
 pub use error::{Error, Failure};
+pub use exec::SavedMachine;
 pub use protocol::{InstanceId, Status, Wait, ENVELOPE_VERSION};
 pub use registry::{DTaskFn, Registry};
 pub use runtime::{
@@ -158,6 +166,7 @@ pub mod __private {
     use serde::Serialize;
 
     pub use crate::exec::macro_support as snapshot;
+    pub use crate::exec::MigrateFn;
     pub use crate::registry::Registration;
     pub use inventory;
 

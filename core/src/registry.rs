@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::dtask::Call;
 use crate::error::{Error, Failure};
-use crate::exec::{Model, Resume};
+use crate::exec::{MigrateFn, Model, Resume};
 use crate::step::BodyFuture;
 
 /// What `#[dtask]` submits for each function. Not for direct use.
@@ -44,6 +44,22 @@ impl Registration {
         fingerprint: u64,
         accepts: &'static [u64],
     ) -> Self {
+        Self::snapshot_migrating(name, rust_path, type_id, run, fingerprint, accepts, &[])
+    }
+
+    /// The registration of a `#[dtask(snapshot)]` function that migrates machines saved
+    /// by earlier code (`migrate(from = "...", with = f)`).
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub const fn snapshot_migrating(
+        name: &'static str,
+        rust_path: &'static str,
+        type_id: fn() -> TypeId,
+        run: fn(&[u8], Option<Resume<'_>>) -> Result<BodyFuture, Failure>,
+        fingerprint: u64,
+        accepts: &'static [u64],
+        migrations: &'static [(u64, MigrateFn)],
+    ) -> Self {
         Self {
             name,
             rust_path,
@@ -52,6 +68,7 @@ impl Registration {
                 run,
                 fingerprint,
                 accepts,
+                migrations,
             },
         }
     }
@@ -167,6 +184,17 @@ impl Registry {
             self.insert(reg)?;
         }
         Ok(())
+    }
+
+    /// The fingerprint of the code registered as `name` when it is a
+    /// `#[dtask(snapshot)]` function (what its suspended instances record, see
+    /// [`Client::fingerprints`](crate::Client::fingerprints)); `None` for a replay-model
+    /// DTask or an unknown name.
+    pub fn fingerprint(&self, name: &str) -> Option<u64> {
+        match self.by_name.get(name)?.run {
+            Model::Snapshot { fingerprint, .. } => Some(fingerprint),
+            Model::Replay(_) => None,
+        }
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&'static Registration> {

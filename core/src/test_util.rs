@@ -51,6 +51,10 @@ pub struct Trace {
     /// How long each step took (building or resuming the body, driving it, encoding the
     /// state).
     pub step_times: Vec<Duration>,
+    /// The size of the task message that starts each next run, after a
+    /// [`DTask::continue_as_new`](crate::DTask::continue_as_new) (replay and snapshot
+    /// runs): entry `i` starts run `i + 2`.
+    pub run_sizes: Vec<usize>,
 }
 
 /// Resolves operations and chooses which outstanding one completes next.
@@ -123,7 +127,7 @@ where
             }
         }
         seen = ex.journal.len();
-        inputs.extend(ex.child_inputs.drain());
+        inputs.extend(std::mem::take(&mut ex.child_inputs));
         match end {
             StepEnd::Completed(bytes) => {
                 trace.result = Ok(bytes);
@@ -131,6 +135,11 @@ where
             }
             StepEnd::Failed(f) => {
                 trace.result = Err(f);
+                return trace;
+            }
+            StepEnd::Continued(_) => {
+                let msg = "DTask::continue_as_new needs a registered DTask (run_model)";
+                trace.result = Err(Failure::new(FailureKind::Misuse, msg));
                 return trace;
             }
             StepEnd::Suspended => {
@@ -237,6 +246,7 @@ fn failed(f: Failure) -> Trace {
         max_message: 0,
         message_sizes: Vec::new(),
         step_times: Vec::new(),
+        run_sizes: Vec::new(),
     }
 }
 
@@ -291,6 +301,22 @@ async fn drive_model(
             StepEnd::Failed(f) => {
                 trace.result = Err(f);
                 return (trace, None);
+            }
+            StepEnd::Continued(input) => {
+                state.continue_as_new(input);
+                let bytes = encode(&TaskMessage::Step {
+                    state: Box::new(state),
+                    completion: None,
+                });
+                trace.run_sizes.push(bytes.len());
+                state = match decode::<TaskMessage>(&bytes) {
+                    Ok(TaskMessage::Step { state, .. }) => *state,
+                    _ => {
+                        trace.result = Err(Failure::new(FailureKind::BadInput, "round trip"));
+                        return (trace, None);
+                    }
+                };
+                continue;
             }
             StepEnd::Suspended => {
                 // The round trip: the state as it travels in a message.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use dtasks::transport::{
-    Cancels, Delivery, Destination, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
+    Cancels, Delivery, Destination, MailboxMessage, Outgoing, Published, ReplyQueues,
 };
 use dtasks::{dtask, DTask, Error, InstanceId, MemoryTransport, Runtime, Transport, WorkerConfig};
 use futures::future::BoxFuture;
@@ -144,6 +144,13 @@ async fn without_reply_queues_a_call_starts_with_a_register() -> TestResult {
         ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Delivery, Error>>, Error>> {
             self.0.consume(names)
         }
+        fn drain_for_doorbell(
+            &self,
+            instance: &InstanceId,
+            tag: u64,
+        ) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>> {
+            self.0.drain_for_doorbell(instance, tag)
+        }
         fn drain_mailbox(
             &self,
             instance: &InstanceId,
@@ -156,8 +163,8 @@ async fn without_reply_queues_a_call_starts_with_a_register() -> TestResult {
         fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>> {
             self.0.pending_timers()
         }
-        fn registers(&self) -> Option<&dyn Registers> {
-            self.0.registers()
+        fn store(&self) -> Option<std::sync::Arc<dyn dtasks::store::InstanceStore>> {
+            self.0.store()
         }
         // What this test is about.
         fn replies(&self) -> Option<&dyn ReplyQueues> {
@@ -165,6 +172,10 @@ async fn without_reply_queues_a_call_starts_with_a_register() -> TestResult {
         }
         fn cancels(&self) -> Option<&dyn Cancels> {
             self.0.cancels()
+        }
+
+        fn delete_mailbox(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>> {
+            self.0.delete_mailbox(instance)
         }
     }
     let t = NoReplies(MemoryTransport::new());

@@ -3,10 +3,15 @@
 
 use std::time::Duration;
 
-use dtasks::transport::Registers;
-use dtasks::{
-    dtask, Call, Client, DTask, MemoryTransport, Status, Worker, WorkerConfig, WorkerStats,
+use dtasks::store::{
+    Fact, FactKind, Filter, InstanceInfo, InstanceStore, Listing, MemoryStore, Query,
 };
+use dtasks::{
+    dtask, Call, Client, DTask, InstanceId, MemoryTransport, Status, Worker, WorkerConfig,
+    WorkerStats,
+};
+use futures::future::BoxFuture;
+use std::sync::{Arc, Mutex};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -77,24 +82,71 @@ async fn a_chain_runs_in_the_delivery_of_its_start() -> TestResult {
     Ok(())
 }
 
+/// A memory store that keeps every fact recorded in it.
+#[derive(Clone, Default)]
+struct Recording {
+    store: MemoryStore,
+    facts: Arc<Mutex<Vec<Fact>>>,
+}
+
+impl InstanceStore for Recording {
+    fn record(&self, facts: Vec<Fact>) -> BoxFuture<'_, Result<u64, dtasks::Error>> {
+        self.facts.lock().unwrap().extend(facts.iter().cloned());
+        self.store.record(facts)
+    }
+    fn get<'a>(
+        &'a self,
+        id: &'a InstanceId,
+    ) -> BoxFuture<'a, Result<Option<InstanceInfo>, dtasks::Error>> {
+        self.store.get(id)
+    }
+    fn list<'a>(&'a self, q: &'a Query) -> BoxFuture<'a, Result<Listing, dtasks::Error>> {
+        self.store.list(q)
+    }
+    fn purge<'a>(&'a self, f: &'a Filter) -> BoxFuture<'a, Result<u64, dtasks::Error>> {
+        self.store.purge(f)
+    }
+    fn claim<'a>(
+        &'a self,
+        id: &'a InstanceId,
+        nonce: u64,
+    ) -> BoxFuture<'a, Result<bool, dtasks::Error>> {
+        self.store.claim(id, nonce)
+    }
+}
+
 #[tokio::test]
 async fn a_root_finished_inline_writes_no_stale_status() -> TestResult {
     let t = MemoryTransport::new();
-    let client = Client::new(t.clone());
+    let store = Recording::default();
+    let client = Client::new(t.clone()).with_store(store.clone());
     let h = client.start(chain(3)).await?;
-    // Started: its empty result register reads as `Pending`; no status is written.
+    // Started: known, and `Pending` until a worker reports on it.
     assert_eq!(h.status().await?, Status::Pending);
-    assert_eq!(t.read_status(h.id()).await?, None);
     let waiter = h.clone();
-    tokio::spawn(Worker::new(t.clone(), config())?.run_until(async move {
+    let worker = Worker::new(t.clone(), config().store(store.clone()))?;
+    tokio::spawn(worker.run_until(async move {
         let _ = waiter.result().await;
     }))
     .await??;
     assert_eq!(h.result().await?, 3);
-    // The root suspended and finished in one run: its `Suspended` write was dropped, not
-    // published; the result register answers the status.
-    assert_eq!(t.read_status(h.id()).await?, None);
     assert_eq!(h.status().await?, Status::Succeeded);
+    // The root suspended and finished in one run: its `Suspended` write was dropped, not
+    // recorded; only its start and its finish were.
+    let kinds: Vec<&'static str> = store
+        .facts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|f| &f.instance == h.id())
+        .map(|f| match f.kind {
+            FactKind::Started { .. } => "started",
+            FactKind::Status { .. } => "status",
+            FactKind::Finished { .. } => "finished",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["started", "finished"]);
     Ok(())
 }
 

@@ -57,6 +57,7 @@ async fn an_unused_mailbox_expires() -> TestResult {
         message_id: "m1".into(),
         instance: id.clone(),
         dtask: "x".into(),
+        trace: None,
     }])
     .await?;
     t.advance(HOUR - Duration::from_secs(1));
@@ -70,5 +71,61 @@ async fn an_unused_mailbox_expires() -> TestResult {
     assert_eq!(t.drain_mailbox(&id).await?.len(), 1);
     t.advance(HOUR);
     assert!(t.drain_mailbox(&id).await?.is_empty(), "expired");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deleted_mailbox_takes_what_a_drain_holds_and_a_touch_creates_none() -> TestResult {
+    use dtasks::transport::Published;
+
+    let t = MemoryTransport::new();
+    let id = InstanceId::new("finished")?;
+    let to = |destination: Destination, body: &[u8]| Outgoing {
+        destination,
+        body: body.to_vec(),
+        message_id: String::from_utf8_lossy(body).into_owned(),
+        instance: id.clone(),
+        dtask: "x".into(),
+        trace: None,
+    };
+    let mailbox = || Destination::Mailbox {
+        instance: id.clone(),
+    };
+    let touch = || Destination::Touch {
+        instance: id.clone(),
+    };
+    // No mailbox: a touch is dropped and creates none.
+    assert_eq!(
+        t.publish(vec![to(touch(), b"t1")]).await?,
+        vec![Published::Dropped]
+    );
+    assert!(t.mailboxes().is_empty());
+    t.publish(vec![to(mailbox(), b"m1"), to(mailbox(), b"m2")])
+        .await?;
+    assert_eq!(t.mailboxes(), vec![id.clone()]);
+    let held = t.drain_mailbox(&id).await?;
+    assert_eq!(held.len(), 2);
+    t.delete_mailbox(&id).await?;
+    assert!(t.mailboxes().is_empty());
+    // Settled after the deletion, whichever way, they are gone with the mailbox.
+    let mut held = held.into_iter();
+    held.next().expect("m1").settle.requeue().await?;
+    drop(held);
+    assert!(t.mailboxes().is_empty());
+    assert!(t.drain_mailbox(&id).await?.is_empty());
+    t.delete_mailbox(&id).await?;
+    // A mailbox message creates it again; a touch then goes in.
+    t.publish(vec![to(mailbox(), b"m3")]).await?;
+    assert_eq!(
+        t.publish(vec![to(touch(), b"t2")]).await?,
+        vec![Published::Stored]
+    );
+    let bodies: Vec<Vec<u8>> = t
+        .drain_mailbox(&id)
+        .await?
+        .into_iter()
+        .map(|m| m.body.clone())
+        .collect();
+    assert_eq!(bodies, vec![b"m3".to_vec(), b"t2".to_vec()]);
     Ok(())
 }

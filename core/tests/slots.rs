@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dtasks::transport::{
-    Cancels, Delivery, Destination, MailboxMessage, Outgoing, Published, Registers, ReplyQueues,
+    Cancels, Delivery, Destination, MailboxMessage, Outgoing, Published, ReplyQueues,
 };
 use dtasks::{dtask, Client, Error, InstanceId, MemoryTransport, Transport, Worker, WorkerConfig};
 use futures::future::BoxFuture;
@@ -24,22 +24,26 @@ async fn bump(x: u64) -> u64 {
     x + 1
 }
 
-/// The in-memory transport, except that result writes wait until the gate opens.
+/// The in-memory transport, except that results sent to clients wait until the gate opens.
 #[derive(Clone)]
 struct Gated {
     inner: MemoryTransport,
     open: watch::Receiver<bool>,
+    /// Publishes waiting at the gate now.
+    held: std::sync::Arc<AtomicUsize>,
 }
 
 impl Transport for Gated {
     fn publish(&self, batch: Vec<Outgoing>) -> BoxFuture<'_, Result<Vec<Published>, Error>> {
         let gated = batch
             .iter()
-            .any(|o| matches!(o.destination, Destination::Result { .. }));
+            .any(|o| matches!(o.destination, Destination::Reply { .. }));
         let mut open = self.open.clone();
         async move {
             if gated {
+                self.held.fetch_add(1, Ordering::SeqCst);
                 open.wait_for(|o| *o).await.expect("the gate stays");
+                self.held.fetch_sub(1, Ordering::SeqCst);
             }
             self.inner.publish(batch).await
         }
@@ -53,6 +57,13 @@ impl Transport for Gated {
         self.inner.consume(names)
     }
 
+    fn drain_for_doorbell(
+        &self,
+        instance: &InstanceId,
+        tag: u64,
+    ) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>> {
+        self.inner.drain_for_doorbell(instance, tag)
+    }
     fn drain_mailbox(
         &self,
         instance: &InstanceId,
@@ -72,8 +83,8 @@ impl Transport for Gated {
         self.inner.pending_timers()
     }
 
-    fn registers(&self) -> Option<&dyn Registers> {
-        self.inner.registers()
+    fn store(&self) -> Option<std::sync::Arc<dyn dtasks::store::InstanceStore>> {
+        self.inner.store()
     }
 
     fn replies(&self) -> Option<&dyn ReplyQueues> {
@@ -83,6 +94,10 @@ impl Transport for Gated {
     fn cancels(&self) -> Option<&dyn Cancels> {
         self.inner.cancels()
     }
+
+    fn delete_mailbox(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>> {
+        self.inner.delete_mailbox(instance)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,9 +106,10 @@ async fn a_step_waiting_for_its_publish_holds_no_slot() -> TestResult {
     let t = Gated {
         inner: MemoryTransport::new(),
         open,
+        held: Default::default(),
     };
     let client = Client::new(t.clone());
-    let handles = vec![client.start(bump(1)).await?, client.start(bump(10)).await?];
+    let handles = [client.start(bump(1)).await?, client.start(bump(10)).await?];
     let worker = Worker::new(t.clone(), WorkerConfig::new().register(bump).concurrency(1))?;
     let (stop, stopped) = watch::channel(false);
     let running = tokio::spawn(worker.run_until(async move {
@@ -101,7 +117,7 @@ async fn a_step_waiting_for_its_publish_holds_no_slot() -> TestResult {
         let _ = stopped.wait_for(|s| *s).await;
     }));
 
-    // One slot, and the first step's result write is held back: the second step runs
+    // One slot, and the first step's result to its client is held back: the second step runs
     // all the same.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while RAN.load(Ordering::SeqCst) < 2 {
@@ -112,12 +128,15 @@ async fn a_step_waiting_for_its_publish_holds_no_slot() -> TestResult {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    for h in &handles {
-        assert_eq!(
-            h.try_result().await?,
-            None,
-            "a result passed the closed gate"
+    // Both steps' results wait at the gate.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while t.held.load(Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of 2 results wait at the gate",
+            t.held.load(Ordering::SeqCst)
         );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
     gate.send(true)?;

@@ -166,6 +166,51 @@ pub fn init_logs(default: &str) {
     tracing_subscriber::fmt().with_env_filter(filter).init();
 }
 
+/// What [`init_telemetry`] set up; keep it while the process runs: dropped, it sends the
+/// spans still buffered.
+#[derive(Debug)]
+pub struct Telemetry {
+    #[cfg(feature = "otel")]
+    _otel: Option<dtasks_otel::Otel>,
+}
+
+/// [`init_logs`], plus (with the feature `otel`, on by default) OpenTelemetry traces
+/// exported with OTLP over HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+/// (`http://collector:4318`, say), under the service name `OTEL_SERVICE_NAME` or
+/// `service`. One trace holds a start and every step of its instance and children, on
+/// whichever worker they run.
+pub fn init_telemetry(default: &str, service: &str) -> anyhow::Result<Telemetry> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
+    // `RUST_LOG` filters the logs only: the spans of a trace are at info level whatever
+    // the logs show.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let registry =
+        tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_filter(filter));
+    #[cfg(feature = "otel")]
+    {
+        let otel = dtasks_otel::Otel::from_env(service)?;
+        let spans = otel.as_ref().map(|o| {
+            o.layer()
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+        });
+        registry.with(spans).init();
+        if otel.is_some() {
+            tracing::info!("exporting traces with OTLP");
+        }
+        Ok(Telemetry { _otel: otel })
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = service;
+        registry.init();
+        Ok(Telemetry {})
+    }
+}
+
 /// A reviewer's answer to a refund request.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum Decision {

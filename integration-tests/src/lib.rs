@@ -2,8 +2,15 @@
 //! every transport runs.
 //!
 //! The [`conformance`] module holds the DTask API's scenarios, written once: here they run
-//! on the in-memory transport (`tests/conformance_memory.rs`, no broker needed) and on
-//! RabbitMQ (`tests/conformance_amqp.rs`).
+//! on the in-memory transport (`tests/conformance_memory.rs`, no broker needed), on
+//! RabbitMQ (`tests/conformance_amqp.rs`) and on the simulator with its faults
+//! (`tests/conformance_sim.rs`, no broker needed).
+//!
+//! The [`http`] module holds the HTTP tests of `dtasks-axum`: a web service on
+//! DTasks, spoken to with a real HTTP client, on both transports (`tests/http_memory.rs`,
+//! `tests/http_amqp.rs`), and its webhooks across worker kills (`tests/kill_webhook.rs`);
+//! `tests/web_pages.rs` serves the same service with its web pages and drives them in
+//! headless Chromium through chromedriver (Debian's `chromium` and `chromium-driver`).
 //!
 //! The broker is the one at `AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
 //! With the `testcontainers` feature, when `AMQP_URL` is unset and Docker is reachable, a
@@ -31,7 +38,10 @@
 //! ```
 
 pub mod conformance;
+pub mod evolve;
+pub mod http;
 pub mod procs;
+pub mod spans;
 pub mod tasks;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +56,65 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// How long a test binary that talks to the broker may run, in seconds, unless
+/// `DTASKS_TEST_LIMIT_SECS` says otherwise.
+const TEST_LIMIT_SECS: u64 = 600;
+
+/// Starts, once per test process, a thread that ends the process with a failure when it
+/// runs longer than `DTASKS_TEST_LIMIT_SECS` (default `TEST_LIMIT_SECS`): a test that
+/// hangs (a wait no timeout covers) fails loudly, with the queues of the broker listed,
+/// instead of holding CI until its own limit.
+pub fn watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let secs = std::env::var("DTASKS_TEST_LIMIT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(TEST_LIMIT_SECS);
+        let _ = std::thread::Builder::new()
+            .name("test-watchdog".into())
+            .spawn(move || {
+                std::thread::sleep(Duration::from_secs(secs));
+                use std::io::Write as _;
+                // Straight to the process's stderr: the test harness captures `eprintln!`
+                // of threads started by a test, and the exit would lose it.
+                let mut err = std::io::stderr();
+                let binary = std::env::args().next().unwrap_or_default();
+                let _ = writeln!(
+                    err,
+                    "{binary}: FAILED: still running after {secs} s; a test hangs"
+                );
+                let queues = [
+                    "30",
+                    "rabbitmqctl",
+                    "list_queues",
+                    "name",
+                    "messages",
+                    "consumers",
+                ];
+                if let Ok(out) = std::process::Command::new("timeout").args(queues).output() {
+                    let listed = String::from_utf8_lossy(&out.stdout);
+                    let _ = writeln!(err, "the broker's queues:\n{listed}");
+                }
+                std::process::exit(101);
+            });
+    });
+}
+
+/// A connection to the first node of `url` (addresses separated by commas) that takes one.
+async fn connect_any(url: &str) -> lapin::Result<Connection> {
+    let mut last = None;
+    for u in url.split(',').filter(|u| !u.is_empty()) {
+        match Connection::connect(u, ConnectionProperties::default()).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(lapin::Error::from(
+        lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+    )))
+}
 
 /// Installs a `tracing` subscriber once (filtered by `RUST_LOG`, default `warn`).
 pub fn init_tracing() {
@@ -128,9 +197,25 @@ impl Broker {
     /// unreachable.
     pub async fn start() -> anyhow::Result<Self> {
         init_tracing();
+        watchdog();
         let (url, container) = broker_url().await?;
         recommended_dlx_retry().await;
-        let raw = Connection::connect(&url, ConnectionProperties::default())
+        Self::connected(url, container).await
+    }
+
+    /// Connects to the broker at `url` (the addresses of the nodes of a cluster,
+    /// separated by commas, as `AMQP_URL` takes them) under a fresh prefix: for a test
+    /// that runs a broker of its own. Its [`Broker::cleanup`] needs `rabbitmqctl` to
+    /// reach that broker's node: a test of a broker it removes afterwards drops the
+    /// `Broker` instead.
+    pub async fn start_at(url: &str) -> anyhow::Result<Self> {
+        init_tracing();
+        watchdog();
+        Self::connected(url.to_string(), None).await
+    }
+
+    async fn connected(url: String, container: Option<Container>) -> anyhow::Result<Self> {
+        let raw = connect_any(&url)
             .await
             .with_context(|| format!("no RabbitMQ at {url} (set AMQP_URL)"))?;
         let prefix = format!("dtit-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
@@ -172,7 +257,9 @@ impl Broker {
 
     /// The configuration of this test's transports.
     pub fn config(&self) -> AmqpConfig {
-        AmqpConfig::new(&self.url).with_prefix(&self.prefix)
+        AmqpConfig::new(&self.url)
+            .with_urls(self.url.split(','))
+            .with_prefix(&self.prefix)
     }
 
     /// A new transport (its own connections, like another process) under the prefix.
@@ -233,8 +320,19 @@ impl Broker {
         exe: &str,
         n: usize,
     ) -> anyhow::Result<procs::WorkerProcesses> {
+        self.worker_processes_with(exe, n, &[]).await
+    }
+
+    /// [`Broker::worker_processes`] with more environment variables for every process
+    /// (`DTASKS_METRICS_ADDR`, say).
+    pub async fn worker_processes_with(
+        &self,
+        exe: &str,
+        n: usize,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<procs::WorkerProcesses> {
         self.processes.store(true, Ordering::SeqCst);
-        let mut set = procs::WorkerProcesses::spawn(exe, &self.url, &self.prefix, n)?;
+        let mut set = procs::WorkerProcesses::spawn(exe, &self.url, &self.prefix, n, env)?;
         self.wait_for_processes(&mut set, n).await?;
         Ok(set)
     }
@@ -252,14 +350,16 @@ impl Broker {
         Ok(i)
     }
 
-    /// Waits until each task queue of [`tasks::registry`] has at least `n` consumers.
+    /// Waits until the queues of each DTask of [`tasks::registry`] have at least `n`
+    /// consumers (its wake queue: a worker consumes it with its task queues, whose names
+    /// depend on `AmqpConfig::with_task_queues`).
     async fn wait_for_processes(
         &self,
         set: &mut procs::WorkerProcesses,
         n: usize,
     ) -> anyhow::Result<()> {
         for name in tasks::registry().names() {
-            let queue = format!("{}.task.{name}", self.prefix);
+            let queue = format!("{}.wake.{name}", self.prefix);
             wait_for(Duration::from_secs(30), || async {
                 Ok(self.consumers(&queue).await? >= n as u32)
             })
@@ -279,7 +379,7 @@ impl Broker {
     pub async fn channel(&self) -> anyhow::Result<Channel> {
         let mut raw = self.raw.lock().await;
         if !raw.status().connected() {
-            *raw = Connection::connect(&self.url, ConnectionProperties::default()).await?;
+            *raw = connect_any(&self.url).await?;
         }
         Ok(raw.create_channel().await?)
     }
@@ -353,6 +453,16 @@ impl Broker {
     /// Deletes every queue of the prefix, then checks (with `rabbitmqctl`, when
     /// available) that none is left. Stop the workers first (worker processes too).
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
+        // Every transport of the test stops consuming first: a live consumer (a client's
+        // reply queue, a follower of a stream) would subscribe again to what is deleted.
+        let transports: Vec<AmqpTransport> = self
+            .transports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for t in &transports {
+            t.close().await;
+        }
         let ch = self.channel().await?;
         delete_queues(&ch, &self.known_queues()).await?;
         if self.processes.load(Ordering::SeqCst) {
@@ -399,16 +509,22 @@ impl Drop for Broker {
             else {
                 return;
             };
-            rt.block_on(async move {
+            // Bounded: a broker that does not answer must not hold a failing test.
+            let cleanup = async move {
                 // Let stopped workers' consumers go away first, or they declare again.
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 names.extend(listed_queues(&prefix).await.unwrap_or_default());
-                if let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await {
+                if let Ok(conn) = connect_any(&url).await {
                     if let Ok(ch) = conn.create_channel().await {
                         let _ = delete_queues(&ch, &names).await;
                     }
                 }
-            });
+            };
+            // The timer is made inside the runtime (it needs its clock).
+            let _ =
+                rt.block_on(
+                    async move { tokio::time::timeout(Duration::from_secs(60), cleanup).await },
+                );
         })
         .join();
     }
@@ -446,12 +562,22 @@ async fn recommended_dlx_retry() {
     .await;
 }
 
-/// Runs `rabbitmqctl` with `args` and returns its output.
+/// How long one `rabbitmqctl` command may take before it is killed and fails: a broker
+/// that cannot start (say, its queue recovery blocked) must fail the test, not hang it.
+pub const RABBITMQCTL_LIMIT: Duration = Duration::from_secs(180);
+
+/// Runs `rabbitmqctl` with `args` and returns its output; fails when it fails or takes
+/// longer than [`RABBITMQCTL_LIMIT`].
 pub async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new("rabbitmqctl")
+    let run = tokio::process::Command::new("rabbitmqctl")
         .args(args)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(RABBITMQCTL_LIMIT, run)
         .await
+        .map_err(|_| {
+            anyhow::anyhow!("rabbitmqctl {args:?}: no answer within {RABBITMQCTL_LIMIT:?}")
+        })?
         .context("running rabbitmqctl")?;
     if !out.status.success() {
         bail!(
@@ -559,17 +685,23 @@ pub async fn listed_queues(prefix: &str) -> Option<Vec<String>> {
 }
 
 /// Workers running in this process until stopped: started by [`Broker::workers`], or by
-/// any transport's [`conformance::Env::workers`].
-pub struct Workers {
-    stop: watch::Sender<bool>,
-    handles: Vec<JoinHandle<Result<(), dtasks::Error>>>,
-    workers: Vec<Worker>,
+/// any transport's [`conformance::Env::workers`] (on the simulator, processes that faults
+/// crash and that are replaced).
+pub struct Workers(Running);
+
+enum Running {
+    Tasks {
+        stop: watch::Sender<bool>,
+        handles: Vec<JoinHandle<Result<(), dtasks::Error>>>,
+        workers: Vec<Worker>,
+    },
+    Sim(Option<dtasks::sim::SimWorkers>),
 }
 
 impl std::fmt::Debug for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Workers")
-            .field("n", &self.workers.len())
+            .field("n", &self.stats().len())
             .finish_non_exhaustive()
     }
 }
@@ -591,42 +723,64 @@ impl Workers {
                 })
             })
             .collect();
-        Self {
+        Self(Running::Tasks {
             stop,
             handles,
             workers,
+        })
+    }
+
+    /// The worker processes of a simulated broker ([`dtasks::sim::World::workers`]).
+    pub fn simulated(workers: dtasks::sim::SimWorkers) -> Self {
+        Self(Running::Sim(Some(workers)))
+    }
+
+    /// The counters of each worker (on the simulator, crashed ones included).
+    pub fn stats(&self) -> Vec<WorkerStats> {
+        match &self.0 {
+            Running::Tasks { workers, .. } => workers.iter().map(Worker::stats).collect(),
+            Running::Sim(w) => w.as_ref().map(|w| w.stats()).unwrap_or_default(),
         }
     }
 
-    /// The counters of each worker.
-    pub fn stats(&self) -> Vec<WorkerStats> {
-        self.workers.iter().map(Worker::stats).collect()
-    }
-
-    /// Whether every worker is still running.
+    /// Whether every worker is still running (on the simulator, a process a fault crashed
+    /// counts as running: it is replaced).
     pub fn running(&self) -> bool {
-        self.handles.iter().all(|h| !h.is_finished())
+        match &self.0 {
+            Running::Tasks { handles, .. } => handles.iter().all(|h| !h.is_finished()),
+            Running::Sim(w) => w.as_ref().is_some_and(|w| w.running()),
+        }
     }
 
     /// Stops the workers (graceful) and returns the first error one of them ended with.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        let mut first = Ok(());
-        for h in std::mem::take(&mut self.handles) {
-            let r = h.await.context("a worker panicked")?;
-            if let (Err(e), true) = (r, first.is_ok()) {
-                first = Err(anyhow::Error::from(e).context("a worker failed"));
+        match &mut self.0 {
+            Running::Tasks { stop, handles, .. } => {
+                let _ = stop.send(true);
+                let mut first = Ok(());
+                for h in std::mem::take(handles) {
+                    let r = h.await.context("a worker panicked")?;
+                    if let (Err(e), true) = (r, first.is_ok()) {
+                        first = Err(anyhow::Error::from(e).context("a worker failed"));
+                    }
+                }
+                first
             }
+            Running::Sim(w) => match w.take() {
+                Some(w) => w.stop().await.context("a worker failed"),
+                None => Ok(()),
+            },
         }
-        first
     }
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        for h in &self.handles {
-            h.abort();
+        if let Running::Tasks { stop, handles, .. } = &self.0 {
+            let _ = stop.send(true);
+            for h in handles {
+                h.abort();
+            }
         }
     }
 }
@@ -695,8 +849,8 @@ impl Drop for DlxRetry {
             Some(v) => format!("application:set_env(rabbit, {DLX_RETRY}, {v})."),
             None => format!("application:unset_env(rabbit, {DLX_RETRY})."),
         };
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["eval", &expr])
+        let _ = std::process::Command::new("timeout")
+            .args(["60", "rabbitmqctl", "eval", &expr])
             .output();
     }
 }

@@ -73,6 +73,8 @@ pub struct WorkerProcesses {
     exe: String,
     url: String,
     prefix: String,
+    /// More environment variables every process of the set gets.
+    env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for WorkerProcesses {
@@ -86,7 +88,13 @@ impl std::fmt::Debug for WorkerProcesses {
 impl WorkerProcesses {
     /// Starts `n` processes of the binary `exe` (pass `env!("CARGO_BIN_EXE_it-worker")`)
     /// on the broker at `url` under `prefix`. Returns at once: they subscribe meanwhile.
-    pub(crate) fn spawn(exe: &str, url: &str, prefix: &str, n: usize) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(
+        exe: &str,
+        url: &str,
+        prefix: &str,
+        n: usize,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join("dtasks-it-logs").join(prefix);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut set = Self {
@@ -96,6 +104,10 @@ impl WorkerProcesses {
             exe: exe.to_string(),
             url: url.to_string(),
             prefix: prefix.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for _ in 0..n {
             set.spawn_one()?;
@@ -115,6 +127,7 @@ impl WorkerProcesses {
             .env("AMQP_URL", &self.url)
             .env("DTASKS_PREFIX", &self.prefix)
             .env("RUST_LOG", &filter)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(file))
@@ -185,6 +198,11 @@ impl WorkerProcesses {
                 Err(e) => Some((p.pid, e.to_string())),
             })
             .collect()
+    }
+
+    /// The whole log of process `i` so far (a killed process's log stays readable).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.procs[i].log).unwrap_or_default()
     }
 
     /// The last `n` lines of process `i`'s log.

@@ -10,9 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dtasks::{dtask, DTask, Registry, RetryPolicy};
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch: of the simulator's virtual clock on a simulator's
+/// thread ([`dtasks::sim::now`]), else of the wall clock.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
+    dtasks::sim::now()
+        .unwrap_or_else(SystemTime::now)
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
@@ -356,6 +358,17 @@ pub fn registry() -> Registry {
         cancel_nap,
         cancel_branch,
         cancel_tree,
+        nest,
+        nest_fan,
+        sleep_forever,
+        length,
+        slow_first_step,
+        // Loops continued as new (`tests/kill_continue.rs`).
+        crate::evolve::renew,
+        crate::evolve::renew_snap,
+        // A DTask started with a completion webhook, and the webhook (`tests/kill_webhook.rs`).
+        crate::http::double,
+        dtasks_axum::webhook,
     ]
 }
 
@@ -375,7 +388,7 @@ fn failing_attempt(path: &str) -> Result<(), String> {
     Err(format!("attempt {lines} failed"))
 }
 
-/// A side effect that always fails, retried as [`slow_retries`] says: returns its last
+/// A side effect that always fails, retried as `slow_retries` says: returns its last
 /// error.
 #[dtask(name = "it.retried_effect")]
 pub async fn retried_effect(path: String) -> Result<(), String> {
@@ -403,7 +416,7 @@ pub async fn always_panics(path: String) {
     panic!("always panics");
 }
 
-/// A child that always panics, retried as [`slow_retries`] says; its failure is a value.
+/// A child that always panics, retried as `slow_retries` says; its failure is a value.
 #[dtask(name = "it.retried_panics")]
 pub async fn retried_panics(path: String) -> Result<(), String> {
     always_panics(path)
@@ -411,4 +424,44 @@ pub async fn retried_panics(path: String) -> Result<(), String> {
         .catch_failure()
         .await
         .map_err(|f| f.to_string())
+}
+
+/// A recursion of child awaits `d` levels deep (each level an instance of its own).
+#[dtask(name = "it.nest")]
+pub async fn nest(d: u64) -> u64 {
+    if d == 0 {
+        0
+    } else {
+        nest(d - 1).await + 1
+    }
+}
+
+/// A fan-in at every level, `d` levels deep: each level waits in a mailbox of its own,
+/// named after an id that grows with the depth.
+#[dtask(name = "it.nest_fan")]
+pub async fn nest_fan(d: u64) -> u64 {
+    if d == 0 {
+        return 0;
+    }
+    let (below, one) = DTask::join((nest_fan(d - 1), add_one(0))).await;
+    below + one
+}
+
+/// Waits on a timer longer than the longest supported.
+#[dtask(name = "it.sleep_forever")]
+pub async fn sleep_forever() {
+    DTask::delay(Duration::MAX).await;
+}
+
+/// The length of its argument.
+#[dtask(name = "it.length")]
+pub async fn length(data: Vec<u8>) -> usize {
+    data.len()
+}
+
+/// A first step long enough (100 ms) to report `Running` before its outputs.
+#[dtask(name = "it.slow_first_step")]
+pub async fn slow_first_step() -> u64 {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    1
 }

@@ -87,17 +87,22 @@ async fn worker_processes_ride_out_a_broker_restart() -> anyhow::Result<()> {
 
     let mut waiting: JoinSet<Result<(InstanceId, Outcome, Instant), dtasks::Error>> =
         JoinSet::new();
-    let chains: Vec<_> = futures::stream::iter(0..CHAINS)
-        .map(|i| {
-            let c = c.clone();
-            async move {
-                let (start, steps) = shape(i);
-                c.start(chain(start, steps)).await.map(|h| (i, h))
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect()
-        .await?;
+    let limit = Duration::from_secs(60);
+    let chains: Vec<_> = within(
+        limit,
+        "starting the chains",
+        futures::stream::iter(0..CHAINS)
+            .map(|i| {
+                let c = c.clone();
+                async move {
+                    let (start, steps) = shape(i);
+                    c.start(chain(start, steps)).await.map(|h| (i, h))
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect(),
+    )
+    .await??;
     for (i, h) in chains {
         waiting.spawn(async move {
             let r = h.result().await?;
@@ -105,14 +110,14 @@ async fn worker_processes_ride_out_a_broker_restart() -> anyhow::Result<()> {
         });
     }
     for i in 0..TIMERS {
-        let h = c.start(timed_delay(timer_ms(i))).await?;
+        let h = within(limit, "starting a timer", c.start(timed_delay(timer_ms(i)))).await??;
         waiting.spawn(async move {
             let r = h.result().await?;
             Ok((h.id().clone(), Outcome::Timer(i, r), Instant::now()))
         });
     }
     for i in 0..FANS {
-        let h = c.start(fan(20 + i)).await?;
+        let h = within(limit, "starting a fan-in", c.start(fan(20 + i))).await??;
         waiting.spawn(async move {
             let r = h.result().await?;
             Ok((h.id().clone(), Outcome::Fan(20 + i, r), Instant::now()))
@@ -122,7 +127,6 @@ async fn worker_processes_ride_out_a_broker_restart() -> anyhow::Result<()> {
 
     let mut done = Vec::new();
     let mut chains_done = 0;
-    let limit = Duration::from_secs(60);
     // Stop the broker after the first chain completions, with most of the work under way.
     while chains_done < STOP_AFTER {
         let r = within(limit, "the first chains", waiting.join_next())
@@ -227,16 +231,29 @@ async fn worker_processes_ride_out_a_broker_restart() -> anyhow::Result<()> {
     );
     // Both have re-subscribed (a reconnect backs off up to 5 s) before the new work.
     let children = format!("{}.task.it.tagged", b.prefix());
-    wait_for(Duration::from_secs(30), || async {
-        Ok(b.consumers(&children).await? == 2)
-    })
-    .await?;
-    let h = c.start(fan(40)).await?;
+    within(
+        limit,
+        "both workers subscribed again",
+        wait_for(Duration::from_secs(30), || async {
+            Ok(b.consumers(&children).await? == 2)
+        }),
+    )
+    .await??;
+    let h = within(
+        limit,
+        "starting a fan-in after the restart",
+        c.start(fan(40)),
+    )
+    .await??;
     let (sum, ran) = within(limit, "a fan-in after the restart", h.result()).await??;
     assert_eq!(sum, (1..=40).sum::<u64>());
     let ran: BTreeSet<u32> = ran.into_iter().collect();
     assert_eq!(ran, pids, "after the restart the children ran in {ran:?}");
-    assert_eq!(b.queue_len(&format!("{}.dead", b.prefix())).await?, Some(0));
+    let dead = format!("{}.dead", b.prefix());
+    assert_eq!(
+        within(limit, "reading the dead letters", b.queue_len(&dead)).await??,
+        Some(0)
+    );
     let reports = w.stop(Duration::from_secs(30)).await?;
     assert_eq!(
         reports.iter().map(|r| r.pid).collect::<BTreeSet<_>>(),
@@ -253,5 +270,5 @@ async fn worker_processes_ride_out_a_broker_restart() -> anyhow::Result<()> {
         next.map_or("none".to_string(), |ms| format!("{ms} ms")),
         all_done.as_secs_f64(),
     );
-    b.cleanup().await
+    within(limit, "the cleanup", b.cleanup()).await?
 }

@@ -11,7 +11,7 @@ fn every_scenario_is_in_the_suite() {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/conformance");
     let suite = std::fs::read_to_string(src.join("mod.rs")).expect("the suite's module");
     let start = suite
-        .find("conformance_suite!(@each $env;")
+        .find("conformance_suite!(@each #[$attr] $name => $env;")
         .expect("the list of scenarios");
     let listed = &suite[start..start + suite[start..].find(");").expect("its end")];
     let mut scenarios = 0;

@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 use dtasks::InstanceId;
 use dtasks_integration_tests::tasks::chain;
 use dtasks_integration_tests::{within, Broker};
-use futures::{StreamExt, TryStreamExt};
-use tokio::task::JoinSet;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_it-worker");
 
-/// Chains started at once.
+/// Chains started.
 const N: usize = 300;
 /// Completions seen before the kill.
 const KILL_AFTER: usize = 60;
@@ -38,42 +36,48 @@ async fn a_worker_process_killed_mid_run_loses_no_chain() -> anyhow::Result<()> 
     let victim = w.pid(0);
     let c = b.client().await?;
     let t0 = Instant::now();
-    let handles: Vec<_> = futures::stream::iter(0..N)
-        .map(|i| {
-            let c = c.clone();
-            async move {
+    // Started one after another, each waited for as soon as it is out: the starts run on
+    // while the first results come back, so the kill falls among chains in flight however
+    // fast a start is.
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel();
+    let starter = tokio::spawn({
+        let c = c.clone();
+        async move {
+            for i in 0..N {
                 let (start, steps) = shape(i);
-                c.start(chain(start, steps)).await.map(|h| (i, h))
+                let h = c.start(chain(start, steps)).await?;
+                let out = out_tx.clone();
+                tokio::spawn(async move {
+                    let got = h.result().await.map(|(value, pids)| Done {
+                        id: h.id().clone(),
+                        index: i,
+                        value,
+                        pids,
+                        at: Instant::now(),
+                    });
+                    let _ = out.send(got);
+                });
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
-        })
-        .buffer_unordered(16)
-        .try_collect()
-        .await?;
-    let mut waiting = JoinSet::new();
-    for (index, h) in handles {
-        waiting.spawn(async move {
-            let (value, pids) = h.result().await?;
-            Ok::<_, dtasks::Error>(Done {
-                id: h.id().clone(),
-                index,
-                value,
-                pids,
-                at: Instant::now(),
-            })
-        });
-    }
+            Ok::<_, dtasks::Error>(())
+        }
+    });
 
     let mut done: Vec<Done> = Vec::new();
     let mut kill: Option<(Instant, usize)> = None;
     let limit = Duration::from_secs(60);
-    while let Some(joined) = within(limit, "the chains", waiting.join_next()).await? {
-        done.push(joined??);
+    while done.len() < N {
+        let got = within(limit, "the chains", out_rx.recv())
+            .await?
+            .expect("the waits send their results");
+        done.push(got?);
         if kill.is_none() && done.len() >= KILL_AFTER {
             let at = w.kill(0)?;
             kill = Some((at, done.len()));
         }
     }
     let total = t0.elapsed();
+    within(limit, "the starts", starter).await???;
     let (killed_at, before_kill) = kill.expect("the kill happened");
 
     // Every instance returned once, with the right value; none is missing.

@@ -1,11 +1,13 @@
 //! A fan-in that waits longer than the broker keeps an unused mailbox: the workers'
 //! keep-alive uses the mailbox so that the waiting instance's state is never expired.
+//! Once it finished, its mailbox is deleted; a mailbox nobody uses expires.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 
-use dtasks::{dtask, Client, DTask, Worker, WorkerConfig};
+use dtasks::transport::{Destination, Outgoing, Transport};
+use dtasks::{dtask, Client, DTask, InstanceId, Worker, WorkerConfig};
 use dtasks_integration_tests::{listed_queues, wait_for, within, Broker};
 
 #[dtask(name = "retention.nap")]
@@ -59,8 +61,7 @@ async fn a_fan_in_outlives_the_mailbox_retention() -> anyhow::Result<()> {
     wait_for(Duration::from_secs(10), || listed(b.prefix(), &mailbox)).await?;
     let got = within(Duration::from_secs(60), "the fan-in's result", h.result()).await??;
     assert_eq!(got, 2 * wait.as_millis() as u64 + 1);
-    // The retention is real: once the instance finished, nobody uses its mailbox, and the
-    // broker deletes it.
+    // Once the instance finished, its mailbox is deleted.
     wait_for(RETENTION * 5, || async {
         Ok(!listed(b.prefix(), &mailbox).await?)
     })
@@ -70,5 +71,31 @@ async fn a_fan_in_outlives_the_mailbox_retention() -> anyhow::Result<()> {
         r.await??;
     }
     assert_eq!(b.queue_len(&format!("{}.dead", b.prefix())).await?, Some(0));
+    // The retention is real: a mailbox that nobody uses (no worker runs to drain it now)
+    // is deleted by the broker, as the fan-in's would have been without the keep-alive.
+    let unused = InstanceId::random();
+    let t = b
+        .transport_with(|c| c.with_mailbox_retention(RETENTION))
+        .await?;
+    t.publish(vec![Outgoing {
+        destination: Destination::Mailbox {
+            instance: unused.clone(),
+        },
+        body: b"never drained".to_vec(),
+        message_id: "unused".into(),
+        instance: unused.clone(),
+        dtask: "retention.naps".into(),
+        trace: None,
+    }])
+    .await?;
+    let unused = format!("{}.mbox.{unused}", b.prefix());
+    assert!(
+        listed(b.prefix(), &unused).await?,
+        "the mailbox was created"
+    );
+    wait_for(RETENTION * 5, || async {
+        Ok(!listed(b.prefix(), &unused).await?)
+    })
+    .await?;
     b.cleanup().await
 }

@@ -91,6 +91,7 @@ async fn delayed_messages_reach_the_task_queue_never_early() -> anyhow::Result<(
                 message_id: format!("probe-{i}"),
                 instance: InstanceId::random(),
                 dtask: "probe".into(),
+                trace: None,
             }
         })
         .collect();
@@ -103,7 +104,10 @@ async fn delayed_messages_reach_the_task_queue_never_early() -> anyhow::Result<(
             .context("timers stopped arriving")?
             .context("the stream ended")??;
         let arrived = now_ms();
-        let DeliveryKind::Task { body, message_id } = &d.kind else {
+        let DeliveryKind::Task {
+            body, message_id, ..
+        } = &d.kind
+        else {
             anyhow::bail!("unexpected {d:?}");
         };
         let at = u64::from_be_bytes(body.as_slice().try_into()?);

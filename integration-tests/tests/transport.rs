@@ -1,12 +1,10 @@
-//! The transport contract on its own, without workers: registers, mailboxes, doorbells,
-//! message properties and errors.
+//! The transport contract on its own, without workers: mailboxes, doorbells, message
+//! properties and errors.
 
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use dtasks::transport::{
-    Delivery, DeliveryKind, Destination, Outgoing, Published, Registers, Transport,
-};
+use dtasks::transport::{Delivery, DeliveryKind, Destination, Outgoing, Published, Transport};
 use dtasks::InstanceId;
 use dtasks_amqp::AmqpTransport;
 use dtasks_integration_tests::{wait_for, Broker};
@@ -21,6 +19,7 @@ fn out(destination: Destination, body: &[u8], id: &str, instance: &InstanceId) -
         message_id: id.to_string(),
         instance: instance.clone(),
         dtask: "probe".to_string(),
+        trace: None,
     }
 }
 
@@ -62,8 +61,16 @@ impl Mailbox {
     }
 }
 
+/// The tag of a doorbell delivery, which its drain names.
+fn tag_of(d: &Delivery) -> anyhow::Result<u64> {
+    match &d.kind {
+        DeliveryKind::Doorbell { tag, .. } => Ok(*tag),
+        other => anyhow::bail!("not a doorbell: {other:?}"),
+    }
+}
+
 fn is_doorbell_of(d: &Delivery, id: &InstanceId) -> bool {
-    matches!(&d.kind, DeliveryKind::Doorbell { instance } if instance == id)
+    matches!(&d.kind, DeliveryKind::Doorbell { instance, .. } if instance == id)
 }
 
 fn header<'a>(d: &'a lapin::message::Delivery, key: &str) -> Option<&'a AMQPValue> {
@@ -75,205 +82,6 @@ fn long_string(v: Option<&AMQPValue>) -> Option<String> {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         _ => None,
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registers_result_once_status_last() -> anyhow::Result<()> {
-    let b = Broker::start().await?;
-    let t = b.transport().await?;
-    let id = InstanceId::random();
-    assert_eq!(t.read_result(&id).await?, None);
-    assert_eq!(t.read_status(&id).await?, None);
-    let result = Destination::Result {
-        instance: id.clone(),
-    };
-    // No register yet: the write is returned by the broker, and the transport creates the
-    // register and writes again.
-    let first = t
-        .publish(vec![out(result.clone(), b"one", "r1", &id)])
-        .await?;
-    assert_eq!(first, vec![Published::Stored]);
-    let second = t.publish(vec![out(result, b"two", "r2", &id)]).await?;
-    assert_eq!(second, vec![Published::Duplicate]);
-    // Reading does not consume, and always sees the first write.
-    for _ in 0..3 {
-        assert_eq!(t.read_result(&id).await?.as_deref(), Some(&b"one"[..]));
-    }
-    // From another transport (another process), waiting returns at once.
-    let other = b.transport().await?;
-    assert_eq!(other.wait_result(&id).await?, b"one");
-    assert_eq!(other.wait_result(&id).await?, b"one");
-    let register = format!("{}.result.{id}", b.prefix());
-    assert_eq!(b.queue_len(&register).await?, Some(1));
-    assert_eq!(
-        b.consumers(&register).await?,
-        0,
-        "wait_result left a consumer"
-    );
-
-    let status = Destination::Status {
-        instance: id.clone(),
-    };
-    for (i, s) in [&b"pending"[..], b"running", b"done"].iter().enumerate() {
-        t.publish(vec![out(status.clone(), s, &format!("s{i}"), &id)])
-            .await?;
-    }
-    assert_eq!(t.read_status(&id).await?.as_deref(), Some(&b"done"[..]));
-    assert_eq!(t.read_status(&id).await?.as_deref(), Some(&b"done"[..]));
-    b.cleanup().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_register_takes_one_nonce_of_many_at_once_and_keeps_it() -> anyhow::Result<()> {
-    let b = Broker::start().await?;
-    // Eight processes claim one id at once, each with a nonce of its own.
-    let mut transports = Vec::new();
-    for _ in 0..8 {
-        transports.push(b.transport().await?);
-    }
-    let id = InstanceId::random();
-    let claims = transports.iter().zip(1u64..).map(|(t, nonce)| {
-        let id = &id;
-        async move { t.claim(id, nonce).await.map(|ours| (nonce, ours)) }
-    });
-    let claimed = futures::future::try_join_all(claims).await?;
-    let winners: Vec<u64> = claimed
-        .iter()
-        .filter(|(_, ours)| *ours)
-        .map(|(n, _)| *n)
-        .collect();
-    assert_eq!(winners.len(), 1, "claims: {claimed:?}");
-    let winner = winners[0];
-    // The winner stands for every transport, whatever it claims with; the winner's own
-    // nonce, claimed again (by a worker for its client), holds.
-    for t in &transports {
-        assert!(t.claim(&id, winner).await?);
-        assert!(!t.claim(&id, winner + 100).await?);
-    }
-    // The register holds no message (the nonce is an argument of the queue), and other ids
-    // are free.
-    let register = format!("{}.claim.{id}", b.prefix());
-    assert_eq!(b.queue_len(&register).await?, Some(0));
-    assert!(transports[0].claim(&InstanceId::random(), 7).await?);
-    b.cleanup().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiting_for_a_result_wakes_on_the_write() -> anyhow::Result<()> {
-    let b = Broker::start().await?;
-    let t = b.transport().await?;
-    let id = InstanceId::random();
-    let waiter = tokio::spawn({
-        let t = b.transport().await?;
-        let id = id.clone();
-        async move { t.wait_result(&id).await }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiter.is_finished());
-    let result = Destination::Result {
-        instance: id.clone(),
-    };
-    t.publish(vec![out(result, b"value", "r", &id)]).await?;
-    let got = tokio::time::timeout(Duration::from_secs(5), waiter).await???;
-    assert_eq!(got, b"value");
-    // A dropped wait leaves no consumer behind.
-    let never = InstanceId::random();
-    let t2 = t.clone();
-    let register = format!("{}.result.{never}", b.prefix());
-    let dropped = tokio::spawn(async move { t2.wait_result(&never).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    dropped.abort();
-    wait_for(Duration::from_secs(5), || async {
-        Ok(b.consumers(&register).await? == 0)
-    })
-    .await?;
-    b.cleanup().await
-}
-
-/// The channels of this test's connections, according to the broker.
-async fn channels(b: &Broker) -> anyhow::Result<u32> {
-    let listed = dtasks_integration_tests::rabbitmqctl(&[
-        "list_connections",
-        "channels",
-        "client_properties",
-        "--quiet",
-        "--no-table-headers",
-    ])
-    .await?;
-    let mut sum = 0;
-    for line in listed.lines().filter(|l| l.contains(b.prefix())) {
-        let n = line.split_whitespace().next().context("no channel count")?;
-        sum += n
-            .parse::<u32>()
-            .with_context(|| format!("not a count: {line}"))?;
-    }
-    Ok(sum)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_waits_share_a_channel_and_an_abandoned_wait_puts_its_result_back(
-) -> anyhow::Result<()> {
-    let b = Broker::start().await?;
-    let writer = b.transport().await?;
-    let t = b.transport().await?;
-    let ids: Vec<InstanceId> = (0..200).map(|_| InstanceId::random()).collect();
-    let waits: Vec<_> = ids
-        .iter()
-        .map(|id| {
-            let (t, id) = (t.clone(), id.clone());
-            tokio::spawn(async move { t.wait_result(&id).await })
-        })
-        .collect();
-    let last = format!("{}.result.{}", b.prefix(), ids[199]);
-    wait_for(Duration::from_secs(30), || async {
-        Ok(b.consumers(&last).await? == 1)
-    })
-    .await?;
-    // 200 waiting handles, a handful of channels (publish pool, consumers, one for waits).
-    let open = channels(&b).await?;
-    assert!(open < 20, "{open} channels for 200 waits");
-    let results: Vec<Outgoing> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let to = Destination::Result {
-                instance: id.clone(),
-            };
-            out(to, format!("value {i}").as_bytes(), &format!("r{i}"), id)
-        })
-        .collect();
-    writer.publish(results).await?;
-    for (i, w) in waits.into_iter().enumerate() {
-        let got = tokio::time::timeout(Duration::from_secs(10), w).await???;
-        assert_eq!(got, format!("value {i}").as_bytes());
-    }
-
-    // A wait dropped before its result comes leaves no consumer to take it: the result
-    // stays ready in its register, for the next wait in this process and for readers.
-    let id = InstanceId::random();
-    let register = format!("{}.result.{id}", b.prefix());
-    let abandoned = tokio::spawn({
-        let (t, id) = (t.clone(), id.clone());
-        async move { t.wait_result(&id).await }
-    });
-    wait_for(Duration::from_secs(10), || async {
-        Ok(b.consumers(&register).await? == 1)
-    })
-    .await?;
-    abandoned.abort();
-    wait_for(Duration::from_secs(10), || async {
-        Ok(b.consumers(&register).await? == 0)
-    })
-    .await?;
-    let to = Destination::Result {
-        instance: id.clone(),
-    };
-    writer.publish(vec![out(to, b"late", "late", &id)]).await?;
-    assert_eq!(b.queue_len(&register).await?, Some(1));
-    let again = tokio::time::timeout(Duration::from_secs(10), t.wait_result(&id)).await??;
-    assert_eq!(again, b"late");
-    assert_eq!(t.read_result(&id).await?.as_deref(), Some(&b"late"[..]));
-    b.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,12 +114,14 @@ async fn mailbox_messages_ring_a_doorbell_and_drain_in_order() -> anyhow::Result
     while doorbell.is_none() || task.is_none() {
         let d = next(&mut deliveries).await?;
         match &d.kind {
-            DeliveryKind::Doorbell { instance } => {
+            DeliveryKind::Doorbell { instance, .. } => {
                 assert_eq!(instance, &id);
                 assert!(doorbell.is_none(), "two doorbells for one batch");
                 doorbell = Some(d);
             }
-            DeliveryKind::Task { body, message_id } => {
+            DeliveryKind::Task {
+                body, message_id, ..
+            } => {
                 assert_eq!(body, b"task");
                 assert_eq!(message_id.as_deref(), Some("t1"));
                 task = Some(d);
@@ -320,7 +130,8 @@ async fn mailbox_messages_ring_a_doorbell_and_drain_in_order() -> anyhow::Result
         }
     }
     task.context("task")?.settle.ack().await?;
-    let items = t.drain_mailbox(&id).await?;
+    let bell = tag_of(doorbell.as_ref().context("doorbell")?)?;
+    let items = t.drain_for_doorbell(&id, bell).await?;
     let bodies: Vec<&[u8]> = items.iter().map(|m| m.body.as_slice()).collect();
     assert_eq!(bodies, vec![&b"m1"[..], b"m2", b"m3"]);
     // Settle: keep the second, remove the others.
@@ -350,7 +161,7 @@ async fn mailbox_messages_ring_a_doorbell_and_drain_in_order() -> anyhow::Result
     t.publish(vec![out(mailbox, b"m4", "m4", &id)]).await?;
     let d = next(&mut deliveries).await?;
     assert!(is_doorbell_of(&d, &id));
-    let items = t.drain_mailbox(&id).await?;
+    let items = t.drain_for_doorbell(&id, tag_of(&d)?).await?;
     assert_eq!(items.len(), 2);
     for m in items {
         m.settle.ack().await?;
@@ -384,7 +195,10 @@ async fn a_doorbell_whose_messages_were_all_merged_is_spent() -> anyhow::Result<
     // The first doorbell's drain takes all three; e3 goes back.
     let first = next(&mut deliveries).await?;
     assert!(doorbell(&first));
-    let mut items = t.drain_mailbox(&id).await?.into_iter();
+    let mut items = t
+        .drain_for_doorbell(&id, tag_of(&first)?)
+        .await?
+        .into_iter();
     let bodies = [b"e1".as_slice(), b"e2", b"e3"];
     for (want, ack) in bodies.iter().zip([true, true, false]) {
         let m = items.next().context("a drained message")?;
@@ -400,7 +214,7 @@ async fn a_doorbell_whose_messages_were_all_merged_is_spent() -> anyhow::Result<
     let second = next(&mut deliveries).await?;
     assert!(doorbell(&second));
     assert_eq!(t.spent_doorbells(), 0);
-    let items = t.drain_mailbox(&id).await?;
+    let items = t.drain_for_doorbell(&id, tag_of(&second)?).await?;
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].body, b"e3");
     for m in items {
@@ -414,7 +228,7 @@ async fn a_doorbell_whose_messages_were_all_merged_is_spent() -> anyhow::Result<
         .await?;
     let third = next(&mut deliveries).await?;
     assert!(doorbell(&third));
-    let items = t.drain_mailbox(&id).await?;
+    let items = t.drain_for_doorbell(&id, tag_of(&third)?).await?;
     assert_eq!(items.len(), 2);
     for m in items {
         m.settle.ack().await?;
@@ -470,7 +284,7 @@ async fn a_doorbell_of_a_long_batch_is_never_spent() -> anyhow::Result<()> {
     t.publish(long).await?;
     let first = next(&mut deliveries).await?;
     assert!(is_doorbell_of(&first, &id));
-    let items = t.drain_mailbox(&id).await?;
+    let items = t.drain_for_doorbell(&id, tag_of(&first)?).await?;
     assert_eq!(items.len(), 301);
     for m in items {
         m.settle.ack().await?;
@@ -479,7 +293,10 @@ async fn a_doorbell_of_a_long_batch_is_never_spent() -> anyhow::Result<()> {
     let second = next(&mut deliveries).await?;
     assert!(is_doorbell_of(&second, &id));
     assert_eq!(t.spent_doorbells(), 0);
-    assert!(t.drain_mailbox(&id).await?.is_empty());
+    assert!(t
+        .drain_for_doorbell(&id, tag_of(&second)?)
+        .await?
+        .is_empty());
     second.settle.ack().await?;
     drop(deliveries);
     b.cleanup().await
@@ -529,6 +346,70 @@ async fn doorbells_of_one_instance_are_never_outstanding_twice() -> anyhow::Resu
     for m in t.drain_mailbox(&id).await? {
         m.settle.ack().await?;
     }
+    drop(deliveries);
+    b.cleanup().await
+}
+
+/// A drain follows the doorbell delivery it serves. The consumer's connection is cut while
+/// it holds a doorbell: the broker puts the doorbell back and hands it to this same
+/// process again, on its new channel. A merge still running under the first delivery (a
+/// stale one) must not drain: it takes nothing and fails, where draining on a channel of
+/// its own would have split the mailbox with the merge under the new delivery, which
+/// drains everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_under_a_doorbell_whose_channel_closed_takes_nothing() -> anyhow::Result<()> {
+    let Mailbox {
+        b,
+        t,
+        mut deliveries,
+        id,
+        mailbox,
+    } = Mailbox::start().await?;
+    t.publish(vec![out(mailbox.clone(), b"m1", "m1", &id)])
+        .await?;
+    let first = next(&mut deliveries).await?;
+    assert!(is_doorbell_of(&first, &id));
+    let stale = tag_of(&first)?;
+    let cut = b.cut_connections().await?;
+    assert!(cut >= 2, "{cut} connections cut");
+    // The doorbell comes again, to this process (the only consumer), after it reconnected.
+    let again = loop {
+        let d = tokio::time::timeout(Duration::from_secs(30), deliveries.next())
+            .await
+            .context("the doorbell did not come again within 30 s")?
+            .context("the stream ended")?;
+        match d {
+            Ok(d) if is_doorbell_of(&d, &id) => break d,
+            Ok(d) => anyhow::bail!("unexpected {:?}", d.kind),
+            // The consumer reconnecting.
+            Err(_) => continue,
+        }
+    };
+    assert!(again.redeliveries > 0, "not the redelivered doorbell");
+    let fresh = tag_of(&again)?;
+    assert_ne!(fresh, stale);
+    // The stale merge's drain: refused, nothing taken.
+    let refused = t.drain_for_doorbell(&id, stale).await;
+    assert!(
+        refused.is_err(),
+        "a drain under a closed channel took messages"
+    );
+    let queue = format!("{}.mbox.{id}", b.prefix());
+    assert_eq!(b.queue_len(&queue).await?, Some(1));
+    // The fresh delivery drains the mailbox whole.
+    let items = t.drain_for_doorbell(&id, fresh).await?;
+    let bodies: Vec<&[u8]> = items.iter().map(|m| m.body.as_slice()).collect();
+    assert_eq!(bodies, vec![&b"m1"[..]]);
+    for m in items {
+        m.settle.ack().await?;
+    }
+    again.settle.ack().await?;
+    // The first delivery's settle goes to its closed channel: harmless.
+    let _ = first.settle.ack().await;
+    wait_for(Duration::from_secs(5), || async {
+        Ok(b.queue_len(&queue).await? == Some(0))
+    })
+    .await?;
     drop(deliveries);
     b.cleanup().await
 }
@@ -687,4 +568,75 @@ async fn an_unreachable_broker_is_an_error() -> anyhow::Result<()> {
     .unwrap_err();
     assert!(err.to_string().contains("prefix"), "{err}");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_context_travels_as_headers_through_queues_timers_and_mailboxes(
+) -> anyhow::Result<()> {
+    let Mailbox {
+        b,
+        t,
+        mut deliveries,
+        id,
+        mailbox,
+    } = Mailbox::start().await?;
+    let ctx = |span: &str| {
+        dtasks::trace::TraceContext::new(
+            format!("00-0af7651916cd43dd8448eb211c80319c-{span}-01"),
+            "vendor=1",
+        )
+    };
+    let traced = |destination: Destination, body: &[u8], mid: &str, span: &str| Outgoing {
+        trace: ctx(span),
+        ..out(destination, body, mid, &id)
+    };
+    let task = Destination::Task {
+        name: "probe".into(),
+    };
+    let timer = Destination::Delayed {
+        name: "probe".into(),
+        at: SystemTime::now() + Duration::from_millis(300),
+    };
+    let batch = vec![
+        traced(task, b"now", "tr-now", "b7ad6b7169203331"),
+        traced(timer, b"later", "tr-later", "00f067aa0ba902b7"),
+        traced(mailbox, b"mail", "tr-mail", "53995c3f42cd8ad8"),
+    ];
+    t.publish(batch).await?;
+    let mut tasks = Vec::new();
+    let mut doorbell = None;
+    while tasks.len() < 2 || doorbell.is_none() {
+        let d = next(&mut deliveries).await?;
+        match &d.kind {
+            DeliveryKind::Task { body, trace, .. } => {
+                tasks.push((body.clone(), trace.clone()));
+                d.settle.ack().await?;
+            }
+            DeliveryKind::Doorbell { .. } => doorbell = Some(d),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    tasks.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        tasks,
+        vec![
+            (b"later".to_vec(), ctx("00f067aa0ba902b7")),
+            (b"now".to_vec(), ctx("b7ad6b7169203331")),
+        ],
+        "a task message and a timer keep their trace context"
+    );
+    let bell = tag_of(doorbell.as_ref().context("doorbell")?)?;
+    let items = t.drain_for_doorbell(&id, bell).await?;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].trace, ctx("53995c3f42cd8ad8"));
+    assert_eq!(
+        items[0].trace.as_ref().and_then(|c| c.tracestate()),
+        Some("vendor=1")
+    );
+    for m in items {
+        m.settle.ack().await?;
+    }
+    doorbell.context("doorbell")?.settle.ack().await?;
+    drop(deliveries);
+    b.cleanup().await
 }

@@ -25,7 +25,10 @@ mod snapshot;
 /// state machine whose suspended state (the locals still needed after each distributed
 /// await) is saved and resumed, instead of being replayed from the top. Any code may then
 /// run between awaits. `accepts = "<fingerprint>"` (repeatable) declares that the code
-/// still resumes instances suspended by an earlier version with that fingerprint.
+/// still resumes instances suspended by an earlier version with that fingerprint as they
+/// are; `migrate(from = "<fingerprint>", with = path::to::f)` (repeatable) resumes them
+/// after `f`, a `fn(dtasks::SavedMachine) -> Result<dtasks::SavedMachine, String>`,
+/// rewrote the locals they saved into those the new code saves at that await.
 #[proc_macro_attribute]
 pub fn dtask(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = syn::parse_macro_input!(attr as Args);
@@ -41,6 +44,56 @@ struct Args {
     name: Option<LitStr>,
     snapshot: bool,
     accepts: Vec<u64>,
+    /// `migrate(from = "<fingerprint>", with = path)`: the fingerprint and the function.
+    migrations: Vec<(u64, syn::Path)>,
+}
+
+/// A fingerprint in hexadecimal, as the error that refused a resume printed it.
+fn parse_fingerprint(lit: &LitStr, option: &str) -> syn::Result<u64> {
+    u64::from_str_radix(lit.value().trim_start_matches("0x"), 16).map_err(|_| {
+        Error::new(
+            lit.span(),
+            format!(
+                "`{option}` takes a fingerprint in hexadecimal, as the error that refused the \
+                 resume printed it (e.g. \"1f2e3d4c5b6a7988\")"
+            ),
+        )
+    })
+}
+
+/// The inside of `migrate(from = "<fingerprint>", with = path::to::f)`, in either order.
+fn parse_migration(input: ParseStream<'_>, span: Span) -> syn::Result<(u64, syn::Path)> {
+    let mut from = None;
+    let mut with = None;
+    while !input.is_empty() {
+        let key: syn::Ident = input.parse()?;
+        input.parse::<Token![=]>()?;
+        if key == "from" {
+            let lit: LitStr = input.parse()?;
+            from = Some(parse_fingerprint(&lit, "migrate(from = ..)")?);
+        } else if key == "with" {
+            with = Some(input.parse::<syn::Path>()?);
+        } else {
+            return Err(Error::new(
+                key.span(),
+                format!(
+                    "unknown `migrate` option `{key}`; write \
+                     `migrate(from = \"<fingerprint>\", with = path::to::function)`"
+                ),
+            ));
+        }
+        if !input.is_empty() {
+            input.parse::<Token![,]>()?;
+        }
+    }
+    match (from, with) {
+        (Some(from), Some(with)) => Ok((from, with)),
+        _ => Err(Error::new(
+            span,
+            "`migrate` needs both `from = \"<fingerprint>\"` and `with = path::to::function` \
+             (a `fn(dtasks::SavedMachine) -> Result<dtasks::SavedMachine, String>`)",
+        )),
+    }
 }
 
 impl Parse for Args {
@@ -58,22 +111,18 @@ impl Parse for Args {
             } else if key == "accepts" {
                 input.parse::<Token![=]>()?;
                 let lit: LitStr = input.parse()?;
-                let v = u64::from_str_radix(lit.value().trim_start_matches("0x"), 16).map_err(
-                    |_| {
-                        Error::new(
-                            lit.span(),
-                            "`accepts` takes a fingerprint in hexadecimal, as the error that \
-                             refused the resume printed it (e.g. \"1f2e3d4c5b6a7988\")",
-                        )
-                    },
-                )?;
-                args.accepts.push(v);
+                args.accepts.push(parse_fingerprint(&lit, "accepts")?);
+            } else if key == "migrate" {
+                let inner;
+                syn::parenthesized!(inner in input);
+                args.migrations.push(parse_migration(&inner, key.span())?);
             } else {
                 return Err(Error::new(
                     key.span(),
                     format!(
                         "unknown #[dtask] option `{key}`; the options are `name = \"...\"`, \
-                         `snapshot` and `accepts = \"<fingerprint>\"`"
+                         `snapshot`, `accepts = \"<fingerprint>\"` and \
+                         `migrate(from = \"<fingerprint>\", with = path::to::function)`"
                     ),
                 ));
             }
@@ -234,6 +283,13 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
             "`accepts` applies to `#[dtask(snapshot)]` functions only",
         ));
     }
+    if !args.snapshot && !args.migrations.is_empty() {
+        return Err(Error::new(
+            Span::call_site(),
+            "`migrate` applies to `#[dtask(snapshot)]` functions only; a replay-model DTask \
+             changes its code with `DTask::patched`",
+        ));
+    }
     let stub = quote! {
         #(#attrs)*
         #vis fn #ident(#(#outer_params),*) -> ::dtasks::Call<#output> {
@@ -249,6 +305,7 @@ fn expand(args: Args, func: ItemFn) -> syn::Result<TokenStream2> {
             params,
             output,
             accepts: args.accepts,
+            migrations: args.migrations,
         });
     }
 

@@ -5,6 +5,7 @@
 mod cancel;
 mod numbers;
 mod signal;
+mod stores;
 mod tables;
 mod verdicts;
 
@@ -40,6 +41,8 @@ pub(crate) struct Sizes {
     /// E2: measured cancellations of a fan-out on each transport, and its width.
     pub(crate) e2: usize,
     pub(crate) e2_width: u32,
+    /// S2: finished instances whose status is read by id.
+    pub(crate) s2: usize,
 }
 
 /// The runs of one transport.
@@ -57,6 +60,8 @@ pub(crate) struct Set {
     pub(crate) e1: Option<E1Run>,
     /// E2, the cancellation of a fan-out.
     pub(crate) e2: Option<E2Run>,
+    /// S1–S4, the instance stores (RabbitMQ only).
+    pub(crate) stores: crate::stores::StoreRuns,
 }
 
 /// Everything one benchmark run measured.
@@ -113,6 +118,7 @@ impl Report {
             for r in &set.m1 {
                 e.extend(r.errors.iter().map(|x| format!("M1: {x}")));
             }
+            e.extend(set.stores.errors());
         }
         e.extend(self.e1_errors());
         e.extend(self.e2_errors());
@@ -163,6 +169,7 @@ impl Report {
         self.render_m1(&mut o);
         self.render_e1(&mut o);
         self.render_e2(&mut o);
+        self.render_stores(&mut o, &raw);
         let verdicts = self.render_targets(&mut o);
         self.render_costs(&mut o, &raw, &mw1b, &aw1b);
         self.render_missed(&mut o, &verdicts, &raw, &mw1b, &aw1b);

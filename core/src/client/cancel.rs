@@ -1,6 +1,6 @@
 //! `Client::cancel`: cancelling a root instance from any process.
 
-use super::{registers, Client};
+use super::Client;
 use crate::error::Error;
 use crate::protocol::outgoing::Outgoing;
 use crate::protocol::state::InstanceId;
@@ -23,7 +23,7 @@ impl Client {
     /// finished, `Ok(false)` when the instance had already finished (nothing changes: its
     /// result stands). Cancelling twice is harmless (the first reason stands). Fails with
     /// [`Error::is_not_found`] for an unknown id, and with [`Error::is_config`] on a
-    /// transport that keeps no cancel records or registers.
+    /// transport that keeps no cancel records, or without an instance store.
     ///
     /// ```
     /// use std::time::Duration;
@@ -47,17 +47,16 @@ impl Client {
     /// ```
     pub async fn cancel(&self, id: &InstanceId, reason: impl Into<String>) -> Result<bool, Error> {
         let reason = reason.into();
-        let registers = registers(&*self.transport)?;
+        let store = self.store()?;
         if self.transport.cancels().is_none() {
             return Err(Error::config(
                 "this transport keeps no cancel records: instances cannot be cancelled",
             ));
         }
-        if !registers.register_exists(id).await? {
-            return Err(Error::not_found(id.as_str()));
-        }
-        if registers.read_result(id).await?.is_some() {
-            return Ok(false);
+        match store.get(id).await? {
+            None => return Err(Error::not_found(id.as_str())),
+            Some(info) if info.status.is_finished() => return Ok(false),
+            Some(_) => {}
         }
         // The record first (durable, seen by every worker, the descendants' check), then
         // the item that wakes the instance if it waits in its mailbox.

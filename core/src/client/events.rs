@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{read_status, registers, status_of, Client, Handle};
+use super::{Client, Handle};
 use crate::dtask::{Call, ResumeToken};
 use crate::error::Error;
 use crate::protocol::codec::encode_value;
@@ -18,11 +18,11 @@ impl Client {
     /// event, a resume, a timer) begins or ends; a change among children only is not
     /// written (each write is a confirmed publish).
     pub async fn waiting_for(&self, id: &InstanceId) -> Result<Vec<Wait>, Error> {
-        if status_of(&*self.transport, id).await? != Status::Suspended {
+        let info = self.instance(id).await?;
+        if info.status != Status::Suspended {
             return Ok(Vec::new());
         }
-        let t = registers(&*self.transport)?;
-        Ok(read_status(t, id).await?.map_or(Vec::new(), |r| r.waits))
+        Ok(info.waits)
     }
 
     /// Sends the event `name` with `value` to the instance `id`, where
@@ -67,12 +67,12 @@ impl Client {
         value: &V,
     ) -> Result<(), Error> {
         let signal = self.make_signal(name, value)?;
-        if status_of(&*self.transport, id).await?.is_finished() {
+        let message = Outgoing::signal(id, signal);
+        self.check_size(&format!("event `{name}`"), &message)?;
+        if self.status(id).await?.is_finished() {
             return Err(Error::finished(id.as_str()));
         }
-        self.transport
-            .publish(vec![Outgoing::signal(id, signal)])
-            .await?;
+        self.transport.publish(vec![message]).await?;
         Ok(())
     }
 
@@ -108,10 +108,12 @@ impl Client {
         value: &V,
     ) -> Result<Handle<T>, Error> {
         let signal = self.make_signal(name, value)?;
+        let message = Outgoing::signal(&id, signal);
+        self.check_size(&format!("event `{name}`"), &message)?;
         let handle = match self.start_with_id(id.clone(), task).await {
             Ok(h) => h,
             Err(e) if e.is_already_started() => {
-                if status_of(&*self.transport, &id).await?.is_finished() {
+                if self.status(&id).await?.is_finished() {
                     return Err(Error::finished(id.as_str()));
                 }
                 self.handle(id.clone())
@@ -119,9 +121,7 @@ impl Client {
             Err(e) => return Err(e),
         };
         // Kept in the mailbox until the instance waits for it, whenever that is.
-        self.transport
-            .publish(vec![Outgoing::signal(&id, signal)])
-            .await?;
+        self.transport.publish(vec![message]).await?;
         Ok(handle)
     }
 
@@ -156,6 +156,7 @@ impl Client {
             .map_err(|e| Error::bad_input(format!("the resume value cannot be encoded: {e}")))?;
         let outcome = Outcome::Ok(bytes);
         let msg = Outgoing::event(token.instance(), token.dtask(), token.seq(), &outcome);
+        self.check_size("the resume value", &msg)?;
         self.transport.publish(vec![msg]).await?;
         Ok(())
     }

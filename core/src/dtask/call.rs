@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 
 use super::{DTask, LeafOp};
-use crate::error::Failure;
+use crate::error::{Error, Failure};
 
 /// A call of a `#[dtask]` function: what calling the function returns.
 ///
@@ -50,6 +50,41 @@ impl<T> Call<T> {
     /// The name the called function is registered under.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A call of the DTask registered as `name` with `input`, the MessagePack encoding of
+    /// the tuple of its arguments (what [`Call::into_encoded`] gives back). The result type
+    /// `T` is the caller's word: a result that does not decode as `T` fails the instance
+    /// that awaits it (bad input).
+    ///
+    /// For code that passes calls through as data, such as a DTask that runs a call it
+    /// was given by name; `#[dtask]` functions return typed calls.
+    ///
+    /// ```
+    /// # use dtasks::{dtask, Call, Runtime, WorkerConfig};
+    /// #[dtask]
+    /// async fn add(a: u64, b: u64) -> u64 { a + b }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dtasks::Error> {
+    /// let (name, input) = add(40, 2).into_encoded()?;
+    /// let again: Call<u64> = Call::from_encoded(name, input);
+    /// let rt = Runtime::new(WorkerConfig::new().register(add))?;
+    /// assert_eq!(rt.client().call(again).await?, 42);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_encoded(name: impl Into<String>, input: Vec<u8>) -> Self {
+        Self::new(Cow::Owned(name.into()), Ok(input))
+    }
+
+    /// The DTask name and the MessagePack encoding of the argument tuple, to keep or
+    /// send a call as data ([`Call::from_encoded`] makes it again); [`Error::is_bad_input`]
+    /// when an argument could not be encoded.
+    pub fn into_encoded(self) -> Result<(String, Vec<u8>), Error> {
+        let (name, input) = self.into_parts();
+        let input =
+            input.map_err(|e| Error::bad_input(format!("the input cannot be encoded: {e}")))?;
+        Ok((name, input))
     }
 
     fn op(self) -> LeafOp {

@@ -300,7 +300,7 @@ impl FromStr for ResumeToken {
             return Err(bad());
         }
         Ok(Self {
-            instance: InstanceId::new(instance).map_err(|_| bad())?,
+            instance: InstanceId::from_message(instance).map_err(|_| bad())?,
             dtask: dtask.to_string(),
             seq,
         })

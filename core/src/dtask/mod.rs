@@ -5,6 +5,7 @@
 mod call;
 mod cancel;
 mod combinators;
+mod evolve;
 mod external;
 mod retry;
 mod spawn;
@@ -140,6 +141,14 @@ impl Leaf {
                     return None;
                 }
             },
+            LeafOp::Delay(d) if *d > DTask::MAX_DELAY => {
+                let msg = format!(
+                    "a delay of {d:?} is longer than the longest supported, DTask::MAX_DELAY \
+                     (100 years)"
+                );
+                ex.fail(Failure::new(FailureKind::LimitExceeded, msg));
+                return None;
+            }
             LeafOp::Delay(d) => Command::Delay {
                 millis: d.as_millis().min(u128::from(u64::MAX)) as u64,
                 fire_at_ms: to_millis(ex.issue_time() + *d),
@@ -344,12 +353,17 @@ impl<T> DTask<T> {
 }
 
 impl DTask<()> {
+    /// The longest [`DTask::delay`]: 100 years (of 365.25 days). A longer one fails the
+    /// instance at the await with [`Failure::is_limit_exceeded`].
+    pub const MAX_DELAY: Duration = Duration::from_secs(36_525 * 86_400);
+
     /// A durable timer: suspends the instance for `duration`, then resumes it (possibly in
     /// another process). Survives restarts of workers and of the broker.
     ///
     /// The fire time is fixed when the delay is first awaited: `duration` after that moment,
     /// by the transport's clock (local work earlier in the same step does not shorten it);
-    /// replays reuse it.
+    /// replays reuse it. A `duration` past [`DTask::MAX_DELAY`] fails the instance with
+    /// [`Failure::is_limit_exceeded`].
     pub fn delay(duration: Duration) -> DTask<()> {
         DTask::op(LeafOp::Delay(duration))
     }

@@ -31,12 +31,14 @@ impl HandOff {
                 input,
             } => {
                 let scope = state.child_scope(seq);
+                let records_children = state.records_children;
                 let reply = ReplyTo::Continuation {
                     parent: Box::new(state),
                     seq,
                 };
                 let mut child = InstanceState::new(id, name, input, reply);
                 child.cancel_scope = scope;
+                child.records_children = records_children;
                 Some(TaskMessage::Step {
                     state: Box::new(child),
                     completion: None,

@@ -5,28 +5,37 @@
 
 mod cancel;
 mod handoff;
+mod observe;
+mod poison;
 #[cfg(test)]
 mod race_tests;
+mod reap;
+#[cfg(test)]
+mod reap_tests;
+mod runs;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::collections::BTreeMap;
+use std::time::SystemTime;
 
-use tracing::{debug, field, info_span, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use crate::error::{Error, Failure, FailureKind};
 use crate::exec::{run_step, Model, StepOutput};
 use crate::protocol::codec::decode;
+use crate::protocol::hooks::{mutated, Mutation};
 use crate::protocol::message::{MailboxItem, Status, TaskMessage};
 use crate::protocol::outgoing::{Outgoing, UNIT};
 use crate::protocol::state::{
-    to_millis, Command, Entry, InstanceState, Outcome, ReplyTo, Seq, Signal,
+    to_millis, Command, Entry, InstanceState, Outcome, ReplyTo, Seq, Signal, MAX_RIDING,
 };
 use crate::registry::Registry;
 use crate::step::{Clock, StepEnd};
 use crate::transport::CancelBook;
 use handoff::HandOff;
+use observe::StepWatch;
+pub(crate) use reap::Probes;
 
 /// Default size budget of one message (state included).
 pub(crate) const DEFAULT_STATE_BUDGET: usize = 4 * 1024 * 1024;
@@ -34,9 +43,9 @@ pub(crate) const DEFAULT_STATE_BUDGET: usize = 4 * 1024 * 1024;
 pub(crate) struct Engine {
     pub(crate) registry: Registry,
     pub(crate) budget: usize,
-    /// How often the mailbox of a waiting instance is touched so that the broker does not
-    /// expire it (`None`: mailboxes never expire).
-    pub(crate) keepalive: Option<Duration>,
+    /// When the mailboxes of waiting instances are touched so that the transport does
+    /// not expire them, and when a finished instance's mailbox is deleted.
+    pub(crate) probes: Probes,
     /// The transport's clock, for timers issued during a step.
     pub(crate) clock: Option<Clock>,
     /// The cancel records this worker follows (`None`: the transport keeps none).
@@ -56,6 +65,9 @@ pub(crate) struct MailboxPlan {
     pub(crate) settle: Vec<(Settlement, String)>,
     /// Events wait for a state that is not in the mailbox (it is being executed).
     pub(crate) waiting_for_state: bool,
+    /// Delete the mailbox (before settling what was drained): its instance finished, and
+    /// no reply it awaits can still come.
+    pub(crate) delete: bool,
 }
 
 /// What a step produced: the messages to publish and, when one of them hands the work on
@@ -83,7 +95,7 @@ impl Engine {
         Self {
             registry,
             budget,
-            keepalive: None,
+            probes: Probes::default(),
             clock: None,
             cancels: None,
         }
@@ -95,9 +107,10 @@ impl Engine {
         self
     }
 
-    /// Touches mailboxes every `every` (a fraction of the transport's mailbox retention).
-    pub(crate) fn with_keepalive(mut self, every: Option<Duration>) -> Self {
-        self.keepalive = every;
+    /// Touches and deletes mailboxes with `probes` (made for the transport's mailbox
+    /// retention).
+    pub(crate) fn with_probes(mut self, probes: Probes) -> Self {
+        self.probes = probes;
         self
     }
 
@@ -107,16 +120,13 @@ impl Engine {
     }
 
     /// The status write to make before running `msg`, if it is a root's first step.
-    pub(crate) fn running_status(&self, msg: &TaskMessage) -> Option<Outgoing> {
+    pub(crate) fn running_status(&self, msg: &TaskMessage, now: SystemTime) -> Option<Outgoing> {
         match msg {
             TaskMessage::Step {
                 state,
                 completion: None,
-            } if state.reply == ReplyTo::Root
-                && state.journal.is_empty()
-                && state.snapshot.is_none() =>
-            {
-                Some(Outgoing::status(state, Status::Running))
+            } if state.reports() && state.run == 0 && state.at_run_start() => {
+                Some(Outgoing::status(state, Status::Running, now))
             }
             _ => None,
         }
@@ -179,9 +189,18 @@ impl Engine {
         for (i, body) in items.iter().enumerate() {
             match decode::<MailboxItem>(body) {
                 Ok(MailboxItem::State(s)) => {
+                    // Of two writes of one version (a drain redone after its worker died
+                    // before its write was confirmed, the write landing later), the one
+                    // that drained more is the later: it took all the first took. A state
+                    // of a later run (continue-as-new) is later than any of an earlier run:
+                    // a copy of an earlier run redone after a crash may still write one.
+                    let drained = |x: &InstanceState| {
+                        (!mutated(Mutation::EqualVersions)).then_some(x.drained)
+                    };
                     let newer = state.as_ref().is_none_or(|(_, cur)| {
-                        (s.finished, s.version) > (cur.finished, cur.version)
-                    });
+                        (s.finished, s.run, s.version, drained(&s))
+                            > (cur.finished, cur.run, cur.version, drained(cur))
+                    }) || mutated(Mutation::MailboxVersion);
                     if newer {
                         state = Some((i, *s));
                     }
@@ -194,6 +213,7 @@ impl Engine {
                 Err(e) => settle[i] = (Settlement::DeadLetter, e.to_string()),
             }
         }
+        let unreadable = poison::unreadable(&settle);
         let Some((state_at, mut state)) = state else {
             let waiting = events
                 .iter()
@@ -204,34 +224,49 @@ impl Engine {
                 settle[i].0 = Settlement::Requeue;
                 any = true;
             }
-            // A cancel waits for the state too (it may be running, or ride elsewhere).
+            // A cancel waits for the state too (it may be running, or ride elsewhere), and
+            // so does an item that cannot be read: it fails the instance, with the state.
             for (i, _) in &cancels {
                 settle[*i].0 = Settlement::Requeue;
+            }
+            for s in settle.iter_mut().filter(|s| s.0 == Settlement::DeadLetter) {
+                s.0 = Settlement::Requeue;
             }
             return MailboxPlan {
                 outputs: Vec::new(),
                 waiting_for_state: any,
                 settle,
+                delete: false,
             };
         };
         if state.finished {
-            // Late results for a finished instance (e.g. `when_any` losers) are dropped,
-            // and so are events it never waited for.
-            for (_, signal) in &signals {
-                warn!(
-                    instance = %state.id, event = %signal.name,
-                    "an event for a finished instance is dropped"
-                );
-            }
-            settle[state_at].0 = Settlement::Requeue;
-            return MailboxPlan {
-                outputs: Vec::new(),
-                settle,
-                waiting_for_state: false,
-            };
+            return reap::after_the_end(&state, state_at, &events, &signals, settle, now);
+        }
+        // Whatever this drain writes counts what it took (see `InstanceState::drained`).
+        state.drained = state.drained.saturating_add(items.len() as u64);
+        // A reply that came is no longer awaited, even one whose position has a result
+        // already (a race's loser, a compacted position): the change is news to write.
+        let awaited = state.awaiting.len();
+        state
+            .awaiting
+            .retain(|seq| !events.iter().any(|(_, s, _)| s == seq));
+        let replied = state.awaiting.len() != awaited;
+        if let Some(reason) = unreadable {
+            return self.fail_unreadable(&state, &reason, settle, now);
         }
         let mut merged = 0;
-        for (_, seq, outcome) in events {
+        let mut early = false;
+        for (i, seq, outcome) in events {
+            if seq >= state.next_seq() {
+                // The reply of an operation this state has not issued: the step that issued
+                // it published it and was cut short before its state landed. The redone
+                // step writes a state that has it; until then the reply waits (acked as a
+                // duplicate, it would be lost: the operation published again is dropped as
+                // a redelivery by the worker that ran it).
+                settle[i].0 = Settlement::Requeue;
+                early = true;
+                continue;
+            }
             if state.record(seq, outcome) {
                 merged += 1;
             }
@@ -252,22 +287,25 @@ impl Engine {
             // another.
             state.touch_at_ms = 0;
         }
-        if merged == 0 && !touched && received == 0 {
+        if merged == 0 && !touched && received == 0 && !replied {
             settle[state_at].0 = Settlement::Requeue;
             return MailboxPlan {
                 outputs: Vec::new(),
                 settle,
-                waiting_for_state: false,
+                waiting_for_state: early,
+                delete: false,
             };
         }
         if merged == 0 {
-            // Only a keep-alive, or events no wait takes yet: write the state back (with
-            // the events it keeps, and the next keep-alive scheduled).
+            // Only a keep-alive, events no wait takes yet, or replies already settled: write
+            // the state back (with the events it keeps, the replies it still awaits, and the
+            // next keep-alive scheduled).
             let outputs = self.write_mailbox_state(&mut state, now);
             return MailboxPlan {
                 outputs,
                 settle,
                 waiting_for_state: false,
+                delete: false,
             };
         }
         debug!(instance = %state.id, merged, "mailbox merged");
@@ -282,6 +320,7 @@ impl Engine {
             outputs,
             settle,
             waiting_for_state: false,
+            delete: false,
         }
     }
 
@@ -289,14 +328,7 @@ impl Engine {
     /// keep-alive of the mailbox when none is pending.
     fn write_mailbox_state(&self, state: &mut InstanceState, now: SystemTime) -> Vec<Outgoing> {
         state.version += 1;
-        let keepalive = match self.keepalive {
-            Some(every) if state.touch_at_ms <= to_millis(now) => {
-                let at = now + every;
-                state.touch_at_ms = to_millis(at);
-                Some(at)
-            }
-            _ => None,
-        };
+        let keepalive = self.next_keepalive(state, now);
         let mut outputs = vec![Outgoing::mailbox_state(state)];
         outputs.extend(keepalive.map(|at| Outgoing::keepalive(state, at)));
         outputs
@@ -304,17 +336,9 @@ impl Engine {
 
     /// Runs one step of `state`; returns what to publish and the hand-off to run inline.
     async fn step_next(&self, mut state: InstanceState, now: SystemTime) -> Stepped {
-        // One span per step, wherever it runs (a delivery, an inline run, a mailbox merge).
-        let span = info_span!(
-            "dtask.step",
-            instance = %state.id,
-            dtask = %state.name,
-            step = state.steps,
-            model = field::Empty,
-            outcome = field::Empty,
-        );
+        let mut watch = StepWatch::new(&state);
         let Some(reg) = self.registry.get(&state.name) else {
-            span.record("outcome", "failed");
+            watch.end("failed");
             let f = Failure::new(
                 FailureKind::UnknownDTask,
                 format!(
@@ -323,32 +347,42 @@ impl Engine {
                 ),
             );
             return self
-                .finish(&state, Outcome::Failed(f), HashMap::new())
+                .finish(&state, Outcome::Failed(f), BTreeMap::new(), now)
                 .into();
         };
         let model = match reg.run {
             Model::Replay(_) => "replay",
             Model::Snapshot { .. } => "snapshot",
         };
-        span.record("model", model);
         self.check_cancelled(&mut state);
+        // A root's status is written at the first suspension of each run, and when a
+        // resume moved its saved machine to other code (a migration, `accepts`).
+        let fresh = state.at_run_start();
+        let code_before = state.snapshot.as_ref().map(|s| s.fingerprint);
+        watch.running(model);
         let StepOutput {
             end,
             first_new,
             child_inputs,
             cancelled_children,
         } = run_step(reg.run, &mut state, now, self.clock.clone())
-            .instrument(span.clone())
+            .instrument(watch.span.clone())
             .await;
+        watch.ran();
+        // The messages of the step are built in its span: their deliveries are its
+        // children in a trace (the rest of this function does not await).
+        let _in_step = watch.span.enter();
         let end = cancel::end_of(&state, end);
         state.steps = state.steps.saturating_add(1);
         let outcome = match &end {
             StepEnd::Completed(_) => "completed",
             StepEnd::Suspended => "suspended",
             StepEnd::Failed(_) => "failed",
+            StepEnd::Continued(_) => "continued",
         };
         // What `suspend` changes in the state, restored when the budget fails the step.
         let (mailbox, version, touch_at_ms) = (state.mailbox, state.version, state.touch_at_ms);
+        let (awaiting, touch_every_ms) = (state.awaiting.len(), state.touch_every_ms);
         let ended = !matches!(end, StepEnd::Suspended);
         let (mut outputs, hand_off) = match end {
             StepEnd::Completed(bytes)
@@ -364,20 +398,32 @@ impl Engine {
                     }
                     _ => unreachable!("matched above"),
                 };
-                (vec![out], HandOff::Parent(outcome))
+                let mut outputs = vec![out];
+                if state.records_children {
+                    outputs.push(Outgoing::finished_fact(&state, outcome.clone(), now));
+                }
+                (outputs, HandOff::Parent(outcome))
             }
             StepEnd::Completed(bytes) => (
-                self.finish(&state, Outcome::Ok(bytes), child_inputs),
+                self.finish(&state, Outcome::Ok(bytes), child_inputs, now),
                 HandOff::None,
             ),
             StepEnd::Failed(f) => {
                 warn!(instance = %state.id, dtask = %state.name, failure = %f, "instance failed");
                 (
-                    self.finish(&state, Outcome::Failed(f), HashMap::new()),
+                    self.finish(&state, Outcome::Failed(f), BTreeMap::new(), now),
                     HandOff::None,
                 )
             }
-            StepEnd::Suspended => self.suspend(&mut state, first_new, child_inputs, now),
+            StepEnd::Suspended => {
+                let code_after = state.snapshot.as_ref().map(|s| s.fingerprint);
+                let show = fresh || (code_before.is_some() && code_before != code_after);
+                self.suspend(&mut state, first_new, child_inputs, show, now)
+            }
+            StepEnd::Continued(input) => (
+                self.continue_as_new(&mut state, child_inputs, input, now),
+                HandOff::None,
+            ),
         };
         outputs.extend(cancel::tell_children(
             &state,
@@ -402,33 +448,31 @@ impl Engine {
                 ),
             );
             warn!(instance = %state.id, failure = %f, "instance failed");
-            span.record("outcome", "failed");
+            watch.end("failed");
             state.journal.clear();
             (state.mailbox, state.version, state.touch_at_ms) = (mailbox, version, touch_at_ms);
+            state.awaiting.truncate(awaiting);
+            state.touch_every_ms = touch_every_ms;
             return self
-                .finish(&state, Outcome::Failed(f), HashMap::new())
+                .finish(&state, Outcome::Failed(f), BTreeMap::new(), now)
                 .into();
         }
-        span.record("outcome", outcome);
+        watch.end(outcome);
         Stepped {
             outputs,
             next: hand_off.into_message(state),
         }
     }
 
-    /// The messages that end an instance with `outcome`; `detached` are the inputs of
-    /// children spawned and never awaited, which still run.
-    fn finish(
-        &self,
+    /// The starts of the children in `detached` (their inputs, by position) that the
+    /// step issued and nobody awaits, which run detached when an instance finishes or
+    /// continues as new; with their start facts when `state` records its children.
+    fn start_detached(
         state: &InstanceState,
-        outcome: Outcome,
-        detached: HashMap<Seq, Vec<u8>>,
+        detached: BTreeMap<Seq, Vec<u8>>,
+        now: SystemTime,
     ) -> Vec<Outgoing> {
         let mut outputs = Vec::new();
-        if state.mailbox {
-            outputs.push(Outgoing::tombstone(state));
-        }
-        // Nobody waits for the results of detached children.
         for (seq, input) in detached {
             if let Some(Entry {
                 cmd: Command::Child { name, .. },
@@ -437,33 +481,73 @@ impl Engine {
             }) = state.entry(seq)
             {
                 let child = state.new_child(seq, name.clone(), input, ReplyTo::Detached);
+                outputs.extend(Outgoing::child_started(state, &child.id, name, now));
                 outputs.push(Outgoing::start(&child));
             }
-        }
-        match &state.reply {
-            ReplyTo::Root | ReplyTo::Client { .. } => {
-                outputs.extend(Outgoing::result(state, outcome));
-            }
-            ReplyTo::Continuation { parent, seq } => {
-                outputs.push(Outgoing::resume(parent, *seq, &outcome));
-            }
-            ReplyTo::Mailbox {
-                parent,
-                parent_name,
-                seq,
-            } => outputs.push(Outgoing::event(parent, parent_name, *seq, &outcome)),
-            ReplyTo::Detached => {}
         }
         outputs
     }
 
+    /// The messages that end an instance with `outcome`; `detached` are the inputs of
+    /// children spawned and never awaited, which still run.
+    fn finish(
+        &self,
+        state: &InstanceState,
+        outcome: Outcome,
+        detached: BTreeMap<Seq, Vec<u8>>,
+        now: SystemTime,
+    ) -> Vec<Outgoing> {
+        if let Outcome::Failed(f) = &outcome {
+            observe::count_failure(&state.name, f);
+        }
+        // Nobody waits for the results of detached children.
+        let mut outputs = Self::start_detached(state, detached, now);
+        match &state.reply {
+            ReplyTo::Root | ReplyTo::Client { .. } => {
+                outputs.extend(Outgoing::result(state, outcome, now));
+            }
+            // A recorded child's finish goes to the store too (the reply to its parent
+            // is below, from the same outcome).
+            _ if state.records_children => {
+                outputs.push(Outgoing::finished_fact(state, outcome.clone(), now));
+                outputs.extend(Self::reply_to_parent(state, &outcome));
+            }
+            _ => outputs.extend(Self::reply_to_parent(state, &outcome)),
+        }
+        // The tombstone goes last, after the result it stands for: published in order on
+        // one channel, a crash part-way leaves the result without the tombstone (the end is
+        // redone, the second result refused) rather than a tombstone that drops the end.
+        // A cancelled instance leaves one even outside mailbox mode: a cancel item may
+        // wait in its mailbox, which then goes with the tombstone.
+        if state.mailbox || state.cancelled.is_some() {
+            outputs.extend(self.tombstone(state, now));
+        }
+        outputs
+    }
+
+    /// The reply of a child that finished with `outcome` to its parent (none for a root
+    /// or a detached child).
+    fn reply_to_parent(state: &InstanceState, outcome: &Outcome) -> Option<Outgoing> {
+        match &state.reply {
+            ReplyTo::Continuation { parent, seq } => Some(Outgoing::resume(parent, *seq, outcome)),
+            ReplyTo::Mailbox {
+                parent,
+                parent_name,
+                seq,
+            } => Some(Outgoing::event(parent, parent_name, *seq, outcome)),
+            ReplyTo::Root | ReplyTo::Client { .. } | ReplyTo::Detached => None,
+        }
+    }
+
     /// The messages that suspend an instance after a step issued the operations at
-    /// positions `first_new..`, and the hand-off among them.
+    /// positions `first_new..`, and the hand-off among them; `show` writes a root's
+    /// status (the first suspension of a run, a change of code).
     fn suspend(
         &self,
         state: &mut InstanceState,
         first_new: Seq,
-        mut inputs: HashMap<Seq, Vec<u8>>,
+        mut inputs: BTreeMap<Seq, Vec<u8>>,
+        show: bool,
         now: SystemTime,
     ) -> (Vec<Outgoing>, HandOff) {
         let new: Vec<Seq> = (first_new..state.next_seq())
@@ -478,11 +562,11 @@ impl Engine {
         // steps leave it (each write is a confirmed publish).
         // So is what a root waits for, when a long wait (an event, a resume, a timer)
         // begins or ends.
-        if state.reply == ReplyTo::Root {
+        if state.reports() {
             let long = state.waits_long();
-            if first_new == 0 || long || state.shown_long {
+            if show || long || state.shown_long {
                 state.shown_long = long;
-                outputs.push(Outgoing::status(state, Status::Suspended));
+                outputs.push(Outgoing::status(state, Status::Suspended, now));
             }
         }
         let cmd_at = |state: &InstanceState, seq: Seq| {
@@ -494,7 +578,16 @@ impl Engine {
         let external = new
             .iter()
             .any(|seq| state.entry(*seq).is_some_and(|e| e.cmd.is_external()));
-        if !state.mailbox && !external && new.len() == 1 && state.outstanding() == 1 {
+        // A child carries its parent's state, and its parent's parents' (`riding`): past
+        // `MAX_RIDING`, the parent waits in its mailbox, which starts a new chain.
+        let rides = match state
+            .entry(new.first().copied().unwrap_or(0))
+            .map(|e| &e.cmd)
+        {
+            Some(Command::Child { .. }) => state.riding() + 1 < MAX_RIDING,
+            _ => true,
+        };
+        if !state.mailbox && !external && rides && new.len() == 1 && state.outstanding() == 1 {
             // Waiting on one operation: the state rides along with it.
             let seq = new[0];
             let cmd = cmd_at(state, seq);
@@ -502,6 +595,7 @@ impl Engine {
                 Command::Child { name, .. } => {
                     let input = inputs.remove(&seq).unwrap_or_default();
                     let id = state.id.child(seq);
+                    outputs.extend(Outgoing::child_started(state, &id, &name, now));
                     outputs.push(Outgoing::start_child_of(state, seq, &id, &name, &input));
                     let hand_off = HandOff::Child {
                         id,
@@ -516,7 +610,11 @@ impl Engine {
                     outputs.push(Outgoing::timer(state, seq, at));
                 }
                 Command::Yield => outputs.push(Outgoing::yield_now(state, seq)),
-                Command::Run | Command::Compacted | Command::Event { .. } | Command::Suspend => {
+                Command::Run
+                | Command::Compacted
+                | Command::Event { .. }
+                | Command::Suspend
+                | Command::Patch { .. } => {
                     unreachable!("only outstanding operations that publish ride along")
                 }
             }
@@ -526,7 +624,18 @@ impl Engine {
         // mode): the state is kept in the instance's mailbox, where results and events are
         // merged one at a time.
         state.mailbox = true;
-        outputs.extend(self.write_mailbox_state(state, now));
+        // The replies of what is published here come to the mailbox: awaited from now on.
+        let replying: Vec<Seq> = new
+            .iter()
+            .copied()
+            .filter(|seq| state.entry(*seq).is_some_and(|e| !e.cmd.is_external()))
+            .collect();
+        state.awaiting.extend(replying);
+        // The state is written last: published in order on one channel, a batch cut short
+        // by a crash leaves operations without the state that awaits them (the step is
+        // redone from the state before, and publishes them again), never the state
+        // without the operations it awaits (nothing would publish them again).
+        let write = self.write_mailbox_state(state, now);
         for seq in new {
             let cmd = cmd_at(state, seq);
             match cmd {
@@ -542,6 +651,7 @@ impl Engine {
                             seq,
                         },
                     );
+                    outputs.extend(Outgoing::child_started(state, &child.id, &child.name, now));
                     outputs.push(Outgoing::start(&child));
                 }
                 Command::Delay { .. } | Command::DelayUntil { .. } => {
@@ -553,11 +663,12 @@ impl Engine {
                 }
                 // Nothing to publish: the value comes from a client into the mailbox.
                 Command::Event { .. } | Command::Suspend => {}
-                Command::Run | Command::Compacted => {
+                Command::Run | Command::Compacted | Command::Patch { .. } => {
                     unreachable!("only outstanding distributed operations are new")
                 }
             }
         }
+        outputs.extend(write);
         (outputs, HandOff::None)
     }
 }

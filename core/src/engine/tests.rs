@@ -85,14 +85,14 @@ async fn a_kept_hand_off_equals_its_published_body() {
                 break stepped
                     .outputs
                     .into_iter()
-                    .find(|o| matches!(o.destination, Destination::Result { .. }))
+                    .find(|o| matches!(o.destination, Destination::Store { .. }))
                     .expect("the root's result");
             }
         }
     };
     // Three children started and three resumes with their results.
     assert_eq!(kept, 6);
-    let rec: ResultRecord = decode(&result.body).expect("a result record");
+    let rec = finished(&result.body);
     assert_eq!(
         rec.outcome,
         Outcome::Ok(crate::protocol::codec::encode_value(&3u64).expect("encodes"))
@@ -129,12 +129,12 @@ async fn a_kept_hand_off_past_the_budget_fails_the_instance() {
         .iter()
         .find(|o| {
             o.destination
-                == Destination::Result {
+                == Destination::Store {
                     instance: InstanceId::new("root-with-a-long-enough-id").expect("valid"),
                 }
         })
         .expect("the root fails with a result");
-    let rec: ResultRecord = decode(&result.body).expect("a result record");
+    let rec = finished(&result.body);
     match rec.outcome {
         Outcome::Failed(f) => assert!(f.is_state_too_large(), "{f}"),
         other => panic!("expected a failure, got {other:?}"),
@@ -163,4 +163,15 @@ async fn an_early_timer_waits_again_under_a_fresh_message_id() {
     let out2 = engine.handle_task(again, later).await;
     assert_eq!(out2.len(), 1);
     assert_ne!(out2[0].message_id, out[0].message_id);
+}
+
+/// The result record in the fact `body` (a root's finish).
+fn finished(body: &[u8]) -> ResultRecord {
+    let fact: crate::protocol::fact::Fact = decode(body).expect("a fact");
+    match fact.kind {
+        crate::protocol::fact::FactKind::Finished { result, .. } => {
+            decode(&result).expect("a result record")
+        }
+        other => panic!("expected a finish, got {other:?}"),
+    }
 }

@@ -10,13 +10,16 @@
 //! ([`StepOutput`]) means the same to the engine whichever model ran it.
 
 pub mod macro_support;
+mod migrate;
 mod replay;
 mod snapshot;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+pub use migrate::MigrateFn;
+pub use migrate::SavedMachine;
 pub(crate) use snapshot::Resume;
 pub(crate) use snapshot::SnapshotRunFn;
 
@@ -39,6 +42,8 @@ pub(crate) enum Model {
         fingerprint: u64,
         /// Fingerprints of earlier code declared compatible (`accepts = "..."`).
         accepts: &'static [u64],
+        /// Migrations from earlier code (`migrate(from = "...", with = f)`).
+        migrations: &'static [(u64, MigrateFn)],
     },
 }
 
@@ -60,7 +65,7 @@ pub(crate) struct StepOutput {
     /// The first position the step could issue: the operations at or past it are new.
     pub(crate) first_new: Seq,
     /// The encoded inputs of the child calls the step issued, by position.
-    pub(crate) child_inputs: HashMap<Seq, Vec<u8>>,
+    pub(crate) child_inputs: BTreeMap<Seq, Vec<u8>>,
     /// The running children the step cancelled (its cancellation, a race's losers).
     pub(crate) cancelled_children: Vec<CancelChild>,
 }
@@ -70,7 +75,7 @@ impl StepOutput {
         Self {
             end: StepEnd::Failed(f),
             first_new,
-            child_inputs: HashMap::new(),
+            child_inputs: BTreeMap::new(),
             cancelled_children: Vec::new(),
         }
     }
@@ -90,7 +95,15 @@ pub(crate) async fn run_step(
             run,
             fingerprint,
             accepts,
-        } => snapshot::run_step(run, fingerprint, accepts, state, now, clock).await,
+            migrations,
+        } => {
+            let code = snapshot::Code {
+                fingerprint,
+                accepts,
+                migrations,
+            };
+            snapshot::run_step(run, code, state, now, clock).await
+        }
     }
 }
 

@@ -20,7 +20,8 @@ pub(super) async fn run_step(
         Err(f) => return StepOutput::failed(f, first_new),
     };
     let journal = std::mem::take(&mut state.journal);
-    let exec = Exec::replay(state.id.clone(), journal, state.recorded, now).with_clock(clock);
+    let exec =
+        Exec::replay(state.id.clone(), journal, state.base, state.recorded, now).with_clock(clock);
     let (end, child_inputs, cancelled_children) = drive_state(&mut body, state, exec, |ex| {
         std::mem::take(&mut ex.child_inputs)
     })

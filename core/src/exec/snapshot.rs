@@ -17,6 +17,7 @@
 
 use std::time::SystemTime;
 
+use super::migrate::{MigrateFn, SavedMachine};
 use super::{drive_state, StepOutput};
 use crate::dtask::{cancel_started, named, timed_out, within_reason};
 use crate::error::{Failure, FailureKind};
@@ -287,18 +288,18 @@ pub(crate) fn corrupt(msg: String) -> Failure {
 /// compacts the journal.
 pub(super) async fn run_step(
     run: SnapshotRunFn,
-    fingerprint: u64,
-    accepts: &[u64],
+    code: Code,
     state: &mut InstanceState,
     now: SystemTime,
     clock: Option<Clock>,
 ) -> StepOutput {
+    let fingerprint = code.fingerprint;
     let first_new = state.next_seq();
     let mut snapshot = state.snapshot.take();
     let mut pinned = Vec::new();
     let body = match &mut snapshot {
         None => run(&state.input, None),
-        Some(s) => match resumable(state, s, fingerprint, accepts) {
+        Some(s) => match resumable(state, s, &code) {
             Err(f) => Err(f),
             Ok(()) => {
                 pinned = std::mem::take(&mut s.pinned);
@@ -379,14 +380,39 @@ pub(super) async fn run_step(
     }
 }
 
-/// Whether the saved machine `s` of `state` can be resumed by the code `fingerprint`
-/// (or code declared compatible with it), and names only operations the journal holds.
-fn resumable(
-    state: &InstanceState,
-    s: &Snapshot,
-    fingerprint: u64,
-    accepts: &[u64],
-) -> Result<(), Failure> {
+/// The code a worker runs for a snapshot DTask: its fingerprint, the earlier code it
+/// accepts as it is, and the earlier code it migrates from.
+pub(super) struct Code {
+    pub(super) fingerprint: u64,
+    pub(super) accepts: &'static [u64],
+    pub(super) migrations: &'static [(u64, MigrateFn)],
+}
+
+/// Whether the saved machine `s` of `state` can be resumed by `code` (the same code, code
+/// declared compatible with it, or code that migrates it: `s` is then rewritten by the
+/// migration), and names only operations the journal holds.
+fn resumable(state: &InstanceState, s: &mut Snapshot, code: &Code) -> Result<(), Failure> {
+    let fingerprint = code.fingerprint;
+    let migration = code
+        .migrations
+        .iter()
+        .find(|(from, _)| *from == s.fingerprint && from != &fingerprint);
+    if let Some((from, migrate)) = migration {
+        let old = SavedMachine::from_parts(s.point, std::mem::take(&mut s.locals));
+        let (point, locals) = migrate(old)
+            .map_err(|why| {
+                Failure::new(
+                    FailureKind::CodeChanged,
+                    format!(
+                        "instance `{}` of `{}` was suspended by code with fingerprint                          {from:016x}, and its migration to {fingerprint:016x} failed: {why}",
+                        state.id, state.name
+                    ),
+                )
+            })?
+            .into_parts();
+        (s.point, s.locals, s.fingerprint) = (point, locals, fingerprint);
+    }
+    let accepts = code.accepts;
     if s.fingerprint != fingerprint && !accepts.contains(&s.fingerprint) {
         return Err(Failure::new(
             FailureKind::CodeChanged,
@@ -394,11 +420,12 @@ fn resumable(
                 "instance `{}` of `{}` was suspended by code with fingerprint \
                  {:016x}, but this worker runs fingerprint {fingerprint:016x}: the \
                  function's code changed, so its saved state cannot be resumed \
-                 safely. Finish such instances with the old build, or declare the \
+                 safely. Finish such instances with the old build, declare the \
                  new code compatible with \
                  #[dtask(snapshot, accepts = \"{:016x}\")] after checking that its \
-                 awaits and saved locals are unchanged",
-                state.id, state.name, s.fingerprint, s.fingerprint
+                 awaits and saved locals are unchanged, or migrate them with \
+                 #[dtask(snapshot, migrate(from = \"{:016x}\", with = ..))]",
+                state.id, state.name, s.fingerprint, s.fingerprint, s.fingerprint
             ),
         ));
     }

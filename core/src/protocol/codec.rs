@@ -7,7 +7,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::message::{CancelRecord, MailboxItem, ResultRecord, Status, StatusRecord, TaskMessage};
+use super::message::{CancelRecord, MailboxItem, ResultRecord, Status, TaskMessage};
 use super::state::{Entry, InstanceId, InstanceState, Outcome, Seq, Signal, Snapshot};
 use crate::error::Error;
 
@@ -25,6 +25,8 @@ pub(crate) enum Kind {
     Result = 3,
     Status = 4,
     Cancel = 5,
+    Fact = 6,
+    Facts = 7,
 }
 
 pub(crate) trait Enveloped: Serialize + DeserializeOwned {
@@ -41,9 +43,6 @@ impl Enveloped for ResultRecord {
     const KIND: Kind = Kind::Result;
 }
 impl Enveloped for Status {
-    const KIND: Kind = Kind::Status;
-}
-impl Enveloped for StatusRecord {
     const KIND: Kind = Kind::Status;
 }
 impl Enveloped for CancelRecord {
@@ -134,6 +133,13 @@ pub(crate) struct ChildStateRef<'a> {
     cancelled: Option<&'a str>,
     cancel_scope: Option<InstanceId>,
     shielded: &'a [Seq],
+    notify: Option<&'a str>,
+    awaiting: &'a [Seq],
+    touch_every_ms: u64,
+    reap_at_ms: u64,
+    drained: u64,
+    records_children: bool,
+    run: u32,
 }
 
 /// A borrowed mirror of [`ReplyTo`](super::state::ReplyTo) up to its `Continuation`
@@ -178,6 +184,13 @@ impl<'a> ChildStateRef<'a> {
             cancelled: None,
             cancel_scope: parent.child_scope(seq),
             shielded: &[],
+            notify: None,
+            awaiting: &[],
+            touch_every_ms: 0,
+            reap_at_ms: 0,
+            drained: 0,
+            records_children: parent.records_children,
+            run: 0,
         }
     }
 }
@@ -211,8 +224,17 @@ pub(crate) fn decode<T: Enveloped>(bytes: &[u8]) -> Result<T, Error> {
             T::KIND as u8
         )));
     }
-    rmp_serde::from_slice(&bytes[4..]).map_err(|e| Error::decode(e.to_string()))
+    let mut de = rmp_serde::Deserializer::from_read_ref(&bytes[4..]);
+    de.set_max_depth(DECODE_DEPTH);
+    T::deserialize(&mut de).map_err(|e| Error::decode(e.to_string()))
 }
+
+/// The deepest nesting of MessagePack values an envelope may hold. Decoding recurses once
+/// per level, so this bounds the stack a message can take (about 1 MiB in a debug build,
+/// within the 2 MiB of a tokio worker thread); a message this build writes stays far below
+/// it (at most [`MAX_RIDING`](super::state::MAX_RIDING) nested states of a few levels
+/// each). Deeper input is a decode error, like any corrupt message, never a stack overflow.
+pub(crate) const DECODE_DEPTH: usize = 128;
 
 /// Encodes a user value (arguments, results) as MessagePack.
 pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
@@ -233,7 +255,7 @@ mod tests {
 
     use super::*;
     use crate::error::{Failure, FailureKind};
-    use crate::protocol::state::{Command, ReplyTo};
+    use crate::protocol::state::{Command, ReplyTo, MAX_RIDING};
 
     fn failure() -> impl Strategy<Value = Failure> {
         (0usize..8, ".{0,40}").prop_map(|(k, m)| {
@@ -462,5 +484,77 @@ mod tests {
         let mut bytes = vec![b'D', b'T', ENVELOPE_VERSION, Kind::Task as u8];
         bytes.extend(std::iter::repeat_n(0x91u8, 100_000));
         assert!(decode::<TaskMessage>(&bytes).is_err());
+    }
+
+    /// A chain of `n` states each riding in the next, every one with a journal entry
+    /// holding a failure (the deepest values a state holds).
+    fn riding_chain(n: usize) -> InstanceState {
+        let mut state = InstanceState::new(
+            InstanceId::new("root").expect("valid id"),
+            "a.name".into(),
+            vec![0x90],
+            ReplyTo::Root,
+        );
+        for seq in 0..n as Seq {
+            state.journal.push(Entry {
+                cmd: Command::Child {
+                    name: "a.name".into(),
+                    input_hash: 1,
+                },
+                result: Some(Outcome::Failed(Failure::new(FailureKind::Panic, "x"))),
+                order: 1,
+            });
+            let id = state.id.child(seq);
+            state = InstanceState::new(
+                id,
+                "a.name".into(),
+                vec![0x90],
+                ReplyTo::Continuation {
+                    parent: Box::new(state),
+                    seq,
+                },
+            );
+        }
+        state
+    }
+
+    #[test]
+    fn the_deepest_message_this_build_writes_decodes() {
+        let state = riding_chain(MAX_RIDING);
+        let bytes = TaskMessageRef::Step {
+            state: &state,
+            completion: Some((0, &Outcome::Failed(Failure::new(FailureKind::Panic, "x")))),
+        }
+        .encode();
+        let TaskMessage::Step { state: back, .. } = decode::<TaskMessage>(&bytes).expect("decodes")
+        else {
+            panic!("a step")
+        };
+        assert_eq!(back.riding(), MAX_RIDING);
+        assert_eq!(*back, state);
+    }
+
+    #[test]
+    fn a_chain_past_the_depth_limit_is_a_decode_error() {
+        // What an older build could write: far more states riding in one message. Decoding
+        // it must fail cleanly (in a debug build it used to overflow the stack).
+        let state = riding_chain(400);
+        let bytes = TaskMessageRef::Step {
+            state: &state,
+            completion: None,
+        }
+        .encode();
+        let e = decode::<TaskMessage>(&bytes).expect_err("too deep");
+        assert!(e.is_decode(), "{e}");
+        // The chain is dropped by a loop: a recursive drop of 400 states is what the limit
+        // spares a worker, not a test.
+        let mut next = Some(state);
+        while let Some(mut s) = next.take() {
+            if let ReplyTo::Continuation { parent, .. } =
+                std::mem::replace(&mut s.reply, ReplyTo::Root)
+            {
+                next = Some(*parent);
+            }
+        }
     }
 }

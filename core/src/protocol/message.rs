@@ -62,7 +62,9 @@ pub(crate) struct ResultRecord {
 
 /// Where an instance is in its life.
 ///
-/// Tracked for root instances (those started by a [`Client`](crate::Client)).
+/// Tracked for root instances (those started by a [`Client`](crate::Client)), and for
+/// their descendants when the client records children
+/// ([`Client::recording_children`](crate::Client::recording_children)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Status {
@@ -102,14 +104,6 @@ pub enum Wait {
     Yield,
 }
 
-/// A status as kept in the status register: the status and, when suspended, what the
-/// instance waits for. A register written before waits were kept holds a bare [`Status`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct StatusRecord {
-    pub(crate) status: Status,
-    pub(crate) waits: Vec<Wait>,
-}
-
 impl Wait {
     /// What `state` waits for: its outstanding operations, children counted together.
     pub(crate) fn of(state: &InstanceState) -> Vec<Wait> {
@@ -139,5 +133,59 @@ impl Status {
     /// Whether the instance has finished.
     pub fn is_finished(self) -> bool {
         matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
+    }
+
+    /// Its name in lower case (`pending`, `running`, `suspended`, `succeeded`, `failed`,
+    /// `cancelled`): what `Display` prints and `FromStr` reads, for command lines and
+    /// stores that keep statuses as text.
+    ///
+    /// ```
+    /// use dtasks::Status;
+    /// assert_eq!(Status::Suspended.as_str(), "suspended");
+    /// assert_eq!("failed".parse::<Status>()?, Status::Failed);
+    /// assert!("done".parse::<Status>().unwrap_err().is_bad_input());
+    /// # Ok::<(), dtasks::Error>(())
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Suspended => "suspended",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// Every status, in the order of an instance's life.
+    pub const ALL: [Status; 6] = [
+        Status::Pending,
+        Status::Running,
+        Status::Suspended,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = crate::error::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                crate::error::Error::bad_input(format!(
+                    "`{s}` is not a status (pending, running, suspended, succeeded, failed, \
+                     cancelled)"
+                ))
+            })
     }
 }

@@ -6,8 +6,12 @@
 //! delivery causes; a transport moves their bytes.
 
 pub(crate) mod codec;
+pub(crate) mod fact;
+pub(crate) mod hooks;
+pub(crate) mod id;
 pub(crate) mod message;
 pub(crate) mod outgoing;
+pub(crate) mod runs;
 pub(crate) mod state;
 
 pub use codec::ENVELOPE_VERSION;

@@ -9,10 +9,11 @@
 use std::fmt;
 use std::time::SystemTime;
 
+use crate::trace::TraceContext;
+
 use super::codec::{encode, ChildStateRef, MailboxItemRef, TaskMessageRef};
-use super::message::{
-    CancelRecord, MailboxItem, ResultRecord, Status, StatusRecord, TaskMessage, Wait,
-};
+use super::fact::{Fact, FactKind, Steps};
+use super::message::{CancelRecord, MailboxItem, ResultRecord, Status, TaskMessage, Wait};
 use super::state::{
     from_millis, to_millis, InstanceId, InstanceState, Outcome, ReplyTo, Seq, Signal,
 };
@@ -41,13 +42,10 @@ pub enum Destination {
         /// The instance.
         instance: InstanceId,
     },
-    /// The result register of `instance` (written once).
-    Result {
-        /// The instance.
-        instance: InstanceId,
-    },
-    /// The status register of `instance` (last write wins).
-    Status {
+    /// The instance store: the message is a fact about the root `instance`. Workers
+    /// record these in their instance store before acking, and never hand them to a
+    /// transport's `publish`.
+    Store {
         /// The instance.
         instance: InstanceId,
     },
@@ -61,6 +59,14 @@ pub enum Destination {
     /// message is the durable record that `instance` is cancelled.
     Cancel {
         /// The instance cancelled.
+        instance: InstanceId,
+    },
+    /// The mailbox of `instance`, followed by a doorbell, only if the mailbox exists: a
+    /// keep-alive. It never creates a mailbox; when there is none (the instance finished
+    /// and its mailbox was deleted), nothing is stored, and the publish reports
+    /// `Published::Dropped`.
+    Touch {
+        /// The instance.
         instance: InstanceId,
     },
 }
@@ -78,6 +84,9 @@ pub struct Outgoing {
     pub instance: InstanceId,
     /// The DTask name of that instance.
     pub dtask: String,
+    /// The trace context of the span it was sent from, for the span of its delivery
+    /// ([`crate::trace`]); `None` without a propagator.
+    pub trace: Option<TraceContext>,
 }
 
 /// The id of every kind of message, written `<instance>:<suffix>`.
@@ -118,6 +127,8 @@ pub(crate) enum MessageId<'a> {
     /// `cancel`: the cancel record of an instance, and the cancel item put in its
     /// mailbox.
     Cancel(&'a InstanceId),
+    /// `run<n>`: the first step of run `n` (from 2) of an instance continued as new.
+    Run(&'a InstanceId, u32),
 }
 
 impl fmt::Display for MessageId<'_> {
@@ -138,6 +149,7 @@ impl fmt::Display for MessageId<'_> {
             MessageId::Signal(i, id) => write!(f, "{i}:s:{id}"),
             MessageId::ClaimedStart(i, nonce) => write!(f, "{i}:start:{nonce:x}"),
             MessageId::Cancel(i) => write!(f, "{i}:cancel"),
+            MessageId::Run(i, run) => write!(f, "{i}:run{run}"),
         }
     }
 }
@@ -169,6 +181,8 @@ impl Outgoing {
             message_id: id.to_string(),
             instance: instance.clone(),
             dtask: dtask.to_string(),
+            // The span it is sent from: a step's, a delivery's, or a client's caller's.
+            trace: crate::trace::current(),
         }
     }
 
@@ -280,6 +294,12 @@ impl Outgoing {
         Self::step(state, MessageId::Merged(&state.id, state.recorded))
     }
 
+    /// The first step of the next run of `state`, continued as new, to the task queue of
+    /// its DTask ([`MessageId::Run`]).
+    pub(crate) fn next_run(state: &InstanceState) -> Self {
+        Self::step(state, MessageId::Run(&state.id, state.run + 1))
+    }
+
     /// The write of `state` to its mailbox ([`MessageId::State`]).
     pub(crate) fn mailbox_state(state: &InstanceState) -> Self {
         let body = MailboxItemRef::State(state).encode();
@@ -294,9 +314,10 @@ impl Outgoing {
         )
     }
 
-    /// The tombstone of a finished mailbox-mode instance ([`MessageId::End`]).
-    pub(crate) fn tombstone(state: &InstanceState) -> Self {
-        let tomb = state.tombstone();
+    /// The tombstone of a finished mailbox-mode instance, whose mailbox may be deleted
+    /// from `reap_at_ms` on ([`MessageId::End`]).
+    pub(crate) fn tombstone(state: &InstanceState, reap_at_ms: u64) -> Self {
+        let tomb = state.tombstone(reap_at_ms);
         let body = MailboxItemRef::State(&tomb).encode();
         let dest = Destination::Mailbox {
             instance: state.id.clone(),
@@ -366,6 +387,7 @@ impl Outgoing {
             message_id: id,
             instance: instance.clone(),
             dtask: String::new(),
+            trace: crate::trace::current(),
         }
     }
 
@@ -384,8 +406,12 @@ impl Outgoing {
             MailboxItem::Signal(s) => MessageId::Signal(instance, &s.id),
             MailboxItem::Cancel { .. } => MessageId::Cancel(instance),
         };
-        let dest = Destination::Mailbox {
-            instance: instance.clone(),
+        let to = instance.clone();
+        // A keep-alive never creates a mailbox: one that is gone was deleted when its
+        // instance finished.
+        let dest = match item {
+            MailboxItem::Touch => Destination::Touch { instance: to },
+            _ => Destination::Mailbox { instance: to },
         };
         Self::named(dest, encode(item), id, instance, name)
     }
@@ -413,25 +439,73 @@ impl Outgoing {
         Self::named(dest, encode(&msg), id, instance, name)
     }
 
-    /// A root's final result: to its result register, or to the reply queue of the client
-    /// that called it ([`MessageId::Result`]). `None` for an instance that is not a root.
-    pub(crate) fn result(state: &InstanceState, outcome: Outcome) -> Option<Self> {
-        let dest = match &state.reply {
-            ReplyTo::Root => Destination::Result {
-                instance: state.id.clone(),
-            },
-            ReplyTo::Client { client } => Destination::Reply {
-                client: client.clone(),
-            },
-            _ => return None,
+    /// A root's final result: to the instance store, and to the reply queue of the client
+    /// that started or called it ([`MessageId::Result`]). Empty for an instance that is
+    /// not a root.
+    pub(crate) fn result(state: &InstanceState, outcome: Outcome, now: SystemTime) -> Vec<Self> {
+        let mut out = Vec::new();
+        let client = match &state.reply {
+            ReplyTo::Root => state.notify.as_ref(),
+            ReplyTo::Client { client } => Some(client),
+            _ => return out,
         };
-        let body = encode(&ResultRecord { outcome });
-        Some(Self::about(dest, body, MessageId::Result(&state.id), state))
+        if let Some(client) = client {
+            let body = encode(&ResultRecord {
+                outcome: outcome.clone(),
+            });
+            let dest = Destination::Reply {
+                client: client.clone(),
+            };
+            out.push(Self::about(dest, body, MessageId::Result(&state.id), state));
+        }
+        if state.reply == ReplyTo::Root {
+            out.push(Self::finished_fact(state, outcome, now));
+        }
+        out
     }
 
-    /// A root's status write ([`MessageId::Status`]).
-    pub(crate) fn status(state: &InstanceState, status: Status) -> Self {
-        let dest = Destination::Status {
+    /// The finish of `state` for the instance store ([`MessageId::Result`]): a root's,
+    /// or a recorded child's ([`InstanceState::reports`]).
+    pub(crate) fn finished_fact(state: &InstanceState, outcome: Outcome, now: SystemTime) -> Self {
+        let fact = Fact::finished(state, now, outcome).with_run(state.run.saturating_add(1), None);
+        let dest = Destination::Store {
+            instance: state.id.clone(),
+        };
+        Self::about(dest, encode(&fact), MessageId::Result(&state.id), state)
+    }
+
+    /// The start of the child `id` of DTask `name` that `parent` issued, for the instance
+    /// store: made with the parent's step when the parent records its children
+    /// ([`MessageId::Start`]).
+    pub(crate) fn child_started(
+        parent: &InstanceState,
+        id: &InstanceId,
+        name: &str,
+        now: SystemTime,
+    ) -> Option<Self> {
+        if !parent.records_children {
+            return None;
+        }
+        let kind = FactKind::Started {
+            parent: Some(parent.id.clone()),
+        };
+        let fact = Fact::new(id.clone(), name, now, kind);
+        let dest = Destination::Store {
+            instance: id.clone(),
+        };
+        Some(Self::named(
+            dest,
+            encode(&fact),
+            MessageId::Start(id),
+            id,
+            name,
+        ))
+    }
+
+    /// The status of a root (or of a recorded child), for the instance store
+    /// ([`MessageId::Status`]).
+    pub(crate) fn status(state: &InstanceState, status: Status, now: SystemTime) -> Self {
+        let dest = Destination::Store {
             instance: state.id.clone(),
         };
         let id = MessageId::Status(&state.id, state.recorded);
@@ -440,7 +514,21 @@ impl Outgoing {
         } else {
             Vec::new()
         };
-        Self::about(dest, encode(&StatusRecord { status, waits }), id, state)
+        // Running is reported before the first step's suspension: it sorts first.
+        let version = u64::from(state.recorded) * 2 + u64::from(status != Status::Running);
+        let kind = FactKind::Status {
+            status,
+            waits,
+            version,
+        };
+        let code = match status {
+            Status::Suspended => state.snapshot.as_ref().map(|s| s.fingerprint),
+            _ => None,
+        };
+        let fact = Fact::new(state.id.clone(), state.name.clone(), now, kind)
+            .with_steps(Steps::of(state))
+            .with_run(state.run.saturating_add(1), code);
+        Self::about(dest, encode(&fact), id, state)
     }
 
     /// The durable record that `instance` is cancelled with `reason`, for the transport's

@@ -15,65 +15,12 @@ use crate::error::Failure;
 /// Position of an operation in an instance's journal.
 pub(crate) type Seq = u32;
 
-/// The identifier of a DTask instance.
-///
-/// Root instances get a random id (or one chosen by the caller of
-/// [`Client::start_with_id`](crate::Client::start_with_id)); children get a deterministic
-/// id derived from their parent's id and the position of the call in the parent, so a
-/// replayed or redelivered start names the same child.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct InstanceId(String);
-
-impl InstanceId {
-    /// Creates a fresh random id.
-    pub fn random() -> Self {
-        Self(uuid::Uuid::new_v4().simple().to_string())
-    }
-
-    /// Uses `id` as an instance id. Ids are limited to 200 bytes of ASCII letters, digits
-    /// and `-_.:` so they can name broker resources.
-    pub fn new(id: impl Into<String>) -> Result<Self, crate::error::Error> {
-        let id = id.into();
-        let ok = !id.is_empty()
-            && id.len() <= 200
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-        if ok {
-            Ok(Self(id))
-        } else {
-            Err(crate::error::Error::bad_input(format!(
-                "`{id}` is not a valid instance id (1-200 of A-Z a-z 0-9 - _ . :)"
-            )))
-        }
-    }
-
-    /// The id as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// An id that is known to be valid (a prefix of a valid id).
-    pub(crate) fn from_trusted(id: &str) -> Self {
-        Self(id.to_string())
-    }
-
-    pub(crate) fn child(&self, seq: Seq) -> Self {
-        Self(format!("{}.{seq}", self.0))
-    }
-}
-
-impl fmt::Display for InstanceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use super::id::InstanceId;
 
 /// A fresh claim nonce for a start under a chosen id: 62 random bits, never 0 (below
 /// 2^62, so that a transport may store it as a non-negative signed 64-bit number).
 pub(crate) fn new_claim_nonce() -> u64 {
-    let bits = uuid::Uuid::new_v4().as_u128() as u64;
+    let bits = super::hooks::random_u128() as u64;
     (bits & ((1 << 62) - 1)).max(1)
 }
 
@@ -141,6 +88,11 @@ pub(crate) enum Command {
     Event { name: String },
     /// Wait until a client resumes this position with a value (a resume token).
     Suspend,
+    /// The marker of a code change, `DTask::patched(id)`: the instance reached this point
+    /// under code that has the change (its result is always `true`). A replay of a
+    /// journal without it takes the old branch. New in the journal: a worker of a build
+    /// before it cannot decode a state that holds one.
+    Patch { id: String },
 }
 
 impl Command {
@@ -162,7 +114,10 @@ impl Command {
     }
 
     pub(crate) fn is_distributed(&self) -> bool {
-        !matches!(self, Command::Run | Command::Compacted)
+        !matches!(
+            self,
+            Command::Run | Command::Compacted | Command::Patch { .. }
+        )
     }
 
     /// Whether the operation waits for something from outside (an event, a resume): no
@@ -185,6 +140,7 @@ impl fmt::Display for Command {
             Command::Compacted => f.write_str("compacted"),
             Command::Event { name } => write!(f, "wait for event `{name}`"),
             Command::Suspend => f.write_str("suspend until resumed"),
+            Command::Patch { id } => write!(f, "patch marker `{id}`"),
         }
     }
 }
@@ -255,7 +211,8 @@ pub(crate) struct InstanceState {
     #[serde(default)]
     pub(crate) snapshot: Option<Snapshot>,
     /// The position of `journal[0]`: a snapshot-model instance drops the entries it no
-    /// longer needs from the front of its journal. Always 0 in the replay model.
+    /// longer needs from the front of its journal; in either model, a run continued as
+    /// new (`run`) starts its journal where the run before stopped.
     #[serde(default)]
     pub(crate) base: Seq,
     /// Mailbox mode: when the pending keep-alive of the mailbox fires (0: none pending).
@@ -295,7 +252,51 @@ pub(crate) struct InstanceState {
     /// instance.
     #[serde(default)]
     pub(crate) shielded: Vec<Seq>,
+    /// The reply queue of the client that started this root with `start`: its result goes
+    /// there as well as to the instance store, so the starting process needs no lookup.
+    #[serde(default)]
+    pub(crate) notify: Option<String>,
+    /// Mailbox mode: the positions of the operations published with their reply to the
+    /// mailbox (children, timers, yields) whose reply has not arrived yet, results recorded
+    /// otherwise (a race's loser, a compacted position) included. A finished instance's
+    /// mailbox is kept until they have come (`engine::reap`).
+    #[serde(default)]
+    pub(crate) awaiting: Vec<Seq>,
+    /// Mailbox mode: the delay of the pending keep-alive (0: none scheduled yet); each
+    /// next one waits twice as long, up to a quarter of the mailbox retention.
+    #[serde(default)]
+    pub(crate) touch_every_ms: u64,
+    /// The tombstone: from when its mailbox may be deleted (ms since the epoch), once the
+    /// replies in `awaiting` are in it.
+    #[serde(default)]
+    pub(crate) reap_at_ms: u64,
+    /// Mailbox mode: how many mailbox messages the drains that wrote this state took,
+    /// over its life. Orders two states of one version: a drain redone after its worker
+    /// died before its write was confirmed takes everything the first took (none of it
+    /// was acked) and what came since, so its state is the later one (section 4).
+    #[serde(default)]
+    pub(crate) drained: u64,
+    /// Set on a root whose client asked for its children to be recorded
+    /// ([`Client::recording_children`](crate::Client::recording_children)), and on every
+    /// descendant: such an instance reports its start, statuses and finish to the
+    /// instance store as a root does, with its parent.
+    #[serde(default)]
+    pub(crate) records_children: bool,
+    /// How many times the instance continued as a new run of itself
+    /// ([`DTask::continue_as_new`](crate::DTask::continue_as_new)): it is in run `run + 1`.
+    /// Each run starts with an empty journal at the position the run before stopped at,
+    /// so that its operations' ids never meet an earlier run's.
+    #[serde(default)]
+    pub(crate) run: u32,
 }
+
+/// The most states one message carries nested in each other (a chain of parents each
+/// waiting for its child alone, section 4 of the architecture): a parent whose child would
+/// carry more waits in its mailbox instead. Encoding, decoding and dropping a state
+/// recurse once per nested state, so this bounds the stack a message needs, whatever the
+/// depth of the instances' nesting (and the decoder's depth limit,
+/// `codec::DECODE_DEPTH`, refuses anything deeper that others send).
+pub(crate) const MAX_RIDING: usize = 16;
 
 /// How many event ids an instance remembers to drop redelivered events.
 pub(crate) const SEEN_SIGNALS: usize = 4096;
@@ -335,6 +336,13 @@ impl InstanceState {
             cancelled: None,
             cancel_scope: None,
             shielded: Vec::new(),
+            notify: None,
+            awaiting: Vec::new(),
+            touch_every_ms: 0,
+            reap_at_ms: 0,
+            drained: 0,
+            records_children: false,
+            run: 0,
         }
     }
 
@@ -378,6 +386,18 @@ impl InstanceState {
         given
     }
 
+    /// How many ancestors' states ride inside this instance's messages: the parent waiting
+    /// for it alone, that parent's own such parent, and so on (see [`MAX_RIDING`]).
+    pub(crate) fn riding(&self) -> usize {
+        let mut n = 0;
+        let mut reply = &self.reply;
+        while let ReplyTo::Continuation { parent, .. } = reply {
+            n += 1;
+            reply = &parent.reply;
+        }
+        n
+    }
+
     /// The cancel scope of the child this instance starts at `seq`: none for a child
     /// started in a clean-up scope, else this instance's own scope.
     pub(crate) fn child_scope(&self, seq: Seq) -> Option<InstanceId> {
@@ -392,6 +412,7 @@ impl InstanceState {
     pub(crate) fn new_child(&self, seq: Seq, name: String, input: Vec<u8>, reply: ReplyTo) -> Self {
         let mut child = Self::new(self.id.child(seq), name, input, reply);
         child.cancel_scope = self.child_scope(seq);
+        child.records_children = self.records_children;
         child
     }
 
@@ -467,12 +488,20 @@ impl InstanceState {
         }
     }
 
+    /// Whether this instance's facts go to the instance store: a root's do, and those of
+    /// every instance under a root that records its children.
+    pub(crate) fn reports(&self) -> bool {
+        self.reply == ReplyTo::Root || self.records_children
+    }
+
     /// Operations issued whose results are still unknown.
     pub(crate) fn outstanding(&self) -> usize {
         self.outstanding_seqs().len()
     }
 
-    pub(crate) fn tombstone(&self) -> Self {
+    /// The tombstone of this finished instance, for its mailbox: it keeps the replies the
+    /// instance still awaits, and its mailbox may be deleted from `reap_at_ms` on.
+    pub(crate) fn tombstone(&self, reap_at_ms: u64) -> Self {
         Self {
             id: self.id.clone(),
             name: self.name.clone(),
@@ -494,6 +523,13 @@ impl InstanceState {
             cancelled: self.cancelled.clone(),
             cancel_scope: None,
             shielded: Vec::new(),
+            notify: None,
+            awaiting: self.awaiting.clone(),
+            touch_every_ms: 0,
+            reap_at_ms,
+            drained: self.drained,
+            records_children: self.records_children,
+            run: self.run,
         }
     }
 }

@@ -5,16 +5,19 @@
 use crate::error::Error;
 use crate::protocol::message::TaskMessage;
 use crate::protocol::state::ReplyTo;
-use crate::transport::Transport;
+use crate::store::InstanceStore;
 
 /// Whether the step `msg` may run: `false` only for the first step of a root started
-/// under a chosen id whose claim register holds another start's nonce (this start lost
+/// under a chosen id whose claim holds another start's nonce (this start lost
 /// the id, and is dropped without running).
 ///
-/// When the register is empty (the start's client died before claiming the id, or has
+/// When the id is unclaimed (the start's client died before claiming the id, or has
 /// not claimed it yet), the id is claimed here with the start's own nonce: the start
 /// runs, and its client, if alive, finds its nonce there and reports the start as made.
-pub(super) async fn may_run(transport: &dyn Transport, msg: &TaskMessage) -> Result<bool, Error> {
+pub(super) async fn may_run(
+    store: Option<&dyn InstanceStore>,
+    msg: &TaskMessage,
+) -> Result<bool, Error> {
     let TaskMessage::Step {
         state,
         completion: None,
@@ -25,12 +28,11 @@ pub(super) async fn may_run(transport: &dyn Transport, msg: &TaskMessage) -> Res
     let Some(nonce) = state.claim else {
         return Ok(true);
     };
-    let first_step =
-        state.reply == ReplyTo::Root && state.journal.is_empty() && state.snapshot.is_none();
-    match transport.registers() {
-        Some(registers) if first_step => registers.claim(&state.id, nonce).await,
-        // A later step already passed the check. A transport without registers cannot
-        // hold a claim (no client on it can start an id under a chosen name).
+    let first_step = state.reply == ReplyTo::Root && state.run == 0 && state.at_run_start();
+    match store {
+        Some(store) if first_step => store.claim(&state.id, nonce).await,
+        // A later step already passed the check. Without a store no claim is held (no
+        // client can start an id under a chosen name).
         _ => Ok(true),
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::engine::DEFAULT_STATE_BUDGET;
 use crate::error::Error;
 use crate::registry::{DTaskFn, Registry};
+use crate::store::{IntoStore, SharedStore};
 
 /// The default of [`WorkerConfig::inline_steps`].
 pub const DEFAULT_INLINE_STEPS: usize = 32;
@@ -49,6 +50,7 @@ pub struct WorkerConfig {
     pub(crate) inline_steps: usize,
     pub(crate) inline_time: Duration,
     pub(crate) summary_every: Option<Duration>,
+    pub(crate) store: Option<SharedStore>,
 }
 
 impl Default for WorkerConfig {
@@ -63,11 +65,21 @@ impl Default for WorkerConfig {
             inline_steps: DEFAULT_INLINE_STEPS,
             inline_time: INLINE_TIME,
             summary_every: None,
+            store: None,
         }
     }
 }
 
 impl WorkerConfig {
+    /// Records the facts of root instances (status, result) in `store` instead of the
+    /// transport's own store ([`Transport::store`](crate::Transport::store)): e.g. the
+    /// PostgreSQL store of `dtasks-postgres`. Clients that read them must use the same
+    /// store ([`Client::with_store`](crate::Client::with_store)).
+    pub fn store(mut self, store: impl IntoStore) -> Self {
+        self.store = Some(SharedStore(store.into_store()));
+        self
+    }
+
     /// The defaults, with no DTask registered.
     pub fn new() -> Self {
         Self::default()
@@ -123,7 +135,9 @@ impl WorkerConfig {
     }
 
     /// How many recently handled message ids a worker remembers to drop redeliveries of
-    /// work it already finished (default 10,000; 0 turns it off). This only saves work:
+    /// work it already finished (default 10,000; 0 turns it off). A redelivery that comes
+    /// while the first delivery is still being handled waits for it: dropped if that
+    /// handling published its outputs, handled if it failed. This only saves work:
     /// correctness never depends on it.
     pub fn dedupe_window(mut self, n: usize) -> Self {
         self.dedupe_window = n;
@@ -157,6 +171,11 @@ impl WorkerConfig {
     }
 
     /// How often a failing delivery is retried before it is dead-lettered (default 5).
+    ///
+    /// A task message past it (its step failed to publish, or its worker died, at every
+    /// delivery) goes to the dead-letter queue with the reason, and its instance fails with
+    /// [`Failure::is_dead_lettered`](crate::Failure::is_dead_lettered): a root's waiter and
+    /// status see the failure, a child's parent receives it as a child failure.
     pub fn max_redeliveries(mut self, n: u32) -> Self {
         self.max_redeliveries = n;
         self

@@ -70,7 +70,13 @@ impl RuntimeBuilder {
                     .await
             }));
         }
-        let client = Client::new(transport.clone()).with_registry(self.config.registry.clone());
+        let mut client = Client::new(transport.clone())
+            .with_registry(self.config.registry.clone())
+            .with_state_budget(self.config.state_budget);
+        // The workers' store, when one was given: the client reads what they write.
+        if let Some(store) = &self.config.store {
+            client = client.with_store(store.0.clone());
+        }
         Ok(Runtime {
             transport,
             client,

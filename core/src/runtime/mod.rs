@@ -5,6 +5,7 @@
 mod claim;
 mod config;
 mod embedded;
+mod facts;
 mod worker;
 
 pub use config::{WorkerConfig, DEFAULT_INLINE_STEPS};

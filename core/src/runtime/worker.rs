@@ -1,24 +1,30 @@
 //! The worker: consumes a transport's queues and runs the steps of DTask instances.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::claim;
 use super::config::WorkerConfig;
-use crate::engine::{Engine, Settlement, Stepped};
+use super::{claim, facts};
+use crate::engine::{Engine, Probes, Settlement, Stepped};
 use crate::error::Error;
+use crate::metrics;
 use crate::protocol::message::TaskMessage;
 use crate::protocol::InstanceId;
+use crate::store::InstanceStore;
+use crate::trace;
 use crate::transport::{
-    Delivery, DeliveryKind, Destination, IntoTransport, Outgoing, Published, Transport,
+    Delivery, DeliveryKind, Destination, IntoTransport, MailboxMessage, Outgoing, Published,
+    Settle, Transport,
 };
 
 /// How long a root's first step runs before its status is written as `Running`.
@@ -42,6 +48,8 @@ impl std::fmt::Debug for Worker {
 
 struct Inner {
     transport: Arc<dyn Transport>,
+    /// Where the facts of roots go: the configured store, else the transport's.
+    store: Option<Arc<dyn InstanceStore>>,
     engine: Engine,
     concurrency: usize,
     dedupe: Mutex<Dedupe>,
@@ -50,6 +58,8 @@ struct Inner {
     inline_time: Duration,
     summary_every: Option<Duration>,
     stats: Stats,
+    /// The mailboxes this worker merges now: one merge of an instance at a time.
+    merging: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Default)]
@@ -99,41 +109,85 @@ impl std::ops::Add for WorkerStats {
     }
 }
 
+/// The message ids of recent deliveries: those being handled, and those whose work is
+/// done (published). A redelivery of done work is dropped. A redelivery of work still
+/// being handled waits for that handling: when it ends done, the redelivery is dropped;
+/// when it fails (its publish lost with the connection, say) or is put back, the
+/// redelivery is handled. So a message delivered twice at once runs once, and one whose
+/// first handling failed after the redelivery came still runs.
 struct Dedupe {
     cap: usize,
-    seen: HashSet<String>,
+    /// Each id, and whether its work is done (else who waits for its handling to end).
+    seen: HashMap<String, Seen>,
     order: VecDeque<String>,
+}
+
+enum Seen {
+    /// Being handled: the redeliveries waiting for it are woken when it ends.
+    Handling(Arc<tokio::sync::Notify>),
+    Done,
+}
+
+/// What to do with a delivery, by its id.
+enum Taken {
+    /// Handle it: its id is now marked as being handled.
+    Fresh,
+    /// Drop it: its work is done.
+    Done,
+    /// Wait for the handling of the same id to end, then ask again.
+    Wait(Arc<tokio::sync::Notify>),
 }
 
 impl Dedupe {
     fn new(cap: usize) -> Self {
         Self {
             cap,
-            seen: HashSet::new(),
+            seen: HashMap::new(),
             order: VecDeque::new(),
         }
     }
 
-    /// Marks `id` taken; false when it already was.
-    fn take(&mut self, id: &str) -> bool {
+    /// Marks `id` as being handled, unless it is done or being handled already.
+    fn take(&mut self, id: &str) -> Taken {
         if self.cap == 0 {
-            return true;
+            return Taken::Fresh;
         }
-        if self.seen.contains(id) {
-            return false;
+        match self.seen.get(id) {
+            Some(Seen::Done) => return Taken::Done,
+            Some(Seen::Handling(n)) => return Taken::Wait(n.clone()),
+            None => {}
         }
-        self.seen.insert(id.to_string());
+        self.seen.insert(
+            id.to_string(),
+            Seen::Handling(Arc::new(tokio::sync::Notify::new())),
+        );
         self.order.push_back(id.to_string());
         while self.order.len() > self.cap {
             if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
+                if let Some(Seen::Handling(n)) = self.seen.remove(&old) {
+                    n.notify_waiters();
+                }
             }
         }
-        true
+        Taken::Fresh
     }
 
+    /// Marks the work of `id` done: its messages are published.
+    fn done(&mut self, id: &str) {
+        if let Some(seen) = self.seen.get_mut(id) {
+            if let Seen::Handling(n) = std::mem::replace(seen, Seen::Done) {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    /// Forgets `id` unless its work is done: its delivery is put back.
     fn release(&mut self, id: &str) {
-        self.seen.remove(id);
+        if matches!(self.seen.get(id), Some(Seen::Handling(_))) {
+            if let Some(Seen::Handling(n)) = self.seen.remove(id) {
+                n.notify_waiters();
+            }
+        }
     }
 }
 
@@ -144,16 +198,18 @@ impl Worker {
     pub fn new(transport: impl IntoTransport, config: WorkerConfig) -> Result<Worker, Error> {
         config.validate()?;
         let transport = transport.into_transport();
-        let keepalive = transport.mailbox_retention().map(|r| r / 4);
+        let probes = Probes::for_retention(transport.mailbox_retention());
         let clock = transport.clone();
         let mut engine = Engine::new(config.registry, config.state_budget)
-            .with_keepalive(keepalive)
+            .with_probes(probes)
             .with_clock(Arc::new(move || clock.now()));
         if let Some(cancels) = transport.cancels() {
             engine = engine.with_cancels(cancels.book());
         }
+        let store = config.store.map(|s| s.0).or_else(|| transport.store());
         Ok(Worker {
             inner: Arc::new(Inner {
+                store,
                 engine,
                 transport,
                 concurrency: config.concurrency,
@@ -163,6 +219,7 @@ impl Worker {
                 inline_time: config.inline_time,
                 summary_every: config.summary_every,
                 stats: Stats::default(),
+                merging: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -235,7 +292,10 @@ impl Worker {
                     let inner = inner.clone();
                     tasks.spawn(async move {
                         inner.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                        let in_flight = ::metrics::gauge!(metrics::IN_FLIGHT);
+                        in_flight.increment(1.0);
                         handling.await;
+                        in_flight.decrement(1.0);
                         inner.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                         inner.stats.processed.fetch_add(1, Ordering::Relaxed);
                     });
@@ -250,30 +310,6 @@ impl Worker {
     }
 }
 
-/// Drops the status writes an inline run made stale: every one of an instance but the last
-/// (a register keeps the last write, and one publish batch need not keep their order), and
-/// all of an instance whose result is in the batch (the result register answers its
-/// status from then on).
-fn last_status_only(outputs: Vec<Outgoing>) -> Vec<Outgoing> {
-    let mut seen: HashSet<InstanceId> = outputs
-        .iter()
-        .filter_map(|o| match &o.destination {
-            Destination::Result { instance } => Some(instance.clone()),
-            _ => None,
-        })
-        .collect();
-    let mut kept: Vec<Outgoing> = outputs
-        .into_iter()
-        .rev()
-        .filter(|o| match &o.destination {
-            Destination::Status { instance } => seen.insert(instance.clone()),
-            _ => true,
-        })
-        .collect();
-    kept.reverse();
-    kept
-}
-
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
     match interval {
         Some(i) => {
@@ -284,6 +320,38 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 }
 
 impl Inner {
+    /// Takes the delivery of message `id` for handling (`true`), or says that its work
+    /// is done (`false`); while another delivery of it is being handled, waits for that
+    /// handling to end first.
+    async fn take(&self, id: &str) -> bool {
+        loop {
+            let notify = {
+                let mut dedupe = self.dedupe.lock().unwrap_or_else(|p| p.into_inner());
+                match dedupe.take(id) {
+                    Taken::Fresh => return true,
+                    Taken::Done => return false,
+                    Taken::Wait(notify) => notify,
+                }
+            };
+            // Registered first, then checked again: a handling that ended before the
+            // registration shows in the check, one that ends after it wakes this wait.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.dedupe_settled(id, &notify) {
+                continue;
+            }
+            debug!(message_id = %id, "a delivery of this message is being handled; waiting for it");
+            notified.await;
+        }
+    }
+
+    /// Whether the handling `notify` belongs to has ended since it was handed out.
+    fn dedupe_settled(&self, id: &str, notify: &Arc<tokio::sync::Notify>) -> bool {
+        let dedupe = self.dedupe.lock().unwrap_or_else(|p| p.into_inner());
+        !matches!(dedupe.seen.get(id), Some(Seen::Handling(n)) if Arc::ptr_eq(n, notify))
+    }
+
     /// Forgets a message id taken for a delivery that is put back: its redelivery is news.
     fn forget(&self, message_id: Option<&str>) {
         if let Some(id) = message_id {
@@ -294,21 +362,128 @@ impl Inner {
         }
     }
 
-    fn count_duplicates(&self, report: &[Published]) {
-        let n = report
-            .iter()
-            .filter(|p| **p == Published::Duplicate)
-            .count() as u64;
-        if n > 0 {
-            debug!(n, "duplicate results refused by the result register");
-            self.stats.duplicate_results.fetch_add(n, Ordering::Relaxed);
+    /// Merges the messages `items` drained from the mailbox of `instance` (under the
+    /// doorbell `settle`) into its state, in a span that continues the trace of the first
+    /// drained message that has one, linked to the rest.
+    async fn merge(
+        &self,
+        instance: InstanceId,
+        items: Vec<MailboxMessage>,
+        settle: Box<dyn Settle>,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let span = info_span!("dtask.mailbox", instance = %instance, items = items.len());
+        trace::continue_and_link(&span, items.iter().filter_map(|m| m.trace.as_ref()));
+        async {
+            let bodies: Vec<Vec<u8>> = items.iter().map(|m| m.body.clone()).collect();
+            let plan = self.engine.handle_mailbox(&bodies, self.transport.now()).await;
+            drop(slot);
+            match self.emit(plan.outputs).await {
+                Ok(report) => self.count_duplicates(&report),
+                Err(e) => {
+                    warn!(error = %e, "publishing a mailbox step failed; it will be retried");
+                    for m in items {
+                        let _ = m.settle.requeue().await;
+                    }
+                    let _ = settle.requeue().await;
+                    return;
+                }
+            }
+            // Deleted before what was drained is settled: a crash in between leaves
+            // nothing (the drained messages went with the mailbox).
+            if plan.delete {
+                if let Err(e) = self.transport.delete_mailbox(&instance).await {
+                    warn!(error = %e, "deleting a finished instance's mailbox failed; it will be retried");
+                    for m in items {
+                        let _ = m.settle.requeue().await;
+                    }
+                    let _ = settle.requeue().await;
+                    return;
+                }
+            }
+            for (m, (how, reason)) in items.into_iter().zip(plan.settle) {
+                let _ = match how {
+                    Settlement::Ack => m.settle.ack().await,
+                    Settlement::Requeue => m.settle.requeue().await,
+                    Settlement::DeadLetter => {
+                        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+::metrics::counter!(metrics::DEAD_LETTERS).increment(1);
+                        m.settle.dead_letter(reason).await
+                    }
+                };
+            }
+            if plan.waiting_for_state {
+                debug!("events wait for the instance's state");
+            }
+            let _ = settle.ack().await;
         }
+        .instrument(span)
+        .await;
+    }
+
+    /// Records the facts among `outputs` and publishes the rest (see [`facts::emit`]).
+    async fn emit(&self, outputs: Vec<Outgoing>) -> Result<(Vec<Published>, u64), Error> {
+        let started = Instant::now();
+        let emitted = facts::emit(&*self.transport, self.store.as_ref(), outputs).await;
+        ::metrics::histogram!(metrics::PUBLISH_DURATION).record(metrics::seconds(started.into()));
+        emitted
+    }
+
+    fn count_duplicates(&self, (report, refused): &(Vec<Published>, u64)) {
+        let n = refused
+            + report
+                .iter()
+                .filter(|p| **p == Published::Duplicate)
+                .count() as u64;
+        if n > 0 {
+            debug!(n, "duplicate results refused by the instance store");
+            self.stats.duplicate_results.fetch_add(n, Ordering::Relaxed);
+            ::metrics::counter!(metrics::DUPLICATE_RESULTS).increment(n);
+        }
+    }
+
+    /// Moves a task message that cannot be handled to the dead-letter queue, after ending
+    /// its instance as failed (the failure is published first: its waiter, its status and
+    /// its parent learn of it, and nothing waits for the dead letter).
+    async fn dead_letter(&self, body: &[u8], mut reason: String, settle: Box<dyn Settle>) {
+        if let Ok(msg) = self.engine.decode_task(body) {
+            // A start that lost its chosen id to another start must not fail the winner.
+            match claim::may_run(self.store.as_deref(), &msg).await {
+                Ok(true) => {
+                    let failure =
+                        self.engine
+                            .fail_dead_lettered(msg, &reason, self.transport.now());
+                    if let Err(e) = self.emit(failure).await {
+                        warn!(error = %e, "publishing the failure of a dead-lettered message's instance failed");
+                        reason =
+                            format!("{reason}; its instance's failure could not be published: {e}");
+                    }
+                }
+                Ok(false) => {
+                    self.stats.duplicate_starts.fetch_add(1, Ordering::Relaxed);
+                    ::metrics::counter!(metrics::DUPLICATE_STARTS).increment(1);
+                    debug!("another start holds this start's id: dropped without running");
+                    let _ = settle.ack().await;
+                    return;
+                }
+                Err(e) => {
+                    reason = format!(
+                        "{reason}; its instance was not failed (whether this start holds its \
+                         id cannot be read: {e})"
+                    );
+                }
+            }
+        }
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        ::metrics::counter!(metrics::DEAD_LETTERS).increment(1);
+        warn!(%reason, "dead-lettering a message");
+        let _ = settle.dead_letter(reason).await;
     }
 
     /// Runs the steps that `outputs` hand on, here, while each hands its instance on with
     /// exactly one task message for a DTask this worker runs (see
     /// [`WorkerConfig::inline_steps`]). Returns every message still to publish, in order,
-    /// with each instance's status writes but its last dropped.
+    /// (the facts among them are trimmed when recorded).
     async fn inline(
         &self,
         stepped: Stepped,
@@ -365,12 +540,13 @@ impl Inner {
                 .handle_task_next(msg, self.transport.now())
                 .await;
             self.stats.inlined.fetch_add(1, Ordering::Relaxed);
+            ::metrics::counter!(metrics::INLINE_STEPS).increment(1);
         }
         if kept.is_empty() {
             return outputs;
         }
         kept.append(&mut outputs);
-        last_status_only(kept)
+        kept
     }
 
     /// Handles one delivery. `slot` is held while the step runs and given back before its
@@ -381,40 +557,47 @@ impl Inner {
             redeliveries,
             settle,
         } = delivery;
+        if redeliveries > 0 {
+            ::metrics::counter!(metrics::REDELIVERIES).increment(1);
+        }
+        let kind_label = match kind {
+            DeliveryKind::Task { .. } => "task",
+            DeliveryKind::Doorbell { .. } => "mailbox",
+        };
+        ::metrics::counter!(metrics::DELIVERIES, "kind" => kind_label).increment(1);
         match kind {
-            DeliveryKind::Task { body, message_id } => {
+            DeliveryKind::Task {
+                body,
+                message_id,
+                trace,
+            } => {
                 if redeliveries > self.max_redeliveries {
-                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     let reason = format!("failed {redeliveries} times (retry budget exhausted)");
-                    warn!(%reason, "dead-lettering a message");
-                    let _ = settle.dead_letter(reason).await;
+                    self.dead_letter(&body, reason, settle).await;
                     return;
                 }
                 let msg = match self.engine.decode_task(&body) {
                     Ok(m) => m,
                     Err(e) => {
                         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        ::metrics::counter!(metrics::DEAD_LETTERS).increment(1);
                         warn!(error = %e, "dead-lettering an undecodable message");
                         let _ = settle.dead_letter(e.to_string()).await;
                         return;
                     }
                 };
                 if let Some(id) = &message_id {
-                    let fresh = self
-                        .dedupe
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .take(id);
-                    if !fresh {
+                    if !self.take(id).await {
                         debug!(message_id = %id, "dropping a redelivery of finished work");
                         let _ = settle.ack().await;
                         return;
                     }
                 }
-                match claim::may_run(&*self.transport, &msg).await {
+                match claim::may_run(self.store.as_deref(), &msg).await {
                     Ok(true) => {}
                     Ok(false) => {
                         self.stats.duplicate_starts.fetch_add(1, Ordering::Relaxed);
+                        ::metrics::counter!(metrics::DUPLICATE_STARTS).increment(1);
                         debug!(
                             message_id = message_id.as_deref().unwrap_or(""),
                             "another start holds this start's id: dropped without running"
@@ -431,11 +614,15 @@ impl Inner {
                 }
                 let span = info_span!(
                     "dtask.delivery",
-                    message_id = message_id.as_deref().unwrap_or("")
+                    message_id = message_id.as_deref().unwrap_or(""),
+                    redeliveries,
                 );
+                // The span that sent the message is this one's parent, in whatever
+                // process and however long ago it ran.
+                trace::continue_trace(&span, trace.as_ref());
                 let started = Instant::now();
                 let outcome = async {
-                    let running = self.engine.running_status(&msg);
+                    let running = self.engine.running_status(&msg, self.transport.now());
                     let instance = match &msg {
                         TaskMessage::Step { state, .. } => state.id.clone(),
                         TaskMessage::Forward { instance, .. } => instance.clone(),
@@ -450,10 +637,11 @@ impl Inner {
                         None => step.await,
                         Some(status) => {
                             tokio::select! {
+                                biased;
                                 out = &mut step => out,
                                 _ = tokio::time::sleep(RUNNING_AFTER) => {
                                     let (written, out) =
-                                        tokio::join!(self.transport.publish(vec![status]), &mut step);
+                                        tokio::join!(self.emit(vec![status]), &mut step);
                                     written?;
                                     out
                                 }
@@ -463,13 +651,19 @@ impl Inner {
                     debug!(outputs = outputs.outputs.len(), "step done");
                     let outputs = self.inline(outputs, instance, started).await;
                     drop(slot);
-                    self.transport.publish(outputs).await
+                    self.emit(outputs).await
                 }
                 .instrument(span)
                 .await;
                 match outcome {
                     Ok(report) => {
                         self.count_duplicates(&report);
+                        if let Some(id) = &message_id {
+                            self.dedupe
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .done(id);
+                        }
                         let _ = settle.ack().await;
                     }
                     Err(e) => {
@@ -484,49 +678,112 @@ impl Inner {
                     }
                 }
             }
-            DeliveryKind::Doorbell { instance } => {
-                let span = info_span!("dtask.mailbox", instance = %instance);
-                async {
-                    let items = match self.transport.drain_mailbox(&instance).await {
-                        Ok(items) => items,
-                        Err(e) => {
-                            warn!(error = %e, "draining a mailbox failed");
-                            let _ = settle.requeue().await;
-                            return;
-                        }
-                    };
-                    let bodies: Vec<Vec<u8>> = items.iter().map(|m| m.body.clone()).collect();
-                    let plan = self.engine.handle_mailbox(&bodies, self.transport.now()).await;
-                    drop(slot);
-                    match self.transport.publish(plan.outputs).await {
-                        Ok(report) => self.count_duplicates(&report),
-                        Err(e) => {
-                            warn!(error = %e, "publishing a mailbox step failed; it will be retried");
-                            for m in items {
-                                let _ = m.settle.requeue().await;
+            DeliveryKind::Doorbell { instance, tag } => {
+                // A doorbell handed out again after this worker's connection dropped may come
+                // while the merge under the first one still runs (its write in flight): it
+                // waits for that merge, so that it drains what the first took and wrote.
+                let turn = self
+                    .merging
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(instance.clone())
+                    .or_default()
+                    .clone();
+                let merging = turn.lock().await;
+                match self.transport.drain_for_doorbell(&instance, tag).await {
+                    Ok(items) => {
+                        // A merge under a doorbell that went back to the broker (its
+                        // channel closed) is abandoned, as a crash would end it: the
+                        // doorbell's next taker merges again from what is durable, and
+                        // when that is this worker, it must not wait for this merge.
+                        let lost = settle.lost();
+                        let merge = self.merge(instance.clone(), items, settle, slot);
+                        match lost {
+                            Some(lost) => {
+                                tokio::select! {
+                                    biased;
+                                    () = merge => {}
+                                    () = lost => warn!(
+                                        %instance,
+                                        "the doorbell went back to the broker during its \
+                                         merge; the merge is abandoned"
+                                    ),
+                                }
                             }
-                            let _ = settle.requeue().await;
-                            return;
+                            None => merge.await,
                         }
                     }
-                    for (m, (how, reason)) in items.into_iter().zip(plan.settle) {
-                        let _ = match how {
-                            Settlement::Ack => m.settle.ack().await,
-                            Settlement::Requeue => m.settle.requeue().await,
-                            Settlement::DeadLetter => {
-                                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                                m.settle.dead_letter(reason).await
-                            }
-                        };
+                    Err(e) => {
+                        warn!(error = %e, %instance, "draining a mailbox failed");
+                        let _ = settle.requeue().await;
                     }
-                    if plan.waiting_for_state {
-                        debug!("events wait for the instance's state");
-                    }
-                    let _ = settle.ack().await;
                 }
-                .instrument(span)
-                .await;
+                drop(merging);
+                let mut all = self.merging.lock().unwrap_or_else(|p| p.into_inner());
+                if Arc::strong_count(&turn) == 2 {
+                    all.remove(&instance);
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::transport::MemoryTransport;
+
+    #[crate::dtask]
+    async fn noop() {}
+
+    /// `take(id)` on a task of its own, to see whether it waits.
+    fn take_later(inner: &Arc<Inner>, id: &'static str) -> tokio::task::JoinHandle<bool> {
+        let inner = inner.clone();
+        tokio::spawn(async move { inner.take(id).await })
+    }
+
+    fn worker() -> Arc<Inner> {
+        let w = Worker::new(MemoryTransport::new(), WorkerConfig::new().register(noop))
+            .expect("a worker");
+        w.inner.clone()
+    }
+
+    #[tokio::test]
+    async fn a_delivery_of_work_being_handled_waits_and_is_dropped_once_that_work_is_done() {
+        let inner = worker();
+        assert!(inner.take("m").await);
+        let second = take_later(&inner, "m");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!second.is_finished(), "it waits while the first is handled");
+        inner.dedupe.lock().unwrap().done("m");
+        assert!(!second.await.unwrap(), "done work is not handled again");
+        assert!(!inner.take("m").await);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_of_work_being_handled_is_handled_once_that_handling_fails() {
+        let inner = worker();
+        assert!(inner.take("m").await);
+        let second = take_later(&inner, "m");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!second.is_finished(), "it waits while the first is handled");
+        inner.forget(Some("m"));
+        assert!(second.await.unwrap(), "the redelivery is handled");
+        // And it is the one being handled now.
+        let third = take_later(&inner, "m");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!third.is_finished());
+        inner.dedupe.lock().unwrap().done("m");
+        assert!(!third.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn without_a_window_every_delivery_is_handled() {
+        let config = WorkerConfig::new().register(noop).dedupe_window(0);
+        let w = Worker::new(MemoryTransport::new(), config).expect("a worker");
+        assert!(w.inner.take("m").await);
+        assert!(w.inner.take("m").await);
     }
 }

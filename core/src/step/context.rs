@@ -5,7 +5,7 @@
 //! of an explicit context parameter, as in plain async/await.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -19,7 +19,8 @@ use crate::protocol::state::{
 pub(crate) struct Exec {
     pub(crate) instance: InstanceId,
     pub(crate) journal: Vec<Entry>,
-    /// The position of `journal[0]` (non-zero only for compacted snapshot journals).
+    /// The position of `journal[0]` (non-zero for compacted snapshot journals and for the
+    /// runs after a continue-as-new).
     pub(crate) base: Seq,
     /// The first position of this step: entries at or past it were issued now.
     pub(crate) replayed: usize,
@@ -34,7 +35,7 @@ pub(crate) struct Exec {
     /// The transport's clock, read when a relative timer is issued (`None`: `now`).
     pub(crate) clock: Option<Clock>,
     /// Encoded inputs of the child calls issued in this step, by position.
-    pub(crate) child_inputs: HashMap<Seq, Vec<u8>>,
+    pub(crate) child_inputs: BTreeMap<Seq, Vec<u8>>,
     /// The instance's DTask name (for resume tokens).
     pub(crate) dtask: String,
     /// Events received and not yet taken by a wait, moved in from the state.
@@ -44,6 +45,9 @@ pub(crate) struct Exec {
     pub(crate) replay_until: Seq,
     /// What cancellation means in this step (see [`Cancel`]).
     pub(crate) cancel: Cancel,
+    /// The input of the next run, once the body asked to continue as new
+    /// ([`DTask::continue_as_new`](crate::DTask::continue_as_new)): the step ends there.
+    pub(crate) continued: Option<Vec<u8>>,
 }
 
 /// The cancellation state of one step.
@@ -109,14 +113,16 @@ pub(crate) struct Frame {
 
 impl Exec {
     /// A replay-model context: the body is run from the top and every operation is
-    /// checked against `journal`.
+    /// checked against `journal`, whose first entry is at position `base` (the position
+    /// the instance's current run started at, see `InstanceState::continue_as_new`).
     pub(crate) fn replay(
         instance: InstanceId,
         journal: Vec<Entry>,
+        base: Seq,
         recorded: u32,
         now: SystemTime,
     ) -> Self {
-        Self::new(instance, journal, 0, None, recorded, now)
+        Self::new(instance, journal, base, None, recorded, now)
     }
 
     /// A snapshot-model context whose journal starts at position `base`; `pinned` holds
@@ -150,18 +156,20 @@ impl Exec {
             journal,
             base,
             replayed: next_seq as usize,
-            next_seq: if snapshot.is_some() { next_seq } else { 0 },
+            // A replay starts over at the run's first position; a snapshot goes on.
+            next_seq: if snapshot.is_some() { next_seq } else { base },
             snapshot,
             recorded,
             blocked: 0,
             failure: None,
             now,
             clock: None,
-            child_inputs: HashMap::new(),
+            child_inputs: BTreeMap::new(),
             dtask: String::new(),
             inbox: Vec::new(),
             replay_until: 0,
             cancel: Cancel::default(),
+            continued: None,
         }
     }
 

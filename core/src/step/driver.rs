@@ -30,6 +30,9 @@ pub(crate) enum StepEnd {
     Completed(Vec<u8>),
     Suspended,
     Failed(Failure),
+    /// The body asked to continue as a new run of itself with this input
+    /// ([`DTask::continue_as_new`](crate::DTask::continue_as_new)).
+    Continued(Vec<u8>),
 }
 
 struct Flag {
@@ -87,6 +90,12 @@ fn decide(polled: Polled, ex: &mut Exec, flag: &Arc<Flag>) -> Decision {
     const OWN_REFS: usize = 2;
     let end = match polled {
         Err(panic) => StepEnd::Failed(Failure::new(FailureKind::Panic, panic_message(&*panic))),
+        Ok(Poll::Ready(_)) | Ok(Poll::Pending)
+            if ex.continued.is_some() && ex.failure.is_none() =>
+        {
+            // The run ends here, whatever else is pending or in progress.
+            StepEnd::Continued(ex.continued.take().unwrap_or_default())
+        }
         Ok(Poll::Ready(result)) => {
             if let Some(f) = ex.failure.take() {
                 StepEnd::Failed(f)
@@ -149,7 +158,7 @@ fn unreached(ex: &Exec) -> Option<Failure> {
     }
     let issued = ex.next_seq as usize;
     if issued < ex.replayed {
-        let cmd = &ex.journal[issued].cmd;
+        let cmd = &ex.journal[issued - ex.base as usize].cmd;
         return Some(Failure::new(
             FailureKind::NonDeterminism,
             format!(

@@ -1,7 +1,7 @@
 //! The transport contract: how workers and clients move messages.
 //!
 //! The core decides *what* to send; a transport decides *how*. Implement [`Transport`] to
-//! run dtasks over a message broker; [`MemoryTransport`](crate::MemoryTransport) is the
+//! run dtasks over a message broker; [`MemoryTransport`] is the
 //! in-process implementation and `dtasks-amqp` the RabbitMQ one. Both must give these
 //! semantics:
 //!
@@ -17,16 +17,24 @@
 //!   instance's mailbox, then a doorbell for the instance is delivered through
 //!   [`Transport::consume`]. Doorbells of one instance are never outstanding twice at
 //!   once: the next is delivered only after the previous one is settled. The doorbell's
-//!   handler takes the mailbox's messages with [`Transport::drain_mailbox`], and settles
-//!   each (ack removes it, requeue puts it back). A doorbell redelivered after a consumer
+//!   handler takes the mailbox's messages with [`Transport::drain_for_doorbell`], and
+//!   settles each (ack removes it, requeue puts it back). A drain follows the doorbell
+//!   delivery it serves: once that delivery is handed back (its channel or connection
+//!   closed), the doorbell goes to its next taker, who drains; the first handler's drain
+//!   must then fail rather than run alongside (two drains would split the mailbox between
+//!   two merges of one state). A doorbell redelivered after a consumer
 //!   failed should be handed out only after a short pause, so that the mailbox messages the
 //!   failed consumer held are back in the mailbox when it is drained (the broker requeues
 //!   the two queues independently).
-//! - **Registers** (optional, [`Transport::registers`]). A [`Destination::Result`] is
-//!   written once: a second write is refused and reported as [`Published::Duplicate`]. A
-//!   [`Destination::Status`] keeps the last write. A claim register
-//!   ([`Registers::claim`]) takes the first nonce claimed for an id and answers every
-//!   later claim by comparing with it, atomically, for the register retention.
+//! - **Deleting a mailbox.** [`Transport::delete_mailbox`] removes a mailbox with
+//!   everything in it, the messages a drain holds unsettled included (settling them
+//!   afterwards changes nothing). A later message for [`Destination::Mailbox`] creates
+//!   it again; a keep-alive ([`Destination::Touch`]) never does: it goes into the mailbox
+//!   only when the mailbox exists, and is dropped otherwise ([`Published::Dropped`]).
+//! - **An instance store** (optional, [`Transport::store`]): where the facts of root
+//!   instances go when the worker and the client are given no other
+//!   ([`InstanceStore`] says what it must do). A
+//!   [`Destination::Store`] message is never published: workers record it in the store.
 //! - **Cancel records** (optional, [`Transport::cancels`]). A [`Destination::Cancel`] is
 //!   stored durably, kept at least as long as results, and seen by every process that
 //!   follows the records ([`Cancels::follow`]), including processes started later.
@@ -35,8 +43,8 @@
 //!   arrive (redone work), and the client keeps the first.
 //!
 //! The contract is split by capability: [`Transport`] is the I/O every transport has;
-//! [`Registers`] (results and status of roots) and [`ReplyQueues`] are capabilities a
-//! transport hands out through [`Transport::registers`] and [`Transport::replies`].
+//! its instance store, [`ReplyQueues`] and [`Cancels`] are capabilities a transport hands
+//! out through [`Transport::store`], [`Transport::replies`] and [`Transport::cancels`].
 
 mod cancels;
 mod memory;
@@ -49,10 +57,14 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
 pub use cancels::{CancelBook, Cancels, Following};
-pub use memory::{DeadLetter, MemoryTransport, MemoryTransportBuilder};
+pub use memory::{
+    DeadLetter, MemoryTransport, MemoryTransportBuilder, DEAD_LETTERS_KEPT, DEAD_LETTER_BODY,
+};
 
 use crate::error::Error;
 pub use crate::protocol::{Destination, InstanceId, Outgoing};
+use crate::store::InstanceStore;
+use crate::trace::TraceContext;
 
 /// What a publish did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,8 +72,11 @@ pub use crate::protocol::{Destination, InstanceId, Outgoing};
 pub enum Published {
     /// The message is durable at its destination.
     Stored,
-    /// A result register already held a value; this write was refused.
+    /// The destination already held this message's value; this write was refused.
     Duplicate,
+    /// A keep-alive ([`Destination::Touch`]) found no mailbox: nothing was stored, and no
+    /// mailbox was created.
+    Dropped,
 }
 
 /// What a delivery asks the worker to do.
@@ -74,11 +89,16 @@ pub enum DeliveryKind {
         body: Vec<u8>,
         /// The message's id, when it carries one.
         message_id: Option<String>,
+        /// The trace context it was sent with ([`crate::trace`]).
+        trace: Option<TraceContext>,
     },
     /// New messages wait in the mailbox of `instance`.
     Doorbell {
         /// The instance.
         instance: InstanceId,
+        /// Which delivery of the doorbell this is, for
+        /// [`Transport::drain_for_doorbell`] (0 where the transport tells none apart).
+        tag: u64,
     },
 }
 
@@ -90,6 +110,15 @@ pub trait Settle: Send {
     fn requeue(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
     /// Moves the message to the dead-letter queue with `reason`.
     fn dead_letter(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>>;
+
+    /// A future that resolves once the message is no longer held (its channel or
+    /// connection closed, so the broker has put it back and will deliver it again); `None`
+    /// where the transport cannot lose a held message that way. A worker abandons the
+    /// merge under a doorbell it lost: the doorbell's next taker merges, and that may be
+    /// this worker, which merges one mailbox at a time.
+    fn lost(&self) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
 }
 
 /// A message handed to a worker.
@@ -115,6 +144,8 @@ impl fmt::Debug for Delivery {
 pub struct MailboxMessage {
     /// The encoded envelope.
     pub body: Vec<u8>,
+    /// The trace context it was sent with ([`crate::trace`]).
+    pub trace: Option<TraceContext>,
     /// Settles it: ack removes it from the mailbox, requeue puts it back.
     pub settle: Box<dyn Settle>,
 }
@@ -149,7 +180,7 @@ impl fmt::Debug for Reply {
 /// Moves dtasks messages: the I/O every transport has. See the [module docs](self) for
 /// the semantics required.
 ///
-/// Every method is required, the capabilities ([`Transport::registers`],
+/// Every method is required, the capabilities ([`Transport::store`],
 /// [`Transport::replies`]) included: a transport that wraps another (to count, to trace,
 /// to inject faults) must say what it does with each, so it cannot turn one off by
 /// forgetting to forward it.
@@ -171,71 +202,54 @@ pub trait Transport: Send + Sync + 'static {
         names: Vec<String>,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Delivery, Error>>, Error>>;
 
-    /// Takes every message now in the mailbox of `instance`.
+    /// Takes every message now in the mailbox of `instance`, under no doorbell delivery
+    /// (workers drain with [`Transport::drain_for_doorbell`]).
     fn drain_mailbox(
         &self,
         instance: &InstanceId,
     ) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>>;
 
+    /// Takes every message now in the mailbox of `instance` for the doorbell delivery
+    /// `tag` ([`DeliveryKind::Doorbell`]) that this process holds. Fails, taking nothing,
+    /// when that delivery is no longer held (its channel or connection closed): the broker
+    /// hands the doorbell to its next taker, whose drain must not run alongside this one.
+    /// A transport that cannot lose a delivery that way drains as
+    /// [`Transport::drain_mailbox`] does.
+    fn drain_for_doorbell(
+        &self,
+        instance: &InstanceId,
+        tag: u64,
+    ) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>>;
+
     /// How long a mailbox may go unused before the transport deletes it (`None`: never).
-    /// Workers touch the mailbox of every waiting instance well within it (every quarter
-    /// of it), so a long wait never loses the state kept there.
+    /// Workers touch the mailbox of every waiting instance well within it (at least every
+    /// quarter of it), so a long wait never loses the state kept there.
     fn mailbox_retention(&self) -> Option<Duration>;
 
     /// How many timers wait to fire, when the transport can tell (for progress summaries).
     fn pending_timers(&self) -> BoxFuture<'_, Result<Option<u64>, Error>>;
 
-    /// The result and status registers of root instances, when this transport keeps them
-    /// (needed by [`Client::start`](crate::Client::start) and reading results by id).
-    fn registers(&self) -> Option<&dyn Registers>;
+    /// The instance store this transport keeps (the facts of root instances), when it
+    /// keeps one: what workers and clients use unless they are given another
+    /// ([`WorkerConfig::store`](crate::WorkerConfig::store),
+    /// [`Client::with_store`](crate::Client::with_store)).
+    fn store(&self) -> Option<Arc<dyn InstanceStore>>;
 
     /// The clients' reply queues, when this transport has them. Without them,
-    /// [`Client::call`](crate::Client::call) starts the instance with a result register
-    /// and waits on it.
+    /// [`Client::call`](crate::Client::call) starts the instance and waits for its
+    /// result in the instance store.
     fn replies(&self) -> Option<&dyn ReplyQueues>;
 
     /// The cancel records, when this transport keeps them (needed by
     /// [`Client::cancel`](crate::Client::cancel); a worker follows them to stop the
     /// instances cancelled). Publishing to [`Destination::Cancel`] needs them.
     fn cancels(&self) -> Option<&dyn Cancels>;
-}
 
-/// The result and status registers of root instances, and the claim registers of roots
-/// started under chosen ids: a capability of a [`Transport`].
-pub trait Registers: Send + Sync {
-    /// Creates the result register of the new root `instance`, empty (nothing if it
-    /// exists), before its start is published: from then on the instance is known, and
-    /// its status reads `Pending` until a status or its result is written.
-    fn create_register(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>>;
-
-    /// Whether the result register of `instance` exists, written or not. Looking must not
-    /// create it: an unknown id stays unknown.
-    fn register_exists(&self, instance: &InstanceId) -> BoxFuture<'_, Result<bool, Error>>;
-
-    /// Reads the result register of `instance` (`None` when it is empty or missing).
-    /// Reading must not create it.
-    fn read_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>>;
-
-    /// Waits until the result register of `instance` holds a value.
-    fn wait_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Vec<u8>, Error>>;
-
-    /// Reads the status register of `instance` (`None` when it is empty or missing).
-    /// Reading must not create it.
-    fn read_status(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>>;
-
-    /// Claims the id `instance` for the start that carries `nonce` (a random number in
-    /// `1..2^62`), in the id's set-once **claim register**: an empty register takes
-    /// `nonce`; a written one is compared with it. Returns `true` when the register holds
-    /// `nonce` (written by this call or by an earlier claim with the same nonce), `false`
-    /// when it holds another start's nonce.
-    ///
-    /// A compare-and-set: of concurrent claims with different nonces, from any processes,
-    /// exactly one gets `true`, and every later claim sees the same winner until the
-    /// register expires (the result retention). The client that starts an id under a
-    /// chosen name claims it after publishing the start, and a worker claims it with the
-    /// start's nonce before running it (for a client that died in between), so a claim
-    /// may come twice with the same nonce.
-    fn claim(&self, instance: &InstanceId, nonce: u64) -> BoxFuture<'_, Result<bool, Error>>;
+    /// Deletes the mailbox of `instance` with every message in it, those that a drain
+    /// took and has not settled included (settling them afterwards does nothing).
+    /// Deleting a missing mailbox does nothing. Workers delete the mailbox of a finished
+    /// instance once no reply it awaits can still come, so that it leaves nothing behind.
+    fn delete_mailbox(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>>;
 }
 
 /// The clients' reply queues ([`Destination::Reply`]): a capability of a [`Transport`].

@@ -3,8 +3,9 @@
 //! Without `AMQP_URL`: a demo on the embedded in-memory runtime (one request approved,
 //! one rejected, one that expires).
 //!
-//! With `AMQP_URL` (and workers running: `cargo run -p dtasks-examples --bin worker`),
-//! each step from the command line, from any process:
+//! With `AMQP_URL` (and workers running: `cargo run -p dtasks-examples --bin worker`,
+//! with the same `DATABASE_URL` when they use PostgreSQL), each step from the command
+//! line, from any process:
 //!
 //! ```text
 //! approval start <id> [timeout_s]    start a refund request under the id
@@ -15,8 +16,7 @@
 //! ```
 
 use anyhow::{bail, Context};
-use dtasks::{Client, InstanceId, Runtime, WorkerConfig};
-use dtasks_amqp::{AmqpConfig, AmqpTransport};
+use dtasks::{InstanceId, Runtime, WorkerConfig};
 use dtasks_examples::{init_logs, refund, refund_with_approval, Decision, RefundOutcome};
 
 #[tokio::main]
@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var_os("AMQP_URL").is_none() {
         return demo().await;
     }
-    let client = Client::new(AmqpTransport::connect(AmqpConfig::from_env()).await?);
+    let (client, _transport) = dtasks_cli::connect_from_env().await?;
     let arg = |i: usize, what: &str| {
         args.get(i)
             .cloned()

@@ -2,7 +2,8 @@
 //!
 //! Without `AMQP_URL` it runs on the embedded in-memory runtime; with `AMQP_URL` set it
 //! runs a worker pod on RabbitMQ in this process and starts the order there (other
-//! workers started with `cargo run -p dtasks-examples --bin worker` share the work).
+//! workers started with `cargo run -p dtasks-examples --bin worker` share the work), with
+//! the instance facts in PostgreSQL when `DATABASE_URL` is set too.
 
 use std::time::Duration;
 
@@ -19,15 +20,18 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var_os("AMQP_URL").is_some() {
         let config = AmqpConfig::from_env();
         println!(
-            "dtasks order example on RabbitMQ at {} (prefix `{}`)",
+            "dtasks order example on RabbitMQ at {} (prefix `{}`), facts in {}",
             config.url(),
-            config.prefix()
+            config.prefix(),
+            dtasks_cli::store_choice_from_env()
         );
         let transport = AmqpTransport::connect(config).await?;
-        let client = Client::new(transport.clone());
+        let store = dtasks_cli::store_from_env(&transport).await?;
+        let client = Client::new(transport.clone()).with_store(store.clone());
         let pod = WorkerPod::builder(
             transport,
             WorkerConfig::new()
+                .store(store)
                 .register(process_order)
                 .register(charge)
                 .register(ship),

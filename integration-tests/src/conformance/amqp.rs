@@ -113,6 +113,7 @@ impl Env for AmqpEnv {
         Ok(Registers {
             result: self.broker.queue_len(&queue("result")).await?.is_some(),
             status: self.broker.queue_len(&queue("status")).await?.is_some(),
+            mailbox: self.broker.queue_len(&queue("mbox")).await?.is_some(),
         })
     }
 

@@ -34,12 +34,33 @@
 //!
 //! Here the suite runs on the in-memory transport under virtual time ([`MemoryEnv`]:
 //! `cargo test -p dtasks-integration-tests --test conformance_memory`, no broker, about a
-//! second) and on RabbitMQ ([`AmqpEnv`]: `--test conformance_amqp`, the broker at
-//! `AMQP_URL`, real delays, about a minute).
+//! second), on RabbitMQ ([`AmqpEnv`]: `--test conformance_amqp`, the broker at
+//! `AMQP_URL`, real delays, about a minute), and on the simulator ([`SimEnv`]: `--test
+//! conformance_sim`, no broker, under a second), so that the simulated RabbitMQ and the
+//! real one are held to the same tests.
+//!
+//! On the simulator each scenario gets a simulated broker of its own (`dtasks::sim::World`)
+//! whose worker processes are crashed at broker operations and replaced, whose messages
+//! are duplicated, confirms lost, a connection dropped and the broker restarted once,
+//! drawn from a seed derived from the scenario's name (`DTASKS_SIM_SEED=<n>` runs every
+//! scenario under seed `n` instead; a failing scenario prints its seed, the command that
+//! runs it again and the simulator's last events). Its time is tokio's paused clock: it
+//! moves by itself whenever every process waits, and timers and publishes may arrive late,
+//! so it is a [`Clock::Real`] whose delays cost nothing; the DTasks read it through
+//! [`crate::tasks::now_ms`]. Its checks are the scenarios' own, plus the simulator's: no
+//! result recorded twice. A few scenarios run without faults ([`FAULT_FREE`]): each counts
+//! exactly what at-least-once delivery legitimately repeats (the runs of a `DTask::run`
+//! side effect or of a body, retry attempts, duplicate starts dropped). The faults are
+//! bounded so that no message can be returned to its queue more often than a worker's
+//! redelivery budget (5) allows: 3 crashes, 1 dropped connection and 1 restart at most.
+//! What it cannot tell it says as the others do: its dead letters name the simulated
+//! queue (`task <name>`), it holds no result or status queues (`Registers::mailbox`
+//! only), and it hands each message to a consumer the seed picks rather than in turn.
 
 mod amqp;
 mod memory;
 pub mod scenarios;
+mod sim;
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
@@ -49,6 +70,7 @@ use dtasks::{Client, InstanceId, Registry, WorkerConfig};
 
 pub use amqp::AmqpEnv;
 pub use memory::MemoryEnv;
+pub use sim::{SimEnv, FAULT_FREE};
 
 use crate::{wait_for, Workers};
 
@@ -61,8 +83,10 @@ pub enum Clock {
     /// Time moves only by [`Env::advance`]: a timer fires at exactly its time, and never
     /// while the clock stands still.
     Virtual,
-    /// The wall clock: [`Env::advance`] sleeps, and a check just short of a deadline needs
-    /// a margin for the time the check itself takes.
+    /// Time passes by itself: the wall clock, or the simulator's virtual clock that moves
+    /// whenever every process waits (and whose timers may be late). [`Env::advance`]
+    /// sleeps, and a check just short of a deadline needs a margin for the time the check
+    /// itself takes.
     Real,
 }
 
@@ -78,13 +102,16 @@ pub struct DeadLetter {
     pub queue: Option<String>,
 }
 
-/// The registers a transport holds for an instance id.
+/// The queues a transport holds for one instance id (the instance store keeps the facts
+/// of roots without any: each must stay `false` for a root).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Registers {
-    /// The result register exists (written or not).
+    /// A result queue of the id exists.
     pub result: bool,
-    /// The status register exists.
+    /// A status queue of the id exists.
     pub status: bool,
+    /// A mailbox of the id exists.
+    pub mailbox: bool,
 }
 
 /// One scenario's corner of a transport: what the scenarios need from it.
@@ -178,27 +205,40 @@ pub fn epoch_ms(t: SystemTime) -> u64 {
 /// Expands into one `#[tokio::test]` per scenario of
 /// [`conformance::scenarios`](crate::conformance::scenarios), each running it on the
 /// [`Env`](crate::conformance::Env) that `$env` makes (evaluated in every test, inside an
-/// `async fn` returning [`Outcome`](crate::conformance::Outcome)).
+/// `async fn` returning [`Outcome`](crate::conformance::Outcome)), on a multi-thread
+/// runtime.
 ///
 /// ```ignore
 /// dtasks_integration_tests::conformance_suite!(
 ///     dtasks_integration_tests::conformance::MemoryEnv::new()
 /// );
 /// ```
+///
+/// `start_paused, |scenario| $env` runs each test on a current-thread runtime whose clock
+/// is paused (tokio's virtual time, which the simulator needs), with `scenario` bound to
+/// the scenario's name while `$env` is evaluated:
+///
+/// ```ignore
+/// dtasks_integration_tests::conformance_suite!(start_paused, |scenario| {
+///     dtasks_integration_tests::conformance::SimEnv::for_scenario(scenario)
+/// });
+/// ```
 #[macro_export]
 macro_rules! conformance_suite {
-    (@each $env:expr; $($scenario:ident),* $(,)?) => {
+    (@each #[$attr:meta] $name:ident => $env:expr; $($scenario:ident),* $(,)?) => {
         $(
-            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[$attr]
             async fn $scenario() -> $crate::conformance::Outcome {
+                let $name: &str = stringify!($scenario);
+                let _ = $name;
                 $crate::conformance::scenarios::$scenario($env).await
             }
         )*
     };
-    ($env:expr) => {
+    (@list #[$attr:meta] $name:ident => $env:expr) => {
         // Every `pub async fn` of `conformance::scenarios`: one left out here would never
         // run (`tests/conformance_memory.rs` checks the list against the scenario files).
-        $crate::conformance_suite!(@each $env;
+        $crate::conformance_suite!(@each #[$attr] $name => $env;
             a_call_returns_its_result,
             a_three_deep_chain_of_children,
             when_all_of_100_children_on_three_workers,
@@ -226,6 +266,14 @@ macro_rules! conformance_suite {
             retries_wait_between_attempts_and_count_them,
             exhausted_retries_report_the_attempts,
             cancel_stops_a_tree_and_race_losers,
+        );
+    };
+    (start_paused, |$name:ident| $env:expr) => {
+        $crate::conformance_suite!(@list #[::tokio::test(start_paused = true)] $name => $env);
+    };
+    ($env:expr) => {
+        $crate::conformance_suite!(
+            @list #[::tokio::test(flavor = "multi_thread", worker_threads = 2)] _scenario => $env
         );
     };
 }

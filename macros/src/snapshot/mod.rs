@@ -12,6 +12,7 @@ mod resolve;
 
 use proc_macro2::{TokenStream, TokenTree};
 use quote::{format_ident, quote};
+use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::{Ident, ItemFn, LitStr, Pat, Type};
 
@@ -29,6 +30,7 @@ pub(crate) struct Parts<'a> {
     pub(crate) params: Vec<(Pat, Type)>,
     pub(crate) output: Type,
     pub(crate) accepts: Vec<u64>,
+    pub(crate) migrations: Vec<(u64, syn::Path)>,
 }
 
 pub(crate) fn expand(parts: Parts<'_>) -> syn::Result<TokenStream> {
@@ -147,6 +149,39 @@ pub(crate) fn expand(parts: Parts<'_>) -> syn::Result<TokenStream> {
     let fingerprint = fingerprint(func);
     let accepts = &parts.accepts;
     let stub = &parts.stub;
+    let registration = if parts.migrations.is_empty() {
+        quote! {
+            ::dtasks::__private::inventory::submit! {
+                ::dtasks::__private::Registration::snapshot(
+                    #name_lit,
+                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+                    __dtask_type_id,
+                    __dtask_run,
+                    #fingerprint,
+                    &[#(#accepts),*],
+                )
+            }
+        }
+    } else {
+        let migrations = parts.migrations.iter().map(|(from, with)| {
+            quote::quote_spanned! {with.span()=>
+                (#from, #with as ::dtasks::__private::MigrateFn)
+            }
+        });
+        quote! {
+            ::dtasks::__private::inventory::submit! {
+                ::dtasks::__private::Registration::snapshot_migrating(
+                    #name_lit,
+                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+                    __dtask_type_id,
+                    __dtask_run,
+                    #fingerprint,
+                    &[#(#accepts),*],
+                    &[#(#migrations),*],
+                )
+            }
+        }
+    };
 
     Ok(quote! {
         #stub
@@ -206,16 +241,7 @@ pub(crate) fn expand(parts: Parts<'_>) -> syn::Result<TokenStream> {
                 ::dtasks::__private::type_id_of(&#ident)
             }
 
-            ::dtasks::__private::inventory::submit! {
-                ::dtasks::__private::Registration::snapshot(
-                    #name_lit,
-                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
-                    __dtask_type_id,
-                    __dtask_run,
-                    #fingerprint,
-                    &[#(#accepts),*],
-                )
-            }
+            #registration
         };
     })
 }

@@ -8,15 +8,16 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::Notify;
 
 use super::settle::{MemSettle, Token};
 use super::MemoryTransport;
 use crate::error::Error;
 use crate::protocol::InstanceId;
+use crate::store::InstanceStore;
+use crate::trace::TraceContext;
 use crate::transport::{
     CancelBook, Cancels, Delivery, DeliveryKind, Destination, Following, MailboxMessage, Outgoing,
-    Published, Registers, Reply, ReplyQueues, Transport,
+    Published, Reply, ReplyQueues, Transport,
 };
 
 impl Transport for MemoryTransport {
@@ -34,6 +35,7 @@ impl Transport for MemoryTransport {
                     Destination::Task { .. }
                     | Destination::Delayed { .. }
                     | Destination::Mailbox { .. }
+                    | Destination::Touch { .. }
                     | Destination::Reply { .. } => {
                         self.put(&mut mem, o.clone());
                     }
@@ -76,6 +78,7 @@ impl Transport for MemoryTransport {
                         let d = Delivery {
                             kind: DeliveryKind::Doorbell {
                                 instance: instance.clone(),
+                                tag: 0,
                             },
                             redeliveries: 0,
                             settle: Box::new(MemSettle {
@@ -99,6 +102,7 @@ impl Transport for MemoryTransport {
                             kind: DeliveryKind::Task {
                                 body: msg.body.clone(),
                                 message_id: msg.message_id.clone(),
+                                trace: msg.trace.clone(),
                             },
                             redeliveries: msg.redeliveries,
                             settle: Box::new(MemSettle {
@@ -128,6 +132,15 @@ impl Transport for MemoryTransport {
         futures::future::ready(Ok(stream.boxed())).boxed()
     }
 
+    fn drain_for_doorbell(
+        &self,
+        instance: &InstanceId,
+        _tag: u64,
+    ) -> BoxFuture<'_, Result<Vec<MailboxMessage>, Error>> {
+        // A doorbell delivery here is lost only with the process that holds it.
+        self.drain_mailbox(instance)
+    }
+
     fn drain_mailbox(
         &self,
         instance: &InstanceId,
@@ -135,7 +148,7 @@ impl Transport for MemoryTransport {
         let mut mem = self.shared.lock();
         let now = mem.now();
         mem.mailbox_used.insert(instance.clone(), now);
-        let items: Vec<(u64, Vec<u8>)> = mem
+        let items: Vec<(u64, Vec<u8>, Option<TraceContext>)> = mem
             .mailboxes
             .get_mut(instance)
             .map(|q| q.drain(..).collect())
@@ -144,14 +157,16 @@ impl Transport for MemoryTransport {
         drop(mem);
         let out = items
             .into_iter()
-            .map(|(n, body)| MailboxMessage {
+            .map(|(n, body, trace)| MailboxMessage {
                 body: body.clone(),
+                trace: trace.clone(),
                 settle: Box::new(MemSettle {
                     shared: self.shared.clone(),
                     token: Some(Token::Mailbox {
                         instance: instance.clone(),
                         n,
                         body,
+                        trace,
                     }),
                 }),
             })
@@ -168,8 +183,8 @@ impl Transport for MemoryTransport {
         futures::future::ready(Ok(Some(n))).boxed()
     }
 
-    fn registers(&self) -> Option<&dyn Registers> {
-        Some(self)
+    fn store(&self) -> Option<Arc<dyn InstanceStore>> {
+        Some(Arc::new(self.shared.store.clone()))
     }
 
     fn replies(&self) -> Option<&dyn ReplyQueues> {
@@ -178,6 +193,15 @@ impl Transport for MemoryTransport {
 
     fn cancels(&self) -> Option<&dyn Cancels> {
         Some(self)
+    }
+
+    fn delete_mailbox(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>> {
+        let mut mem = self.shared.lock();
+        mem.mailboxes.remove(instance);
+        mem.mailbox_used.remove(instance);
+        drop(mem);
+        self.shared.changed.notify_waiters();
+        futures::future::ready(Ok(())).boxed()
     }
 }
 
@@ -190,62 +214,6 @@ impl Cancels for MemoryTransport {
 
     fn follow(&self) -> BoxFuture<'_, Result<Following, Error>> {
         futures::future::ready(Ok(Following::new(()))).boxed()
-    }
-}
-
-impl Registers for MemoryTransport {
-    fn create_register(&self, instance: &InstanceId) -> BoxFuture<'_, Result<(), Error>> {
-        self.shared.lock().registers.insert(instance.clone());
-        futures::future::ready(Ok(())).boxed()
-    }
-
-    fn register_exists(&self, instance: &InstanceId) -> BoxFuture<'_, Result<bool, Error>> {
-        let mem = self.shared.lock();
-        let known = mem.registers.contains(instance) || mem.results.contains_key(instance);
-        futures::future::ready(Ok(known)).boxed()
-    }
-
-    fn read_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
-        let r = self.shared.lock().results.get(instance).cloned();
-        futures::future::ready(Ok(r)).boxed()
-    }
-
-    fn wait_result(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Vec<u8>, Error>> {
-        let instance = instance.clone();
-        async move {
-            // One notifier per awaited instance: a result wakes only its own waiters.
-            let waiter = {
-                let mut mem = self.shared.lock();
-                if let Some(r) = mem.results.get(&instance) {
-                    return Ok(r.clone());
-                }
-                mem.result_waiters
-                    .entry(instance.clone())
-                    .or_insert_with(|| Arc::new(Notify::new()))
-                    .clone()
-            };
-            loop {
-                let notified = waiter.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if let Some(r) = self.shared.lock().results.get(&instance) {
-                    return Ok(r.clone());
-                }
-                notified.await;
-            }
-        }
-        .boxed()
-    }
-
-    fn read_status(&self, instance: &InstanceId) -> BoxFuture<'_, Result<Option<Vec<u8>>, Error>> {
-        let r = self.shared.lock().statuses.get(instance).cloned();
-        futures::future::ready(Ok(r)).boxed()
-    }
-
-    fn claim(&self, instance: &InstanceId, nonce: u64) -> BoxFuture<'_, Result<bool, Error>> {
-        let mut mem = self.shared.lock();
-        let held = *mem.claims.entry(instance.clone()).or_insert(nonce);
-        futures::future::ready(Ok(held == nonce)).boxed()
     }
 }
 

@@ -21,6 +21,8 @@ use tokio::sync::Notify;
 
 use super::{CancelBook, Destination, Outgoing, Published};
 use crate::protocol::InstanceId;
+use crate::store::{Applied, Fact, MemoryStore};
+use crate::trace::TraceContext;
 
 /// The in-process transport. Cheap to clone; clones share the same queues.
 ///
@@ -62,7 +64,13 @@ impl MemoryTransportBuilder {
         self
     }
 
-    /// How often a message may be requeued before it goes to the dead letters (default 5).
+    /// How often a task message may be requeued before the transport itself moves it to
+    /// the dead letters, as a broker's delivery limit does (default: no limit). A worker
+    /// has a budget of its own ([`WorkerConfig::max_redeliveries`]), past which it
+    /// dead-letters the message *and* fails its instance; a limit here at or below the
+    /// worker's dead-letters without failing anything.
+    ///
+    /// [`WorkerConfig::max_redeliveries`]: crate::WorkerConfig::max_redeliveries
     pub fn max_redeliveries(mut self, n: u32) -> Self {
         self.max_redeliveries = Some(n);
         self
@@ -91,19 +99,32 @@ impl MemoryTransportBuilder {
                 }),
                 changed: Notify::new(),
                 duplicate: self.duplicate,
-                max_redeliveries: self.max_redeliveries.unwrap_or(5),
+                max_redeliveries: self.max_redeliveries.unwrap_or(u32::MAX),
                 mailbox_retention: self.mailbox_retention,
                 cancels: CancelBook::new(),
+                store: MemoryStore::new(),
             }),
         }
     }
 }
 
-/// A message moved to the dead letters, with the reason.
+/// How many dead letters the in-memory transport keeps: past it, the oldest goes.
+pub const DEAD_LETTERS_KEPT: usize = 10_000;
+
+/// The most bytes of a dead letter's body that are kept; the rest is cut off (see
+/// [`DeadLetter::truncated`]).
+pub const DEAD_LETTER_BODY: usize = 64 * 1024;
+
+/// A message moved to the dead letters, with the reason. The dead letters are bounded
+/// ([`DEAD_LETTERS_KEPT`], [`DEAD_LETTER_BODY`]), like the RabbitMQ transport's queue, so
+/// that garbage cannot fill memory.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct DeadLetter {
-    /// The message's body.
+    /// The message's body, or its first [`DEAD_LETTER_BODY`] bytes.
     pub body: Vec<u8>,
+    /// The length of the body when it was cut (`None`: `body` is whole).
+    pub truncated: Option<usize>,
     /// Why it was dead-lettered.
     pub reason: String,
 }
@@ -116,6 +137,8 @@ struct Shared {
     mailbox_retention: Option<Duration>,
     /// The cancel records: shared by every clone, so every worker sees each at once.
     cancels: CancelBook,
+    /// The instance store: shared by every clone.
+    store: MemoryStore,
 }
 
 #[derive(Clone)]
@@ -123,7 +146,11 @@ struct Msg {
     body: Vec<u8>,
     message_id: Option<String>,
     redeliveries: u32,
+    trace: Option<TraceContext>,
 }
+
+/// A message in a mailbox: its arrival number, its body, its trace context.
+type Mailed = (u64, Vec<u8>, Option<TraceContext>);
 
 #[derive(Default)]
 struct Mem {
@@ -136,25 +163,32 @@ struct Mem {
     busy: HashSet<InstanceId>,
     /// Each mailbox's messages with their arrival number: a requeued message goes back to
     /// its place, as in a RabbitMQ classic queue.
-    mailboxes: HashMap<InstanceId, VecDeque<(u64, Vec<u8>)>>,
+    mailboxes: HashMap<InstanceId, VecDeque<Mailed>>,
     mailbox_seq: u64,
     /// When each mailbox was created or last drained.
     mailbox_used: HashMap<InstanceId, SystemTime>,
-    results: HashMap<InstanceId, Vec<u8>>,
-    /// Result registers created empty (`create_register`).
-    registers: HashSet<InstanceId>,
-    statuses: HashMap<InstanceId, Vec<u8>>,
-    /// Claim registers: the nonce of the start that claimed each id.
-    claims: HashMap<InstanceId, u64>,
-    result_waiters: HashMap<InstanceId, Arc<Notify>>,
     /// Client reply queues: the instance each result is for, and the result.
     replies: HashMap<String, VecDeque<(InstanceId, Vec<u8>)>>,
-    dead: Vec<DeadLetter>,
+    dead: VecDeque<DeadLetter>,
     /// Deliveries and mailbox messages handed out and not yet settled.
     unsettled: usize,
 }
 
 impl Mem {
+    /// Keeps a dead letter, within the bounds.
+    fn bury(&mut self, mut body: Vec<u8>, reason: String) {
+        let truncated = (body.len() > DEAD_LETTER_BODY).then_some(body.len());
+        body.truncate(DEAD_LETTER_BODY);
+        if self.dead.len() >= DEAD_LETTERS_KEPT {
+            self.dead.pop_front();
+        }
+        self.dead.push_back(DeadLetter {
+            body,
+            truncated,
+            reason,
+        });
+    }
+
     fn now(&self) -> SystemTime {
         self.clock.unwrap_or_else(SystemTime::now)
     }
@@ -191,6 +225,23 @@ impl Mem {
 
     fn next_timer(&self) -> Option<SystemTime> {
         self.timers.keys().next().map(|(t, _)| *t)
+    }
+
+    /// Puts `body` at the end of the mailbox of `instance` (with its arrival number) and
+    /// rings its doorbell.
+    fn deliver_to_mailbox(
+        &mut self,
+        instance: &InstanceId,
+        body: Vec<u8>,
+        trace: Option<TraceContext>,
+    ) {
+        self.mailbox_seq += 1;
+        let n = self.mailbox_seq;
+        self.mailboxes
+            .entry(instance.clone())
+            .or_default()
+            .push_back((n, body, trace));
+        self.ring(instance);
     }
 
     fn ring(&mut self, instance: &InstanceId) {
@@ -254,9 +305,18 @@ impl MemoryTransport {
         }
     }
 
+    /// The instances whose mailbox exists now, sorted: created by the first message for
+    /// it, removed when deleted ([`Transport::delete_mailbox`](super::Transport)) or
+    /// expired. A finished instance's mailbox is deleted once the replies it awaited are in.
+    pub fn mailboxes(&self) -> Vec<InstanceId> {
+        let mut ids: Vec<InstanceId> = self.shared.lock().mailboxes.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
     /// The messages moved to the dead letters so far.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.shared.lock().dead.clone()
+        self.shared.lock().dead.iter().cloned().collect()
     }
 
     /// Puts raw bytes on the task queue of `name`, as a broken or hostile publisher might.
@@ -269,7 +329,17 @@ impl MemoryTransport {
                 body,
                 message_id: None,
                 redeliveries: 0,
+                trace: None,
             });
+        drop(mem);
+        self.shared.changed.notify_waiters();
+    }
+
+    /// Puts raw bytes in the mailbox of `instance` and rings its doorbell, as a broken or
+    /// hostile publisher might.
+    pub fn inject_raw_mailbox(&self, instance: &InstanceId, body: Vec<u8>) {
+        let mut mem = self.shared.lock();
+        mem.deliver_to_mailbox(instance, body, None);
         drop(mem);
         self.shared.changed.notify_waiters();
     }
@@ -280,12 +350,14 @@ impl MemoryTransport {
             body,
             message_id,
             instance: about,
+            trace,
             ..
         } = o;
         let msg = Msg {
             body,
             message_id: Some(message_id),
             redeliveries: 0,
+            trace,
         };
         match &destination {
             Destination::Task { name } => {
@@ -305,25 +377,26 @@ impl MemoryTransport {
                     let now = mem.now();
                     mem.mailbox_used.insert(instance.clone(), now);
                 }
-                mem.mailbox_seq += 1;
-                let n = mem.mailbox_seq;
-                mem.mailboxes
-                    .entry(instance.clone())
-                    .or_default()
-                    .push_back((n, msg.body));
-                mem.ring(instance);
+                mem.deliver_to_mailbox(instance, msg.body, msg.trace);
             }
-            Destination::Result { instance } => {
-                if mem.results.contains_key(instance) {
-                    return Published::Duplicate;
-                }
-                mem.results.insert(instance.clone(), msg.body);
-                if let Some(w) = mem.result_waiters.remove(instance) {
-                    w.notify_waiters();
+            Destination::Store { .. } => {
+                // Workers record facts in the store; one published here goes there too.
+                match Fact::from_bytes(&msg.body) {
+                    Ok(fact) => {
+                        let applied = self.shared.store.apply(&[fact]);
+                        if applied.first() == Some(&Applied::Duplicate) {
+                            return Published::Duplicate;
+                        }
+                    }
+                    Err(e) => mem.bury(msg.body, e.to_string()),
                 }
             }
-            Destination::Status { instance } => {
-                mem.statuses.insert(instance.clone(), msg.body);
+            Destination::Touch { instance } => {
+                // A keep-alive never creates a mailbox.
+                if !mem.mailboxes.contains_key(instance) {
+                    return Published::Dropped;
+                }
+                mem.deliver_to_mailbox(instance, msg.body, msg.trace);
             }
             Destination::Reply { client } => {
                 mem.replies
@@ -333,10 +406,7 @@ impl MemoryTransport {
             }
             Destination::Cancel { .. } => {
                 if let Err(e) = self.shared.cancels.insert_encoded(&msg.body) {
-                    mem.dead.push(DeadLetter {
-                        body: msg.body,
-                        reason: e.to_string(),
-                    });
+                    mem.bury(msg.body, e.to_string());
                 }
             }
         }

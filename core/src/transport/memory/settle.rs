@@ -7,9 +7,10 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::{DeadLetter, Msg, Shared};
+use super::{Msg, Shared};
 use crate::error::Error;
 use crate::protocol::InstanceId;
+use crate::trace::TraceContext;
 use crate::transport::Settle;
 
 pub(super) enum Token {
@@ -23,6 +24,7 @@ pub(super) enum Token {
         /// Its arrival number, which keeps its place when it is requeued.
         n: u64,
         body: Vec<u8>,
+        trace: Option<TraceContext>,
     },
     Reply {
         client: String,
@@ -52,25 +54,19 @@ impl MemSettle {
         match (token, how) {
             (Token::Task { .. }, How::Ack) => {}
             (Token::Task { name, mut msg }, How::Requeue) => {
-                msg.redeliveries += 1;
+                msg.redeliveries = msg.redeliveries.saturating_add(1);
                 if msg.redeliveries > self.shared.max_redeliveries {
                     let reason = format!(
                         "delivered {} times without success (retry budget exhausted)",
                         msg.redeliveries
                     );
-                    mem.dead.push(DeadLetter {
-                        body: msg.body,
-                        reason,
-                    });
+                    mem.bury(msg.body, reason);
                 } else {
                     mem.tasks.entry(name).or_default().push_front(msg);
                 }
             }
             (Token::Task { msg, .. }, How::Dead(reason)) => {
-                mem.dead.push(DeadLetter {
-                    body: msg.body,
-                    reason,
-                });
+                mem.bury(msg.body, reason);
             }
             (Token::Doorbell(instance), How::Requeue) => {
                 mem.busy.remove(&instance);
@@ -80,13 +76,23 @@ impl MemSettle {
                 mem.busy.remove(&instance);
             }
             (Token::Mailbox { .. }, How::Ack) => {}
-            (Token::Mailbox { instance, n, body }, How::Requeue) => {
-                let q = mem.mailboxes.entry(instance).or_default();
-                let at = q.partition_point(|(m, _)| *m < n);
-                q.insert(at, (n, body));
+            (
+                Token::Mailbox {
+                    instance,
+                    n,
+                    body,
+                    trace,
+                },
+                How::Requeue,
+            ) => {
+                // Into a deleted (or expired) mailbox it goes nowhere, as on a broker.
+                if let Some(q) = mem.mailboxes.get_mut(&instance) {
+                    let at = q.partition_point(|(m, _, _)| *m < n);
+                    q.insert(at, (n, body, trace));
+                }
             }
             (Token::Mailbox { body, .. }, How::Dead(reason)) => {
-                mem.dead.push(DeadLetter { body, reason });
+                mem.bury(body, reason);
             }
             (Token::Reply { .. }, How::Ack) => {}
             (
@@ -103,7 +109,7 @@ impl MemSettle {
                     .push_front((instance, body));
             }
             (Token::Reply { body, .. }, How::Dead(reason)) => {
-                mem.dead.push(DeadLetter { body, reason });
+                mem.bury(body, reason);
             }
         }
         drop(mem);

@@ -91,11 +91,18 @@ pub async fn results_by_id_from_a_second_client_and_status<E: Env>(env: E) -> Ou
     .await?;
     let unknown = InstanceId::new(format!("nobody-{}", InstanceId::random()))?;
     assert!(c.status(&unknown).await.unwrap_err().is_not_found());
-    // Asking creates nothing: the id stays unknown, also after reading its result.
-    assert_eq!(
-        c.handle::<String>(unknown.clone()).try_result().await?,
-        None
-    );
+    // Asking creates nothing: the id stays unknown, also after reading its result, and
+    // waiting for its result is not found at once rather than waiting forever.
+    let unknown_handle = c.handle::<String>(unknown.clone());
+    assert!(unknown_handle
+        .try_result()
+        .await
+        .unwrap_err()
+        .is_not_found());
+    let waited = tokio::time::timeout(Duration::from_secs(10), unknown_handle.result())
+        .await
+        .context("waiting for the result of an unknown id must end")?;
+    assert!(waited.unwrap_err().is_not_found());
     assert!(c.status(&unknown).await.unwrap_err().is_not_found());
     assert_eq!(env.registers(&unknown).await?, Registers::default());
     // Another process, knowing only the id.
@@ -115,13 +122,15 @@ pub async fn results_by_id_from_a_second_client_and_status<E: Env>(env: E) -> Ou
     assert!(again.is_already_started(), "{again}");
     assert_eq!(h.result().await?, "later");
     assert!(InstanceId::new("bad id with spaces").is_err());
-    // A start no worker serves yet is pending, with no status written; reading its
-    // status leaves no status register behind. Last, as its message stays queued: a
-    // transport that tells when it is idle never is again.
+    // Roots keep no queue of their own: the facts are in the instance store.
+    assert_eq!(env.registers(&id).await?, Registers::default());
+    // A start no worker serves yet is pending; reading its status leaves nothing behind.
+    // Last, as its message stays queued: a transport that tells when it is idle never is
+    // again.
     let waiting = c.start_by_name("nobody.serves.this", vec![0x90]).await?;
     assert_eq!(waiting.status().await?, Status::Pending);
     assert_eq!(waiting.status().await?, Status::Pending);
-    assert!(!env.registers(waiting.id()).await?.status);
+    assert_eq!(env.registers(waiting.id()).await?, Registers::default());
     w.stop().await?;
     env.cleanup().await
 }

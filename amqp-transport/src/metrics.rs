@@ -1,0 +1,8 @@
+//! The names of the metrics the RabbitMQ transport records (through the `metrics` facade;
+//! see [`dtasks::metrics`] for the worker's).
+
+/// Histogram: seconds from the first publish of a batch to the broker's last confirm of
+/// it (a step's messages, a doorbell batch, a store write).
+pub const CONFIRM_DURATION: &str = "dtasks_amqp_confirm_duration_seconds";
+/// Counter: messages published to RabbitMQ and confirmed (or returned) by the broker.
+pub const PUBLISHED: &str = "dtasks_amqp_published_total";

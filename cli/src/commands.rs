@@ -1,0 +1,366 @@
+//! The subcommands on instances: parsing the command line, connecting, and each command's
+//! work and output.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser;
+use dtasks::store::{Cursor, Filter, InstanceInfo, Query};
+use dtasks::{Client, InstanceId, Status, Untyped};
+
+use crate::conn::client;
+use serde_json::{json, Value};
+
+use crate::args::{
+    CancelArgs, Cli, Command, FingerprintsArgs, JsonForm, ListArgs, PurgeArgs, ResultArgs,
+    Selection, SignalArgs, StartArgs, StatusArgs,
+};
+use crate::exit::{Doing, Done, Exit, FAILED, NOT_FINISHED};
+use crate::render::{
+    args_to_msgpack, instance_json, msgpack_to_json, out, status_name, table, waits_text,
+};
+use crate::time::format_time;
+
+/// Parses `args`, runs the command, and says how it ended.
+pub(crate) async fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with 0; errors to stderr with 2.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    init_logs();
+    match execute(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(exit) => {
+            if !exit.message.is_empty() {
+                eprintln!("dtasks: {}", exit.message);
+            }
+            exit.code()
+        }
+    }
+}
+
+/// Warnings and errors of the libraries on stderr (`RUST_LOG` sets more).
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn execute(command: Command) -> Done {
+    match command {
+        Command::List(a) => list(a).await,
+        Command::Status(a) => status(a).await,
+        Command::Result(a) => result(a).await,
+        Command::Start(a) => start(a).await,
+        Command::Signal(a) => signal(a).await,
+        Command::Cancel(a) => cancel(a).await,
+        Command::Purge(a) => purge(a).await,
+        Command::Fingerprints(a) => fingerprints(a).await,
+        Command::DeadLetters(c) => crate::dead::run(c).await,
+    }
+}
+
+fn instance_id(s: &str) -> Result<InstanceId, Exit> {
+    InstanceId::new(s).map_err(|e| Exit::usage(e.to_string()))
+}
+
+fn filter_of(select: &Selection) -> Filter {
+    let mut filter = Filter::new();
+    for s in &select.status {
+        filter = filter.status(Status::from(*s));
+    }
+    if let Some(n) = &select.name {
+        filter = filter.name(n.clone());
+    }
+    if let Some(p) = &select.prefix {
+        filter = filter.id_prefix(p.clone());
+    }
+    if let Some(t) = select.until {
+        filter = filter.started_before(t);
+    }
+    filter
+}
+
+async fn list(a: ListArgs) -> Done {
+    let mut filter = filter_of(&a.select);
+    if let Some(t) = a.since {
+        filter = filter.started_after(t);
+    }
+    if let Some(p) = &a.parent {
+        filter = filter.parent(instance_id(p)?);
+    }
+    if a.roots {
+        filter = filter.roots();
+    }
+    let mut query = Query::new(filter)
+        .limit(usize::from(a.limit))
+        .map_err(|e| Exit::usage(e.to_string()))?;
+    if let Some(c) = &a.after {
+        query = query.after(Cursor::parse(c).map_err(|e| Exit::usage(e.to_string()))?);
+    }
+    let listing = client()
+        .await?
+        .list(&query)
+        .await
+        .doing(|| "listing instances".to_string())?;
+    match a.json {
+        None => {
+            let mut rows = vec![["ID", "NAME", "STATUS", "STARTED", "UPDATED", "WAITS"]
+                .map(String::from)
+                .to_vec()];
+            for i in &listing.instances {
+                rows.push(vec![
+                    i.id.to_string(),
+                    i.name.clone(),
+                    status_name(i.status).to_string(),
+                    format_time(i.created_at),
+                    format_time(i.updated_at),
+                    waits_text(&i.waits),
+                ]);
+            }
+            for line in table(&rows) {
+                out(&line);
+            }
+        }
+        Some(JsonForm::Lines) => {
+            for i in &listing.instances {
+                out(&instance_json(i).to_string());
+            }
+        }
+        Some(JsonForm::Array) => {
+            let all: Vec<Value> = listing.instances.iter().map(instance_json).collect();
+            out(&Value::Array(all).to_string());
+        }
+    }
+    if let Some(next) = &listing.next {
+        eprintln!("next page: --after {next}");
+    }
+    Ok(())
+}
+
+async fn status(a: StatusArgs) -> Done {
+    let id = instance_id(&a.id)?;
+    let info = client()
+        .await?
+        .instance(&id)
+        .await
+        .doing(|| format!("instance {id}"))?;
+    if a.json {
+        out(&instance_json(&info).to_string());
+        return Ok(());
+    }
+    let mut rows = vec![
+        ("id", info.id.to_string()),
+        ("name", info.name.clone()),
+        ("status", status_name(info.status).to_string()),
+    ];
+    if let Some(p) = &info.parent {
+        rows.push(("parent", p.to_string()));
+    }
+    rows.push(("started", format_time(info.created_at)));
+    rows.push(("updated", format_time(info.updated_at)));
+    if let Some(t) = info.finished_at() {
+        rows.push(("finished", format_time(t)));
+    }
+    rows.push(("waits", waits_text(&info.waits)));
+    rows.push(("runs", info.runs.to_string()));
+    if let Some(code) = info.fingerprint {
+        rows.push(("code", format!("{code:016x}")));
+    }
+    rows.push(("duplicates", info.duplicate_results.to_string()));
+    for (k, v) in rows {
+        out(&format!("{:<11} {v}", format!("{k}:")));
+    }
+    Ok(())
+}
+
+/// The code suspended snapshot instances hold: a table of DTask, fingerprint and count.
+async fn fingerprints(a: FingerprintsArgs) -> Done {
+    let client = client().await?;
+    let held = client
+        .fingerprints(a.name.as_deref())
+        .await
+        .doing(|| "the fingerprints".to_string())?;
+    if a.json {
+        let rows: Vec<Value> = held
+            .iter()
+            .map(|h| {
+                json!({
+                    "name": h.name,
+                    "fingerprint": format!("{:016x}", h.fingerprint),
+                    "instances": h.instances,
+                })
+            })
+            .collect();
+        out(&Value::Array(rows).to_string());
+        return Ok(());
+    }
+    let mut rows = vec![["NAME", "FINGERPRINT", "INSTANCES"]
+        .map(String::from)
+        .to_vec()];
+    for h in &held {
+        rows.push(vec![
+            h.name.clone(),
+            format!("{:016x}", h.fingerprint),
+            h.instances.to_string(),
+        ]);
+    }
+    for line in table(&rows) {
+        out(&line);
+    }
+    Ok(())
+}
+
+/// Waits until `id` has finished (a failure counts), with the store's wait.
+async fn wait_finished(client: &Client, id: &InstanceId) -> Done {
+    match client.handle::<Untyped>(id.clone()).result_bytes().await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_failed() => Ok(()),
+        Err(e) => Err(Exit::from_error(&format!("waiting for {id}"), &e)),
+    }
+}
+
+async fn result(a: ResultArgs) -> Done {
+    let id = instance_id(&a.id)?;
+    let client = client().await?;
+    if a.wait {
+        wait_finished(&client, &id).await?;
+    }
+    let info = client
+        .instance(&id)
+        .await
+        .doing(|| format!("instance {id}"))?;
+    report_result(&info, a.json)
+}
+
+/// Prints the result of the finished instance `info` (its value on stdout), or says
+/// why there is none.
+fn report_result(info: &InstanceInfo, as_json: bool) -> Done {
+    let id = &info.id;
+    let status = status_name(info.status);
+    match info.result_bytes() {
+        None => Err(Exit::new(
+            NOT_FINISHED,
+            format!("instance {id} has not finished (status {status}); add --wait to wait for it"),
+        )),
+        Some(Ok(bytes)) => {
+            let value = msgpack_to_json(&bytes).map_err(|e| {
+                Exit::new(
+                    FAILED,
+                    format!("the result of {id} is not MessagePack: {e}"),
+                )
+            })?;
+            if as_json {
+                out(&json!({ "id": id.as_str(), "status": status, "value": value }).to_string());
+            } else {
+                out(&value.to_string());
+            }
+            Ok(())
+        }
+        Some(Err(e)) => {
+            let failure = e.failure();
+            let text = failure.map_or_else(|| e.to_string(), ToString::to_string);
+            if as_json {
+                let message = failure.map(|f| f.message().to_string());
+                out(&json!({
+                    "id": id.as_str(),
+                    "status": status,
+                    "failure": text,
+                    "message": message,
+                })
+                .to_string());
+            }
+            let message = match failure {
+                Some(f) if f.is_cancelled() => {
+                    format!("instance {id} was cancelled: {}", f.message())
+                }
+                _ => format!("instance {id} failed: {text}"),
+            };
+            Err(Exit::new(FAILED, message))
+        }
+    }
+}
+
+async fn start(a: StartArgs) -> Done {
+    let args: Value = serde_json::from_str(&a.args)
+        .map_err(|e| Exit::usage(format!("the arguments are not JSON ({e}): {}", a.args)))?;
+    let Value::Array(args) = args else {
+        return Err(Exit::usage(format!(
+            "the arguments are a JSON array of the DTask's arguments (e.g. [41]), not {}",
+            a.args
+        )));
+    };
+    let input = args_to_msgpack(&args).map_err(Exit::usage)?;
+    let id = a.id.as_deref().map(instance_id).transpose()?;
+    let client = client().await?;
+    let started = match id {
+        Some(id) => client.start_by_name_with_id(id, &a.name, input).await,
+        None => client.start_by_name(&a.name, input).await,
+    };
+    let handle = started.doing(|| format!("starting {}", a.name))?;
+    out(handle.id().as_str());
+    if a.wait {
+        wait_finished(&client, handle.id()).await?;
+        let info = client
+            .instance(handle.id())
+            .await
+            .doing(|| format!("instance {}", handle.id()))?;
+        return report_result(&info, false);
+    }
+    Ok(())
+}
+
+async fn signal(a: SignalArgs) -> Done {
+    let id = instance_id(&a.id)?;
+    let value: Value = serde_json::from_str(&a.value)
+        .map_err(|e| Exit::usage(format!("the value is not JSON ({e}): {}", a.value)))?;
+    client()
+        .await?
+        .signal(&id, &a.event, &value)
+        .await
+        .doing(|| format!("sending event `{}` to {id}", a.event))?;
+    eprintln!("sent event `{}` to {id}", a.event);
+    Ok(())
+}
+
+async fn cancel(a: CancelArgs) -> Done {
+    let id = instance_id(&a.id)?;
+    let cancelled = client()
+        .await?
+        .cancel(&id, a.reason.clone())
+        .await
+        .doing(|| format!("cancelling {id}"))?;
+    out(if cancelled {
+        "cancelled"
+    } else {
+        "already finished"
+    });
+    Ok(())
+}
+
+async fn purge(a: PurgeArgs) -> Done {
+    // `--all` conflicts with every filter (clap checks); without it, one is given.
+    let filter = if a.all {
+        Filter::new()
+    } else {
+        filter_of(&a.select)
+    };
+    let n = client()
+        .await?
+        .purge(&filter)
+        .await
+        .doing(|| "purging".to_string())?;
+    out(&n.to_string());
+    Ok(())
+}

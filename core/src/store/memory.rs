@@ -1,0 +1,304 @@
+//! [`MemoryStore`]: the facts of instances in this process's memory.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::sync::Notify;
+
+use crate::error::Error;
+use crate::protocol::InstanceId;
+
+use super::query::millis;
+use super::{Applied, Fact, FactKind, Filter, InstanceInfo, InstanceStore, Listing, Query};
+
+/// The facts of instances in this process's memory: the embedded runtime's store (what
+/// [`MemoryTransport`](crate::MemoryTransport) hands out), and the fold that stores
+/// keeping a log of facts read into. Cheap to clone; clones share the facts.
+///
+/// Facts are applied by [`InstanceInfo::apply`]; finished instances are dropped once they
+/// are older than the retention ([`MemoryStore::with_retention`]; by default they are
+/// kept until purged).
+///
+/// ```
+/// use dtasks::store::{Fact, FactKind, InstanceStore, MemoryStore};
+/// use dtasks::{InstanceId, Status};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dtasks::Error> {
+/// let store = MemoryStore::new();
+/// let id = InstanceId::new("order-1")?;
+/// let started = Fact::new(id.clone(), "order", std::time::SystemTime::now(),
+///     FactKind::Started { parent: None });
+/// store.record(vec![started]).await?;
+/// assert_eq!(store.get(&id).await?.unwrap().status, Status::Pending);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    book: Mutex<Book>,
+    finished: Notify,
+}
+
+#[derive(Default)]
+struct Book {
+    instances: HashMap<InstanceId, InstanceInfo>,
+    /// Every instance by (start time, id), for pages newest first.
+    by_start: BTreeSet<(u64, InstanceId)>,
+    claims: HashMap<InstanceId, u64>,
+    retention: Option<Duration>,
+    /// When the retention was last applied.
+    swept: Option<SystemTime>,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("instances", &self.len())
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store that keeps finished instances until purged.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Drops finished instances (and claims) once they finished longer than `retention`
+    /// ago.
+    pub fn with_retention(self, retention: Duration) -> Self {
+        self.book().retention = Some(retention);
+        self
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.inner.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `facts` in order (what [`InstanceStore::record`] does, without waiting):
+    /// for stores that fold a log of facts into this one.
+    pub fn apply(&self, facts: &[Fact]) -> Vec<Applied> {
+        let mut finished = false;
+        let applied = {
+            let mut book = self.book();
+            let applied: Vec<Applied> = facts
+                .iter()
+                .map(|fact| {
+                    let a = book.apply(fact);
+                    finished |=
+                        a == Applied::Changed && matches!(fact.kind, FactKind::Finished { .. });
+                    a
+                })
+                .collect();
+            if let Some(last) = facts.last() {
+                book.sweep(last.at);
+            }
+            applied
+        };
+        if finished {
+            self.inner.finished.notify_waiters();
+        }
+        applied
+    }
+
+    /// How many instances it holds.
+    pub fn len(&self) -> usize {
+        self.book().instances.len()
+    }
+
+    /// Whether it holds no instance.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The instance `id` (what [`InstanceStore::get`] answers, without waiting).
+    pub fn instance(&self, id: &InstanceId) -> Option<InstanceInfo> {
+        self.book().instances.get(id).cloned()
+    }
+
+    /// A page of the instances `query` selects (what [`InstanceStore::list`] answers).
+    pub fn page(&self, query: &Query) -> Listing {
+        let book = self.book();
+        let mut out = Vec::new();
+        for (_, id) in book.by_start.iter().rev() {
+            let Some(info) = book.instances.get(id) else {
+                continue;
+            };
+            if query.is_after_cursor(info) && query.filter().matches(info) {
+                out.push(info.clone());
+                if out.len() > query.page_size() {
+                    break;
+                }
+            }
+        }
+        Listing::page(out, query)
+    }
+
+    /// Every instance `filter` selects, newest start first.
+    pub fn page_all(&self, filter: &Filter) -> Vec<InstanceInfo> {
+        let book = self.book();
+        book.by_start
+            .iter()
+            .rev()
+            .filter_map(|(_, id)| book.instances.get(id))
+            .filter(|i| filter.matches(i))
+            .cloned()
+            .collect()
+    }
+
+    /// Removes the finished instances `filter` selects; returns how many.
+    pub fn remove(&self, filter: &Filter) -> u64 {
+        let mut book = self.book();
+        let gone: Vec<InstanceId> = book
+            .instances
+            .values()
+            .filter(|i| i.status.is_finished() && filter.matches(i))
+            .map(|i| i.id.clone())
+            .collect();
+        for id in &gone {
+            book.forget(id);
+        }
+        gone.len() as u64
+    }
+
+    /// Waits until the instance `id` is here and finished (an unknown id is waited for,
+    /// not refused): for stores that fold a log of facts into this one and know that a
+    /// finish was recorded.
+    pub async fn until_finished(&self, id: &InstanceId) -> InstanceInfo {
+        loop {
+            let notified = self.inner.finished.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(info) = self.instance(id).filter(|i| i.status.is_finished()) {
+                return info;
+            }
+            notified.await;
+        }
+    }
+
+    /// Claims `id` for `nonce` (what [`InstanceStore::claim`] does).
+    pub fn claim_now(&self, id: &InstanceId, nonce: u64) -> bool {
+        *self.book().claims.entry(id.clone()).or_insert(nonce) == nonce
+    }
+}
+
+impl Book {
+    fn apply(&mut self, fact: &Fact) -> Applied {
+        if fact.kind == FactKind::Purged {
+            let finished = self
+                .instances
+                .get(&fact.instance)
+                .is_some_and(|i| i.status.is_finished());
+            if finished {
+                self.forget(&fact.instance);
+                return Applied::Changed;
+            }
+            return Applied::Stale;
+        }
+        match self.instances.get_mut(&fact.instance) {
+            Some(info) => {
+                let before = millis(info.created_at);
+                let applied = info.apply(fact);
+                let after = millis(info.created_at);
+                if before != after {
+                    let id = fact.instance.clone();
+                    self.by_start.remove(&(before, id.clone()));
+                    self.by_start.insert((after, id));
+                }
+                applied
+            }
+            None => {
+                let info = InstanceInfo::from_fact(fact);
+                self.by_start
+                    .insert((millis(info.created_at), info.id.clone()));
+                self.instances.insert(info.id.clone(), info);
+                Applied::Changed
+            }
+        }
+    }
+
+    fn forget(&mut self, id: &InstanceId) {
+        if let Some(info) = self.instances.remove(id) {
+            self.by_start.remove(&(millis(info.created_at), id.clone()));
+        }
+        self.claims.remove(id);
+    }
+
+    /// Drops what finished longer than the retention before `now`, at most once a
+    /// second.
+    fn sweep(&mut self, now: SystemTime) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        if self
+            .swept
+            .is_some_and(|t| now.duration_since(t).unwrap_or_default() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.swept = Some(now);
+        let Some(cutoff) = now.checked_sub(retention) else {
+            return;
+        };
+        let gone: Vec<InstanceId> = self
+            .instances
+            .values()
+            .filter(|i| i.finished_at().is_some_and(|t| t < cutoff))
+            .map(|i| i.id.clone())
+            .collect();
+        for id in &gone {
+            self.forget(id);
+        }
+    }
+}
+
+impl InstanceStore for MemoryStore {
+    fn record(&self, facts: Vec<Fact>) -> BoxFuture<'_, Result<u64, Error>> {
+        let applied = self.apply(&facts);
+        let duplicates = applied.iter().filter(|a| **a == Applied::Duplicate).count();
+        futures::future::ready(Ok(duplicates as u64)).boxed()
+    }
+
+    fn get<'a>(&'a self, id: &'a InstanceId) -> BoxFuture<'a, Result<Option<InstanceInfo>, Error>> {
+        futures::future::ready(Ok(self.instance(id))).boxed()
+    }
+
+    fn list<'a>(&'a self, query: &'a Query) -> BoxFuture<'a, Result<Listing, Error>> {
+        futures::future::ready(Ok(self.page(query))).boxed()
+    }
+
+    fn purge<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<u64, Error>> {
+        futures::future::ready(Ok(self.remove(filter))).boxed()
+    }
+
+    fn claim<'a>(&'a self, id: &'a InstanceId, nonce: u64) -> BoxFuture<'a, Result<bool, Error>> {
+        futures::future::ready(Ok(self.claim_now(id, nonce))).boxed()
+    }
+
+    fn wait_finished<'a>(
+        &'a self,
+        id: &'a InstanceId,
+    ) -> BoxFuture<'a, Result<InstanceInfo, Error>> {
+        async move {
+            loop {
+                let notified = self.inner.finished.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                match self.instance(id) {
+                    None => return Err(Error::not_found(id.as_str())),
+                    Some(info) if info.status.is_finished() => return Ok(info),
+                    Some(_) => notified.await,
+                }
+            }
+        }
+        .boxed()
+    }
+}

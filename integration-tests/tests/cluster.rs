@@ -1,0 +1,278 @@
+//! A 3-node RabbitMQ cluster (`deploy/cluster.sh`, started and stopped by this test) loses
+//! the node that leads the busiest queues (`kill -9` of its Erlang VM) in the middle of a
+//! run of chains of child calls (W1b-like) and of `when_all` fan-ins (W2-like), with three
+//! worker processes and a client that know every node: nothing is lost, every instance
+//! completes once with its whole result, and the stall is measured. Each DTask has three
+//! task queues, whose leaders the cluster places on its three nodes.
+//!
+//! The test needs `rabbitmq-server` on this machine (it fails, not skips, without it):
+//! the cluster's nodes listen on 5681-5683 and keep their files in their own directory,
+//! beside the broker of the other tests.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use dtasks::Client;
+use dtasks_integration_tests::tasks::{chain, fan};
+use dtasks_integration_tests::{wait_for, within, Broker};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_it-worker");
+
+/// Chains of `STEPS` child calls, and fan-ins of `CHILDREN` children.
+const CHAINS: u64 = 40;
+const STEPS: u32 = 60;
+const FANS: u64 = 40;
+const CHILDREN: u64 = 50;
+
+/// The cluster's directory (not the script's default). Node names and ports are the
+/// script's: a cluster of them started by hand is stopped by this test first.
+const DIR: &str = "/tmp/dtasks-cluster-test";
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/cluster.sh")
+}
+
+/// Runs `deploy/cluster.sh args` and returns its standard output.
+fn cluster(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(script())
+        .args(args)
+        .env("DTASKS_CLUSTER_DIR", DIR)
+        .output()
+        .with_context(|| format!("running {}", script().display()))?;
+    if !out.status.success() {
+        bail!(
+            "deploy/cluster.sh {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Stops the cluster when the test ends, whatever the outcome.
+struct Running;
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Err(e) = cluster(&["stop"]) {
+            eprintln!("stopping the cluster: {e}");
+        }
+    }
+}
+
+/// `rabbitmqctl args` on the first node of the cluster that answers.
+fn ctl(args: &[&str]) -> anyhow::Result<String> {
+    let mut errors = Vec::new();
+    for n in 1..=3 {
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg("rabbitmqctl")
+            .arg("-n")
+            .arg(format!("rabbit{n}@localhost"))
+            .args(args)
+            .output()
+            .context("running rabbitmqctl")?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        errors.push(format!(
+            "node {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    bail!("rabbitmqctl {args:?} failed on every node: {errors:?}")
+}
+
+/// The leader node (1 to 3) and members of each quorum queue of `prefix` that has a
+/// leader.
+fn leaders(prefix: &str) -> anyhow::Result<BTreeMap<String, (usize, usize)>> {
+    let out = ctl(&[
+        "list_queues",
+        "name",
+        "type",
+        "leader",
+        "members",
+        "--quiet",
+        "--no-table-headers",
+    ])?;
+    let mut map = BTreeMap::new();
+    for line in out.lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        if cols.len() < 4 || !cols[0].starts_with(prefix) || cols[1] != "quorum" {
+            continue;
+        }
+        let node = |s: &str| {
+            s.trim_start_matches("rabbit")
+                .split('@')
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+        };
+        let Some(leader) = node(cols[2]) else {
+            continue;
+        };
+        let members = cols[3].matches("@localhost").count();
+        map.insert(cols[0].to_string(), (leader, members));
+    }
+    Ok(map)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow::Result<()> {
+    // Starting from nothing: a cluster left by an earlier run is removed first.
+    cluster(&["stop"])?;
+    let up = Instant::now();
+    cluster(&["start"])?;
+    let _running = Running;
+    let started_in = up.elapsed();
+    let urls: Vec<String> = cluster(&["urls"])?.lines().map(str::to_string).collect();
+    assert_eq!(urls.len(), 3, "{urls:?}");
+
+    let b = Broker::start_at(&urls.join(",")).await?;
+    // Each DTask has a task queue per node (leaders placed `balanced` by the cluster).
+    let env = [
+        ("DTASKS_QUORUM_MAILBOXES", "1"),
+        ("DTASKS_TASK_QUEUES", "3"),
+    ];
+    let mut w = b.worker_processes_with(WORKER, 3, &env).await?;
+    // Results come from the instance store (a stream, replicated): a client's reply
+    // queue is a classic queue on one node.
+    let t = b
+        .transport_with(|c| {
+            c.with_quorum_mailboxes(true)
+                .with_reply_queues(false)
+                .with_task_queues(3)
+        })
+        .await?;
+    let c = Client::new(t);
+
+    // Every quorum queue of the deployment is replicated over the 3 nodes.
+    let before = leaders(b.prefix())?;
+    for (q, (_, members)) in &before {
+        assert_eq!(*members, 3, "{q} has {members} members");
+    }
+    // The hot DTask of the run (the children) has its 3 task queues led by 3 nodes.
+    let mut child_leaders = Vec::new();
+    for i in 0..3 {
+        let q = format!("{}.task.it.tagged.{i}", b.prefix());
+        let (leader, _) = before.get(&q).with_context(|| format!("no {q}"))?;
+        child_leaders.push(*leader);
+    }
+    child_leaders.sort();
+    assert_eq!(child_leaders, [1, 2, 3], "the child's task queues' leaders");
+
+    // The node to kill: the one leading the most of the deployment's queues, the first
+    // of equals (node 1 also holds every process's connections: they fail over).
+    let mut per_node = [0usize; 4];
+    for (leader, _) in before.values() {
+        per_node[*leader] += 1;
+    }
+    let most = per_node.iter().copied().max().unwrap_or(0);
+    let victim = (1..=3).find(|n| per_node[*n] == most).unwrap_or(1);
+
+    // The run: chains and fan-ins at once; each completion is timed.
+    let done: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let t0 = Instant::now();
+    let mut runs = Vec::new();
+    for i in 0..CHAINS {
+        let h = c.start(chain(i * 1000, STEPS)).await?;
+        let done = done.clone();
+        runs.push(tokio::spawn(async move {
+            let (v, pids) = h.result().await?;
+            done.lock().unwrap().push(Instant::now());
+            anyhow::ensure!(v == i * 1000 + u64::from(STEPS), "chain {i} returned {v}");
+            anyhow::ensure!(
+                pids.len() == STEPS as usize,
+                "chain {i}: {} steps",
+                pids.len()
+            );
+            Ok(())
+        }));
+    }
+    for i in 0..FANS {
+        let h = c.start(fan(CHILDREN)).await?;
+        let done = done.clone();
+        runs.push(tokio::spawn(async move {
+            let (sum, pids) = h.result().await?;
+            done.lock().unwrap().push(Instant::now());
+            anyhow::ensure!(
+                sum == (1..=CHILDREN).sum::<u64>(),
+                "fan-in {i} summed {sum}"
+            );
+            anyhow::ensure!(pids.len() as u64 == CHILDREN, "fan-in {i}");
+            Ok(())
+        }));
+    }
+    let total = runs.len();
+
+    // Mid-run: once a few instances completed and every fan-in's mailbox is a running
+    // quorum queue. (A quorum queue whose declaration is under way on the node that dies
+    // can be left with no running member, refusing every publish: RabbitMQ 3.10 does not
+    // recover it. docs/architecture.md, section 5, "A cluster".)
+    let mailboxes = format!("{}.mbox.", b.prefix());
+    wait_for(Duration::from_secs(60), || async {
+        let led = leaders(b.prefix())?
+            .keys()
+            .filter(|q| q.starts_with(&mailboxes))
+            .count();
+        Ok(done.lock().unwrap().len() >= 2 && led as u64 >= FANS)
+    })
+    .await
+    .context("nothing completed, or the mailboxes were not all up, before the kill")?;
+    let pid = cluster(&["pid", &victim.to_string()])?.trim().to_string();
+    let completed_before = done.lock().unwrap().len();
+    assert!(completed_before < total, "the run was over before the kill");
+    let status = Command::new("kill").args(["-9", &pid]).status()?;
+    assert!(status.success(), "kill -9 {pid}");
+    let killed_at = Instant::now();
+    let kill_after = killed_at - t0;
+
+    for r in runs {
+        within(Duration::from_secs(180), "an instance of the run", r).await???;
+    }
+    let finished_after = killed_at.elapsed();
+    let times = done.lock().unwrap().clone();
+    assert_eq!(times.len(), total, "every instance completed once");
+    // The stall: the longest time without a completion after the kill.
+    let mut after: Vec<Instant> = times.iter().copied().filter(|t| *t > killed_at).collect();
+    after.sort();
+    let mut stall = Duration::ZERO;
+    let mut last = killed_at;
+    for t in &after {
+        stall = stall.max(*t - last);
+        last = *t;
+    }
+    // The leaders moved off the dead node, and every survivor still runs.
+    let moved = leaders(b.prefix())?;
+    let victim_node = format!("rabbit{victim}@localhost");
+    let still = moved.values().filter(|(l, _)| *l == victim).count();
+    assert_eq!(still, 0, "queues still led by the dead {victim_node}");
+    assert_eq!(b.queue_len(&format!("{}.dead", b.prefix())).await?, Some(0));
+    let exits = w.unexpected_exits();
+    assert!(exits.is_empty(), "{exits:?}");
+    let reports = w.stop(Duration::from_secs(60)).await?;
+    let duplicates: u64 = reports.iter().map(|r| r.duplicate_results).sum();
+    let restarts: u64 = reports.iter().map(|r| r.restarts).sum();
+    println!(
+        "3-node cluster up in {} ms; {CHAINS} chains of {STEPS} child calls and {FANS} \
+         when_all of {CHILDREN} on 3 worker processes; {victim_node} (leading {} of {} \
+         quorum queues; per node {:?}) killed {} ms after the start with {completed_before} of {total} \
+         instances done; all {total} completed once, the last {} ms after the kill; longest \
+         stall without a completion after the kill {} ms; {duplicates} duplicate results \
+         refused, {restarts} consumer restarts",
+        started_in.as_millis(),
+        per_node[victim],
+        before.len(),
+        &per_node[1..],
+        kill_after.as_millis(),
+        finished_after.as_millis(),
+        stall.as_millis(),
+    );
+    drop(c);
+    drop(b);
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! The RabbitMQ-only instance store on the real broker: facts appended to one stream and
+//! read by every process that follows it, with the store's rules (a result once, a
+//! status never backwards), read-your-confirmed-writes across processes, claims, waits,
+//! pages and purges.
+
+use std::time::{Duration, SystemTime};
+
+use dtasks::store::{Fact, FactKind, Filter, InstanceStore, Query, StepKind, Steps};
+use dtasks::{InstanceId, Status, Wait};
+use dtasks_integration_tests::Broker;
+
+fn fact(id: &InstanceId, at: SystemTime, kind: FactKind) -> Fact {
+    Fact::new(id.clone(), "probe", at, kind)
+}
+
+fn status(status: Status, version: u64) -> FactKind {
+    FactKind::Status {
+        status,
+        waits: vec![Wait::Event("approval".into())],
+        version,
+    }
+}
+
+/// A finish with `value` as its result: the encoding a worker writes, taken from an
+/// in-memory run (the record format is the core's business).
+async fn finished_with(value: u64) -> anyhow::Result<FactKind> {
+    #[dtasks::dtask(name = "stream_store.echo")]
+    async fn echo(x: u64) -> u64 {
+        x
+    }
+    let rt = dtasks::Runtime::new(dtasks::WorkerConfig::new().register(echo))?;
+    let h = rt.client().start(echo(value)).await?;
+    h.result().await?;
+    let info = rt.client().instance(h.id()).await?;
+    Ok(FactKind::Finished {
+        status: info.status,
+        result: info
+            .result
+            .clone()
+            .expect("a finished instance has its result"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_written_by_one_process_are_read_by_another_by_the_rules() -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    let writer = b.transport().await?.instance_store();
+    let reader = b.transport().await?.instance_store();
+    let id = InstanceId::random();
+    let t0 = SystemTime::now();
+    // The reader follows before anything is written; it must still see each write once
+    // confirmed.
+    assert!(reader.get(&id).await?.is_none());
+    writer
+        .record(vec![fact(&id, t0, FactKind::Started { parent: None })])
+        .await?;
+    assert_eq!(
+        reader.get(&id).await?.map(|i| i.status),
+        Some(Status::Pending)
+    );
+    writer
+        .record(vec![fact(&id, t0, status(Status::Suspended, 3))])
+        .await?;
+    // An older version is stale: the status stays, with what it waits for.
+    writer
+        .record(vec![fact(&id, t0, status(Status::Running, 1))])
+        .await?;
+    let info = reader.get(&id).await?.expect("known");
+    assert_eq!(info.status, Status::Suspended);
+    assert_eq!(info.waits, vec![Wait::Event("approval".into())]);
+    // The first result wins; a second is counted and changes nothing.
+    writer
+        .record(vec![fact(&id, t0, finished_with(7).await?)])
+        .await?;
+    writer
+        .record(vec![fact(&id, t0, finished_with(8).await?)])
+        .await?;
+    writer
+        .record(vec![fact(&id, t0, status(Status::Running, 9))])
+        .await?;
+    let info = reader.get(&id).await?.expect("known");
+    assert_eq!(info.status, Status::Succeeded);
+    assert_eq!(info.result::<u64>().transpose()?, Some(7));
+    assert_eq!(info.duplicate_results, 1);
+    // A process started later reads the stream from its first record.
+    let late = b.transport().await?.instance_store();
+    let again = late.get(&id).await?.expect("known to a later process");
+    assert_eq!(
+        (again.status, again.duplicate_results),
+        (Status::Succeeded, 1)
+    );
+    assert_eq!(again.result::<u64>().transpose()?, Some(7));
+    b.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_wakes_on_a_finish_from_another_process_and_an_unknown_id_is_not_found(
+) -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    let writer = b.transport().await?.instance_store();
+    let reader = b.transport().await?.instance_store();
+    let id = InstanceId::random();
+    writer
+        .record(vec![fact(
+            &id,
+            SystemTime::now(),
+            FactKind::Started { parent: None },
+        )])
+        .await?;
+    let waiting = tokio::spawn({
+        let (reader, id) = (reader.clone(), id.clone());
+        async move { reader.wait_finished(&id).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a wait ended before the finish");
+    writer
+        .record(vec![fact(&id, SystemTime::now(), finished_with(5).await?)])
+        .await?;
+    let info = tokio::time::timeout(Duration::from_secs(10), waiting).await???;
+    assert_eq!(info.result::<u64>().transpose()?, Some(5));
+    let unknown = InstanceId::random();
+    let err = tokio::time::timeout(Duration::from_secs(10), reader.wait_finished(&unknown))
+        .await?
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    b.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_takes_one_nonce_of_many_at_once_and_keeps_it() -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    // Eight processes claim one id at once, each with a nonce of its own.
+    let mut stores = Vec::new();
+    for _ in 0..8 {
+        stores.push(b.transport().await?.instance_store());
+    }
+    let id = InstanceId::random();
+    let claims = stores.iter().zip(1u64..).map(|(s, nonce)| {
+        let id = &id;
+        async move { s.claim(id, nonce).await.map(|ours| (nonce, ours)) }
+    });
+    let claimed = futures::future::try_join_all(claims).await?;
+    let winners: Vec<u64> = claimed
+        .iter()
+        .filter(|(_, ours)| *ours)
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(winners.len(), 1, "claims: {claimed:?}");
+    let winner = winners[0];
+    // The winner stands for every process, whatever it claims with; the winner's own
+    // nonce, claimed again (by a worker for its client), holds.
+    for s in &stores {
+        assert!(s.claim(&id, winner).await?);
+        assert!(!s.claim(&id, winner + 100).await?);
+    }
+    // The claim register holds no message (the nonce is an argument of the queue), and
+    // other ids are free.
+    let register = format!("{}.claim.{id}", b.prefix());
+    assert_eq!(b.queue_len(&register).await?, Some(0));
+    assert!(stores[0].claim(&InstanceId::random(), 7).await?);
+    b.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_run_newest_first_and_a_purge_is_seen_by_every_process() -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    let writer = b.transport().await?.instance_store();
+    let reader = b.transport().await?.instance_store();
+    let t0 = SystemTime::now();
+    let mut facts = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..25u64 {
+        let id = InstanceId::new(format!("page-{i:02}-{}", InstanceId::random()))?;
+        let at = t0 + Duration::from_millis(i);
+        facts.push(fact(&id, at, FactKind::Started { parent: None }));
+        if i % 2 == 0 {
+            facts.push(fact(&id, at, finished_with(i).await?));
+        }
+        ids.push(id);
+    }
+    writer.record(facts).await?;
+    // All 25, newest first, in pages of 10.
+    let mut query = Query::new(Filter::new().id_prefix("page-")).limit(10)?;
+    let mut seen = Vec::new();
+    loop {
+        let page = reader.list(&query).await?;
+        seen.extend(page.instances.iter().map(|i| i.id.clone()));
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => break,
+        }
+    }
+    let newest_first: Vec<InstanceId> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+    // Purged from one process: the 13 finished ones; the 12 pending stay, everywhere.
+    let purged = writer.purge(&Filter::new().id_prefix("page-")).await?;
+    assert_eq!(purged, 13);
+    let left = reader
+        .list(&Query::new(Filter::new().id_prefix("page-")).limit(100)?)
+        .await?;
+    assert_eq!(left.instances.len(), 12);
+    assert!(left.instances.iter().all(|i| i.status == Status::Pending));
+    assert!(reader.get(&ids[0]).await?.is_none());
+    b.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_steps_and_parents_written_by_one_process_are_read_by_another() -> anyhow::Result<()>
+{
+    let b = Broker::start().await?;
+    let writer = b.transport().await?.instance_store();
+    let reader = b.transport().await?.instance_store();
+    let root = InstanceId::new(format!("tree-{}", InstanceId::random()))?;
+    let t0 = SystemTime::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    let fan = |done: u32| {
+        vec![
+            Steps::new(0, 1, StepKind::Run).with_done(1, 0),
+            Steps::new(1, 2, StepKind::Child("leaf".into())).with_done(done, 0),
+        ]
+    };
+    let children: Vec<InstanceId> = (1..=2).map(|n| root.child(n)).collect();
+    let mut facts = vec![fact(&root, ms(0), FactKind::Started { parent: None })];
+    for child in &children {
+        facts.push(fact(
+            child,
+            ms(1),
+            FactKind::Started {
+                parent: Some(root.clone()),
+            },
+        ));
+    }
+    facts.push(fact(&root, ms(2), status(Status::Suspended, 1)).with_steps(fan(0)));
+    writer.record(facts).await?;
+    // The same status again (a redone step), then the finish: two transitions.
+    writer
+        .record(vec![
+            fact(&root, ms(3), status(Status::Suspended, 1)).with_steps(fan(0)),
+            fact(&root, ms(4), finished_with(3).await?).with_steps(fan(2)),
+        ])
+        .await?;
+    let info = reader.get(&root).await?.expect("known");
+    let seen: Vec<(Status, u32)> = info.history.iter().map(|t| (t.status, t.steps)).collect();
+    assert_eq!(seen, [(Status::Suspended, 3), (Status::Succeeded, 3)]);
+    assert_eq!(info.history[0].waits, vec![Wait::Event("approval".into())]);
+    assert_eq!(info.steps, fan(2));
+    // Children by parent; roots alone.
+    let of_root = reader
+        .list(&Query::new(Filter::new().parent(root.clone())))
+        .await?;
+    let mut ids: Vec<InstanceId> = of_root.instances.iter().map(|i| i.id.clone()).collect();
+    ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(ids, children);
+    let roots = reader
+        .list(&Query::new(Filter::new().roots().id_prefix("tree-")))
+        .await?;
+    let roots: Vec<&InstanceId> = roots.instances.iter().map(|i| &i.id).collect();
+    assert_eq!(roots, [&root]);
+    b.cleanup().await
+}
+
+/// The records of `stream`, read from its first with a consumer of its own, until none
+/// comes for a second.
+async fn stream_records(b: &Broker, stream: &str) -> anyhow::Result<usize> {
+    use futures::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let ch = b.channel().await?;
+    ch.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = ch
+        .basic_consume(
+            stream.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await?;
+    let mut n = 0;
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(1), consumer.next()).await {
+        d?.acker.ack(BasicAckOptions::default()).await?;
+        n += 1;
+    }
+    let _ = ch.close(200, "OK".into()).await;
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_messages_and_every_fact_arrives() -> anyhow::Result<()> {
+    const WRITES: usize = 400;
+    let b = Broker::start().await?;
+    let writer = b.transport().await?.instance_store();
+    let reader = b.transport().await?.instance_store();
+    let t0 = SystemTime::now();
+    let ids: Vec<InstanceId> = (0..WRITES)
+        .map(|i| InstanceId::new(format!("batch-{i:03}-{}", InstanceId::random())))
+        .collect::<Result<_, _>>()?;
+    // Each write its own call, all at once, as concurrent starts and steps make them.
+    let writes = ids.iter().map(|id| {
+        let writer = writer.clone();
+        let f = fact(id, t0, FactKind::Started { parent: None });
+        async move { writer.record(vec![f]).await }
+    });
+    for r in futures::future::join_all(writes).await {
+        r?;
+    }
+    // Every fact arrives, in another process, once confirmed.
+    let listed = reader
+        .list(&Query::new(Filter::new().id_prefix("batch-")).limit(1000)?)
+        .await?;
+    assert_eq!(listed.instances.len(), WRITES);
+    assert!(listed.instances.iter().all(|i| i.status == Status::Pending));
+    // Far fewer messages than writes: the writes that waited while a message was being
+    // confirmed went out together (the reader's sync markers are records too).
+    let records = stream_records(&b, &format!("{}.facts", b.prefix())).await?;
+    assert!(
+        records <= WRITES / 4,
+        "{records} records in the stream for {WRITES} writes"
+    );
+    println!("{WRITES} concurrent writes: {records} records in the stream");
+    b.cleanup().await
+}
