@@ -198,6 +198,13 @@ enum Repr {
     BadInput(String),
     #[error("could not decode a message or state: {0}")]
     Decode(String),
+    #[error(
+        "a message written by a newer build: envelope revision {0}, this build reads \
+         revisions {oldest} to {newest}",
+        oldest = crate::protocol::OLDEST_ENVELOPE_VERSION,
+        newest = crate::protocol::ENVELOPE_VERSION
+    )]
+    Newer(u8),
     #[error("no instance `{0}` is known")]
     NotFound(String),
     #[error("transport error: {0}")]
@@ -236,6 +243,11 @@ impl Error {
     pub(crate) fn decode(msg: impl Into<String>) -> Self {
         Self {
             repr: Repr::Decode(msg.into()),
+        }
+    }
+    pub(crate) fn newer(revision: u8) -> Self {
+        Self {
+            repr: Repr::Newer(revision),
         }
     }
     /// No instance `id` is known ([`Error::is_not_found`]).
@@ -328,9 +340,18 @@ impl Error {
     pub fn is_bad_input(&self) -> bool {
         matches!(self.repr, Repr::BadInput(_))
     }
-    /// Bytes could not be decoded (corrupt, truncated, or of an unknown version).
+    /// Bytes could not be decoded (corrupt, truncated, or of an unknown version;
+    /// [`Error::is_newer`] among them).
     pub fn is_decode(&self) -> bool {
-        matches!(self.repr, Repr::Decode(_))
+        matches!(self.repr, Repr::Decode(_) | Repr::Newer(_))
+    }
+    /// A message was written by a newer build of dtasks: its envelope revision is above
+    /// [`ENVELOPE_VERSION`](crate::ENVELOPE_VERSION), the newest this build reads. A
+    /// worker hands such a message back for a newer worker (see
+    /// [`WorkerConfig::newer_message_patience`](crate::WorkerConfig::newer_message_patience));
+    /// a client that gets one should be upgraded.
+    pub fn is_newer(&self) -> bool {
+        matches!(self.repr, Repr::Newer(_))
     }
     /// No instance with this id is known.
     pub fn is_not_found(&self) -> bool {

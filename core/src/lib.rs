@@ -66,7 +66,7 @@ pub use dtask::{Call, DTask, IntoDTask, Join, ResumeToken, RetryCall, RetryPolic
 pub use dtasks_macros::dtask;
 pub use error::{Error, Failure};
 pub use exec::SavedMachine;
-pub use protocol::{InstanceId, Status, Wait, ENVELOPE_VERSION};
+pub use protocol::{InstanceId, Status, Wait, ENVELOPE_VERSION, OLDEST_ENVELOPE_VERSION};
 pub use registry::{DTaskFn, Registry};
 pub use runtime::{
     Runtime, RuntimeBuilder, Worker, WorkerConfig, WorkerStats, DEFAULT_INLINE_STEPS,

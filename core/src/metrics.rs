@@ -30,6 +30,9 @@ pub const INLINE_STEPS: &str = "dtasks_inline_steps_total";
 pub const DUPLICATE_RESULTS: &str = "dtasks_duplicate_results_total";
 /// Counter: starts dropped because another start holds their chosen id.
 pub const DUPLICATE_STARTS: &str = "dtasks_duplicate_starts_total";
+/// Counter: messages written by a newer build, put back for a newer worker to take
+/// ([`WorkerConfig::newer_message_patience`](crate::WorkerConfig::newer_message_patience)).
+pub const HANDED_BACK: &str = "dtasks_handed_back_total";
 /// Histogram: how long a worker took to make a step's messages durable (store writes,
 /// publishes and their confirms), in seconds.
 pub const PUBLISH_DURATION: &str = "dtasks_publish_duration_seconds";

@@ -5,7 +5,9 @@
 //! the benchmark use it.
 //!
 //! Also [`start_without_claim`]: the start a client killed halfway through
-//! [`Client::start_with_id`] leaves behind, for tests of that crash.
+//! [`Client::start_with_id`] leaves behind, for tests of that crash; and
+//! [`as_next_revision`]: a task message as a build of the next envelope revision could
+//! write it, for tests of rolling upgrades.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -416,4 +418,28 @@ pub async fn start_without_claim<T>(
     client
         .publish_start(id, name, input, ClaimId::PublishOnly)
         .await
+}
+
+/// The task message `bytes` (a whole envelope of a `Step`) as a build of the next envelope
+/// revision could write it: one more field at the end of the step and of its state, under
+/// revision [`ENVELOPE_VERSION`](crate::ENVELOPE_VERSION)` + 1`. This build cannot decode
+/// it ([`Error::is_newer`]); its workers hand it back (see
+/// [`WorkerConfig::newer_message_patience`](crate::WorkerConfig::newer_message_patience)).
+/// `None` when `bytes` are not a step message.
+pub fn as_next_revision(bytes: &[u8]) -> Option<Vec<u8>> {
+    use rmpv::Value;
+    let mut body = bytes.get(4..)?;
+    let mut v = rmpv::decode::read_value(&mut body).ok()?;
+    let Value::Map(m) = &mut v else { return None };
+    let Value::Array(step) = &mut m.first_mut()?.1 else {
+        return None;
+    };
+    let Value::Array(state) = step.first_mut()? else {
+        return None;
+    };
+    state.push(Value::from("a field of the next revision"));
+    step.push(Value::from(1));
+    let mut out = vec![b'D', b'T', crate::ENVELOPE_VERSION + 1, bytes[3]];
+    rmpv::encode::write_value(&mut out, &v).ok()?;
+    Some(out)
 }

@@ -28,6 +28,8 @@ pub struct ProcessReport {
     pub restarts: u64,
     /// Starts dropped without running because another start holds their id.
     pub duplicate_starts: u64,
+    /// Deliveries of messages of a newer build put back for a newer worker.
+    pub handed_back: u64,
 }
 
 impl ProcessReport {
@@ -48,6 +50,7 @@ impl ProcessReport {
                 "duplicate_results" => r.duplicate_results = v,
                 "restarts" => r.restarts = v,
                 "duplicate_starts" => r.duplicate_starts = v,
+                "handed_back" => r.handed_back = v,
                 _ => {}
             }
         }

@@ -17,6 +17,7 @@ use super::{Engine, MailboxPlan, Settlement};
 use crate::error::{Failure, FailureKind};
 use crate::protocol::message::TaskMessage;
 use crate::protocol::outgoing::Outgoing;
+use crate::protocol::probe::Probe;
 use crate::protocol::state::{InstanceState, Outcome};
 
 /// The failure of an instance one of whose messages was dead-lettered for `reason`.
@@ -53,6 +54,21 @@ impl Engine {
             waiting_for_state: false,
             delete: false,
         }
+    }
+
+    /// The messages that end, as failed for `reason`, the instance of a task message of a
+    /// newer build of which only the frozen fields (`probe`) could be read: its result for
+    /// a root, its reply for a child whose parent keeps its state in its mailbox; nothing
+    /// when who waits cannot be read that way.
+    pub(crate) fn fail_newer(&self, probe: Probe, reason: &str, now: SystemTime) -> Vec<Outgoing> {
+        let Some(reply) = probe.reply else {
+            return Vec::new();
+        };
+        let mut state = InstanceState::new(probe.id, probe.name, Vec::new(), reply);
+        state.notify = probe.notify;
+        let failure = dead_lettered(reason);
+        warn!(instance = %state.id, dtask = %state.name, %failure, "instance failed");
+        self.fail_state(&state, failure, now)
     }
 
     /// The messages that end the instance of `msg`, a task message dead-lettered for

@@ -13,8 +13,47 @@ use crate::error::Error;
 
 const MAGIC: &[u8; 2] = b"DT";
 
-/// The envelope version this build writes and reads.
-pub const ENVELOPE_VERSION: u8 = 1;
+/// The envelope revision this build writes, and the newest it reads.
+///
+/// The rules that let builds of different revisions run side by side (a rolling upgrade):
+///
+/// - A build reads every revision from [`OLDEST_ENVELOPE_VERSION`] to its own. Its types
+///   only ever grow: fields are added at the end of a struct with `#[serde(default)]`,
+///   variants at the end of an enum, kinds with new numbers, and nothing is removed,
+///   reordered or retyped, so what an older build wrote still decodes.
+/// - Every such addition bumps the revision, because an older build cannot read it (its
+///   decoder refuses an array with more elements than it knows, and variants it does not
+///   know). A message is stamped with the revision that last changed its kind (`stamp`):
+///   the kinds a change leaves alone (results, say, when only the state grew) are still
+///   read by the build before it. A build that receives a message of a newer revision does not dead-letter it:
+///   it hands it back for a newer worker, and fails its instance visibly only when no
+///   newer worker took it within its patience
+///   ([`WorkerConfig::newer_message_patience`](crate::WorkerConfig::newer_message_patience)).
+/// - To fail an instance without reading the rest of a newer message, a build reads a
+///   task message's first fields, which never change: the variant `Step` (index 0) and
+///   the state's `id`, `name`, `input`, `journal` and `reply` (its first five elements),
+///   with the `reply` variants `Root`, `Mailbox` and `Client`, and its `notify` (the 21st:
+///   the reply queue of the client waiting for a root).
+///
+/// Revision 1: the first. Revision 2: continue-as-new (`InstanceState::run`, `Fact::runs`),
+/// replay patches (`Command::Patch`), code fingerprints in facts, and the failure kinds
+/// added with them.
+#[cfg(not(feature = "next-revision"))]
+pub const ENVELOPE_VERSION: u8 = 2;
+/// The envelope revision this build writes, and the newest it reads: with the feature
+/// `next-revision`, the revision after the current one, with a field added to the state,
+/// as the next build that changes the wire format will be (for tests of rolling upgrades
+/// only).
+#[cfg(feature = "next-revision")]
+pub const ENVELOPE_VERSION: u8 = 3;
+
+/// The oldest envelope revision this build reads.
+pub const OLDEST_ENVELOPE_VERSION: u8 = 1;
+
+/// The revision of an envelope, `None` when `bytes` are not one.
+pub(crate) fn revision(bytes: &[u8]) -> Option<u8> {
+    (bytes.len() >= 4 && &bytes[..2] == MAGIC).then(|| bytes[2])
+}
 
 /// What an envelope holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,10 +94,22 @@ pub(crate) fn encode<T: Enveloped>(value: &T) -> Vec<u8> {
 
 /// Encodes `value`, which must serialize exactly as a value of the kind `kind` does (a
 /// borrowed mirror of one of the enveloped types; see [`TaskMessageRef`]).
+/// The revision stamped on a message of `kind`: the revision that last changed what a
+/// message of that kind holds, so that an older build still reads the kinds a newer one
+/// left as they were (a client of the previous build reads the results of a newer
+/// worker, unless their form changed).
+const fn stamp(kind: Kind) -> u8 {
+    match kind {
+        #[cfg(feature = "next-revision")]
+        Kind::Task | Kind::Mailbox => 3,
+        _ => 2,
+    }
+}
+
 pub(crate) fn encode_as<T: Serialize + ?Sized>(kind: Kind, value: &T) -> Vec<u8> {
     with_scratch(|buf| {
         buf.extend_from_slice(MAGIC);
-        buf.push(ENVELOPE_VERSION);
+        buf.push(stamp(kind));
         buf.push(kind as u8);
         // Writing our own types into a Vec cannot fail: every field is a plain serde type.
         rmp_serde::encode::write(buf, value).expect("encoding to a Vec cannot fail");
@@ -140,6 +191,8 @@ pub(crate) struct ChildStateRef<'a> {
     drained: u64,
     records_children: bool,
     run: u32,
+    #[cfg(feature = "next-revision")]
+    next: Option<&'a str>,
 }
 
 /// A borrowed mirror of [`ReplyTo`](super::state::ReplyTo) up to its `Continuation`
@@ -191,6 +244,8 @@ impl<'a> ChildStateRef<'a> {
             drained: 0,
             records_children: parent.records_children,
             run: 0,
+            #[cfg(feature = "next-revision")]
+            next: None,
         }
     }
 }
@@ -211,9 +266,13 @@ pub(crate) fn decode<T: Enveloped>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.len() < 4 || &bytes[..2] != MAGIC {
         return Err(Error::decode("not a dtasks envelope (bad magic bytes)"));
     }
-    if bytes[2] != ENVELOPE_VERSION {
+    if bytes[2] > ENVELOPE_VERSION {
+        return Err(Error::newer(bytes[2]));
+    }
+    if bytes[2] < OLDEST_ENVELOPE_VERSION {
         return Err(Error::decode(format!(
-            "unknown envelope version {} (this build reads version {ENVELOPE_VERSION})",
+            "unknown envelope version {} (this build reads revisions \
+             {OLDEST_ENVELOPE_VERSION} to {ENVELOPE_VERSION})",
             bytes[2]
         )));
     }
@@ -250,11 +309,12 @@ pub(crate) fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Strin
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
     use crate::error::{Failure, FailureKind};
+    use crate::protocol::probe;
     use crate::protocol::state::{Command, ReplyTo, MAX_RIDING};
 
     fn failure() -> impl Strategy<Value = Failure> {
@@ -437,7 +497,7 @@ mod tests {
             .to_string()
             .contains("magic"));
         let e = decode::<TaskMessage>(&[b'D', b'T', 7, 1, 0xc0]).unwrap_err();
-        assert!(e.is_decode() && e.to_string().contains("version 7"), "{e}");
+        assert!(e.is_newer() && e.to_string().contains("revision 7"), "{e}");
         let e = decode::<TaskMessage>(&[b'D', b'T', ENVELOPE_VERSION, 3, 0xc0]).unwrap_err();
         assert!(e.to_string().contains("kind 3"), "{e}");
     }
@@ -556,5 +616,175 @@ mod tests {
                 next = Some(*parent);
             }
         }
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// Messages written by the build of envelope revision 1 (before continue-as-new and
+    /// patches), kept byte for byte: this build must read them (rolling upgrades).
+    mod revision_1 {
+        pub(super) const TASK_START: &str = "4454010181a45374657092dc0014a76f726465722d31a56f72646572c4049207a1789081a6436c69656e7491a77265706c792d31c20000c2c00000009090c2c0c0c090c0";
+        pub(super) const TASK_RESUME: &str = "4454010181a45374657092dc0014a76f726465722d31a56f72646572c4049207a178919381a54368696c6492a66368617267652ac000a4526f6f74c20000c2c00000009090c2c0c0c090920081a24f6bc40163";
+        pub(super) const MAILBOX_EVENT: &str =
+            "4454010281a54576656e74920381a64661696c656492a550616e6963a4626f6f6d";
+        pub(super) const RESULT: &str = "445401039181a24f6bc405a4646f6e65";
+        pub(super) const MAILBOX_STATE: &str = "4454010281a55374617465dc0014a76f726465722d31a56f72646572c4049207a178919381a54368696c6492a66368617267652ac000a4526f6f74c30500c2c00000009090c2c0c0c090";
+    }
+
+    #[test]
+    fn what_the_first_revision_wrote_decodes() {
+        let input = encode_value(&(7u32, "x")).unwrap();
+        let TaskMessage::Step { state, completion } =
+            decode::<TaskMessage>(&unhex(revision_1::TASK_START)).unwrap()
+        else {
+            panic!("a step")
+        };
+        assert_eq!(state.id.as_str(), "order-1");
+        assert_eq!(state.name, "order");
+        assert_eq!(state.input, input);
+        assert_eq!(
+            state.reply,
+            ReplyTo::Client {
+                client: "reply-1".into()
+            }
+        );
+        assert!(state.journal.is_empty() && completion.is_none());
+        assert_eq!(state.run, 0, "a field added later takes its default");
+
+        let TaskMessage::Step { state, completion } =
+            decode::<TaskMessage>(&unhex(revision_1::TASK_RESUME)).unwrap()
+        else {
+            panic!("a step")
+        };
+        assert_eq!(state.reply, ReplyTo::Root);
+        assert_eq!(
+            state.journal[0].cmd,
+            Command::Child {
+                name: "charge".into(),
+                input_hash: 42
+            }
+        );
+        assert_eq!(
+            completion,
+            Some((0, Outcome::Ok(encode_value(&99u64).unwrap())))
+        );
+
+        let MailboxItem::Event { seq, outcome } =
+            decode::<MailboxItem>(&unhex(revision_1::MAILBOX_EVENT)).unwrap()
+        else {
+            panic!("an event")
+        };
+        assert_eq!(seq, 3);
+        let Outcome::Failed(f) = outcome else {
+            panic!("a failure")
+        };
+        assert!(f.is_panic() && f.message() == "boom", "{f:?}");
+
+        let rec = decode::<ResultRecord>(&unhex(revision_1::RESULT)).unwrap();
+        assert_eq!(rec.outcome, Outcome::Ok(encode_value(&"done").unwrap()));
+
+        let MailboxItem::State(state) =
+            decode::<MailboxItem>(&unhex(revision_1::MAILBOX_STATE)).unwrap()
+        else {
+            panic!("a state")
+        };
+        assert!(state.mailbox);
+        assert_eq!(state.version, 5);
+    }
+
+    pub(crate) fn as_newer(bytes: &[u8]) -> Vec<u8> {
+        crate::test_util::as_next_revision(bytes).expect("a step message")
+    }
+
+    #[test]
+    fn a_newer_revision_is_recognised_and_its_frozen_fields_are_read() {
+        let mut state = InstanceState::new(
+            InstanceId::new("root-1").unwrap(),
+            "order".into(),
+            encode_value(&1u8).unwrap(),
+            ReplyTo::Client {
+                client: "reply-9".into(),
+            },
+        );
+        state.notify = Some("waiting-client".into());
+        let now = encode(&TaskMessage::Step {
+            state: Box::new(state),
+            completion: None,
+        });
+        let newer = as_newer(&now);
+        let e = decode::<TaskMessage>(&newer).unwrap_err();
+        assert!(e.is_newer() && e.is_decode(), "{e}");
+        // Under this build's revision the same bytes do not decode: an added field needs
+        // the next revision.
+        let mut same = newer.clone();
+        same[2] = ENVELOPE_VERSION;
+        let e = decode::<TaskMessage>(&same).unwrap_err();
+        assert!(!e.is_newer() && e.is_decode(), "{e}");
+        // What every revision can read of it.
+        let p = probe::task(&newer).expect("the frozen fields");
+        assert_eq!(p.id.as_str(), "root-1");
+        assert_eq!(p.name, "order");
+        assert_eq!(
+            p.reply,
+            Some(ReplyTo::Client {
+                client: "reply-9".into()
+            })
+        );
+        assert_eq!(p.notify.as_deref(), Some("waiting-client"));
+        // A revision below the oldest read is not "newer".
+        let mut old = now.clone();
+        old[2] = 0;
+        let e = decode::<TaskMessage>(&old).unwrap_err();
+        assert!(!e.is_newer() && e.is_decode(), "{e}");
+        assert_eq!(revision(&newer), Some(ENVELOPE_VERSION + 1));
+        assert_eq!(revision(b"xx"), None);
+    }
+
+    #[test]
+    fn the_probe_reads_a_child_whose_parent_keeps_a_mailbox_and_skips_a_riding_one() {
+        let parent = InstanceId::new("p").unwrap();
+        let mailbox = InstanceState::new(
+            InstanceId::from_message("p.1").unwrap(),
+            "leaf".into(),
+            Vec::new(),
+            ReplyTo::Mailbox {
+                parent: parent.clone(),
+                parent_name: "fan".into(),
+                seq: 1,
+            },
+        );
+        let bytes = as_newer(&encode(&TaskMessage::Step {
+            state: Box::new(mailbox.clone()),
+            completion: None,
+        }));
+        let p = probe::task(&bytes).unwrap();
+        assert_eq!(p.reply, Some(mailbox.reply.clone()));
+        let riding = InstanceState::new(
+            InstanceId::from_message("p.2").unwrap(),
+            "leaf".into(),
+            Vec::new(),
+            ReplyTo::Continuation {
+                parent: Box::new(InstanceState::new(
+                    parent,
+                    "fan".into(),
+                    Vec::new(),
+                    ReplyTo::Root,
+                )),
+                seq: 2,
+            },
+        );
+        let bytes = as_newer(&encode(&TaskMessage::Step {
+            state: Box::new(riding),
+            completion: None,
+        }));
+        let p = probe::task(&bytes).unwrap();
+        assert_eq!(p.id.as_str(), "p.2");
+        assert_eq!(p.reply, None);
+        assert!(probe::task(b"DT\x09\x01\xc0").is_none());
     }
 }

@@ -11,10 +11,11 @@ pub(crate) mod hooks;
 pub(crate) mod id;
 pub(crate) mod message;
 pub(crate) mod outgoing;
+pub(crate) mod probe;
 pub(crate) mod runs;
 pub(crate) mod state;
 
-pub use codec::ENVELOPE_VERSION;
+pub use codec::{ENVELOPE_VERSION, OLDEST_ENVELOPE_VERSION};
 pub use message::{Status, Wait};
 pub use outgoing::{Destination, Outgoing};
 pub use state::InstanceId;

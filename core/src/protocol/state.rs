@@ -288,6 +288,11 @@ pub(crate) struct InstanceState {
     /// so that its operations' ids never meet an earlier run's.
     #[serde(default)]
     pub(crate) run: u32,
+    /// The field the next envelope revision adds (feature `next-revision`: a build that
+    /// stands for the next one in tests of rolling upgrades).
+    #[cfg(feature = "next-revision")]
+    #[serde(default)]
+    pub(crate) next: Option<String>,
 }
 
 /// The most states one message carries nested in each other (a chain of parents each
@@ -343,6 +348,8 @@ impl InstanceState {
             drained: 0,
             records_children: false,
             run: 0,
+            #[cfg(feature = "next-revision")]
+            next: None,
         }
     }
 
@@ -530,6 +537,8 @@ impl InstanceState {
             drained: self.drained,
             records_children: self.records_children,
             run: self.run,
+            #[cfg(feature = "next-revision")]
+            next: None,
         }
     }
 }

@@ -13,6 +13,9 @@ pub const DEFAULT_INLINE_STEPS: usize = 32;
 /// The default of [`WorkerConfig::inline_time`].
 const INLINE_TIME: Duration = Duration::from_millis(200);
 
+/// How long a worker hands back a message of a newer build before failing its instance.
+const DEFAULT_NEWER_PATIENCE: Duration = Duration::from_secs(15 * 60);
+
 /// The settings of a worker: which DTasks it runs and how. One type for every place that
 /// runs workers: [`Worker::new`](crate::Worker::new), [`Runtime::new`](crate::Runtime::new)
 /// and `dtasks_actors::WorkerPod::new`.
@@ -51,6 +54,7 @@ pub struct WorkerConfig {
     pub(crate) inline_time: Duration,
     pub(crate) summary_every: Option<Duration>,
     pub(crate) store: Option<SharedStore>,
+    pub(crate) newer_patience: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -66,6 +70,7 @@ impl Default for WorkerConfig {
             inline_time: INLINE_TIME,
             summary_every: None,
             store: None,
+            newer_patience: DEFAULT_NEWER_PATIENCE,
         }
     }
 }
@@ -114,6 +119,30 @@ impl WorkerConfig {
                 self
             }
         }
+    }
+
+    /// How long this worker hands back a message written by a newer build of dtasks (an
+    /// envelope revision above [`ENVELOPE_VERSION`](crate::ENVELOPE_VERSION)) for a newer
+    /// worker to take, before it fails the message's instance (default 15 minutes).
+    ///
+    /// During a rolling upgrade, workers of the old build and clients or workers of the
+    /// new one run side by side. A message the old build cannot read is put back (after a
+    /// pause of a second, so that it goes round the consumers rather than in a tight loop)
+    /// and a worker of the new build takes it. When no such worker takes it within the
+    /// patience (the new build was rolled back, or only clients were upgraded), the
+    /// message is dead-lettered with a reason that says so, and its instance fails with
+    /// [`Failure::is_dead_lettered`](crate::Failure::is_dead_lettered): a root's waiter
+    /// and status see the failure, and so does a parent that keeps its state in its
+    /// mailbox. A child whose parent rides in its message cannot be failed without reading
+    /// the parent: its dead letter stays, and a worker of the new build takes it when it
+    /// is replayed (`dtasks dead-letters replay`). A mailbox item of a newer build is
+    /// handed back the same way, with its instance failed once the patience is over.
+    ///
+    /// The patience is counted by each worker from when it first saw the message; a
+    /// restart starts it again.
+    pub fn newer_message_patience(mut self, patience: Duration) -> Self {
+        self.newer_patience = patience;
+        self
     }
 
     /// How many steps run at once (default 64). A step holds its slot while it runs and

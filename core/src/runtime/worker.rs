@@ -18,8 +18,9 @@ use super::{claim, facts};
 use crate::engine::{Engine, Probes, Settlement, Stepped};
 use crate::error::Error;
 use crate::metrics;
+use crate::protocol::codec;
 use crate::protocol::message::TaskMessage;
-use crate::protocol::InstanceId;
+use crate::protocol::{probe, InstanceId, ENVELOPE_VERSION, OLDEST_ENVELOPE_VERSION};
 use crate::store::InstanceStore;
 use crate::trace;
 use crate::transport::{
@@ -29,6 +30,13 @@ use crate::transport::{
 
 /// How long a root's first step runs before its status is written as `Running`.
 const RUNNING_AFTER: Duration = Duration::from_millis(50);
+
+/// How long a message of a newer build is held before it is put back: it goes round the
+/// consumers of its queue at this pace rather than in a tight loop.
+const HAND_BACK_PAUSE: Duration = Duration::from_secs(1);
+
+/// How many messages of a newer build a worker counts the patience of at once.
+const NEWER_REMEMBERED: usize = 10_000;
 
 /// Runs DTask instances: consumes the task queues of its registered DTasks and the
 /// mailbox doorbells, and handles each delivery (ack only after every message it caused
@@ -60,6 +68,10 @@ struct Inner {
     stats: Stats,
     /// The mailboxes this worker merges now: one merge of an instance at a time.
     merging: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
+    /// See [`WorkerConfig::newer_message_patience`].
+    newer_patience: Duration,
+    /// When this worker first handed back each message (or mailbox) of a newer build.
+    newer: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Default)]
@@ -70,6 +82,7 @@ struct Stats {
     duplicate_results: AtomicU64,
     inlined: AtomicU64,
     duplicate_starts: AtomicU64,
+    handed_back: AtomicU64,
 }
 
 /// Counters of a worker.
@@ -92,6 +105,9 @@ pub struct WorkerStats {
     /// [`Client::start_with_id`](crate::Client::start_with_id) of an id, whose client was
     /// told [`Error::is_already_started`].
     pub duplicate_starts: u64,
+    /// Deliveries of messages written by a newer build, put back for a newer worker
+    /// ([`WorkerConfig::newer_message_patience`]).
+    pub handed_back: u64,
 }
 
 impl std::ops::Add for WorkerStats {
@@ -105,6 +121,7 @@ impl std::ops::Add for WorkerStats {
             duplicate_results: self.duplicate_results + o.duplicate_results,
             inlined: self.inlined + o.inlined,
             duplicate_starts: self.duplicate_starts + o.duplicate_starts,
+            handed_back: self.handed_back + o.handed_back,
         }
     }
 }
@@ -220,6 +237,8 @@ impl Worker {
                 summary_every: config.summary_every,
                 stats: Stats::default(),
                 merging: Mutex::new(HashMap::new()),
+                newer_patience: config.newer_patience,
+                newer: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -239,6 +258,7 @@ impl Worker {
             duplicate_results: s.duplicate_results.load(Ordering::Relaxed),
             inlined: s.inlined.load(Ordering::Relaxed),
             duplicate_starts: s.duplicate_starts.load(Ordering::Relaxed),
+            handed_back: s.handed_back.load(Ordering::Relaxed),
         }
     }
 
@@ -375,6 +395,22 @@ impl Inner {
         let span = info_span!("dtask.mailbox", instance = %instance, items = items.len());
         trace::continue_and_link(&span, items.iter().filter_map(|m| m.trace.as_ref()));
         async {
+            // An item of a newer build: the drain is put back whole, for a newer worker to
+            // merge once it holds the doorbell's shard; after the patience, the engine fails
+            // the instance for the item it cannot read.
+            let newer = items
+                .iter()
+                .filter_map(|m| codec::revision(&m.body))
+                .any(|r| r > ENVELOPE_VERSION);
+            if newer && self.newer_patient(&format!("mailbox:{instance}")) {
+                debug!("a mailbox item written by a newer build; handed back for a newer worker");
+                drop(slot);
+                for m in items {
+                    let _ = m.settle.requeue().await;
+                }
+                self.put_back(settle).await;
+                return;
+            }
             let bodies: Vec<Vec<u8>> = items.iter().map(|m| m.body.clone()).collect();
             let plan = self.engine.handle_mailbox(&bodies, self.transport.now()).await;
             drop(slot);
@@ -440,6 +476,93 @@ impl Inner {
             self.stats.duplicate_results.fetch_add(n, Ordering::Relaxed);
             ::metrics::counter!(metrics::DUPLICATE_RESULTS).increment(n);
         }
+    }
+
+    /// Whether a message (or mailbox) `key` of a newer build is still within this worker's
+    /// patience: counted from the first time this worker handed it back.
+    fn newer_patient(&self, key: &str) -> bool {
+        let mut newer = self.newer.lock().unwrap_or_else(|p| p.into_inner());
+        if newer.len() >= NEWER_REMEMBERED && !newer.contains_key(key) {
+            let patience = self.newer_patience;
+            newer.retain(|_, at| at.elapsed() < patience);
+            if newer.len() >= NEWER_REMEMBERED {
+                // Still full: the patience of this one starts when there is room.
+                return true;
+            }
+        }
+        let first = *newer.entry(key.to_string()).or_insert_with(Instant::now);
+        if first.elapsed() < self.newer_patience {
+            return true;
+        }
+        newer.remove(key);
+        false
+    }
+
+    /// Puts a delivery of a newer build back after [`HAND_BACK_PAUSE`]: a newer worker
+    /// consuming the same queue may take it.
+    async fn put_back(&self, settle: Box<dyn Settle>) {
+        self.stats.handed_back.fetch_add(1, Ordering::Relaxed);
+        ::metrics::counter!(metrics::HANDED_BACK).increment(1);
+        tokio::time::sleep(HAND_BACK_PAUSE).await;
+        let _ = settle.requeue().await;
+    }
+
+    /// Handles a task message of the newer envelope revision `revision`: hands it back
+    /// within the patience; after it, fails its instance where its frozen fields say who
+    /// waits (see [`ENVELOPE_VERSION`]) and dead-letters it.
+    async fn hand_back_task(
+        &self,
+        body: Vec<u8>,
+        revision: u8,
+        message_id: Option<String>,
+        settle: Box<dyn Settle>,
+    ) {
+        let key = match &message_id {
+            Some(id) => id.clone(),
+            None => {
+                use std::hash::{Hash as _, Hasher as _};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                body.hash(&mut h);
+                format!("body:{:016x}", h.finish())
+            }
+        };
+        if self.newer_patient(&key) {
+            debug!(
+                message_id = %key,
+                revision,
+                "a message written by a newer build; handed back for a newer worker"
+            );
+            self.put_back(settle).await;
+            return;
+        }
+        let mut reason = format!(
+            "written by a newer build (envelope revision {revision}; this build reads \
+             revisions {OLDEST_ENVELOPE_VERSION} to {ENVELOPE_VERSION}), and no worker that \
+             reads it took it within {:?}",
+            self.newer_patience
+        );
+        match probe::task(&body) {
+            Some(p) => {
+                let failure = self.engine.fail_newer(p, &reason, self.transport.now());
+                if !failure.is_empty() {
+                    if let Err(e) = self.emit(failure).await {
+                        warn!(error = %e, "publishing the failure of a newer build's instance failed; it will be retried");
+                        let _ = settle.requeue().await;
+                        return;
+                    }
+                } else {
+                    reason.push_str(
+                        "; its instance was not failed (its parent rides in it, or nobody \
+                         waits for it): replay this letter once a newer worker runs",
+                    );
+                }
+            }
+            None => reason.push_str("; its instance could not be named"),
+        }
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        ::metrics::counter!(metrics::DEAD_LETTERS).increment(1);
+        warn!(message_id = %key, %reason, "dead-lettering a message of a newer build");
+        let _ = settle.dead_letter(reason).await;
     }
 
     /// Moves a task message that cannot be handled to the dead-letter queue, after ending
@@ -571,6 +694,14 @@ impl Inner {
                 message_id,
                 trace,
             } => {
+                // Read by a newer build only: handed back before any other check (its
+                // hand-backs are redeliveries that count against no budget).
+                if let Some(revision) = codec::revision(&body).filter(|r| *r > ENVELOPE_VERSION) {
+                    drop(slot);
+                    self.hand_back_task(body, revision, message_id, settle)
+                        .await;
+                    return;
+                }
                 if redeliveries > self.max_redeliveries {
                     let reason = format!("failed {redeliveries} times (retry budget exhausted)");
                     self.dead_letter(&body, reason, settle).await;
@@ -777,6 +908,95 @@ mod tests {
         assert!(!third.is_finished());
         inner.dedupe.lock().unwrap().done("m");
         assert!(!third.await.unwrap());
+    }
+
+    /// Not registered on the workers of these tests: its start waits in its queue.
+    #[crate::dtask]
+    async fn elsewhere() {}
+
+    /// A message as a build of the next envelope revision writes it.
+    fn newer(bytes: &[u8]) -> Vec<u8> {
+        crate::protocol::codec::tests::as_newer(bytes)
+    }
+
+    #[tokio::test]
+    async fn a_start_of_a_newer_build_is_handed_back_then_fails_its_root_visibly() {
+        let transport = MemoryTransport::new();
+        let client = crate::Client::new(transport.clone());
+        // A client's start, as a newer build writes it, on the queue of a DTask the worker
+        // runs.
+        let handle = client.start(elsewhere()).await.unwrap();
+        let name_of = |f: &dyn Fn(&mut crate::Registry)| {
+            let mut r = crate::Registry::new();
+            f(&mut r);
+            r.names().remove(0)
+        };
+        let elsewhere_name = &name_of(&|r| {
+            r.register(elsewhere).unwrap();
+        });
+        let noop_name = &name_of(&|r| {
+            r.register(noop).unwrap();
+        });
+        let start = transport.take_raw(elsewhere_name).expect("the start");
+        transport.inject_raw(noop_name, newer(&start));
+        let config = WorkerConfig::new()
+            .register(noop)
+            .newer_message_patience(Duration::from_millis(2500));
+        let worker = Worker::new(transport.clone(), config).unwrap();
+        let stats = worker.clone();
+        let run = tokio::spawn(worker.run());
+        // Within the patience it is put back, not dead-lettered.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(stats.stats().handed_back >= 1, "{:?}", stats.stats());
+        assert!(transport.dead_letters().is_empty());
+        let e = tokio::time::timeout(Duration::from_secs(10), handle.result())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the waiter did not learn of the failure: {:?} {:?}",
+                    stats.stats(),
+                    transport.dead_letters()
+                )
+            })
+            .unwrap_err();
+        let f = e.failure().expect("a failure");
+        assert!(f.is_dead_lettered(), "{f:?}");
+        assert!(f.message().contains("newer build"), "{f:?}");
+        let dead = transport.dead_letters();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert!(
+            dead[0].reason.contains("envelope revision"),
+            "{}",
+            dead[0].reason
+        );
+        assert_eq!(stats.stats().dead_lettered, 1);
+        run.abort();
+    }
+
+    #[tokio::test]
+    async fn a_mailbox_item_of_a_newer_build_is_handed_back_and_the_drain_left_whole() {
+        let transport = MemoryTransport::new();
+        let config = WorkerConfig::new()
+            .register(noop)
+            .newer_message_patience(Duration::from_secs(60));
+        let worker = Worker::new(transport.clone(), config).unwrap();
+        let stats = worker.clone();
+        let id = InstanceId::new("boxed").unwrap();
+        let state = crate::protocol::state::InstanceState::new(
+            id.clone(),
+            "noop".into(),
+            Vec::new(),
+            crate::protocol::state::ReplyTo::Root,
+        );
+        let mut item = newer(&Outgoing::start(&state).body);
+        item[3] = crate::protocol::codec::Kind::Mailbox as u8;
+        transport.inject_raw_mailbox(&id, item);
+        let run = tokio::spawn(worker.run());
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(stats.stats().handed_back >= 2, "{:?}", stats.stats());
+        assert!(transport.dead_letters().is_empty());
+        assert_eq!(transport.mailboxes(), vec![id]);
+        run.abort();
     }
 
     #[tokio::test]

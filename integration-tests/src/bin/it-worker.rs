@@ -3,7 +3,8 @@
 //! (`AMQP_URL`, `DTASKS_PREFIX`, `RUST_LOG`, `IT_CODE` for the build of the versioned
 //! DTasks of `dtasks_integration_tests::evolve`, `IT_TIMER_HOLD_MS` for
 //! [`AmqpConfig::with_timer_hold`], `DTASKS_METRICS_ADDR` to serve Prometheus metrics,
-//! `IT_SPANS_DIR` to write its OpenTelemetry spans to a file there, and
+//! `IT_SPANS_DIR` to write its OpenTelemetry spans to a file there,
+//! `IT_NEWER_PATIENCE_MS` for [`WorkerConfig::newer_message_patience`], and
 //! `IT_SHARDS_EVERY_MS` to log, that often, a line `it-worker shards pid=.. merged=..
 //! held=a,b` with [`AmqpTransport::merged_doorbells`] and
 //! [`AmqpTransport::held_shards`]; logs go to standard error).
@@ -11,7 +12,7 @@
 //! It stops gracefully when its standard input closes (the test that started it is done
 //! or gone) or on SIGTERM, then prints one line to standard output:
 //! `it-worker stopped pid=.. processed=.. dead_lettered=.. duplicate_results=.. restarts=..
-//! duplicate_starts=..`.
+//! duplicate_starts=.. handed_back=..`.
 
 use std::time::Duration;
 
@@ -78,7 +79,15 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = tasks::registry();
     let code = std::env::var(evolve::CODE_ENV).unwrap_or_else(|_| "a".to_string());
     registry.extend(&evolve::code_registry(&code))?;
-    let pod = WorkerPod::builder(transport, WorkerConfig::new().registry(&registry))
+    let mut worker_config = WorkerConfig::new().registry(&registry);
+    // A test of rolling upgrades shortens the patience with messages of a newer build.
+    if let Some(ms) = std::env::var("IT_NEWER_PATIENCE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        worker_config = worker_config.newer_message_patience(Duration::from_millis(ms));
+    }
+    let pod = WorkerPod::builder(transport, worker_config)
         .summary_every(Duration::from_secs(2))
         .build()?;
     tracing::info!(pid, "it-worker started");
@@ -94,12 +103,13 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     println!(
         "it-worker stopped pid={pid} processed={} dead_lettered={} duplicate_results={} restarts={} \
-         duplicate_starts={}",
+         duplicate_starts={} handed_back={}",
         report.stats.processed,
         report.stats.dead_lettered,
         report.stats.duplicate_results,
         report.restarts,
-        report.stats.duplicate_starts
+        report.stats.duplicate_starts,
+        report.stats.handed_back
     );
     drop(otel);
     // The blocking read of standard input may still be running (after SIGTERM): do not

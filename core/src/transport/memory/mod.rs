@@ -335,6 +335,13 @@ impl MemoryTransport {
         self.shared.changed.notify_waiters();
     }
 
+    /// Takes the first message off the task queue of `name`, as raw bytes.
+    #[cfg(test)]
+    pub(crate) fn take_raw(&self, name: &str) -> Option<Vec<u8>> {
+        let mut mem = self.shared.lock();
+        mem.tasks.get_mut(name)?.pop_front().map(|m| m.body)
+    }
+
     /// Puts raw bytes in the mailbox of `instance` and rings its doorbell, as a broken or
     /// hostile publisher might.
     pub fn inject_raw_mailbox(&self, instance: &InstanceId, body: Vec<u8>) {
