@@ -201,8 +201,8 @@ enum Repr {
     #[error(
         "a message written by a newer build: envelope revision {0}, this build reads \
          revisions {oldest} to {newest}",
-        oldest = crate::protocol::OLDEST_ENVELOPE_VERSION,
-        newest = crate::protocol::ENVELOPE_VERSION
+        oldest = crate::OLDEST_ENVELOPE_VERSION,
+        newest = crate::ENVELOPE_VERSION
     )]
     Newer(u8),
     #[error("no instance `{0}` is known")]

@@ -427,19 +427,5 @@ pub async fn start_without_claim<T>(
 /// [`WorkerConfig::newer_message_patience`](crate::WorkerConfig::newer_message_patience)).
 /// `None` when `bytes` are not a step message.
 pub fn as_next_revision(bytes: &[u8]) -> Option<Vec<u8>> {
-    use rmpv::Value;
-    let mut body = bytes.get(4..)?;
-    let mut v = rmpv::decode::read_value(&mut body).ok()?;
-    let Value::Map(m) = &mut v else { return None };
-    let Value::Array(step) = &mut m.first_mut()?.1 else {
-        return None;
-    };
-    let Value::Array(state) = step.first_mut()? else {
-        return None;
-    };
-    state.push(Value::from("a field of the next revision"));
-    step.push(Value::from(1));
-    let mut out = vec![b'D', b'T', crate::ENVELOPE_VERSION + 1, bytes[3]];
-    rmpv::encode::write_value(&mut out, &v).ok()?;
-    Some(out)
+    crate::protocol::codec::as_next_revision(bytes)
 }

@@ -62,3 +62,85 @@ fn single(v: &rmpv::Value) -> Option<(&rmpv::Value, &rmpv::Value)> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::codec::{as_next_revision, encode, encode_value};
+    use crate::protocol::message::TaskMessage;
+    use crate::protocol::state::InstanceState;
+
+    fn as_newer(bytes: &[u8]) -> Vec<u8> {
+        as_next_revision(bytes).expect("a step message")
+    }
+
+    #[test]
+    fn the_frozen_fields_of_a_newer_root_are_read() {
+        let mut state = InstanceState::new(
+            InstanceId::new("root-1").unwrap(),
+            "order".into(),
+            encode_value(&1u8).unwrap(),
+            ReplyTo::Client {
+                client: "reply-9".into(),
+            },
+        );
+        state.notify = Some("waiting-client".into());
+        let newer = as_newer(&encode(&TaskMessage::Step {
+            state: Box::new(state),
+            completion: None,
+        }));
+        let p = task(&newer).expect("the frozen fields");
+        assert_eq!(p.id.as_str(), "root-1");
+        assert_eq!(p.name, "order");
+        assert_eq!(
+            p.reply,
+            Some(ReplyTo::Client {
+                client: "reply-9".into()
+            })
+        );
+        assert_eq!(p.notify.as_deref(), Some("waiting-client"));
+    }
+
+    #[test]
+    fn the_probe_reads_a_child_whose_parent_keeps_a_mailbox_and_skips_a_riding_one() {
+        let parent = InstanceId::new("p").unwrap();
+        let mailbox = InstanceState::new(
+            InstanceId::from_message("p.1").unwrap(),
+            "leaf".into(),
+            Vec::new(),
+            ReplyTo::Mailbox {
+                parent: parent.clone(),
+                parent_name: "fan".into(),
+                seq: 1,
+            },
+        );
+        let bytes = as_newer(&encode(&TaskMessage::Step {
+            state: Box::new(mailbox.clone()),
+            completion: None,
+        }));
+        let p = task(&bytes).unwrap();
+        assert_eq!(p.reply, Some(mailbox.reply.clone()));
+        let riding = InstanceState::new(
+            InstanceId::from_message("p.2").unwrap(),
+            "leaf".into(),
+            Vec::new(),
+            ReplyTo::Continuation {
+                parent: Box::new(InstanceState::new(
+                    parent,
+                    "fan".into(),
+                    Vec::new(),
+                    ReplyTo::Root,
+                )),
+                seq: 2,
+            },
+        );
+        let bytes = as_newer(&encode(&TaskMessage::Step {
+            state: Box::new(riding),
+            completion: None,
+        }));
+        let p = task(&bytes).unwrap();
+        assert_eq!(p.id.as_str(), "p.2");
+        assert_eq!(p.reply, None);
+        assert!(task(b"DT\x09\x01\xc0").is_none());
+    }
+}
