@@ -1,12 +1,15 @@
 //! Values over the payload threshold stored out of band on the embedded runtime: a 50 MB
 //! result and a 50 MB argument go through a 4 MiB state budget, an event value over the
-//! threshold is received, and a value gone from the payload store fails its reader
-//! clearly.
+//! threshold is received, a value gone from the payload store fails its reader clearly,
+//! and a payload store out of reach delays steps without failing any instance.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use dtasks::store::PayloadRef;
+use dtasks::store::{MemoryPayloads, PayloadRef, PayloadStore};
 use dtasks::{dtask, DTask, Runtime, Status, WorkerConfig};
+use futures::future::BoxFuture;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -135,5 +138,71 @@ async fn a_value_gone_from_the_payload_store_fails_its_reader_clearly() -> TestR
     let f = e.failure().expect("a failure of the instance");
     assert!(f.message().contains("gone from the payload store"), "{f}");
     assert_eq!(h.status().await?, Status::Failed);
+    Ok(())
+}
+
+/// A payload store whose next puts and gets fail, as a store out of reach would.
+#[derive(Clone, Default)]
+struct Flaky {
+    inner: MemoryPayloads,
+    fail_puts: Arc<AtomicUsize>,
+    fail_gets: Arc<AtomicUsize>,
+}
+
+fn take_one(n: &AtomicUsize) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        .is_ok()
+}
+
+impl PayloadStore for Flaky {
+    fn put<'a>(
+        &'a self,
+        r: &'a PayloadRef,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<u64, dtasks::Error>> {
+        if take_one(&self.fail_puts) {
+            return Box::pin(async { Err(dtasks::Error::store("the payload store is down")) });
+        }
+        self.inner.put(r, value)
+    }
+
+    fn get<'a>(
+        &'a self,
+        r: &'a PayloadRef,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, dtasks::Error>> {
+        if take_one(&self.fail_gets) {
+            return Box::pin(async { Err(dtasks::Error::store("the payload store is down")) });
+        }
+        self.inner.get(r)
+    }
+}
+
+#[tokio::test]
+async fn a_payload_store_out_of_reach_delays_steps_and_fails_no_instance() -> TestResult {
+    let flaky = Flaky::default();
+    let rt = Runtime::new(config().payload_threshold(1024).payloads(flaky.clone()))?;
+    let c = rt.client();
+    let text = "z".repeat(8192);
+    // The client's write fails: the call fails with the store's error, nothing is sent.
+    flaky.fail_puts.store(1, Ordering::SeqCst);
+    let e = c.call(measure(text.clone())).await.expect_err("store down");
+    assert!(e.is_store(), "{e}");
+    assert!(flaky.inner.is_empty());
+    // The worker's read fails: its step runs again from the requeued message.
+    flaky.fail_gets.store(2, Ordering::SeqCst);
+    assert_eq!(c.call(measure(text.clone())).await?, 8192);
+    assert_eq!(flaky.fail_gets.load(Ordering::SeqCst), 0);
+    // The worker's write of a result fails: the step runs again, and its result is
+    // published only once the value is stored.
+    flaky.fail_puts.store(2, Ordering::SeqCst);
+    assert_eq!(c.call(make(8192)).await?.len(), 8192);
+    assert_eq!(flaky.fail_puts.load(Ordering::SeqCst), 0);
+    // The worker's read in a mailbox merge fails: the merge runs again.
+    let h = c.start(event()).await?;
+    c.signal(h.id(), "text", &text).await?;
+    flaky.fail_gets.store(1, Ordering::SeqCst);
+    c.signal(h.id(), "go", &()).await?;
+    assert_eq!(h.result().await?, 8192);
+    assert_eq!(flaky.fail_gets.load(Ordering::SeqCst), 0);
     Ok(())
 }

@@ -200,8 +200,13 @@ impl Engine {
     }
 
     /// Merges the messages drained from a mailbox and runs the instance when something new
-    /// arrived. `items` are the raw bodies, in mailbox order.
-    pub(crate) async fn handle_mailbox(&self, items: &[Vec<u8>], now: SystemTime) -> MailboxPlan {
+    /// arrived. `items` are the raw bodies, in mailbox order. An error (the payload store
+    /// failed) decides nothing: the drained messages and the doorbell go back.
+    pub(crate) async fn handle_mailbox(
+        &self,
+        items: &[Vec<u8>],
+        now: SystemTime,
+    ) -> Result<MailboxPlan, Error> {
         let mut settle: Vec<(Settlement, String)> =
             vec![(Settlement::Ack, String::new()); items.len()];
         let mut state: Option<(usize, InstanceState)> = None;
@@ -255,15 +260,17 @@ impl Engine {
             for s in settle.iter_mut().filter(|s| s.0 == Settlement::DeadLetter) {
                 s.0 = Settlement::Requeue;
             }
-            return MailboxPlan {
+            return Ok(MailboxPlan {
                 outputs: Vec::new(),
                 waiting_for_state: any,
                 settle,
                 delete: false,
-            };
+            });
         };
         if state.finished {
-            return reap::after_the_end(&state, state_at, &events, &signals, settle, now);
+            return Ok(reap::after_the_end(
+                &state, state_at, &events, &signals, settle, now,
+            ));
         }
         // Whatever this drain writes counts what it took (see `InstanceState::drained`).
         state.drained = state.drained.saturating_add(items.len() as u64);
@@ -275,7 +282,7 @@ impl Engine {
             .retain(|seq| !events.iter().any(|(_, s, _)| s == seq));
         let replied = state.awaiting.len() != awaited;
         if let Some(reason) = unreadable {
-            return self.fail_unreadable(&state, &reason, settle, now);
+            return Ok(self.fail_unreadable(&state, &reason, settle, now));
         }
         let mut merged = 0;
         let mut early = false;
@@ -312,54 +319,43 @@ impl Engine {
         }
         if merged == 0 && !touched && received == 0 && !replied {
             settle[state_at].0 = Settlement::Requeue;
-            return MailboxPlan {
+            return Ok(MailboxPlan {
                 outputs: Vec::new(),
                 settle,
                 waiting_for_state: early,
                 delete: false,
-            };
+            });
         }
         if merged == 0 {
             // Only a keep-alive, events no wait takes yet, or replies already settled: write
             // the state back (with the events it keeps, the replies it still awaits, and the
             // next keep-alive scheduled).
             let outputs = self.write_mailbox_state(&mut state, now);
-            return MailboxPlan {
+            return Ok(MailboxPlan {
                 outputs,
                 settle,
                 waiting_for_state: false,
                 delete: false,
-            };
+            });
         }
         debug!(instance = %state.id, merged, "mailbox merged");
         let outputs = if self.registry.contains(&state.name) {
             match self.step_next(state, now).await {
                 Ok(stepped) => stepped.outputs,
-                Err(e) => {
-                    // The payload store failed: everything goes back, to be merged again.
-                    warn!(error = %e, "a step's payloads could not be read or written");
-                    for s in &mut settle {
-                        s.0 = Settlement::Requeue;
-                    }
-                    return MailboxPlan {
-                        outputs: Vec::new(),
-                        settle,
-                        waiting_for_state: false,
-                        delete: false,
-                    };
-                }
+                // The payload store failed: nothing was decided, the merge is done again.
+                Err(e) => return Err(e),
             }
         } else {
             // This worker does not run this DTask: hand the merged state to one that does.
             // It comes back to the mailbox at its next suspension.
             vec![Outgoing::hand_over(&state)]
         };
-        MailboxPlan {
+        Ok(MailboxPlan {
             outputs,
             settle,
             waiting_for_state: false,
             delete: false,
-        }
+        })
     }
 
     /// The messages that write `state` (with `version + 1`) to its mailbox, plus a

@@ -179,8 +179,8 @@ pub(crate) fn resolve(r: &PayloadRef) -> Result<Arc<Vec<u8>>, String> {
             Some(Fetched::Value(v)) => Ok(v.clone()),
             Some(Fetched::Missing(why)) => Err(why.clone()),
             None => Err(format!(
-                "the value stored out of band under `{}` ({} bytes) was not read before this \
-                 step; it can be read only where a step or a client resolves it",
+                "the value stored out of band under `{}` ({} bytes) was not read from the \
+                 payload store: read it with a handle (`Handle::result`), or in a step",
                 r.key(),
                 r.len()
             )),

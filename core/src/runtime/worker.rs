@@ -386,7 +386,18 @@ impl Inner {
         trace::continue_and_link(&span, items.iter().filter_map(|m| m.trace.as_ref()));
         async {
             let bodies: Vec<Vec<u8>> = items.iter().map(|m| m.body.clone()).collect();
-            let plan = self.engine.handle_mailbox(&bodies, self.transport.now()).await;
+            let plan = match self.engine.handle_mailbox(&bodies, self.transport.now()).await {
+                Ok(plan) => plan,
+                Err(e) => {
+                    warn!(error = %e, "a mailbox step's payloads failed; it will be retried");
+                    drop(slot);
+                    for m in items {
+                        let _ = m.settle.requeue().await;
+                    }
+                    let _ = settle.requeue().await;
+                    return;
+                }
+            };
             drop(slot);
             match self.emit(plan.outputs).await {
                 Ok(report) => self.count_duplicates(&report),

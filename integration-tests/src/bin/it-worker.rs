@@ -3,7 +3,9 @@
 //! (`AMQP_URL`, `DTASKS_PREFIX`, `RUST_LOG`, `IT_CODE` for the build of the versioned
 //! DTasks of `dtasks_integration_tests::evolve`, `IT_TIMER_HOLD_MS` for
 //! [`AmqpConfig::with_timer_hold`], `DTASKS_METRICS_ADDR` to serve Prometheus metrics,
-//! `IT_SPANS_DIR` to write its OpenTelemetry spans to a file there, and
+//! `IT_SPANS_DIR` to write its OpenTelemetry spans to a file there, `IT_PG_URL` and
+//! `IT_PG_SCHEMA` to keep the facts of roots and the values stored out of band in that
+//! PostgreSQL database and schema (the transport's stream store otherwise), and
 //! `IT_SHARDS_EVERY_MS` to log, that often, a line `it-worker shards pid=.. merged=..
 //! held=a,b` with [`AmqpTransport::merged_doorbells`] and
 //! [`AmqpTransport::held_shards`]; logs go to standard error).
@@ -78,7 +80,15 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = tasks::registry();
     let code = std::env::var(evolve::CODE_ENV).unwrap_or_else(|_| "a".to_string());
     registry.extend(&evolve::code_registry(&code))?;
-    let pod = WorkerPod::builder(transport, WorkerConfig::new().registry(&registry))
+    let mut worker_config = WorkerConfig::new().registry(&registry);
+    if let Ok(url) = std::env::var("IT_PG_URL") {
+        let mut pg = dtasks_postgres::PgStoreBuilder::new(url);
+        if let Ok(schema) = std::env::var("IT_PG_SCHEMA") {
+            pg = pg.schema(schema);
+        }
+        worker_config = worker_config.store(pg.connect().await?);
+    }
+    let pod = WorkerPod::builder(transport, worker_config)
         .summary_every(Duration::from_secs(2))
         .build()?;
     tracing::info!(pid, "it-worker started");
