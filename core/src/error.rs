@@ -272,8 +272,8 @@ impl Error {
         }
     }
 
-    /// A value stored out of band ([`PayloadStore`](crate::store::PayloadStore)) is not
-    /// in its store, or not as it was written ([`Error::is_payload_missing`]).
+    /// A value stored out of band is not in its payload store, or not as it was written
+    /// ([`Error::is_payload_missing`]).
     pub(crate) fn payload_missing(msg: impl Into<String>) -> Self {
         Self {
             repr: Repr::PayloadMissing(msg.into()),

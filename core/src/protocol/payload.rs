@@ -18,8 +18,8 @@
 //! values for plain serde types, so a user value never looks like a reference.
 //!
 //! A step reads the references of its state before it runs ([`Resolved`]) and decoding a
-//! value inside the step ([`super::codec::decode_value`]) takes the bytes from there;
-//! clients resolve the results they read themselves.
+//! value inside the step (the codec's `decode_value`) takes the bytes from there; clients
+//! resolve the results they read themselves.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
