@@ -3,10 +3,11 @@
 //!
 //! A put publishes a value's chunks with confirms (each with the value's key, its index
 //! and the count in headers) and returns the time of the write, in seconds, as the
-//! reference's locator. A get consumes the stream from a little before that time and keeps
-//! the chunks whose key header is the value's; it stops once it has them all, or when it
-//! reads back a marker it published when it began: past the marker the value cannot be,
-//! so a value gone from the stream (past its retention) is `None` at once, never a wait.
+//! reference's locator. A get consumes the stream from a little before that time (5 s,
+//! then 10 minutes) and keeps the chunks whose key header is the value's; it stops once
+//! it has them all, or when it reads back a marker it published when it began: past the
+//! marker the value cannot be, so a value gone from the stream (past its retention) is
+//! `None` at once, never a wait.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,9 +38,11 @@ const H_COUNT: &str = "x-dtasks-chunks";
 /// Header of the marker a reader publishes and stops at.
 const H_MARKER: &str = "x-dtasks-payload-marker";
 
-/// How far before its write time a read starts: the stream's timestamps are the broker's
-/// clock, the locator the writer's; this covers clocks that far apart.
-const CLOCK_SLACK_SECS: u64 = 60;
+/// How far before its write time a read starts, first and then when the value was not
+/// found: the stream's timestamps are the broker's clock, the locator the writer's. The
+/// first covers clocks a few seconds apart and reads little of what others wrote; the
+/// second, clocks ten minutes apart, before the value is declared missing.
+const CLOCK_SLACK_SECS: [u64; 2] = [5, 600];
 
 /// Chunks a reader takes before acking (a stream consumer needs a prefetch): a bound on
 /// the memory of a read beyond the value itself.
@@ -52,8 +55,9 @@ const READ_PREFETCH: u16 = 8;
 /// ([`AmqpConfig::with_payload_retention`](crate::AmqpConfig::with_payload_retention),
 /// default the result retention: `x-max-age` of the stream); nothing deletes a value
 /// before that, a purge included. Costs: a put is one confirmed publish per MiB; a get
-/// reads the stream from the second the value was written until it has every chunk, so
-/// it also reads (and drops) the chunks of values written after it in that time.
+/// reads the stream from a few seconds before the value was written until it has every
+/// chunk, so it also reads (and drops) the chunks of values written around it; a value
+/// not found is looked for once more from ten minutes before, then reported missing.
 #[derive(Clone)]
 pub struct StreamPayloads {
     shared: Arc<Shared>,
@@ -103,9 +107,19 @@ impl StreamPayloads {
     }
 
     async fn get_chunks(&self, r: &PayloadRef) -> Result<Option<Vec<u8>>> {
+        for slack in CLOCK_SLACK_SECS {
+            if let Some(value) = self.read_from(r, r.locator().saturating_sub(slack)).await? {
+                return Ok(Some(value));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads the chunks of `r` from the stream's records since `from` (seconds since the
+    /// epoch), up to a marker published once the read began.
+    async fn read_from(&self, r: &PayloadRef, from: u64) -> Result<Option<Vec<u8>>> {
         let queue = self.shared.topo.payloads();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let from = r.locator().saturating_sub(CLOCK_SLACK_SECS);
         let (ch, mut consumer) = loop {
             let ch = conn::open_channel(&self.shared.consume_conns).await?;
             // Declared here too: a read may come before any write (a stream that never
