@@ -62,6 +62,9 @@ impl Transport for FlakyConsume {
     fn store(&self) -> Option<std::sync::Arc<dyn dtasks::store::InstanceStore>> {
         self.inner.store()
     }
+    fn payloads(&self) -> Option<std::sync::Arc<dyn dtasks::store::PayloadStore>> {
+        self.inner.payloads()
+    }
     fn replies(&self) -> Option<&dyn ReplyQueues> {
         self.inner.replies()
     }

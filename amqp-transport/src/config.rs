@@ -50,6 +50,7 @@ pub struct AmqpConfig {
     pub(crate) shards: u16,
     pub(crate) mailbox_retention: Duration,
     pub(crate) register_retention: Duration,
+    pub(crate) payload_retention: Duration,
     pub(crate) prefetch: u16,
     pub(crate) delay_prefetch: u16,
     pub(crate) publish_channels: usize,
@@ -73,6 +74,7 @@ impl AmqpConfig {
             shards: 16,
             mailbox_retention: 7 * DAY,
             register_retention: 7 * DAY,
+            payload_retention: 7 * DAY,
             prefetch: 64,
             delay_prefetch: 1024,
             publish_channels: 16,
@@ -183,6 +185,18 @@ impl AmqpConfig {
     /// of the id (`x-expires`, default 7 days): after that the id can be started again.
     pub fn with_result_retention(mut self, d: Duration) -> Self {
         self.register_retention = d;
+        self
+    }
+
+    /// How long the RabbitMQ-only payload store keeps a value stored out of band
+    /// (`x-max-age` of the stream `P.payloads`, default 7 days, as results): an instance
+    /// that reads a value older than this (a long wait holding a large event or result)
+    /// fails with the value missing, and a result older than this cannot be read
+    /// ([`Error::is_payload_missing`](dtasks::Error::is_payload_missing)). The broker
+    /// keeps the arguments of a stream it declared: change it on a new prefix, or with a
+    /// policy.
+    pub fn with_payload_retention(mut self, d: Duration) -> Self {
+        self.payload_retention = d;
         self
     }
 
@@ -326,6 +340,7 @@ impl AmqpConfig {
         for (what, d) in [
             ("mailbox retention", self.mailbox_retention),
             ("result retention", self.register_retention),
+            ("payload retention", self.payload_retention),
         ] {
             if d < Duration::from_secs(1) {
                 return Err(format!("{what} of {d:?} is too short (at least 1 s)"));

@@ -101,6 +101,7 @@ mod follow;
 mod headers;
 mod mailbox;
 pub mod metrics;
+mod payloads;
 mod publish;
 mod records;
 mod registers;
@@ -116,4 +117,5 @@ pub use config::{
     DEFAULT_URL,
 };
 pub use dead::DeadLetter;
+pub use payloads::StreamPayloads;
 pub use transport::AmqpTransport;

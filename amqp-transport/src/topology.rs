@@ -15,6 +15,9 @@ pub(crate) const MAX_LEVEL: u8 = 32;
 /// The segment size of the stream of cancel records.
 const CANCELS_SEGMENT_BYTES: i64 = 1 << 20;
 
+/// The segment size of the stream of payloads.
+const PAYLOADS_SEGMENT_BYTES: i64 = 100 << 20;
+
 /// What a queue is for; decides its arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -30,6 +33,8 @@ pub(crate) enum Kind {
     Cancels,
     /// The stream of instance facts.
     Facts,
+    /// The stream of values stored out of band.
+    Payloads,
     /// A mailbox as the destination of a keep-alive: never declared for it (a keep-alive
     /// must not create a mailbox); declared, it is a mailbox.
     Touch,
@@ -45,6 +50,7 @@ pub(crate) struct Topology {
     dead_letters: u32,
     quorum_mailboxes: bool,
     task_queues: u16,
+    payload_age: i64,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -61,6 +67,7 @@ impl Topology {
             dead_letters: cfg.dead_letters,
             quorum_mailboxes: cfg.quorum_mailboxes,
             task_queues: cfg.task_queues,
+            payload_age: millis(cfg.payload_retention),
         }
     }
 
@@ -169,6 +176,11 @@ impl Topology {
         format!("{}.facts", self.prefix)
     }
 
+    /// The stream of values stored out of band (the RabbitMQ-only payload store).
+    pub(crate) fn payloads(&self) -> String {
+        format!("{}.payloads", self.prefix)
+    }
+
     /// The reply queue of a client (`Client::call`).
     pub(crate) fn reply(&self, client: &str) -> String {
         format!("{}.reply.{client}", self.prefix)
@@ -206,7 +218,7 @@ impl Topology {
         let queue_type = match kind {
             Kind::Mailbox | Kind::Touch if self.quorum_mailboxes => "quorum",
             Kind::Mailbox | Kind::Touch | Kind::Reply | Kind::Claim(_) => "classic",
-            Kind::Cancels | Kind::Facts => "stream",
+            Kind::Cancels | Kind::Facts | Kind::Payloads => "stream",
             _ => "quorum",
         };
         put("x-queue-type", text(queue_type));
@@ -258,6 +270,16 @@ impl Topology {
             Kind::Facts => {
                 let secs = (self.register_expires / 1000).max(1);
                 put("x-max-age", text(&format!("{secs}s")));
+            }
+            // Values are kept for the payload retention; a segment (dropped whole once
+            // past the age) holds about a hundred values of a MiB.
+            Kind::Payloads => {
+                let secs = (self.payload_age / 1000).max(1);
+                put("x-max-age", text(&format!("{secs}s")));
+                put(
+                    "x-stream-max-segment-size-bytes",
+                    AMQPValue::LongLongInt(PAYLOADS_SEGMENT_BYTES),
+                );
             }
             Kind::Cancels => {
                 let secs = (self.register_expires / 1000).max(1);

@@ -20,6 +20,7 @@ use crate::conn;
 use crate::consume;
 use crate::error::Result;
 use crate::facts::{FactIndex, StreamStore};
+use crate::payloads::StreamPayloads;
 use crate::replies;
 use crate::shared::Shared;
 use crate::topology::Kind;
@@ -202,6 +203,10 @@ impl Transport for AmqpTransport {
 
     fn store(&self) -> Option<Arc<dyn dtasks::store::InstanceStore>> {
         Some(Arc::new(self.instance_store()))
+    }
+
+    fn payloads(&self) -> Option<Arc<dyn dtasks::store::PayloadStore>> {
+        Some(Arc::new(StreamPayloads::new(self.shared.clone())))
     }
 
     fn replies(&self) -> Option<&dyn ReplyQueues> {

@@ -264,6 +264,10 @@ impl Transport for Counting {
         Some(Arc::new(CountingStore::new(inner, self.counters.clone())))
     }
 
+    fn payloads(&self) -> Option<Arc<dyn dtasks::store::PayloadStore>> {
+        self.inner.payloads()
+    }
+
     fn replies(&self) -> Option<&dyn ReplyQueues> {
         self.inner.replies()
     }
@@ -322,6 +326,10 @@ impl InstanceStore for CountingStore {
 
     fn claim<'a>(&'a self, id: &'a InstanceId, nonce: u64) -> BoxFuture<'a, Result<bool, Error>> {
         self.inner.claim(id, nonce)
+    }
+
+    fn payloads(&self) -> Option<Arc<dyn dtasks::store::PayloadStore>> {
+        self.inner.payloads()
     }
 
     fn wait_finished<'a>(

@@ -20,7 +20,10 @@ use crate::protocol::message::{ResultRecord, Status};
 use crate::protocol::outgoing::Outgoing;
 use crate::protocol::state::{new_claim_nonce, InstanceId, InstanceState, Outcome, ReplyTo};
 use crate::registry::Registry;
-use crate::store::{Fact, FactKind, InstanceInfo, InstanceStore, IntoStore};
+use crate::store::{
+    Fact, FactKind, InstanceInfo, InstanceStore, IntoPayloads, IntoStore, PayloadStore, Payloads,
+    DEFAULT_PAYLOAD_THRESHOLD,
+};
 use crate::transport::{IntoTransport, Reply, Transport};
 
 mod budget;
@@ -45,6 +48,11 @@ pub struct Client {
     replies: Arc<OnceCell<ReplyHub>>,
     /// Whether the roots this client starts record their children in the store.
     records_children: bool,
+    /// Where values over the threshold are kept out of band.
+    payloads: Payloads,
+    /// Whether the payload store was given ([`Client::with_payloads`]), rather than taken
+    /// from the instance store or the transport.
+    payloads_given: bool,
 }
 
 impl fmt::Debug for Client {
@@ -57,21 +65,52 @@ impl Client {
     /// A client on `transport` (a [`Transport`] by value, or shared in an `Arc`).
     pub fn new(transport: impl IntoTransport) -> Self {
         let transport = transport.into_transport();
+        let store = transport.store();
+        let payloads = Payloads {
+            store: payloads_of(store.as_ref(), &transport),
+            threshold: DEFAULT_PAYLOAD_THRESHOLD,
+        };
         Self {
-            store: transport.store(),
+            store,
             transport,
             registry: None,
             budget: DEFAULT_STATE_BUDGET,
             replies: Arc::new(OnceCell::new()),
             records_children: false,
+            payloads,
+            payloads_given: false,
         }
+    }
+
+    /// Keeps values over the payload threshold in `store` (and reads the values results
+    /// reference from it) instead of the instance store's or the transport's: the payload
+    /// store the workers use ([`WorkerConfig::payloads`](crate::WorkerConfig::payloads)).
+    pub fn with_payloads(mut self, store: impl IntoPayloads) -> Self {
+        self.payloads.store = Some(store.into_payloads());
+        self.payloads_given = true;
+        self
+    }
+
+    /// The size in bytes over which a start's arguments, an event's value or a resume
+    /// value is stored out of band, the message carrying a reference (default
+    /// [`DEFAULT_PAYLOAD_THRESHOLD`], 256 KiB; see
+    /// [`WorkerConfig::payload_threshold`](crate::WorkerConfig::payload_threshold)). The
+    /// size check ([`Client::with_state_budget`]) applies to the message as sent, the
+    /// reference in it.
+    pub fn with_payload_threshold(mut self, bytes: usize) -> Self {
+        self.payloads.threshold = bytes;
+        self
     }
 
     /// Reads the facts of roots from `store`, and records starts there, instead of the
     /// transport's own store ([`Transport::store`]): the store the workers write to
     /// ([`WorkerConfig::store`](crate::WorkerConfig::store)).
     pub fn with_store(mut self, store: impl IntoStore) -> Self {
-        self.store = Some(store.into_store());
+        let store = store.into_store();
+        if !self.payloads_given {
+            self.payloads.store = payloads_of(Some(&store), &self.transport);
+        }
+        self.store = Some(store);
         self
     }
 
@@ -249,6 +288,7 @@ impl Client {
         self.check(&name, &input)?;
         let hub = self.hub().await?;
         let id = InstanceId::random();
+        let input = self.payloads.externalize(&id, input).await?;
         // Waiting before the start is out: the result may come back at once.
         let waiting = hub.wait(&id);
         let state = InstanceState::new(
@@ -269,7 +309,8 @@ impl Client {
         }
         .instrument(span)
         .await?;
-        decode_value(&outcome_bytes(&record)?).map_err(Error::decode)
+        let bytes = self.payloads.resolve(outcome_bytes(&record)?).await?;
+        decode_value(&bytes).map_err(Error::decode)
     }
 
     /// With a registry: fails at once for an unknown name or an input that does not
@@ -297,6 +338,8 @@ impl Client {
     ) -> Result<Handle<T>, Error> {
         self.check(&name, &input)?;
         let store = self.store()?;
+        // Durable before the start that references it is published.
+        let input = self.payloads.externalize(&id, input).await?;
         let mut state = InstanceState::new(id.clone(), name, input, ReplyTo::Root);
         state.claim = (claim != ClaimId::No).then(new_claim_nonce);
         state.records_children = self.records_children;
@@ -353,6 +396,7 @@ impl Client {
         Handle {
             id,
             store: self.store.clone(),
+            payloads: self.payloads.clone(),
             early: None,
             _t: PhantomData,
         }
@@ -376,6 +420,17 @@ pub(crate) enum ClaimId {
     /// client killed between its two steps leaves behind (for tests).
     #[cfg(feature = "test-util")]
     PublishOnly,
+}
+
+/// The payload store of a process given `store` on `transport`: the instance store's, else
+/// the transport's.
+fn payloads_of(
+    store: Option<&Arc<dyn InstanceStore>>,
+    transport: &Arc<dyn Transport>,
+) -> Option<Arc<dyn PayloadStore>> {
+    store
+        .and_then(|s| s.payloads())
+        .or_else(|| transport.payloads())
 }
 
 fn check_name(name: &str) -> Result<(), Error> {
@@ -497,6 +552,8 @@ pub enum Untyped {}
 pub struct Handle<T> {
     id: InstanceId,
     store: Option<Arc<dyn InstanceStore>>,
+    /// Where a result stored out of band is read.
+    payloads: Payloads,
     /// The result on its way to this client's reply queue (a handle from a start).
     early: Option<Arc<Early>>,
     _t: PhantomData<fn() -> T>,
@@ -507,6 +564,7 @@ impl<T> Clone for Handle<T> {
         Self {
             id: self.id.clone(),
             store: self.store.clone(),
+            payloads: self.payloads.clone(),
             early: self.early.clone(),
             _t: PhantomData,
         }
@@ -593,8 +651,11 @@ impl<T> Handle<T> {
         } else {
             store.wait_finished(&self.id).await?
         };
-        info.result_bytes()
-            .unwrap_or_else(|| Err(Error::transport("a finished instance without its result")))
+        let bytes = info
+            .result_bytes()
+            .unwrap_or_else(|| Err(Error::transport("a finished instance without its result")))?;
+        // A result stored out of band is read from the payload store.
+        self.payloads.resolve(bytes).await
     }
 
     /// The same instance with a different result type.
@@ -602,6 +663,7 @@ impl<T> Handle<T> {
         Handle {
             id: self.id,
             store: self.store,
+            payloads: self.payloads,
             early: self.early,
             _t: PhantomData,
         }
@@ -626,6 +688,12 @@ impl<T: DeserializeOwned> Handle<T> {
 
     /// The result if the instance has finished, without waiting.
     pub async fn try_result(&self) -> Result<Option<T>, Error> {
-        self.info().await?.result().transpose()
+        match self.info().await?.result_bytes() {
+            None => Ok(None),
+            Some(bytes) => {
+                let bytes = self.payloads.resolve(bytes?).await?;
+                decode_value(&bytes).map(Some).map_err(Error::decode)
+            }
+        }
     }
 }

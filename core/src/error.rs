@@ -222,6 +222,8 @@ enum Repr {
     AlreadyStarted(String),
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
+    #[error("a value stored out of band is missing: {0}")]
+    PayloadMissing(String),
 }
 
 impl Error {
@@ -279,6 +281,14 @@ impl Error {
     pub(crate) fn limit_exceeded(msg: impl Into<String>) -> Self {
         Self {
             repr: Repr::LimitExceeded(msg.into()),
+        }
+    }
+
+    /// A value stored out of band is not in its payload store, or not as it was written
+    /// ([`Error::is_payload_missing`]).
+    pub(crate) fn payload_missing(msg: impl Into<String>) -> Self {
+        Self {
+            repr: Repr::PayloadMissing(msg.into()),
         }
     }
 
@@ -364,6 +374,12 @@ impl Error {
     /// The instance store (its database) failed or cannot be reached.
     pub fn is_store(&self) -> bool {
         matches!(self.repr, Repr::Store(_))
+    }
+    /// A value stored out of band (a large result or argument) is gone from its payload
+    /// store: past the store's retention, purged, or never written there (the reader
+    /// uses another payload store than the writer).
+    pub fn is_payload_missing(&self) -> bool {
+        matches!(self.repr, Repr::PayloadMissing(_))
     }
     /// The configuration is invalid.
     pub fn is_config(&self) -> bool {

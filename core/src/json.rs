@@ -24,8 +24,13 @@ use serde_json::{json, Map, Value};
 use crate::error::Error;
 
 /// The MessagePack value `bytes` holds, as JSON; [`Error::is_bad_input`] when the bytes
-/// are not exactly one MessagePack value.
+/// are not exactly one MessagePack value. A reference to a value stored out of band
+/// ([`PayloadRef`](crate::store::PayloadRef)) shows as
+/// `{"payload": {"key": .., "len": ..}}`: the value itself is in the payload store.
 pub fn msgpack_to_json(bytes: &[u8]) -> Result<Value, Error> {
+    if let Some(r) = crate::store::PayloadRef::decode(bytes) {
+        return Ok(json!({ "payload": { "key": r.key(), "len": r.len() } }));
+    }
     let mut rd = bytes;
     let v = rmpv::decode::read_value(&mut rd)
         .map_err(|e| Error::invalid(format!("not a MessagePack value: {e}")))?;

@@ -166,6 +166,9 @@ async fn without_reply_queues_a_call_starts_with_a_register() -> TestResult {
         fn store(&self) -> Option<std::sync::Arc<dyn dtasks::store::InstanceStore>> {
             self.0.store()
         }
+        fn payloads(&self) -> Option<std::sync::Arc<dyn dtasks::store::PayloadStore>> {
+            self.0.payloads()
+        }
         // What this test is about.
         fn replies(&self) -> Option<&dyn ReplyQueues> {
             None

@@ -87,6 +87,9 @@ impl Transport for Gated {
         self.inner.store()
     }
 
+    fn payloads(&self) -> Option<std::sync::Arc<dyn dtasks::store::PayloadStore>> {
+        self.inner.payloads()
+    }
     fn replies(&self) -> Option<&dyn ReplyQueues> {
         self.inner.replies()
     }

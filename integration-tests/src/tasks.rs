@@ -362,6 +362,7 @@ pub fn registry() -> Registry {
         nest_fan,
         sleep_forever,
         length,
+        text,
         slow_first_step,
         // Loops continued as new (`tests/kill_continue.rs`).
         crate::evolve::renew,
@@ -451,6 +452,12 @@ pub async fn nest_fan(d: u64) -> u64 {
 #[dtask(name = "it.sleep_forever")]
 pub async fn sleep_forever() {
     DTask::delay(Duration::MAX).await;
+}
+
+/// A text of `n` bytes: a large result (stored out of band past the payload threshold).
+#[dtask(name = "it.text")]
+pub async fn text(n: usize) -> String {
+    "t".repeat(n)
 }
 
 /// The length of its argument.

@@ -64,7 +64,9 @@ async fn limits_are_typed_errors_where_the_call_is_made() -> anyhow::Result<()> 
     let f = e.failure().expect("a failure of the instance");
     assert!(f.is_limit_exceeded() && !f.is_panic(), "{f}");
     assert_eq!(h.status().await?, Status::Failed);
-    // Arguments over the budget: refused at the start, nothing started.
+    // Arguments over the budget, with every value inline (none stored out of band):
+    // refused at the start, nothing started.
+    let c = c.with_payload_threshold(usize::MAX);
     let big = vec![3u8; 10 * 1024 * 1024];
     let id = InstanceId::new(format!("{}-big", b.prefix()))?;
     let e = c

@@ -62,6 +62,19 @@ const MIGRATIONS: &[&str] = &[
         ADD COLUMN runs bigint NOT NULL DEFAULT 1,
         ADD COLUMN fingerprint bigint;
     "#,
+    // 4: values stored out of band (large arguments, results and event values), by key
+    // (`<instance id>/<hash>`), with the instance that wrote them.
+    r#"
+    CREATE TABLE {s}.dtasks_payloads (
+        key text COLLATE "C" PRIMARY KEY,
+        instance text COLLATE "C" NOT NULL,
+        len bigint NOT NULL,
+        value bytea NOT NULL,
+        created_at timestamptz NOT NULL
+    );
+    CREATE INDEX dtasks_payloads_instance ON {s}.dtasks_payloads (instance);
+    CREATE INDEX dtasks_payloads_created ON {s}.dtasks_payloads (created_at);
+    "#,
 ];
 
 /// The schema version this code writes.

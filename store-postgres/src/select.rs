@@ -138,7 +138,12 @@ pub(crate) fn page(instances: &str, query: &Query) -> Result<Statement, Error> {
 
 /// Removes the finished rows `filter` selects, with their claims; answers how many.
 /// `None` when the filter selects no finished status.
-pub(crate) fn purge(instances: &str, claims: &str, filter: &Filter) -> Option<Statement> {
+pub(crate) fn purge(
+    instances: &str,
+    claims: &str,
+    payloads: &str,
+    filter: &Filter,
+) -> Option<Statement> {
     let mut statuses: Vec<String> = FINISHED.iter().map(|s| (*s).to_owned()).collect();
     if !filter.statuses().is_empty() {
         statuses.retain(|s| filter.statuses().iter().any(|f| status_text(*f) == s));
@@ -152,7 +157,10 @@ pub(crate) fn purge(instances: &str, claims: &str, filter: &Filter) -> Option<St
     st.text = format!(
         "WITH gone AS (DELETE FROM {instances} WHERE status = ANY({s}::text[]) AND {cond} \
          RETURNING id), \
-         claims AS (DELETE FROM {claims} WHERE id IN (SELECT id FROM gone)) \
+         claims AS (DELETE FROM {claims} WHERE id IN (SELECT id FROM gone)), \
+         values_gone AS (DELETE FROM {payloads} AS p USING gone WHERE p.instance = gone.id \
+         OR (starts_with(p.instance, gone.id || '.') AND \
+         substr(p.instance, length(gone.id) + 2) ~ '^[0-9]+(\\.[0-9]+)*$')) \
          SELECT count(*) FROM gone"
     );
     Some(st)
@@ -180,8 +188,8 @@ mod tests {
     #[test]
     fn a_purge_of_running_statuses_only_removes_nothing() {
         let f = Filter::new().status(Status::Running);
-        assert!(purge("t", "c", &f).is_none());
+        assert!(purge("t", "c", "p", &f).is_none());
         let f = Filter::new().status(Status::Running).status(Status::Failed);
-        assert!(purge("t", "c", &f).is_some());
+        assert!(purge("t", "c", "p", &f).is_some());
     }
 }

@@ -37,6 +37,15 @@ pub(crate) struct Sql {
     pub(crate) expire: String,
     /// Removes claims made before `$1` whose instance is gone.
     pub(crate) expire_claims: String,
+    /// `"schema".dtasks_payloads`.
+    pub(crate) payloads: String,
+    /// Stores a value out of band: `$1` key, `$2` instance, `$3` length, `$4` value, `$5`
+    /// time (nothing when the key is there: the same key is the same value).
+    pub(crate) payload_put: String,
+    /// The value under `$1`.
+    pub(crate) payload_get: String,
+    /// Removes up to `$2` values stored before `$1`; answers how many.
+    pub(crate) expire_payloads: String,
 }
 
 impl Sql {
@@ -44,7 +53,18 @@ impl Sql {
     pub(crate) fn new(schema: &str) -> Self {
         let instances = format!("\"{schema}\".dtasks_instances");
         let claims = format!("\"{schema}\".dtasks_claims");
+        let payloads = format!("\"{schema}\".dtasks_payloads");
         Self {
+            payload_put: format!(
+                "INSERT INTO {payloads} (key, instance, len, value, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO NOTHING"
+            ),
+            payload_get: format!("SELECT value FROM {payloads} WHERE key = $1"),
+            expire_payloads: format!(
+                "WITH gone AS (DELETE FROM {payloads} WHERE key IN (SELECT key FROM \
+                 {payloads} WHERE created_at < $1 LIMIT $2) RETURNING key) \
+                 SELECT count(*) FROM gone"
+            ),
             channel: format!("{schema}_finished"),
             get: format!("SELECT {COLUMNS} FROM {instances} WHERE id = $1"),
             insert_missing: format!(
@@ -106,6 +126,7 @@ impl Sql {
             ),
             instances,
             claims,
+            payloads,
         }
     }
 }

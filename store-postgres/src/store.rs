@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use dtasks::store::{Fact, Filter, InstanceInfo, InstanceStore, Listing, Query};
+use dtasks::store::{
+    Fact, Filter, InstanceInfo, InstanceStore, Listing, PayloadRef, PayloadStore, Query,
+};
 use dtasks::{Error, InstanceId};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -239,7 +241,7 @@ impl PgStore {
 
     async fn purge_finished(&self, filter: &Filter) -> Result<u64, Error> {
         let sql = &self.inner.sql;
-        let Some(st) = select::purge(&sql.instances, &sql.claims, filter) else {
+        let Some(st) = select::purge(&sql.instances, &sql.claims, &sql.payloads, filter) else {
             return Ok(0);
         };
         self.read(|client| async move {
@@ -318,5 +320,78 @@ impl InstanceStore for PgStore {
         id: &'a InstanceId,
     ) -> BoxFuture<'a, Result<InstanceInfo, Error>> {
         self.wait(id).boxed()
+    }
+
+    /// This store: values over the payload threshold go to its table
+    /// `dtasks_payloads`.
+    fn payloads(&self) -> Option<Arc<dyn PayloadStore>> {
+        Some(Arc::new(self.clone()))
+    }
+}
+
+/// The most a payload read or write may take: values may be tens of megabytes.
+const PAYLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl PgStore {
+    /// Runs `work` on a pooled connection within [`PAYLOAD_TIMEOUT`] (or the query
+    /// timeout, when longer).
+    async fn with_client<T, F, Fut>(&self, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(Object) -> Fut,
+        Fut: Future<Output = Result<T, PgError>>,
+    {
+        let timeout = self.inner.query_timeout.max(PAYLOAD_TIMEOUT);
+        let run = async {
+            let client = self.inner.pool.get().await?;
+            work(client).await
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r.map_err(PgError::into_error),
+            Err(_) => Err(PgError::Timeout(timeout).into_error()),
+        }
+    }
+}
+
+/// Values stored out of band, in the table `dtasks_payloads` (schema version 4): one row
+/// per value, written once (a second put of a key changes nothing). A value is deleted
+/// with the purge of its root (the values of the root and of its children, ids
+/// `<root>.<n>…`) and by the retention ([`PgStoreBuilder::retention`]: values stored
+/// longer ago than it, whatever their instance's status).
+///
+/// [`PgStoreBuilder::retention`]: crate::PgStoreBuilder::retention
+impl PayloadStore for PgStore {
+    fn put<'a>(&'a self, r: &'a PayloadRef, value: &'a [u8]) -> BoxFuture<'a, Result<u64, Error>> {
+        async move {
+            let sql = &self.inner.sql;
+            self.with_client(|client| async move {
+                let put = client.prepare_cached(&sql.payload_put).await?;
+                let len = i64::try_from(value.len()).unwrap_or(i64::MAX);
+                client
+                    .execute(
+                        &put,
+                        &[&r.key(), &r.instance(), &len, &value, &SystemTime::now()],
+                    )
+                    .await?;
+                Ok(0)
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn get<'a>(&'a self, r: &'a PayloadRef) -> BoxFuture<'a, Result<Option<Vec<u8>>, Error>> {
+        async move {
+            let sql = &self.inner.sql;
+            self.with_client(|client| async move {
+                let get = client.prepare_cached(&sql.payload_get).await?;
+                let row = client.query_opt(&get, &[&r.key()]).await?;
+                Ok(match row {
+                    Some(row) => Some(row.try_get::<_, Vec<u8>>(0)?),
+                    None => None,
+                })
+            })
+            .await
+        }
+        .boxed()
     }
 }

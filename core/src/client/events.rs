@@ -66,7 +66,7 @@ impl Client {
         name: &str,
         value: &V,
     ) -> Result<(), Error> {
-        let signal = self.make_signal(name, value)?;
+        let signal = self.make_signal(id, name, value).await?;
         let message = Outgoing::signal(id, signal);
         self.check_size(&format!("event `{name}`"), &message)?;
         if self.status(id).await?.is_finished() {
@@ -107,7 +107,7 @@ impl Client {
         name: &str,
         value: &V,
     ) -> Result<Handle<T>, Error> {
-        let signal = self.make_signal(name, value)?;
+        let signal = self.make_signal(&id, name, value).await?;
         let message = Outgoing::signal(&id, signal);
         self.check_size(&format!("event `{name}`"), &message)?;
         let handle = match self.start_with_id(id.clone(), task).await {
@@ -125,7 +125,14 @@ impl Client {
         Ok(handle)
     }
 
-    fn make_signal<V: Serialize + ?Sized>(&self, name: &str, value: &V) -> Result<Signal, Error> {
+    /// The event `name` with `value` for the instance `id` (a value over the payload
+    /// threshold stored out of band, under `id`).
+    async fn make_signal<V: Serialize + ?Sized>(
+        &self,
+        id: &InstanceId,
+        name: &str,
+        value: &V,
+    ) -> Result<Signal, Error> {
         if name.is_empty() || name.len() > 200 {
             return Err(Error::bad_input("an event name has 1 to 200 bytes"));
         }
@@ -134,6 +141,7 @@ impl Client {
                 "the value of event `{name}` cannot be encoded: {e}"
             ))
         })?;
+        let value = self.payloads.externalize(id, value).await?;
         Ok(Signal {
             id: InstanceId::random().to_string(),
             name: name.to_string(),
@@ -154,6 +162,7 @@ impl Client {
     ) -> Result<(), Error> {
         let bytes = encode_value(value)
             .map_err(|e| Error::bad_input(format!("the resume value cannot be encoded: {e}")))?;
+        let bytes = self.payloads.externalize(token.instance(), bytes).await?;
         let outcome = Outcome::Ok(bytes);
         let msg = Outgoing::event(token.instance(), token.dtask(), token.seq(), &outcome);
         self.check_size("the resume value", &msg)?;

@@ -6,6 +6,7 @@
 mod cancel;
 mod handoff;
 mod observe;
+mod payloads;
 mod poison;
 #[cfg(test)]
 mod race_tests;
@@ -17,6 +18,7 @@ mod runs;
 mod tests;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tracing::{debug, warn, Instrument};
@@ -27,11 +29,13 @@ use crate::protocol::codec::decode;
 use crate::protocol::hooks::{mutated, Mutation};
 use crate::protocol::message::{MailboxItem, Status, TaskMessage};
 use crate::protocol::outgoing::{Outgoing, UNIT};
+use crate::protocol::payload::with_resolved;
 use crate::protocol::state::{
     to_millis, Command, Entry, InstanceState, Outcome, ReplyTo, Seq, Signal, MAX_RIDING,
 };
 use crate::registry::Registry;
 use crate::step::{Clock, StepEnd};
+use crate::store::Payloads;
 use crate::transport::CancelBook;
 use handoff::HandOff;
 use observe::StepWatch;
@@ -50,6 +54,8 @@ pub(crate) struct Engine {
     pub(crate) clock: Option<Clock>,
     /// The cancel records this worker follows (`None`: the transport keeps none).
     pub(crate) cancels: Option<CancelBook>,
+    /// Where values over the threshold are kept out of band.
+    pub(crate) payloads: Payloads,
 }
 
 /// What to do with the messages drained from a mailbox.
@@ -98,7 +104,14 @@ impl Engine {
             probes: Probes::default(),
             clock: None,
             cancels: None,
+            payloads: Payloads::default(),
         }
+    }
+
+    /// Keeps values over the threshold out of band as `payloads` say.
+    pub(crate) fn with_payloads(mut self, payloads: Payloads) -> Self {
+        self.payloads = payloads;
+        self
     }
 
     /// Reads `clock` when a step issues a relative timer.
@@ -135,13 +148,21 @@ impl Engine {
     /// Handles a task message; returns what to publish before acking it.
     #[cfg(test)]
     pub(crate) async fn handle_task(&self, msg: TaskMessage, now: SystemTime) -> Vec<Outgoing> {
-        self.handle_task_next(msg, now).await.outputs
+        self.handle_task_next(msg, now)
+            .await
+            .expect("no payload store to fail")
+            .outputs
     }
 
     /// Handles a task message; returns what to publish before acking it and, when one of
     /// those messages hands the work on to a step (a child's start, a result to a parent
-    /// that waits for it alone), that message undecoded, for running it inline.
-    pub(crate) async fn handle_task_next(&self, msg: TaskMessage, now: SystemTime) -> Stepped {
+    /// that waits for it alone), that message undecoded, for running it inline. An error
+    /// (the payload store failed) means the message is to be handled again later.
+    pub(crate) async fn handle_task_next(
+        &self,
+        msg: TaskMessage,
+        now: SystemTime,
+    ) -> Result<Stepped, Error> {
         match msg {
             TaskMessage::Step { state, completion } => {
                 let mut state = *state;
@@ -149,13 +170,15 @@ impl Engine {
                     if let Some(at) = state.entry(seq).and_then(|e| e.cmd.fire_at()) {
                         if at > now {
                             // Arrived early (clock skew, delay rounding): wait the rest.
-                            return vec![Outgoing::resume_again(&state, seq, &outcome, at, now)]
-                                .into();
+                            return Ok(vec![Outgoing::resume_again(
+                                &state, seq, &outcome, at, now,
+                            )]
+                            .into());
                         }
                     }
                     if !state.record(seq, outcome) {
                         debug!(instance = %state.id, seq, "duplicate or unknown completion dropped");
-                        return Vec::new().into();
+                        return Ok(Vec::new().into());
                     }
                 }
                 self.step_next(state, now).await
@@ -171,14 +194,19 @@ impl Engine {
                 } else {
                     Outgoing::forwarded(&instance, &name, &item, not_before_ms)
                 };
-                vec![out].into()
+                Ok(vec![out].into())
             }
         }
     }
 
     /// Merges the messages drained from a mailbox and runs the instance when something new
-    /// arrived. `items` are the raw bodies, in mailbox order.
-    pub(crate) async fn handle_mailbox(&self, items: &[Vec<u8>], now: SystemTime) -> MailboxPlan {
+    /// arrived. `items` are the raw bodies, in mailbox order. An error (the payload store
+    /// failed) decides nothing: the drained messages and the doorbell go back.
+    pub(crate) async fn handle_mailbox(
+        &self,
+        items: &[Vec<u8>],
+        now: SystemTime,
+    ) -> Result<MailboxPlan, Error> {
         let mut settle: Vec<(Settlement, String)> =
             vec![(Settlement::Ack, String::new()); items.len()];
         let mut state: Option<(usize, InstanceState)> = None;
@@ -232,15 +260,17 @@ impl Engine {
             for s in settle.iter_mut().filter(|s| s.0 == Settlement::DeadLetter) {
                 s.0 = Settlement::Requeue;
             }
-            return MailboxPlan {
+            return Ok(MailboxPlan {
                 outputs: Vec::new(),
                 waiting_for_state: any,
                 settle,
                 delete: false,
-            };
+            });
         };
         if state.finished {
-            return reap::after_the_end(&state, state_at, &events, &signals, settle, now);
+            return Ok(reap::after_the_end(
+                &state, state_at, &events, &signals, settle, now,
+            ));
         }
         // Whatever this drain writes counts what it took (see `InstanceState::drained`).
         state.drained = state.drained.saturating_add(items.len() as u64);
@@ -252,7 +282,7 @@ impl Engine {
             .retain(|seq| !events.iter().any(|(_, s, _)| s == seq));
         let replied = state.awaiting.len() != awaited;
         if let Some(reason) = unreadable {
-            return self.fail_unreadable(&state, &reason, settle, now);
+            return Ok(self.fail_unreadable(&state, &reason, settle, now));
         }
         let mut merged = 0;
         let mut early = false;
@@ -289,39 +319,43 @@ impl Engine {
         }
         if merged == 0 && !touched && received == 0 && !replied {
             settle[state_at].0 = Settlement::Requeue;
-            return MailboxPlan {
+            return Ok(MailboxPlan {
                 outputs: Vec::new(),
                 settle,
                 waiting_for_state: early,
                 delete: false,
-            };
+            });
         }
         if merged == 0 {
             // Only a keep-alive, events no wait takes yet, or replies already settled: write
             // the state back (with the events it keeps, the replies it still awaits, and the
             // next keep-alive scheduled).
             let outputs = self.write_mailbox_state(&mut state, now);
-            return MailboxPlan {
+            return Ok(MailboxPlan {
                 outputs,
                 settle,
                 waiting_for_state: false,
                 delete: false,
-            };
+            });
         }
         debug!(instance = %state.id, merged, "mailbox merged");
         let outputs = if self.registry.contains(&state.name) {
-            self.step_next(state, now).await.outputs
+            match self.step_next(state, now).await {
+                Ok(stepped) => stepped.outputs,
+                // The payload store failed: nothing was decided, the merge is done again.
+                Err(e) => return Err(e),
+            }
         } else {
             // This worker does not run this DTask: hand the merged state to one that does.
             // It comes back to the mailbox at its next suspension.
             vec![Outgoing::hand_over(&state)]
         };
-        MailboxPlan {
+        Ok(MailboxPlan {
             outputs,
             settle,
             waiting_for_state: false,
             delete: false,
-        }
+        })
     }
 
     /// The messages that write `state` (with `version + 1`) to its mailbox, plus a
@@ -334,8 +368,9 @@ impl Engine {
         outputs
     }
 
-    /// Runs one step of `state`; returns what to publish and the hand-off to run inline.
-    async fn step_next(&self, mut state: InstanceState, now: SystemTime) -> Stepped {
+    /// Runs one step of `state`; returns what to publish and the hand-off to run inline,
+    /// or the error of the payload store (nothing was decided: the step is to run again).
+    async fn step_next(&self, mut state: InstanceState, now: SystemTime) -> Result<Stepped, Error> {
         let mut watch = StepWatch::new(&state);
         let Some(reg) = self.registry.get(&state.name) else {
             watch.end("failed");
@@ -346,9 +381,9 @@ impl Engine {
                     state.name
                 ),
             );
-            return self
+            return Ok(self
                 .finish(&state, Outcome::Failed(f), BTreeMap::new(), now)
-                .into();
+                .into());
         };
         let model = match reg.run {
             Model::Replay(_) => "replay",
@@ -359,16 +394,26 @@ impl Engine {
         // resume moved its saved machine to other code (a migration, `accepts`).
         let fresh = state.at_run_start();
         let code_before = state.snapshot.as_ref().map(|s| s.fingerprint);
+        // The values the state holds out of band, read before the body runs (the body
+        // decodes them synchronously) and dropped with the step.
+        let resolved = Arc::new(payloads::read_all(&self.payloads, &state).await?);
         watch.running(model);
         let StepOutput {
             end,
             first_new,
-            child_inputs,
+            mut child_inputs,
             cancelled_children,
-        } = run_step(reg.run, &mut state, now, self.clock.clone())
-            .instrument(watch.span.clone())
-            .await;
+        } = with_resolved(
+            resolved,
+            run_step(reg.run, &mut state, now, self.clock.clone()).instrument(watch.span.clone()),
+        )
+        .await;
         watch.ran();
+        // Values over the threshold go out of band, durable before any message that
+        // references them is published.
+        let end = payloads::write_all(&self.payloads, &mut state, end, &mut child_inputs)
+            .instrument(watch.span.clone())
+            .await?;
         // The messages of the step are built in its span: their deliveries are its
         // children in a trace (the rest of this function does not await).
         let _in_step = watch.span.enter();
@@ -453,15 +498,15 @@ impl Engine {
             (state.mailbox, state.version, state.touch_at_ms) = (mailbox, version, touch_at_ms);
             state.awaiting.truncate(awaiting);
             state.touch_every_ms = touch_every_ms;
-            return self
+            return Ok(self
                 .finish(&state, Outcome::Failed(f), BTreeMap::new(), now)
-                .into();
+                .into());
         }
         watch.end(outcome);
-        Stepped {
+        Ok(Stepped {
             outputs,
             next: hand_off.into_message(state),
-        }
+        })
     }
 
     /// The starts of the children in `detached` (their inputs, by position) that the

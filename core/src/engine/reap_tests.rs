@@ -118,20 +118,27 @@ async fn a_finished_mailbox_keeps_its_tombstone_and_awaited_replies_until_the_gr
     ];
     let plan = engine
         .handle_mailbox(&items, ended + Duration::from_secs(1))
-        .await;
+        .await
+        .expect("no payload store");
     assert!(plan.outputs.is_empty() && !plan.delete);
     use Settlement::{Ack, Requeue};
     assert_eq!(hows(&plan), vec![Requeue, Ack, Requeue, Ack, Ack, Ack]);
 
     // After the grace, with the awaited reply in: deleted, everything drained with it.
     let items = vec![tomb.clone(), event(3), encode(&MailboxItem::Touch)];
-    let plan = engine.handle_mailbox(&items, ended + first).await;
+    let plan = engine
+        .handle_mailbox(&items, ended + first)
+        .await
+        .expect("no payload store");
     assert!(plan.outputs.is_empty() && plan.delete);
     assert_eq!(hows(&plan), vec![Ack, Ack, Ack]);
 
     // After the grace, without it: kept, for the reply still to come.
     let items = vec![tomb, encode(&MailboxItem::Touch)];
-    let plan = engine.handle_mailbox(&items, ended + first).await;
+    let plan = engine
+        .handle_mailbox(&items, ended + first)
+        .await
+        .expect("no payload store");
     assert!(plan.outputs.is_empty() && !plan.delete);
     assert_eq!(hows(&plan), vec![Requeue, Ack]);
 }
@@ -163,7 +170,8 @@ async fn a_reply_to_a_position_with_a_result_is_still_no_longer_awaited() {
     let now = from_millis(1_000_000);
     let plan = engine
         .handle_mailbox(&[state_item(&state), event(3)], now)
-        .await;
+        .await
+        .expect("no payload store");
     assert_eq!(hows(&plan), vec![Settlement::Ack, Settlement::Ack]);
     let [write] = &plan.outputs[..] else {
         panic!("one state write: {:?}", plan.outputs);

@@ -66,7 +66,7 @@ async fn a_kept_hand_off_equals_its_published_body() {
     };
     let mut kept = 0;
     let result = loop {
-        let stepped = engine.handle_task_next(msg, now).await;
+        let stepped = engine.handle_task_next(msg, now).await.expect("no store");
         let hand_offs: Vec<&Outgoing> = stepped
             .outputs
             .iter()
@@ -122,7 +122,8 @@ async fn a_kept_hand_off_past_the_budget_fails_the_instance() {
     };
     let stepped = engine
         .handle_task_next(msg, from_millis(1_700_000_000_000))
-        .await;
+        .await
+        .expect("no store");
     assert!(stepped.next.is_none());
     let result = stepped
         .outputs

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::message::{CancelRecord, MailboxItem, ResultRecord, Status, TaskMessage};
+use super::payload::{resolve, PayloadRef};
 use super::state::{Entry, InstanceId, InstanceState, Outcome, Seq, Signal, Snapshot};
 use crate::error::Error;
 
@@ -36,8 +37,9 @@ const MAGIC: &[u8; 2] = b"DT";
 ///   the reply queue of the client waiting for a root).
 ///
 /// Revision 1: the first. Revision 2: continue-as-new (`InstanceState::run`, `Fact::runs`),
-/// replay patches (`Command::Patch`), code fingerprints in facts, and the failure kinds
-/// added with them.
+/// replay patches (`Command::Patch`), code fingerprints in facts, the failure kinds added
+/// with them, and values stored out of band (a reference, a MessagePack ext value, in a
+/// value field).
 #[cfg(not(feature = "next-revision"))]
 pub const ENVELOPE_VERSION: u8 = 2;
 /// The envelope revision this build writes, and the newest it reads: with the feature
@@ -324,9 +326,16 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, 
     })
 }
 
-/// Decodes a user value from MessagePack.
+/// Decodes a user value from MessagePack; a reference to a value stored out of band
+/// ([`PayloadRef`]) decodes the value the current step read for it.
 pub(crate) fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
+    match PayloadRef::decode(bytes) {
+        Some(r) => {
+            let value = resolve(&r)?;
+            rmp_serde::from_slice(&value).map_err(|e| e.to_string())
+        }
+        None => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub(crate) mod hooks;
 pub(crate) mod id;
 pub(crate) mod message;
 pub(crate) mod outgoing;
+pub(crate) mod payload;
 pub(crate) mod probe;
 pub(crate) mod runs;
 pub(crate) mod state;

@@ -5,7 +5,9 @@ use std::time::Duration;
 use crate::engine::DEFAULT_STATE_BUDGET;
 use crate::error::Error;
 use crate::registry::{DTaskFn, Registry};
-use crate::store::{IntoStore, SharedStore};
+use crate::store::{
+    IntoPayloads, IntoStore, SharedPayloads, SharedStore, DEFAULT_PAYLOAD_THRESHOLD,
+};
 
 /// The default of [`WorkerConfig::inline_steps`].
 pub const DEFAULT_INLINE_STEPS: usize = 32;
@@ -55,6 +57,8 @@ pub struct WorkerConfig {
     pub(crate) summary_every: Option<Duration>,
     pub(crate) store: Option<SharedStore>,
     pub(crate) newer_patience: Duration,
+    pub(crate) payloads: Option<SharedPayloads>,
+    pub(crate) payload_threshold: usize,
 }
 
 impl Default for WorkerConfig {
@@ -71,6 +75,8 @@ impl Default for WorkerConfig {
             summary_every: None,
             store: None,
             newer_patience: DEFAULT_NEWER_PATIENCE,
+            payloads: None,
+            payload_threshold: DEFAULT_PAYLOAD_THRESHOLD,
         }
     }
 }
@@ -82,6 +88,32 @@ impl WorkerConfig {
     /// store ([`Client::with_store`](crate::Client::with_store)).
     pub fn store(mut self, store: impl IntoStore) -> Self {
         self.store = Some(SharedStore(store.into_store()));
+        self
+    }
+
+    /// Keeps values over the [payload threshold](Self::payload_threshold) in `store`
+    /// instead of the instance store's ([`InstanceStore::payloads`]) or the transport's
+    /// ([`Transport::payloads`]). Clients that read them must use the same store
+    /// ([`Client::with_payloads`](crate::Client::with_payloads)).
+    ///
+    /// [`InstanceStore::payloads`]: crate::store::InstanceStore::payloads
+    /// [`Transport::payloads`]: crate::transport::Transport::payloads
+    pub fn payloads(mut self, store: impl IntoPayloads) -> Self {
+        self.payloads = Some(SharedPayloads(store.into_payloads()));
+        self
+    }
+
+    /// The size in bytes over which an encoded value (a child's arguments, a result, a
+    /// value a `DTask::run` returned, the input of the next run) is stored out of band and
+    /// travels as a reference of about 100 bytes (default
+    /// [`DEFAULT_PAYLOAD_THRESHOLD`], 256 KiB). Values at or below it travel inline, in
+    /// the state. Without a payload store every value travels inline.
+    ///
+    /// Each value stored costs one confirmed write before the step's messages are
+    /// published, and each step of an instance reads every value its state references
+    /// before it runs (a replayed body decodes them all again).
+    pub fn payload_threshold(mut self, bytes: usize) -> Self {
+        self.payload_threshold = bytes;
         self
     }
 

@@ -77,6 +77,11 @@ impl RuntimeBuilder {
         if let Some(store) = &self.config.store {
             client = client.with_store(store.0.clone());
         }
+        // And their payload store and threshold.
+        if let Some(payloads) = &self.config.payloads {
+            client = client.with_payloads(payloads.0.clone());
+        }
+        client = client.with_payload_threshold(self.config.payload_threshold);
         Ok(Runtime {
             transport,
             client,

@@ -21,7 +21,7 @@ use crate::metrics;
 use crate::protocol::codec;
 use crate::protocol::message::TaskMessage;
 use crate::protocol::{probe, InstanceId, ENVELOPE_VERSION, OLDEST_ENVELOPE_VERSION};
-use crate::store::InstanceStore;
+use crate::store::{InstanceStore, Payloads};
 use crate::trace;
 use crate::transport::{
     Delivery, DeliveryKind, Destination, IntoTransport, MailboxMessage, Outgoing, Published,
@@ -217,13 +217,23 @@ impl Worker {
         let transport = transport.into_transport();
         let probes = Probes::for_retention(transport.mailbox_retention());
         let clock = transport.clone();
+        let store = config.store.map(|s| s.0).or_else(|| transport.store());
+        // An explicit payload store, else the instance store's, else the transport's.
+        let payloads = Payloads {
+            store: config
+                .payloads
+                .map(|p| p.0)
+                .or_else(|| store.as_ref().and_then(|s| s.payloads()))
+                .or_else(|| transport.payloads()),
+            threshold: config.payload_threshold,
+        };
         let mut engine = Engine::new(config.registry, config.state_budget)
             .with_probes(probes)
-            .with_clock(Arc::new(move || clock.now()));
+            .with_clock(Arc::new(move || clock.now()))
+            .with_payloads(payloads);
         if let Some(cancels) = transport.cancels() {
             engine = engine.with_cancels(cancels.book());
         }
-        let store = config.store.map(|s| s.0).or_else(|| transport.store());
         Ok(Worker {
             inner: Arc::new(Inner {
                 store,
@@ -412,7 +422,18 @@ impl Inner {
                 return;
             }
             let bodies: Vec<Vec<u8>> = items.iter().map(|m| m.body.clone()).collect();
-            let plan = self.engine.handle_mailbox(&bodies, self.transport.now()).await;
+            let plan = match self.engine.handle_mailbox(&bodies, self.transport.now()).await {
+                Ok(plan) => plan,
+                Err(e) => {
+                    warn!(error = %e, "a mailbox step's payloads failed; it will be retried");
+                    drop(slot);
+                    for m in items {
+                        let _ = m.settle.requeue().await;
+                    }
+                    let _ = settle.requeue().await;
+                    return;
+                }
+            };
             drop(slot);
             match self.emit(plan.outputs).await {
                 Ok(report) => self.count_duplicates(&report),
@@ -653,15 +674,24 @@ impl Inner {
                 },
             };
             debug!(dtask = %name, message_id = %next.message_id, "running the next step inline");
+            let stepped = match self
+                .engine
+                .handle_task_next(msg, self.transport.now())
+                .await
+            {
+                Ok(stepped) => stepped,
+                Err(e) => {
+                    // The hand-off is published instead, and its step runs from it later.
+                    warn!(error = %e, "an inline step's payloads failed; its message is published");
+                    break;
+                }
+            };
             current = outputs.remove(i).instance;
             kept.append(&mut outputs);
             Stepped {
                 outputs,
                 next: next_msg,
-            } = self
-                .engine
-                .handle_task_next(msg, self.transport.now())
-                .await;
+            } = stepped;
             self.stats.inlined.fetch_add(1, Ordering::Relaxed);
             ::metrics::counter!(metrics::INLINE_STEPS).increment(1);
         }
@@ -765,16 +795,16 @@ impl Inner {
                     // cost a confirmed publish each. The write is confirmed before the
                     // step's own outputs are published, so it can never land after them.
                     let outputs = match running {
-                        None => step.await,
+                        None => step.await?,
                         Some(status) => {
                             tokio::select! {
                                 biased;
-                                out = &mut step => out,
+                                out = &mut step => out?,
                                 _ = tokio::time::sleep(RUNNING_AFTER) => {
                                     let (written, out) =
                                         tokio::join!(self.emit(vec![status]), &mut step);
                                     written?;
-                                    out
+                                    out?
                                 }
                             }
                         }

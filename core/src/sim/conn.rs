@@ -302,6 +302,11 @@ impl Transport for SimConn {
         Some(Arc::new(self.clone()))
     }
 
+    // The simulated broker keeps no values out of band: every value travels inline.
+    fn payloads(&self) -> Option<Arc<dyn crate::store::PayloadStore>> {
+        None
+    }
+
     fn replies(&self) -> Option<&dyn ReplyQueues> {
         Some(self)
     }

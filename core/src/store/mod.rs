@@ -34,6 +34,7 @@
 //!   by id from any process sees the facts.
 
 mod memory;
+mod payloads;
 mod query;
 
 use std::fmt;
@@ -53,6 +54,11 @@ use crate::protocol::{InstanceId, Status, Wait};
 pub use crate::protocol::fact::{Fact, FactKind, StepKind, Steps};
 
 pub use memory::MemoryStore;
+pub(crate) use payloads::Payloads;
+pub use payloads::{
+    IntoPayloads, MemoryPayloads, PayloadRef, PayloadStore, DEFAULT_PAYLOAD_THRESHOLD,
+    PAYLOAD_EXT_TYPE,
+};
 pub use query::{
     from_millis, millis, sort_newest_first, Cursor, Filter, Listing, Parent, Query, MAX_PAGE,
 };
@@ -123,6 +129,15 @@ pub trait InstanceStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<InstanceInfo, Error>> {
         self.wait_finished(id)
     }
+
+    /// The payload store this instance store keeps (values over the payload threshold,
+    /// [`PayloadStore`]), when it keeps one: workers and clients given this instance
+    /// store keep payloads there unless they are given another
+    /// ([`WorkerConfig::payloads`](crate::WorkerConfig::payloads)). The default keeps
+    /// none, and the transport's is used; a store that wraps another must forward it.
+    fn payloads(&self) -> Option<Arc<dyn PayloadStore>> {
+        None
+    }
 }
 
 /// What [`WorkerConfig::store`](crate::WorkerConfig::store) and
@@ -148,6 +163,16 @@ impl<S: InstanceStore> IntoStore for Arc<S> {
 impl IntoStore for Arc<dyn InstanceStore> {
     fn into_store(self) -> Arc<dyn InstanceStore> {
         self
+    }
+}
+
+/// A payload store shared by a configuration (shows in `Debug` without its contents).
+#[derive(Clone)]
+pub(crate) struct SharedPayloads(pub(crate) Arc<dyn PayloadStore>);
+
+impl fmt::Debug for SharedPayloads {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PayloadStore")
     }
 }
 

@@ -35,6 +35,8 @@
 //!   instances go when the worker and the client are given no other
 //!   ([`InstanceStore`] says what it must do). A
 //!   [`Destination::Store`] message is never published: workers record it in the store.
+//! - **A payload store** (optional, [`Transport::payloads`]): where values over the
+//!   payload threshold are kept out of band ([`PayloadStore`] says what it must do).
 //! - **Cancel records** (optional, [`Transport::cancels`]). A [`Destination::Cancel`] is
 //!   stored durably, kept at least as long as results, and seen by every process that
 //!   follows the records ([`Cancels::follow`]), including processes started later.
@@ -63,7 +65,7 @@ pub use memory::{
 
 use crate::error::Error;
 pub use crate::protocol::{Destination, InstanceId, Outgoing};
-use crate::store::InstanceStore;
+use crate::store::{InstanceStore, PayloadStore};
 use crate::trace::TraceContext;
 
 /// What a publish did.
@@ -234,6 +236,13 @@ pub trait Transport: Send + Sync + 'static {
     /// ([`WorkerConfig::store`](crate::WorkerConfig::store),
     /// [`Client::with_store`](crate::Client::with_store)).
     fn store(&self) -> Option<Arc<dyn InstanceStore>>;
+
+    /// The payload store this transport keeps (values over the payload threshold, stored
+    /// out of band), when it keeps one: what workers and clients use unless their
+    /// instance store keeps one ([`InstanceStore::payloads`]) or they are given another
+    /// ([`WorkerConfig::payloads`](crate::WorkerConfig::payloads)). Without any, every
+    /// value travels in the messages and counts against the state budget.
+    fn payloads(&self) -> Option<Arc<dyn PayloadStore>>;
 
     /// The clients' reply queues, when this transport has them. Without them,
     /// [`Client::call`](crate::Client::call) starts the instance and waits for its

@@ -3,7 +3,9 @@
 //! (`AMQP_URL`, `DTASKS_PREFIX`, `RUST_LOG`, `IT_CODE` for the build of the versioned
 //! DTasks of `dtasks_integration_tests::evolve`, `IT_TIMER_HOLD_MS` for
 //! [`AmqpConfig::with_timer_hold`], `DTASKS_METRICS_ADDR` to serve Prometheus metrics,
-//! `IT_SPANS_DIR` to write its OpenTelemetry spans to a file there,
+//! `IT_SPANS_DIR` to write its OpenTelemetry spans to a file there, `IT_PG_URL` and
+//! `IT_PG_SCHEMA` to keep the facts of roots and the values stored out of band in that
+//! PostgreSQL database and schema (the transport's stream store otherwise),
 //! `IT_NEWER_PATIENCE_MS` for [`WorkerConfig::newer_message_patience`], and
 //! `IT_SHARDS_EVERY_MS` to log, that often, a line `it-worker shards pid=.. merged=..
 //! held=a,b` with [`AmqpTransport::merged_doorbells`] and
@@ -86,6 +88,13 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse::<u64>().ok())
     {
         worker_config = worker_config.newer_message_patience(Duration::from_millis(ms));
+    }
+    if let Ok(url) = std::env::var("IT_PG_URL") {
+        let mut pg = dtasks_postgres::PgStoreBuilder::new(url);
+        if let Ok(schema) = std::env::var("IT_PG_SCHEMA") {
+            pg = pg.schema(schema);
+        }
+        worker_config = worker_config.store(pg.connect().await?);
     }
     let pod = WorkerPod::builder(transport, worker_config)
         .summary_every(Duration::from_secs(2))

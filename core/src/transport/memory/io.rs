@@ -13,7 +13,7 @@ use super::settle::{MemSettle, Token};
 use super::MemoryTransport;
 use crate::error::Error;
 use crate::protocol::InstanceId;
-use crate::store::InstanceStore;
+use crate::store::{InstanceStore, PayloadStore};
 use crate::trace::TraceContext;
 use crate::transport::{
     CancelBook, Cancels, Delivery, DeliveryKind, Destination, Following, MailboxMessage, Outgoing,
@@ -185,6 +185,10 @@ impl Transport for MemoryTransport {
 
     fn store(&self) -> Option<Arc<dyn InstanceStore>> {
         Some(Arc::new(self.shared.store.clone()))
+    }
+
+    fn payloads(&self) -> Option<Arc<dyn PayloadStore>> {
+        Some(Arc::new(self.shared.payloads.clone()))
     }
 
     fn replies(&self) -> Option<&dyn ReplyQueues> {

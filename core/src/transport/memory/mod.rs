@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use super::{CancelBook, Destination, Outgoing, Published};
 use crate::protocol::InstanceId;
-use crate::store::{Applied, Fact, MemoryStore};
+use crate::store::{Applied, Fact, MemoryPayloads, MemoryStore};
 use crate::trace::TraceContext;
 
 /// The in-process transport. Cheap to clone; clones share the same queues.
@@ -103,6 +103,7 @@ impl MemoryTransportBuilder {
                 mailbox_retention: self.mailbox_retention,
                 cancels: CancelBook::new(),
                 store: MemoryStore::new(),
+                payloads: MemoryPayloads::new(),
             }),
         }
     }
@@ -139,6 +140,8 @@ struct Shared {
     cancels: CancelBook,
     /// The instance store: shared by every clone.
     store: MemoryStore,
+    /// The values stored out of band: shared by every clone.
+    payloads: MemoryPayloads,
 }
 
 #[derive(Clone)]
@@ -262,6 +265,12 @@ impl MemoryTransport {
     /// A transport on real time.
     pub fn new() -> Self {
         Self::builder().build()
+    }
+
+    /// The values its workers and clients stored out of band (shared by every clone): to
+    /// look at them, or remove an instance's ([`MemoryPayloads::remove_instance`]).
+    pub fn memory_payloads(&self) -> MemoryPayloads {
+        self.shared.payloads.clone()
     }
 
     /// Configures a transport.

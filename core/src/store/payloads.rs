@@ -1,0 +1,269 @@
+//! The payload store: where values over the payload threshold are kept out of band.
+//!
+//! An argument tuple, a result or an event value whose encoding is larger than the
+//! threshold ([`WorkerConfig::payload_threshold`](crate::WorkerConfig::payload_threshold),
+//! [`Client::with_payload_threshold`](crate::Client::with_payload_threshold); default
+//! [`DEFAULT_PAYLOAD_THRESHOLD`]) is put in a [`PayloadStore`], and the messages carry a
+//! [`PayloadRef`] in its place: the state budget counts the reference (about 100 bytes),
+//! not the value. The writer's put is durable before the message that references it is
+//! published, so a crash at any point loses nothing.
+//!
+//! The project ships three stores: [`MemoryPayloads`] (the in-memory transport's), the
+//! PostgreSQL store of `dtasks-postgres` (a table, purged with the instances), and the
+//! RabbitMQ-only store of `dtasks-amqp` (a stream, kept for its retention). Workers and
+//! clients must use the same one, as they do the instance store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+
+pub use crate::protocol::payload::{PayloadRef, PAYLOAD_EXT_TYPE};
+
+use crate::error::Error;
+use crate::protocol::payload::Fetched;
+use crate::protocol::InstanceId;
+
+/// The default payload threshold: values encoded in more bytes are stored out of band.
+pub const DEFAULT_PAYLOAD_THRESHOLD: usize = 256 * 1024;
+
+/// Where values stored out of band are kept.
+///
+/// A store must keep a value at least as long as the instance that references it may
+/// still read it (until the instance finished and its result was read), or say in its
+/// documentation how long it keeps them; a value it no longer has is `Ok(None)` from
+/// [`PayloadStore::get`], which fails the reader with a clear error, never a hang.
+pub trait PayloadStore: Send + Sync + 'static {
+    /// Stores `value` under `r.key()` (the same key always comes with the same value:
+    /// storing it again is harmless). Resolves when the value is durable, with where it
+    /// is (the reference's [`PayloadRef::locator`]: 0 for a store that reads by key).
+    fn put<'a>(&'a self, r: &'a PayloadRef, value: &'a [u8]) -> BoxFuture<'a, Result<u64, Error>>;
+
+    /// The value `r` stands for, or `None` when the store does not have it (past its
+    /// retention, purged). The caller checks its size and hash.
+    fn get<'a>(&'a self, r: &'a PayloadRef) -> BoxFuture<'a, Result<Option<Vec<u8>>, Error>>;
+}
+
+/// What [`WorkerConfig::payloads`](crate::WorkerConfig::payloads) and
+/// [`Client::with_payloads`](crate::Client::with_payloads) take: any [`PayloadStore`] by
+/// value, or one already shared as an `Arc`.
+pub trait IntoPayloads {
+    /// The store, shared.
+    fn into_payloads(self) -> Arc<dyn PayloadStore>;
+}
+
+impl<S: PayloadStore> IntoPayloads for S {
+    fn into_payloads(self) -> Arc<dyn PayloadStore> {
+        Arc::new(self)
+    }
+}
+
+impl<S: PayloadStore> IntoPayloads for Arc<S> {
+    fn into_payloads(self) -> Arc<dyn PayloadStore> {
+        self
+    }
+}
+
+impl IntoPayloads for Arc<dyn PayloadStore> {
+    fn into_payloads(self) -> Arc<dyn PayloadStore> {
+        self
+    }
+}
+
+/// Values stored out of band in this process's memory: the in-memory transport's payload
+/// store. Cheap to clone; clones share the values. Values are kept until
+/// [`MemoryPayloads::remove_instance`] or the process ends.
+#[derive(Clone, Default)]
+pub struct MemoryPayloads {
+    values: Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>>,
+}
+
+impl std::fmt::Debug for MemoryPayloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryPayloads")
+            .field("values", &self.len())
+            .finish()
+    }
+}
+
+impl MemoryPayloads {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Vec<u8>>>> {
+        self.values.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many values it holds.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes the values written by `instance` and by its children (ids
+    /// `<instance>.<n>…`); returns how many were removed.
+    pub fn remove_instance(&self, instance: &InstanceId) -> usize {
+        let mut values = self.lock();
+        let before = values.len();
+        values.retain(|key, _| {
+            let owner = key.rsplit_once('/').map_or("", |(i, _)| i);
+            !written_under(owner, instance.as_str())
+        });
+        before - values.len()
+    }
+}
+
+/// Whether the instance `owner` is `root` or one of its descendants (`root.<n>.<n>…`).
+pub(crate) fn written_under(owner: &str, root: &str) -> bool {
+    match owner.strip_prefix(root) {
+        Some("") => true,
+        Some(rest) => {
+            rest.starts_with('.')
+                && rest[1..]
+                    .split('.')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        }
+        None => false,
+    }
+}
+
+impl PayloadStore for MemoryPayloads {
+    fn put<'a>(&'a self, r: &'a PayloadRef, value: &'a [u8]) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(async move {
+            self.lock()
+                .entry(r.key().to_string())
+                .or_insert_with(|| Arc::new(value.to_vec()));
+            Ok(0)
+        })
+    }
+
+    fn get<'a>(&'a self, r: &'a PayloadRef) -> BoxFuture<'a, Result<Option<Vec<u8>>, Error>> {
+        Box::pin(async move { Ok(self.lock().get(r.key()).map(|v| v.as_ref().clone())) })
+    }
+}
+
+/// Where a process keeps values out of band: its store and its threshold.
+#[derive(Clone)]
+pub(crate) struct Payloads {
+    pub(crate) store: Option<Arc<dyn PayloadStore>>,
+    pub(crate) threshold: usize,
+}
+
+impl Default for Payloads {
+    fn default() -> Self {
+        Self {
+            store: None,
+            threshold: DEFAULT_PAYLOAD_THRESHOLD,
+        }
+    }
+}
+
+impl Payloads {
+    /// `value` as it travels: itself when it is at most the threshold (or there is no
+    /// store, or it is a reference already), else stored under `instance` (durable when
+    /// this resolves) and replaced by its reference.
+    pub(crate) async fn externalize(
+        &self,
+        instance: &InstanceId,
+        value: Vec<u8>,
+    ) -> Result<Vec<u8>, Error> {
+        let Some(store) = &self.store else {
+            return Ok(value);
+        };
+        if value.len() <= self.threshold || PayloadRef::decode(&value).is_some() {
+            return Ok(value);
+        }
+        let r = PayloadRef::of(instance, &value);
+        let at = store.put(&r, &value).await?;
+        tracing::debug!(key = r.key(), len = value.len(), "value stored out of band");
+        Ok(r.at(at).encode())
+    }
+
+    /// Reads what `r` stands for: a transient failure of the store is an error (the
+    /// reader tries again later), a value the store does not have or that is not the one
+    /// written is [`Fetched::Missing`] with the reason.
+    pub(crate) async fn fetch(&self, r: &PayloadRef) -> Result<Fetched, Error> {
+        let Some(store) = &self.store else {
+            return Ok(Fetched::Missing(format!(
+                "the value under `{}` ({} bytes) is stored out of band, and this process has \
+                 no payload store",
+                r.key(),
+                r.len()
+            )));
+        };
+        Ok(match store.get(r).await? {
+            Some(v) if r.matches(&v) => Fetched::Value(Arc::new(v)),
+            Some(v) => Fetched::Missing(format!(
+                "the value under `{}` is not the one written ({} bytes read, {} written, or \
+                 another hash)",
+                r.key(),
+                v.len(),
+                r.len()
+            )),
+            None => Fetched::Missing(format!(
+                "the value under `{}` ({} bytes) is gone from the payload store (past its \
+                 retention, or purged)",
+                r.key(),
+                r.len()
+            )),
+        })
+    }
+
+    /// `bytes` as the user reads them: the value a reference stands for, or themselves.
+    pub(crate) async fn resolve(&self, bytes: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let Some(r) = PayloadRef::decode(&bytes) else {
+            return Ok(bytes);
+        };
+        match self.fetch(&r).await? {
+            Fetched::Value(v) => Ok(Arc::try_unwrap(v).unwrap_or_else(|v| v.as_ref().clone())),
+            Fetched::Missing(why) => Err(Error::payload_missing(why)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_are_written_under_their_root_and_other_roots_are_not() {
+        assert!(written_under("a", "a"));
+        assert!(written_under("a.1", "a"));
+        assert!(written_under("a.1.20", "a"));
+        assert!(!written_under("a.b", "a"));
+        assert!(!written_under("ab", "a"));
+        assert!(!written_under("a.", "a"));
+        assert!(!written_under("b.1", "a"));
+    }
+
+    #[tokio::test]
+    async fn a_value_over_the_threshold_is_stored_and_read_back() {
+        let store = MemoryPayloads::new();
+        let payloads = Payloads {
+            store: Some(Arc::new(store.clone())),
+            threshold: 8,
+        };
+        let id = InstanceId::new("x").unwrap();
+        let small = payloads
+            .externalize(&id, b"12345678".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(small, b"12345678");
+        let big = payloads
+            .externalize(&id, b"123456789".to_vec())
+            .await
+            .unwrap();
+        assert!(PayloadRef::decode(&big).is_some());
+        assert_eq!(store.len(), 1);
+        assert_eq!(payloads.resolve(big.clone()).await.unwrap(), b"123456789");
+        assert_eq!(store.remove_instance(&id), 1);
+        let gone = payloads.resolve(big).await.unwrap_err();
+        assert!(gone.is_payload_missing(), "{gone}");
+    }
+}
