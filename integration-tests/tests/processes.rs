@@ -182,7 +182,7 @@ async fn a_poison_message_is_dead_lettered_and_the_processes_keep_serving() -> a
     let ch = b.channel().await?;
     let poison = [
         b"not an envelope".to_vec(),
-        vec![b'D', b'T', 99, 1, 0],
+        vec![b'D', b'T', 0, 1, 0],
         vec![b'D', b'T', 1, 1, 0xc1, 0xff],
     ];
     for body in &poison {

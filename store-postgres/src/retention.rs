@@ -68,14 +68,5 @@ async fn sweep(pool: &Pool, sql: &Sql, cutoff: SystemTime) -> Result<u64, PgErro
     }
     let claims = client.prepare_cached(&sql.expire_claims).await?;
     client.execute(&claims, &[&cutoff]).await?;
-    // Values stored out of band are kept for the retention too.
-    let payloads = client.prepare_cached(&sql.expire_payloads).await?;
-    loop {
-        let row = client.query_one(&payloads, &[&cutoff, &CHUNK]).await?;
-        let n: i64 = row.try_get(0)?;
-        if n < CHUNK {
-            break;
-        }
-    }
     Ok(removed)
 }

@@ -44,8 +44,6 @@ pub(crate) struct Sql {
     pub(crate) payload_put: String,
     /// The value under `$1`.
     pub(crate) payload_get: String,
-    /// Removes up to `$2` values stored before `$1`; answers how many.
-    pub(crate) expire_payloads: String,
 }
 
 impl Sql {
@@ -60,11 +58,6 @@ impl Sql {
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO NOTHING"
             ),
             payload_get: format!("SELECT value FROM {payloads} WHERE key = $1"),
-            expire_payloads: format!(
-                "WITH gone AS (DELETE FROM {payloads} WHERE key IN (SELECT key FROM \
-                 {payloads} WHERE created_at < $1 LIMIT $2) RETURNING key) \
-                 SELECT count(*) FROM gone"
-            ),
             channel: format!("{schema}_finished"),
             get: format!("SELECT {COLUMNS} FROM {instances} WHERE id = $1"),
             insert_missing: format!(
@@ -113,11 +106,16 @@ impl Sql {
                  ON CONFLICT (id) DO NOTHING"
             ),
             claim_read: format!("SELECT nonce FROM {claims} WHERE id = $1"),
+            // The values stored out of band go with their root and its children, as in a
+            // purge: a value lives as long as its instance, whenever it was stored.
             expire: format!(
                 "WITH gone AS (DELETE FROM {instances} WHERE id IN (SELECT id FROM \
                  {instances} WHERE result IS NOT NULL AND updated_at < $1 LIMIT $2) \
                  RETURNING id), \
-                 claims AS (DELETE FROM {claims} WHERE id IN (SELECT id FROM gone)) \
+                 claims AS (DELETE FROM {claims} WHERE id IN (SELECT id FROM gone)), \
+                 values_gone AS (DELETE FROM {payloads} AS p USING gone WHERE p.instance = gone.id \
+                 OR (starts_with(p.instance, gone.id || '.') AND \
+                 substr(p.instance, length(gone.id) + 2) ~ '^[0-9]+(\\.[0-9]+)*$')) \
                  SELECT count(*) FROM gone"
             ),
             expire_claims: format!(

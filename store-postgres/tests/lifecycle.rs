@@ -258,6 +258,42 @@ async fn the_retention_removes_what_finished_longer_ago_and_keeps_the_rest() {
         ])
         .await
         .unwrap();
+    // Values stored out of band long ago: those of a removed root and of its child go
+    // with it; those of a root that still runs stay, however old.
+    for (key, instance) in [
+        ("v1", "old"),
+        ("v2", "old.1"),
+        ("v3", "running"),
+        ("v4", "running.2.1"),
+        ("v5", "old-failed"),
+    ] {
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO \"{}\".dtasks_payloads (key, instance, len, value, created_at) \
+                     VALUES ($1, $2, 1, 'x', now() - interval '1 hour')",
+                    schema.name
+                ),
+                &[&key, &instance],
+            )
+            .await
+            .unwrap();
+    }
+    let values = || async {
+        client
+            .query(
+                &format!(
+                    "SELECT key FROM \"{}\".dtasks_payloads ORDER BY key",
+                    schema.name
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
     let claims = || async {
         client
             .query(
@@ -290,6 +326,7 @@ async fn the_retention_removes_what_finished_longer_ago_and_keeps_the_rest() {
     assert!(store.get(&id("recent")).await.unwrap().is_some());
     assert!(store.get(&id("running")).await.unwrap().is_some());
     assert_eq!(claims().await, ["fresh-orphan"]);
+    assert_eq!(values().await, ["v3", "v4"]);
     assert!(
         store.claim(&id("old"), 6).await.unwrap(),
         "the id is free again"
