@@ -62,6 +62,12 @@ const MIGRATIONS: &[&str] = &[
         ADD COLUMN runs bigint NOT NULL DEFAULT 1,
         ADD COLUMN fingerprint bigint;
     "#,
+    // 4: whether an instance records its children (from its start), so that a listing
+    // of the fingerprints in use can tell when children it cannot see may hold code.
+    r#"
+    ALTER TABLE {s}.dtasks_instances
+        ADD COLUMN records_children boolean NOT NULL DEFAULT false;
+    "#,
 ];
 
 /// The schema version this code writes.

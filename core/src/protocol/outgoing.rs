@@ -489,7 +489,7 @@ impl Outgoing {
         let kind = FactKind::Started {
             parent: Some(parent.id.clone()),
         };
-        let fact = Fact::new(id.clone(), name, now, kind);
+        let fact = Fact::new(id.clone(), name, now, kind).with_records_children(true);
         let dest = Destination::Store {
             instance: id.clone(),
         };
