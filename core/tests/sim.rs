@@ -4,8 +4,10 @@
 //! broker restarts, late publishes and timers and skewed clocks. A failing seed prints
 //! the command that replays it.
 //!
-//! Also: a seed replays its run exactly, and the checks find the bugs of a broken
-//! duplicate-result guard and of a broken mailbox version check.
+//! Also: a seed replays its run exactly, the checks find the bugs of a broken
+//! duplicate-result guard and of a broken mailbox version check, and a root dead-lettered
+//! because faults alone spent a message's redelivery budget passes as at-least-once
+//! delivery allows (seed 4005167).
 
 use std::time::Duration;
 
@@ -480,6 +482,26 @@ fn equal_mailbox_versions_are_ordered() {
     );
     assert!(gap.trace().iter().any(|l| l.contains("CRASH")), "{gap}");
     sim().run(2115..2116, replay_plan).unwrap();
+}
+
+/// Seed 4005167, which ended a root dead-lettered: the next run of a loop continued as new
+/// (its `:run2` message) is held by a worker each time one of the run's six faults
+/// strikes — three crashes, two dropped connections and the broker's restart, all the
+/// default faults allow — and comes back each time, so its seventh delivery is past the
+/// redelivery budget of 5, and the worker dead-letters it and fails the root as
+/// dead-lettered. That is the budget working as designed (a worker cannot tell a message
+/// that kills its workers from workers that die under it), not a fault of dtasks: the
+/// check accepts it, with the broker's proof that faults alone returned the message past
+/// the budget, and counts it. With a budget of 6 the same run ends with the reference
+/// result.
+#[test]
+fn a_redelivery_budget_spent_by_faults_alone_ends_its_root_dead_lettered() {
+    let seed = 4_005_167..4_005_168;
+    let report = sim().run(seed.clone(), renew_plan).unwrap();
+    assert_eq!(report.spent_by_faults, 1, "{report:?}");
+    let roomier = Sim::new(config().max_redeliveries(6));
+    let report = roomier.run(seed, renew_plan).unwrap();
+    assert_eq!(report.spent_by_faults, 0, "{report:?}");
 }
 
 /// Without faults a run still interleaves the workers by the seed (messages are put back
