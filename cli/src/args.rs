@@ -43,7 +43,8 @@ pub(crate) enum Command {
     /// Remove finished instances from the store; prints how many.
     Purge(PurgeArgs),
     /// Which code suspended snapshot instances still hold: per DTask and fingerprint, how
-    /// many unfinished instances hold a machine saved by it (code no row names can go).
+    /// many unfinished instances hold a machine saved by it (code no row names can go,
+    /// unless a line on standard error says that children could not be counted).
     Fingerprints(FingerprintsArgs),
     /// Look after the transport's dead-letter queue (P.dead).
     #[command(subcommand)]
@@ -137,7 +138,8 @@ pub(crate) struct FingerprintsArgs {
     /// Only the instances of this DTask.
     #[arg(long)]
     pub(crate) name: Option<String>,
-    /// Print one JSON array.
+    /// Print one JSON object: `held` (name, fingerprint, instances), `unrecorded_roots`,
+    /// `children_counted`.
     #[arg(long)]
     pub(crate) json: bool,
 }

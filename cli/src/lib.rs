@@ -30,15 +30,21 @@
 //!   holds `id`, `name`, `status`, `parent`, `started`, `updated`, `finished`, `waits`
 //!   (as the store keeps them: `{"Event": "approval"}`, `{"Timer": {"at_ms": ..}}`),
 //!   `duplicates`, `runs` (1 plus one per continue-as-new), `fingerprint` (the code that
-//!   saved a suspended snapshot machine, in hexadecimal, or `null`) and `cursor`, the
+//!   saved a suspended snapshot machine, in hexadecimal, or `null`), `records_children`
+//!   (whether its children are in the store too) and `cursor`, the
 //!   cursor of the page after that instance. When another
 //!   page exists, `next page: --after CURSOR` goes to standard error.
 //! - `status` prints `key: value` lines (`runs:`, and `code:` for a suspended snapshot
 //!   instance, among them), or with `--json` the object `list` prints.
 //! - `fingerprints` prints a table (name, fingerprint, instances): for each DTask and
 //!   fingerprint, how many unfinished instances hold a snapshot machine saved by that
-//!   code; with `--json`, one array of objects with those three keys. Code no row names
-//!   can be removed.
+//!   code, children included when their roots record them
+//!   (`Client::recording_children`). When some unfinished roots do not record their
+//!   children, a line on standard error (`children not counted: N unfinished root
+//!   instance(s) ...`) says so: code that only their suspended children hold is missing
+//!   from the table. With `--json`, one object: `held`, an array of objects with those
+//!   three keys, `unrecorded_roots` (N) and `children_counted` (N is 0). Code no row
+//!   names can be removed once children are counted.
 //! - `result` prints the value as JSON on one line; with `--json`, an object with the
 //!   `id`, the `status` and the `value`, or for a failure the `failure` and its
 //!   `message` (and the failure on standard error, exit code 1).

@@ -58,6 +58,7 @@ pub(crate) fn instance_json(info: &InstanceInfo) -> Value {
         "duplicates": info.duplicate_results,
         "runs": info.runs,
         "fingerprint": info.fingerprint.map(|f| format!("{f:016x}")),
+        "records_children": info.records_children,
         "cursor": Cursor::of(info).to_string(),
     })
 }

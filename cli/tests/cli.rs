@@ -46,16 +46,35 @@ async fn runs_and_fingerprints_on_the_command_line() -> anyhow::Result<()> {
         .await?;
     assert_eq!(info["runs"], 1);
     assert_eq!(info["fingerprint"], json!(code));
+    assert_eq!(info["records_children"], json!(false));
     let table = d.ok(&["status", id]).await?.stdout;
     assert!(table.contains("runs:       1"), "{table}");
     assert!(table.contains(&format!("code:       {code}")), "{table}");
-    let held = d.ok(&["fingerprints", "--json"]).await?.json();
+    // Started by `dtasks start`, whose client does not record children: the listing
+    // says that it cannot count them.
+    let held = d.ok(&["fingerprints", "--json"]).await?;
     assert_eq!(
-        held,
-        json!([{"name": "cli.hold", "fingerprint": code, "instances": 1}])
+        held.json(),
+        json!({
+            "held": [{"name": "cli.hold", "fingerprint": code, "instances": 1}],
+            "unrecorded_roots": 1,
+            "children_counted": false,
+        })
     );
-    let lines = d.ok(&["fingerprints", "--name", "cli.hold"]).await?.stdout;
-    assert!(lines.contains("NAME") && lines.contains(&code), "{lines}");
+    assert!(
+        held.stderr
+            .starts_with("children not counted: 1 unfinished root instance(s)"),
+        "{held:?}"
+    );
+    let lines = d.ok(&["fingerprints", "--name", "cli.hold"]).await?;
+    assert!(
+        lines.stdout.contains("NAME") && lines.stdout.contains(&code),
+        "{lines:?}"
+    );
+    assert!(
+        lines.stderr.contains("do not record their children"),
+        "{lines:?}"
+    );
     // Two runs later, the third waits.
     for (n, run) in [(1, 2), (2, 3)] {
         d.ok(&["signal", id, "go", &n.to_string()]).await?;
@@ -69,7 +88,16 @@ async fn runs_and_fingerprints_on_the_command_line() -> anyhow::Result<()> {
         (&info["runs"], &info["fingerprint"]),
         (&json!(3), &Value::Null)
     );
-    assert_eq!(d.ok(&["fingerprints", "--json"]).await?.json(), json!([]));
+    // Nothing unfinished: nothing held, and nothing that could hide children.
+    let none = d.ok(&["fingerprints", "--json"]).await?;
+    assert_eq!(
+        none.json(),
+        json!({"held": [], "unrecorded_roots": 0, "children_counted": true})
+    );
+    assert!(none.stderr.is_empty(), "{none:?}");
+    let table = d.ok(&["fingerprints"]).await?;
+    assert_eq!(table.lines().len(), 1, "only the header: {table:?}");
+    assert!(table.stderr.is_empty(), "{table:?}");
     d.cleanup().await
 }
 

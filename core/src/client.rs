@@ -363,7 +363,8 @@ impl Client {
             state.name.clone(),
             self.transport.now(),
             FactKind::Started { parent: None },
-        );
+        )
+        .with_records_children(state.records_children);
         store.record(vec![started]).await?;
         self.transport.publish(vec![start]).await?;
         // Claimed only once the start is out: a client that dies before this leaves a

@@ -187,9 +187,14 @@ async fn an_instance_suspended_under_a_finishes_under_b_through_the_migration() 
         }
     }
     worker_a.stop().await;
-    let held = client.fingerprints(Some("mig.order")).await?;
+    let found = client.fingerprints(Some("mig.order")).await?;
+    let held = &found.held;
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!((held[0].fingerprint, held[0].instances), (a, 5));
+    // Started by a client that does not record children: a child of theirs would hold
+    // code the listing cannot see, and it says so.
+    assert_eq!(found.unrecorded_roots, 5);
+    assert!(!found.counts_children());
 
     // Code B migrates them as they resume; each holds B's machine at its next suspension.
     let worker_b = Deployed::new(&t, WorkerConfig::new().register(order_b))?;
@@ -201,7 +206,7 @@ async fn an_instance_suspended_under_a_finishes_under_b_through_the_migration() 
     }
     let fresh = client.start(order_b("new".into(), 9)).await?;
     wait_held(&client, fresh.id(), b).await?;
-    let held = client.fingerprints(None).await?;
+    let held = client.fingerprints(None).await?.held;
     let counts: Vec<(u64, u64)> = held.iter().map(|h| (h.fingerprint, h.instances)).collect();
     assert_eq!(
         counts,
@@ -229,7 +234,11 @@ async fn an_instance_suspended_under_a_finishes_under_b_through_the_migration() 
     );
     assert_eq!(fresh.result().await?, "new paid 9 EUR after 1, 1");
     // No suspended instance holds code A's machine any more: code A can go.
-    assert!(client.fingerprints(None).await?.is_empty());
+    let found = client.fingerprints(None).await?;
+    assert!(
+        found.held.is_empty() && found.counts_children(),
+        "{found:?}"
+    );
     worker_b.stop().await;
     Ok(())
 }
@@ -248,6 +257,144 @@ async fn a_migration_that_refuses_fails_the_instance_as_code_changed() -> TestRe
     let f = err.failure().expect("a failure");
     assert!(f.is_code_changed(), "{f}");
     assert!(f.message().contains("await 0 cannot be migrated"), "{f}");
+    worker.stop().await;
+    Ok(())
+}
+
+/// The fingerprint of `child_c1`, as the refusal of a resume prints it (asserted below).
+const CHILD_C1: &str = "4bf4f74372d6a97a";
+
+// A snapshot child that waits for two events, under a snapshot parent that waits for it;
+// code C2 of the child keeps its awaits and locals, and accepts machines of code C1.
+#[dtask(snapshot, name = "mig.child")]
+async fn child_c1(x: u64) -> u64 {
+    let go: u64 = DTask::event("go").await;
+    let done: u64 = DTask::event("done").await;
+    x + go + done
+}
+
+#[dtask(snapshot, name = "mig.child", accepts = "4bf4f74372d6a97a")]
+async fn child_c2(x: u64) -> u64 {
+    let go: u64 = DTask::event("go").await;
+    let done: u64 = DTask::event("done").await;
+    x * 100 + go + done
+}
+
+#[dtask(snapshot, name = "mig.parent")]
+async fn parent_of_child(x: u64) -> u64 {
+    child_c1(x).await * 2
+}
+
+/// The fingerprint of the snapshot DTask `f` registers as `name`.
+fn code_of<F, M>(f: F, name: &str) -> u64
+where
+    F: dtasks::DTaskFn<M>,
+{
+    let mut r = Registry::new();
+    r.register(f).expect("a dtask");
+    r.fingerprint(name).expect("a snapshot DTask")
+}
+
+/// `(name, fingerprint, instances)` of each entry of a listing.
+fn entries(found: &dtasks::store::HeldCodes) -> Vec<(&str, u64, u64)> {
+    found
+        .held
+        .iter()
+        .map(|h| (h.name.as_str(), h.fingerprint, h.instances))
+        .collect()
+}
+
+/// A suspended snapshot child is counted under its own code when its root records
+/// children, and the listing says it cannot count children otherwise; when the child
+/// moves to new code, the old code is no longer held by any child the store can see.
+#[tokio::test]
+async fn a_suspended_child_holds_its_code_when_children_are_recorded() -> TestResult {
+    let parent = code_of(parent_of_child, "mig.parent");
+    let (c1, c2) = (
+        code_of(child_c1, "mig.child"),
+        code_of(child_c2, "mig.child"),
+    );
+    assert_eq!(
+        format!("{c1:016x}"),
+        CHILD_C1,
+        "the child's fingerprint changed: update CHILD_C1 and `accepts`"
+    );
+    assert_ne!(c1, c2);
+    let t = MemoryTransport::new();
+    let build_1 = WorkerConfig::new()
+        .register(child_c1)
+        .register(parent_of_child);
+    let worker = Deployed::new(&t, build_1)?;
+
+    // Recorded: the child is in the store, suspended with its own code, and counted.
+    let client = Client::new(t.clone()).recording_children();
+    let h = client.start(parent_of_child(3)).await?;
+    let child = InstanceId::new(format!("{}.0", h.id()))?;
+    wait_held(&client, h.id(), parent).await?;
+    wait_held(&client, &child, c1).await?;
+    // Its start, written with its parent's step, may be recorded after its status.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.instance(&child).await?.parent.as_ref() != Some(h.id()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{child} has no parent"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(client.instance(h.id()).await?.records_children);
+    let found = client.fingerprints(None).await?;
+    assert_eq!(
+        entries(&found),
+        [("mig.child", c1, 1), ("mig.parent", parent, 1)]
+    );
+    assert!(found.counts_children(), "{found:?}");
+    // Asked for the child's DTask alone: only its code, and still complete.
+    let found = client.fingerprints(Some("mig.child")).await?;
+    assert_eq!(entries(&found), [("mig.child", c1, 1)]);
+    assert!(found.counts_children(), "{found:?}");
+
+    // Not recorded: the child writes nothing, its code is missing from the listing, and
+    // the listing says it cannot count children; asked for the child's DTask alone, it
+    // still counts the root of another DTask that hides one.
+    let plain = Client::new(t.clone());
+    let hidden = plain.start(parent_of_child(4)).await?;
+    wait_held(&plain, hidden.id(), parent).await?;
+    assert!(!plain.instance(hidden.id()).await?.records_children);
+    let hidden_child = InstanceId::new(format!("{}.0", hidden.id()))?;
+    let err = plain.instance(&hidden_child).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    let found = plain.fingerprints(None).await?;
+    assert_eq!(
+        entries(&found),
+        [("mig.child", c1, 1), ("mig.parent", parent, 2)]
+    );
+    assert_eq!(found.unrecorded_roots, 1);
+    assert!(!found.counts_children());
+    let found = plain.fingerprints(Some("mig.child")).await?;
+    assert_eq!(entries(&found), [("mig.child", c1, 1)]);
+    assert_eq!(found.unrecorded_roots, 1);
+
+    // Build 2 replaces build 1: the recorded child resumes under C2, which accepts C1's
+    // machine, and suspends again holding C2. No child the store sees holds C1 now, but
+    // the hidden one still does: the listing cannot tell, and says so.
+    worker.stop().await;
+    let build_2 = WorkerConfig::new()
+        .register(child_c2)
+        .register(parent_of_child);
+    let worker = Deployed::new(&t, build_2)?;
+    client.signal(&child, "go", &4u64).await?;
+    wait_held(&client, &child, c2).await?;
+    let found = client.fingerprints(Some("mig.child")).await?;
+    assert_eq!(entries(&found), [("mig.child", c2, 1)]);
+    assert_eq!(found.unrecorded_roots, 1);
+
+    // The recorded child finishes: no child code is held any more.
+    client.signal(&child, "done", &5u64).await?;
+    assert_eq!(h.result().await?, (300 + 4 + 5) * 2);
+    // The child's finish is recorded with its own facts, which may come after the root's.
+    assert_eq!(client.handle::<u64>(child.clone()).result().await?, 309);
+    let found = client.fingerprints(Some("mig.child")).await?;
+    assert!(found.held.is_empty(), "{found:?}");
     worker.stop().await;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Children in the instance store on RabbitMQ with two worker processes: under roots
 //! started by a client that records children, every child and grandchild is recorded with
 //! its parent, its statuses and its finish, whichever process ran it and in whatever order
-//! its facts arrived; roots of other clients record none.
+//! its facts arrived, and knows that it records its children; roots of other clients
+//! record none, and the store knows that too.
 
 use std::time::Duration;
 
@@ -55,8 +56,10 @@ async fn recorded_children_are_listed_under_their_parents() -> anyhow::Result<()
             assert_eq!(c.status, Status::Succeeded, "{c:?}");
             assert_eq!(c.parent.as_ref(), Some(h.id()));
             assert_eq!(c.history.last().map(|t| t.status), Some(Status::Succeeded));
+            assert!(c.records_children, "{c:?}");
         }
         let root = plain.instance(h.id()).await?;
+        assert!(root.records_children);
         assert_eq!(root.steps.len(), 1, "{:?}", root.steps);
         assert_eq!((root.steps[0].count, root.steps[0].done), (8, 8));
     }
@@ -75,8 +78,10 @@ async fn recorded_children_are_listed_under_their_parents() -> anyhow::Result<()
         assert_eq!(grandchildren[0].parent.as_ref(), Some(&middle.id));
         assert_eq!(grandchildren[0].result::<u64>().transpose()?, Some(x + 1));
     }
-    // The plain client's root records none; the roots alone are 16.
+    // The plain client's root records none, and the store knows it; the roots alone
+    // are 16.
     assert!(children_of(unrecorded.id()).await?.instances.is_empty());
+    assert!(!plain.instance(unrecorded.id()).await?.records_children);
     let roots = plain
         .list(&Query::new(Filter::new().roots()).limit(100)?)
         .await?;

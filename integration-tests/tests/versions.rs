@@ -56,7 +56,7 @@ async fn instances_started_on_build_a_finish_on_build_b() -> anyhow::Result<()> 
         wait_waiting(&c, id).await?;
     }
     w_a.stop(Duration::from_secs(30)).await?;
-    let held = c.fingerprints(Some("it.deal")).await?;
+    let held = c.fingerprints(Some("it.deal")).await?.held;
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!((held[0].fingerprint, held[0].instances), (code_a, 4));
 
@@ -93,7 +93,7 @@ async fn instances_started_on_build_a_finish_on_build_b() -> anyhow::Result<()> 
         *expected.entry(code).or_default() += 1;
     }
     eprintln!("old instances already resumed on build B: {moved} of 4");
-    let held = c.fingerprints(Some("it.deal")).await?;
+    let held = c.fingerprints(Some("it.deal")).await?.held;
     let counts: std::collections::BTreeMap<u64, u64> =
         held.iter().map(|h| (h.fingerprint, h.instances)).collect();
     assert_eq!(counts, expected);
@@ -127,7 +127,7 @@ async fn instances_started_on_build_a_finish_on_build_b() -> anyhow::Result<()> 
         assert_eq!(result(id).await?, format!("new{i} 5 EUR"));
     }
     // No instance holds code A's machine any more.
-    assert!(c.fingerprints(Some("it.deal")).await?.is_empty());
+    assert!(c.fingerprints(Some("it.deal")).await?.held.is_empty());
     assert_eq!(b.queue_len(&format!("{}.dead", b.prefix())).await?, Some(0));
     w_b.stop(Duration::from_secs(30)).await?;
     b.cleanup().await

@@ -15,8 +15,8 @@
 //!
 //! A batch of starts alone (what a client records before it publishes a start) takes
 //! one statement instead, in one round trip and without a transaction of its own: a
-//! start only ever makes a row or fills in its parent and an earlier start time, which
-//! the statement does itself (the one place where the SQL follows the rules rather than
+//! start only ever makes a row or fills in its parent, an earlier start time and whether
+//! the instance records its children, which the statement does itself (the one place where the SQL follows the rules rather than
 //! running them: `tests/conformance.rs` holds both to the same reference).
 //!
 //! Five statements whatever the size of the batch, in two round trips: `BEGIN` and steps
@@ -133,6 +133,7 @@ pub(crate) async fn apply(
                     &changed.steps,
                     &changed.runs,
                     &changed.fingerprints,
+                    &changed.records_children,
                 ],
             )
             .await
@@ -154,29 +155,31 @@ pub(crate) async fn apply(
 /// Records a batch of starts alone in one statement (see the module docs).
 async fn starts(client: &Object, sql: &Sql, facts: &[&Fact]) -> Result<Vec<Applied>, PgError> {
     // One row per instance (a statement may touch a row once): its first name, its
-    // first parent, its earliest time.
-    let mut rows: BTreeMap<&str, (&str, Option<&str>, SystemTime)> = BTreeMap::new();
+    // first parent, its earliest time, whether any of its starts records children.
+    let mut rows: BTreeMap<&str, (&str, Option<&str>, SystemTime, bool)> = BTreeMap::new();
     for fact in facts {
         let FactKind::Started { parent } = &fact.kind else {
             continue;
         };
         let parent = parent.as_ref().map(|p| p.as_str());
         rows.entry(fact.instance.as_str())
-            .and_modify(|(_, p, at)| {
+            .and_modify(|(_, p, at, records)| {
                 if p.is_none() {
                     *p = parent;
                 }
                 *at = (*at).min(fact.at);
+                *records |= fact.records_children;
             })
-            .or_insert((fact.name.as_str(), parent, fact.at));
+            .or_insert((fact.name.as_str(), parent, fact.at, fact.records_children));
     }
     let ids: Vec<&str> = rows.keys().copied().collect();
     let names: Vec<&str> = rows.values().map(|r| r.0).collect();
     let parents: Vec<Option<&str>> = rows.values().map(|r| r.1).collect();
     let ats: Vec<SystemTime> = rows.values().map(|r| r.2).collect();
+    let records: Vec<bool> = rows.values().map(|r| r.3).collect();
     let statement = client.prepare_cached(&sql.start_rows).await?;
     client
-        .execute(&statement, &[&ids, &names, &parents, &ats])
+        .execute(&statement, &[&ids, &names, &parents, &ats, &records])
         .await?;
     // A start changes nothing a reader waits on: the rules call it stale.
     Ok(vec![Applied::Stale; facts.len()])
@@ -199,6 +202,7 @@ struct Columns<'a> {
     steps: Vec<String>,
     runs: Vec<i64>,
     fingerprints: Vec<Option<i64>>,
+    records_children: Vec<bool>,
 }
 
 impl<'a> Columns<'a> {
@@ -219,6 +223,7 @@ impl<'a> Columns<'a> {
         self.runs.push(i64::from(info.runs));
         // The column keeps the fingerprint's 64 bits as a signed number.
         self.fingerprints.push(info.fingerprint.map(|f| f as i64));
+        self.records_children.push(info.records_children);
         Ok(())
     }
 }

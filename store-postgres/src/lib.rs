@@ -46,7 +46,8 @@
 //!   [`InstanceInfo`](dtasks::store::InstanceInfo): `id` (the key), `name`, `parent`,
 //!   `status` (lower-case text), `waits` (`jsonb`), `created_at`, `updated_at`,
 //!   `version`, `result` (`bytea`, the encoded outcome), `duplicate_results`, `runs`,
-//!   `fingerprint` (a snapshot machine's, its 64 bits as a signed `bigint`). `waits` is
+//!   `fingerprint` (a snapshot machine's, its 64 bits as a signed `bigint`),
+//!   `records_children` (whether its children are recorded too). `waits` is
 //!   JSON rather than MessagePack so that an operator can read it, and query it, in SQL
 //!   (`waits @> '[{"Event": "approval"}]'`); it is a few bytes, and never read on the
 //!   write path. Times are kept to the millisecond: listings order instances by

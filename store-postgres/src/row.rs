@@ -16,13 +16,14 @@ use crate::error::PgError;
 pub(crate) const COLUMNS: &str = "id, name, parent, status, waits::text, created_at, \
                                   updated_at, version, result, duplicate_results, \
                                   history::text, history_dropped, steps::text, runs, \
-                                  fingerprint";
+                                  fingerprint, records_children";
 
 /// The same columns for the writer: `result` only says whether there is one (an empty
 /// value stands for it), so that the writer never reads results back.
 pub(crate) const WRITER_COLUMNS: &str = "id, name, parent, status, waits::text, created_at, \
      updated_at, version, CASE WHEN result IS NULL THEN NULL ELSE '\\x'::bytea END, \
-     duplicate_results, history::text, history_dropped, steps::text, runs, fingerprint";
+     duplicate_results, history::text, history_dropped, steps::text, runs, fingerprint, \
+     records_children";
 
 /// The latest time a row holds (the last millisecond of the year 9999).
 const MAX_MILLIS: u64 = 253_402_300_799_999;
@@ -91,6 +92,7 @@ pub(crate) fn info_from_row(row: &Row) -> Result<InstanceInfo, PgError> {
     let steps = serde_json::from_str(&steps).map_err(|e| corrupt("steps", &e))?;
     let runs: i64 = row.try_get(13)?;
     let fingerprint: Option<i64> = row.try_get(14)?;
+    let records_children: bool = row.try_get(15)?;
 
     // `InstanceInfo` is built by the core; an instance known from its start is the
     // starting point, then every column is set as read.
@@ -117,6 +119,7 @@ pub(crate) fn info_from_row(row: &Row) -> Result<InstanceInfo, PgError> {
     info.runs = u32::try_from(runs.max(1)).unwrap_or(u32::MAX);
     // The column keeps the fingerprint's 64 bits as a signed number.
     info.fingerprint = fingerprint.map(|f| f as u64);
+    info.records_children = records_children;
     Ok(info)
 }
 

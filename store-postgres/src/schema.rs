@@ -75,6 +75,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX dtasks_payloads_instance ON {s}.dtasks_payloads (instance);
     CREATE INDEX dtasks_payloads_created ON {s}.dtasks_payloads (created_at);
     "#,
+    // 5: whether an instance records its children (from its start), so that a listing
+    // of the fingerprints in use can tell when children it cannot see may hold code.
+    r#"
+    ALTER TABLE {s}.dtasks_instances
+        ADD COLUMN records_children boolean NOT NULL DEFAULT false;
+    "#,
 ];
 
 /// The schema version this code writes.

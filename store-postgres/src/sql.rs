@@ -18,8 +18,9 @@ pub(crate) struct Sql {
     /// before its first fact applies): `$1` ids, `$2` names, `$3` times.
     pub(crate) insert_missing: String,
     /// Records starts alone, in one statement: inserts a `Pending` row for each id of
-    /// `$1` that has none (names `$2`, parents `$3`, times `$4`), and on a row that exists
-    /// fills a missing parent and takes the earlier start time — what
+    /// `$1` that has none (names `$2`, parents `$3`, times `$4`, whether it records its
+    /// children `$5`), and on a row that exists fills a missing parent, takes the earlier
+    /// start time and sets `records_children` if the start does — what
     /// [`InstanceInfo::apply`](dtasks::store::InstanceInfo::apply) does with a start.
     pub(crate) start_rows: String,
     /// Locks and reads the rows of ids `$1`, in id order.
@@ -70,16 +71,19 @@ impl Sql {
             ),
             start_rows: format!(
                 "INSERT INTO {instances} AS i (id, name, parent, status, waits, created_at, \
-                 updated_at, version, result, duplicate_results) \
-                 SELECT u.id, u.name, u.parent, 'pending', '[]', u.at, u.at, 0, NULL, 0 \
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
-                 AS u(id, name, parent, at) \
+                 updated_at, version, result, duplicate_results, records_children) \
+                 SELECT u.id, u.name, u.parent, 'pending', '[]', u.at, u.at, 0, NULL, 0, \
+                 u.records_children \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], \
+                 $5::bool[]) AS u(id, name, parent, at, records_children) \
                  ORDER BY u.id COLLATE \"C\" \
                  ON CONFLICT (id) DO UPDATE SET \
                  parent = COALESCE(i.parent, EXCLUDED.parent), \
-                 created_at = LEAST(i.created_at, EXCLUDED.created_at) \
+                 created_at = LEAST(i.created_at, EXCLUDED.created_at), \
+                 records_children = i.records_children OR EXCLUDED.records_children \
                  WHERE (i.parent IS NULL AND EXCLUDED.parent IS NOT NULL) \
-                 OR EXCLUDED.created_at < i.created_at"
+                 OR EXCLUDED.created_at < i.created_at \
+                 OR (EXCLUDED.records_children AND NOT i.records_children)"
             ),
             lock_rows: format!(
                 "SELECT {WRITER_COLUMNS} FROM {instances} WHERE id = ANY($1::text[]) \
@@ -92,12 +96,14 @@ impl Sql {
                  result = COALESCE(i.result, u.result), \
                  duplicate_results = u.duplicate_results, history = u.history::jsonb, \
                  history_dropped = u.history_dropped, steps = u.steps::jsonb, runs = u.runs, \
-                 fingerprint = u.fingerprint \
+                 fingerprint = u.fingerprint, records_children = u.records_children \
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
                  $5::timestamptz[], $6::timestamptz[], $7::int8[], $8::bytea[], $9::int8[], \
-                 $10::text[], $11::int8[], $12::text[], $13::int8[], $14::int8[]) \
+                 $10::text[], $11::int8[], $12::text[], $13::int8[], $14::int8[], \
+                 $15::bool[]) \
                  AS u(id, parent, status, waits, created_at, updated_at, version, result, \
-                 duplicate_results, history, history_dropped, steps, runs, fingerprint) \
+                 duplicate_results, history, history_dropped, steps, runs, fingerprint, \
+                 records_children) \
                  WHERE i.id = u.id"
             ),
             notify: "SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x".to_owned(),

@@ -44,6 +44,7 @@ on_both_stores!(
     a_purge_removes_finished_instances_only,
     a_claim_holds_the_first_nonce,
     runs_and_fingerprints_follow_the_statuses,
+    whether_children_are_recorded_comes_from_the_starts,
     a_wait_ends_at_the_finish_and_an_unknown_id_is_not_found,
     pages_run_newest_first_through_filters_and_ties,
     random_facts_end_as_in_the_reference,

@@ -37,7 +37,7 @@ async fn stores_starting_at_once_migrate_the_schema_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
     // Every store works on the one schema.
     stores[3]
         .record(vec![started("m", "x", 0, None)])
@@ -64,7 +64,8 @@ async fn stores_starting_at_once_migrate_the_schema_once() {
 }
 
 /// A schema as the first version of the code left it, with an instance in it: a store
-/// of this version migrates it (history, steps, the indexes by parent), and the instance
+/// of this version migrates it (history, steps, the indexes by parent, runs,
+/// fingerprints, whether children are recorded), and the instance
 /// reads with an empty history that the next status starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_of_version_1_is_migrated_with_its_rows() {
@@ -97,6 +98,8 @@ async fn a_schema_of_version_1_is_migrated_with_its_rows() {
     assert_eq!(old.waits, vec![Wait::Resume]);
     assert!(old.history.is_empty() && old.steps.is_empty());
     assert_eq!((old.runs, old.fingerprint), (1, None));
+    // Whether it records its children was not kept: it reads as not.
+    assert!(!old.records_children);
     store
         .record(vec![finished("old-1", "x", 5, Status::Succeeded, b"ok")])
         .await
@@ -119,7 +122,7 @@ async fn a_schema_of_version_1_is_migrated_with_its_rows() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
     drop(store);
     schema.drop_schema().await;
 }

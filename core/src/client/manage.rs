@@ -5,7 +5,7 @@ use super::Client;
 use crate::error::Error;
 use crate::protocol::state::InstanceId;
 use crate::protocol::Status;
-use crate::store::{Filter, HeldCode, InstanceInfo, Listing, Query, MAX_PAGE};
+use crate::store::{Filter, HeldCode, HeldCodes, InstanceInfo, Listing, Query, MAX_PAGE};
 
 impl Client {
     /// What the instance store knows of the root instance `id`: its DTask, status (with
@@ -60,15 +60,23 @@ impl Client {
         self.store()?.list(query).await
     }
 
-    /// Which code the unfinished snapshot-model root instances still need: for each DTask
+    /// Which code the unfinished snapshot-model instances still need: for each DTask
     /// (only `name`'s when given) and fingerprint, how many instances hold a machine saved
     /// by that code, by their last status; sorted by name, then by count (most first).
     /// Code whose fingerprint no instance holds any more, and which no newer code
     /// migrates from, can be removed; an entry that stays needs the code, an `accepts`
     /// or a migration (`#[dtask(snapshot, migrate(..))]`).
     ///
-    /// It reads every unfinished root instance, a page at a time. Children are not in the
-    /// store: a suspended child is counted through its root only while the root waits.
+    /// Children are in the store only under roots started by a client made with
+    /// [`Client::recording_children`]: their suspended snapshot children are counted
+    /// under the children's own DTask and code. The children of other roots write
+    /// nothing, and the code they hold cannot be counted: [`HeldCodes::unrecorded_roots`]
+    /// says how many unfinished roots do not record theirs (of every DTask, since a child
+    /// of `name` may run under any root), and the listing is complete only when it is 0
+    /// ([`HeldCodes::counts_children`]). Instances started with [`Client::call`]
+    /// record nothing and are not counted.
+    ///
+    /// It reads every unfinished instance, a page at a time.
     ///
     /// ```
     /// # use dtasks::{dtask, DTask, Registry, Runtime, WorkerConfig};
@@ -80,32 +88,40 @@ impl Client {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), dtasks::Error> {
     /// let rt = Runtime::new(WorkerConfig::new().register(approval))?;
-    /// let client = rt.client();
+    /// let client = rt.client().recording_children();
     /// let handle = client.start(approval()).await?;
     /// # while client.instance(handle.id()).await?.fingerprint.is_none() {
     /// #     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     /// # }
-    /// let held = client.fingerprints(Some("approval")).await?;
-    /// assert_eq!(held.len(), 1);
-    /// assert_eq!(held[0].instances, 1);
+    /// let found = client.fingerprints(Some("approval")).await?;
+    /// assert_eq!(found.held.len(), 1);
+    /// assert_eq!(found.held[0].instances, 1);
     /// let mut registry = Registry::new();
     /// registry.register(approval)?;
-    /// assert_eq!(Some(held[0].fingerprint), registry.fingerprint("approval"));
+    /// assert_eq!(Some(found.held[0].fingerprint), registry.fingerprint("approval"));
+    /// // Its client records children: none of them can hold code unseen.
+    /// assert!(found.counts_children());
     /// # Ok(()) }
     /// ```
-    pub async fn fingerprints(&self, name: Option<&str>) -> Result<Vec<HeldCode>, Error> {
-        let mut filter = Filter::new()
+    pub async fn fingerprints(&self, name: Option<&str>) -> Result<HeldCodes, Error> {
+        // Every unfinished instance, whatever `name`: the roots that hide their children
+        // are counted among all of them.
+        let filter = Filter::new()
             .status(Status::Pending)
             .status(Status::Running)
             .status(Status::Suspended);
-        if let Some(name) = name {
-            filter = filter.name(name);
-        }
         let mut query = Query::new(filter).limit(MAX_PAGE)?;
         let mut counts: std::collections::BTreeMap<(String, u64), u64> = Default::default();
+        let mut unrecorded_roots = 0u64;
         loop {
             let page = self.list(&query).await?;
             for info in &page.instances {
+                if info.parent.is_none() && !info.records_children {
+                    unrecorded_roots += 1;
+                }
+                if name.is_some_and(|n| n != info.name) {
+                    continue;
+                }
                 if let Some(fp) = info.fingerprint {
                     *counts.entry((info.name.clone(), fp)).or_default() += 1;
                 }
@@ -124,7 +140,10 @@ impl Client {
             })
             .collect();
         held.sort_by(|a, b| a.name.cmp(&b.name).then(b.instances.cmp(&a.instances)));
-        Ok(held)
+        Ok(HeldCodes {
+            held,
+            unrecorded_roots,
+        })
     }
 
     /// Removes the finished root instances `filter` selects from the store (running ones

@@ -36,6 +36,13 @@ pub struct Fact {
     /// from it) can resume. `None` otherwise.
     #[serde(default)]
     pub fingerprint: Option<u64>,
+    /// On a start: the instance records its children in the store (it is a root started
+    /// by a client made with [`Client::recording_children`](crate::Client::recording_children),
+    /// or a descendant of one), so that they are listed with their statuses and the code
+    /// their snapshot machines hold. `false` on other facts and on starts written before
+    /// the store kept it.
+    #[serde(default)]
+    pub records_children: bool,
 }
 
 /// A run of consecutive steps of one kind in an instance's journal, as a status or finish
@@ -212,7 +219,15 @@ impl Fact {
             steps: Vec::new(),
             runs: 0,
             fingerprint: None,
+            records_children: false,
         }
+    }
+
+    /// The same fact, saying whether its instance records its children (see
+    /// [`Fact::records_children`]; for a start).
+    pub fn with_records_children(mut self, records: bool) -> Self {
+        self.records_children = records;
+        self
     }
 
     /// The same fact, saying that its instance is in run `runs` and, when suspended in

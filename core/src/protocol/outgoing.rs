@@ -127,8 +127,12 @@ pub(crate) enum MessageId<'a> {
     /// `cancel`: the cancel record of an instance, and the cancel item put in its
     /// mailbox.
     Cancel(&'a InstanceId),
-    /// `run<n>`: the first step of run `n` (from 2) of an instance continued as new.
-    Run(&'a InstanceId, u32),
+    /// `run<n>.<drained>`: the first step of run `n` (from 2) of an instance continued as
+    /// new, by a state whose drains took `drained` mailbox messages. Two hand-offs of one
+    /// run differ when a drain was redone after its worker died (the second took all the
+    /// first took and what came since, an event the next run must receive among them):
+    /// the dedupe window must not take the second for a redelivery of the first.
+    Run(&'a InstanceId, u32, u64),
 }
 
 impl fmt::Display for MessageId<'_> {
@@ -149,7 +153,7 @@ impl fmt::Display for MessageId<'_> {
             MessageId::Signal(i, id) => write!(f, "{i}:s:{id}"),
             MessageId::ClaimedStart(i, nonce) => write!(f, "{i}:start:{nonce:x}"),
             MessageId::Cancel(i) => write!(f, "{i}:cancel"),
-            MessageId::Run(i, run) => write!(f, "{i}:run{run}"),
+            MessageId::Run(i, run, drained) => write!(f, "{i}:run{run}.{drained}"),
         }
     }
 }
@@ -297,7 +301,10 @@ impl Outgoing {
     /// The first step of the next run of `state`, continued as new, to the task queue of
     /// its DTask ([`MessageId::Run`]).
     pub(crate) fn next_run(state: &InstanceState) -> Self {
-        Self::step(state, MessageId::Run(&state.id, state.run + 1))
+        Self::step(
+            state,
+            MessageId::Run(&state.id, state.run + 1, state.drained),
+        )
     }
 
     /// The write of `state` to its mailbox ([`MessageId::State`]).
@@ -489,7 +496,7 @@ impl Outgoing {
         let kind = FactKind::Started {
             parent: Some(parent.id.clone()),
         };
-        let fact = Fact::new(id.clone(), name, now, kind);
+        let fact = Fact::new(id.clone(), name, now, kind).with_records_children(true);
         let dest = Destination::Store {
             instance: id.clone(),
         };

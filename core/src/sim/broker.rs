@@ -46,6 +46,10 @@ pub(super) struct Msg {
     pub(super) body: Vec<u8>,
     pub(super) message_id: Option<String>,
     pub(super) redeliveries: u32,
+    /// How many of its redeliveries a fault caused: its consumer's connection ended under
+    /// it (a crash, a dropped connection, a broker restart), rather than a requeue by its
+    /// consumer or a consumer that stopped.
+    pub(super) fault_returns: u32,
 }
 
 #[derive(Default)]
@@ -110,12 +114,18 @@ pub(super) struct Broker {
     pub(super) results_taken: BTreeMap<InstanceId, u32>,
     pub(super) cancels: CancelBook,
     pub(super) dead_letters: Vec<DeadLetter>,
+    /// Per task message id: the most [`Msg::fault_returns`] it was delivered with (none
+    /// for a message no fault returned). The checks tell by it a redelivery budget that
+    /// faults alone spent from one that dtasks spent.
+    pub(super) fault_returns: BTreeMap<String, u32>,
     /// Publishes on their way to the broker or their confirms on the way back.
     pub(super) in_flight: u64,
     pub(super) trace: Vec<String>,
     /// Deliveries beyond the first of a message: redeliveries and duplicated copies.
     pub(super) extra_deliveries: u64,
     pub(super) crashes: u32,
+    /// Roots the checks accepted as dead-lettered by a budget faults alone spent.
+    pub(super) spent_by_faults: u64,
     pub(super) drops: u32,
     pub(super) pending_timers: u64,
     pub(super) deaths: UnboundedSender<u32>,
@@ -149,10 +159,12 @@ impl Broker {
             results_taken: BTreeMap::new(),
             cancels: CancelBook::new(),
             dead_letters: Vec::new(),
+            fault_returns: BTreeMap::new(),
             in_flight: 0,
             trace: Vec::new(),
             extra_deliveries: 0,
             crashes: 0,
+            spent_by_faults: 0,
             drops: 0,
             pending_timers: 0,
             deaths,
@@ -278,7 +290,7 @@ impl Broker {
         self.crashes += 1;
         self.log(format!("CRASH {name} {why}"));
         self.doorbell_order.retain(|x| *x != c);
-        self.return_held(c);
+        self.return_held(c, true);
         let _ = self.deaths.send(c);
         self.dispatch(shared);
     }
@@ -296,7 +308,7 @@ impl Broker {
         let name = conn.name.clone();
         self.drops += 1;
         self.log(format!("FAULT {name}'s connection drops {why}"));
-        self.return_held(c);
+        self.return_held(c, true);
         self.dispatch(shared);
     }
 
@@ -312,7 +324,7 @@ impl Broker {
         let name = conn.name.clone();
         self.log(format!("{name} disconnects"));
         self.doorbell_order.retain(|x| *x != c);
-        self.return_held(c);
+        self.return_held(c, false);
         self.dispatch(shared);
     }
 
@@ -364,15 +376,16 @@ impl Broker {
         for c in ids {
             if let Some(conn) = self.conns.get_mut(&c).filter(|c| c.alive && c.faulty) {
                 conn.session += 1;
-                self.return_held(c);
+                self.return_held(c, true);
             }
         }
         self.dispatch(shared);
     }
 
     /// Puts back every message connection `c` holds (mailbox messages before doorbells,
-    /// so that a doorbell handed out again finds them back: the contract's pause).
-    fn return_held(&mut self, c: u32) {
+    /// so that a doorbell handed out again finds them back: the contract's pause);
+    /// `fault` when a fault ended the connection.
+    fn return_held(&mut self, c: u32, fault: bool) {
         let Some(conn) = self.conns.get_mut(&c) else {
             return;
         };
@@ -381,11 +394,11 @@ impl Broker {
             .into_values()
             .partition(|h| matches!(h.queue, QueueRef::Shard(_)));
         for h in rest.into_iter().chain(bells) {
-            self.put_back(h);
+            self.put_back(h, fault);
         }
     }
 
-    fn put_back(&mut self, mut h: Held) {
+    fn put_back(&mut self, mut h: Held, fault: bool) {
         let Some(q) = self.queues.get_mut(&h.queue) else {
             return;
         };
@@ -393,6 +406,9 @@ impl Broker {
             return;
         }
         h.msg.redeliveries = h.msg.redeliveries.saturating_add(1);
+        if fault {
+            h.msg.fault_returns = h.msg.fault_returns.saturating_add(1);
+        }
         q.ready.insert(h.n, h.msg);
     }
 
@@ -434,6 +450,7 @@ impl Broker {
                 body: instance.as_str().as_bytes().to_vec(),
                 message_id: None,
                 redeliveries: 0,
+                fault_returns: 0,
             },
         );
     }
@@ -556,6 +573,10 @@ impl Broker {
         let session = self.conns[&c].session;
         let (body, message_id, redeliveries) =
             (msg.body.clone(), msg.message_id.clone(), msg.redeliveries);
+        if let (Some(id), n @ 1..) = (&message_id, msg.fault_returns) {
+            let most = self.fault_returns.entry(id.clone()).or_default();
+            *most = (*most).max(n);
+        }
         let what = format!("task {}", message_id.as_deref().unwrap_or("?"));
         let tag = self.hold(c, r.clone(), n, msg);
         let name = self.conn_name(c).to_string();
@@ -710,7 +731,7 @@ impl Broker {
         };
         match how {
             How::Ack => {}
-            How::Requeue => self.put_back(h),
+            How::Requeue => self.put_back(h, false),
             How::Dead(reason) => {
                 self.log(format!("dead letter: {reason}"));
                 self.dead_letters.push(DeadLetter {

@@ -114,6 +114,7 @@ fn land_one(
         body: o.body.clone(),
         message_id: Some(o.message_id.clone()),
         redeliveries: 0,
+        fault_returns: 0,
     };
     match &o.destination {
         Destination::Task { name } => {

@@ -89,7 +89,8 @@ impl Faults {
     /// a worker dead-letters a message delivered more often than its budget
     /// ([`WorkerConfig::max_redeliveries`](crate::WorkerConfig::max_redeliveries), 5), by
     /// design. The defaults (3 crashes, 2 drops, 1 restart) can exceed that budget only
-    /// when one message is caught by all of them.
+    /// when one message is caught by all of them; the checks then accept its root ended
+    /// dead-lettered ([`Report::spent_by_faults`](super::Report::spent_by_faults)).
     pub fn connection_drops(mut self, p: f64, max: u32) -> Self {
         self.drop = p;
         self.max_drops = max;

@@ -17,7 +17,10 @@
 //! DTask's body run as plain async code (the reference model) or the one the plan
 //! expects; that no timer checked with [`check_timer`] fired early; that no side effect
 //! counted with [`effect`] ran more than the at-least-once bound (once, plus once per
-//! extra delivery of the run); and every [`check`] the bodies made.
+//! extra delivery of the run); and every [`check`] the bodies made. A root that ended
+//! dead-lettered passes too when faults alone returned one of its messages more often
+//! than [`WorkerConfig::max_redeliveries`](crate::WorkerConfig::max_redeliveries) allows
+//! (the budget at work, counted in [`Report::spent_by_faults`]).
 //!
 //! ```
 //! use std::time::Duration;
@@ -213,6 +216,7 @@ impl Sim {
             report.seeds += 1;
             report.crashes += out.crashes as u64;
             report.extra_deliveries += out.extra_deliveries;
+            report.spent_by_faults += out.spent_by_faults;
             if print {
                 eprintln!("dtasks sim: the trace of seed {seed}:");
                 for line in &out.trace {
@@ -244,6 +248,11 @@ pub struct Report {
     /// Deliveries beyond the first of a message (redeliveries and duplicates), over every
     /// seed.
     pub extra_deliveries: u64,
+    /// Roots accepted as dead-lettered, over every seed: faults alone returned one of
+    /// their messages more often than the redelivery budget
+    /// ([`WorkerConfig::max_redeliveries`](crate::WorkerConfig::max_redeliveries))
+    /// allows, which at-least-once delivery with that budget allows.
+    pub spent_by_faults: u64,
 }
 
 /// A seed whose run violated a check: which seed, what, the run's trace, and the

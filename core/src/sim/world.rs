@@ -226,6 +226,7 @@ impl World {
                 body,
                 message_id: None,
                 redeliveries: 0,
+                fault_returns: 0,
             },
         );
         b.dispatch(&self.shared);

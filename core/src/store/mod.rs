@@ -235,6 +235,14 @@ pub struct InstanceInfo {
     /// tell when old code can go.
     #[serde(default)]
     pub fingerprint: Option<u64>,
+    /// Whether its children are in the store (from its start): it is a root started by a
+    /// client made with [`Client::recording_children`](crate::Client::recording_children),
+    /// or a descendant of one. When `false`, its descendants write nothing: they are not
+    /// listed, and the code their suspended snapshot machines hold is not counted by
+    /// [`Client::fingerprints`](crate::Client::fingerprints). Instances recorded before
+    /// the store kept this read as `false`.
+    #[serde(default)]
+    pub records_children: bool,
 }
 
 fn one() -> u32 {
@@ -252,8 +260,35 @@ pub struct HeldCode {
     /// The fingerprint of the code that saved the machines (as `accepts` and `migrate`
     /// take it, in hexadecimal: `format!("{:016x}", fingerprint)`).
     pub fingerprint: u64,
-    /// How many unfinished root instances hold a machine saved by it.
+    /// How many unfinished instances in the store (roots, and the children of roots
+    /// that record them) hold a machine saved by it.
     pub instances: u64,
+}
+
+/// The fingerprints in use, as [`Client::fingerprints`](crate::Client::fingerprints)
+/// found them, and whether they can be complete.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HeldCodes {
+    /// For each DTask and fingerprint, how many unfinished instances in the store hold
+    /// it; sorted by name, then by count (most first).
+    pub held: Vec<HeldCode>,
+    /// How many unfinished roots do not record their children
+    /// ([`InstanceInfo::records_children`]): a suspended snapshot child under one of
+    /// them is not in the store, so the code it holds is missing from
+    /// [`HeldCodes::held`]. While it is not 0, code that only children run may still be
+    /// held; see [`HeldCodes::counts_children`].
+    pub unrecorded_roots: u64,
+}
+
+impl HeldCodes {
+    /// Whether every unfinished root records its children, so that
+    /// [`HeldCodes::held`] counts the suspended children too (as far as the store
+    /// can see: instances started with [`Client::call`](crate::Client::call) record
+    /// nothing).
+    pub fn counts_children(&self) -> bool {
+        self.unrecorded_roots == 0
+    }
 }
 
 /// A status change a worker reported, as [`InstanceInfo::history`] keeps it.
@@ -319,6 +354,7 @@ impl InstanceInfo {
             steps: Vec::new(),
             runs: 1,
             fingerprint: None,
+            records_children: false,
         };
         info.apply(fact);
         info
@@ -371,6 +407,7 @@ impl InstanceInfo {
                 if fact.at < self.created_at {
                     self.created_at = fact.at;
                 }
+                self.records_children |= fact.records_children;
                 Applied::Stale
             }
             FactKind::Status {

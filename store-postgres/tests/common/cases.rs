@@ -310,6 +310,75 @@ pub async fn runs_and_fingerprints_follow_the_statuses(store: &dyn InstanceStore
     assert_eq!(info(store.get(&id("r-2")).await.unwrap()).runs, 1);
 }
 
+/// Whether an instance records its children comes from its starts, whichever way they
+/// are written (starts alone, or with other facts), and once set stays.
+pub async fn whether_children_are_recorded_comes_from_the_starts(store: &dyn InstanceStore) {
+    async fn records(store: &dyn InstanceStore, x: &str) -> bool {
+        info(store.get(&id(x)).await.unwrap()).records_children
+    }
+    // Starts alone.
+    store
+        .record(vec![
+            started("k-1", "root", 10, None).with_records_children(true),
+            started("k-2", "root", 10, None),
+        ])
+        .await
+        .unwrap();
+    assert!(records(store, "k-1").await);
+    assert!(!records(store, "k-2").await);
+    // A later start that says so sets it; one that does not leaves it.
+    store
+        .record(vec![
+            started("k-2", "root", 12, None).with_records_children(true)
+        ])
+        .await
+        .unwrap();
+    assert!(records(store, "k-2").await);
+    store
+        .record(vec![
+            started("k-1", "root", 5, None),
+            started("k-2", "root", 5, None),
+        ])
+        .await
+        .unwrap();
+    assert!(records(store, "k-1").await && records(store, "k-2").await);
+    // A start with other facts in one call; a child whose status came before its start.
+    store
+        .record(vec![
+            started("k-3", "root", 10, None).with_records_children(true),
+            status("k-3", "root", 11, Status::Suspended, 1, vec![]).with_run(1, Some(7)),
+            status("k-3.0", "leaf", 11, Status::Suspended, 1, vec![]).with_run(1, Some(9)),
+        ])
+        .await
+        .unwrap();
+    assert!(records(store, "k-3").await);
+    assert!(!records(store, "k-3.0").await);
+    store
+        .record(vec![
+            started("k-3.0", "leaf", 10, Some("k-3")).with_records_children(true)
+        ])
+        .await
+        .unwrap();
+    let child = info(store.get(&id("k-3.0")).await.unwrap());
+    assert_eq!(child.parent, Some(id("k-3")));
+    assert_eq!((child.records_children, child.fingerprint), (true, Some(9)));
+    // Statuses and finishes leave it as the starts made it.
+    store
+        .record(vec![
+            status("k-2", "root", 20, Status::Running, 2, vec![]),
+            finished("k-1", "root", 20, Status::Succeeded, b"ok"),
+        ])
+        .await
+        .unwrap();
+    assert!(records(store, "k-1").await && records(store, "k-2").await);
+    // An instance known from its finish alone does not.
+    store
+        .record(vec![finished("k-4", "root", 20, Status::Succeeded, b"ok")])
+        .await
+        .unwrap();
+    assert!(!records(store, "k-4").await);
+}
+
 pub async fn a_claim_holds_the_first_nonce(store: &dyn InstanceStore) {
     let c = id("c-1");
     assert!(store.claim(&c, 41).await.unwrap());
@@ -481,7 +550,8 @@ impl Rng {
     }
 }
 
-/// 600 random facts about 15 instances — starts with and without parents, statuses of
+/// 600 random facts about 15 instances — starts with and without parents, recording
+/// children or not, statuses of
 /// random versions and waits, results of every final status, at random times, many of
 /// them stale or duplicate, statuses with and without steps — recorded in calls of 1 to 12 facts, end as in `MemoryStore`
 /// (the reference): every call's count of duplicates, every instance, every page.
@@ -500,6 +570,7 @@ pub async fn random_facts_end_as_in_the_reference(store: &dyn InstanceStore) {
                 0 | 1 => {
                     let parent = (rng.below(2) == 0).then(|| format!("up{}", rng.below(3)));
                     started(&x, name, ms, parent.as_deref())
+                        .with_records_children(rng.below(2) == 0)
                 }
                 2..=6 => {
                     let st = [Status::Running, Status::Suspended][rng.below(2) as usize];
@@ -563,8 +634,8 @@ pub async fn random_facts_end_as_in_the_reference(store: &dyn InstanceStore) {
 }
 
 /// Calls of starts alone (what clients record before they publish), of one to five
-/// starts each, some for ids already started or already running and some repeating an
-/// id within the call, interleaved with calls of statuses: the same instances as in the
+/// starts each (recording children or not), some for ids already started or already
+/// running and some repeating an id within the call, interleaved with calls of statuses: the same instances as in the
 /// reference, `MemoryStore`.
 pub async fn random_starts_end_as_in_the_reference(store: &dyn InstanceStore) {
     use dtasks::store::MemoryStore;
@@ -579,7 +650,8 @@ pub async fn random_starts_end_as_in_the_reference(store: &dyn InstanceStore) {
             let ms = rng.below(100);
             if starts_only {
                 let parent = (rng.below(2) == 0).then(|| format!("up{}", rng.below(3)));
-                call.push(started(&x, "s", ms, parent.as_deref()));
+                let records = rng.below(3) == 0;
+                call.push(started(&x, "s", ms, parent.as_deref()).with_records_children(records));
             } else {
                 call.push(status(&x, "s", ms, Status::Running, rng.below(5), vec![]));
             }
