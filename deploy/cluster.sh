@@ -13,8 +13,8 @@
 # distribution on $((DIST + N)) (25681-25683); its data, logs, configuration and pid file
 # live in $DIR/rabbitN (/tmp/dtasks-cluster by default). No plugin is enabled (no
 # management listener). Quorum queue leaders are placed `balanced` over the nodes (not on
-# the node of the declaring connection), so that the task queues of a DTask spread over
-# several queues (`AmqpConfig::with_task_queues`) get leaders on different nodes. When run as root, the nodes run as the `rabbitmq` user, with the
+# the node of the declaring connection); the task queues of a DTask spread over several
+# queues (`AmqpConfig::with_task_queues`) are placed by dtasks itself, one per node. When run as root, the nodes run as the `rabbitmq` user, with the
 # file-descriptor limit RabbitMQ asks for, as `.ci/run` starts the local broker.
 #
 # Environment: DTASKS_CLUSTER_DIR, DTASKS_CLUSTER_PORT (AMQP port of node 0, default

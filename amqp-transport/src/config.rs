@@ -267,8 +267,8 @@ impl AmqpConfig {
     /// queue leader: one Erlang process on one broker node carries every start and resume
     /// of the DTask, whatever the cluster's size. With `n > 1` a DTask's messages go to
     /// `P.task.<name>.<i>`, `i < n`, by a hash of the instance id, and every worker of the
-    /// DTask consumes all `n`; on a cluster whose nodes place queue leaders `balanced`
-    /// (`queue_leader_locator` in `rabbitmq.conf`, as `deploy/cluster.sh` sets it) the
+    /// DTask consumes all `n`; with several broker URLs ([`AmqpConfig::with_urls`]), queue
+    /// `i` is declared on node `i mod nodes` (leader locator `client-local`), so the
     /// leaders land on different nodes. Use one queue per broker node for a hot DTask.
     /// Every process of a deployment must use the same count (a client routes to the
     /// queues the workers consume); changing it leaves the messages in the old queues

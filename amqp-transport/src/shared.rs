@@ -115,7 +115,25 @@ impl Shared {
         queue: &str,
         kind: Kind,
     ) -> Result<()> {
-        let (opts, args) = self.topo.declaration(kind);
+        let (opts, args) = self.topo.declaration_of(queue, kind);
+        // One of several task queues of a DTask, on a cluster: declared through a
+        // connection to node `i mod nodes`, so that the leaders of a DTask's queues land on
+        // distinct nodes whatever else the nodes lead (a `balanced` locator can put two on
+        // one node when they are declared at once). A node out of reach leaves the choice
+        // to the node of `ch`.
+        if let (Some(i), true) = (self.topo.task_part_of(queue), self.cfg.urls().len() > 1) {
+            let url = &self.cfg.urls()[usize::from(i) % self.cfg.urls().len()];
+            match declare_on(url, queue, opts, args.clone()).await {
+                Ok(()) => {
+                    debug!(queue, node = %i, "queue declared on its node");
+                    self.declared.remember(queue);
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!(queue, error = %e, "declaring a task queue on its node failed; declaring it where connected")
+                }
+            }
+        }
         ch.queue_declare(short(queue)?, opts, args)
             .await
             .context(|| format!("declaring queue `{queue}`"))?;
@@ -123,4 +141,37 @@ impl Shared {
         self.declared.remember(queue);
         Ok(())
     }
+}
+
+/// Declares `queue` through a connection of its own to the broker node at `url`, closed
+/// afterwards (once per queue and process).
+async fn declare_on(
+    url: &str,
+    queue: &str,
+    opts: QueueDeclareOptions,
+    args: FieldTable,
+) -> Result<()> {
+    let connect = lapin::Connection::connect(url, lapin::ConnectionProperties::default());
+    let conn = tokio::time::timeout(conn::ATTEMPT_TIMEOUT, connect)
+        .await
+        .map_err(|_| {
+            AmqpError::Connect(format!(
+                "no answer from a node within {:?}",
+                conn::ATTEMPT_TIMEOUT
+            ))
+        })?
+        .map_err(|e| AmqpError::broker("connecting to a node".to_string(), e))?;
+    let declared = async {
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| AmqpError::broker("opening a channel".to_string(), e))?;
+        ch.queue_declare(short(queue)?, opts, args)
+            .await
+            .context(|| format!("declaring queue `{queue}`"))?;
+        Ok(())
+    }
+    .await;
+    let _ = conn.close(200, "OK".into()).await;
+    declared
 }

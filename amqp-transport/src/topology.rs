@@ -92,6 +92,17 @@ impl Topology {
         format!("{}.task.{name}.{i}", self.prefix)
     }
 
+    /// The part `i` of `queue` when it is one of several task queues of a DTask
+    /// (`P.task.<name>.<i>`); `None` otherwise.
+    pub(crate) fn task_part_of(&self, queue: &str) -> Option<u16> {
+        if self.task_queues <= 1 {
+            return None;
+        }
+        let rest = queue.strip_prefix(&format!("{}.task.", self.prefix))?;
+        let (_, i) = rest.rsplit_once('.')?;
+        i.parse().ok().filter(|i| *i < self.task_queues)
+    }
+
     /// Every task queue of DTask `name`: the one `P.task.<name>`, or `P.task.<name>.<i>`
     /// for each `i` below the count (`AmqpConfig::with_task_queues`).
     pub(crate) fn tasks(&self, name: &str) -> Vec<String> {
@@ -207,6 +218,25 @@ impl Topology {
         } else {
             None
         }
+    }
+
+    /// The options and arguments to declare the queue `queue` of `kind`: those of its kind,
+    /// and for one of several task queues of a DTask, its leader on the node the declaring
+    /// connection is to (`x-queue-leader-locator: client-local`; see
+    /// `Shared::declare_uncached`).
+    pub(crate) fn declaration_of(
+        &self,
+        queue: &str,
+        kind: Kind,
+    ) -> (QueueDeclareOptions, FieldTable) {
+        let (opts, mut args) = self.declaration(kind);
+        if kind == Kind::Task && self.task_part_of(queue).is_some() {
+            args.insert(
+                ShortString::from("x-queue-leader-locator"),
+                text("client-local"),
+            );
+        }
+        (opts, args)
     }
 
     /// The options and arguments to declare a queue of `kind`.
@@ -402,6 +432,25 @@ mod tests {
                 .with_task_queues(3),
         );
         assert_eq!(three.tasks("t"), ["p.task.t.0", "p.task.t.1", "p.task.t.2"]);
+        // Each part is declared with its leader where the declaring connection is (the
+        // transport connects to node `i mod nodes` for part `i`); other queues are not.
+        assert_eq!(three.task_part_of("p.task.it.tagged.2"), Some(2));
+        assert_eq!(three.task_part_of("p.task.t.3"), None);
+        assert_eq!(three.task_part_of("p.wake.t"), None);
+        assert_eq!(one.task_part_of("p.task.t"), None);
+        let locator = |t: &Topology, q: &str, kind| {
+            t.declaration_of(q, kind)
+                .1
+                .inner()
+                .get("x-queue-leader-locator")
+                .cloned()
+        };
+        assert_eq!(
+            locator(&three, "p.task.t.1", Kind::Task),
+            Some(text("client-local"))
+        );
+        assert_eq!(locator(&three, "p.wake.t", Kind::Task), None);
+        assert_eq!(locator(&one, "p.task.t", Kind::Task), None);
         let used: std::collections::BTreeSet<String> = (0..60)
             .map(|i| three.task_for("t", &format!("instance-{i}")))
             .collect();

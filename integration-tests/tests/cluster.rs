@@ -133,7 +133,7 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
     assert_eq!(urls.len(), 3, "{urls:?}");
 
     let b = Broker::start_at(&urls.join(",")).await?;
-    // Each DTask has a task queue per node (leaders placed `balanced` by the cluster).
+    // Each DTask has a task queue per node (declared by dtasks on node `i mod 3`).
     let env = [
         ("DTASKS_QUORUM_MAILBOXES", "1"),
         ("DTASKS_TASK_QUEUES", "3"),
