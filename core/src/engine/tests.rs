@@ -176,3 +176,68 @@ fn finished(body: &[u8]) -> ResultRecord {
         other => panic!("expected a finish, got {other:?}"),
     }
 }
+
+/// A merge by a worker that does not run the instance's DTask hands the merged state
+/// over. A drain redone after its worker died before acking may take what the first took
+/// and an event that came meanwhile, without recording another result: its hand-over has
+/// an id of its own (else the worker that took the first drops it as a redelivery, and
+/// the event, acked from the mailbox, is lost), while a drain redone with the same
+/// messages hands over under the same id.
+#[tokio::test]
+async fn a_redone_drain_that_took_more_hands_over_under_another_id() {
+    use crate::protocol::codec::encode;
+    use crate::protocol::message::MailboxItem;
+    use crate::protocol::state::Signal;
+    let engine = Engine::new(Registry::new(), DEFAULT_STATE_BUDGET);
+    let now = from_millis(1_700_000_000_000);
+    let mut state = InstanceState::new(
+        InstanceId::new("boxed").expect("valid"),
+        "runs.elsewhere".into(),
+        Vec::new(),
+        ReplyTo::Root,
+    );
+    state.mailbox = true;
+    state.version = 1;
+    for input_hash in [1, 2] {
+        state.journal.push(Entry {
+            cmd: Command::Child {
+                name: "c".into(),
+                input_hash,
+            },
+            result: None,
+            order: 0,
+        });
+    }
+    let st = encode(&MailboxItem::State(Box::new(state)));
+    let ev = encode(&MailboxItem::Event {
+        seq: 0,
+        outcome: Outcome::Ok(UNIT.to_vec()),
+    });
+    let sig = encode(&MailboxItem::Signal(Signal {
+        id: "s1".into(),
+        name: "go".into(),
+        value: UNIT.to_vec(),
+    }));
+    let hand_over = |plan: MailboxPlan| {
+        plan.outputs
+            .into_iter()
+            .find(|o| matches!(o.destination, Destination::Task { .. }))
+            .map(|o| o.message_id)
+            .expect("a hand-over")
+    };
+    let first = hand_over(
+        engine
+            .handle_mailbox(&[st.clone(), ev.clone()], now)
+            .await
+            .unwrap(),
+    );
+    let same = hand_over(
+        engine
+            .handle_mailbox(&[st.clone(), ev.clone()], now)
+            .await
+            .unwrap(),
+    );
+    let more = hand_over(engine.handle_mailbox(&[st, ev, sig], now).await.unwrap());
+    assert_eq!(first, same);
+    assert_ne!(first, more);
+}

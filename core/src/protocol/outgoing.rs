@@ -108,8 +108,11 @@ pub(crate) enum MessageId<'a> {
     State(&'a InstanceId, u64),
     /// `end`: the tombstone written to the mailbox when the instance finished.
     End(&'a InstanceId),
-    /// `m<recorded>`: a merged state handed to a worker that runs its DTask.
-    Merged(&'a InstanceId, u32),
+    /// `m<recorded>.<drained>`: a merged state handed to a worker that runs its DTask, by a
+    /// state whose drains took `drained` mailbox messages. A drain redone after its worker
+    /// died may take more than the first (an event that came meanwhile) without recording
+    /// another result: its hand-over must not be taken for a redelivery of the first.
+    Merged(&'a InstanceId, u32, u64),
     /// `touch<at>`: the keep-alive of a mailbox, due at `at` (ms since the epoch).
     Touch(&'a InstanceId, u64),
     /// `fwd<at>@<now>`: a mailbox item forwarded again because it arrived early.
@@ -145,7 +148,7 @@ impl fmt::Display for MessageId<'_> {
             MessageId::Timer(i, seq) => write!(f, "{i}:t{seq}"),
             MessageId::State(i, version) => write!(f, "{i}:v{version}"),
             MessageId::End(i) => write!(f, "{i}:end"),
-            MessageId::Merged(i, recorded) => write!(f, "{i}:m{recorded}"),
+            MessageId::Merged(i, recorded, drained) => write!(f, "{i}:m{recorded}.{drained}"),
             MessageId::Touch(i, at) => write!(f, "{i}:touch{at}"),
             MessageId::ForwardAgain(i, at, now) => write!(f, "{i}:fwd{at}@{now}"),
             MessageId::Result(i) => write!(f, "{i}:result"),
@@ -295,7 +298,10 @@ impl Outgoing {
     /// A merged mailbox-mode state handed to the task queue of its DTask
     /// ([`MessageId::Merged`]).
     pub(crate) fn hand_over(state: &InstanceState) -> Self {
-        Self::step(state, MessageId::Merged(&state.id, state.recorded))
+        Self::step(
+            state,
+            MessageId::Merged(&state.id, state.recorded, state.drained),
+        )
     }
 
     /// The first step of the next run of `state`, continued as new, to the task queue of
