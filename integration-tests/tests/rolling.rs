@@ -3,10 +3,11 @@
 //! more field, which this build cannot decode).
 //!
 //! - Mixed workers, clients of both builds: every instance completes once. The next build
-//!   reads what this one writes; this build's workers hand the next build's starts back
-//!   to the queue, round the consumers, and the next build's worker runs them; this
-//!   build's client reads the results the next build's worker writes (a result's form did
-//!   not change, so it keeps its revision).
+//!   reads what this one writes; this build's worker hands the next build's starts back
+//!   to the queue (for longer than the retry budget lasts, before the next build's worker
+//!   joins), and the next build's worker runs them; this build's client reads the results
+//!   the next build's worker writes (a result's form did not change, so it keeps its
+//!   revision).
 //! - No worker of the next build: this build's workers hand a newer start back until their
 //!   patience is over, then fail its root visibly — its waiter gets the failure at once —
 //!   and dead-letter the message whole, with a reason that says why, ready to replay once
@@ -192,24 +193,12 @@ async fn two_builds_side_by_side_complete_every_instance_once() -> anyhow::Resul
     );
     let b = Broker::start().await?;
     let queue = format!("{}.task.it.add_one", b.prefix());
-    // One worker process of each build.
+    // First this build's worker alone, with starts of the next build's client: it hands
+    // each back, for longer than the retry budget of 5 deliveries lasts (a hand-back at
+    // least every second or so, for 10 s).
     let old = b
         .worker_processes_with(WORKER, 1, &[("IT_NEWER_PATIENCE_MS", "120000")])
         .await?;
-    let mut new = next_process(&next, &b, &["worker"])?;
-    wait_for(Duration::from_secs(30), || async {
-        Ok(b.consumers(&queue).await? >= 2)
-    })
-    .await
-    .context("the next build's worker did not subscribe")?;
-
-    // Starts from this build's client: either build's worker runs them.
-    let c = b.client().await?;
-    let mut handles = Vec::new();
-    for i in 0..20u64 {
-        handles.push((i, c.start(add_one(i)).await?));
-    }
-    // Starts from the next build's client: this build's worker hands them back.
     let starter = next_process(&next, &b, &["start", "20"])?;
     let out = within(
         Duration::from_secs(60),
@@ -225,6 +214,23 @@ async fn two_builds_side_by_side_complete_every_instance_once() -> anyhow::Resul
         .map(|id| dtasks::InstanceId::new(id.trim()))
         .collect::<Result<_, _>>()?;
     assert_eq!(ids.len(), 20, "{out}");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    // Then a worker of the next build joins: it runs them all (none is refused as past the
+    // budget: a hand-back is a fresh copy, not a redelivery).
+    let mut new = next_process(&next, &b, &["worker"])?;
+    wait_for(Duration::from_secs(30), || async {
+        Ok(b.consumers(&queue).await? >= 2)
+    })
+    .await
+    .context("the next build's worker did not subscribe")?;
+
+    // Starts from this build's client: either build's worker runs them.
+    let c = b.client().await?;
+    let mut handles = Vec::new();
+    for i in 0..20u64 {
+        handles.push((i, c.start(add_one(i)).await?));
+    }
     for (i, h) in handles {
         let v = within(Duration::from_secs(60), "a start of this build", h.result()).await??;
         assert_eq!(v, i + 1);
@@ -267,9 +273,9 @@ async fn two_builds_side_by_side_complete_every_instance_once() -> anyhow::Resul
         "the next build ran {new_processed}: {new_out}"
     );
     assert!(old_reports[0].processed > 0, "{old_reports:?}");
-    // Each of the next build's 20 starts is delivered to one of the two workers first:
-    // this build's worker gets some of them.
-    assert!(handed_back > 0, "{old_reports:?}");
+    // The next build's 20 starts went round this build's worker alone for 10 s: more
+    // than 5 hand-backs each on average.
+    assert!(handed_back > 20 * 5, "{old_reports:?}");
     assert_eq!(old_reports[0].dead_lettered, 0, "{old_reports:?}");
     assert_eq!(old_reports[0].duplicate_results, 0, "{old_reports:?}");
     assert_eq!(b.queue_len(&format!("{}.dead", b.prefix())).await?, Some(0));

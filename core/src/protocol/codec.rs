@@ -732,15 +732,12 @@ pub(crate) mod tests {
 
     #[test]
     fn a_newer_revision_is_recognised() {
-        let mut state = InstanceState::new(
+        let state = InstanceState::new(
             InstanceId::new("root-1").unwrap(),
             "order".into(),
             encode_value(&1u8).unwrap(),
-            ReplyTo::Client {
-                client: "reply-9".into(),
-            },
+            ReplyTo::Root,
         );
-        state.notify = Some("waiting-client".into());
         let now = encode(&TaskMessage::Step {
             state: Box::new(state),
             completion: None,

@@ -520,12 +520,53 @@ impl Inner {
     }
 
     /// Puts a delivery of a newer build back after [`HAND_BACK_PAUSE`]: a newer worker
-    /// consuming the same queue may take it.
+    /// consuming the same queue may take it (a drain, or a task message whose frozen
+    /// fields cannot be read: a requeue, counted as a redelivery).
     async fn put_back(&self, settle: Box<dyn Settle>) {
         self.stats.handed_back.fetch_add(1, Ordering::Relaxed);
         ::metrics::counter!(metrics::HANDED_BACK).increment(1);
         tokio::time::sleep(HAND_BACK_PAUSE).await;
         let _ = settle.requeue().await;
+    }
+
+    /// Hands a task message of a newer build back as a fresh copy, after
+    /// [`HAND_BACK_PAUSE`]: published to the task queue of its DTask (its frozen fields
+    /// name both), then the delivery acked. A requeue would count as a redelivery (a
+    /// quorum queue's delivery count), and the newer worker that finally takes a message
+    /// handed back more often than its retry budget would dead-letter it; a copy starts
+    /// at none. A crash between the publish and the ack leaves two copies of one message
+    /// id, which the worker that runs them takes once. When the publish fails, the
+    /// delivery is requeued.
+    async fn put_back_copy(
+        &self,
+        body: Vec<u8>,
+        message_id: String,
+        p: probe::Probe,
+        trace: Option<trace::TraceContext>,
+        settle: Box<dyn Settle>,
+    ) {
+        self.stats.handed_back.fetch_add(1, Ordering::Relaxed);
+        ::metrics::counter!(metrics::HANDED_BACK).increment(1);
+        tokio::time::sleep(HAND_BACK_PAUSE).await;
+        let copy = Outgoing {
+            destination: Destination::Task {
+                name: p.name.clone(),
+            },
+            body,
+            message_id,
+            instance: p.id,
+            dtask: p.name,
+            trace,
+        };
+        match self.transport.publish(vec![copy]).await {
+            Ok(_) => {
+                let _ = settle.ack().await;
+            }
+            Err(e) => {
+                debug!(error = %e, "publishing a handed-back copy failed; requeued instead");
+                let _ = settle.requeue().await;
+            }
+        }
     }
 
     /// Handles a task message of the newer envelope revision `revision`: hands it back
@@ -536,6 +577,7 @@ impl Inner {
         body: Vec<u8>,
         revision: u8,
         message_id: Option<String>,
+        trace: Option<trace::TraceContext>,
         settle: Box<dyn Settle>,
     ) {
         let key = match &message_id {
@@ -553,7 +595,10 @@ impl Inner {
                 revision,
                 "a message written by a newer build; handed back for a newer worker"
             );
-            self.put_back(settle).await;
+            match probe::task(&body) {
+                Some(p) => self.put_back_copy(body, key, p, trace, settle).await,
+                None => self.put_back(settle).await,
+            }
             return;
         }
         let mut reason = format!(
@@ -724,11 +769,11 @@ impl Inner {
                 message_id,
                 trace,
             } => {
-                // Read by a newer build only: handed back before any other check (its
-                // hand-backs are redeliveries that count against no budget).
+                // Read by a newer build only: handed back before any other check (as a
+                // fresh copy, so that its hand-backs count against no retry budget).
                 if let Some(revision) = codec::revision(&body).filter(|r| *r > ENVELOPE_VERSION) {
                     drop(slot);
-                    self.hand_back_task(body, revision, message_id, settle)
+                    self.hand_back_task(body, revision, message_id, trace, settle)
                         .await;
                     return;
                 }
@@ -940,7 +985,7 @@ mod tests {
         assert!(!third.await.unwrap());
     }
 
-    /// Not registered on the workers of these tests: its start waits in its queue.
+    /// The DTask of a start rewritten as a newer build writes it.
     #[crate::dtask]
     async fn elsewhere() {}
 
@@ -953,24 +998,15 @@ mod tests {
     async fn a_start_of_a_newer_build_is_handed_back_then_fails_its_root_visibly() {
         let transport = MemoryTransport::new();
         let client = crate::Client::new(transport.clone());
-        // A client's start, as a newer build writes it, on the queue of a DTask the worker
-        // runs.
+        // A client's start, rewritten as a newer build writes it before any worker runs.
         let handle = client.start(elsewhere()).await.unwrap();
-        let name_of = |f: &dyn Fn(&mut crate::Registry)| {
-            let mut r = crate::Registry::new();
-            f(&mut r);
-            r.names().remove(0)
-        };
-        let elsewhere_name = &name_of(&|r| {
-            r.register(elsewhere).unwrap();
-        });
-        let noop_name = &name_of(&|r| {
-            r.register(noop).unwrap();
-        });
-        let start = transport.take_raw(elsewhere_name).expect("the start");
-        transport.inject_raw(noop_name, newer(&start));
+        let mut registry = crate::Registry::new();
+        registry.register(elsewhere).unwrap();
+        let name = &registry.names()[0];
+        let start = transport.take_raw(name).expect("the start");
+        transport.inject_raw(name, newer(&start));
         let config = WorkerConfig::new()
-            .register(noop)
+            .register(elsewhere)
             .newer_message_patience(Duration::from_millis(2500));
         let worker = Worker::new(transport.clone(), config).unwrap();
         let stats = worker.clone();
