@@ -20,6 +20,9 @@ use crate::settle::AmqpSettle;
 use crate::shared::Shared;
 use crate::topology::short;
 
+/// The most `basic.get`s a drain has outstanding at once.
+const DRAIN_WINDOW: u32 = 64;
+
 /// Hands a doorbell to the worker, to be settled on the shard channel `ch` that its
 /// mailbox is then drained on; a spent one is acked here, without a drain.
 pub(crate) fn doorbell(
@@ -130,45 +133,63 @@ impl Shared {
             None => conn::open_channel(&self.consume_conns).await?,
         };
         let mut out = Vec::new();
-        loop {
-            match ch
-                .basic_get(short(&queue)?, BasicGetOptions { no_ack: false })
-                .await
-            {
-                Ok(Some(m)) => {
-                    let d = m.delivery;
-                    let id = message_id(&d.properties);
-                    let trace = trace(&d.properties);
-                    let mut settle = AmqpSettle::new(
-                        self.clone(),
-                        ch.clone(),
-                        d.acker,
-                        queue.clone(),
-                        d.data.clone(),
-                        d.properties,
-                        None,
-                    );
-                    if let Some(id) = id {
-                        // Acked only once merged into a confirmed state (or dropped as a
-                        // duplicate): its doorbell, if still to come, is spent.
-                        let shared = self.clone();
-                        settle.set_on_ack(Box::new(move || shared.doorbells.mark_merged(id)));
+        // One `basic.get` first; each answer says how many messages were left behind it,
+        // and that many are asked for at once (up to `DRAIN_WINDOW`), until the queue
+        // said it was empty. A message that lands after that has a doorbell of its own.
+        let name = short(&queue)?;
+        let mut want = 1;
+        while want > 0 {
+            let gets =
+                (0..want).map(|_| ch.basic_get(name.clone(), BasicGetOptions { no_ack: false }));
+            let answers = futures::future::join_all(gets).await;
+            let mut left = None;
+            let mut failed = None;
+            for answer in answers {
+                match answer {
+                    Ok(Some(m)) => {
+                        left = Some(m.message_count);
+                        out.push(self.drained(&ch, &queue, m.delivery));
                     }
-                    out.push(MailboxMessage {
-                        body: d.data,
-                        trace,
-                        settle: Box::new(settle),
-                    });
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // The messages taken so far go back when their settles drop.
-                    return Err(AmqpError::broker(format!("draining `{queue}`"), e));
+                    Ok(None) => left = Some(0),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
             }
+            if let Some(e) = failed {
+                // The messages taken so far go back when their settles drop.
+                return Err(AmqpError::broker(format!("draining `{queue}`"), e));
+            }
+            want = left.unwrap_or(0).min(DRAIN_WINDOW);
         }
         debug!(instance = %instance, messages = out.len(), "mailbox drained");
         Ok(out)
+    }
+
+    /// A message a drain took from `queue` on `ch`, settled there.
+    fn drained(self: &Arc<Self>, ch: &Channel, queue: &str, d: AmqpDelivery) -> MailboxMessage {
+        let id = message_id(&d.properties);
+        let trace = trace(&d.properties);
+        let mut settle = AmqpSettle::new(
+            self.clone(),
+            ch.clone(),
+            d.acker,
+            queue.to_string(),
+            d.data.clone(),
+            d.properties,
+            None,
+        );
+        if let Some(id) = id {
+            // Acked only once merged into a confirmed state (or dropped as a duplicate):
+            // its doorbell, if still to come, is spent.
+            let shared = self.clone();
+            settle.set_on_ack(Box::new(move || shared.doorbells.mark_merged(id)));
+        }
+        MailboxMessage {
+            body: d.data,
+            trace,
+            settle: Box::new(settle),
+        }
     }
 
     /// Deletes the mailbox of `instance`, whatever it holds: the messages a drain holds

@@ -3,10 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use lapin::Channel;
 use tracing::warn;
+
+use crate::error::AmqpError;
 
 /// How many queue declarations a process remembers (see [`Declared::remember`]), and
 /// how many ids of merged mailbox messages.
@@ -199,6 +201,37 @@ impl Generations {
 
     fn contains(&self, id: &str) -> bool {
         self.new.contains(id) || self.old.contains(id)
+    }
+}
+
+/// The longest list of ids a doorbell carries (bytes): a longer one is left out, and such
+/// a doorbell always drains.
+pub(crate) const MAX_RINGS_LEN: usize = 4096;
+
+pub(crate) type Waiter = tokio::sync::oneshot::Sender<std::result::Result<(), Arc<AmqpError>>>;
+
+/// The mailbox messages written since an instance's last doorbell, and who waits for the
+/// doorbell that will announce them (`publish.rs`, `Shared::ring`).
+#[derive(Default)]
+pub(crate) struct Round {
+    pub(crate) dtask: String,
+    /// Their ids, separated by spaces; `None` once past [`MAX_RINGS_LEN`].
+    pub(crate) ids: Option<String>,
+    pub(crate) waiters: Vec<Waiter>,
+    /// A doorbell of this instance is being published; the next round waits for it.
+    pub(crate) busy: bool,
+}
+
+/// The doorbells of one process being published, by instance: shared by the publishes
+/// that wrote to one mailbox at about the same time (`publish.rs`, `Shared::ring`).
+#[derive(Default)]
+pub(crate) struct Ringer {
+    rounds: Mutex<HashMap<String, Round>>,
+}
+
+impl Ringer {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<String, Round>> {
+        lock(&self.rounds)
     }
 }
 

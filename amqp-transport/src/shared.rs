@@ -9,7 +9,8 @@ use tracing::{debug, warn};
 use crate::config::AmqpConfig;
 use crate::conn::{self, ChannelPool};
 use crate::error::{is_inequivalent, AmqpError, Context, Result};
-use crate::records::{Declared, Doorbells};
+use crate::records::{Declared, Doorbells, Ringer};
+
 use crate::topology::{short, Kind, Topology};
 
 pub(crate) struct Shared {
@@ -19,6 +20,8 @@ pub(crate) struct Shared {
     pub(crate) channels: ChannelPool,
     pub(crate) declared: Declared,
     pub(crate) doorbells: Doorbells,
+    /// Doorbells being published, shared by the publishes that wrote to one mailbox.
+    pub(crate) ringer: Ringer,
     /// The cancel records this process has read (`cancels`).
     pub(crate) cancels: dtasks::transport::CancelBook,
     /// Set by `AmqpTransport::close`: every consumer of this process stops.
@@ -42,6 +45,7 @@ impl Shared {
             channels,
             declared: Declared::default(),
             doorbells: Doorbells::default(),
+            ringer: Ringer::default(),
             cancels: dtasks::transport::CancelBook::new(),
             closed: tokio::sync::watch::Sender::new(false),
         })

@@ -12,8 +12,9 @@ usage: dtasks-bench [--quick] [--transport memory|amqp|all] [options]
 
   --quick              smaller workloads, one repetition (under 2 minutes)
   --transport T        memory, amqp or all (default all)
-  --only LIST          comma-separated subset of w1a,w1b,call,w2,w3,w4,m1,e1,e2,raw,
-                       s1,s2,s3,s4 (no results file; call: W1b with Client::call; e1: the
+  --only LIST          comma-separated subset of w1a,w1b,call,call0,w2,w3,w4,m1,e1,e2,
+                       raw,s1,s2,s3,s4 (no results file; call: W1b with Client::call;
+                       call0: the same with every step a delivery (no inline steps); e1: the
                        signal round trip; e2: the cancellation of a fan-out; s1: W1b with
                        start and with call on each instance store; s2: status by id; s3:
                        pages of a million instances; s4: store writes per root)
@@ -90,9 +91,9 @@ pub(crate) fn parse_args() -> anyhow::Result<Args> {
                     .split(',')
                     .map(|s| s.trim().to_lowercase())
                     .collect();
-                const KNOWN: [&str; 14] = [
-                    "w1a", "w1b", "call", "w2", "w3", "w4", "m1", "e1", "e2", "raw", "s1", "s2",
-                    "s3", "s4",
+                const KNOWN: [&str; 15] = [
+                    "w1a", "w1b", "call", "call0", "w2", "w3", "w4", "m1", "e1", "e2", "raw", "s1",
+                    "s2", "s3", "s4",
                 ];
                 if let Some(bad) = names.iter().find(|n| !KNOWN.contains(&n.as_str())) {
                     anyhow::bail!(

@@ -322,6 +322,37 @@ async fn run_amqp(
         )
         .await?;
     }
+    if a.wants("call0") {
+        // W1b with call on workers that run no step inline, under a prefix of their own.
+        let p0 = format!("{prefix}-i0");
+        let env = Env::amqp(&m1_settings(s), &p0, admin, broker.clone()).await?;
+        let result = async {
+            step("RabbitMQ: W1b with call, every step a delivery: warm-up");
+            workloads::w1b_via(&env, Some(admin), s, 20, 800_000_000, workloads::Via::Call).await?;
+            for rep in 0..z.reps {
+                step(&format!(
+                    "RabbitMQ: W1b with call, every step a delivery, rep {}",
+                    rep + 1
+                ));
+                out.set.w1b_call0.push(
+                    workloads::w1b_via(
+                        &env,
+                        Some(admin),
+                        s,
+                        z.w1b,
+                        700_000_000 + rep as u64 * 10_000_000,
+                        workloads::Via::Call,
+                    )
+                    .await?,
+                );
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        let declared = env.stop().await?;
+        cleanup(admin, &p0, declared).await?;
+        result?;
+    }
     if a.wants("m1") {
         // M1 measures a resume through the transport: workers that run nothing inline,
         // under a prefix of their own.

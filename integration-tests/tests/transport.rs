@@ -302,6 +302,51 @@ async fn a_doorbell_of_a_long_batch_is_never_spent() -> anyhow::Result<()> {
     b.cleanup().await
 }
 
+/// Publishes that write to one mailbox at once share doorbells: each returns only once a
+/// doorbell naming its message is confirmed, and every doorbell names only messages
+/// already in the mailbox (once they are merged, every doorbell left is spent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_to_one_mailbox_at_once_share_doorbells() -> anyhow::Result<()> {
+    let Mailbox {
+        b,
+        t,
+        mut deliveries,
+        id,
+        mailbox,
+    } = Mailbox::start().await?;
+    const N: usize = 200;
+    let publishes = (0..N).map(|i| {
+        let t = t.clone();
+        let m = out(mailbox.clone(), b"m", &format!("m{i}"), &id);
+        async move { t.publish(vec![m]).await }
+    });
+    for report in futures::future::join_all(publishes).await {
+        assert_eq!(report?, vec![Published::Stored]);
+    }
+    let first = next(&mut deliveries).await?;
+    assert!(is_doorbell_of(&first, &id));
+    // Every publish returned: all of their messages are in the mailbox.
+    let items = t.drain_for_doorbell(&id, tag_of(&first)?).await?;
+    assert_eq!(items.len(), N);
+    for m in items {
+        m.settle.ack().await?;
+    }
+    first.settle.ack().await?;
+    // The other doorbells name only messages merged now: each is spent, none delivered.
+    let late = tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await;
+    assert!(
+        late.is_err(),
+        "a doorbell was delivered after its messages were merged"
+    );
+    let doorbells = 1 + t.spent_doorbells() as usize;
+    assert!(
+        doorbells <= N / 2,
+        "{doorbells} doorbells for {N} publishes at once: they were not shared"
+    );
+    drop(deliveries);
+    b.cleanup().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doorbells_of_one_instance_are_never_outstanding_twice() -> anyhow::Result<()> {
     let Mailbox {

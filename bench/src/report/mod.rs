@@ -52,6 +52,9 @@ pub(crate) struct Set {
     pub(crate) w1b: Vec<Run>,
     /// W1b with `Client::call` (results on the client's reply queue).
     pub(crate) w1b_call: Vec<Run>,
+    /// W1b with `Client::call` on workers that run no step inline: every step a delivery
+    /// (RabbitMQ only).
+    pub(crate) w1b_call0: Vec<Run>,
     pub(crate) w2: Option<Run>,
     pub(crate) w3: Option<Run>,
     /// M1, one run per model (the in-memory set also holds the engine-alone runs).
@@ -98,6 +101,10 @@ impl Report {
         median_by(&set.w1b_call, Run::steps_per_s)
     }
 
+    fn w1b_call0_median(set: &Set) -> Option<Run> {
+        median_by(&set.w1b_call0, Run::steps_per_s)
+    }
+
     /// Every verification failure of the run.
     pub(crate) fn errors(&self) -> Vec<String> {
         let mut e = Vec::new();
@@ -107,6 +114,10 @@ impl Report {
                 ("W1a", set.w1a.iter().collect::<Vec<_>>()),
                 ("W1b", set.w1b.iter().collect()),
                 ("W1b (call)", set.w1b_call.iter().collect()),
+                (
+                    "W1b (call, every step a delivery)",
+                    set.w1b_call0.iter().collect(),
+                ),
                 ("W2", set.w2.iter().collect()),
                 ("W3", set.w3.iter().collect()),
             ];

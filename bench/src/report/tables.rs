@@ -86,6 +86,15 @@ impl Report {
                 f2(sps(&acall) / raw_sps)
             );
         }
+        let acall0 = a.and_then(Self::w1b_call0_median);
+        if acall0.is_some() {
+            let _ = writeln!(
+                o,
+                "| W1b (call, every step a delivery) | steps/s (`--inline 0`: each child's start and its result a hand-off through the broker; the ceiling is 0.5 of raw) | — | {} | **{}** |",
+                int(sps(&acall0)),
+                f2(sps(&acall0) / raw_sps)
+            );
+        }
         // W2
         let w2 = |set: Option<&Set>| set.and_then(|x| x.w2.clone());
         let (mw2, aw2) = (w2(m), w2(a));
@@ -189,7 +198,7 @@ impl Report {
         let a = self.amqp.as_ref();
         let _ = writeln!(
             o,
-            "\n## Cost per step (W1b median run; raw: its median run)\n"
+            "\n## Cost per step (W1b median run; W2; raw: its median run)\n"
         );
         let _ = writeln!(
             o,
@@ -216,11 +225,17 @@ impl Report {
         }
         let acall = a.and_then(Self::w1b_call_median);
         let mcall = m.and_then(Self::w1b_call_median);
+        let aw2 = a.and_then(|x| x.w2.clone());
+        let mw2 = m.and_then(|x| x.w2.clone());
+        let acall0 = a.and_then(Self::w1b_call0_median);
         for (label, r) in [
             ("RabbitMQ", aw1b),
             ("RabbitMQ, call", &acall),
+            ("RabbitMQ, call, every step a delivery", &acall0),
+            ("RabbitMQ, W2 (a step: one child of a fan-in)", &aw2),
             ("in-memory", mw1b),
             ("in-memory, call", &mcall),
+            ("in-memory, W2", &mw2),
         ] {
             if let Some(r) = r {
                 let st = r.steps as f64;

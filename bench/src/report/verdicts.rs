@@ -41,6 +41,10 @@ impl Verdict {
     }
 }
 
+/// Restate's W2 (20 `when_all` of 100 children), measured on this machine with one Restate
+/// server (RocksDB): the reference of the fan-in target. Not measured by this benchmark.
+const RESTATE_W2_STEPS_PER_S: f64 = 2_877.0;
+
 impl Report {
     fn verdicts(&self) -> Vec<Verdict> {
         let raw = self.raw_median();
@@ -83,6 +87,43 @@ impl Report {
                 "W1b on RabbitMQ with `Client::call` ≥ 40% of raw hand-off steps/s",
                 &amqp_call,
             ));
+        }
+        let amqp_call0 = self.amqp.as_ref().and_then(Self::w1b_call0_median);
+        if amqp_call0.is_some() {
+            v.push(ratio_verdict(
+                "W1b on RabbitMQ with `Client::call`, every step a delivery (`--inline 0`), ≥ 40% of raw hand-off steps/s",
+                &amqp_call0,
+            ));
+        }
+        // W2 on RabbitMQ: against raw, and against Restate's W2.
+        let w2 = self.amqp.as_ref().and_then(|s| s.w2.clone());
+        if let (Some(w), Some(r)) = (&w2, &raw) {
+            let ratio = w.steps_per_s() / r.steps_per_s();
+            v.push(Verdict {
+                target: "W2 on RabbitMQ ≥ 0.35 of raw hand-off steps/s".into(),
+                measured: format!(
+                    "{} ({} vs {} steps/s)",
+                    f2(ratio),
+                    int(w.steps_per_s()),
+                    int(r.steps_per_s())
+                ),
+                ok: Some(ratio >= 0.35),
+                shortfall: format!(
+                    "by {:.2}; needs {:.2}× its throughput",
+                    0.35 - ratio,
+                    0.35 / ratio
+                ),
+            });
+            let restate = RESTATE_W2_STEPS_PER_S;
+            v.push(Verdict {
+                target: format!(
+                    "W2 on RabbitMQ ≥ 2× Restate's W2 ({} steps/s: one Restate server with RocksDB, 20 × 100 children, measured on this machine in an earlier sitting, not in this run)",
+                    int(restate)
+                ),
+                measured: format!("{}× ({} steps/s)", f2(w.steps_per_s() / restate), int(w.steps_per_s())),
+                ok: Some(w.steps_per_s() >= 2.0 * restate),
+                shortfall: format!("needs {:.2}× its throughput", 2.0 * restate / w.steps_per_s()),
+            });
         }
         // W1a p50 on RabbitMQ.
         let w1a = self.amqp.as_ref().and_then(|s| s.w1a.clone());
