@@ -101,6 +101,7 @@ mod follow;
 mod headers;
 mod mailbox;
 pub mod metrics;
+mod pack;
 mod payloads;
 mod publish;
 mod records;

@@ -2,10 +2,14 @@
 //! acked at once when it is spent), and its instance's mailbox is drained on the channel
 //! of that delivery, never once it closed; the mailbox of a finished instance is deleted.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use dtasks::trace::TraceContext;
 use dtasks::transport::{Delivery, DeliveryKind, MailboxMessage, Settle};
 use dtasks::InstanceId;
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::Channel;
@@ -15,8 +19,11 @@ use tracing::{debug, warn};
 use crate::conn;
 use crate::delivery::Output;
 use crate::error::{AmqpError, Context, Result};
-use crate::headers::{header_str, message_id, trace, H_RINGS};
-use crate::settle::AmqpSettle;
+use crate::headers::{
+    header_i64, header_str, message_id, properties, trace, with_trace, H_DTASK, H_INSTANCE, H_RINGS,
+};
+use crate::pack::{self, Part, H_PACK};
+use crate::settle::{dead_letter_item, AmqpSettle};
 use crate::shared::Shared;
 use crate::topology::short;
 
@@ -148,7 +155,7 @@ impl Shared {
                 match answer {
                     Ok(Some(m)) => {
                         left = Some(m.message_count);
-                        out.push(self.drained(&ch, &queue, m.delivery));
+                        out.extend(self.drained(&ch, &queue, m.delivery));
                     }
                     Ok(None) => left = Some(0),
                     Err(e) => {
@@ -166,8 +173,55 @@ impl Shared {
         Ok(out)
     }
 
+    /// The messages a drain took from `queue` on `ch` with the delivery `d`: itself, or
+    /// the parts of a pack, each settled on its own (`PartSettle`).
+    fn drained(
+        self: &Arc<Self>,
+        ch: &Channel,
+        queue: &str,
+        d: AmqpDelivery,
+    ) -> Vec<MailboxMessage> {
+        let parts = header_i64(&d.properties, H_PACK)
+            .and_then(|_| pack::decode(&d.data))
+            .filter(|parts| !parts.is_empty());
+        let Some(parts) = parts else {
+            return vec![self.drained_one(ch, queue, d)];
+        };
+        let settle = AmqpSettle::new(
+            self.clone(),
+            ch.clone(),
+            d.acker,
+            queue.to_string(),
+            Vec::new(),
+            d.properties.clone(),
+            None,
+        );
+        let book = Arc::new(Mutex::new(Book {
+            settle: Some(settle),
+            shared: self.clone(),
+            queue: queue.to_string(),
+            instance: header_str(&d.properties, H_INSTANCE).unwrap_or_default(),
+            dtask: header_str(&d.properties, H_DTASK).unwrap_or_default(),
+            decided: vec![None; parts.len()],
+            parts: parts.clone(),
+        }));
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(index, part)| MailboxMessage {
+                trace: TraceContext::new(part.traceparent, part.tracestate),
+                body: part.body,
+                settle: Box::new(PartSettle {
+                    index,
+                    book: Some(book.clone()),
+                    channel: ch.clone(),
+                }),
+            })
+            .collect()
+    }
+
     /// A message a drain took from `queue` on `ch`, settled there.
-    fn drained(self: &Arc<Self>, ch: &Channel, queue: &str, d: AmqpDelivery) -> MailboxMessage {
+    fn drained_one(self: &Arc<Self>, ch: &Channel, queue: &str, d: AmqpDelivery) -> MailboxMessage {
         let id = message_id(&d.properties);
         let trace = trace(&d.properties);
         let mut settle = AmqpSettle::new(
@@ -205,5 +259,180 @@ impl Shared {
         self.declared.forget(&queue);
         debug!(instance = %instance, "mailbox deleted");
         Ok(())
+    }
+}
+
+/// What became of a part of a pack.
+#[derive(Clone, Debug)]
+enum Decision {
+    Ack,
+    Requeue,
+    Dead(String),
+}
+
+/// The parts of one pack drained together, and what each became: the pack's delivery is
+/// settled once every part is.
+struct Book {
+    /// The delivery; taken by the last part to settle.
+    settle: Option<AmqpSettle>,
+    shared: Arc<Shared>,
+    queue: String,
+    instance: String,
+    dtask: String,
+    parts: Vec<Part>,
+    decided: Vec<Option<Decision>>,
+}
+
+impl Book {
+    /// Records what part `index` became; the whole pack once it was the last.
+    fn decide(&mut self, index: usize, d: Decision) -> Option<Settled> {
+        if self.decided[index].is_none() {
+            self.decided[index] = Some(d);
+        }
+        if self.decided.iter().any(Option::is_none) {
+            return None;
+        }
+        Some(Settled {
+            settle: self.settle.take()?,
+            shared: self.shared.clone(),
+            queue: std::mem::take(&mut self.queue),
+            instance: std::mem::take(&mut self.instance),
+            dtask: std::mem::take(&mut self.dtask),
+            parts: std::mem::take(&mut self.parts),
+            decided: self.decided.iter().flatten().cloned().collect(),
+        })
+    }
+}
+
+/// A pack every part of which has settled.
+struct Settled {
+    settle: AmqpSettle,
+    shared: Arc<Shared>,
+    queue: String,
+    instance: String,
+    dtask: String,
+    parts: Vec<Part>,
+    decided: Vec<Decision>,
+}
+
+impl Settled {
+    /// Settles the pack's delivery as its parts decided. All merged: acked. None merged or
+    /// dead-lettered: put back whole. Otherwise the parts to put back are written to the
+    /// mailbox again and those to dead-letter to the dead letters, confirmed, and only then
+    /// is the pack acked (a failure puts the whole pack back: its merged parts come again
+    /// as duplicates, which a merge drops).
+    async fn run(self) -> std::result::Result<(), dtasks::Error> {
+        let Settled {
+            settle,
+            shared,
+            queue,
+            instance,
+            dtask,
+            parts,
+            decided,
+        } = self;
+        let merged: Vec<String> = parts
+            .iter()
+            .zip(&decided)
+            .filter(|(_, d)| matches!(d, Decision::Ack))
+            .map(|(p, _)| p.id.clone())
+            .collect();
+        if merged.is_empty() && !decided.iter().any(|d| matches!(d, Decision::Dead(_))) {
+            return Box::new(settle).requeue().await;
+        }
+        if merged.len() < parts.len() {
+            let mut back = Vec::new();
+            let mut items = Vec::new();
+            for (part, d) in parts.into_iter().zip(decided) {
+                let props = with_trace(
+                    properties(&part.id, &instance, &dtask),
+                    TraceContext::new(part.traceparent.clone(), part.tracestate.clone()).as_ref(),
+                );
+                match d {
+                    Decision::Ack => {}
+                    Decision::Requeue => back.push((part, props)),
+                    Decision::Dead(reason) => {
+                        warn!(queue, id = %part.id, %reason, "dead-lettering a message of a pack");
+                        items.push(dead_letter_item(&shared, &queue, part.body, props, &reason));
+                    }
+                }
+            }
+            items.extend(shared.packed(&instance, &dtask, back));
+            if let Err(e) = shared.publish_raw(&mut items).await {
+                warn!(queue, error = %e, "a pack's parts could not be put back; the pack goes back whole");
+                let _ = Box::new(settle).requeue().await;
+                return Err(e.into());
+            }
+        }
+        Box::new(settle).ack().await?;
+        for id in merged {
+            shared.doorbells.mark_merged(id);
+        }
+        Ok(())
+    }
+}
+
+/// Settles one part of a pack (see [`Book`]); dropped unsettled, it puts its part back.
+struct PartSettle {
+    index: usize,
+    book: Option<Arc<Mutex<Book>>>,
+    channel: Channel,
+}
+
+impl PartSettle {
+    fn decide(&mut self, d: Decision) -> Option<Settled> {
+        let book = self.book.take()?;
+        let mut book = book.lock().unwrap_or_else(|e| e.into_inner());
+        book.decide(self.index, d)
+    }
+
+    fn settle(mut self, d: Decision) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
+        match self.decide(d) {
+            Some(all) => all.run().boxed(),
+            None => async { Ok(()) }.boxed(),
+        }
+    }
+}
+
+impl Settle for PartSettle {
+    fn lost(&self) -> Option<BoxFuture<'static, ()>> {
+        let channel = self.channel.clone();
+        Some(
+            async move {
+                while channel.status().connected() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            .boxed(),
+        )
+    }
+
+    fn ack(self: Box<Self>) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
+        (*self).settle(Decision::Ack)
+    }
+
+    fn requeue(self: Box<Self>) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
+        (*self).settle(Decision::Requeue)
+    }
+
+    fn dead_letter(
+        self: Box<Self>,
+        reason: String,
+    ) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
+        (*self).settle(Decision::Dead(reason))
+    }
+}
+
+impl Drop for PartSettle {
+    fn drop(&mut self) {
+        if let Some(all) = self.decide(Decision::Requeue) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(all.run());
+                }
+                // Without a runtime the pack's settle drops too, which puts it back.
+                Err(_) => drop(all),
+            }
+        }
     }
 }

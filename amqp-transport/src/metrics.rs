@@ -6,3 +6,6 @@
 pub const CONFIRM_DURATION: &str = "dtasks_amqp_confirm_duration_seconds";
 /// Counter: messages published to RabbitMQ and confirmed (or returned) by the broker.
 pub const PUBLISHED: &str = "dtasks_amqp_published_total";
+/// Counter: mailbox messages written several to one AMQP message (a pack: the messages
+/// that reached one mailbox while an earlier write to it was on its way).
+pub const PACKED: &str = "dtasks_amqp_packed_total";

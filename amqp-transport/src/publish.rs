@@ -17,9 +17,19 @@ use crate::conn::{self, Backoff, ATTEMPT_TIMEOUT};
 use crate::error::{AmqpError, Context, Result};
 use crate::headers::{properties, with_headers, with_trace, H_AT, H_RINGS, H_TARGET};
 use crate::metrics::{CONFIRM_DURATION, PUBLISHED};
+use crate::pack::{self, Part, H_PACK, MAX_PACK_BYTES};
 use crate::records::{Round, MAX_RINGS_LEN};
 use crate::shared::Shared;
 use crate::topology::{self, short, text, Kind};
+
+/// The mailbox messages of one instance in a batch: its instance, its DTask, the messages
+/// to write (with the properties of each alone) and the ids of those already written.
+type MailboxRound<'a> = (
+    &'a InstanceId,
+    &'a str,
+    Vec<(Part, BasicProperties)>,
+    Vec<String>,
+);
 
 /// Where a raw message goes.
 #[derive(Clone, Debug)]
@@ -286,43 +296,85 @@ impl Shared {
             .iter()
             .map(|o| self.item_for(o))
             .collect::<Result<Vec<_>>>()?;
-        self.publish_raw(&mut items).await?;
-        // Doorbells only after their mailbox messages are confirmed: a doorbell must
-        // never find its message missing. One per instance is enough.
-        // Each doorbell names the messages it announces, so that the consumer can tell a
-        // spent one (its messages already drained) from news.
-        let mut rung: Vec<(&InstanceId, &str, String)> = Vec::new();
-        for (o, item) in batch.iter().zip(&items) {
-            let instance = match &o.destination {
-                Destination::Mailbox { instance } => Some(instance),
-                // A keep-alive rings only when it found its mailbox.
-                Destination::Touch { instance } if item.done == Some(Published::Stored) => {
-                    Some(instance)
-                }
-                _ => None,
-            };
-            if let Some(instance) = instance {
-                match rung.iter_mut().find(|(i, _, _)| *i == instance) {
-                    Some((_, _, ids)) => {
-                        ids.push(' ');
-                        ids.push_str(&o.message_id);
-                    }
-                    None => rung.push((instance, &o.dtask, o.message_id.clone())),
-                }
+        // Mailbox messages go through their instance's rounds (`Shared::ring`), after
+        // the rest of the batch is confirmed: a batch cut short by a crash lands a prefix,
+        // and a suspending step's state must never land without the operations it awaits
+        // (those come first in the batch, and are published first here too).
+        let is_mail = |o: &Outgoing| matches!(o.destination, Destination::Mailbox { .. });
+        let mut others: Vec<RawItem> = Vec::new();
+        let mut slots = Vec::with_capacity(items.len());
+        for (o, item) in batch.iter().zip(items.iter_mut()) {
+            if is_mail(o) {
+                slots.push(None);
+            } else {
+                slots.push(Some(others.len()));
+                others.push(RawItem {
+                    route: item.route.clone(),
+                    body: std::mem::take(&mut item.body),
+                    props: item.props.clone(),
+                    done: None,
+                });
             }
         }
-        // One doorbell per instance, shared with the other publishes of this process
-        // that wrote to the same mailbox meanwhile (`Shared::ring`).
-        let bells = rung.len();
-        futures::future::try_join_all(
-            rung.iter()
-                .map(|(instance, dtask, ids)| self.ring(instance.as_str(), dtask, ids)),
-        )
+        self.publish_raw(&mut others).await?;
+        // Doorbells only after their mailbox messages are confirmed: a doorbell must
+        // never find its message missing. One per instance is enough, and it is shared
+        // with the other publishes of this process that wrote to the same mailbox
+        // meanwhile. Each doorbell names the messages it announces, so that the consumer
+        // can tell a spent one (its messages already drained) from news.
+        let mut rounds: Vec<MailboxRound<'_>> = Vec::new();
+        for ((o, item), slot) in batch.iter().zip(&items).zip(&slots) {
+            let (instance, part) = match (&o.destination, slot) {
+                (Destination::Mailbox { instance }, _) => {
+                    let part = Part {
+                        id: o.message_id.clone(),
+                        traceparent: o
+                            .trace
+                            .as_ref()
+                            .map(|t| t.traceparent().to_string())
+                            .unwrap_or_default(),
+                        tracestate: o
+                            .trace
+                            .as_ref()
+                            .and_then(|t| t.tracestate())
+                            .unwrap_or_default()
+                            .to_string(),
+                        body: o.body.clone(),
+                    };
+                    (instance, Some((part, item.props.clone())))
+                }
+                // A keep-alive rings only when it found its mailbox.
+                (Destination::Touch { instance }, Some(i))
+                    if others[*i].done == Some(Published::Stored) =>
+                {
+                    (instance, None)
+                }
+                _ => continue,
+            };
+            let at = match rounds.iter().position(|(i, ..)| *i == instance) {
+                Some(at) => at,
+                None => {
+                    rounds.push((instance, &o.dtask, Vec::new(), Vec::new()));
+                    rounds.len() - 1
+                }
+            };
+            match part {
+                Some(part) => rounds[at].2.push(part),
+                None => rounds[at].3.push(o.message_id.clone()),
+            }
+        }
+        let n = rounds.len();
+        futures::future::try_join_all(rounds.into_iter().map(
+            |(instance, dtask, parts, stored)| self.ring(instance.as_str(), dtask, parts, stored),
+        ))
         .await?;
-        debug!(messages = items.len(), doorbells = bells, "batch published");
-        Ok(items
+        debug!(messages = items.len(), mailboxes = n, "batch published");
+        Ok(slots
             .iter()
-            .map(|i| i.done.unwrap_or(Published::Stored))
+            .map(|slot| match slot {
+                Some(i) => others[*i].done.unwrap_or(Published::Stored),
+                None => Published::Stored,
+            })
             .collect())
     }
 }
@@ -344,34 +396,25 @@ impl Shared {
 // doorbell is confirmed, so a crash before that redoes the work, which writes the same
 // messages and rings again.
 impl Shared {
-    /// Rings the doorbell of `instance` for the confirmed mailbox messages `ids`: resolves
-    /// once a doorbell that announces them is confirmed.
+    /// Writes `parts` to the mailbox of `instance` and rings its doorbell for them and for
+    /// the mailbox messages `stored` (already confirmed): resolves once the parts are
+    /// confirmed and then a doorbell that announces all of them.
     pub(crate) async fn ring(
         self: &Arc<Self>,
         instance: &str,
         dtask: &str,
-        ids: &str,
+        parts: Vec<(Part, BasicProperties)>,
+        stored: Vec<String>,
     ) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start = {
             let mut rounds = self.ringer.lock();
-            let round = rounds.entry(instance.to_string()).or_insert_with(|| Round {
-                ids: Some(String::new()),
-                ..Round::default()
-            });
+            let round = rounds.entry(instance.to_string()).or_default();
             if round.dtask.is_empty() {
                 round.dtask = dtask.to_string();
             }
-            if let Some(list) = &mut round.ids {
-                if list.len() + 1 + ids.len() <= MAX_RINGS_LEN {
-                    if !list.is_empty() {
-                        list.push(' ');
-                    }
-                    list.push_str(ids);
-                } else {
-                    round.ids = None;
-                }
-            }
+            round.parts.extend(parts);
+            round.stored.extend(stored);
             round.waiters.push(tx);
             !std::mem::replace(&mut round.busy, true)
         };
@@ -384,7 +427,7 @@ impl Shared {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(AmqpError::Shared(e)),
             Err(_) => Err(AmqpError::Connect(
-                "the doorbell round was dropped before it was published".into(),
+                "the mailbox round was dropped before it was published".into(),
             )),
         }
     }
@@ -392,7 +435,7 @@ impl Shared {
     /// Publishes the rounds of `instance` one after the other until none waits.
     async fn ring_rounds(self: Arc<Self>, instance: String) {
         loop {
-            let (dtask, ids, waiters) = {
+            let round = {
                 let mut rounds = self.ringer.lock();
                 let Some(round) = rounds.get_mut(&instance) else {
                     return;
@@ -401,31 +444,108 @@ impl Shared {
                     rounds.remove(&instance);
                     return;
                 }
-                let round = std::mem::replace(
+                std::mem::replace(
                     round,
                     Round {
-                        ids: Some(String::new()),
                         busy: true,
                         ..Round::default()
                     },
-                );
-                (round.dtask, round.ids, round.waiters)
+                )
             };
-            let mut props = properties(&format!("{instance}:bell"), &instance, &dtask);
-            // A doorbell without the list is never spent: it always drains.
-            if let Some(ids) = ids {
-                props = with_headers(props, vec![(H_RINGS, text(&ids))]);
-            }
-            let mut bell = [RawItem::to_queue(
-                self.topo.shard_of(&instance),
-                Kind::Shard,
-                instance.as_bytes().to_vec(),
-                props,
-            )];
-            let outcome = self.publish_raw(&mut bell).await.map_err(Arc::new);
-            for w in waiters {
+            let outcome = self
+                .one_round(&instance, round.dtask, round.parts, round.stored)
+                .await;
+            let outcome = outcome.map_err(Arc::new);
+            for w in round.waiters {
                 let _ = w.send(outcome.clone());
             }
         }
+    }
+
+    /// One round of a mailbox: its messages (packed when there are several), confirmed,
+    /// then a doorbell that names them, confirmed.
+    async fn one_round(
+        &self,
+        instance: &str,
+        dtask: String,
+        parts: Vec<(Part, BasicProperties)>,
+        stored: Vec<String>,
+    ) -> Result<()> {
+        let mut ids = String::new();
+        for id in parts.iter().map(|(p, _)| &p.id).chain(&stored) {
+            if !ids.is_empty() {
+                ids.push(' ');
+            }
+            ids.push_str(id);
+        }
+        if !parts.is_empty() {
+            let mut items = self.packed(instance, &dtask, parts);
+            self.publish_raw(&mut items).await?;
+        }
+        let mut props = properties(&format!("{instance}:bell"), instance, &dtask);
+        // A doorbell without the list is never spent: it always drains.
+        if ids.len() <= MAX_RINGS_LEN {
+            props = with_headers(props, vec![(H_RINGS, text(&ids))]);
+        }
+        let mut bell = [RawItem::to_queue(
+            self.topo.shard_of(instance),
+            Kind::Shard,
+            instance.as_bytes().to_vec(),
+            props,
+        )];
+        self.publish_raw(&mut bell).await
+    }
+
+    /// The messages that carry `parts` to the mailbox of `instance`: one alone as it is;
+    /// several in packs of up to [`MAX_PACK_BYTES`] of bodies (one past it alone).
+    pub(crate) fn packed(
+        &self,
+        instance: &str,
+        dtask: &str,
+        parts: Vec<(Part, BasicProperties)>,
+    ) -> Vec<RawItem> {
+        let queue = self.topo.mailbox(instance);
+        let mut out = Vec::new();
+        let mut group: Vec<(Part, BasicProperties)> = Vec::new();
+        let mut bytes = 0;
+        let flush =
+            |group: &mut Vec<(Part, BasicProperties)>, out: &mut Vec<RawItem>| match group.len() {
+                0 => {}
+                1 => {
+                    let (part, props) = group.pop().expect("one part");
+                    out.push(RawItem::to_queue(
+                        queue.clone(),
+                        Kind::Mailbox,
+                        part.body,
+                        props,
+                    ));
+                }
+                n => {
+                    self.ringer.count_packed(n);
+                    let parts: Vec<Part> = group.drain(..).map(|(p, _)| p).collect();
+                    let id = format!("{}+{}", parts[0].id, n - 1);
+                    let props = with_headers(
+                        properties(&id, instance, dtask),
+                        vec![(H_PACK, AMQPValue::LongLongInt(n as i64))],
+                    );
+                    out.push(RawItem::to_queue(
+                        queue.clone(),
+                        Kind::Mailbox,
+                        pack::encode(&parts),
+                        props,
+                    ));
+                }
+            };
+        for (part, props) in parts {
+            let len = part.body.len();
+            if !group.is_empty() && bytes + len > MAX_PACK_BYTES {
+                flush(&mut group, &mut out);
+                bytes = 0;
+            }
+            bytes += len;
+            group.push((part, props));
+        }
+        flush(&mut group, &mut out);
+        out
     }
 }

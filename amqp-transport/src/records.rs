@@ -5,10 +5,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use lapin::Channel;
+use lapin::{BasicProperties, Channel};
 use tracing::warn;
 
 use crate::error::AmqpError;
+use crate::pack::Part;
 
 /// How many queue declarations a process remembers (see [`Declared::remember`]), and
 /// how many ids of merged mailbox messages.
@@ -210,15 +211,17 @@ pub(crate) const MAX_RINGS_LEN: usize = 4096;
 
 pub(crate) type Waiter = tokio::sync::oneshot::Sender<std::result::Result<(), Arc<AmqpError>>>;
 
-/// The mailbox messages written since an instance's last doorbell, and who waits for the
+/// The mailbox messages of an instance to write in its next round, and who waits for the
 /// doorbell that will announce them (`publish.rs`, `Shared::ring`).
 #[derive(Default)]
 pub(crate) struct Round {
     pub(crate) dtask: String,
-    /// Their ids, separated by spaces; `None` once past [`MAX_RINGS_LEN`].
-    pub(crate) ids: Option<String>,
+    /// Messages to write, with the properties each has when it goes alone.
+    pub(crate) parts: Vec<(Part, BasicProperties)>,
+    /// Ids of mailbox messages already written (keep-alives) that the doorbell names.
+    pub(crate) stored: Vec<String>,
     pub(crate) waiters: Vec<Waiter>,
-    /// A doorbell of this instance is being published; the next round waits for it.
+    /// A round of this instance is being published; the next one waits for it.
     pub(crate) busy: bool,
 }
 
@@ -227,9 +230,22 @@ pub(crate) struct Round {
 #[derive(Default)]
 pub(crate) struct Ringer {
     rounds: Mutex<HashMap<String, Round>>,
+    /// Mailbox messages written in packs.
+    packed: AtomicU64,
 }
 
 impl Ringer {
+    /// Counts `n` mailbox messages written in one pack.
+    pub(crate) fn count_packed(&self, n: usize) {
+        self.packed.fetch_add(n as u64, Ordering::Relaxed);
+        ::metrics::counter!(crate::metrics::PACKED).increment(n as u64);
+    }
+
+    /// Mailbox messages written in packs so far.
+    pub(crate) fn packed(&self) -> u64 {
+        self.packed.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<String, Round>> {
         lock(&self.rounds)
     }

@@ -51,6 +51,28 @@ pub(crate) async fn settled(
     }
 }
 
+/// The dead letter of a message of `queue`: its body (cut past [`DEAD_LETTER_BODY`]) and
+/// properties, with why and where from.
+pub(crate) fn dead_letter_item(
+    shared: &Shared,
+    queue: &str,
+    mut body: Vec<u8>,
+    props: BasicProperties,
+    reason: &str,
+) -> RawItem {
+    let mut headers = vec![(H_REASON, text(reason)), (H_QUEUE, text(queue))];
+    if body.len() > DEAD_LETTER_BODY {
+        // Kept for a person to look at, not to replay: the start of it is enough.
+        headers.push((
+            H_TRUNCATED,
+            AMQPValue::LongLongInt(body.len().min(i64::MAX as usize) as i64),
+        ));
+        body.truncate(DEAD_LETTER_BODY);
+    }
+    let props = with_headers(props, headers);
+    RawItem::to_queue(shared.topo.dead(), Kind::Dead, body, props)
+}
+
 /// Settles a delivery or a mailbox message. Holds its channel open until settled;
 /// dropped unsettled, it puts the message back.
 pub(crate) struct AmqpSettle {
@@ -192,19 +214,14 @@ impl Settle for AmqpSettle {
     ) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
         let mut inner = self.take();
         async move {
-            let dead = inner.shared.topo.dead();
-            let mut headers = vec![(H_REASON, text(&reason)), (H_QUEUE, text(&inner.queue))];
-            let mut body = std::mem::take(&mut inner.body);
-            if body.len() > DEAD_LETTER_BODY {
-                // Kept for a person to look at, not to replay: the start of it is enough.
-                headers.push((
-                    H_TRUNCATED,
-                    AMQPValue::LongLongInt(body.len().min(i64::MAX as usize) as i64),
-                ));
-                body.truncate(DEAD_LETTER_BODY);
-            }
-            let props = with_headers(inner.props.clone(), headers);
-            let mut item = [RawItem::to_queue(dead, Kind::Dead, body, props)];
+            let body = std::mem::take(&mut inner.body);
+            let mut item = [dead_letter_item(
+                &inner.shared,
+                &inner.queue,
+                body,
+                inner.props.clone(),
+                &reason,
+            )];
             // Ack the original only once the dead letter is safely stored.
             if let Err(e) = inner.shared.publish_raw(&mut item).await {
                 warn!(queue = %inner.queue, error = %e, "dead-lettering failed; the message goes back");

@@ -106,6 +106,14 @@ impl AmqpTransport {
         self.shared.doorbells.spent()
     }
 
+    /// How many mailbox messages this transport wrote in packs: several messages that
+    /// reached one mailbox while an earlier write to it was on its way, carried by one
+    /// AMQP message and handed out one by one when drained (a fan-in's child results
+    /// finishing at once on one worker).
+    pub fn packed_messages(&self) -> u64 {
+        self.shared.ringer.packed()
+    }
+
     /// How many doorbells this transport's consumers handed to their worker, each one a
     /// drain of a mailbox and a merge (spent doorbells, acked without a drain, are not
     /// counted): where the merges of fan-ins ran.

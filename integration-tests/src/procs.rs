@@ -30,6 +30,8 @@ pub struct ProcessReport {
     pub duplicate_starts: u64,
     /// Deliveries of messages of a newer build put back for a newer worker.
     pub handed_back: u64,
+    /// Mailbox messages the process wrote in packs (`AmqpTransport::packed_messages`).
+    pub packed: u64,
 }
 
 impl ProcessReport {
@@ -51,6 +53,7 @@ impl ProcessReport {
                 "restarts" => r.restarts = v,
                 "duplicate_starts" => r.duplicate_starts = v,
                 "handed_back" => r.handed_back = v,
+                "packed" => r.packed = v,
                 _ => {}
             }
         }

@@ -113,11 +113,15 @@ async fn a_fan_in_resumes_once_with_every_result_when_a_worker_is_killed() -> an
     assert!(exits.is_empty(), "{exits:?}");
     let reports = w.stop(Duration::from_secs(30)).await?;
     let duplicates: u64 = reports.iter().map(|r| r.duplicate_results).sum();
+    // The survivors' children finished at about the same time, and their results reached
+    // the parent's mailbox in packs: the kill and the redone children lost none of them.
+    let packed: u64 = reports.iter().map(|r| r.packed).sum();
+    assert!(packed > 0, "no child result went in a pack");
     println!(
         "when_all of {CHILDREN} children ({CHILD_MS} ms each) on 3 worker processes; {victim} \
          SIGKILLed {} ms after the start with {on_victim} children on it; {redone} children \
          redone; the parent completed {} ms after the kill (the next completion), once; \
-         survivors refused {duplicates} duplicate results",
+         survivors refused {duplicates} duplicate results and wrote {packed} results in packs",
         kill_after.as_millis(),
         resumed_after.as_millis(),
     );

@@ -347,6 +347,103 @@ async fn publishes_to_one_mailbox_at_once_share_doorbells() -> anyhow::Result<()
     b.cleanup().await
 }
 
+/// Messages that reach one mailbox while an earlier write to it is on its way go as one
+/// pack: fewer messages in the queue than were published, and a drain hands out every one
+/// of them, with its trace context. Each part settles on its own: the merged ones are gone,
+/// the one put back is in the mailbox again (alone), the one dead-lettered is a letter of
+/// its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_to_one_mailbox_at_once_go_in_packs_and_settle_one_by_one() -> anyhow::Result<()> {
+    let Mailbox {
+        b,
+        t,
+        mut deliveries,
+        id,
+        mailbox,
+    } = Mailbox::start().await?;
+    const N: usize = 100;
+    let trace = |i: usize| {
+        dtasks::trace::TraceContext::new(format!("00-{:032x}-{:016x}-01", i + 1, i + 1), "")
+    };
+    let publishes = (0..N).map(|i| {
+        let t = t.clone();
+        let mut m = out(
+            mailbox.clone(),
+            format!("body {i}").as_bytes(),
+            &format!("m{i}"),
+            &id,
+        );
+        m.trace = trace(i);
+        async move { t.publish(vec![m]).await }
+    });
+    for report in futures::future::join_all(publishes).await {
+        assert_eq!(report?, vec![Published::Stored]);
+    }
+    assert!(t.packed_messages() > 0, "no message went in a pack");
+    let queue = format!("{}.mbox.{id}", b.prefix());
+    let in_queue = b.queue_len(&queue).await?.context("the mailbox")? as usize;
+    assert!(
+        in_queue < N,
+        "{in_queue} queue messages for {N} mailbox messages"
+    );
+    let first = next(&mut deliveries).await?;
+    let items = t.drain_for_doorbell(&id, tag_of(&first)?).await?;
+    assert_eq!(items.len(), N);
+    let mut seen: Vec<usize> = Vec::new();
+    let mut items_by_index = Vec::new();
+    for m in items {
+        let text = String::from_utf8(m.body.clone())?;
+        let i: usize = text.strip_prefix("body ").context("a body")?.parse()?;
+        assert_eq!(m.trace, trace(i), "the trace of message {i}");
+        seen.push(i);
+        items_by_index.push((i, m));
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..N).collect::<Vec<_>>());
+    // Settle: 7 put back, 1 dead-lettered, the others merged.
+    let mut back = Vec::new();
+    for (i, m) in items_by_index {
+        match i {
+            13 => m.settle.dead_letter("unreadable".into()).await?,
+            i if i % 13 == 0 => {
+                back.push(i);
+                m.settle.requeue().await?
+            }
+            _ => m.settle.ack().await?,
+        }
+    }
+    first.settle.ack().await?;
+    let dead = format!("{}.dead", b.prefix());
+    wait_for(Duration::from_secs(5), || async {
+        Ok(b.queue_len(&dead).await? == Some(1))
+    })
+    .await?;
+    let again = t.drain_mailbox(&id).await?;
+    let mut left: Vec<usize> = again
+        .iter()
+        .map(|m| {
+            let text = String::from_utf8_lossy(&m.body).into_owned();
+            text.trim_start_matches("body ")
+                .parse()
+                .unwrap_or(usize::MAX)
+        })
+        .collect();
+    left.sort_unstable();
+    back.sort_unstable();
+    assert_eq!(left, back, "the messages put back");
+    for m in again {
+        m.settle.ack().await?;
+    }
+    let letters = t.dead_letters().await?;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].body, b"body 13");
+    assert_eq!(letters[0].message_id.as_deref(), Some("m13"));
+    assert_eq!(letters[0].reason.as_deref(), Some("unreadable"));
+    assert_eq!(letters[0].queue.as_deref(), Some(queue.as_str()));
+    drop(deliveries);
+    b.cleanup().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doorbells_of_one_instance_are_never_outstanding_twice() -> anyhow::Result<()> {
     let Mailbox {

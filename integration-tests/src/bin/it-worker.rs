@@ -14,7 +14,7 @@
 //! It stops gracefully when its standard input closes (the test that started it is done
 //! or gone) or on SIGTERM, then prints one line to standard output:
 //! `it-worker stopped pid=.. processed=.. dead_lettered=.. duplicate_results=.. restarts=..
-//! duplicate_starts=.. handed_back=..`.
+//! duplicate_starts=.. handed_back=.. packed=..`.
 
 use std::time::Duration;
 
@@ -96,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         }
         worker_config = worker_config.store(pg.connect().await?);
     }
+    let packed = transport.clone();
     let pod = WorkerPod::builder(transport, worker_config)
         .summary_every(Duration::from_secs(2))
         .build()?;
@@ -112,13 +113,14 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     println!(
         "it-worker stopped pid={pid} processed={} dead_lettered={} duplicate_results={} restarts={} \
-         duplicate_starts={} handed_back={}",
+         duplicate_starts={} handed_back={} packed={}",
         report.stats.processed,
         report.stats.dead_lettered,
         report.stats.duplicate_results,
         report.restarts,
         report.stats.duplicate_starts,
-        report.stats.handed_back
+        report.stats.handed_back,
+        packed.packed_messages()
     );
     drop(otel);
     // The blocking read of standard input may still be running (after SIGTERM): do not
