@@ -24,9 +24,9 @@ const WORKER: &str = env!("CARGO_BIN_EXE_it-worker");
 
 /// Chains of `STEPS` child calls, and fan-ins of `CHILDREN` children.
 const CHAINS: u64 = 40;
-const STEPS: u32 = 60;
+const STEPS: u32 = 300;
 const FANS: u64 = 40;
-const CHILDREN: u64 = 50;
+const CHILDREN: u64 = 200;
 
 /// The cluster's directory (not the script's default). Node names and ports are the
 /// script's: a cluster of them started by hand is stopped by this test first.
