@@ -10,11 +10,19 @@ use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 
-/// The broker URL: `AMQP_URL`, or the default.
+/// The broker URL: `AMQP_URL` (its first node when it lists several), or the default.
 pub(crate) fn amqp_url() -> String {
     std::env::var("AMQP_URL")
         .ok()
         .filter(|s| !s.is_empty())
+        // A cluster's nodes, separated by commas (as the transport reads them): the raw
+        // baseline and the benchmark's own connection use the first; dtasks uses all.
+        .and_then(|s| {
+            s.split(',')
+                .map(str::trim)
+                .find(|u| !u.is_empty())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| dtasks_amqp::DEFAULT_URL.to_string())
 }
 

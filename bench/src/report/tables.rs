@@ -101,9 +101,10 @@ impl Report {
         let wall = |r: &Option<Run>| r.as_ref().map_or(f64::NAN, |r| r.cpu.wall);
         let _ = writeln!(
             o,
-            "| W2 | wall s ({} × when_all of {}) | {} | {} | |",
+            "| W2 | wall s ({} × when_all of {}; the median of {} runs) | {} | {} | |",
             z.w2_parents,
             z.w2_width,
+            z.reps,
             f2(wall(&mw2)),
             f2(wall(&aw2))
         );
