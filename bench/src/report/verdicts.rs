@@ -280,8 +280,14 @@ impl Report {
                     "- **{}** — {}. {}",
                     v.target,
                     v.shortfall,
-                    // The call row is explained by the call run's own counters.
-                    if v.target.contains("Client::call") {
+                    // Each row is explained by its own run's counters.
+                    if v.target.contains("every step a delivery") {
+                        let call0 = self.amqp.as_ref().and_then(Self::w1b_call0_median);
+                        self.limits(v, raw, &call0, mw1b)
+                    } else if v.target.starts_with("W2") {
+                        let w2 = self.amqp.as_ref().and_then(|s| s.w2.clone());
+                        self.limits(v, raw, &w2, mw1b)
+                    } else if v.target.contains("Client::call") {
                         let call = self.amqp.as_ref().and_then(Self::w1b_call_median);
                         self.limits(v, raw, &call, mw1b)
                     } else {
@@ -301,7 +307,7 @@ impl Report {
         mw1b: &Option<Run>,
     ) -> String {
         let t = &v.target;
-        if t.starts_with("W1b on RabbitMQ") {
+        if t.starts_with("W1b on RabbitMQ") || t.starts_with("W2 on RabbitMQ") {
             if let (Some(a), Some(r)) = (aw1b, raw) {
                 let st = a.steps as f64;
                 let rs = r.steps as f64;
@@ -309,8 +315,15 @@ impl Report {
                 let rbench = r.cpu.bench / rs * 1e3;
                 let broker = a.cpu.broker.map(|b| b / st * 1e3);
                 let rbroker = r.cpu.broker.map(|b| b / rs * 1e3);
+                let why = if t.contains("every step a delivery") {
+                    " Each step is two hand-offs (the child's start, its result back to the parent, each carrying the parent's state), so the ceiling is 0.5 of raw; the rest is CPU per hand-off above lapin alone, in this process (the worker's step, lapin's I/O thread and its wake-ups) and in the broker (bodies about twice raw's; bench/README.md, \"Durable steps\")."
+                } else if t.starts_with("W2") {
+                    " A step is one child: its start (published with its 99 siblings), its delivery and ack, and its result written to the parent's mailbox (several results of one worker in one pack) with a doorbell, then drained and merged; the doorbells, drains and merged states of the parents come on top (bench/README.md, \"Fan-in\")."
+                } else {
+                    ""
+                };
                 return format!(
-                    "Per child step dtasks published {} messages in {} confirm waits and handled {} deliveries, where the raw hand-off publishes 1 and handles {}; {} B published per step vs {} B. CPU per step: this process {} ms vs {} ms raw, broker {} ms vs {} ms raw; {} of {} cores were busy. Most of the broker's work per instance is fixed, not per step: above all the creation of the instance's result register, a classic queue, which costs the broker more CPU than a whole raw 10-step chain (`--probe`: 2.5–4 ms); the `call` row gets its results without one (bench/README.md).",
+                    "Per child step dtasks published {} messages in {} confirm waits and handled {} deliveries, where the raw hand-off publishes 1 and handles {}; {} B published per step vs {} B. CPU per step: this process {} ms vs {} ms raw, broker {} ms vs {} ms raw; {} of {} cores were busy.{why}",
                     f2(a.counts.total_msgs() as f64 / st),
                     f2(a.counts.batches as f64 / st),
                     f2(a.deliveries as f64 / st),
