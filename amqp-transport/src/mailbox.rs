@@ -3,7 +3,6 @@
 //! of that delivery, never once it closed; the mailbox of a finished instance is deleted.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use dtasks::trace::TraceContext;
 use dtasks::transport::{Delivery, DeliveryKind, MailboxMessage, Settle};
@@ -23,7 +22,7 @@ use crate::headers::{
     header_i64, header_str, message_id, properties, trace, with_trace, H_DTASK, H_INSTANCE, H_RINGS,
 };
 use crate::pack::{self, Part, H_PACK};
-use crate::settle::{dead_letter_item, AmqpSettle};
+use crate::settle::{closed, dead_letter_item, AmqpSettle};
 use crate::shared::Shared;
 use crate::topology::short;
 
@@ -396,15 +395,7 @@ impl PartSettle {
 
 impl Settle for PartSettle {
     fn lost(&self) -> Option<BoxFuture<'static, ()>> {
-        let channel = self.channel.clone();
-        Some(
-            async move {
-                while channel.status().connected() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            .boxed(),
-        )
+        Some(closed(self.channel.clone()))
     }
 
     fn ack(self: Box<Self>) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {

@@ -73,6 +73,18 @@ pub(crate) fn dead_letter_item(
     RawItem::to_queue(shared.topo.dead(), Kind::Dead, body, props)
 }
 
+/// Resolves once `channel` is closed: the broker has then put back what was delivered on
+/// it and not settled.
+pub(crate) fn closed(channel: Channel) -> BoxFuture<'static, ()> {
+    async move {
+        // lapin tells no one when a channel closes: look now and then.
+        while channel.status().connected() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    .boxed()
+}
+
 /// Settles a delivery or a mailbox message. Holds its channel open until settled;
 /// dropped unsettled, it puts the message back.
 pub(crate) struct AmqpSettle {
@@ -167,16 +179,7 @@ impl Inner {
 
 impl Settle for AmqpSettle {
     fn lost(&self) -> Option<BoxFuture<'static, ()>> {
-        let channel = self.inner.as_ref()?.channel.clone();
-        Some(
-            async move {
-                // lapin tells no one when a channel closes: look now and then.
-                while channel.status().connected() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            .boxed(),
-        )
+        Some(closed(self.inner.as_ref()?.channel.clone()))
     }
 
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
