@@ -21,7 +21,7 @@ use crate::error::{AmqpError, Context, Result};
 use crate::headers::{
     header_i64, header_str, message_id, properties, trace, with_trace, H_DTASK, H_INSTANCE, H_RINGS,
 };
-use crate::pack::{self, Part, H_PACK};
+use crate::pack::{self, H_PACK};
 use crate::settle::{closed, dead_letter_item, AmqpSettle};
 use crate::shared::Shared;
 use crate::topology::short;
@@ -186,6 +186,8 @@ impl Shared {
         let Some(parts) = parts else {
             return vec![self.drained_one(ch, queue, d)];
         };
+        // The pack's body stays with its book, read again only when some of its parts go
+        // back or to the dead letters; the parts' bodies go to the worker.
         let settle = AmqpSettle::new(
             self.clone(),
             ch.clone(),
@@ -202,7 +204,8 @@ impl Shared {
             instance: header_str(&d.properties, H_INSTANCE).unwrap_or_default(),
             dtask: header_str(&d.properties, H_DTASK).unwrap_or_default(),
             decided: vec![None; parts.len()],
-            parts: parts.clone(),
+            ids: parts.iter().map(|p| p.id.clone()).collect(),
+            data: d.data,
         }));
         parts
             .into_iter()
@@ -278,7 +281,10 @@ struct Book {
     queue: String,
     instance: String,
     dtask: String,
-    parts: Vec<Part>,
+    /// The parts' message ids, in order.
+    ids: Vec<String>,
+    /// The pack's body.
+    data: Vec<u8>,
     decided: Vec<Option<Decision>>,
 }
 
@@ -297,7 +303,8 @@ impl Book {
             queue: std::mem::take(&mut self.queue),
             instance: std::mem::take(&mut self.instance),
             dtask: std::mem::take(&mut self.dtask),
-            parts: std::mem::take(&mut self.parts),
+            ids: std::mem::take(&mut self.ids),
+            data: std::mem::take(&mut self.data),
             decided: self.decided.iter().flatten().cloned().collect(),
         })
     }
@@ -310,7 +317,8 @@ struct Settled {
     queue: String,
     instance: String,
     dtask: String,
-    parts: Vec<Part>,
+    ids: Vec<String>,
+    data: Vec<u8>,
     decided: Vec<Decision>,
 }
 
@@ -327,22 +335,31 @@ impl Settled {
             queue,
             instance,
             dtask,
-            parts,
+            ids,
+            data,
             decided,
         } = self;
-        let merged: Vec<String> = parts
-            .iter()
+        let merged: Vec<String> = ids
+            .into_iter()
             .zip(&decided)
             .filter(|(_, d)| matches!(d, Decision::Ack))
-            .map(|(p, _)| p.id.clone())
+            .map(|(id, _)| id)
             .collect();
         if merged.is_empty() && !decided.iter().any(|d| matches!(d, Decision::Dead(_))) {
             return Box::new(settle).requeue().await;
         }
-        if merged.len() < parts.len() {
+        if merged.len() < decided.len() {
+            // Decoded when it was drained, so it decodes again; were it not to, the pack
+            // goes back whole rather than lose a part.
+            let Some(parts) = pack::decode(&data).filter(|p| p.len() == decided.len()) else {
+                return Box::new(settle).requeue().await;
+            };
             let mut back = Vec::new();
             let mut items = Vec::new();
             for (part, d) in parts.into_iter().zip(decided) {
+                if matches!(d, Decision::Ack) {
+                    continue;
+                }
                 let props = with_trace(
                     properties(&part.id, &instance, &dtask),
                     TraceContext::new(part.traceparent.clone(), part.tracestate.clone()).as_ref(),

@@ -31,6 +31,21 @@ type MailboxRound<'a> = (
     Vec<String>,
 );
 
+/// The index in `rounds` of the round of `instance`, added when missing.
+fn round_of<'a>(
+    rounds: &mut Vec<MailboxRound<'a>>,
+    instance: &'a InstanceId,
+    dtask: &'a str,
+) -> usize {
+    match rounds.iter().position(|(i, ..)| *i == instance) {
+        Some(at) => at,
+        None => {
+            rounds.push((instance, dtask, Vec::new(), Vec::new()));
+            rounds.len() - 1
+        }
+    }
+}
+
 /// Where a raw message goes.
 #[derive(Clone, Debug)]
 pub(crate) enum Route {
@@ -292,75 +307,57 @@ impl Shared {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut items = batch
+        let items = batch
             .iter()
             .map(|o| self.item_for(o))
             .collect::<Result<Vec<_>>>()?;
+        let total = items.len();
         // Mailbox messages go through their instance's rounds (`Shared::ring`), after
         // the rest of the batch is confirmed: a batch cut short by a crash lands a prefix,
         // and a suspending step's state must never land without the operations it awaits
         // (those come first in the batch, and are published first here too).
-        let is_mail = |o: &Outgoing| matches!(o.destination, Destination::Mailbox { .. });
-        let mut others: Vec<RawItem> = Vec::new();
-        let mut slots = Vec::with_capacity(items.len());
-        for (o, item) in batch.iter().zip(items.iter_mut()) {
-            if is_mail(o) {
-                slots.push(None);
-            } else {
-                slots.push(Some(others.len()));
-                others.push(RawItem {
-                    route: item.route.clone(),
-                    body: std::mem::take(&mut item.body),
-                    props: item.props.clone(),
-                    done: None,
-                });
-            }
-        }
-        self.publish_raw(&mut others).await?;
         // Doorbells only after their mailbox messages are confirmed: a doorbell must
         // never find its message missing. One per instance is enough, and it is shared
         // with the other publishes of this process that wrote to the same mailbox
         // meanwhile. Each doorbell names the messages it announces, so that the consumer
         // can tell a spent one (its messages already drained) from news.
         let mut rounds: Vec<MailboxRound<'_>> = Vec::new();
-        for ((o, item), slot) in batch.iter().zip(&items).zip(&slots) {
-            let (instance, part) = match (&o.destination, slot) {
-                (Destination::Mailbox { instance }, _) => {
+        let mut others: Vec<RawItem> = Vec::new();
+        // Where each message of the batch went: `Some(i)`, `others[i]`; `None`, a round.
+        let mut slots = Vec::with_capacity(total);
+        for (o, item) in batch.iter().zip(items) {
+            match &o.destination {
+                Destination::Mailbox { instance } => {
+                    let trace = o.trace.as_ref();
                     let part = Part {
                         id: o.message_id.clone(),
-                        traceparent: o
-                            .trace
-                            .as_ref()
+                        traceparent: trace
                             .map(|t| t.traceparent().to_string())
                             .unwrap_or_default(),
-                        tracestate: o
-                            .trace
-                            .as_ref()
+                        tracestate: trace
                             .and_then(|t| t.tracestate())
                             .unwrap_or_default()
                             .to_string(),
-                        body: o.body.clone(),
+                        body: item.body,
                     };
-                    (instance, Some((part, item.props.clone())))
+                    let at = round_of(&mut rounds, instance, &o.dtask);
+                    rounds[at].2.push((part, item.props));
+                    slots.push(None);
                 }
-                // A keep-alive rings only when it found its mailbox.
-                (Destination::Touch { instance }, Some(i))
-                    if others[*i].done == Some(Published::Stored) =>
-                {
-                    (instance, None)
+                _ => {
+                    slots.push(Some(others.len()));
+                    others.push(item);
                 }
-                _ => continue,
-            };
-            let at = match rounds.iter().position(|(i, ..)| *i == instance) {
-                Some(at) => at,
-                None => {
-                    rounds.push((instance, &o.dtask, Vec::new(), Vec::new()));
-                    rounds.len() - 1
+            }
+        }
+        self.publish_raw(&mut others).await?;
+        // A keep-alive rings only when it found its mailbox.
+        for (o, slot) in batch.iter().zip(&slots) {
+            if let (Destination::Touch { instance }, Some(i)) = (&o.destination, slot) {
+                if others[*i].done == Some(Published::Stored) {
+                    let at = round_of(&mut rounds, instance, &o.dtask);
+                    rounds[at].3.push(o.message_id.clone());
                 }
-            };
-            match part {
-                Some(part) => rounds[at].2.push(part),
-                None => rounds[at].3.push(o.message_id.clone()),
             }
         }
         let n = rounds.len();
@@ -368,7 +365,7 @@ impl Shared {
             |(instance, dtask, parts, stored)| self.ring(instance.as_str(), dtask, parts, stored),
         ))
         .await?;
-        debug!(messages = items.len(), mailboxes = n, "batch published");
+        debug!(messages = total, mailboxes = n, "batch published");
         Ok(slots
             .iter()
             .map(|slot| match slot {

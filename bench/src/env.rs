@@ -7,6 +7,29 @@ use std::time::Duration;
 use dtasks::store::InstanceStore;
 use dtasks::{Client, MemoryTransport, Transport, Worker, WorkerConfig, WorkerStats};
 use dtasks_amqp::{AmqpConfig, AmqpTransport};
+
+/// Counters of the RabbitMQ transports' mailboxes (`AmqpTransport::packed_messages`,
+/// `spent_doorbells`, `merged_doorbells`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Mailboxes {
+    /// Mailbox messages written in packs.
+    pub(crate) packed: u64,
+    /// Doorbells acked without a drain (their messages were already merged).
+    pub(crate) spent_doorbells: u64,
+    /// Doorbells handed to a worker: each a drain and a merge.
+    pub(crate) merges: u64,
+}
+
+impl Mailboxes {
+    /// What happened since `before`.
+    pub(crate) fn since(self, before: Self) -> Self {
+        Self {
+            packed: self.packed - before.packed,
+            spent_doorbells: self.spent_doorbells - before.spent_doorbells,
+            merges: self.merges - before.merges,
+        }
+    }
+}
 use dtasks_postgres::PgStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -243,6 +266,18 @@ impl Env {
             .iter()
             .map(Worker::stats)
             .fold(WorkerStats::default(), |a, b| a + b)
+    }
+
+    /// What the RabbitMQ transports' mailboxes saw so far, summed over them (zero in
+    /// memory).
+    pub(crate) fn mailboxes(&self) -> Mailboxes {
+        self.amqp
+            .iter()
+            .fold(Mailboxes::default(), |m, t| Mailboxes {
+                packed: m.packed + t.packed_messages(),
+                spent_doorbells: m.spent_doorbells + t.spent_doorbells(),
+                merges: m.merges + t.merged_doorbells(),
+            })
     }
 
     /// What the PostgreSQL stores wrote so far, summed (zero without them).

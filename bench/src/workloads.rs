@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::counting::{Counts, KINDS};
-use crate::env::{Env, PgWrites, Settings};
+use crate::env::{Env, Mailboxes, PgWrites, Settings};
 use crate::sys::{Admin, CpuMeter, CpuUse};
 use crate::tasks::{chain, fan, fan_expected, timer};
 
@@ -34,6 +34,8 @@ pub(crate) struct Run {
     pub(crate) errors: Vec<String>,
     /// What the environment's PostgreSQL stores wrote during the run (zero without them).
     pub(crate) pg: PgWrites,
+    /// What the RabbitMQ transports' mailboxes saw during the run (zero in memory).
+    pub(crate) mailboxes: Mailboxes,
 }
 
 impl Run {
@@ -54,6 +56,7 @@ struct Probe {
     dead: u64,
     meter: CpuMeter,
     pg: PgWrites,
+    mailboxes: Mailboxes,
 }
 
 impl Probe {
@@ -66,6 +69,7 @@ impl Probe {
             dead: env.dead_letters(admin).await?,
             meter: CpuMeter::start(env.broker_pid.as_deref()),
             pg: env.pg_writes(),
+            mailboxes: env.mailboxes(),
         })
     }
 
@@ -73,6 +77,7 @@ impl Probe {
         run.cpu = self.meter.stop();
         run.counts = env.counters.snapshot().since(&self.counts);
         run.pg = env.pg_writes().since(&self.pg);
+        run.mailboxes = env.mailboxes().since(self.mailboxes);
         let s = env.stats();
         run.deliveries = s.processed - self.deliveries;
         run.duplicate_results = s.duplicate_results - self.duplicates;

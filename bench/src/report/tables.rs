@@ -255,6 +255,17 @@ impl Report {
                 );
             }
         }
+        if let Some(r) = &aw2 {
+            let m = r.mailboxes;
+            let _ = writeln!(
+                o,
+                "\nW2 on RabbitMQ, its parents' mailboxes (the median run; counted by the transports): {} mailbox messages written in packs (child results and parents' states; {} child results in all), {} doorbells handed to a worker (a drain and a merge each), {} acked without a drain (their messages already merged).",
+                int(m.packed as f64),
+                int(r.steps as f64),
+                int(m.merges as f64),
+                int(m.spent_doorbells as f64)
+            );
+        }
         if let Some(r) = aw1b {
             let _ = writeln!(
                 o,
