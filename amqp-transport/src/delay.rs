@@ -132,7 +132,7 @@ pub(crate) async fn reroute(shared: Arc<Shared>, ch: Channel, d: AmqpDelivery, d
 impl Shared {
     /// The timers waiting in the delay levels and the ready queue.
     pub(crate) async fn pending_timers(&self) -> Result<u64> {
-        let ch = conn::get_channel(&self.channels).await?;
+        let ch = conn::get_channel(&self.control).await?;
         // Declared, not looked up: a missing queue would close the channel with an error.
         // The levels are part of the deployment's topology anyway.
         let mut queues: Vec<(String, Kind)> = (0..=topology::MAX_LEVEL)

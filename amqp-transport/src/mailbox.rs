@@ -253,7 +253,7 @@ impl Shared {
     /// settlements for a deleted queue). Deleting a missing queue succeeds.
     pub(crate) async fn delete_mailbox(&self, instance: &InstanceId) -> Result<()> {
         let queue = self.topo.mailbox(instance.as_str());
-        let ch = conn::get_channel(&self.channels).await?;
+        let ch = conn::get_channel(&self.control).await?;
         ch.queue_delete(short(&queue)?, QueueDeleteOptions::default())
             .await
             .context(|| format!("deleting queue `{queue}`"))?;

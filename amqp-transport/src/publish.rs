@@ -142,22 +142,35 @@ impl Shared {
     }
 
     async fn attempt(&self, items: &mut [RawItem]) -> Result<()> {
-        let ch = conn::get_channel(&self.channels).await?;
         let started = Instant::now();
-        let mut pending = Vec::new();
+        // Every queue of the batch exists before its first publish: declared on a control
+        // channel (the publish channel carries other batches' publishes meanwhile, and a
+        // declaration the broker refuses closes its channel).
+        let mut targets = Vec::with_capacity(items.len());
+        let mut control = None;
         for (i, item) in items.iter().enumerate() {
             if item.done.is_some() {
                 continue;
             }
             let (queue, kind) = self.resolve(&item.route);
-            if kind == Kind::Reply || kind == Kind::Touch {
-                // The calling client declared its reply queue before the start; never
-                // recreated here (a missing one means the client is gone). A keep-alive
-                // never creates a mailbox (a missing one was deleted when its instance
-                // finished).
-            } else {
-                self.declare(&ch, &queue, kind).await?;
+            // The calling client declared its reply queue before the start; never
+            // recreated here (a missing one means the client is gone). A keep-alive never
+            // creates a mailbox (a missing one was deleted when its instance finished).
+            if kind != Kind::Reply && kind != Kind::Touch && !self.declared.contains(&queue) {
+                if control.is_none() {
+                    control = Some(conn::get_channel(&self.control).await?);
+                }
+                if let Some(ch) = &control {
+                    self.declare(ch, &queue, kind).await?;
+                }
             }
+            targets.push((i, queue, kind));
+        }
+        drop(control);
+        let ch = conn::get_channel(&self.channels).await?;
+        let mut pending = Vec::with_capacity(targets.len());
+        for (i, queue, kind) in targets {
+            let item = &items[i];
             let confirm = ch
                 .basic_publish(
                     "".into(),
@@ -173,6 +186,11 @@ impl Shared {
                 .context(|| format!("publishing to `{queue}`"))?;
             pending.push((i, queue, kind, confirm));
         }
+        // The batch is out, in order on one channel: the channel goes back to the pool
+        // now, so that other batches publish on it while this one waits for its confirms
+        // (a channel held until its confirms came made every publish wait a round trip
+        // for a channel under load).
+        drop(ch);
         let mut first_err = None;
         let batch = pending.len();
         for (i, queue, kind, confirm) in pending {

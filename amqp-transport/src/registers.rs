@@ -56,7 +56,7 @@ impl Shared {
     /// backoff, up to the publish timeout.
     pub(crate) async fn claim(&self, queue: &str, nonce: u64) -> Result<bool> {
         self.retrying("claiming an id", queue, || async {
-            let ch = conn::get_channel(&self.channels).await?;
+            let ch = conn::get_channel(&self.control).await?;
             let (opts, args) = self.topo.declaration(Kind::Claim(nonce));
             match ch.queue_declare(short(queue)?, opts, args).await {
                 Ok(_) => {
@@ -85,7 +85,7 @@ impl Shared {
     /// Looks `queue` up without creating it; a pooled channel when it exists. A missing
     /// queue closes the channel, which leaves the pool.
     async fn lookup(&self, queue: &str) -> Result<Option<Object<ConfirmChannels>>> {
-        let ch = conn::get_channel(&self.channels).await?;
+        let ch = conn::get_channel(&self.control).await?;
         let passive = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()

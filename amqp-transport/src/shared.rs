@@ -13,11 +13,21 @@ use crate::records::{Declared, Doorbells, Ringer};
 
 use crate::topology::{short, Kind, Topology};
 
+/// The most control channels of a process (see [`Shared::control`]).
+const CONTROL_CHANNELS: usize = 4;
+
 pub(crate) struct Shared {
     pub(crate) cfg: AmqpConfig,
     pub(crate) topo: Topology,
     pub(crate) consume_conns: conn::ConnectionPool,
+    /// Channels that only publish (and declare what they publish to): a channel goes back
+    /// to the pool once its batch is sent, and carries other batches while that one waits
+    /// for its confirms.
     pub(crate) channels: ChannelPool,
+    /// Channels for everything else that talks to the broker on the publish connection
+    /// (claims, lookups, deletes, counts), which may close a channel on purpose (a refused
+    /// claim, a missing queue): never one with publishes in flight.
+    pub(crate) control: ChannelPool,
     pub(crate) declared: Declared,
     pub(crate) doorbells: Doorbells,
     /// Doorbells being published, shared by the publishes that wrote to one mailbox.
@@ -37,12 +47,14 @@ impl Shared {
             conn::connection_pool(&cfg.urls, format!("dtasks {} publisher", cfg.prefix), 1)?;
         let consume_conns =
             conn::connection_pool(&cfg.urls, format!("dtasks {} consumer", cfg.prefix), 1)?;
-        let channels = conn::channel_pool(publish_conns, cfg.publish_channels)?;
+        let channels = conn::channel_pool(publish_conns.clone(), cfg.publish_channels)?;
+        let control = conn::channel_pool(publish_conns, CONTROL_CHANNELS)?;
         Ok(Self {
             topo: Topology::new(&cfg),
             cfg,
             consume_conns,
             channels,
+            control,
             declared: Declared::default(),
             doorbells: Doorbells::default(),
             ringer: Ringer::default(),
@@ -80,7 +92,7 @@ impl Shared {
     /// with a warning: the broker refuses to change a queue's arguments.
     pub(crate) async fn declare_dead(&self) -> Result<()> {
         let queue = self.topo.dead();
-        let ch = conn::get_channel(&self.channels).await?;
+        let ch = conn::get_channel(&self.control).await?;
         let (opts, args) = self.topo.declaration(Kind::Dead);
         match ch.queue_declare(short(&queue)?, opts, args).await {
             Ok(_) => {}
@@ -94,7 +106,7 @@ impl Shared {
                      made it without a bound): it is used as it is; apply the bound with a \
                      policy, or delete the queue while no worker runs"
                 );
-                let ch = conn::get_channel(&self.channels).await?;
+                let ch = conn::get_channel(&self.control).await?;
                 let passive = QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()

@@ -56,6 +56,7 @@ impl AmqpTransport {
         // Consumers stop as their tasks see the flag; the connections go with the pools.
         self.shared.consume_conns.close();
         self.shared.channels.close();
+        self.shared.control.close();
     }
 
     /// The RabbitMQ-only instance store of this transport (what
@@ -82,7 +83,7 @@ impl AmqpTransport {
     async fn connect_inner(cfg: AmqpConfig) -> Result<Self> {
         let shared = Arc::new(Shared::new(cfg)?);
         shared.declare_dead().await?;
-        let ch = conn::get_channel(&shared.channels).await?;
+        let ch = conn::get_channel(&shared.control).await?;
         shared
             .declare(&ch, &shared.topo.delay_ready(), Kind::DelayReady)
             .await?;

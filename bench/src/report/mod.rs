@@ -243,7 +243,7 @@ impl Report {
             "- commit `{}`{dirty}; {} cores (`available_parallelism`)",
             self.commit, self.cores
         );
-        let _ = writeln!(o, "- dtasks workers: {} (RabbitMQ: each on its own connections, in this process; W4: 2 worker processes), concurrency {} each, task-queue prefetch {}, up to {} steps run inline per delivery (`WorkerConfig::inline_steps`; 0: every step is a delivery), transport defaults otherwise (16 doorbell shards, 16 publish channels)", s.workers, s.concurrency, s.prefetch, s.inline_steps);
+        let _ = writeln!(o, "- dtasks workers: {} (RabbitMQ: each on its own connections, in this process; W4: 2 worker processes), concurrency {} each, task-queue prefetch {}, up to {} steps run inline per delivery (`WorkerConfig::inline_steps`; 0: every step is a delivery), transport defaults otherwise (16 doorbell shards, 2 publish channels)", s.workers, s.concurrency, s.prefetch, s.inline_steps);
         let _ = writeln!(o, "- payload: {} B of user data per step (a `serde_bytes` argument of each child); raw baseline bodies {} B (8 B header + payload), persistent, quorum queue, publisher confirms, mandatory, ack after confirm, one ack per message", s.payload, 8 + s.payload);
         let _ = writeln!(o, "- raw baseline: {} consumers (own connection each, prefetch {}, one confirm channel each, every delivery handled concurrently), {} chains × {} steps", s.workers, s.prefetch, z.raw_chains, s.steps);
         let _ = writeln!(o, "- W1a {} instances one at a time; W1b {} at once × {} reps; W2 {} parents × {} children × {} reps (medians); W3 {} timers of {} ms; W4 {} at once", z.w1a, z.w1b, z.reps, z.w2_parents, z.w2_width, z.reps, z.w3, z.w3_delay_ms, z.w4);
