@@ -782,3 +782,62 @@ async fn the_trace_context_travels_as_headers_through_queues_timers_and_mailboxe
     drop(deliveries);
     b.cleanup().await
 }
+
+/// Claims the broker refuses close their channel on purpose; publishes waiting for their
+/// confirms meanwhile are on channels of their own, so none of them fails or goes twice:
+/// every publish returns `Ok` and the queue holds each message once. With claims on the
+/// publish channels, a publish failed with the claim's PRECONDITION_FAILED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_claims_meanwhile_never_make_a_publish_go_twice() -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    // One publish channel: every batch shares it while it waits for its confirms.
+    let t = b.transport_with(|c| c.with_publish_channels(1)).await?;
+    let store = t.store().context("the transport has a store")?;
+    let held = InstanceId::random();
+    assert!(store.claim(&held, 1).await?, "the first claim takes the id");
+    let id = InstanceId::random();
+    let task = Destination::Task {
+        name: "claims".into(),
+    };
+    const PUBLISHES: usize = 400;
+    const CLAIMS: u64 = 100;
+    let publishes = futures::stream::iter(0..PUBLISHES)
+        .map(|i| {
+            let t = t.clone();
+            let o = out(task.clone(), &i.to_be_bytes(), &format!("m-{i}"), &id);
+            async move { t.publish(vec![o]).await }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>();
+    let claims = futures::stream::iter(2..2 + CLAIMS)
+        .map(|nonce| {
+            let store = store.clone();
+            let held = held.clone();
+            async move { store.claim(&held, nonce).await }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>();
+    let (published, claimed) = tokio::join!(publishes, claims);
+    for p in published {
+        p?;
+    }
+    for c in claimed {
+        assert!(!c?, "a second claim of a held id was taken");
+    }
+    let queue = format!("{}.task.claims", b.prefix());
+    let got = b.take_all(&queue).await?;
+    let mut seen: Vec<usize> = got
+        .iter()
+        .map(|d| {
+            let bytes: [u8; 8] = d.data.as_slice().try_into().expect("8 bytes");
+            usize::from_be_bytes(bytes)
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..PUBLISHES).collect::<Vec<_>>(),
+        "each message once: a publish failed by a closed channel goes again"
+    );
+    b.cleanup().await
+}
