@@ -59,6 +59,7 @@ pub(crate) fn instance_json(base: &str, info: &InstanceInfo) -> Value {
         "steps": serde_json::to_value(&info.steps).unwrap_or(Value::Null),
         "runs": info.runs,
         "fingerprint": info.fingerprint.map(|f| format!("{f:016x}")),
+        "records_children": info.records_children,
         "result_url": format!("{path}/result"),
     })
 }

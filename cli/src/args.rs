@@ -185,6 +185,11 @@ pub(crate) struct StartArgs {
     /// Wait for the result and print it after the id (exit codes as `result`).
     #[arg(long)]
     pub(crate) wait: bool,
+    /// Record the instance's children in the store too (`Client::recording_children`):
+    /// `list --parent ID` then lists them, and `fingerprints` counts the snapshot
+    /// machines they hold.
+    #[arg(long)]
+    pub(crate) record_children: bool,
 }
 
 #[derive(Debug, Args)]

@@ -320,6 +320,11 @@ async fn start(a: StartArgs) -> Done {
     let input = args_to_msgpack(&args).map_err(Exit::usage)?;
     let id = a.id.as_deref().map(instance_id).transpose()?;
     let client = client().await?;
+    let client = if a.record_children {
+        client.recording_children()
+    } else {
+        client
+    };
     let started = match id {
         Some(id) => client.start_by_name_with_id(id, &a.name, input).await,
         None => client.start_by_name(&a.name, input).await,

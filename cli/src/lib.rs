@@ -10,7 +10,7 @@
 //!             [--parent ID | --roots] [--limit N] [--after CURSOR] [--json[=lines|array]]
 //! dtasks status <id> [--json]
 //! dtasks result <id> [--wait] [--json]
-//! dtasks start <name> <json-args> [--id ID] [--wait]
+//! dtasks start <name> <json-args> [--id ID] [--wait] [--record-children]
 //! dtasks signal <id> <event-name> <json-value>
 //! dtasks cancel <id> [--reason R]
 //! dtasks purge (--all | [--status S]... [--name N] [--prefix P] [--until T])
@@ -48,7 +48,10 @@
 //! - `result` prints the value as JSON on one line; with `--json`, an object with the
 //!   `id`, the `status` and the `value`, or for a failure the `failure` and its
 //!   `message` (and the failure on standard error, exit code 1).
-//! - `start` prints the id; with `--wait`, the result on the next line.
+//! - `start` prints the id; with `--wait`, the result on the next line. With
+//!   `--record-children` the instance's children are recorded too
+//!   (`Client::recording_children`), so `list --parent` lists them and `fingerprints`
+//!   counts them.
 //! - `cancel` prints `cancelled` or `already finished`; `purge` the number removed.
 //! - `dead-letters list` prints the letters numbered from 1 (id, source queue, size,
 //!   reason), `show` one letter's headers and a hex dump of its body; `replay` prints

@@ -98,6 +98,34 @@ async fn runs_and_fingerprints_on_the_command_line() -> anyhow::Result<()> {
     let table = d.ok(&["fingerprints"]).await?;
     assert_eq!(table.lines().len(), 1, "only the header: {table:?}");
     assert!(table.stderr.is_empty(), "{table:?}");
+    // Started with --record-children: its children would be counted, so nothing is
+    // said about roots that hide them.
+    let recorded = "hold-2";
+    d.ok(&[
+        "start",
+        "cli.hold",
+        "[0]",
+        "--id",
+        recorded,
+        "--record-children",
+    ])
+    .await?;
+    let info = d
+        .status_until(recorded, |v| v["status"] == "suspended")
+        .await?;
+    assert_eq!(info["records_children"], json!(true));
+    let held = d.ok(&["fingerprints", "--json"]).await?;
+    assert_eq!(
+        held.json(),
+        json!({
+            "held": [{"name": "cli.hold", "fingerprint": code, "instances": 1}],
+            "unrecorded_roots": 0,
+            "children_counted": true,
+        })
+    );
+    assert!(held.stderr.is_empty(), "{held:?}");
+    d.ok(&["signal", recorded, "go", "5"]).await?;
+    assert_eq!(d.ok(&["result", recorded, "--wait"]).await?.stdout, "5\n");
     d.cleanup().await
 }
 

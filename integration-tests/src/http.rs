@@ -360,6 +360,8 @@ pub async fn start_poll_signal(http: &Http) -> anyhow::Result<()> {
         json!(format!("/instances/{id}/result"))
     );
     assert!(status.body["finished"].is_null(), "{:?}", status.body);
+    // The service's client does not record children.
+    assert_eq!(status.body["records_children"], json!(false));
     let running = http
         .get(&format!("/instances/{id}/result"))
         .await?
