@@ -20,13 +20,12 @@ pub(crate) struct Shared {
     pub(crate) cfg: AmqpConfig,
     pub(crate) topo: Topology,
     pub(crate) consume_conns: conn::ConnectionPool,
-    /// Channels that only publish (and declare what they publish to): a channel goes back
-    /// to the pool once its batch is sent, and carries other batches while that one waits
-    /// for its confirms.
+    /// Channels that only publish: a channel goes back to the pool once its batch is
+    /// sent, and carries other batches while that one waits for its confirms.
     pub(crate) channels: ChannelPool,
     /// Channels for everything else that talks to the broker on the publish connection
-    /// (claims, lookups, deletes, counts), which may close a channel on purpose (a refused
-    /// claim, a missing queue): never one with publishes in flight.
+    /// (declarations, claims, lookups, deletes, counts), which may close a channel on
+    /// purpose (a refused claim, a missing queue): never one with publishes in flight.
     pub(crate) control: ChannelPool,
     pub(crate) declared: Declared,
     pub(crate) doorbells: Doorbells,
