@@ -235,10 +235,10 @@ impl AmqpConfig {
     /// How many publisher channels are kept open (default 2). A channel is held only
     /// while a batch is being sent, not while it waits for its confirms, so a few carry
     /// any number of batches at once; more spread the publishes over more of the
-    /// broker's channel processes, which helps only when one of them is the limit (a
-    /// process publishing tens of thousands of messages a second to a many-core broker).
-    /// Fewer channels mean more confirms per broker acknowledgement: on a 2-core machine,
-    /// 2 channels made the fan-in benchmark about a third faster than 16.
+    /// broker's channel processes, which can only help when one channel's process is the
+    /// limit (not seen on the 2-core machine the benchmark runs on). Fewer channels mean
+    /// more confirms per broker acknowledgement: there, 2 channels made the fan-in
+    /// benchmark about a third faster than 16.
     pub fn with_publish_channels(mut self, n: usize) -> Self {
         self.publish_channels = n;
         self
