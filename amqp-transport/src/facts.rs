@@ -65,6 +65,9 @@ struct Write {
     done: oneshot::Sender<Result<(), Arc<AmqpError>>>,
 }
 
+/// A wait on the index probes the stream when nothing was read for this long.
+const PROBE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// At most this many facts in one stream message.
 const BATCH_FACTS: usize = 4096;
 /// A message takes more writes while its facts are smaller than this, about (one write's
@@ -159,6 +162,37 @@ impl StreamStore {
         Ok(&facts.index)
     }
 
+    /// Waits for `wait` (a wait on the index), probing the stream while nothing is read
+    /// ([`Follower::probe_if_idle`]): a follower that stopped reading would otherwise
+    /// keep a finish from the waiter until the next write to the stream. A failed probe
+    /// is logged, not returned: the follower reconnects on its own.
+    async fn probing<T>(&self, wait: impl std::future::Future<Output = T>) -> T {
+        let mut wait = std::pin::pin!(wait);
+        loop {
+            let follower = self.facts.follower.get();
+            // Until the follower will have read nothing for `PROBE_IDLE` (at least a
+            // moment: another waiter's probe may be under way).
+            let nap = follower.map_or(PROBE_IDLE, |f| {
+                PROBE_IDLE
+                    .saturating_sub(f.idle_for())
+                    .max(std::time::Duration::from_secs(1))
+            });
+            if let Ok(done) = tokio::time::timeout(nap, &mut wait).await {
+                return done;
+            }
+            if let Some(follower) = follower {
+                tokio::select! {
+                    done = &mut wait => return done,
+                    probed = follower.probe_if_idle(PROBE_IDLE) => {
+                        if let Err(e) = probed {
+                            warn!(error = %e, "probing the instance facts failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Appends `facts` to the stream (with the facts of concurrent calls: see
     /// [`write_batches`]); resolves once the broker confirmed them.
     async fn append(&self, facts: Vec<Fact>) -> Result<()> {
@@ -245,7 +279,7 @@ impl InstanceStore for StreamStore {
         async move {
             // The finish is in the stream already: the follower reads it without a marker.
             let index = self.following(false).await?;
-            Ok(index.until_finished(id).await)
+            Ok(self.probing(index.until_finished(id)).await)
         }
         .boxed()
     }
@@ -256,7 +290,7 @@ impl InstanceStore for StreamStore {
     ) -> BoxFuture<'a, std::result::Result<InstanceInfo, dtasks::Error>> {
         async move {
             let index = self.synced().await?;
-            index.wait_finished(id).await
+            self.probing(index.wait_finished(id)).await
         }
         .boxed()
     }

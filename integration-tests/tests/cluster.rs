@@ -182,7 +182,7 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
         let h = c.start(chain(i * 1000, STEPS)).await?;
         let done = done.clone();
         runs.push(tokio::spawn(async move {
-            let (v, pids) = h.result().await?;
+            let (v, pids) = h.result().await.with_context(|| format!("chain {i}"))?;
             done.lock().unwrap().push(Instant::now());
             anyhow::ensure!(v == i * 1000 + u64::from(STEPS), "chain {i} returned {v}");
             anyhow::ensure!(
@@ -197,7 +197,7 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
         let h = c.start(fan(CHILDREN)).await?;
         let done = done.clone();
         runs.push(tokio::spawn(async move {
-            let (sum, pids) = h.result().await?;
+            let (sum, pids) = h.result().await.with_context(|| format!("fan-in {i}"))?;
             done.lock().unwrap().push(Instant::now());
             anyhow::ensure!(
                 sum == (1..=CHILDREN).sum::<u64>(),

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use dtasks::store::{Fact, FactKind, Filter, InstanceStore, Query, StepKind, Steps};
 use dtasks::{InstanceId, Status, Wait};
-use dtasks_integration_tests::Broker;
+use dtasks_integration_tests::{wait_for, Broker};
 
 fn fact(id: &InstanceId, at: SystemTime, kind: FactKind) -> Fact {
     Fact::new(id.clone(), "probe", at, kind)
@@ -287,6 +287,49 @@ async fn stream_records(b: &Broker, stream: &str) -> anyhow::Result<usize> {
     }
     let _ = ch.close(200, "OK".into()).await;
     Ok(n)
+}
+
+/// A wait that reads nothing for a while probes the stream (a marker written and read
+/// back: a stream consumer on a replica can miss a commit until the next write), and
+/// still ends on the finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_wait_probes_the_stream_and_still_ends_on_the_finish() -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    let writer = b.transport().await?.instance_store();
+    let reader = b.transport().await?.instance_store();
+    let stream = format!("{}.facts", b.prefix());
+    let id = InstanceId::random();
+    writer
+        .record(vec![fact(
+            &id,
+            SystemTime::now(),
+            FactKind::Started { parent: None },
+        )])
+        .await?;
+    let waiting = tokio::spawn({
+        let (reader, id) = (reader.clone(), id.clone());
+        async move { reader.wait_finished(&id).await }
+    });
+    // The wait's own sync is in the stream once the reader found the instance.
+    wait_for(Duration::from_secs(10), || async {
+        Ok(reader.get(&id).await?.is_some())
+    })
+    .await?;
+    let before = stream_records(&b, &stream).await?;
+    // Nothing is written for longer than the probes' idle time (10 s).
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(!waiting.is_finished(), "a wait ended before the finish");
+    let after = stream_records(&b, &stream).await?;
+    assert!(
+        after > before,
+        "no probe of the stream during a quiet wait ({before} records before, {after} after)"
+    );
+    writer
+        .record(vec![fact(&id, SystemTime::now(), finished_with(8).await?)])
+        .await?;
+    let info = tokio::time::timeout(Duration::from_secs(10), waiting).await???;
+    assert_eq!(info.result::<u64>().transpose()?, Some(8));
+    b.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
