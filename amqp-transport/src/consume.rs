@@ -24,6 +24,7 @@ use lapin::Channel;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::acks::Acks;
 use crate::conn;
 use crate::delay;
 use crate::delivery::{task_delivery, Due, Output};
@@ -90,6 +91,8 @@ struct Incoming {
 
 struct Session {
     task_ch: Channel,
+    /// The task channel's coalesced acks.
+    task_acks: Arc<Acks>,
     shard_ch: Channel,
     ready_ch: Channel,
     streams: SelectAll<BoxStream<'static, Incoming>>,
@@ -292,6 +295,7 @@ async fn open(shared: &Arc<Shared>, names: &[String]) -> Result<Session> {
     };
     Ok(Session {
         task_ch,
+        task_acks: Arc::default(),
         shard_ch,
         ready_ch,
         streams,
@@ -402,7 +406,8 @@ async fn pump(
         };
         match source {
             Source::Task(queue) => {
-                let delivery = task_delivery(shared, &s.task_ch, queue.to_string(), d);
+                let delivery =
+                    task_delivery(shared, &s.task_ch, Some(&s.task_acks), queue.to_string(), d);
                 // If the receiver is gone the delivery drops here and is requeued.
                 let _ = tx.send(Ok(delivery));
             }

@@ -9,6 +9,7 @@ use lapin::message::Delivery as AmqpDelivery;
 use lapin::Channel;
 use tokio::sync::mpsc;
 
+use crate::acks::Acks;
 use crate::headers::{header_i64, message_id, trace};
 use crate::settle::AmqpSettle;
 use crate::shared::Shared;
@@ -49,14 +50,16 @@ impl Due {
         queue: String,
         d: AmqpDelivery,
     ) {
-        let _ = self.tx.send(Ok(task_delivery(shared, ch, queue, d)));
+        let _ = self.tx.send(Ok(task_delivery(shared, ch, None, queue, d)));
     }
 }
 
-/// A task message as the worker gets it, settled on `ch` (the channel it came on).
+/// A task message as the worker gets it, settled on `ch` (the channel it came on), its
+/// ack coalesced with the channel's others through `acks` when given.
 pub(crate) fn task_delivery(
     shared: &Arc<Shared>,
     ch: &Channel,
+    acks: Option<&Arc<Acks>>,
     queue: String,
     d: AmqpDelivery,
 ) -> Delivery {
@@ -72,6 +75,13 @@ pub(crate) fn task_delivery(
         d.properties,
         None,
     );
+    let settle = match acks {
+        Some(acks) => {
+            acks.seen(d.delivery_tag);
+            settle.with_batch(acks.clone(), d.delivery_tag)
+        }
+        None => settle,
+    };
     Delivery {
         kind: DeliveryKind::Task {
             body: d.data,

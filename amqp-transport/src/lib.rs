@@ -87,6 +87,7 @@
 //!   seconds in the broker's configuration where timers matter to the second (the
 //!   repository's `deploy/rabbitmq-advanced.config` sets 5 s).
 
+mod acks;
 mod cancels;
 mod clock;
 mod config;

@@ -12,6 +12,7 @@ use lapin::types::AMQPValue;
 use lapin::{Acker, BasicProperties, Channel};
 use tracing::{debug, info, warn};
 
+use crate::acks::Acks;
 use crate::config::DEAD_LETTER_BODY;
 use crate::error::AmqpError;
 use crate::headers::{with_headers, H_QUEUE, H_REASON, H_TRUNCATED};
@@ -101,6 +102,9 @@ struct Inner {
     props: BasicProperties,
     on_settle: Option<Box<dyn FnOnce() + Send>>,
     on_ack: Option<Box<dyn FnOnce() + Send>>,
+    /// The channel's coalesced acks and this delivery's tag, when its acks go through
+    /// them.
+    batch: Option<(Arc<Acks>, u64)>,
 }
 
 impl AmqpSettle {
@@ -123,8 +127,17 @@ impl AmqpSettle {
                 props,
                 on_settle,
                 on_ack: None,
+                batch: None,
             }),
         }
+    }
+
+    /// Acks through `acks`, the channel's coalesced acks, as the delivery `tag`.
+    pub(crate) fn with_batch(mut self, acks: Arc<Acks>, tag: u64) -> Self {
+        if let Some(inner) = self.inner.as_mut() {
+            inner.batch = Some((acks, tag));
+        }
+        self
     }
 
     pub(crate) fn props(&self) -> &BasicProperties {
@@ -150,6 +163,31 @@ impl AmqpSettle {
 }
 
 impl Inner {
+    /// Acks the message, through the channel's coalesced acks when it has them.
+    fn ack(&self) -> impl std::future::Future<Output = lapin::Result<bool>> + Send + 'static {
+        let (channel, acker, batch) =
+            (self.channel.clone(), self.acker.clone(), self.batch.clone());
+        async move {
+            match batch {
+                Some((acks, tag)) => settled(&channel, acks.ack(tag, acker)).await,
+                None => settled(&channel, acker.ack(BasicAckOptions::default())).await,
+            }
+        }
+    }
+
+    /// Puts the message back; once the reject is sent, a coalesced ack may cover its tag.
+    fn reject(&self) -> impl std::future::Future<Output = lapin::Result<bool>> + Send + 'static {
+        let (channel, acker, batch) =
+            (self.channel.clone(), self.acker.clone(), self.batch.clone());
+        async move {
+            let r = settled(&channel, acker.reject(BasicRejectOptions { requeue: true })).await;
+            if let Some((acks, tag)) = batch {
+                acks.closed(tag);
+            }
+            r
+        }
+    }
+
     fn finish(&mut self) {
         if let Some(f) = self.on_settle.take() {
             f();
@@ -185,7 +223,7 @@ impl Settle for AmqpSettle {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
         let mut inner = self.take();
         async move {
-            let r = settled(&inner.channel, inner.acker.ack(BasicAckOptions::default())).await;
+            let r = inner.ack().await;
             if r.is_ok() {
                 if let Some(f) = inner.on_ack.take() {
                     f();
@@ -200,11 +238,7 @@ impl Settle for AmqpSettle {
     fn requeue(mut self: Box<Self>) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
         let mut inner = self.take();
         async move {
-            let r = settled(
-                &inner.channel,
-                inner.acker.reject(BasicRejectOptions { requeue: true }),
-            )
-            .await;
+            let r = inner.reject().await;
             inner.finish();
             inner.outcome("requeue", r)
         }
@@ -228,16 +262,12 @@ impl Settle for AmqpSettle {
             // Ack the original only once the dead letter is safely stored.
             if let Err(e) = inner.shared.publish_raw(&mut item).await {
                 warn!(queue = %inner.queue, error = %e, "dead-lettering failed; the message goes back");
-                let _ = settled(
-                    &inner.channel,
-                    inner.acker.reject(BasicRejectOptions { requeue: true }),
-                )
-                .await;
+                let _ = inner.reject().await;
                 inner.finish();
                 return Err(e.into());
             }
             info!(queue = %inner.queue, %reason, "message dead-lettered");
-            let r = settled(&inner.channel, inner.acker.ack(BasicAckOptions::default())).await;
+            let r = inner.ack().await;
             if r.is_ok() {
                 if let Some(f) = inner.on_ack.take() {
                     f();
@@ -260,11 +290,7 @@ impl Drop for AmqpSettle {
         // last handle drops) puts the message back all the same.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = settled(
-                    &inner.channel,
-                    inner.acker.reject(BasicRejectOptions { requeue: true }),
-                )
-                .await;
+                let _ = inner.reject().await;
                 drop(inner.channel);
             });
         }

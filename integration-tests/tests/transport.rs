@@ -841,3 +841,86 @@ async fn refused_claims_meanwhile_never_make_a_publish_go_twice() -> anyhow::Res
     );
     b.cleanup().await
 }
+
+/// Task deliveries settled many at once and out of order, some put back (a worker's acks
+/// on one channel go together, as `multiple` acks where they can): every message is
+/// acked once, each one put back comes back once, and nothing else comes twice (an ack
+/// covering a delivery still in hand would lose a message put back later; an ack of a
+/// tag already covered would close the channel and bring every unsettled one back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_deliveries_settled_at_once_and_out_of_order_settle_each_once() -> anyhow::Result<()> {
+    const MESSAGES: usize = 600;
+    let b = Broker::start().await?;
+    let t = b.transport_with(|c| c.with_prefetch(200)).await?;
+    let id = InstanceId::random();
+    let batch = (0..MESSAGES)
+        .map(|i| {
+            let name = format!("m{i}");
+            let task = Destination::Task {
+                name: "probe".into(),
+            };
+            out(task, name.as_bytes(), &name, &id)
+        })
+        .collect();
+    t.publish(batch).await?;
+    let mut deliveries = t.consume(vec!["probe".to_string()]).await?;
+    let put_back = |i: usize| i % 7 == 3;
+    let mut seen = vec![0u32; MESSAGES];
+    let mut acked = 0;
+    while acked < MESSAGES {
+        // A wave: what comes within a moment, up to 150.
+        let mut wave = vec![next(&mut deliveries).await?];
+        while wave.len() < 150 {
+            match tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await {
+                Ok(Some(d)) => wave.push(d?),
+                _ => break,
+            }
+        }
+        // Settled in an order of their own: the odd positions first, from the back.
+        let n = wave.len();
+        let order: Vec<usize> = (0..n)
+            .rev()
+            .filter(|p| p % 2 == 1)
+            .chain((0..n).filter(|p| p % 2 == 0))
+            .collect();
+        let mut slots: Vec<Option<Delivery>> = wave.into_iter().map(Some).collect();
+        let mut settles = Vec::with_capacity(n);
+        for p in order {
+            let d = slots[p].take().context("a delivery settled twice")?;
+            let DeliveryKind::Task { message_id, .. } = &d.kind else {
+                anyhow::bail!("not a task delivery: {:?}", d.kind);
+            };
+            let i: usize = message_id
+                .as_deref()
+                .context("a task delivery without its message id")?
+                .trim_start_matches('m')
+                .parse()?;
+            seen[i] += 1;
+            let first = seen[i] == 1;
+            if put_back(i) && first {
+                settles.push(d.settle.requeue());
+            } else {
+                acked += 1;
+                settles.push(d.settle.ack());
+            }
+        }
+        for r in futures::future::join_all(settles).await {
+            r?;
+        }
+    }
+    for (i, n) in seen.iter().enumerate() {
+        let want = if put_back(i) { 2 } else { 1 };
+        assert_eq!(*n, want, "message m{i} came {n} times");
+    }
+    // Nothing comes again, and nothing is left.
+    let extra = tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await;
+    assert!(extra.is_err(), "a delivery after every message was acked");
+    let queue = t.task_queue("probe");
+    wait_for(Duration::from_secs(10), || async {
+        Ok(b.queue_len(&queue).await? == Some(0))
+    })
+    .await
+    .with_context(|| format!("{queue} still holds messages"))?;
+    drop(deliveries);
+    b.cleanup().await
+}
