@@ -119,5 +119,6 @@ pub use config::{
     DEFAULT_URL,
 };
 pub use dead::DeadLetter;
+pub use facts::StreamStore;
 pub use payloads::StreamPayloads;
 pub use transport::AmqpTransport;

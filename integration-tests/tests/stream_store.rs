@@ -5,9 +5,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use dtasks::store::{Fact, FactKind, Filter, InstanceStore, Query, StepKind, Steps};
+use dtasks::store::{Fact, FactKind, Filter, InstanceInfo, InstanceStore, Query, StepKind, Steps};
 use dtasks::{InstanceId, Status, Wait};
+use dtasks_amqp::StreamStore;
 use dtasks_integration_tests::{wait_for, Broker};
+use tokio::task::JoinHandle;
 
 fn fact(id: &InstanceId, at: SystemTime, kind: FactKind) -> Fact {
     Fact::new(id.clone(), "probe", at, kind)
@@ -93,10 +95,17 @@ async fn facts_written_by_one_process_are_read_by_another_by_the_rules() -> anyh
     b.cleanup().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wait_wakes_on_a_finish_from_another_process_and_an_unknown_id_is_not_found(
-) -> anyhow::Result<()> {
-    let b = Broker::start().await?;
+/// A wait for a finish under way: the stores of two transports (a writer and a
+/// reader, as two processes), an instance the writer recorded as started, and the
+/// reader's `wait_finished` for it.
+async fn started_and_awaited(
+    b: &Broker,
+) -> anyhow::Result<(
+    StreamStore,
+    StreamStore,
+    InstanceId,
+    JoinHandle<Result<InstanceInfo, dtasks::Error>>,
+)> {
     let writer = b.transport().await?.instance_store();
     let reader = b.transport().await?.instance_store();
     let id = InstanceId::random();
@@ -111,6 +120,14 @@ async fn a_wait_wakes_on_a_finish_from_another_process_and_an_unknown_id_is_not_
         let (reader, id) = (reader.clone(), id.clone());
         async move { reader.wait_finished(&id).await }
     });
+    Ok((writer, reader, id, waiting))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_wakes_on_a_finish_from_another_process_and_an_unknown_id_is_not_found(
+) -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    let (writer, reader, id, waiting) = started_and_awaited(&b).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "a wait ended before the finish");
     writer
@@ -295,21 +312,8 @@ async fn stream_records(b: &Broker, stream: &str) -> anyhow::Result<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_wait_probes_the_stream_and_still_ends_on_the_finish() -> anyhow::Result<()> {
     let b = Broker::start().await?;
-    let writer = b.transport().await?.instance_store();
-    let reader = b.transport().await?.instance_store();
     let stream = format!("{}.facts", b.prefix());
-    let id = InstanceId::random();
-    writer
-        .record(vec![fact(
-            &id,
-            SystemTime::now(),
-            FactKind::Started { parent: None },
-        )])
-        .await?;
-    let waiting = tokio::spawn({
-        let (reader, id) = (reader.clone(), id.clone());
-        async move { reader.wait_finished(&id).await }
-    });
+    let (writer, reader, id, waiting) = started_and_awaited(&b).await?;
     // The wait's own sync is in the stream once the reader found the instance.
     wait_for(Duration::from_secs(10), || async {
         Ok(reader.get(&id).await?.is_some())
