@@ -88,22 +88,34 @@ fn ctl(args: &[&str]) -> anyhow::Result<String> {
     bail!("rabbitmqctl {args:?} failed on every node: {errors:?}")
 }
 
-/// The leader node (1 to 3) and members of each quorum queue of `prefix` that has a
-/// leader.
-fn leaders(prefix: &str) -> anyhow::Result<BTreeMap<String, (usize, usize)>> {
+/// A replicated queue of the deployment as `rabbitmqctl` lists it.
+#[derive(Debug, Clone, Copy)]
+struct Replicated {
+    /// The leader's node (1 to 3).
+    leader: usize,
+    /// Its members, and those of them running.
+    members: usize,
+    online: usize,
+}
+
+/// Each quorum queue and stream of `prefix` that has a leader: its leader, members and
+/// running members.
+fn leaders(prefix: &str) -> anyhow::Result<BTreeMap<String, Replicated>> {
     let out = ctl(&[
         "list_queues",
         "name",
         "type",
         "leader",
         "members",
+        "online",
         "--quiet",
         "--no-table-headers",
     ])?;
     let mut map = BTreeMap::new();
     for line in out.lines() {
         let cols: Vec<&str> = line.split('\t').collect();
-        if cols.len() < 4 || !cols[0].starts_with(prefix) || cols[1] != "quorum" {
+        if cols.len() < 5 || !cols[0].starts_with(prefix) || !matches!(cols[1], "quorum" | "stream")
+        {
             continue;
         }
         let node = |s: &str| {
@@ -116,7 +128,15 @@ fn leaders(prefix: &str) -> anyhow::Result<BTreeMap<String, (usize, usize)>> {
             continue;
         };
         let members = cols[3].matches("@localhost").count();
-        map.insert(cols[0].to_string(), (leader, members));
+        let online = cols[4].matches("@localhost").count();
+        map.insert(
+            cols[0].to_string(),
+            Replicated {
+                leader,
+                members,
+                online,
+            },
+        );
     }
     Ok(map)
 }
@@ -152,15 +172,15 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
 
     // Every quorum queue of the deployment is replicated over the 3 nodes.
     let before = leaders(b.prefix())?;
-    for (q, (_, members)) in &before {
-        assert_eq!(*members, 3, "{q} has {members} members");
+    for (q, r) in &before {
+        assert_eq!(r.members, 3, "{q}: {r:?}");
     }
     // The hot DTask of the run (the children) has its 3 task queues led by 3 nodes.
     let mut child_leaders = Vec::new();
     for i in 0..3 {
         let q = format!("{}.task.it.tagged.{i}", b.prefix());
-        let (leader, _) = before.get(&q).with_context(|| format!("no {q}"))?;
-        child_leaders.push(*leader);
+        let r = before.get(&q).with_context(|| format!("no {q}"))?;
+        child_leaders.push(r.leader);
     }
     child_leaders.sort();
     assert_eq!(child_leaders, [1, 2, 3], "the child's task queues' leaders");
@@ -168,8 +188,8 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
     // The node to kill: the one leading the most of the deployment's queues, the first
     // of equals (node 1 also holds every process's connections: they fail over).
     let mut per_node = [0usize; 4];
-    for (leader, _) in before.values() {
-        per_node[*leader] += 1;
+    for r in before.values() {
+        per_node[r.leader] += 1;
     }
     let most = per_node.iter().copied().max().unwrap_or(0);
     let victim = (1..=3).find(|n| per_node[*n] == most).unwrap_or(1);
@@ -209,20 +229,23 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
     }
     let total = runs.len();
 
-    // Mid-run: once a few instances completed and every fan-in's mailbox is a running
-    // quorum queue. (A quorum queue whose declaration is under way on the node that dies
-    // can be left with no running member, refusing every publish: RabbitMQ 3.10 does not
-    // recover it. docs/architecture.md, section 5, "A cluster".)
+    // Mid-run: once a few instances completed and every replicated queue of the
+    // deployment (every fan-in's mailbox among them) runs on all 3 of its members. (A
+    // quorum queue or stream whose members are still starting when a node dies can be
+    // left without a quorum, refusing every publish: RabbitMQ 3.10 does not recover it.
+    // docs/architecture.md, section 5, "A cluster".)
     let mailboxes = format!("{}.mbox.", b.prefix());
     wait_for(Duration::from_secs(60), || async {
-        let led = leaders(b.prefix())?
-            .keys()
-            .filter(|q| q.starts_with(&mailboxes))
-            .count();
-        Ok(done.lock().unwrap().len() >= 2 && led as u64 >= FANS)
+        let now = leaders(b.prefix())?;
+        let led = now.keys().filter(|q| q.starts_with(&mailboxes)).count();
+        let all_up = now.values().all(|r| r.online == 3);
+        Ok(done.lock().unwrap().len() >= 2 && led as u64 >= FANS && all_up)
     })
     .await
-    .context("nothing completed, or the mailboxes were not all up, before the kill")?;
+    .context(
+        "nothing completed, or the replicated queues were not all up on 3 nodes, before \
+         the kill",
+    )?;
     let pid = cluster(&["pid", &victim.to_string()])?.trim().to_string();
     let completed_before = done.lock().unwrap().len();
     assert!(completed_before < total, "the run was over before the kill");
@@ -249,7 +272,7 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
     // The leaders moved off the dead node, and every survivor still runs.
     let moved = leaders(b.prefix())?;
     let victim_node = format!("rabbit{victim}@localhost");
-    let still = moved.values().filter(|(l, _)| *l == victim).count();
+    let still = moved.values().filter(|r| r.leader == victim).count();
     assert_eq!(still, 0, "queues still led by the dead {victim_node}");
     assert_eq!(b.queue_len(&format!("{}.dead", b.prefix())).await?, Some(0));
     let exits = w.unexpected_exits();
@@ -260,7 +283,7 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
     println!(
         "3-node cluster up in {} ms; {CHAINS} chains of {STEPS} child calls and {FANS} \
          when_all of {CHILDREN} on 3 worker processes; {victim_node} (leading {} of {} \
-         quorum queues; per node {:?}) killed {} ms after the start with {completed_before} of {total} \
+         quorum queues and streams; per node {:?}) killed {} ms after the start with {completed_before} of {total} \
          instances done; all {total} completed once, the last {} ms after the kill; longest \
          stall without a completion after the kill {} ms; {duplicates} duplicate results \
          refused, {restarts} consumer restarts",
