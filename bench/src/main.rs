@@ -26,6 +26,11 @@ mod sys;
 mod tasks;
 mod workloads;
 
+/// The allocator of the whole process: the workers, the client and the raw baseline
+/// alike (see `bench/README.md`, "The allocator").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

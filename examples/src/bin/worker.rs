@@ -15,6 +15,11 @@ use dtasks_examples::{
     charge, env_or, init_telemetry, process_order, refund, refund_with_approval, ship,
 };
 
+/// A worker's allocator: mimalloc, as the benchmark's processes use it (a worker allocates
+/// for every delivery it handles; `bench/README.md`, "The allocator").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = init_telemetry("info", "dtasks-worker")?;
