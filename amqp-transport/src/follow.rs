@@ -9,7 +9,9 @@
 //! RabbitMQ 4.0.x; it shows after a leader moves to another node). A sync that does not
 //! read its marker back soon therefore writes to the stream again (a nudge: another
 //! marker nobody waits for), and a follower that reads nothing at all through nudges
-//! subscribes again and reads the stream from its first record.
+//! subscribes again and reads the stream from its first record. Writers that nobody
+//! syncs after nudge too: a cancel record's publisher (`Shared::nudge_cancels_later`),
+//! and a payload read while it lasts (`payloads.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,15 +27,10 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use crate::conn;
 use crate::error::{AmqpError, Context, Result};
-use crate::headers::{header_str, properties, with_headers};
-use crate::publish::RawItem;
+use crate::headers::{header_str, H_MARKER};
 use crate::shared::Shared;
 use crate::supervise::{supervised, End};
 use crate::topology::{short, text, Kind};
-
-/// Header of a marker: a message that is not a record, published by a follower that
-/// waits to read it back.
-const H_MARKER: &str = "x-dtasks-marker";
 
 /// How many records a follower takes before acking (a stream consumer needs a prefetch).
 const PREFETCH: u16 = 512;
@@ -43,8 +40,8 @@ const STREAM_READY: Duration = Duration::from_secs(10);
 
 /// How long a sync waits for its marker before the first nudge; each later wait doubles,
 /// up to [`NUDGE_MAX`].
-const NUDGE_FIRST: Duration = Duration::from_secs(1);
-const NUDGE_MAX: Duration = Duration::from_secs(8);
+pub(crate) const NUDGE_FIRST: Duration = Duration::from_secs(1);
+pub(crate) const NUDGE_MAX: Duration = Duration::from_secs(8);
 
 /// A follower that read nothing through this many waits in a row, each after a nudge,
 /// subscribes again.
@@ -176,14 +173,9 @@ impl Follower {
     /// Publishes a marker with id `marker` to the stream (after every record published
     /// so far); resolves once the broker confirmed it.
     async fn publish_marker(&self, marker: &str) -> Result<()> {
-        let props = with_headers(properties(marker, "", ""), vec![(H_MARKER, text(marker))]);
-        let mut item = [RawItem::to_queue(
-            self.queue.clone(),
-            self.kind,
-            Vec::new(),
-            props,
-        )];
-        self.shared.publish_raw(&mut item).await
+        self.shared
+            .publish_marker(&self.queue, self.kind, marker)
+            .await
     }
 
     /// How long the follower has read nothing (since it started, when it read nothing).
@@ -248,8 +240,7 @@ impl Follower {
             match nudging.next(self.progress.read.load(Ordering::Relaxed)) {
                 Nudge::Write => {
                     debug!(queue = %self.queue, "a marker is not read back yet; nudging");
-                    let nudge = format!("nudge-{}", dtasks::InstanceId::random());
-                    self.publish_marker(&nudge).await?;
+                    self.shared.nudge(&self.queue, self.kind).await?;
                 }
                 Nudge::Resubscribe => {
                     warn!(

@@ -27,6 +27,10 @@ pub(crate) const H_AT: &str = "x-dtasks-at";
 pub(crate) const H_TARGET: &str = "x-dtasks-target";
 /// Header of a doorbell: the ids of the mailbox messages it announces, space-separated.
 pub(crate) const H_RINGS: &str = "x-dtasks-rings";
+/// Header of a marker in a stream: a message that is not a record, published by a
+/// follower that waits to read it back, or as a nudge that nobody waits for
+/// (`follow.rs` says why streams are nudged).
+pub(crate) const H_MARKER: &str = "x-dtasks-marker";
 
 /// Header: the W3C `traceparent` of the span the message was sent from.
 pub(crate) const H_TRACEPARENT: &str = "traceparent";

@@ -17,9 +17,11 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use tracing::debug;
 
 use crate::conn;
 use crate::error::{AmqpError, Context, Result};
+use crate::follow::{NUDGE_FIRST, NUDGE_MAX};
 use crate::headers::{header_i64, header_str, properties, with_headers};
 use crate::publish::RawItem;
 use crate::shared::Shared;
@@ -36,7 +38,7 @@ const H_INDEX: &str = "x-dtasks-chunk";
 /// Header: how many chunks the value has.
 const H_COUNT: &str = "x-dtasks-chunks";
 /// Header of the marker a reader publishes and stops at.
-const H_MARKER: &str = "x-dtasks-payload-marker";
+const H_READ_MARKER: &str = "x-dtasks-payload-marker";
 
 /// How far before its write time a read starts, first and then when the value was not
 /// found: the stream's timestamps are the broker's clock, the locator the writer's. The
@@ -157,7 +159,7 @@ impl StreamPayloads {
         };
         // Everything written before this read comes before the marker.
         let marker = format!("payload-marker-{}", dtasks::InstanceId::random());
-        let props = with_headers(properties("", "", ""), vec![(H_MARKER, text(&marker))]);
+        let props = with_headers(properties("", "", ""), vec![(H_READ_MARKER, text(&marker))]);
         let mut item = [RawItem::to_queue(
             queue.clone(),
             Kind::Payloads,
@@ -171,7 +173,8 @@ impl StreamPayloads {
             while let Some(next) = consumer.next().await {
                 let mut d = next.map_err(|e| AmqpError::broker(format!("reading `{queue}`"), e))?;
                 let ours = header_str(&d.properties, H_KEY).is_some_and(|k| k == r.key());
-                let marker_seen = header_str(&d.properties, H_MARKER).is_some_and(|m| m == marker);
+                let marker_seen =
+                    header_str(&d.properties, H_READ_MARKER).is_some_and(|m| m == marker);
                 if ours {
                     let index = header_i64(&d.properties, H_INDEX).unwrap_or(-1);
                     let count = header_i64(&d.properties, H_COUNT).unwrap_or(0);
@@ -196,16 +199,36 @@ impl StreamPayloads {
             }
             Ok::<_, AmqpError>(())
         };
+        // Until the read ends, the stream is nudged now and then: a consumer that missed
+        // the commit of the marker (or of a chunk) reads on at the next write
+        // (`follow.rs`), and nothing else may write to the stream meanwhile.
         let limit = self.shared.cfg.publish_timeout.max(Duration::from_secs(60));
-        let outcome = tokio::time::timeout(limit, read).await;
+        let nudged = async {
+            let deadline = tokio::time::Instant::now() + limit;
+            let mut wait = NUDGE_FIRST;
+            loop {
+                tokio::time::sleep_until((tokio::time::Instant::now() + wait).min(deadline)).await;
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(AmqpError::Timeout(format!(
+                        "reading `{}` from `{queue}` took over {limit:?}",
+                        r.key()
+                    )));
+                }
+                debug!(queue = %queue, "a payload read is not over yet; nudging");
+                if let Err(e) = self.shared.nudge(&queue, Kind::Payloads).await {
+                    debug!(error = %e, "nudging the payloads failed");
+                }
+                wait = (wait * 2).min(NUDGE_MAX);
+            }
+        };
+        let outcome = tokio::select! {
+            read = read => read,
+            timed_out = nudged => timed_out,
+        };
         let _ = ch.close(200, "payload read".into()).await;
         match outcome {
-            Err(_) => Err(AmqpError::Timeout(format!(
-                "reading `{}` from `{queue}` took over {limit:?}",
-                r.key()
-            ))),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(())) if missing == 0 => {
+            Err(e) => Err(e),
+            Ok(()) if missing == 0 => {
                 let mut value = Vec::with_capacity(r.len() as usize);
                 for part in parts.into_iter().flatten() {
                     value.extend_from_slice(&part);
@@ -213,7 +236,7 @@ impl StreamPayloads {
                 Ok(Some(value))
             }
             // The marker came first: the value is not in the stream (past its retention).
-            Ok(Ok(())) => Ok(None),
+            Ok(()) => Ok(None),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! retried through connection failures; and a batch of the core's messages, followed by
 //! the doorbells of the mailboxes it wrote, shared by publishes to one mailbox at once.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use tracing::{debug, warn};
 use crate::clock::{ceil_ms, now_ms};
 use crate::conn::{self, Backoff, ATTEMPT_TIMEOUT};
 use crate::error::{AmqpError, Context, Result};
-use crate::headers::{properties, with_headers, with_trace, H_AT, H_RINGS, H_TARGET};
+use crate::headers::{properties, with_headers, with_trace, H_AT, H_MARKER, H_RINGS, H_TARGET};
 use crate::metrics::{CONFIRM_DURATION, PUBLISHED};
 use crate::pack::{self, Part, H_PACK, MAX_PACK_BYTES};
 use crate::records::{Round, MAX_RINGS_LEN};
@@ -369,6 +370,17 @@ impl Shared {
             }
         }
         self.publish_raw(&mut others).await?;
+        if others.iter().any(|i| {
+            matches!(
+                i.route,
+                Route::Queue {
+                    kind: Kind::Cancels,
+                    ..
+                }
+            )
+        }) {
+            self.nudge_cancels_later();
+        }
         // A keep-alive rings only when it found its mailbox.
         for (o, slot) in batch.iter().zip(&slots) {
             if let (Destination::Touch { instance }, Some(i)) = (&o.destination, slot) {
@@ -391,6 +403,61 @@ impl Shared {
                 None => Published::Stored,
             })
             .collect())
+    }
+}
+
+/// When a process nudges `P.cancels` after it published a cancel record: the first wait,
+/// then the second.
+const CANCEL_NUDGES: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(3)];
+
+// Markers in streams, and nudges: on RabbitMQ before 4.0.x a stream consumer attached to
+// a replica can miss the notice of a committed offset and read nothing more until the next
+// write to the stream (`follow.rs`). A nudge is that write: a marker nobody waits for.
+impl Shared {
+    /// Publishes the marker `marker` to the stream `queue` (after every record published
+    /// to it so far); resolves once the broker confirmed it.
+    pub(crate) async fn publish_marker(&self, queue: &str, kind: Kind, marker: &str) -> Result<()> {
+        let props = with_headers(properties(marker, "", ""), vec![(H_MARKER, text(marker))]);
+        let mut item = [RawItem::to_queue(
+            queue.to_string(),
+            kind,
+            Vec::new(),
+            props,
+        )];
+        self.publish_raw(&mut item).await
+    }
+
+    /// Publishes a nudge to the stream `queue`.
+    pub(crate) async fn nudge(&self, queue: &str, kind: Kind) -> Result<()> {
+        let nudge = format!("nudge-{}", InstanceId::random());
+        self.publish_marker(queue, kind, &nudge).await
+    }
+
+    /// After this process published a cancel record: nudges `P.cancels` a second later
+    /// and again 3 s after that, so that a worker whose follower missed the record's
+    /// commit reads it then, not at the next cancel (a worker's follower syncs only when
+    /// it starts). One sequence at a time per process: records published before its
+    /// first nudge are covered by both of its nudges, and a record published after that
+    /// starts the next sequence. Best effort: a nudge that fails is not retried.
+    fn nudge_cancels_later(self: &Arc<Self>) {
+        if self.cancel_nudges.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let queue = shared.topo.cancels();
+            for (k, wait) in CANCEL_NUDGES.into_iter().enumerate() {
+                tokio::time::sleep(wait).await;
+                if k == 0 {
+                    // Before the first nudge: a record confirmed from here on is not
+                    // covered by it, and starts a sequence of its own.
+                    shared.cancel_nudges.store(false, Ordering::Release);
+                }
+                if let Err(e) = shared.nudge(&queue, Kind::Cancels).await {
+                    debug!(error = %e, "nudging the cancel records failed");
+                }
+            }
+        });
     }
 }
 

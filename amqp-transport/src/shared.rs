@@ -33,6 +33,9 @@ pub(crate) struct Shared {
     pub(crate) ringer: Ringer,
     /// The cancel records this process has read (`cancels`).
     pub(crate) cancels: dtasks::transport::CancelBook,
+    /// Whether nudges of `P.cancels` are due after a cancel record this process published
+    /// (`Shared::nudge_cancels_later`).
+    pub(crate) cancel_nudges: std::sync::atomic::AtomicBool,
     /// Set by `AmqpTransport::close`: every consumer of this process stops.
     closed: tokio::sync::watch::Sender<bool>,
 }
@@ -57,6 +60,7 @@ impl Shared {
             declared: Declared::default(),
             doorbells: Doorbells::default(),
             ringer: Ringer::default(),
+            cancel_nudges: std::sync::atomic::AtomicBool::new(false),
             cancels: dtasks::transport::CancelBook::new(),
             closed: tokio::sync::watch::Sender::new(false),
         })

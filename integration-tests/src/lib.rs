@@ -51,7 +51,10 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use dtasks::{Client, Registry, Worker, WorkerConfig, WorkerStats};
 use dtasks_amqp::{AmqpConfig, AmqpTransport};
-use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::watch;
@@ -431,6 +434,39 @@ impl Broker {
             .await?
         {
             out.push(m.delivery);
+        }
+        let _ = ch.close(200, "OK".into()).await;
+        Ok(out)
+    }
+
+    /// The messages of the stream `stream`, read from its first with a consumer of its
+    /// own until none comes for a second (a stream keeps them: reading takes nothing).
+    pub async fn stream_messages(
+        &self,
+        stream: &str,
+    ) -> anyhow::Result<Vec<lapin::message::Delivery>> {
+        use futures::StreamExt;
+        let ch = self.channel().await?;
+        ch.basic_qos(1000, BasicQosOptions::default()).await?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-stream-offset".into(),
+            lapin::types::AMQPValue::LongString("first".into()),
+        );
+        let mut consumer = ch
+            .basic_consume(
+                stream.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await?;
+        let mut out = Vec::new();
+        while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(1), consumer.next()).await
+        {
+            let d = d?;
+            d.acker.ack(BasicAckOptions::default()).await?;
+            out.push(d);
         }
         let _ = ch.close(200, "OK".into()).await;
         Ok(out)

@@ -276,36 +276,6 @@ async fn history_steps_and_parents_written_by_one_process_are_read_by_another() 
     b.cleanup().await
 }
 
-/// The records of `stream`, read from its first with a consumer of its own, until none
-/// comes for a second.
-async fn stream_records(b: &Broker, stream: &str) -> anyhow::Result<usize> {
-    use futures::StreamExt;
-    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-    use lapin::types::{AMQPValue, FieldTable};
-    let ch = b.channel().await?;
-    ch.basic_qos(1000, BasicQosOptions::default()).await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-stream-offset".into(),
-        AMQPValue::LongString("first".into()),
-    );
-    let mut consumer = ch
-        .basic_consume(
-            stream.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await?;
-    let mut n = 0;
-    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(1), consumer.next()).await {
-        d?.acker.ack(BasicAckOptions::default()).await?;
-        n += 1;
-    }
-    let _ = ch.close(200, "OK".into()).await;
-    Ok(n)
-}
-
 /// A wait that reads nothing for a while probes the stream (a marker written and read
 /// back: a stream consumer on a replica can miss a commit until the next write), and
 /// still ends on the finish.
@@ -319,11 +289,11 @@ async fn a_long_wait_probes_the_stream_and_still_ends_on_the_finish() -> anyhow:
         Ok(reader.get(&id).await?.is_some())
     })
     .await?;
-    let before = stream_records(&b, &stream).await?;
+    let before = b.stream_messages(&stream).await?.len();
     // Nothing is written for longer than the probes' idle time (10 s).
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert!(!waiting.is_finished(), "a wait ended before the finish");
-    let after = stream_records(&b, &stream).await?;
+    let after = b.stream_messages(&stream).await?.len();
     assert!(
         after > before,
         "no probe of the stream during a quiet wait ({before} records before, {after} after)"
@@ -363,7 +333,10 @@ async fn concurrent_writes_share_messages_and_every_fact_arrives() -> anyhow::Re
     assert!(listed.instances.iter().all(|i| i.status == Status::Pending));
     // Far fewer messages than writes: the writes that waited while a message was being
     // confirmed went out together (the reader's sync markers are records too).
-    let records = stream_records(&b, &format!("{}.facts", b.prefix())).await?;
+    let records = b
+        .stream_messages(&format!("{}.facts", b.prefix()))
+        .await?
+        .len();
     assert!(
         records <= WRITES / 4,
         "{records} records in the stream for {WRITES} writes"
