@@ -44,13 +44,15 @@ struct Waiting {
     done: oneshot::Sender<lapin::Result<bool>>,
 }
 
-/// What one round of sending does.
+/// One round of sending: the waiting acks (or their tags), split.
 #[derive(Debug, PartialEq, Eq)]
-struct Round {
-    /// The tag acked with `multiple` (the highest of those below every open tag).
-    multiple: Option<u64>,
-    /// The tags acked one by one.
-    single: Vec<u64>,
+struct Round<T> {
+    /// The ack sent with `multiple`: the highest of those below every open tag.
+    top: Option<T>,
+    /// The other acks below every open tag, which `top`'s multiple ack settles.
+    covered: Vec<T>,
+    /// The acks sent one by one.
+    single: Vec<T>,
 }
 
 impl State {
@@ -71,25 +73,42 @@ impl State {
         open.min(missing).min(self.max_seen + 1)
     }
 
-    /// Splits the waiting acks into a multiple ack and single ones.
-    fn round(&self) -> Round {
-        split(self.boundary(), self.waiting.iter().map(|w| w.tag))
+    /// Takes the waiting acks, split into a multiple ack and single ones.
+    fn round(&mut self) -> Round<Waiting> {
+        let boundary = self.boundary();
+        split(boundary, std::mem::take(&mut self.waiting), |w| w.tag)
     }
 }
 
-/// The acks of `tags` when every delivery below `boundary` was seen and none is open:
-/// those below it go as one multiple ack of the highest, the others one by one.
-fn split(boundary: u64, tags: impl Iterator<Item = u64>) -> Round {
-    let mut multiple = None;
+/// Splits the acks `items` (with tags `tag`) when every delivery below `boundary` was
+/// seen and none is open: those below it go as one multiple ack of the highest, the
+/// others one by one.
+fn split<T>(boundary: u64, items: Vec<T>, tag: impl Fn(&T) -> u64) -> Round<T> {
+    let mut top: Option<T> = None;
+    let mut covered = Vec::new();
     let mut single = Vec::new();
-    for tag in tags {
-        if tag < boundary {
-            multiple = multiple.max(Some(tag));
-        } else {
-            single.push(tag);
+    for item in items {
+        if tag(&item) >= boundary {
+            single.push(item);
+            continue;
+        }
+        match top.take() {
+            Some(higher) if tag(&higher) > tag(&item) => {
+                covered.push(item);
+                top = Some(higher);
+            }
+            Some(lower) => {
+                covered.push(lower);
+                top = Some(item);
+            }
+            None => top = Some(item),
         }
     }
-    Round { multiple, single }
+    Round {
+        top,
+        covered,
+        single,
+    }
 }
 
 impl Acks {
@@ -129,41 +148,27 @@ impl Acks {
     /// Sends the waiting acks, round after round, until none waits.
     async fn flush(self: Arc<Self>) {
         loop {
-            let (round, waiting) = {
+            let round = {
                 let mut s = self.lock();
                 if s.waiting.is_empty() {
                     s.flushing = false;
                     return;
                 }
-                (s.round(), std::mem::take(&mut s.waiting))
+                s.round()
             };
-            let mut covered = Vec::new();
-            let mut multiple = None;
-            let mut single = Vec::with_capacity(round.single.len());
-            for w in waiting {
-                if round.multiple.is_some_and(|m| w.tag < m) {
-                    covered.push(w);
-                } else if round.multiple == Some(w.tag) {
-                    multiple = Some(w);
-                } else {
-                    single.push(w);
-                }
-            }
             // Sent in order (lapin sends a channel's commands in the order they are made).
-            let acks = single
+            let acks = round
+                .single
                 .iter()
                 .map(|w| w.acker.ack(BasicAckOptions::default()));
             let results = futures::future::join_all(acks).await;
-            for (w, r) in single.into_iter().zip(results) {
+            for (w, r) in round.single.into_iter().zip(results) {
                 let _ = w.done.send(r);
             }
-            if let Some(top) = multiple {
-                let r = if covered.is_empty() {
-                    top.acker.ack(BasicAckOptions::default()).await
-                } else {
-                    top.acker.ack(BasicAckOptions { multiple: true }).await
-                };
-                for w in covered {
+            if let Some(top) = round.top {
+                let multiple = !round.covered.is_empty();
+                let r = top.acker.ack(BasicAckOptions { multiple }).await;
+                for w in round.covered {
                     let _ = w.done.send(clone_result(&r));
                 }
                 let _ = top.done.send(r);
@@ -196,22 +201,34 @@ mod tests {
         (s, waiting.to_vec())
     }
 
-    fn round(seen: &[u64], open: &[u64], waiting: &[u64]) -> Round {
+    fn round(seen: &[u64], open: &[u64], waiting: &[u64]) -> Round<u64> {
         let (s, waiting) = state(seen, open, waiting);
-        split(s.boundary(), waiting.into_iter())
+        split(s.boundary(), waiting, |t| *t)
     }
 
     #[test]
     fn a_run_below_every_open_delivery_goes_as_one_multiple_ack() {
         let r = round(&[1, 2, 3, 4, 5], &[5], &[1, 2, 3, 4]);
-        assert_eq!(r.multiple, Some(4));
+        assert_eq!(r.top, Some(4));
+        assert_eq!(r.covered, vec![1, 2, 3]);
+        assert!(r.single.is_empty());
+    }
+
+    #[test]
+    fn acks_asked_for_out_of_order_still_go_as_one_multiple_ack_of_the_highest() {
+        let r = round(&[1, 2, 3, 4, 5, 6], &[6], &[3, 1, 5, 4, 2]);
+        assert_eq!(r.top, Some(5));
+        let mut covered = r.covered;
+        covered.sort_unstable();
+        assert_eq!(covered, vec![1, 2, 3, 4]);
         assert!(r.single.is_empty());
     }
 
     #[test]
     fn an_open_delivery_stops_the_run_and_later_acks_go_one_by_one() {
         let r = round(&[1, 2, 3, 4, 5], &[3], &[1, 2, 4, 5]);
-        assert_eq!(r.multiple, Some(2));
+        assert_eq!(r.top, Some(2));
+        assert_eq!(r.covered, vec![1]);
         assert_eq!(r.single, vec![4, 5]);
     }
 
@@ -219,7 +236,7 @@ mod tests {
     fn a_tag_not_seen_yet_stops_the_run() {
         // 3 was delivered on another consumer of the channel and is not read yet.
         let r = round(&[1, 2, 4, 5], &[], &[1, 2, 4, 5]);
-        assert_eq!(r.multiple, Some(2));
+        assert_eq!(r.top, Some(2));
         assert_eq!(r.single, vec![4, 5]);
         // Seen late, it fills the gap.
         let (mut s, _) = state(&[1, 2, 4, 5], &[], &[]);
@@ -232,7 +249,7 @@ mod tests {
     #[test]
     fn nothing_below_the_boundary_means_no_multiple_ack() {
         let r = round(&[1, 2, 3], &[1], &[2, 3]);
-        assert_eq!(r.multiple, None);
+        assert_eq!(r.top, None);
         assert_eq!(r.single, vec![2, 3]);
     }
 }
