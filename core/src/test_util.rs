@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::client::{ClaimId, Client, Handle};
@@ -25,6 +26,9 @@ use crate::protocol::message::TaskMessage;
 use crate::protocol::state::{Command, Entry, InstanceId, InstanceState, Outcome, ReplyTo, Seq};
 use crate::registry::Registration;
 use crate::step::{drive, Exec, StepEnd};
+use crate::store::{
+    Fact, FactKind, Filter, InstanceInfo, InstanceStore, Listing, PayloadStore, Query,
+};
 
 /// A distributed operation the body issued, as the resolver sees it.
 #[derive(Debug, Clone)]
@@ -428,4 +432,83 @@ pub async fn start_without_claim<T>(
 /// `None` when `bytes` are not a step message.
 pub fn as_next_revision(bytes: &[u8]) -> Option<Vec<u8>> {
     crate::protocol::codec::as_next_revision(bytes)
+}
+
+/// An instance store that refuses every status write ([`FactKind::Status`]) and hands
+/// every other call to the store it wraps: a store that fails whenever a root reports
+/// `Running` or `Suspended`, for tests of what workers do when their store fails. Every
+/// method is forwarded, those with a default too ([`InstanceStore::read_finished`],
+/// [`InstanceStore::payloads`]), so the wrapped store behaves as it does alone.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use std::time::SystemTime;
+/// # use dtasks::store::{Fact, FactKind, InstanceStore, MemoryStore};
+/// # use dtasks::test_util::RefuseStatus;
+/// # use dtasks::{InstanceId, Status};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dtasks::Error> {
+/// let store = RefuseStatus(Arc::new(MemoryStore::new()));
+/// let id = InstanceId::new("refused")?;
+/// let fact = |kind| Fact::new(id.clone(), "work", SystemTime::now(), kind);
+/// store.record(vec![fact(FactKind::Started { parent: None })]).await?;
+/// let running = FactKind::Status { status: Status::Running, waits: Vec::new(), version: 1 };
+/// let e = store.record(vec![fact(running)]).await.unwrap_err();
+/// assert!(e.to_string().contains("status writes are refused"));
+/// assert_eq!(store.get(&id).await?.map(|i| i.status), Some(Status::Pending));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RefuseStatus(pub Arc<dyn InstanceStore>);
+
+impl std::fmt::Debug for RefuseStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefuseStatus").finish_non_exhaustive()
+    }
+}
+
+impl InstanceStore for RefuseStatus {
+    fn record(&self, facts: Vec<Fact>) -> BoxFuture<'_, Result<u64, Error>> {
+        if facts
+            .iter()
+            .any(|f| matches!(f.kind, FactKind::Status { .. }))
+        {
+            return Box::pin(async { Err(Error::store("status writes are refused")) });
+        }
+        self.0.record(facts)
+    }
+
+    fn get<'a>(&'a self, id: &'a InstanceId) -> BoxFuture<'a, Result<Option<InstanceInfo>, Error>> {
+        self.0.get(id)
+    }
+
+    fn list<'a>(&'a self, query: &'a Query) -> BoxFuture<'a, Result<Listing, Error>> {
+        self.0.list(query)
+    }
+
+    fn purge<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<u64, Error>> {
+        self.0.purge(filter)
+    }
+
+    fn claim<'a>(&'a self, id: &'a InstanceId, nonce: u64) -> BoxFuture<'a, Result<bool, Error>> {
+        self.0.claim(id, nonce)
+    }
+
+    fn wait_finished<'a>(
+        &'a self,
+        id: &'a InstanceId,
+    ) -> BoxFuture<'a, Result<InstanceInfo, Error>> {
+        self.0.wait_finished(id)
+    }
+
+    fn read_finished<'a>(
+        &'a self,
+        id: &'a InstanceId,
+    ) -> BoxFuture<'a, Result<InstanceInfo, Error>> {
+        self.0.read_finished(id)
+    }
+
+    fn payloads(&self) -> Option<Arc<dyn PayloadStore>> {
+        self.0.payloads()
+    }
 }

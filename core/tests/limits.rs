@@ -4,13 +4,11 @@
 
 use std::time::Duration;
 
-use dtasks::store::{
-    Fact, FactKind, Filter, InstanceInfo, InstanceStore, Listing, MemoryStore, Query,
-};
+use dtasks::store::MemoryStore;
+use dtasks::test_util::RefuseStatus;
 use dtasks::{
     dtask, Client, DTask, InstanceId, MemoryTransport, Runtime, Status, Worker, WorkerConfig,
 };
-use futures::future::BoxFuture;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -185,46 +183,10 @@ async fn the_client_of_a_runtime_has_its_workers_budget() -> TestResult {
     Ok(())
 }
 
-/// An instance store that refuses every status write: a root's first step that runs long
-/// enough to report `Running` cannot be published, at any delivery, while its finish can.
-#[derive(Clone, Default)]
-struct NoStatus(MemoryStore);
-
-impl InstanceStore for NoStatus {
-    fn record(&self, facts: Vec<Fact>) -> BoxFuture<'_, Result<u64, dtasks::Error>> {
-        if facts
-            .iter()
-            .any(|f| matches!(f.kind, FactKind::Status { .. }))
-        {
-            return Box::pin(async { Err(dtasks::Error::store("status writes are refused")) });
-        }
-        self.0.record(facts)
-    }
-    fn get<'a>(
-        &'a self,
-        id: &'a InstanceId,
-    ) -> BoxFuture<'a, Result<Option<InstanceInfo>, dtasks::Error>> {
-        self.0.get(id)
-    }
-    fn list<'a>(&'a self, q: &'a Query) -> BoxFuture<'a, Result<Listing, dtasks::Error>> {
-        self.0.list(q)
-    }
-    fn purge<'a>(&'a self, f: &'a Filter) -> BoxFuture<'a, Result<u64, dtasks::Error>> {
-        self.0.purge(f)
-    }
-    fn claim<'a>(
-        &'a self,
-        id: &'a InstanceId,
-        nonce: u64,
-    ) -> BoxFuture<'a, Result<bool, dtasks::Error>> {
-        self.0.claim(id, nonce)
-    }
-}
-
 #[tokio::test]
 async fn a_message_that_fails_at_every_delivery_fails_its_instance() -> TestResult {
     let t = MemoryTransport::new();
-    let store = NoStatus::default();
+    let store = RefuseStatus(std::sync::Arc::new(MemoryStore::new()));
     let client = Client::new(t.clone()).with_store(store.clone());
     // Its first step reports `Running` before its outputs: that write fails every time.
     let h = client.start(slow()).await?;

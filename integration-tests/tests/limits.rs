@@ -6,14 +6,13 @@
 
 use std::time::Duration;
 
-use dtasks::store::{Fact, FactKind, Filter, InstanceInfo, InstanceStore, Listing, Query};
+use dtasks::test_util::RefuseStatus;
 use dtasks::transport::Transport;
 use dtasks::{Client, InstanceId, Status, WorkerConfig};
 use dtasks_integration_tests::tasks::{
     self, length, nest, nest_fan, sleep_forever, slow_first_step,
 };
 use dtasks_integration_tests::{wait_for, within, Broker};
-use futures::future::BoxFuture;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
@@ -83,59 +82,11 @@ async fn limits_are_typed_errors_where_the_call_is_made() -> anyhow::Result<()> 
     b.cleanup().await
 }
 
-/// An instance store that refuses every status write: a root's first step that runs long
-/// enough to report `Running` cannot be published, at any delivery.
-#[derive(Clone)]
-struct NoStatus(std::sync::Arc<dyn InstanceStore>);
-
-impl InstanceStore for NoStatus {
-    fn record(&self, facts: Vec<Fact>) -> BoxFuture<'_, Result<u64, dtasks::Error>> {
-        if facts
-            .iter()
-            .any(|f| matches!(f.kind, FactKind::Status { .. }))
-        {
-            return Box::pin(async { Err(dtasks::Error::store("status writes are refused")) });
-        }
-        self.0.record(facts)
-    }
-    fn get<'a>(
-        &'a self,
-        id: &'a InstanceId,
-    ) -> BoxFuture<'a, Result<Option<InstanceInfo>, dtasks::Error>> {
-        self.0.get(id)
-    }
-    fn list<'a>(&'a self, q: &'a Query) -> BoxFuture<'a, Result<Listing, dtasks::Error>> {
-        self.0.list(q)
-    }
-    fn purge<'a>(&'a self, f: &'a Filter) -> BoxFuture<'a, Result<u64, dtasks::Error>> {
-        self.0.purge(f)
-    }
-    fn claim<'a>(
-        &'a self,
-        id: &'a InstanceId,
-        nonce: u64,
-    ) -> BoxFuture<'a, Result<bool, dtasks::Error>> {
-        self.0.claim(id, nonce)
-    }
-    fn wait_finished<'a>(
-        &'a self,
-        id: &'a InstanceId,
-    ) -> BoxFuture<'a, Result<InstanceInfo, dtasks::Error>> {
-        self.0.wait_finished(id)
-    }
-    fn read_finished<'a>(
-        &'a self,
-        id: &'a InstanceId,
-    ) -> BoxFuture<'a, Result<InstanceInfo, dtasks::Error>> {
-        self.0.read_finished(id)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_fails_at_every_delivery_fails_its_instance() -> anyhow::Result<()> {
     let b = Broker::start().await?;
     let t = b.transport().await?;
-    let store = NoStatus(t.store().expect("the RabbitMQ-only store"));
+    let store = RefuseStatus(t.store().expect("the RabbitMQ-only store"));
     let workers = b
         .workers_with(
             1,
