@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use dtasks::metrics as m;
 use dtasks::transport::{Destination, Outgoing, Transport as _};
 use dtasks::InstanceId;
-use dtasks_integration_tests::tasks::{awaits_explosion, chain3, sleep_then};
+use dtasks_integration_tests::tasks::{awaits_explosion, chain3, fan, sleep_then};
 use dtasks_integration_tests::{wait_for, within, Broker};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_it-worker");
@@ -179,6 +179,22 @@ async fn a_worker_process_serves_counters_that_move_by_what_ran() -> anyhow::Res
     let confirms = format!("{}_count", dtasks_amqp::metrics::CONFIRM_DURATION);
     assert!(s.sum(&confirms, &[]) > 0.0);
     assert!(s.sum(dtasks_amqp::metrics::PUBLISHED, &[]) >= 10.0);
+    assert_eq!(
+        s.sum(dtasks_amqp::metrics::PACKED, &[]),
+        0.0,
+        "no mailbox was written yet"
+    );
+    // A fan-in of 200: the children's results that reach the parent's mailbox while an
+    // earlier write to it is on its way go several to one message (the worker handles
+    // 64 deliveries at once, so results come together).
+    let h = c.start(fan(200)).await?;
+    let (sum, _) = within(LIMIT, "fan", h.result()).await??;
+    assert_eq!(sum, 200 * 201 / 2);
+    let packed = scrape(&url).await?.sum(dtasks_amqp::metrics::PACKED, &[]);
+    assert!(
+        (2.0..=201.0).contains(&packed),
+        "{packed} mailbox messages went in packs"
+    );
 
     let exits = {
         let mut w = w;
