@@ -10,7 +10,7 @@ use dtasks::transport::{Destination, Outgoing, Published};
 use dtasks::InstanceId;
 use lapin::options::BasicPublishOptions;
 use lapin::types::AMQPValue;
-use lapin::{BasicProperties, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation};
 use tracing::{debug, warn};
 
 use crate::clock::{ceil_ms, now_ms};
@@ -169,6 +169,8 @@ impl Shared {
         }
         drop(control);
         let ch = conn::get_channel(&self.channels).await?;
+        // Kept to close the channel should the broker refuse a message (below).
+        let carrier: Channel = (*ch).clone();
         let mut pending = Vec::with_capacity(targets.len());
         for (i, queue, kind) in targets {
             let item = &items[i];
@@ -235,6 +237,20 @@ impl Shared {
             // From the first publish of the batch to its last confirm.
             ::metrics::histogram!(CONFIRM_DURATION).record(started.elapsed().as_secs_f64());
             ::metrics::counter!(PUBLISHED).increment(batch as u64);
+        }
+        if let Some(AmqpError::Nacked(queue)) = &first_err {
+            // RabbitMQ 3.10 keeps, per channel and quorum queue, what the channel's first
+            // publish to the queue found: when that came just after the queue's leader
+            // died (before its new leader was recorded), every later publish on the
+            // channel to that queue is refused, for good, while a fresh channel's go
+            // through (`docs/architecture.md`, section 5, "A cluster"). The retry takes
+            // a fresh channel; batches still waiting for confirms on this one fail and
+            // are retried too.
+            warn!(
+                queue,
+                "the broker refused a message; closing its publish channel"
+            );
+            let _ = carrier.close(200, "a queue refused a publish".into()).await;
         }
         match first_err {
             None => Ok(()),

@@ -3,7 +3,9 @@
 //! run of chains of child calls (W1b-like) and of `when_all` fan-ins (W2-like), with three
 //! worker processes and a client that know every node: nothing is lost, every instance
 //! completes once with its whole result, and the stall is measured. Each DTask has three
-//! task queues, whose leaders the cluster places on its three nodes.
+//! task queues, whose leaders the cluster places on its three nodes. A second test
+//! publishes, from a channel that never wrote to a queue, right after that queue's
+//! leader was killed: the publish goes through once the queue has a new leader.
 //!
 //! The test needs `rabbitmq-server` on this machine (it fails, not skips, without it):
 //! the cluster's nodes listen on 5681-5683 and keep their files in their own directory,
@@ -16,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use dtasks::Client;
+use dtasks::transport::{Destination, Outgoing, Transport as _};
+use dtasks::{Client, InstanceId};
 use dtasks_integration_tests::tasks::{chain, fan};
 use dtasks_integration_tests::{wait_for, within, Broker};
 
@@ -53,6 +56,9 @@ fn cluster(args: &[&str]) -> anyhow::Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// The tests of this file each start the one cluster of its directory: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Stops the cluster when the test ends, whatever the outcome.
 struct Running;
@@ -143,6 +149,7 @@ fn leaders(prefix: &str) -> anyhow::Result<BTreeMap<String, Replicated>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     // Starting from nothing: a cluster left by an earlier run is removed first.
     cluster(&["stop"])?;
     let up = Instant::now();
@@ -296,6 +303,92 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
         stall.as_millis(),
     );
     drop(c);
+    drop(b);
+    Ok(())
+}
+
+/// RabbitMQ 3.10 keeps, per channel and quorum queue, what the channel's first publish to
+/// the queue found: a first publish that comes right after the queue's leader died, before
+/// its new leader is recorded, leaves that channel refusing every later publish to the
+/// queue, for good. The transport closes a channel the broker refused a message on, so
+/// the retry goes through on a fresh channel once the queue has its new leader (without
+/// that, it is refused until the publish timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_publish_right_after_a_leader_died_goes_through() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    cluster(&["stop"])?;
+    cluster(&["start"])?;
+    let _running = Running;
+    let urls: Vec<String> = cluster(&["urls"])?.lines().map(str::to_string).collect();
+    assert_eq!(urls.len(), 3, "{urls:?}");
+    let b = Broker::start_at(&urls.join(",")).await?;
+    let id = InstanceId::random();
+    let message = |body: &[u8], message_id: &str| Outgoing {
+        destination: Destination::Task {
+            name: "probe".into(),
+        },
+        body: body.to_vec(),
+        message_id: message_id.to_string(),
+        instance: id.clone(),
+        dtask: "probe".to_string(),
+        trace: None,
+    };
+    // The queue, made by a first transport.
+    let first = b.transport().await?;
+    first.publish(vec![message(b"before", "m-1")]).await?;
+    let queue = format!("{}.task.probe", b.prefix());
+    let leader = leaders(b.prefix())?
+        .get(&queue)
+        .with_context(|| format!("no leader for {queue}"))?
+        .leader;
+    // A transport connected to another node, whose channels have published, but never
+    // to that queue.
+    let other = (1..=3).find(|n| *n != leader).unwrap_or(1);
+    let t = b
+        .transport_with(|c| {
+            c.with_urls([urls[other - 1].clone()])
+                .with_publish_timeout(Duration::from_secs(40))
+        })
+        .await?;
+    let warm = Outgoing {
+        destination: Destination::Task {
+            name: "warm".into(),
+        },
+        ..message(b"warm", "m-0")
+    };
+    t.publish(vec![warm]).await?;
+
+    let pid = cluster(&["pid", &leader.to_string()])?.trim().to_string();
+    let status = Command::new("kill").args(["-9", &pid]).status()?;
+    assert!(status.success(), "kill -9 {pid}");
+    let killed_at = Instant::now();
+    within(
+        Duration::from_secs(35),
+        "the first publish after the leader died",
+        t.publish(vec![message(b"after", "m-2")]),
+    )
+    .await??;
+    let took = killed_at.elapsed();
+    // Both messages are in the queue, now led by a survivor.
+    wait_for(Duration::from_secs(20), || async {
+        let out = ctl(&[
+            "list_queues",
+            "name",
+            "messages",
+            "--quiet",
+            "--no-table-headers",
+        ])?;
+        Ok(out
+            .lines()
+            .any(|l| l.split('\t').collect::<Vec<_>>() == [queue.as_str(), "2"]))
+    })
+    .await
+    .context("the queue does not hold both messages")?;
+    println!(
+        "a first publish on rabbit{other}@localhost to a queue whose leader \
+         rabbit{leader}@localhost was killed went through {} ms after the kill",
+        took.as_millis()
+    );
     drop(b);
     Ok(())
 }
