@@ -195,6 +195,8 @@ impl Shared {
         // for a channel under load).
         drop(ch);
         let mut first_err = None;
+        // A queue the broker refused a message for, if any.
+        let mut refused = None;
         let batch = pending.len();
         for (i, queue, kind, confirm) in pending {
             let outcome = match confirm.await {
@@ -229,6 +231,9 @@ impl Shared {
             match outcome {
                 Ok(p) => items[i].done = Some(p),
                 Err(e) => {
+                    if let AmqpError::Nacked(queue) = &e {
+                        refused.get_or_insert_with(|| queue.clone());
+                    }
                     first_err.get_or_insert(e);
                 }
             }
@@ -238,7 +243,7 @@ impl Shared {
             ::metrics::histogram!(CONFIRM_DURATION).record(started.elapsed().as_secs_f64());
             ::metrics::counter!(PUBLISHED).increment(batch as u64);
         }
-        if let Some(AmqpError::Nacked(queue)) = &first_err {
+        if let Some(queue) = refused {
             // RabbitMQ 3.10 keeps, per channel and quorum queue, what the channel's first
             // publish to the queue found: when that came just after the queue's leader
             // died (before its new leader was recorded), every later publish on the
