@@ -400,7 +400,7 @@ impl Shared {
                 }
             )
         }) {
-            self.nudge_cancels_later();
+            self.nudge_cancels().await;
         }
         // A keep-alive rings only when it found its mailbox.
         for (o, slot) in batch.iter().zip(&slots) {
@@ -427,9 +427,12 @@ impl Shared {
     }
 }
 
-/// When a process nudges `P.cancels` after it published a cancel record: the first wait,
-/// then the second.
+/// When a process nudges `P.cancels` again after it published a cancel record: the first
+/// wait, then the second.
 const CANCEL_NUDGES: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(3)];
+
+/// How long the publish of a cancel record waits for its first nudge.
+const FIRST_NUDGE_LIMIT: Duration = Duration::from_secs(5);
 
 // Markers in streams, and nudges: on RabbitMQ before 4.0.x a stream consumer attached to
 // a replica can miss the notice of a committed offset and read nothing more until the next
@@ -452,6 +455,21 @@ impl Shared {
     pub(crate) async fn nudge(&self, queue: &str, kind: Kind) -> Result<()> {
         let nudge = format!("nudge-{}", InstanceId::random());
         self.publish_marker(queue, kind, &nudge).await
+    }
+
+    /// After this process published a cancel record: nudges `P.cancels` at once (before
+    /// the publish returns, so that a process that exits right after a cancel, as
+    /// `dtasks cancel` does, writes one too; waited for up to [`FIRST_NUDGE_LIMIT`]), and
+    /// again later ([`Shared::nudge_cancels_later`]). Best effort: the record is durable
+    /// whatever becomes of its nudges.
+    async fn nudge_cancels(self: &Arc<Self>) {
+        let queue = self.topo.cancels();
+        match tokio::time::timeout(FIRST_NUDGE_LIMIT, self.nudge(&queue, Kind::Cancels)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(error = %e, "nudging the cancel records failed"),
+            Err(_) => debug!("nudging the cancel records took too long; left to the next nudge"),
+        }
+        self.nudge_cancels_later();
     }
 
     /// After this process published a cancel record: nudges `P.cancels` a second later

@@ -927,8 +927,9 @@ async fn task_deliveries_settled_at_once_and_out_of_order_settle_each_once() -> 
 
 /// A cancel record is followed by nudges of the cancel records' stream: markers nobody
 /// waits for, which make a worker's follower that missed the record's commit (a stream
-/// consumer on a replica, on RabbitMQ before 4.0) read it. The records published before
-/// a sequence's first nudge share its two nudges.
+/// consumer on a replica, on RabbitMQ before 4.0) read it. Each record's publish writes
+/// one at once; the records published before a later sequence's first nudge share its
+/// two nudges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_records_are_followed_by_nudges_of_their_stream() -> anyhow::Result<()> {
     let b = Broker::start().await?;
@@ -946,13 +947,14 @@ async fn cancel_records_are_followed_by_nudges_of_their_stream() -> anyhow::Resu
     let is_nudge = |d: &lapin::message::Delivery| {
         long_string(header(d, "x-dtasks-marker")).is_some_and(|m| m.starts_with("nudge-"))
     };
-    // The sequence's two nudges come 1 s and 4 s after the first record.
+    // One at once after each record, then the sequence's two, 1 s and 4 s after the
+    // first record.
     wait_for(Duration::from_secs(10), || async {
         let got = b.stream_messages(&stream).await?;
-        Ok(got.iter().filter(|d| is_nudge(d)).count() >= 2)
+        Ok(got.iter().filter(|d| is_nudge(d)).count() >= 4)
     })
     .await?;
-    // And no third: the second record did not start a sequence of its own.
+    // And no more: the second record did not start a sequence of its own.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let got = b.stream_messages(&stream).await?;
     let kinds: Vec<String> = got
@@ -965,6 +967,9 @@ async fn cancel_records_are_followed_by_nudges_of_their_stream() -> anyhow::Resu
             }
         })
         .collect();
-    assert_eq!(kinds, ["first", "second", "nudge", "nudge"]);
+    assert_eq!(
+        kinds,
+        ["first", "nudge", "second", "nudge", "nudge", "nudge"]
+    );
     b.cleanup().await
 }
