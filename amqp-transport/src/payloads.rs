@@ -22,7 +22,7 @@ use tracing::debug;
 use crate::conn;
 use crate::error::{AmqpError, Context, Result};
 use crate::follow::{NUDGE_FIRST, NUDGE_MAX};
-use crate::headers::{header_i64, header_str, properties, with_headers};
+use crate::headers::{header_i64, header_str, properties, with_headers, H_MARKER};
 use crate::publish::RawItem;
 use crate::shared::Shared;
 use crate::topology::{short, text, Kind};
@@ -37,8 +37,6 @@ const H_KEY: &str = "x-dtasks-payload";
 const H_INDEX: &str = "x-dtasks-chunk";
 /// Header: how many chunks the value has.
 const H_COUNT: &str = "x-dtasks-chunks";
-/// Header of the marker a reader publishes and stops at.
-const H_READ_MARKER: &str = "x-dtasks-payload-marker";
 
 /// How far before its write time a read starts, first and then when the value was not
 /// found: the stream's timestamps are the broker's clock, the locator the writer's. The
@@ -159,22 +157,16 @@ impl StreamPayloads {
         };
         // Everything written before this read comes before the marker.
         let marker = format!("payload-marker-{}", dtasks::InstanceId::random());
-        let props = with_headers(properties("", "", ""), vec![(H_READ_MARKER, text(&marker))]);
-        let mut item = [RawItem::to_queue(
-            queue.clone(),
-            Kind::Payloads,
-            Vec::new(),
-            props,
-        )];
-        self.shared.publish_raw(&mut item).await?;
+        self.shared
+            .publish_marker(&queue, Kind::Payloads, &marker)
+            .await?;
         let mut parts: Vec<Option<Vec<u8>>> = Vec::new();
         let mut missing = usize::MAX;
         let read = async {
             while let Some(next) = consumer.next().await {
                 let mut d = next.map_err(|e| AmqpError::broker(format!("reading `{queue}`"), e))?;
                 let ours = header_str(&d.properties, H_KEY).is_some_and(|k| k == r.key());
-                let marker_seen =
-                    header_str(&d.properties, H_READ_MARKER).is_some_and(|m| m == marker);
+                let marker_seen = header_str(&d.properties, H_MARKER).is_some_and(|m| m == marker);
                 if ours {
                     let index = header_i64(&d.properties, H_INDEX).unwrap_or(-1);
                     let count = header_i64(&d.properties, H_COUNT).unwrap_or(0);
@@ -215,8 +207,11 @@ impl StreamPayloads {
                     )));
                 }
                 debug!(queue = %queue, "a payload read is not over yet; nudging");
-                if let Err(e) = self.shared.nudge(&queue, Kind::Payloads).await {
-                    debug!(error = %e, "nudging the payloads failed");
+                // Bounded by the read's own limit: a nudge is never waited for past it.
+                let nudge = self.shared.nudge(&queue, Kind::Payloads);
+                match tokio::time::timeout_at(deadline, nudge).await {
+                    Ok(Ok(())) | Err(_) => {}
+                    Ok(Err(e)) => debug!(error = %e, "nudging the payloads failed"),
                 }
                 wait = (wait * 2).min(NUDGE_MAX);
             }
