@@ -29,6 +29,9 @@ usage: dtasks-bench [--quick] [--transport memory|amqp|all] [options]
   --out DIR            where the results go (default bench/results)
   --no-write           print the table only
   --probe              measure the broker's CPU per kind of operation, print it, and stop
+  --restate PATH|off   the program of bench/restate that measures Restate's W2 right after
+                       W2 on RabbitMQ (default: bench/restate/target/release/dtasks-bench-
+                       restate when built; off: the reference figure of an earlier sitting)
 
 The broker is AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f).";
 
@@ -47,6 +50,29 @@ pub(crate) struct Args {
     pub(crate) worker_mode: bool,
     pub(crate) probe: bool,
     pub(crate) prefix: Option<String>,
+    pub(crate) restate: Restate,
+}
+
+/// Whether Restate's W2 is measured in the run, and with what.
+#[derive(Debug)]
+pub(crate) enum Restate {
+    /// With `bench/restate`'s program where it is built, else not.
+    IfBuilt,
+    /// With this program; a run where it fails fails.
+    Program(PathBuf),
+    /// Not measured.
+    Off,
+}
+
+impl Restate {
+    /// The program to run, if any.
+    pub(crate) fn program(&self) -> Option<PathBuf> {
+        match self {
+            Restate::IfBuilt => Some(crate::restate::default_program()).filter(|p| p.is_file()),
+            Restate::Program(p) => Some(p.clone()),
+            Restate::Off => None,
+        }
+    }
 }
 
 /// The command line, parsed.
@@ -71,6 +97,7 @@ pub(crate) fn parse_args() -> anyhow::Result<Args> {
         worker_mode: false,
         probe: false,
         prefix: None,
+        restate: Restate::IfBuilt,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -116,6 +143,12 @@ pub(crate) fn parse_args() -> anyhow::Result<Args> {
             "--worker-mode" => a.worker_mode = true,
             "--probe" => a.probe = true,
             "--prefix" => a.prefix = Some(value("--prefix")?),
+            "--restate" => {
+                a.restate = match value("--restate")?.as_str() {
+                    "off" => Restate::Off,
+                    path => Restate::Program(path.into()),
+                }
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);

@@ -19,6 +19,7 @@ mod probe;
 mod raw;
 mod recovery;
 mod report;
+mod restate;
 mod signal;
 mod stats;
 mod stores;
@@ -290,6 +291,21 @@ async fn run_amqp(
                     env.delete_registers(Some(admin)).await?;
                 }
                 out.set.w2 = median_run(runs);
+                if let Some(program) = a.restate.program() {
+                    step("Restate: W2 (bench/restate)");
+                    let r = restate::run(&program, z.w2_parents, z.w2_width, s.payload as usize, z.reps)
+                        .await
+                        .context("measuring Restate's W2 (--restate off skips it)")?;
+                    step(&format!(
+                        "Restate: W2 median {:.0} steps/s ({})",
+                        r.median_steps_per_s, r.server
+                    ));
+                    out.set.restate_w2 = Some(r);
+                } else {
+                    notes.push(
+                        "Restate's W2 was not measured in this run (bench/restate not built, or --restate off): the fan-in target uses the reference figure of an earlier sitting".into(),
+                    );
+                }
             }
             if a.wants("w3") {
                 step("RabbitMQ: W3");

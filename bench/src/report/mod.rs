@@ -56,6 +56,8 @@ pub(crate) struct Set {
     /// (RabbitMQ only).
     pub(crate) w1b_call0: Vec<Run>,
     pub(crate) w2: Option<Run>,
+    /// Restate's W2, measured right after W2 (RabbitMQ only; `bench/restate`).
+    pub(crate) restate_w2: Option<crate::restate::RestateW2>,
     pub(crate) w3: Option<Run>,
     /// M1, one run per model (the in-memory set also holds the engine-alone runs).
     pub(crate) m1: Vec<M1Run>,

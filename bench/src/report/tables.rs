@@ -115,6 +115,23 @@ impl Report {
             int(sps(&aw2)),
             f2(sps(&aw2) / raw_sps)
         );
+        if let Some(r) = a.and_then(|x| x.restate_w2.as_ref()) {
+            let reps: Vec<String> = r.reps.iter().map(|&x| int(x)).collect();
+            let _ = writeln!(
+                o,
+                "| W2 on Restate | steps/s ({}, one node, the Restate Rust SDK: the same fan-out, measured right after; the median of {}: {}) | — | {} | {} |",
+                r.server,
+                r.reps.len(),
+                reps.join(", "),
+                int(r.median_steps_per_s),
+                f2(r.median_steps_per_s / raw_sps)
+            );
+            let _ = writeln!(
+                o,
+                "| W2 | RabbitMQ ÷ Restate | | **{}×** | |",
+                f2(sps(&aw2) / r.median_steps_per_s)
+            );
+        }
         // W3
         let w3 = |set: Option<&Set>| set.and_then(|x| x.w3.clone());
         let (mw3, aw3) = (w3(m), w3(a));
