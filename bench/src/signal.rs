@@ -73,7 +73,9 @@ pub(crate) struct RawRoundTrip {
     publish: Channel,
     replies: Consumer,
     request_queue: String,
-    responder: JoinHandle<()>,
+    responder: JoinHandle<String>,
+    /// Why the responder stopped, once it did (the rounds after that are not run).
+    stopped: Option<String>,
 }
 
 /// The raw round trip's queues under `prefix`: requests, replies.
@@ -150,16 +152,20 @@ impl RawRoundTrip {
             )
             .await?;
         let reply_queue = reply.clone();
+        // It returns why it stopped: a round waiting for a reply then fails at once, with
+        // that reason, instead of after its limit.
         let responder = tokio::spawn(async move {
-            while let Some(Ok(d)) = requests.next().await {
-                if publish_confirmed(&rpub, &reply_queue, &d.data)
-                    .await
-                    .is_err()
-                {
-                    return;
+            loop {
+                let d = match requests.next().await {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => return format!("its consumer failed: {e}"),
+                    None => return "its consumer ended".to_string(),
+                };
+                if let Err(e) = publish_confirmed(&rpub, &reply_queue, &d.data).await {
+                    return format!("its reply failed: {e}");
                 }
-                if d.acker.ack(BasicAckOptions::default()).await.is_err() {
-                    return;
+                if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
+                    return format!("its ack failed: {e}");
                 }
             }
         });
@@ -185,19 +191,34 @@ impl RawRoundTrip {
             replies,
             request_queue: req,
             responder,
+            stopped: None,
         })
     }
 
     /// One round: `(publish → reply, publish → confirmed)` in ms.
+    /// Fails at once once the responder has stopped.
     async fn round(&mut self, n: u64) -> Result<(f64, f64), String> {
+        if let Some(why) = &self.stopped {
+            return Err(format!(
+                "raw round {n} not run: the responder stopped ({why})"
+            ));
+        }
         let body = n.to_le_bytes();
         let t0 = Instant::now();
         publish_confirmed(&self.publish, &self.request_queue, &body).await?;
         let sent = t0.elapsed();
-        let d = match tokio::time::timeout(LIMIT, self.replies.next()).await {
-            Ok(Some(Ok(d))) => d,
-            Ok(other) => return Err(format!("raw reply consumer ended: {other:?}")),
-            Err(_) => return Err(format!("raw round {n}: no reply within {LIMIT:?}")),
+        let reply = tokio::select! {
+            r = tokio::time::timeout(LIMIT, self.replies.next()) => Some(r),
+            why = &mut self.responder => {
+                let why = why.unwrap_or_else(|e| format!("it panicked: {e}"));
+                self.stopped = Some(why.clone());
+                return Err(format!("raw round {n}: the responder stopped ({why})"));
+            }
+        };
+        let d = match reply {
+            Some(Ok(Some(Ok(d)))) => d,
+            Some(Ok(other)) => return Err(format!("raw reply consumer ended: {other:?}")),
+            _ => return Err(format!("raw round {n}: no reply within {LIMIT:?}")),
         };
         let took = t0.elapsed();
         d.acker

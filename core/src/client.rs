@@ -1,14 +1,11 @@
 //! Starting instances and getting their results from any process.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use futures::stream::BoxStream;
-use futures::StreamExt;
-use tokio::sync::{oneshot, OnceCell};
-use tracing::{debug, info_span, warn, Instrument};
+use tokio::sync::OnceCell;
+use tracing::{debug, info_span, Instrument};
 
 use serde::de::DeserializeOwned;
 
@@ -21,15 +18,21 @@ use crate::protocol::outgoing::Outgoing;
 use crate::protocol::state::{new_claim_nonce, InstanceId, InstanceState, Outcome, ReplyTo};
 use crate::registry::Registry;
 use crate::store::{
-    Fact, FactKind, InstanceInfo, InstanceStore, IntoPayloads, IntoStore, PayloadStore, Payloads,
+    Fact, FactKind, InstanceStore, IntoPayloads, IntoStore, PayloadStore, Payloads,
     DEFAULT_PAYLOAD_THRESHOLD,
 };
-use crate::transport::{IntoTransport, Reply, Transport};
+use crate::transport::{IntoTransport, Transport};
 
 mod budget;
 mod cancel;
 mod events;
+mod handle;
 mod manage;
+mod replies;
+
+use handle::Early;
+pub use handle::{Handle, Untyped};
+use replies::ReplyHub;
 
 /// Starts DTask instances and reads their results. Cheap to clone.
 ///
@@ -449,252 +452,10 @@ fn no_store() -> Error {
     )
 }
 
-type Waiters = Arc<Mutex<HashMap<InstanceId, oneshot::Sender<Vec<u8>>>>>;
-
-/// A client's reply queue: one reader task hands each result to the call waiting for it.
-struct ReplyHub {
-    /// The reply queue's name.
-    client: String,
-    waiters: Waiters,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl ReplyHub {
-    async fn start(transport: Arc<dyn Transport>) -> Result<Self, Error> {
-        let client = format!("c-{}", InstanceId::random());
-        let queues = transport
-            .replies()
-            .ok_or_else(|| Error::config("this transport has no reply queues"))?;
-        let replies = queues.consume_replies(&client).await?;
-        let waiters: Waiters = Arc::default();
-        let reader = tokio::spawn(read_replies(replies, waiters.clone()));
-        Ok(Self {
-            client,
-            waiters,
-            reader,
-        })
-    }
-
-    /// Registers a call waiting for the result of `id`.
-    fn wait(&self, id: &InstanceId) -> Waiting {
-        let (tx, rx) = oneshot::channel();
-        lock(&self.waiters).insert(id.clone(), tx);
-        Waiting {
-            id: id.clone(),
-            waiters: self.waiters.clone(),
-            rx,
-        }
-    }
-}
-
-impl Drop for ReplyHub {
-    fn drop(&mut self) {
-        // The last clone of the client is gone: stop reading (unread replies stay queued),
-        // and tell any call still waiting.
-        self.reader.abort();
-        lock(&self.waiters).clear();
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A call waiting for its result; dropped, it stops waiting.
-struct Waiting {
-    id: InstanceId,
-    waiters: Waiters,
-    rx: oneshot::Receiver<Vec<u8>>,
-}
-
-impl Waiting {
-    async fn result(mut self) -> Result<Vec<u8>, Error> {
-        (&mut self.rx)
-            .await
-            .map_err(|_| Error::transport("the reply queue's reader stopped"))
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        lock(&self.waiters).remove(&self.id);
-    }
-}
-
-async fn read_replies(mut replies: BoxStream<'static, Result<Reply, Error>>, waiters: Waiters) {
-    while let Some(next) = replies.next().await {
-        match next {
-            Ok(reply) => {
-                let waiting = lock(&waiters).remove(&reply.instance);
-                match waiting {
-                    Some(tx) => {
-                        let _ = tx.send(reply.body);
-                    }
-                    // A second result of redone work, or the result of a dropped call.
-                    None => debug!(instance = %reply.instance, "a reply nobody waits for"),
-                }
-                if let Err(e) = reply.settle.ack().await {
-                    warn!(error = %e, "acking a reply failed; it may come again");
-                }
-            }
-            Err(e) => warn!(error = %e, "reading the reply queue failed"),
-        }
-    }
-    // The stream ended: the calls still waiting get an error.
-    lock(&waiters).clear();
-}
-
-/// The result type of handles from [`Client::start_by_name`]: read them with
-/// [`Handle::result_bytes`], or convert with [`Handle::typed`].
-#[derive(Debug, Clone, Copy)]
-pub enum Untyped {}
-
-/// A handle to a root instance: its id, its status and its result.
-pub struct Handle<T> {
-    id: InstanceId,
-    store: Option<Arc<dyn InstanceStore>>,
-    /// Where a result stored out of band is read.
-    payloads: Payloads,
-    /// The result on its way to this client's reply queue (a handle from a start).
-    early: Option<Arc<Early>>,
-    _t: PhantomData<fn() -> T>,
-}
-
-impl<T> Clone for Handle<T> {
-    fn clone(&self) -> Self {
-        Self {
-            id: self.id.clone(),
-            store: self.store.clone(),
-            payloads: self.payloads.clone(),
-            early: self.early.clone(),
-            _t: PhantomData,
-        }
-    }
-}
-
-/// The news that a root this process started finished, as its result comes back on the
-/// reply queue: awaited once, kept for every clone of the handle. Only the news is used:
-/// the result that stands is read from the store.
-struct Early {
-    waiting: Mutex<Option<Waiting>>,
-    finished: OnceCell<bool>,
-    /// The reply queue's reader stays while a handle may wait on it, even when the
-    /// client that started the instance is gone.
-    _hub: Arc<OnceCell<ReplyHub>>,
-}
-
-impl Early {
-    fn new(waiting: Waiting, hub: Arc<OnceCell<ReplyHub>>) -> Self {
-        Self {
-            waiting: Mutex::new(Some(waiting)),
-            finished: OnceCell::new(),
-            _hub: hub,
-        }
-    }
-
-    /// Whether the reply came (`false` when the reply queue's reader stopped first).
-    async fn finished(&self) -> bool {
-        *self
-            .finished
-            .get_or_init(|| async {
-                let waiting = lock(&self.waiting).take();
-                match waiting {
-                    Some(w) => w.result().await.is_ok(),
-                    None => false,
-                }
-            })
-            .await
-    }
-}
-
-impl<T> fmt::Debug for Handle<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Handle").field("id", &self.id).finish()
-    }
-}
-
-impl<T> Handle<T> {
-    /// The instance's id: keep it to get the result later with [`Client::handle`].
-    pub fn id(&self) -> &InstanceId {
-        &self.id
-    }
-
-    /// The instance's status; [`Error::is_not_found`] when the store holds nothing of it.
-    pub async fn status(&self) -> Result<Status, Error> {
-        Ok(self.info().await?.status)
-    }
-
-    /// What the store knows of the instance; [`Error::is_not_found`] when nothing.
-    pub async fn info(&self) -> Result<InstanceInfo, Error> {
-        let store = self.store.as_ref().ok_or_else(no_store)?;
-        store
-            .get(&self.id)
-            .await?
-            .ok_or_else(|| Error::not_found(self.id.as_str()))
-    }
-
-    /// Waits for the result and returns it as MessagePack bytes; [`Error::is_not_found`]
-    /// at once when the store holds nothing of the instance.
-    ///
-    /// A handle from [`Client::start`] learns of the finish on the client's reply queue and
-    /// then reads the result (no polling); any other handle waits for it in the instance
-    /// store. Either way the result is the one the store recorded first.
-    pub async fn result_bytes(&self) -> Result<Vec<u8>, Error> {
-        let store = self.store.as_ref().ok_or_else(no_store)?;
-        // The reply says that it finished; the store holds the result that stands (the
-        // first recorded: the reply of a step redone after a crash may carry another).
-        let finished = match &self.early {
-            Some(early) => early.finished().await,
-            None => false,
-        };
-        let info = if finished {
-            store.read_finished(&self.id).await?
-        } else {
-            store.wait_finished(&self.id).await?
-        };
-        let bytes = info
-            .result_bytes()
-            .unwrap_or_else(|| Err(Error::transport("a finished instance without its result")))?;
-        // A result stored out of band is read from the payload store.
-        self.payloads.resolve(bytes).await
-    }
-
-    /// The same instance with a different result type.
-    pub fn typed<U>(self) -> Handle<U> {
-        Handle {
-            id: self.id,
-            store: self.store,
-            payloads: self.payloads,
-            early: self.early,
-            _t: PhantomData,
-        }
-    }
-}
-
 fn outcome_bytes(record: &[u8]) -> Result<Vec<u8>, Error> {
     let rec: ResultRecord = decode(record)?;
     match rec.outcome {
         Outcome::Ok(b) => Ok(b),
         Outcome::Failed(f) => Err(Error::failed(f)),
-    }
-}
-
-impl<T: DeserializeOwned> Handle<T> {
-    /// Waits for the instance to finish and returns its result, or
-    /// [`Error::is_failed`] with its [`Failure`](crate::Failure).
-    pub async fn result(&self) -> Result<T, Error> {
-        let bytes = self.result_bytes().await?;
-        decode_value(&bytes).map_err(Error::decode)
-    }
-
-    /// The result if the instance has finished, without waiting.
-    pub async fn try_result(&self) -> Result<Option<T>, Error> {
-        match self.info().await?.result_bytes() {
-            None => Ok(None),
-            Some(bytes) => {
-                let bytes = self.payloads.resolve(bytes?).await?;
-                decode_value(&bytes).map(Some).map_err(Error::decode)
-            }
-        }
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::protocol::codec::encode;
+use crate::protocol::message::MailboxItem;
 use crate::protocol::outgoing::Destination;
 use crate::protocol::state::{from_millis, InstanceId};
 
