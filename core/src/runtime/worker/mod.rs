@@ -1,8 +1,8 @@
 //! The worker: consumes a transport's queues and runs the steps of DTask instances.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,29 +14,29 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::config::WorkerConfig;
+use dedupe::{Dedupe, Taken};
+use stats::Stats;
+pub use stats::WorkerStats;
+
+mod dedupe;
+mod merge;
+mod newer;
+mod stats;
 use super::{claim, facts};
-use crate::engine::{Engine, Probes, Settlement, Stepped};
+use crate::engine::{Engine, Probes, Stepped};
 use crate::error::Error;
 use crate::metrics;
 use crate::protocol::codec;
 use crate::protocol::message::TaskMessage;
-use crate::protocol::{probe, InstanceId, ENVELOPE_VERSION, OLDEST_ENVELOPE_VERSION};
+use crate::protocol::{InstanceId, ENVELOPE_VERSION};
 use crate::store::{InstanceStore, Payloads};
 use crate::trace;
 use crate::transport::{
-    Delivery, DeliveryKind, Destination, IntoTransport, MailboxMessage, Outgoing, Published,
-    Settle, Transport,
+    Delivery, DeliveryKind, Destination, IntoTransport, Outgoing, Published, Settle, Transport,
 };
 
 /// How long a root's first step runs before its status is written as `Running`.
 const RUNNING_AFTER: Duration = Duration::from_millis(50);
-
-/// How long a message of a newer build is held before it is put back: it goes round the
-/// consumers of its queue at this pace rather than in a tight loop.
-const HAND_BACK_PAUSE: Duration = Duration::from_secs(1);
-
-/// How many messages of a newer build a worker counts the patience of at once.
-const NEWER_REMEMBERED: usize = 10_000;
 
 /// Runs DTask instances: consumes the task queues of its registered DTasks and the
 /// mailbox doorbells, and handles each delivery (ack only after every message it caused
@@ -72,140 +72,6 @@ struct Inner {
     newer_patience: Duration,
     /// When this worker first handed back each message (or mailbox) of a newer build.
     newer: Mutex<HashMap<String, Instant>>,
-}
-
-#[derive(Default)]
-struct Stats {
-    processed: AtomicU64,
-    in_flight: AtomicU64,
-    dead_lettered: AtomicU64,
-    duplicate_results: AtomicU64,
-    inlined: AtomicU64,
-    duplicate_starts: AtomicU64,
-    handed_back: AtomicU64,
-}
-
-/// Counters of a worker.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WorkerStats {
-    /// Deliveries handled to completion.
-    pub processed: u64,
-    /// Deliveries being handled now.
-    pub in_flight: u64,
-    /// Deliveries moved to the dead-letter queue.
-    pub dead_lettered: u64,
-    /// Result writes refused because the instance's result was already recorded (work
-    /// redone after a redelivery; the first result stands).
-    pub duplicate_results: u64,
-    /// Steps run inline, within the delivery of the step before them
-    /// ([`WorkerConfig::inline_steps`]); not counted in `processed`.
-    pub inlined: u64,
-    /// Starts dropped without running because another start holds their id: a second
-    /// [`Client::start_with_id`](crate::Client::start_with_id) of an id, whose client was
-    /// told [`Error::is_already_started`].
-    pub duplicate_starts: u64,
-    /// Deliveries of messages written by a newer build, put back for a newer worker
-    /// ([`WorkerConfig::newer_message_patience`]).
-    pub handed_back: u64,
-}
-
-impl std::ops::Add for WorkerStats {
-    type Output = WorkerStats;
-
-    fn add(self, o: WorkerStats) -> WorkerStats {
-        WorkerStats {
-            processed: self.processed + o.processed,
-            in_flight: self.in_flight + o.in_flight,
-            dead_lettered: self.dead_lettered + o.dead_lettered,
-            duplicate_results: self.duplicate_results + o.duplicate_results,
-            inlined: self.inlined + o.inlined,
-            duplicate_starts: self.duplicate_starts + o.duplicate_starts,
-            handed_back: self.handed_back + o.handed_back,
-        }
-    }
-}
-
-/// The message ids of recent deliveries: those being handled, and those whose work is
-/// done (published). A redelivery of done work is dropped. A redelivery of work still
-/// being handled waits for that handling: when it ends done, the redelivery is dropped;
-/// when it fails (its publish lost with the connection, say) or is put back, the
-/// redelivery is handled. So a message delivered twice at once runs once, and one whose
-/// first handling failed after the redelivery came still runs.
-struct Dedupe {
-    cap: usize,
-    /// Each id, and whether its work is done (else who waits for its handling to end).
-    seen: HashMap<String, Seen>,
-    order: VecDeque<String>,
-}
-
-enum Seen {
-    /// Being handled: the redeliveries waiting for it are woken when it ends.
-    Handling(Arc<tokio::sync::Notify>),
-    Done,
-}
-
-/// What to do with a delivery, by its id.
-enum Taken {
-    /// Handle it: its id is now marked as being handled.
-    Fresh,
-    /// Drop it: its work is done.
-    Done,
-    /// Wait for the handling of the same id to end, then ask again.
-    Wait(Arc<tokio::sync::Notify>),
-}
-
-impl Dedupe {
-    fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            seen: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    /// Marks `id` as being handled, unless it is done or being handled already.
-    fn take(&mut self, id: &str) -> Taken {
-        if self.cap == 0 {
-            return Taken::Fresh;
-        }
-        match self.seen.get(id) {
-            Some(Seen::Done) => return Taken::Done,
-            Some(Seen::Handling(n)) => return Taken::Wait(n.clone()),
-            None => {}
-        }
-        self.seen.insert(
-            id.to_string(),
-            Seen::Handling(Arc::new(tokio::sync::Notify::new())),
-        );
-        self.order.push_back(id.to_string());
-        while self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                if let Some(Seen::Handling(n)) = self.seen.remove(&old) {
-                    n.notify_waiters();
-                }
-            }
-        }
-        Taken::Fresh
-    }
-
-    /// Marks the work of `id` done: its messages are published.
-    fn done(&mut self, id: &str) {
-        if let Some(seen) = self.seen.get_mut(id) {
-            if let Seen::Handling(n) = std::mem::replace(seen, Seen::Done) {
-                n.notify_waiters();
-            }
-        }
-    }
-
-    /// Forgets `id` unless its work is done: its delivery is put back.
-    fn release(&mut self, id: &str) {
-        if matches!(self.seen.get(id), Some(Seen::Handling(_))) {
-            if let Some(Seen::Handling(n)) = self.seen.remove(id) {
-                n.notify_waiters();
-            }
-        }
-    }
 }
 
 impl Worker {
@@ -379,7 +245,7 @@ impl Inner {
     /// Whether the handling `notify` belongs to has ended since it was handed out.
     fn dedupe_settled(&self, id: &str, notify: &Arc<tokio::sync::Notify>) -> bool {
         let dedupe = self.dedupe.lock().unwrap_or_else(|p| p.into_inner());
-        !matches!(dedupe.seen.get(id), Some(Seen::Handling(n)) if Arc::ptr_eq(n, notify))
+        dedupe.ended(id, notify)
     }
 
     /// Forgets a message id taken for a delivery that is put back: its redelivery is news.
@@ -390,92 +256,6 @@ impl Inner {
                 .unwrap_or_else(|p| p.into_inner())
                 .release(id);
         }
-    }
-
-    /// Merges the messages `items` drained from the mailbox of `instance` (under the
-    /// doorbell `settle`) into its state, in a span that continues the trace of the first
-    /// drained message that has one, linked to the rest.
-    async fn merge(
-        &self,
-        instance: InstanceId,
-        items: Vec<MailboxMessage>,
-        settle: Box<dyn Settle>,
-        slot: OwnedSemaphorePermit,
-    ) {
-        let span = info_span!("dtask.mailbox", instance = %instance, items = items.len());
-        trace::continue_and_link(&span, items.iter().filter_map(|m| m.trace.as_ref()));
-        async {
-            // An item of a newer build: the drain is put back whole, for a newer worker to
-            // merge once it holds the doorbell's shard; after the patience, the engine fails
-            // the instance for the item it cannot read.
-            let newer = items
-                .iter()
-                .filter_map(|m| codec::revision(&m.body))
-                .any(|r| r > ENVELOPE_VERSION);
-            if newer && self.newer_patient(&format!("mailbox:{instance}")) {
-                debug!("a mailbox item written by a newer build; handed back for a newer worker");
-                drop(slot);
-                for m in items {
-                    let _ = m.settle.requeue().await;
-                }
-                self.put_back(settle).await;
-                return;
-            }
-            let bodies: Vec<Vec<u8>> = items.iter().map(|m| m.body.clone()).collect();
-            let plan = match self.engine.handle_mailbox(&bodies, self.transport.now()).await {
-                Ok(plan) => plan,
-                Err(e) => {
-                    warn!(error = %e, "a mailbox step's payloads failed; it will be retried");
-                    drop(slot);
-                    for m in items {
-                        let _ = m.settle.requeue().await;
-                    }
-                    let _ = settle.requeue().await;
-                    return;
-                }
-            };
-            drop(slot);
-            match self.emit(plan.outputs).await {
-                Ok(report) => self.count_duplicates(&report),
-                Err(e) => {
-                    warn!(error = %e, "publishing a mailbox step failed; it will be retried");
-                    for m in items {
-                        let _ = m.settle.requeue().await;
-                    }
-                    let _ = settle.requeue().await;
-                    return;
-                }
-            }
-            // Deleted before what was drained is settled: a crash in between leaves
-            // nothing (the drained messages went with the mailbox).
-            if plan.delete {
-                if let Err(e) = self.transport.delete_mailbox(&instance).await {
-                    warn!(error = %e, "deleting a finished instance's mailbox failed; it will be retried");
-                    for m in items {
-                        let _ = m.settle.requeue().await;
-                    }
-                    let _ = settle.requeue().await;
-                    return;
-                }
-            }
-            for (m, (how, reason)) in items.into_iter().zip(plan.settle) {
-                let _ = match how {
-                    Settlement::Ack => m.settle.ack().await,
-                    Settlement::Requeue => m.settle.requeue().await,
-                    Settlement::DeadLetter => {
-                        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-::metrics::counter!(metrics::DEAD_LETTERS).increment(1);
-                        m.settle.dead_letter(reason).await
-                    }
-                };
-            }
-            if plan.waiting_for_state {
-                debug!("events wait for the instance's state");
-            }
-            let _ = settle.ack().await;
-        }
-        .instrument(span)
-        .await;
     }
 
     /// Records the facts among `outputs` and publishes the rest (see [`facts::emit`]).
@@ -497,138 +277,6 @@ impl Inner {
             self.stats.duplicate_results.fetch_add(n, Ordering::Relaxed);
             ::metrics::counter!(metrics::DUPLICATE_RESULTS).increment(n);
         }
-    }
-
-    /// Whether a message (or mailbox) `key` of a newer build is still within this worker's
-    /// patience: counted from the first time this worker handed it back.
-    fn newer_patient(&self, key: &str) -> bool {
-        let mut newer = self.newer.lock().unwrap_or_else(|p| p.into_inner());
-        if newer.len() >= NEWER_REMEMBERED && !newer.contains_key(key) {
-            let patience = self.newer_patience;
-            newer.retain(|_, at| at.elapsed() < patience);
-            if newer.len() >= NEWER_REMEMBERED {
-                // Still full: the patience of this one starts when there is room.
-                return true;
-            }
-        }
-        let first = *newer.entry(key.to_string()).or_insert_with(Instant::now);
-        if first.elapsed() < self.newer_patience {
-            return true;
-        }
-        newer.remove(key);
-        false
-    }
-
-    /// Puts a delivery of a newer build back after [`HAND_BACK_PAUSE`]: a newer worker
-    /// consuming the same queue may take it (a drain, or a task message whose frozen
-    /// fields cannot be read: a requeue, counted as a redelivery).
-    async fn put_back(&self, settle: Box<dyn Settle>) {
-        self.stats.handed_back.fetch_add(1, Ordering::Relaxed);
-        ::metrics::counter!(metrics::HANDED_BACK).increment(1);
-        tokio::time::sleep(HAND_BACK_PAUSE).await;
-        let _ = settle.requeue().await;
-    }
-
-    /// Hands a task message of a newer build back as a fresh copy, after
-    /// [`HAND_BACK_PAUSE`]: published to the task queue of its DTask (its frozen fields
-    /// name both), then the delivery acked. A requeue would count as a redelivery (a
-    /// quorum queue's delivery count), and the newer worker that finally takes a message
-    /// handed back more often than its retry budget would dead-letter it; a copy starts
-    /// at none. A crash between the publish and the ack leaves two copies of one message
-    /// id, which the worker that runs them takes once. When the publish fails, the
-    /// delivery is requeued.
-    async fn put_back_copy(
-        &self,
-        body: Vec<u8>,
-        message_id: String,
-        p: probe::Probe,
-        trace: Option<trace::TraceContext>,
-        settle: Box<dyn Settle>,
-    ) {
-        self.stats.handed_back.fetch_add(1, Ordering::Relaxed);
-        ::metrics::counter!(metrics::HANDED_BACK).increment(1);
-        tokio::time::sleep(HAND_BACK_PAUSE).await;
-        let copy = Outgoing {
-            destination: Destination::Task {
-                name: p.name.clone(),
-            },
-            body,
-            message_id,
-            instance: p.id,
-            dtask: p.name,
-            trace,
-        };
-        match self.transport.publish(vec![copy]).await {
-            Ok(_) => {
-                let _ = settle.ack().await;
-            }
-            Err(e) => {
-                debug!(error = %e, "publishing a handed-back copy failed; requeued instead");
-                let _ = settle.requeue().await;
-            }
-        }
-    }
-
-    /// Handles a task message of the newer envelope revision `revision`: hands it back
-    /// within the patience; after it, fails its instance where its frozen fields say who
-    /// waits (see [`ENVELOPE_VERSION`]) and dead-letters it.
-    async fn hand_back_task(
-        &self,
-        body: Vec<u8>,
-        revision: u8,
-        message_id: Option<String>,
-        trace: Option<trace::TraceContext>,
-        settle: Box<dyn Settle>,
-    ) {
-        let key = match &message_id {
-            Some(id) => id.clone(),
-            None => {
-                use std::hash::{Hash as _, Hasher as _};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                body.hash(&mut h);
-                format!("body:{:016x}", h.finish())
-            }
-        };
-        if self.newer_patient(&key) {
-            debug!(
-                message_id = %key,
-                revision,
-                "a message written by a newer build; handed back for a newer worker"
-            );
-            match probe::task(&body) {
-                Some(p) => self.put_back_copy(body, key, p, trace, settle).await,
-                None => self.put_back(settle).await,
-            }
-            return;
-        }
-        let mut reason = format!(
-            "written by a newer build (envelope revision {revision}; this build reads \
-             revisions {OLDEST_ENVELOPE_VERSION} to {ENVELOPE_VERSION}), and no worker that \
-             reads it took it within {:?}",
-            self.newer_patience
-        );
-        match probe::task(&body) {
-            Some(p) => {
-                let failure = self.engine.fail_newer(p, &reason, self.transport.now());
-                if !failure.is_empty() {
-                    if let Err(e) = self.emit(failure).await {
-                        warn!(error = %e, "publishing the failure of a newer build's instance failed; it will be retried");
-                        let _ = settle.requeue().await;
-                        return;
-                    }
-                } else {
-                    reason.push_str(
-                        "; its instance was not failed (its parent rides in it, or nobody \
-                         waits for it): replay this letter once a newer worker runs",
-                    );
-                }
-            }
-            None => reason.push_str("; its instance could not be named"),
-        }
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        ::metrics::counter!(metrics::DEAD_LETTERS).increment(1);
-        warn!(message_id = %key, %reason, "dead-lettering a message of a newer build");
-        let _ = settle.dead_letter(reason).await;
     }
 
     /// Moves a task message that cannot be handled to the dead-letter queue, after ending
