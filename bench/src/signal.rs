@@ -233,10 +233,13 @@ impl RawRoundTrip {
 
     /// Stops the responder and closes the connections.
     pub(crate) async fn stop(self) {
-        self.responder.abort();
+        // The connections first: a channel dropped with the aborted responder closes on
+        // its own, and lapin takes the broker's close of a channel it is closing for a
+        // connection error.
         for c in self.conns {
             let _ = c.close(200, "OK".into()).await;
         }
+        self.responder.abort();
     }
 }
 
