@@ -261,8 +261,10 @@ pub(crate) async fn handoff(spec: &RawSpec, broker: Option<&str>) -> anyhow::Res
             spec.chains
         ));
     }
-    for (conn, ch) in conns {
-        let _ = ch.close(200, "OK".into()).await;
+    // Each connection closes its channels with it (a channel closed on its own first
+    // while its consumer task still held the publish channel made lapin end the
+    // connection with an error).
+    for (conn, _ch) in conns {
         let _ = conn.close(200, "OK".into()).await;
     }
     let _ = seed_conn.close(200, "OK".into()).await;
