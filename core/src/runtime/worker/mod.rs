@@ -522,12 +522,7 @@ impl Inner {
                     }
                     Err(e) => {
                         warn!(error = %e, "publishing a step's messages failed; the message will be redelivered");
-                        if let Some(id) = &message_id {
-                            self.dedupe
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .release(id);
-                        }
+                        self.forget(message_id.as_deref());
                         let _ = settle.requeue().await;
                     }
                 }
