@@ -9,6 +9,10 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// dead-letter queue keeps.
 pub const DEFAULT_DEAD_LETTERS: u32 = 10_000;
 
+/// The default of [`AmqpConfig::with_task_packs`]: how many task messages of one publish
+/// one AMQP message carries at most.
+pub const DEFAULT_TASK_PACKS: u16 = 16;
+
 /// The most bytes of bodies the dead-letter queue keeps (its `x-max-length-bytes`): past
 /// it, the oldest letters are dropped.
 pub const DEAD_LETTER_BYTES: u64 = 256 * 1024 * 1024;
@@ -62,6 +66,7 @@ pub struct AmqpConfig {
     pub(crate) dead_letters: u32,
     pub(crate) quorum_mailboxes: bool,
     pub(crate) task_queues: u16,
+    pub(crate) task_packs: u16,
 }
 
 impl AmqpConfig {
@@ -86,6 +91,7 @@ impl AmqpConfig {
             dead_letters: DEFAULT_DEAD_LETTERS,
             quorum_mailboxes: false,
             task_queues: 1,
+            task_packs: DEFAULT_TASK_PACKS,
         }
     }
 
@@ -93,7 +99,8 @@ impl AmqpConfig {
     /// addresses of several nodes of a cluster separated by commas, see
     /// [`AmqpConfig::with_urls`]), `DTASKS_PREFIX` (default [`DEFAULT_PREFIX`]),
     /// `DTASKS_QUORUM_MAILBOXES` (`1` or `true`: [`AmqpConfig::with_quorum_mailboxes`]),
-    /// `DTASKS_TASK_QUEUES` ([`AmqpConfig::with_task_queues`]) and
+    /// `DTASKS_TASK_QUEUES` ([`AmqpConfig::with_task_queues`]),
+    /// `DTASKS_TASK_PACKS` ([`AmqpConfig::with_task_packs`]) and
     /// `DTASKS_PUBLISH_CHANNELS` ([`AmqpConfig::with_publish_channels`]).
     pub fn from_env() -> Self {
         let url = std::env::var("AMQP_URL")
@@ -121,6 +128,12 @@ impl AmqpConfig {
             .and_then(|v| v.parse::<u16>().ok())
         {
             cfg.task_queues = n;
+        }
+        if let Some(n) = std::env::var("DTASKS_TASK_PACKS")
+            .ok()
+            .and_then(|v| v.parse::<u16>().ok())
+        {
+            cfg.task_packs = n;
         }
         if let Some(n) = std::env::var("DTASKS_PUBLISH_CHANNELS")
             .ok()
@@ -290,6 +303,22 @@ impl AmqpConfig {
         self
     }
 
+    /// How many task messages one AMQP message may carry (default [`DEFAULT_TASK_PACKS`],
+    /// 1 to 1024; 1: each alone). The messages of one publish (one step's outputs) that
+    /// go to the same task queue (a fan-out's child starts) travel in **packs** of up to
+    /// `n` messages and 256 KiB of bodies: one publish, one delivery and one ack for the
+    /// pack instead of one each. The consumer hands each message of a pack to its worker
+    /// as a delivery of its own and acks the pack once every one of them is settled
+    /// (those put back are published again alone). A pack is taken by one worker, so a
+    /// fan-out of `k` children spreads over at most `k / n` workers at once; a pack
+    /// delivered again (its worker died) is split into single messages, which spread.
+    /// Every worker of a deployment must read packs (this version or later): an older
+    /// one hands a pack back, as it does any message of a newer build.
+    pub fn with_task_packs(mut self, n: u16) -> Self {
+        self.task_packs = n;
+        self
+    }
+
     /// How many messages the dead-letter queue `P.dead` keeps (default
     /// [`DEFAULT_DEAD_LETTERS`], at least 1): past it, the oldest is dropped (the queue's
     /// `x-max-length`, with `drop-head` overflow). The queue also keeps at most
@@ -339,6 +368,12 @@ impl AmqpConfig {
                 self.task_queues
             ));
         }
+        if self.task_packs == 0 || self.task_packs > 1024 {
+            return Err(format!(
+                "task packs of {} messages: use 1 to 1024 (1: each message alone)",
+                self.task_packs
+            ));
+        }
         if self.prefetch == 0 || self.delay_prefetch == 0 || self.publish_channels == 0 {
             return Err("prefetch counts and publish channels must be at least 1".into());
         }
@@ -386,6 +421,8 @@ mod tests {
             base().with_shards(0),
             base().with_task_queues(0),
             base().with_task_queues(65),
+            base().with_task_packs(0),
+            base().with_task_packs(1025),
             base().with_prefetch(0),
             base().with_delay_prefetch(0),
             base().with_publish_channels(0),

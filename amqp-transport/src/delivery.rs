@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::acks::Acks;
 use crate::headers::{header_i64, message_id, trace};
+use crate::pack::{self, H_PACK};
 use crate::settle::AmqpSettle;
 use crate::shared::Shared;
 
@@ -52,6 +53,30 @@ impl Due {
     ) {
         let _ = self.tx.send(Ok(task_delivery(shared, ch, None, queue, d)));
     }
+}
+
+/// The deliveries a message consumed from the task queue `queue` on `ch` makes: itself,
+/// or the parts of a task pack, each settled on its own (`parts.rs`); a pack delivered
+/// again is split into single messages instead, which come as deliveries of their own.
+/// Acks are coalesced with the channel's others through `acks` when given.
+pub(crate) fn task_deliveries(
+    shared: &Arc<Shared>,
+    ch: &Channel,
+    acks: Option<&Arc<Acks>>,
+    queue: String,
+    d: AmqpDelivery,
+) -> Vec<Delivery> {
+    let parts = header_i64(&d.properties, H_PACK)
+        .and_then(|_| pack::decode_tasks(&d.data))
+        .filter(|parts| !parts.is_empty());
+    let Some(parts) = parts else {
+        return vec![task_delivery(shared, ch, acks, queue, d)];
+    };
+    if d.redelivered {
+        tokio::spawn(crate::parts::split(shared, ch, acks, queue, d, parts));
+        return Vec::new();
+    }
+    crate::parts::task_parts(shared, ch, acks, &queue, d, parts)
 }
 
 /// A task message as the worker gets it, settled on `ch` (the channel it came on), its

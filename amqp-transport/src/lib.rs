@@ -103,6 +103,7 @@ mod headers;
 mod mailbox;
 pub mod metrics;
 mod pack;
+mod parts;
 mod payloads;
 mod publish;
 mod records;
@@ -116,7 +117,7 @@ mod transport;
 
 pub use config::{
     AmqpConfig, DEAD_LETTER_BODY, DEAD_LETTER_BYTES, DEFAULT_DEAD_LETTERS, DEFAULT_PREFIX,
-    DEFAULT_URL,
+    DEFAULT_TASK_PACKS, DEFAULT_URL,
 };
 pub use dead::DeadLetter;
 pub use facts::StreamStore;

@@ -2,13 +2,10 @@
 //! acked at once when it is spent), and its instance's mailbox is drained on the channel
 //! of that delivery, never once it closed; the mailbox of a finished instance is deleted.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use dtasks::trace::TraceContext;
 use dtasks::transport::{Delivery, DeliveryKind, MailboxMessage, Settle};
 use dtasks::InstanceId;
-use futures::future::BoxFuture;
-use futures::FutureExt;
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::Channel;
@@ -18,11 +15,9 @@ use tracing::{debug, warn};
 use crate::conn;
 use crate::delivery::Output;
 use crate::error::{AmqpError, Context, Result};
-use crate::headers::{
-    header_i64, header_str, message_id, properties, trace, with_trace, H_DTASK, H_INSTANCE, H_RINGS,
-};
+use crate::headers::{header_i64, header_str, message_id, trace, H_RINGS};
 use crate::pack::{self, H_PACK};
-use crate::settle::{closed, dead_letter_item, AmqpSettle};
+use crate::settle::AmqpSettle;
 use crate::shared::Shared;
 use crate::topology::short;
 
@@ -186,40 +181,7 @@ impl Shared {
         let Some(parts) = parts else {
             return vec![self.drained_one(ch, queue, d)];
         };
-        // The pack's body stays with its book, read again only when some of its parts go
-        // back or to the dead letters; the parts' bodies go to the worker.
-        let settle = AmqpSettle::new(
-            self.clone(),
-            ch.clone(),
-            d.acker,
-            queue.to_string(),
-            Vec::new(),
-            d.properties.clone(),
-            None,
-        );
-        let book = Arc::new(Mutex::new(Book {
-            settle: Some(settle),
-            shared: self.clone(),
-            queue: queue.to_string(),
-            instance: header_str(&d.properties, H_INSTANCE).unwrap_or_default(),
-            dtask: header_str(&d.properties, H_DTASK).unwrap_or_default(),
-            decided: vec![None; parts.len()],
-            ids: parts.iter().map(|p| p.id.clone()).collect(),
-            data: d.data,
-        }));
-        parts
-            .into_iter()
-            .enumerate()
-            .map(|(index, part)| MailboxMessage {
-                trace: TraceContext::new(part.traceparent, part.tracestate),
-                body: part.body,
-                settle: Box::new(PartSettle {
-                    index,
-                    book: Some(book.clone()),
-                    channel: ch.clone(),
-                }),
-            })
-            .collect()
+        crate::parts::mailbox_parts(self, ch, queue, d, parts)
     }
 
     /// A message a drain took from `queue` on `ch`, settled there.
@@ -261,186 +223,5 @@ impl Shared {
         self.declared.forget(&queue);
         debug!(instance = %instance, "mailbox deleted");
         Ok(())
-    }
-}
-
-/// What became of a part of a pack.
-#[derive(Clone, Debug)]
-enum Decision {
-    Ack,
-    Requeue,
-    Dead(String),
-}
-
-/// The parts of one pack drained together, and what each became: the pack's delivery is
-/// settled once every part is.
-struct Book {
-    /// The delivery; taken by the last part to settle.
-    settle: Option<AmqpSettle>,
-    shared: Arc<Shared>,
-    queue: String,
-    instance: String,
-    dtask: String,
-    /// The parts' message ids, in order.
-    ids: Vec<String>,
-    /// The pack's body.
-    data: Vec<u8>,
-    decided: Vec<Option<Decision>>,
-}
-
-impl Book {
-    /// Records what part `index` became; the whole pack once it was the last.
-    fn decide(&mut self, index: usize, d: Decision) -> Option<Settled> {
-        if self.decided[index].is_none() {
-            self.decided[index] = Some(d);
-        }
-        if self.decided.iter().any(Option::is_none) {
-            return None;
-        }
-        Some(Settled {
-            settle: self.settle.take()?,
-            shared: self.shared.clone(),
-            queue: std::mem::take(&mut self.queue),
-            instance: std::mem::take(&mut self.instance),
-            dtask: std::mem::take(&mut self.dtask),
-            ids: std::mem::take(&mut self.ids),
-            data: std::mem::take(&mut self.data),
-            decided: self.decided.iter().flatten().cloned().collect(),
-        })
-    }
-}
-
-/// A pack every part of which has settled.
-struct Settled {
-    settle: AmqpSettle,
-    shared: Arc<Shared>,
-    queue: String,
-    instance: String,
-    dtask: String,
-    ids: Vec<String>,
-    data: Vec<u8>,
-    decided: Vec<Decision>,
-}
-
-impl Settled {
-    /// Settles the pack's delivery as its parts decided. All merged: acked. None merged or
-    /// dead-lettered: put back whole. Otherwise the parts to put back are written to the
-    /// mailbox again and those to dead-letter to the dead letters, confirmed, and only then
-    /// is the pack acked (a failure puts the whole pack back: its merged parts come again
-    /// as duplicates, which a merge drops).
-    async fn run(self) -> std::result::Result<(), dtasks::Error> {
-        let Settled {
-            settle,
-            shared,
-            queue,
-            instance,
-            dtask,
-            ids,
-            data,
-            decided,
-        } = self;
-        let merged: Vec<String> = ids
-            .into_iter()
-            .zip(&decided)
-            .filter(|(_, d)| matches!(d, Decision::Ack))
-            .map(|(id, _)| id)
-            .collect();
-        if merged.is_empty() && !decided.iter().any(|d| matches!(d, Decision::Dead(_))) {
-            return Box::new(settle).requeue().await;
-        }
-        if merged.len() < decided.len() {
-            // Decoded when it was drained, so it decodes again; were it not to, the pack
-            // goes back whole rather than lose a part.
-            let Some(parts) = pack::decode(&data).filter(|p| p.len() == decided.len()) else {
-                return Box::new(settle).requeue().await;
-            };
-            let mut back = Vec::new();
-            let mut items = Vec::new();
-            for (part, d) in parts.into_iter().zip(decided) {
-                if matches!(d, Decision::Ack) {
-                    continue;
-                }
-                let props = with_trace(
-                    properties(&part.id, &instance, &dtask),
-                    TraceContext::new(part.traceparent.clone(), part.tracestate.clone()).as_ref(),
-                );
-                match d {
-                    Decision::Ack => {}
-                    Decision::Requeue => back.push((part, props)),
-                    Decision::Dead(reason) => {
-                        warn!(queue, id = %part.id, %reason, "dead-lettering a message of a pack");
-                        items.push(dead_letter_item(&shared, &queue, part.body, props, &reason));
-                    }
-                }
-            }
-            items.extend(shared.packed(&instance, &dtask, back));
-            if let Err(e) = shared.publish_raw(&mut items).await {
-                warn!(queue, error = %e, "a pack's parts could not be put back; the pack goes back whole");
-                let _ = Box::new(settle).requeue().await;
-                return Err(e.into());
-            }
-        }
-        Box::new(settle).ack().await?;
-        for id in merged {
-            shared.doorbells.mark_merged(id);
-        }
-        Ok(())
-    }
-}
-
-/// Settles one part of a pack (see [`Book`]); dropped unsettled, it puts its part back.
-struct PartSettle {
-    index: usize,
-    book: Option<Arc<Mutex<Book>>>,
-    channel: Channel,
-}
-
-impl PartSettle {
-    fn decide(&mut self, d: Decision) -> Option<Settled> {
-        let book = self.book.take()?;
-        let mut book = book.lock().unwrap_or_else(|e| e.into_inner());
-        book.decide(self.index, d)
-    }
-
-    fn settle(mut self, d: Decision) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
-        match self.decide(d) {
-            Some(all) => all.run().boxed(),
-            None => async { Ok(()) }.boxed(),
-        }
-    }
-}
-
-impl Settle for PartSettle {
-    fn lost(&self) -> Option<BoxFuture<'static, ()>> {
-        Some(closed(self.channel.clone()))
-    }
-
-    fn ack(self: Box<Self>) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
-        (*self).settle(Decision::Ack)
-    }
-
-    fn requeue(self: Box<Self>) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
-        (*self).settle(Decision::Requeue)
-    }
-
-    fn dead_letter(
-        self: Box<Self>,
-        reason: String,
-    ) -> BoxFuture<'static, std::result::Result<(), dtasks::Error>> {
-        (*self).settle(Decision::Dead(reason))
-    }
-}
-
-impl Drop for PartSettle {
-    fn drop(&mut self) {
-        if let Some(all) = self.decide(Decision::Requeue) {
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn(all.run());
-                }
-                // Without a runtime the pack's settle drops too, which puts it back.
-                Err(_) => drop(all),
-            }
-        }
     }
 }

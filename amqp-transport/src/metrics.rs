@@ -9,3 +9,6 @@ pub const PUBLISHED: &str = "dtasks_amqp_published_total";
 /// Counter: mailbox messages written several to one AMQP message (a pack: the messages
 /// that reached one mailbox while an earlier write to it was on its way).
 pub const PACKED: &str = "dtasks_amqp_packed_total";
+/// Counter: task messages written several to one AMQP message (a task pack: the messages
+/// of one publish that went to the same task queue, such as a fan-out's child starts).
+pub const TASK_PACKED: &str = "dtasks_amqp_task_packed_total";

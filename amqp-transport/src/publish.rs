@@ -18,7 +18,7 @@ use crate::conn::{self, Backoff, ATTEMPT_TIMEOUT};
 use crate::error::{AmqpError, Context, Result};
 use crate::headers::{properties, with_headers, with_trace, H_AT, H_MARKER, H_RINGS, H_TARGET};
 use crate::metrics::{CONFIRM_DURATION, PUBLISHED};
-use crate::pack::{self, Part, H_PACK, MAX_PACK_BYTES};
+use crate::pack::{self, Part, TaskPart, H_PACK, MAX_PACK_BYTES};
 use crate::records::{Round, MAX_RINGS_LEN};
 use crate::shared::Shared;
 use crate::topology::{self, short, text, Kind};
@@ -363,6 +363,8 @@ impl Shared {
         // can tell a spent one (its messages already drained) from news.
         let mut rounds: Vec<MailboxRound<'_>> = Vec::new();
         let mut others: Vec<RawItem> = Vec::new();
+        // For each of `others`, the outgoing message it is when a task pack may carry it.
+        let mut tasks: Vec<Option<&Outgoing>> = Vec::new();
         // Where each message of the batch went: `Some(i)`, `others[i]`; `None`, a round.
         let mut slots = Vec::with_capacity(total);
         for (o, item) in batch.iter().zip(items) {
@@ -387,9 +389,15 @@ impl Shared {
                 _ => {
                     slots.push(Some(others.len()));
                     others.push(item);
+                    tasks.push(
+                        Some(o).filter(|o| matches!(o.destination, Destination::Task { .. })),
+                    );
                 }
             }
         }
+        // The task messages that go to one task queue travel in packs.
+        let (mut others, carriers) = self.pack_tasks(others, &tasks);
+        let slots: Vec<Option<usize>> = slots.into_iter().map(|s| s.map(|i| carriers[i])).collect();
         self.publish_raw(&mut others).await?;
         if others.iter().any(|i| {
             matches!(
@@ -424,6 +432,98 @@ impl Shared {
                 None => Published::Stored,
             })
             .collect())
+    }
+}
+
+impl Shared {
+    /// `items` with the task messages that go to one task queue in packs
+    /// ([`pack::plan`], up to [`AmqpConfig::with_task_packs`](crate::AmqpConfig::with_task_packs)
+    /// messages and [`MAX_PACK_BYTES`] each), in the order of each pack's first message;
+    /// and for each of `items`, the index of the message that carries it. `tasks[i]` is
+    /// the outgoing message `items[i]` is, when it is a task message.
+    fn pack_tasks(
+        &self,
+        items: Vec<RawItem>,
+        tasks: &[Option<&Outgoing>],
+    ) -> (Vec<RawItem>, Vec<usize>) {
+        let keys: Vec<(Option<&str>, usize)> = items
+            .iter()
+            .zip(tasks)
+            .map(|(item, task)| match (&item.route, task) {
+                (
+                    Route::Queue {
+                        queue,
+                        kind: Kind::Task,
+                    },
+                    Some(_),
+                ) => (Some(queue.as_str()), item.body.len()),
+                _ => (None, item.body.len()),
+            })
+            .collect();
+        let groups = pack::plan(&keys, usize::from(self.cfg.task_packs), MAX_PACK_BYTES);
+        if groups.len() == items.len() {
+            return (items, (0..groups.len()).collect());
+        }
+        let mut carriers = vec![0; items.len()];
+        let mut items: Vec<Option<RawItem>> = items.into_iter().map(Some).collect();
+        let mut out = Vec::with_capacity(groups.len());
+        for group in groups {
+            for &i in &group {
+                carriers[i] = out.len();
+            }
+            if let [i] = group[..] {
+                out.extend(items[i].take());
+                continue;
+            }
+            let first = tasks[group[0]].expect("a pack carries task messages");
+            // The DTask whose task queue the messages go to: packs have queues of their
+            // own, consumed with a smaller prefetch, and parts written again alone go to
+            // its task queue.
+            let Destination::Task { name } = &first.destination else {
+                unreachable!("a pack carries task messages")
+            };
+            let queue = self.topo.packs_for(name, first.instance.as_str());
+            let parts: Vec<TaskPart> = group
+                .iter()
+                .map(|&i| {
+                    let o = tasks[i].expect("a pack carries task messages");
+                    let item = items[i].take().expect("taken once");
+                    TaskPart {
+                        id: o.message_id.clone(),
+                        instance: o.instance.as_str().to_string(),
+                        traceparent: o
+                            .trace
+                            .as_ref()
+                            .map(|t| t.traceparent().to_string())
+                            .unwrap_or_default(),
+                        tracestate: o
+                            .trace
+                            .as_ref()
+                            .and_then(|t| t.tracestate())
+                            .unwrap_or_default()
+                            .to_string(),
+                        body: item.body,
+                    }
+                })
+                .collect();
+            let n = parts.len();
+            self.ringer.count_task_packed(n);
+            let props = with_headers(
+                properties(
+                    &format!("{}+{}", first.message_id, n - 1),
+                    first.instance.as_str(),
+                    name,
+                ),
+                vec![(H_PACK, AMQPValue::LongLongInt(n as i64))],
+            );
+            out.push(RawItem::to_queue(
+                queue,
+                Kind::Task,
+                pack::encode_tasks(&parts),
+                props,
+            ));
+        }
+        (out, carriers)
     }
 }
 

@@ -232,6 +232,8 @@ pub(crate) struct Ringer {
     rounds: Mutex<HashMap<String, Round>>,
     /// Mailbox messages written in packs.
     packed: AtomicU64,
+    /// Task messages written in packs.
+    task_packed: AtomicU64,
 }
 
 impl Ringer {
@@ -239,6 +241,17 @@ impl Ringer {
     pub(crate) fn count_packed(&self, n: usize) {
         self.packed.fetch_add(n as u64, Ordering::Relaxed);
         ::metrics::counter!(crate::metrics::PACKED).increment(n as u64);
+    }
+
+    /// Counts `n` task messages written in one pack.
+    pub(crate) fn count_task_packed(&self, n: usize) {
+        self.task_packed.fetch_add(n as u64, Ordering::Relaxed);
+        ::metrics::counter!(crate::metrics::TASK_PACKED).increment(n as u64);
+    }
+
+    /// Task messages written in packs so far.
+    pub(crate) fn task_packed(&self) -> u64 {
+        self.task_packed.load(Ordering::Relaxed)
     }
 
     /// Mailbox messages written in packs so far.

@@ -125,6 +125,31 @@ impl Topology {
         }
     }
 
+    /// The queues task packs of DTask `name` go to (`pack.rs`): `P.packs.<name>`, or
+    /// `P.packs.<name>.<i>` for each `i` below the count of task queues. Consumed with a
+    /// prefetch of their own, so that a worker holds about as many messages of packs as
+    /// it would hold single ones.
+    pub(crate) fn packs(&self, name: &str) -> Vec<String> {
+        if self.task_queues > 1 {
+            (0..self.task_queues)
+                .map(|i| format!("{}.packs.{name}.{i}", self.prefix))
+                .collect()
+        } else {
+            vec![format!("{}.packs.{name}", self.prefix)]
+        }
+    }
+
+    /// The pack queue of DTask `name` that a pack whose first message is about
+    /// `instance` goes to.
+    pub(crate) fn packs_for(&self, name: &str, instance: &str) -> String {
+        if self.task_queues > 1 {
+            let i = (fnv1a(instance.as_bytes()) % u64::from(self.task_queues)) as u16;
+            format!("{}.packs.{name}.{i}", self.prefix)
+        } else {
+            format!("{}.packs.{name}", self.prefix)
+        }
+    }
+
     /// Due timers of a DTask: a queue of their own, so that a timer does not wait behind
     /// every start and step queued in the task queue.
     pub(crate) fn wake(&self, name: &str) -> String {
@@ -432,6 +457,14 @@ mod tests {
                 .with_task_queues(3),
         );
         assert_eq!(three.tasks("t"), ["p.task.t.0", "p.task.t.1", "p.task.t.2"]);
+        assert_eq!(one.packs("t"), vec!["p.packs.t".to_string()]);
+        assert_eq!(
+            three.packs("t"),
+            ["p.packs.t.0", "p.packs.t.1", "p.packs.t.2"]
+        );
+        for id in ["a", "b", "c", "d"] {
+            assert!(three.packs("t").contains(&three.packs_for("t", id)));
+        }
         // Each part is declared with its leader where the declaring connection is (the
         // transport connects to node `i mod nodes` for part `i`); other queues are not.
         assert_eq!(three.task_part_of("p.task.it.tagged.2"), Some(2));

@@ -115,6 +115,14 @@ impl AmqpTransport {
         self.shared.ringer.packed()
     }
 
+    /// How many task messages this transport wrote in packs: the messages of one publish
+    /// that went to the same task queue (a fan-out's child starts), carried by one AMQP
+    /// message and handed to the worker one by one
+    /// ([`AmqpConfig::with_task_packs`](crate::AmqpConfig::with_task_packs)).
+    pub fn packed_task_messages(&self) -> u64 {
+        self.shared.ringer.task_packed()
+    }
+
     /// How many doorbells this transport's consumers handed to their worker, each one a
     /// drain of a mailbox and a merge (spent doorbells, acked without a drain, are not
     /// counted): where the merges of fan-ins ran.

@@ -559,7 +559,8 @@ async fn a_drain_under_a_doorbell_whose_channel_closed_takes_nothing() -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_are_persistent_and_carry_their_headers() -> anyhow::Result<()> {
     let b = Broker::start().await?;
-    let t = b.transport().await?;
+    // Each message alone (a pack's own properties are looked at in the packs' test).
+    let t = b.transport_with(|c| c.with_task_packs(1)).await?;
     let id = InstanceId::random();
     let task = Destination::Task {
         name: "inspect".into(),
@@ -851,7 +852,10 @@ async fn refused_claims_meanwhile_never_make_a_publish_go_twice() -> anyhow::Res
 async fn task_deliveries_settled_at_once_and_out_of_order_settle_each_once() -> anyhow::Result<()> {
     const MESSAGES: usize = 600;
     let b = Broker::start().await?;
-    let t = b.transport_with(|c| c.with_prefetch(200)).await?;
+    // Each message alone (no task packs): the acks of single deliveries coalesce.
+    let t = b
+        .transport_with(|c| c.with_prefetch(200).with_task_packs(1))
+        .await?;
     let id = InstanceId::random();
     let batch = (0..MESSAGES)
         .map(|i| {
@@ -971,5 +975,236 @@ async fn cancel_records_are_followed_by_nudges_of_their_stream() -> anyhow::Resu
         kinds,
         ["first", "nudge", "second", "nudge", "nudge", "nudge"]
     );
+    b.cleanup().await
+}
+
+/// The id of a task delivery's message.
+fn task_id(d: &Delivery) -> anyhow::Result<String> {
+    let DeliveryKind::Task { message_id, .. } = &d.kind else {
+        anyhow::bail!("not a task delivery: {:?}", d.kind);
+    };
+    message_id
+        .clone()
+        .context("a task delivery without its message id")
+}
+
+/// The task messages of one publish that go to one task queue travel in packs of up to
+/// `with_task_packs` messages, in a queue of their own; each message of a pack comes as a
+/// delivery of its own, with its id, body and trace context, and settles on its own: the
+/// ones put back come again alone from the task queue, the one dead-lettered is in the
+/// dead letters as if it had come alone, and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_messages_of_one_publish_go_in_packs_and_settle_one_by_one() -> anyhow::Result<()> {
+    const MESSAGES: usize = 40;
+    let b = Broker::start().await?;
+    let t = b.transport().await?;
+    let task = || Destination::Task {
+        name: "probe".into(),
+    };
+    let parent = InstanceId::random();
+    let trace = dtasks::trace::TraceContext::new(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_string(),
+        String::new(),
+    );
+    let mut batch: Vec<Outgoing> = (0..MESSAGES)
+        .map(|i| {
+            let child = parent.child(i as u32);
+            let mut o = out(
+                task(),
+                format!("body {i}").as_bytes(),
+                &format!("c{i}"),
+                &child,
+            );
+            o.trace = trace.clone();
+            o
+        })
+        .collect();
+    // A message for another DTask goes alone, wherever it is in the batch.
+    batch.insert(
+        5,
+        out(
+            Destination::Task {
+                name: "other".into(),
+            },
+            b"alone",
+            "other-1",
+            &parent,
+        ),
+    );
+    let published = t.publish(batch).await?;
+    assert_eq!(published.len(), MESSAGES + 1);
+    assert!(published.iter().all(|p| *p == Published::Stored));
+    assert_eq!(t.packed_task_messages(), MESSAGES as u64);
+    let packs = format!("{}.packs.probe", b.prefix());
+    // 16 + 16 + 8 (the default, `DEFAULT_TASK_PACKS`).
+    assert_eq!(dtasks_amqp::DEFAULT_TASK_PACKS, 16);
+    assert_eq!(b.queue_len(&packs).await?, Some(3));
+    // Nothing went to the task queue of `probe` (not even made yet).
+    assert_eq!(b.queue_len(&t.task_queue("probe")).await?.unwrap_or(0), 0);
+    assert_eq!(b.queue_len(&t.task_queue("other")).await?, Some(1));
+
+    let mut deliveries = t.consume(vec!["probe".to_string()]).await?;
+    let put_back = ["c3", "c17"];
+    let dead = "c33";
+    let mut seen = std::collections::HashMap::<String, u32>::new();
+    let mut settles = Vec::new();
+    for _ in 0..MESSAGES {
+        let d = next(&mut deliveries).await?;
+        let id = task_id(&d)?;
+        let DeliveryKind::Task {
+            body, trace: got, ..
+        } = &d.kind
+        else {
+            unreachable!()
+        };
+        let i: usize = id.trim_start_matches('c').parse()?;
+        assert_eq!(body, format!("body {i}").as_bytes(), "{id}");
+        assert_eq!(got, &trace, "{id}: its trace context");
+        assert_eq!(d.redeliveries, 0, "{id}");
+        *seen.entry(id.clone()).or_default() += 1;
+        settles.push(if put_back.contains(&id.as_str()) {
+            d.settle.requeue()
+        } else if id == dead {
+            d.settle.dead_letter("a bad part".into())
+        } else {
+            d.settle.ack()
+        });
+    }
+    for r in futures::future::join_all(settles).await {
+        r?;
+    }
+    assert_eq!(seen.len(), MESSAGES, "every message of the packs came once");
+    // The two put back come again, alone.
+    let mut again = Vec::new();
+    for _ in 0..put_back.len() {
+        let d = next(&mut deliveries).await?;
+        again.push(task_id(&d)?);
+        d.settle.ack().await?;
+    }
+    again.sort();
+    let mut want = put_back.map(String::from).to_vec();
+    want.sort();
+    assert_eq!(again, want);
+    let extra = tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await;
+    assert!(extra.is_err(), "a delivery after every message was settled");
+
+    let dead_queue = format!("{}.dead", b.prefix());
+    wait_for(Duration::from_secs(5), || async {
+        Ok(b.queue_len(&dead_queue).await? == Some(1))
+    })
+    .await?;
+    let letters = b.take_all(&dead_queue).await?;
+    assert_eq!(letters[0].data, b"body 33");
+    assert_eq!(
+        letters[0]
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some(dead)
+    );
+    assert_eq!(
+        long_string(header(&letters[0], "x-dtasks-queue")),
+        Some(t.task_queue("probe")),
+        "a part is dead-lettered as from its task queue, where a replay sends it"
+    );
+    assert_eq!(
+        long_string(header(&letters[0], "x-dtasks-instance")),
+        Some(parent.child(33).to_string())
+    );
+    for queue in [packs, t.task_queue("probe")] {
+        wait_for(Duration::from_secs(10), || async {
+            Ok(b.queue_len(&queue).await? == Some(0))
+        })
+        .await
+        .with_context(|| format!("{queue} still holds messages"))?;
+    }
+    drop(deliveries);
+
+    // A pack itself, as the broker holds it: persistent, with its count of messages.
+    let peek = || Destination::Task {
+        name: "peek".into(),
+    };
+    t.publish(vec![
+        out(peek(), b"1", "p1", &parent.child(1)),
+        out(peek(), b"2", "p2", &parent.child(2)),
+    ])
+    .await?;
+    let held = b.take_all(&format!("{}.packs.peek", b.prefix())).await?;
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        *held[0].properties.delivery_mode(),
+        Some(2),
+        "not persistent"
+    );
+    assert!(matches!(
+        header(&held[0], "x-dtasks-pack"),
+        Some(AMQPValue::LongLongInt(2))
+    ));
+    assert_eq!(
+        long_string(header(&held[0], "x-dtasks-dtask")).as_deref(),
+        Some("peek"),
+        "the DTask whose queues carry it"
+    );
+    b.cleanup().await
+}
+
+/// A task pack that comes again (its consumer went away with it unsettled) is split:
+/// its messages are published alone to the task queue and the pack acked, so each comes
+/// once more as a fresh single message, and a worker that took part of it before is no
+/// reason for any to be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_pack_delivered_again_is_split_into_single_messages() -> anyhow::Result<()> {
+    const MESSAGES: usize = 20;
+    let b = Broker::start().await?;
+    let publisher = b.transport().await?;
+    let parent = InstanceId::random();
+    let batch: Vec<Outgoing> = (0..MESSAGES)
+        .map(|i| {
+            let task = Destination::Task {
+                name: "probe".into(),
+            };
+            out(task, &[i as u8], &format!("c{i}"), &parent.child(i as u32))
+        })
+        .collect();
+    publisher.publish(batch).await?;
+    assert_eq!(publisher.packed_task_messages(), MESSAGES as u64);
+    let packs = format!("{}.packs.probe", b.prefix());
+    assert_eq!(b.queue_len(&packs).await?, Some(2));
+
+    // A first consumer takes some of the messages, settles none, and goes away.
+    let first = b.transport().await?;
+    let mut taken = first.consume(vec!["probe".to_string()]).await?;
+    let held = vec![next(&mut taken).await?, next(&mut taken).await?];
+    drop(taken);
+    drop(held);
+    first.close().await;
+
+    // The next one gets every message once, each now a single message of the task queue.
+    let second = b.transport().await?;
+    let mut deliveries = second.consume(vec!["probe".to_string()]).await?;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..MESSAGES {
+        let d = next(&mut deliveries).await?;
+        let id = task_id(&d)?;
+        let DeliveryKind::Task { body, .. } = &d.kind else {
+            unreachable!()
+        };
+        let i: usize = id.trim_start_matches('c').parse()?;
+        assert_eq!(body, &[i as u8]);
+        assert_eq!(d.redeliveries, 0, "{id} came as a fresh single message");
+        assert!(seen.insert(id.clone()), "{id} came twice");
+        d.settle.ack().await?;
+    }
+    let extra = tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await;
+    assert!(extra.is_err(), "a delivery after every message was acked");
+    for queue in [packs, second.task_queue("probe")] {
+        wait_for(Duration::from_secs(10), || async {
+            Ok(b.queue_len(&queue).await? == Some(0))
+        })
+        .await
+        .with_context(|| format!("{queue} still holds messages"))?;
+    }
+    drop(deliveries);
     b.cleanup().await
 }
