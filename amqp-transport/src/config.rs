@@ -312,8 +312,11 @@ impl AmqpConfig {
     /// (those put back are published again alone). A pack is taken by one worker, so a
     /// fan-out of `k` children spreads over at most `k / n` workers at once; a pack
     /// delivered again (its worker died) is split into single messages, which spread.
-    /// Every worker of a deployment must read packs (this version or later): an older
-    /// one hands a pack back, as it does any message of a newer build.
+    /// Packs go to a queue of their own per DTask (`P.packs.<name>`), consumed beside
+    /// the task queue with a prefetch of twice [`AmqpConfig::with_prefetch`] in
+    /// messages; a worker of this version or later consumes it whatever its own setting,
+    /// and an older one does not (packs wait there for an upgraded worker: deploy
+    /// workers first).
     pub fn with_task_packs(mut self, n: u16) -> Self {
         self.task_packs = n;
         self

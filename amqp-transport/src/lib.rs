@@ -33,6 +33,7 @@
 //! | queue | type | arguments | holds |
 //! |---|---|---|---|
 //! | `P.task.<dtask>` | quorum | | steps of instances of one DTask (`P.task.<dtask>.<i>`, `i < k`, with [`AmqpConfig::with_task_queues`]`(k)`, by hash of the instance id) |
+//! | `P.packs.<dtask>` | quorum | | task packs: several start messages of one publish for one DTask in one message ([`AmqpConfig::with_task_packs`]), consumed beside the task queue |
 //! | `P.wake.<dtask>` | quorum | | due timers of instances of one DTask (consumed like the task queue, so that a timer does not wait behind every queued start) |
 //! | `P.dead` | quorum | | dead letters, with `x-dtasks-reason` and `x-dtasks-queue` headers ([`AmqpTransport::dead_letters`] lists them, [`AmqpTransport::replay_dead_letter`] puts one back where it came from) |
 //! | `P.delay.<k>`, k = 0..=32 | quorum | `x-message-ttl` 2^k ms, dead-letter to `P.delay.ready` (at-least-once, `x-overflow` reject-publish) | timers |

@@ -230,7 +230,7 @@ impl Topology {
         let named = |p: &str| rest.strip_prefix(p).is_some_and(|n| !n.is_empty());
         if rest == "delay.ready" {
             Some(Kind::DelayReady)
-        } else if named("task.") || named("wake.") {
+        } else if named("task.") || named("wake.") || named("packs.") {
             Some(Kind::Task)
         } else if named("mbox.") {
             Some(Kind::Mailbox)
@@ -507,6 +507,7 @@ mod tests {
         let t = Topology::new(&AmqpConfig::new("amqp://x").with_prefix("p").with_shards(4));
         assert_eq!(t.consumed_kind("p.task.add_one"), Some(Kind::Task));
         assert_eq!(t.consumed_kind("p.wake.add_one"), Some(Kind::Task));
+        assert_eq!(t.consumed_kind("p.packs.add_one"), Some(Kind::Task));
         assert_eq!(t.consumed_kind("p.delay.ready"), Some(Kind::DelayReady));
         assert_eq!(t.consumed_kind("p.mbox.i-1"), Some(Kind::Mailbox));
         assert_eq!(t.consumed_kind("p.shard.3"), Some(Kind::Shard));

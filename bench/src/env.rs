@@ -8,10 +8,13 @@ use dtasks::store::InstanceStore;
 use dtasks::{Client, MemoryTransport, Transport, Worker, WorkerConfig, WorkerStats};
 use dtasks_amqp::{AmqpConfig, AmqpTransport};
 
-/// Counters of the RabbitMQ transports' mailboxes (`AmqpTransport::packed_messages`,
-/// `spent_doorbells`, `merged_doorbells`).
+/// Counters of the RabbitMQ transports' packs and mailboxes
+/// (`AmqpTransport::packed_task_messages`, `packed_messages`, `spent_doorbells`,
+/// `merged_doorbells`).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Mailboxes {
+    /// Task messages written in task packs.
+    pub(crate) task_packed: u64,
     /// Mailbox messages written in packs.
     pub(crate) packed: u64,
     /// Doorbells acked without a drain (their messages were already merged).
@@ -24,6 +27,7 @@ impl Mailboxes {
     /// What happened since `before`.
     pub(crate) fn since(self, before: Self) -> Self {
         Self {
+            task_packed: self.task_packed - before.task_packed,
             packed: self.packed - before.packed,
             spent_doorbells: self.spent_doorbells - before.spent_doorbells,
             merges: self.merges - before.merges,
@@ -274,6 +278,7 @@ impl Env {
         self.amqp
             .iter()
             .fold(Mailboxes::default(), |m, t| Mailboxes {
+                task_packed: m.task_packed + t.packed_task_messages(),
                 packed: m.packed + t.packed_messages(),
                 spent_doorbells: m.spent_doorbells + t.spent_doorbells(),
                 merges: m.merges + t.merged_doorbells(),

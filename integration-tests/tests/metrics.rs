@@ -187,13 +187,21 @@ async fn a_worker_process_serves_counters_that_move_by_what_ran() -> anyhow::Res
     // A fan-in of 200: the children's results that reach the parent's mailbox while an
     // earlier write to it is on its way go several to one message (the worker handles
     // 64 deliveries at once, so results come together).
+    let task_packed = s.sum(dtasks_amqp::metrics::TASK_PACKED, &[]);
     let h = c.start(fan(200)).await?;
     let (sum, _) = within(LIMIT, "fan", h.result()).await??;
     assert_eq!(sum, 200 * 201 / 2);
-    let packed = scrape(&url).await?.sum(dtasks_amqp::metrics::PACKED, &[]);
+    let s = scrape(&url).await?;
+    let packed = s.sum(dtasks_amqp::metrics::PACKED, &[]);
     assert!(
         (2.0..=201.0).contains(&packed),
         "{packed} mailbox messages went in packs"
+    );
+    // The 200 children's starts went out in task packs (16 to a pack, by default).
+    assert_eq!(
+        s.sum(dtasks_amqp::metrics::TASK_PACKED, &[]) - task_packed,
+        200.0,
+        "the fan-out's starts went in task packs"
     );
 
     let exits = {

@@ -276,7 +276,9 @@ impl Report {
             let m = r.mailboxes;
             let _ = writeln!(
                 o,
-                "\nW2 on RabbitMQ, its parents' mailboxes (the median run; counted by the transports): {} mailbox messages written in packs (child results and parents' states; {} child results in all), {} doorbells handed to a worker (a drain and a merge each), {} acked without a drain (their messages already merged).",
+                "\nW2 on RabbitMQ, its parents' mailboxes (the median run; counted by the transports): {} child starts written in task packs ({} children in all), {} mailbox messages written in packs (child results and parents' states; {} child results in all), {} doorbells handed to a worker (a drain and a merge each), {} acked without a drain (their messages already merged).",
+                int(m.task_packed as f64),
+                int(r.steps as f64),
                 int(m.packed as f64),
                 int(r.steps as f64),
                 int(m.merges as f64),
