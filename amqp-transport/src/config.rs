@@ -9,8 +9,8 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// dead-letter queue keeps.
 pub const DEFAULT_DEAD_LETTERS: u32 = 10_000;
 
-/// The default of [`AmqpConfig::with_task_packs`]: how many task messages of one publish
-/// one AMQP message carries at most.
+/// The default of [`AmqpConfig::with_task_packs`]: how many task messages one AMQP
+/// message carries at most.
 pub const DEFAULT_TASK_PACKS: u16 = 16;
 
 /// The most bytes of bodies the dead-letter queue keeps (its `x-max-length-bytes`): past
@@ -304,19 +304,21 @@ impl AmqpConfig {
     }
 
     /// How many task messages one AMQP message may carry (default [`DEFAULT_TASK_PACKS`],
-    /// 1 to 1024; 1: each alone). The messages of one publish (one step's outputs) that
-    /// go to the same task queue (a fan-out's child starts) travel in **packs** of up to
-    /// `n` messages and 256 KiB of bodies: one publish, one delivery and one ack for the
-    /// pack instead of one each. The consumer hands each message of a pack to its worker
-    /// as a delivery of its own and acks the pack once every one of them is settled
-    /// (those put back are published again alone). A pack is taken by one worker, so a
-    /// fan-out of `k` children spreads over at most `k / n` workers at once; a pack
-    /// delivered again (its worker died) is split into single messages, which spread.
-    /// Packs go to a queue of their own per DTask (`P.packs.<name>`), consumed beside
-    /// the task queue with a prefetch of twice [`AmqpConfig::with_prefetch`] in
-    /// messages; a worker of this version or later consumes it whatever its own setting,
-    /// and an older one does not (packs wait there for an upgraded worker: deploy
-    /// workers first).
+    /// 1 to 1024; 1: each alone). The task messages a process publishes to one task
+    /// queue at about the same time travel together: those of one publish (a fan-out's
+    /// child starts), and those published while an earlier round of the queue is on its
+    /// way (the hand-offs of many chains on one worker), in **packs** of up to `n`
+    /// messages and 256 KiB of bodies: one publish, one delivery and one ack for the pack
+    /// instead of one each. A message with nothing to go with goes alone, at once. The
+    /// consumer hands each message of a pack to its worker as a delivery of its own and
+    /// acks the pack once every one of them is settled (those put back are published
+    /// again alone). A pack is taken by one worker, so a fan-out of `k` children spreads
+    /// over at most `k / n` workers at once; a pack delivered again (its worker died) is
+    /// split into single messages, which spread. Packs go to a queue of their own per
+    /// DTask (`P.packs.<name>`), consumed beside the task queue with a prefetch of twice
+    /// [`AmqpConfig::with_prefetch`] in messages; a worker of this version or later
+    /// consumes it whatever its own setting, and an older one does not (packs wait there
+    /// for an upgraded worker: deploy workers first).
     pub fn with_task_packs(mut self, n: u16) -> Self {
         self.task_packs = n;
         self

@@ -6,11 +6,12 @@
 //!   to drain. A process now writes the messages that reach one mailbox while an earlier
 //!   write to it is on its way as one **pack** (`publish.rs`, `Shared::ring`), and a drain
 //!   hands the parts out one by one, each with a settle of its own (`parts.rs`).
-//! - **Task packs.** A step that starts many children at once (a fan-out) publishes their
-//!   starts in one batch; the starts of one batch that go to the same task queue travel
-//!   in packs of up to [`AmqpConfig::with_task_packs`](crate::AmqpConfig::with_task_packs)
-//!   messages (`publish.rs`, [`plan`]), and the consumer hands each part to the worker as
-//!   a delivery of its own (`parts.rs`). A pack delivered again (its consumer died or
+//! - **Task packs.** The task messages a process publishes to one task queue at about
+//!   the same time (a fan-out's child starts in one batch; the hand-offs of many chains
+//!   while an earlier round of the queue is on its way) travel in packs of up to
+//!   [`AmqpConfig::with_task_packs`](crate::AmqpConfig::with_task_packs) messages
+//!   (`publish.rs`, `Shared::task_round`, [`plan`]), and the consumer hands each part to
+//!   the worker as a delivery of its own (`parts.rs`). A pack delivered again (its consumer died or
 //!   put it back) is split into single messages first, so that a part that fails
 //!   again and again counts its own redeliveries.
 //!

@@ -19,7 +19,7 @@ use crate::error::{AmqpError, Context, Result};
 use crate::headers::{properties, with_headers, with_trace, H_AT, H_MARKER, H_RINGS, H_TARGET};
 use crate::metrics::{CONFIRM_DURATION, PUBLISHED};
 use crate::pack::{self, Part, TaskPart, H_PACK, MAX_PACK_BYTES};
-use crate::records::{Round, MAX_RINGS_LEN};
+use crate::records::{Round, TaskRound, MAX_RINGS_LEN};
 use crate::shared::Shared;
 use crate::topology::{self, short, text, Kind};
 
@@ -31,6 +31,10 @@ type MailboxRound<'a> = (
     Vec<(Part, BasicProperties)>,
     Vec<String>,
 );
+
+/// The task messages of one task queue in a batch: the queue, its DTask, and the
+/// messages (with the properties of each alone).
+type TaskBatch = (String, String, Vec<(TaskPart, BasicProperties)>);
 
 /// The index in `rounds` of the round of `instance`, added when missing.
 fn round_of<'a>(
@@ -143,6 +147,9 @@ impl Shared {
     }
 
     async fn attempt(&self, items: &mut [RawItem]) -> Result<()> {
+        if items.iter().all(|i| i.done.is_some()) {
+            return Ok(());
+        }
         let started = Instant::now();
         // Every queue of the batch exists before its first publish: declared on a control
         // channel (the publish channel carries other batches' publishes meanwhile, and a
@@ -395,10 +402,43 @@ impl Shared {
                 }
             }
         }
-        // The task messages that go to one task queue travel in packs.
-        let (mut others, carriers) = self.pack_tasks(others, &tasks);
-        let slots: Vec<Option<usize>> = slots.into_iter().map(|s| s.map(|i| carriers[i])).collect();
-        self.publish_raw(&mut others).await?;
+        // Task messages go through their task queue's rounds, in packs, beside the rest
+        // (`Shared::task_round`); with packs off, with the rest.
+        let mut task_rounds: Vec<TaskBatch> = Vec::new();
+        if self.cfg.task_packs > 1 {
+            for (i, o) in tasks.iter().enumerate() {
+                let (
+                    Some(o),
+                    Route::Queue {
+                        queue,
+                        kind: Kind::Task,
+                    },
+                ) = (o, &others[i].route)
+                else {
+                    continue;
+                };
+                let queue = queue.clone();
+                let Destination::Task { name } = &o.destination else {
+                    continue;
+                };
+                let item = &mut others[i];
+                let part = task_part(o, std::mem::take(&mut item.body));
+                let props = item.props.clone();
+                // Counted as published here; the round's outcome is what the batch waits for.
+                item.done = Some(Published::Stored);
+                match task_rounds.iter_mut().find(|(q, ..)| *q == queue) {
+                    Some((.., parts)) => parts.push((part, props)),
+                    None => task_rounds.push((queue, name.clone(), vec![(part, props)])),
+                }
+            }
+        }
+        let rest = self.publish_raw(&mut others);
+        let rounds_done = futures::future::try_join_all(
+            task_rounds
+                .into_iter()
+                .map(|(queue, name, parts)| self.task_round(queue, name, parts)),
+        );
+        futures::future::try_join(rest, rounds_done).await?;
         if others.iter().any(|i| {
             matches!(
                 i.route,
@@ -432,98 +472,6 @@ impl Shared {
                 None => Published::Stored,
             })
             .collect())
-    }
-}
-
-impl Shared {
-    /// `items` with the task messages that go to one task queue in packs
-    /// ([`pack::plan`], up to [`AmqpConfig::with_task_packs`](crate::AmqpConfig::with_task_packs)
-    /// messages and [`MAX_PACK_BYTES`] each), in the order of each pack's first message;
-    /// and for each of `items`, the index of the message that carries it. `tasks[i]` is
-    /// the outgoing message `items[i]` is, when it is a task message.
-    fn pack_tasks(
-        &self,
-        items: Vec<RawItem>,
-        tasks: &[Option<&Outgoing>],
-    ) -> (Vec<RawItem>, Vec<usize>) {
-        let keys: Vec<(Option<&str>, usize)> = items
-            .iter()
-            .zip(tasks)
-            .map(|(item, task)| match (&item.route, task) {
-                (
-                    Route::Queue {
-                        queue,
-                        kind: Kind::Task,
-                    },
-                    Some(_),
-                ) => (Some(queue.as_str()), item.body.len()),
-                _ => (None, item.body.len()),
-            })
-            .collect();
-        let groups = pack::plan(&keys, usize::from(self.cfg.task_packs), MAX_PACK_BYTES);
-        if groups.len() == items.len() {
-            return (items, (0..groups.len()).collect());
-        }
-        let mut carriers = vec![0; items.len()];
-        let mut items: Vec<Option<RawItem>> = items.into_iter().map(Some).collect();
-        let mut out = Vec::with_capacity(groups.len());
-        for group in groups {
-            for &i in &group {
-                carriers[i] = out.len();
-            }
-            if let [i] = group[..] {
-                out.extend(items[i].take());
-                continue;
-            }
-            let first = tasks[group[0]].expect("a pack carries task messages");
-            // The DTask whose task queue the messages go to: packs have queues of their
-            // own, consumed with a smaller prefetch, and parts written again alone go to
-            // its task queue.
-            let Destination::Task { name } = &first.destination else {
-                unreachable!("a pack carries task messages")
-            };
-            let queue = self.topo.packs_for(name, first.instance.as_str());
-            let parts: Vec<TaskPart> = group
-                .iter()
-                .map(|&i| {
-                    let o = tasks[i].expect("a pack carries task messages");
-                    let item = items[i].take().expect("taken once");
-                    TaskPart {
-                        id: o.message_id.clone(),
-                        instance: o.instance.as_str().to_string(),
-                        traceparent: o
-                            .trace
-                            .as_ref()
-                            .map(|t| t.traceparent().to_string())
-                            .unwrap_or_default(),
-                        tracestate: o
-                            .trace
-                            .as_ref()
-                            .and_then(|t| t.tracestate())
-                            .unwrap_or_default()
-                            .to_string(),
-                        body: item.body,
-                    }
-                })
-                .collect();
-            let n = parts.len();
-            self.ringer.count_task_packed(n);
-            let props = with_headers(
-                properties(
-                    &format!("{}+{}", first.message_id, n - 1),
-                    first.instance.as_str(),
-                    name,
-                ),
-                vec![(H_PACK, AMQPValue::LongLongInt(n as i64))],
-            );
-            out.push(RawItem::to_queue(
-                queue,
-                Kind::Task,
-                pack::encode_tasks(&parts),
-                props,
-            ));
-        }
-        (out, carriers)
     }
 }
 
@@ -767,6 +715,150 @@ impl Shared {
             group.push((part, props));
         }
         flush(&mut group, &mut out);
+        out
+    }
+}
+
+/// The part a task message is in a task pack.
+fn task_part(o: &Outgoing, body: Vec<u8>) -> TaskPart {
+    TaskPart {
+        id: o.message_id.clone(),
+        instance: o.instance.as_str().to_string(),
+        traceparent: o
+            .trace
+            .as_ref()
+            .map(|t| t.traceparent().to_string())
+            .unwrap_or_default(),
+        tracestate: o
+            .trace
+            .as_ref()
+            .and_then(|t| t.tracestate())
+            .unwrap_or_default()
+            .to_string(),
+        body,
+    }
+}
+
+// Task messages shared by the publishes of one process that go to one task queue at about
+// the same time, as the mailbox rounds above: while a round of a task queue is on its way,
+// the task messages published to it meanwhile wait for the next round, which goes once
+// the first is confirmed and carries all of them, in task packs (`pack.rs`). A publish
+// returns once the round that carried its messages is confirmed. Under load (a fan-out's
+// starts, many chains' hand-offs on one worker) this turns one AMQP message per task
+// message into one per pack; a lone message goes alone, at once, to the task queue.
+impl Shared {
+    /// Publishes `parts` (task messages of DTask `dtask`, each with the properties it has
+    /// alone) to the task queue `queue` in its next round; resolves once that round is
+    /// confirmed.
+    pub(crate) async fn task_round(
+        self: &Arc<Self>,
+        queue: String,
+        dtask: String,
+        parts: Vec<(TaskPart, BasicProperties)>,
+    ) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut rounds = self.ringer.lock_tasks();
+            let round = rounds.entry(queue.clone()).or_default();
+            if round.dtask.is_empty() {
+                round.dtask = dtask;
+            }
+            round.parts.extend(parts);
+            round.waiters.push(tx);
+            !std::mem::replace(&mut round.busy, true)
+        };
+        if start {
+            let shared = self.clone();
+            tokio::spawn(async move { shared.task_rounds(queue).await });
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AmqpError::Shared(e)),
+            Err(_) => Err(AmqpError::Connect(
+                "the task round was dropped before it was published".into(),
+            )),
+        }
+    }
+
+    /// Publishes the rounds of the task queue `queue` one after the other until none
+    /// waits.
+    async fn task_rounds(self: Arc<Self>, queue: String) {
+        loop {
+            let round = {
+                let mut rounds = self.ringer.lock_tasks();
+                let Some(round) = rounds.get_mut(&queue) else {
+                    return;
+                };
+                if round.waiters.is_empty() {
+                    rounds.remove(&queue);
+                    return;
+                }
+                std::mem::replace(
+                    round,
+                    TaskRound {
+                        busy: true,
+                        ..TaskRound::default()
+                    },
+                )
+            };
+            let mut items = self.task_packed(&queue, &round.dtask, round.parts);
+            let outcome = self.publish_raw(&mut items).await.map_err(Arc::new);
+            for w in round.waiters {
+                let _ = w.send(outcome.clone());
+            }
+        }
+    }
+
+    /// The messages that carry `parts` (task messages of DTask `dtask` for the task queue
+    /// `queue`): in packs of up to `with_task_packs` messages and [`MAX_PACK_BYTES`] of
+    /// bodies to the DTask's pack queue, the one that goes alone as it is to `queue`.
+    fn task_packed(
+        &self,
+        queue: &str,
+        dtask: &str,
+        parts: Vec<(TaskPart, BasicProperties)>,
+    ) -> Vec<RawItem> {
+        let keys: Vec<(Option<&str>, usize)> = parts
+            .iter()
+            .map(|(p, _)| (Some(queue), p.body.len()))
+            .collect();
+        let groups = pack::plan(&keys, usize::from(self.cfg.task_packs), MAX_PACK_BYTES);
+        let mut parts: Vec<Option<(TaskPart, BasicProperties)>> =
+            parts.into_iter().map(Some).collect();
+        let mut out = Vec::with_capacity(groups.len());
+        for group in groups {
+            let mut members: Vec<(TaskPart, BasicProperties)> =
+                group.iter().filter_map(|&i| parts[i].take()).collect();
+            if members.len() == 1 {
+                let (part, props) = members.pop().expect("one part");
+                out.push(RawItem::to_queue(
+                    queue.to_string(),
+                    Kind::Task,
+                    part.body,
+                    props,
+                ));
+                continue;
+            }
+            let n = members.len();
+            self.ringer.count_task_packed(n);
+            let parts: Vec<TaskPart> = members.into_iter().map(|(p, _)| p).collect();
+            let props = with_headers(
+                properties(
+                    &format!("{}+{}", parts[0].id, n - 1),
+                    &parts[0].instance,
+                    dtask,
+                ),
+                vec![(H_PACK, AMQPValue::LongLongInt(n as i64))],
+            );
+            // Packs have queues of their own, consumed with a smaller prefetch; a part
+            // written again alone goes to the DTask's task queue.
+            out.push(RawItem::to_queue(
+                self.topo.packs_for(dtask, &parts[0].instance),
+                Kind::Task,
+                pack::encode_tasks(&parts),
+                props,
+            ));
+        }
         out
     }
 }

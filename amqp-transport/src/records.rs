@@ -9,7 +9,7 @@ use lapin::{BasicProperties, Channel};
 use tracing::warn;
 
 use crate::error::AmqpError;
-use crate::pack::Part;
+use crate::pack::{Part, TaskPart};
 
 /// How many queue declarations a process remembers (see [`Declared::remember`]), and
 /// how many ids of merged mailbox messages.
@@ -225,11 +225,26 @@ pub(crate) struct Round {
     pub(crate) busy: bool,
 }
 
+/// The task messages of one task queue to publish in its next round, and who waits for
+/// them (`publish.rs`, `Shared::task_round`).
+#[derive(Default)]
+pub(crate) struct TaskRound {
+    /// The DTask whose task queue it is.
+    pub(crate) dtask: String,
+    /// Messages to write, with the properties each has when it goes alone.
+    pub(crate) parts: Vec<(TaskPart, BasicProperties)>,
+    pub(crate) waiters: Vec<Waiter>,
+    /// A round of this queue is being published; the next one waits for it.
+    pub(crate) busy: bool,
+}
+
 /// The doorbells of one process being published, by instance: shared by the publishes
-/// that wrote to one mailbox at about the same time (`publish.rs`, `Shared::ring`).
+/// that wrote to one mailbox at about the same time (`publish.rs`, `Shared::ring`); and
+/// likewise the task messages, by task queue (`Shared::task_round`).
 #[derive(Default)]
 pub(crate) struct Ringer {
     rounds: Mutex<HashMap<String, Round>>,
+    tasks: Mutex<HashMap<String, TaskRound>>,
     /// Mailbox messages written in packs.
     packed: AtomicU64,
     /// Task messages written in packs.
@@ -261,6 +276,10 @@ impl Ringer {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<String, Round>> {
         lock(&self.rounds)
+    }
+
+    pub(crate) fn lock_tasks(&self) -> MutexGuard<'_, HashMap<String, TaskRound>> {
+        lock(&self.tasks)
     }
 }
 

@@ -791,8 +791,11 @@ async fn the_trace_context_travels_as_headers_through_queues_timers_and_mailboxe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_claims_meanwhile_never_make_a_publish_go_twice() -> anyhow::Result<()> {
     let b = Broker::start().await?;
-    // One publish channel: every batch shares it while it waits for its confirms.
-    let t = b.transport_with(|c| c.with_publish_channels(1)).await?;
+    // One publish channel: every batch shares it while it waits for its confirms. Each
+    // task message alone (no task packs), so that every publish is a batch of its own.
+    let t = b
+        .transport_with(|c| c.with_publish_channels(1).with_task_packs(1))
+        .await?;
     let store = t.store().context("the transport has a store")?;
     let held = InstanceId::random();
     assert!(store.claim(&held, 1).await?, "the first claim takes the id");
@@ -1201,6 +1204,65 @@ async fn a_task_pack_delivered_again_is_split_into_single_messages() -> anyhow::
     for queue in [packs, second.task_queue("probe")] {
         wait_for(Duration::from_secs(10), || async {
             Ok(b.queue_len(&queue).await? == Some(0))
+        })
+        .await
+        .with_context(|| format!("{queue} still holds messages"))?;
+    }
+    drop(deliveries);
+    b.cleanup().await
+}
+
+/// Publishes to one task queue at about the same time go together: while a round of the
+/// queue is on its way, the messages published meanwhile wait for the next one, which
+/// carries them in task packs. Every publish returns once its message is confirmed, and
+/// every message comes once, as a delivery of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_to_one_task_queue_at_once_go_together_in_packs() -> anyhow::Result<()> {
+    const PUBLISHES: usize = 300;
+    let b = Broker::start().await?;
+    let t = b.transport().await?;
+    let published = futures::stream::iter(0..PUBLISHES)
+        .map(|i| {
+            let t = t.clone();
+            let task = Destination::Task {
+                name: "probe".into(),
+            };
+            let o = out(
+                task,
+                &(i as u32).to_be_bytes(),
+                &format!("m{i}"),
+                &InstanceId::random(),
+            );
+            async move { t.publish(vec![o]).await }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    for p in published {
+        assert_eq!(p?, vec![Published::Stored]);
+    }
+    let packed = t.packed_task_messages();
+    assert!(
+        packed > 0 && packed <= PUBLISHES as u64,
+        "{packed} of {PUBLISHES} messages published one by one went in packs"
+    );
+    let mut deliveries = t.consume(vec!["probe".to_string()]).await?;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..PUBLISHES {
+        let d = next(&mut deliveries).await?;
+        let DeliveryKind::Task { body, .. } = &d.kind else {
+            anyhow::bail!("not a task delivery");
+        };
+        let i = u32::from_be_bytes(body.as_slice().try_into()?) as usize;
+        assert_eq!(task_id(&d)?, format!("m{i}"));
+        assert!(seen.insert(i), "m{i} came twice");
+        d.settle.ack().await?;
+    }
+    let extra = tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await;
+    assert!(extra.is_err(), "a delivery after every message was acked");
+    for queue in [format!("{}.packs.probe", b.prefix()), t.task_queue("probe")] {
+        wait_for(Duration::from_secs(10), || async {
+            Ok(b.queue_len(&queue).await?.unwrap_or(0) == 0)
         })
         .await
         .with_context(|| format!("{queue} still holds messages"))?;

@@ -90,7 +90,7 @@ impl Report {
         if acall0.is_some() {
             let _ = writeln!(
                 o,
-                "| W1b (call, every step a delivery) | steps/s (`--inline 0`: each child's start and its result a hand-off through the broker; the ceiling is 0.5 of raw) | — | {} | **{}** |",
+                "| W1b (call, every step a delivery) | steps/s (`--inline 0`: each child's start and its result a hand-off through the broker, durable and confirmed; 0.5 of raw with one AMQP message per hand-off, as raw publishes, where hand-offs to one DTask at about the same time share task packs) | — | {} | **{}** |",
                 int(sps(&acall0)),
                 f2(sps(&acall0) / raw_sps)
             );
@@ -276,7 +276,7 @@ impl Report {
             let m = r.mailboxes;
             let _ = writeln!(
                 o,
-                "\nW2 on RabbitMQ, its parents' mailboxes (the median run; counted by the transports): {} child starts written in task packs ({} children in all), {} mailbox messages written in packs (child results and parents' states; {} child results in all), {} doorbells handed to a worker (a drain and a merge each), {} acked without a drain (their messages already merged).",
+                "\nW2 on RabbitMQ, its parents' mailboxes (the median run; counted by the transports): {} task messages written in task packs (the children's starts and the roots'; {} children in all), {} mailbox messages written in packs (child results and parents' states; {} child results in all), {} doorbells handed to a worker (a drain and a merge each), {} acked without a drain (their messages already merged).",
                 int(m.task_packed as f64),
                 int(r.steps as f64),
                 int(m.packed as f64),

@@ -340,7 +340,7 @@ impl Report {
                 let broker = a.cpu.broker.map(|b| b / st * 1e3);
                 let rbroker = r.cpu.broker.map(|b| b / rs * 1e3);
                 let why = if t.contains("every step a delivery") {
-                    " Each step is two hand-offs (the child's start, its result back to the parent, each carrying the parent's state), so the ceiling is 0.5 of raw; the rest is CPU per hand-off above lapin alone, in this process (the worker's step, lapin's I/O thread and its wake-ups) and in the broker (bodies about twice raw's; bench/README.md, \"Durable steps\")."
+                    " Each step is two hand-offs (the child's start, its result back to the parent, each carrying the parent's state): 0.5 of raw with one AMQP message per hand-off, as raw publishes; the hand-offs a worker publishes to one DTask at about the same time share task packs (bench/README.md, \"Task messages in packs\"); the rest is CPU per hand-off above lapin alone, in this process (the worker's step, lapin's I/O thread and its wake-ups) and in the broker (bodies about twice raw's; bench/README.md, \"Durable steps\")."
                 } else if t.starts_with("W2") {
                     " A step is one child: its start (published with its 99 siblings, 16 to a task pack), its share of the pack's delivery and ack, and its result written to the parent's mailbox (several results of one worker in one pack) with a doorbell, then drained and merged; the doorbells, drains and merged states of the parents come on top (bench/README.md, \"Fan-in\")."
                 } else {
