@@ -73,16 +73,25 @@ pub(crate) struct TaskPart {
 
 /// The body of a task pack of `parts`.
 pub(crate) fn encode_tasks(parts: &[TaskPart]) -> Vec<u8> {
-    let mut out = TASK_FRAME.to_vec();
-    // Writing plain data to a vector does not fail.
-    rmp_serde::encode::write(&mut out, parts).expect("a task pack encodes");
-    out
+    framed(TASK_FRAME, parts)
 }
 
 /// The parts of a task pack's body; `None` when `body` is not one.
 pub(crate) fn decode_tasks(body: &[u8]) -> Option<Vec<TaskPart>> {
-    let rest = body.strip_prefix(&TASK_FRAME[..])?;
-    rmp_serde::from_slice(rest).ok()
+    unframed(TASK_FRAME, body)
+}
+
+/// `parts` as MessagePack after `frame`.
+fn framed<T: Serialize>(frame: [u8; 4], parts: &[T]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    // Writing plain data to a vector does not fail.
+    rmp_serde::encode::write(&mut out, parts).expect("a pack encodes");
+    out
+}
+
+/// The parts of `body` when it starts with `frame`.
+fn unframed<T: serde::de::DeserializeOwned>(frame: [u8; 4], body: &[u8]) -> Option<Vec<T>> {
+    rmp_serde::from_slice(body.strip_prefix(&frame[..])?).ok()
 }
 
 /// Which messages of a batch go together: `keys[i]` is the queue message `i` may be
@@ -120,16 +129,12 @@ pub(crate) fn plan(
 
 /// The body of a pack of `parts`.
 pub(crate) fn encode(parts: &[Part]) -> Vec<u8> {
-    let mut out = FRAME.to_vec();
-    // Writing plain data to a vector does not fail.
-    rmp_serde::encode::write(&mut out, parts).expect("a pack encodes");
-    out
+    framed(FRAME, parts)
 }
 
 /// The parts of a pack's body; `None` when `body` is not one.
 pub(crate) fn decode(body: &[u8]) -> Option<Vec<Part>> {
-    let rest = body.strip_prefix(&FRAME[..])?;
-    rmp_serde::from_slice(rest).ok()
+    unframed(FRAME, body)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::error::{AmqpError, Context, Result};
 use crate::headers::{properties, with_headers, with_trace, H_AT, H_MARKER, H_RINGS, H_TARGET};
 use crate::metrics::{CONFIRM_DURATION, PUBLISHED};
 use crate::pack::{self, Part, TaskPart, H_PACK, MAX_PACK_BYTES};
-use crate::records::{Round, TaskRound, MAX_RINGS_LEN};
+use crate::records::{join_round, next_round, MAX_RINGS_LEN};
 use crate::shared::Shared;
 use crate::topology::{self, short, text, Kind};
 
@@ -576,51 +576,24 @@ impl Shared {
         stored: Vec<String>,
     ) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let start = {
-            let mut rounds = self.ringer.lock();
-            let round = rounds.entry(instance.to_string()).or_default();
+        let start = join_round(self.ringer.rounds(), instance, tx, |round| {
             if round.dtask.is_empty() {
                 round.dtask = dtask.to_string();
             }
             round.parts.extend(parts);
             round.stored.extend(stored);
-            round.waiters.push(tx);
-            !std::mem::replace(&mut round.busy, true)
-        };
+        });
         if start {
             let shared = self.clone();
             let instance = instance.to_string();
             tokio::spawn(async move { shared.ring_rounds(instance).await });
         }
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(AmqpError::Shared(e)),
-            Err(_) => Err(AmqpError::Connect(
-                "the mailbox round was dropped before it was published".into(),
-            )),
-        }
+        round_outcome(rx, "mailbox").await
     }
 
     /// Publishes the rounds of `instance` one after the other until none waits.
     async fn ring_rounds(self: Arc<Self>, instance: String) {
-        loop {
-            let round = {
-                let mut rounds = self.ringer.lock();
-                let Some(round) = rounds.get_mut(&instance) else {
-                    return;
-                };
-                if round.waiters.is_empty() {
-                    rounds.remove(&instance);
-                    return;
-                }
-                std::mem::replace(
-                    round,
-                    Round {
-                        busy: true,
-                        ..Round::default()
-                    },
-                )
-            };
+        while let Some(round) = next_round(self.ringer.rounds(), &instance) {
             let outcome = self
                 .one_round(&instance, round.dtask, round.parts, round.stored)
                 .await;
@@ -719,6 +692,20 @@ impl Shared {
     }
 }
 
+/// What the publish of a round a caller joined came to (`what`: the kind of round).
+async fn round_outcome(
+    rx: tokio::sync::oneshot::Receiver<std::result::Result<(), Arc<AmqpError>>>,
+    what: &str,
+) -> Result<()> {
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(AmqpError::Shared(e)),
+        Err(_) => Err(AmqpError::Connect(format!(
+            "the {what} round was dropped before it was published"
+        ))),
+    }
+}
+
 /// The part a task message is in a task pack.
 fn task_part(o: &Outgoing, body: Vec<u8>) -> TaskPart {
     TaskPart {
@@ -757,50 +744,23 @@ impl Shared {
         parts: Vec<(TaskPart, BasicProperties)>,
     ) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let start = {
-            let mut rounds = self.ringer.lock_tasks();
-            let round = rounds.entry(queue.clone()).or_default();
+        let start = join_round(self.ringer.task_rounds(), &queue, tx, |round| {
             if round.dtask.is_empty() {
                 round.dtask = dtask;
             }
             round.parts.extend(parts);
-            round.waiters.push(tx);
-            !std::mem::replace(&mut round.busy, true)
-        };
+        });
         if start {
             let shared = self.clone();
             tokio::spawn(async move { shared.task_rounds(queue).await });
         }
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(AmqpError::Shared(e)),
-            Err(_) => Err(AmqpError::Connect(
-                "the task round was dropped before it was published".into(),
-            )),
-        }
+        round_outcome(rx, "task").await
     }
 
     /// Publishes the rounds of the task queue `queue` one after the other until none
     /// waits.
     async fn task_rounds(self: Arc<Self>, queue: String) {
-        loop {
-            let round = {
-                let mut rounds = self.ringer.lock_tasks();
-                let Some(round) = rounds.get_mut(&queue) else {
-                    return;
-                };
-                if round.waiters.is_empty() {
-                    rounds.remove(&queue);
-                    return;
-                }
-                std::mem::replace(
-                    round,
-                    TaskRound {
-                        busy: true,
-                        ..TaskRound::default()
-                    },
-                )
-            };
+        while let Some(round) = next_round(self.ringer.task_rounds(), &queue) {
             let mut items = self.task_packed(&queue, &round.dtask, round.parts);
             let outcome = self.publish_raw(&mut items).await.map_err(Arc::new);
             for w in round.waiters {

@@ -225,6 +225,60 @@ pub(crate) struct Round {
     pub(crate) busy: bool,
 }
 
+/// What a round of publishes keeps for its loop (`publish.rs`): who waits for it, and
+/// whether one of its key is on its way.
+pub(crate) trait Pending: Default {
+    fn waiters(&mut self) -> &mut Vec<Waiter>;
+    fn busy(&mut self) -> &mut bool;
+}
+
+impl Pending for Round {
+    fn waiters(&mut self) -> &mut Vec<Waiter> {
+        &mut self.waiters
+    }
+    fn busy(&mut self) -> &mut bool {
+        &mut self.busy
+    }
+}
+
+impl Pending for TaskRound {
+    fn waiters(&mut self) -> &mut Vec<Waiter> {
+        &mut self.waiters
+    }
+    fn busy(&mut self) -> &mut bool {
+        &mut self.busy
+    }
+}
+
+/// Adds to the next round of `key` in `rounds` (with `add`) and its waiter `tx`; returns
+/// whether the caller starts the loop of `key`'s rounds (none was on its way).
+pub(crate) fn join_round<R: Pending>(
+    rounds: &Mutex<HashMap<String, R>>,
+    key: &str,
+    tx: Waiter,
+    add: impl FnOnce(&mut R),
+) -> bool {
+    let mut rounds = lock(rounds);
+    let round = rounds.entry(key.to_string()).or_default();
+    add(round);
+    round.waiters().push(tx);
+    !std::mem::replace(round.busy(), true)
+}
+
+/// Takes the next round of `key` from `rounds`, leaving an empty one marked on its way;
+/// `None` (and `key` forgotten) when nobody waits for one.
+pub(crate) fn next_round<R: Pending>(rounds: &Mutex<HashMap<String, R>>, key: &str) -> Option<R> {
+    let mut rounds = lock(rounds);
+    let round = rounds.get_mut(key)?;
+    if round.waiters().is_empty() {
+        rounds.remove(key);
+        return None;
+    }
+    let mut next = R::default();
+    *next.busy() = true;
+    Some(std::mem::replace(round, next))
+}
+
 /// The task messages of one task queue to publish in its next round, and who waits for
 /// them (`publish.rs`, `Shared::task_round`).
 #[derive(Default)]
@@ -274,12 +328,14 @@ impl Ringer {
         self.packed.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<String, Round>> {
-        lock(&self.rounds)
+    /// The mailbox rounds, by instance.
+    pub(crate) fn rounds(&self) -> &Mutex<HashMap<String, Round>> {
+        &self.rounds
     }
 
-    pub(crate) fn lock_tasks(&self) -> MutexGuard<'_, HashMap<String, TaskRound>> {
-        lock(&self.tasks)
+    /// The task rounds, by task queue.
+    pub(crate) fn task_rounds(&self) -> &Mutex<HashMap<String, TaskRound>> {
+        &self.tasks
     }
 }
 

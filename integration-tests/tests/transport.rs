@@ -62,6 +62,25 @@ impl Mailbox {
 }
 
 /// The tag of a doorbell delivery, which its drain names.
+/// Nothing more comes on `deliveries` within 2 s, and each of `queues` empties (a queue
+/// not made yet counts as empty).
+async fn nothing_left(
+    b: &Broker,
+    deliveries: &mut BoxStream<'static, Result<Delivery, dtasks::Error>>,
+    queues: &[String],
+) -> anyhow::Result<()> {
+    let extra = tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await;
+    anyhow::ensure!(extra.is_err(), "a delivery after every message was settled");
+    for queue in queues {
+        wait_for(Duration::from_secs(10), || async {
+            Ok(b.queue_len(queue).await?.unwrap_or(0) == 0)
+        })
+        .await
+        .with_context(|| format!("{queue} still holds messages"))?;
+    }
+    Ok(())
+}
+
 fn tag_of(d: &Delivery) -> anyhow::Result<u64> {
     match &d.kind {
         DeliveryKind::Doorbell { tag, .. } => Ok(*tag),
@@ -920,14 +939,7 @@ async fn task_deliveries_settled_at_once_and_out_of_order_settle_each_once() -> 
         assert_eq!(*n, want, "message m{i} came {n} times");
     }
     // Nothing comes again, and nothing is left.
-    let extra = tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await;
-    assert!(extra.is_err(), "a delivery after every message was acked");
-    let queue = t.task_queue("probe");
-    wait_for(Duration::from_secs(10), || async {
-        Ok(b.queue_len(&queue).await? == Some(0))
-    })
-    .await
-    .with_context(|| format!("{queue} still holds messages"))?;
+    nothing_left(&b, &mut deliveries, &[t.task_queue("probe")]).await?;
     drop(deliveries);
     b.cleanup().await
 }
@@ -1088,9 +1100,6 @@ async fn task_messages_of_one_publish_go_in_packs_and_settle_one_by_one() -> any
     let mut want = put_back.map(String::from).to_vec();
     want.sort();
     assert_eq!(again, want);
-    let extra = tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await;
-    assert!(extra.is_err(), "a delivery after every message was settled");
-
     let dead_queue = format!("{}.dead", b.prefix());
     wait_for(Duration::from_secs(5), || async {
         Ok(b.queue_len(&dead_queue).await? == Some(1))
@@ -1115,13 +1124,7 @@ async fn task_messages_of_one_publish_go_in_packs_and_settle_one_by_one() -> any
         long_string(header(&letters[0], "x-dtasks-instance")),
         Some(parent.child(33).to_string())
     );
-    for queue in [packs, t.task_queue("probe")] {
-        wait_for(Duration::from_secs(10), || async {
-            Ok(b.queue_len(&queue).await? == Some(0))
-        })
-        .await
-        .with_context(|| format!("{queue} still holds messages"))?;
-    }
+    nothing_left(&b, &mut deliveries, &[packs, t.task_queue("probe")]).await?;
     drop(deliveries);
 
     // A pack itself, as the broker holds it: persistent, with its count of messages.
@@ -1199,15 +1202,7 @@ async fn a_task_pack_delivered_again_is_split_into_single_messages() -> anyhow::
         assert!(seen.insert(id.clone()), "{id} came twice");
         d.settle.ack().await?;
     }
-    let extra = tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await;
-    assert!(extra.is_err(), "a delivery after every message was acked");
-    for queue in [packs, second.task_queue("probe")] {
-        wait_for(Duration::from_secs(10), || async {
-            Ok(b.queue_len(&queue).await? == Some(0))
-        })
-        .await
-        .with_context(|| format!("{queue} still holds messages"))?;
-    }
+    nothing_left(&b, &mut deliveries, &[packs, second.task_queue("probe")]).await?;
     drop(deliveries);
     b.cleanup().await
 }
@@ -1258,15 +1253,8 @@ async fn publishes_to_one_task_queue_at_once_go_together_in_packs() -> anyhow::R
         assert!(seen.insert(i), "m{i} came twice");
         d.settle.ack().await?;
     }
-    let extra = tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await;
-    assert!(extra.is_err(), "a delivery after every message was acked");
-    for queue in [format!("{}.packs.probe", b.prefix()), t.task_queue("probe")] {
-        wait_for(Duration::from_secs(10), || async {
-            Ok(b.queue_len(&queue).await?.unwrap_or(0) == 0)
-        })
-        .await
-        .with_context(|| format!("{queue} still holds messages"))?;
-    }
+    let packs = format!("{}.packs.probe", b.prefix());
+    nothing_left(&b, &mut deliveries, &[packs, t.task_queue("probe")]).await?;
     drop(deliveries);
     b.cleanup().await
 }
