@@ -1258,3 +1258,53 @@ async fn publishes_to_one_task_queue_at_once_go_together_in_packs() -> anyhow::R
     drop(deliveries);
     b.cleanup().await
 }
+
+/// A worker holds at most twice its task prefetch in messages of packs: the pack queues
+/// are consumed with a prefetch of `2 · prefetch / task_packs` packs, so a fan-out larger
+/// than that stays in the queue for other workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_holds_at_most_twice_its_prefetch_in_messages_of_packs() -> anyhow::Result<()> {
+    const MESSAGES: usize = 100;
+    let b = Broker::start().await?;
+    // Prefetch 16, packs of 4: 8 packs, 32 messages in hand at most.
+    let t = b
+        .transport_with(|c| c.with_prefetch(16).with_task_packs(4))
+        .await?;
+    let parent = InstanceId::random();
+    let batch: Vec<Outgoing> = (0..MESSAGES)
+        .map(|i| {
+            let task = Destination::Task {
+                name: "probe".into(),
+            };
+            out(task, b"x", &format!("c{i}"), &parent.child(i as u32))
+        })
+        .collect();
+    t.publish(batch).await?;
+    let packs = format!("{}.packs.probe", b.prefix());
+    assert_eq!(b.queue_len(&packs).await?, Some(25));
+    let mut deliveries = t.consume(vec!["probe".to_string()]).await?;
+    let mut held = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await {
+        held.push(d?);
+    }
+    assert_eq!(held.len(), 32, "messages in hand, none settled");
+    assert_eq!(
+        b.queue_len(&packs).await?,
+        Some(17),
+        "the rest waits for others"
+    );
+    // Settled, they make room: every message comes once.
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < MESSAGES {
+        for d in held.drain(..) {
+            assert!(seen.insert(task_id(&d)?), "a message came twice");
+            d.settle.ack().await?;
+        }
+        if seen.len() < MESSAGES {
+            held.push(next(&mut deliveries).await?);
+        }
+    }
+    nothing_left(&b, &mut deliveries, &[packs, t.task_queue("probe")]).await?;
+    drop(deliveries);
+    b.cleanup().await
+}
