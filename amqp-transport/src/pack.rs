@@ -55,6 +55,17 @@ pub(crate) struct Part {
     pub(crate) body: Vec<u8>,
 }
 
+/// The `traceparent` and `tracestate` a part keeps of `trace` (empty without one).
+pub(crate) fn trace_fields(trace: Option<&dtasks::trace::TraceContext>) -> (String, String) {
+    match trace {
+        Some(t) => (
+            t.traceparent().to_string(),
+            t.tracestate().unwrap_or_default().to_string(),
+        ),
+        None => (String::new(), String::new()),
+    }
+}
+
 /// One message of a task pack: the starts or resumes of several instances.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct TaskPart {

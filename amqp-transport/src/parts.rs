@@ -205,19 +205,11 @@ fn again(origin: &Origin, data: &[u8]) -> Option<Vec<Again>> {
 
 /// A mailbox part written again.
 fn mailbox_part(a: Again) -> Part {
+    let (traceparent, tracestate) = pack::trace_fields(a.trace.as_ref());
     Part {
         id: a.id,
-        traceparent: a
-            .trace
-            .as_ref()
-            .map(|t| t.traceparent().to_string())
-            .unwrap_or_default(),
-        tracestate: a
-            .trace
-            .as_ref()
-            .and_then(|t| t.tracestate())
-            .unwrap_or_default()
-            .to_string(),
+        traceparent,
+        tracestate,
         body: a.body,
     }
 }

@@ -377,16 +377,11 @@ impl Shared {
         for (o, item) in batch.iter().zip(items) {
             match &o.destination {
                 Destination::Mailbox { instance } => {
-                    let trace = o.trace.as_ref();
+                    let (traceparent, tracestate) = pack::trace_fields(o.trace.as_ref());
                     let part = Part {
                         id: o.message_id.clone(),
-                        traceparent: trace
-                            .map(|t| t.traceparent().to_string())
-                            .unwrap_or_default(),
-                        tracestate: trace
-                            .and_then(|t| t.tracestate())
-                            .unwrap_or_default()
-                            .to_string(),
+                        traceparent,
+                        tracestate,
                         body: item.body,
                     };
                     let at = round_of(&mut rounds, instance, &o.dtask);
@@ -423,7 +418,7 @@ impl Shared {
                 };
                 let item = &mut others[i];
                 let part = task_part(o, std::mem::take(&mut item.body));
-                let props = item.props.clone();
+                let props = std::mem::take(&mut item.props);
                 // Counted as published here; the round's outcome is what the batch waits for.
                 item.done = Some(Published::Stored);
                 match task_rounds.iter_mut().find(|(q, ..)| *q == queue) {
@@ -708,20 +703,12 @@ async fn round_outcome(
 
 /// The part a task message is in a task pack.
 fn task_part(o: &Outgoing, body: Vec<u8>) -> TaskPart {
+    let (traceparent, tracestate) = pack::trace_fields(o.trace.as_ref());
     TaskPart {
         id: o.message_id.clone(),
         instance: o.instance.as_str().to_string(),
-        traceparent: o
-            .trace
-            .as_ref()
-            .map(|t| t.traceparent().to_string())
-            .unwrap_or_default(),
-        tracestate: o
-            .trace
-            .as_ref()
-            .and_then(|t| t.tracestate())
-            .unwrap_or_default()
-            .to_string(),
+        traceparent,
+        tracestate,
         body,
     }
 }
