@@ -277,11 +277,18 @@ impl InstanceStore for StreamStore {
         id: &'a InstanceId,
     ) -> BoxFuture<'a, std::result::Result<InstanceInfo, dtasks::Error>> {
         async move {
-            // The finish is in the stream already: the follower reads it without a marker.
+            // The finish is in the stream, or on its way (the worker replies while it
+            // appends): the follower reads it without a marker, whenever it comes.
             let index = self.following(false).await?;
             Ok(self.probing(index.until_finished(id)).await)
         }
         .boxed()
+    }
+
+    /// `true`: [`read_finished`](InstanceStore::read_finished) waits for the finish to
+    /// come down the stream, so the reply need not wait for its append.
+    fn replies_while_recording(&self) -> bool {
+        true
     }
 
     fn wait_finished<'a>(

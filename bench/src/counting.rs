@@ -347,4 +347,8 @@ impl InstanceStore for CountingStore {
     ) -> BoxFuture<'a, Result<InstanceInfo, Error>> {
         self.inner.read_finished(id)
     }
+
+    fn replies_while_recording(&self) -> bool {
+        self.inner.replies_while_recording()
+    }
 }

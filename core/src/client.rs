@@ -360,7 +360,12 @@ impl Client {
         let start = info_span!("dtask.start", instance = %id, dtask = %state.name)
             .in_scope(|| Outgoing::start(&state));
         self.check_size(&format!("the start of `{}`", state.name), &start)?;
-        // Known first: once the start is out, the instance may finish at once.
+        // Recorded while the start goes out, not before it: the store's rules take the
+        // facts of an instance in any order (a Started fact after the worker's first
+        // status or even its finish changes no status), and both are durable before this
+        // returns, so a read by id from any process then finds the instance. A failed
+        // record fails the start, which may be out then, as after a publish whose confirm
+        // was lost.
         let started = Fact::new(
             id.clone(),
             state.name.clone(),
@@ -368,8 +373,10 @@ impl Client {
             FactKind::Started { parent: None },
         )
         .with_records_children(state.records_children);
-        store.record(vec![started]).await?;
-        self.transport.publish(vec![start]).await?;
+        futures::try_join!(
+            store.record(vec![started]),
+            self.transport.publish(vec![start])
+        )?;
         // Claimed only once the start is out: a client that dies before this leaves a
         // start that a worker claims for it, never a claim with nothing started.
         if let (ClaimId::Yes, Some(nonce)) = (claim, state.claim) {

@@ -344,3 +344,99 @@ async fn concurrent_writes_share_messages_and_every_fact_arrives() -> anyhow::Re
     println!("{WRITES} concurrent writes: {records} records in the stream");
     b.cleanup().await
 }
+
+/// The stream store of a worker, except that each finish is written after a pause, and
+/// after the finish of an earlier run of the same step (as if a worker had appended it
+/// and died before it acked).
+struct EarlierRun {
+    inner: StreamStore,
+    earlier: FactKind,
+}
+
+impl InstanceStore for EarlierRun {
+    fn record(
+        &self,
+        facts: Vec<Fact>,
+    ) -> futures::future::BoxFuture<'_, Result<u64, dtasks::Error>> {
+        Box::pin(async move {
+            let finishes: Vec<Fact> = facts
+                .iter()
+                .filter(|f| matches!(f.kind, FactKind::Finished { .. }))
+                .map(|f| fact(&f.instance, SystemTime::now(), self.earlier.clone()))
+                .collect();
+            if !finishes.is_empty() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                self.inner.record(finishes).await?;
+            }
+            self.inner.record(facts).await
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        id: &'a InstanceId,
+    ) -> futures::future::BoxFuture<'a, Result<Option<InstanceInfo>, dtasks::Error>> {
+        self.inner.get(id)
+    }
+
+    fn list<'a>(
+        &'a self,
+        query: &'a Query,
+    ) -> futures::future::BoxFuture<'a, Result<dtasks::store::Listing, dtasks::Error>> {
+        self.inner.list(query)
+    }
+
+    fn purge<'a>(
+        &'a self,
+        filter: &'a Filter,
+    ) -> futures::future::BoxFuture<'a, Result<u64, dtasks::Error>> {
+        self.inner.purge(filter)
+    }
+
+    fn claim<'a>(
+        &'a self,
+        id: &'a InstanceId,
+        nonce: u64,
+    ) -> futures::future::BoxFuture<'a, Result<bool, dtasks::Error>> {
+        self.inner.claim(id, nonce)
+    }
+
+    fn replies_while_recording(&self) -> bool {
+        self.inner.replies_while_recording()
+    }
+}
+
+/// On the stream store the worker replies while it appends the finish; the client that
+/// has the reply still returns the result appended first, once it shows in the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_sent_while_the_finish_is_appended_still_gives_the_result_recorded_first(
+) -> anyhow::Result<()> {
+    #[dtasks::dtask(name = "stream_store.plus_one")]
+    async fn plus_one(x: u64) -> u64 {
+        x + 1
+    }
+    let b = Broker::start().await?;
+    let store = EarlierRun {
+        inner: b.transport().await?.instance_store(),
+        earlier: finished_with(99).await?,
+    };
+    assert!(store.replies_while_recording());
+    let workers = b
+        .workers_with(
+            1,
+            dtasks::WorkerConfig::new().register(plus_one).store(store),
+        )
+        .await?;
+    let client = b.client().await?;
+    let h = client.start(plus_one(5)).await?;
+    let v = tokio::time::timeout(Duration::from_secs(30), h.result()).await??;
+    // Not the 6 its reply carried: the finish appended first stands.
+    assert_eq!(v, 99);
+    let info = client.instance(h.id()).await?;
+    assert_eq!(
+        (info.status, info.duplicate_results),
+        (Status::Succeeded, 1)
+    );
+    workers.stop().await?;
+    b.cleanup().await
+}

@@ -15,8 +15,9 @@ use crate::transport::{Destination, Outgoing, Published, Transport};
 /// resolves when everything is durable, with the transport's report and the number of
 /// results the store refused as duplicates.
 ///
-/// Both go out at once, except when the batch also replies to a client: the facts are
-/// recorded first then, so that a client that has its result also reads it by id.
+/// Both go out at once, except when the batch also replies to a client and the store
+/// wants its facts first ([`InstanceStore::replies_while_recording`]): the facts are
+/// recorded first then, so that a client that has its reply finds the result by id.
 pub(super) async fn emit(
     transport: &dyn Transport,
     store: Option<&Arc<dyn InstanceStore>>,
@@ -44,7 +45,7 @@ pub(super) async fn emit(
     let replies = rest
         .iter()
         .any(|o| matches!(o.destination, Destination::Reply { .. }));
-    if replies {
+    if replies && !store.replies_while_recording() {
         let duplicates = store.record(facts).await?;
         return Ok((transport.publish(rest).await?, duplicates));
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 
 use crate::error::Error;
 use crate::protocol::InstanceId;
@@ -44,7 +44,6 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     book: Mutex<Book>,
-    finished: Notify,
 }
 
 #[derive(Default)]
@@ -56,6 +55,9 @@ struct Book {
     retention: Option<Duration>,
     /// When the retention was last applied.
     swept: Option<SystemTime>,
+    /// Who waits for the finish of each instance: woken when it finishes or is removed,
+    /// and only then (a finish wakes its own waiters, not every waiter of the store).
+    waiters: HashMap<InstanceId, Vec<oneshot::Sender<()>>>,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -86,25 +88,19 @@ impl MemoryStore {
     /// Applies `facts` in order (what [`InstanceStore::record`] does, without waiting):
     /// for stores that fold a log of facts into this one.
     pub fn apply(&self, facts: &[Fact]) -> Vec<Applied> {
-        let mut finished = false;
-        let applied = {
-            let mut book = self.book();
-            let applied: Vec<Applied> = facts
-                .iter()
-                .map(|fact| {
-                    let a = book.apply(fact);
-                    finished |=
-                        a == Applied::Changed && matches!(fact.kind, FactKind::Finished { .. });
-                    a
-                })
-                .collect();
-            if let Some(last) = facts.last() {
-                book.sweep(last.at);
-            }
-            applied
-        };
-        if finished {
-            self.inner.finished.notify_waiters();
+        let mut book = self.book();
+        let applied: Vec<Applied> = facts
+            .iter()
+            .map(|fact| {
+                let a = book.apply(fact);
+                if a == Applied::Changed && matches!(fact.kind, FactKind::Finished { .. }) {
+                    book.wake(&fact.instance);
+                }
+                a
+            })
+            .collect();
+        if let Some(last) = facts.last() {
+            book.sweep(last.at);
         }
         applied
     }
@@ -174,13 +170,32 @@ impl MemoryStore {
     /// finish was recorded.
     pub async fn until_finished(&self, id: &InstanceId) -> InstanceInfo {
         loop {
-            let notified = self.inner.finished.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(info) = self.instance(id).filter(|i| i.status.is_finished()) {
+            if let Some(info) = self.finish_of(id, Unknown::Wait).await {
                 return info;
             }
-            notified.await;
+        }
+    }
+
+    /// Waits until the instance `id` is finished and returns it; `None` when it is not
+    /// here (at once with [`Unknown::Refuse`], else once it was removed).
+    async fn finish_of(&self, id: &InstanceId, unknown: Unknown) -> Option<InstanceInfo> {
+        loop {
+            let woken = {
+                let mut book = self.book();
+                match book.instances.get(id) {
+                    Some(info) if info.status.is_finished() => return Some(info.clone()),
+                    None if unknown == Unknown::Refuse => return None,
+                    _ => {}
+                }
+                let (tx, rx) = oneshot::channel();
+                let waiting = book.waiters.entry(id.clone()).or_default();
+                // Waits given up (a timeout around them) leave nothing behind.
+                waiting.retain(|w| !w.is_closed());
+                waiting.push(tx);
+                rx
+            };
+            // Woken by a finish or by a removal: either way, read again.
+            let _ = woken.await;
         }
     }
 
@@ -188,6 +203,15 @@ impl MemoryStore {
     pub fn claim_now(&self, id: &InstanceId, nonce: u64) -> bool {
         *self.book().claims.entry(id.clone()).or_insert(nonce) == nonce
     }
+}
+
+/// What a wait for a finish does with an instance that is not here.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unknown {
+    /// Waits for it to come.
+    Wait,
+    /// Returns `None`.
+    Refuse,
 }
 
 impl Book {
@@ -230,6 +254,14 @@ impl Book {
             self.by_start.remove(&(millis(info.created_at), id.clone()));
         }
         self.claims.remove(id);
+        self.wake(id);
+    }
+
+    /// Wakes whoever waits for the finish of `id`.
+    fn wake(&mut self, id: &InstanceId) {
+        for w in self.waiters.remove(id).into_iter().flatten() {
+            let _ = w.send(());
+        }
     }
 
     /// Drops what finished longer than the retention before `now`, at most once a
@@ -288,17 +320,102 @@ impl InstanceStore for MemoryStore {
         id: &'a InstanceId,
     ) -> BoxFuture<'a, Result<InstanceInfo, Error>> {
         async move {
-            loop {
-                let notified = self.inner.finished.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                match self.instance(id) {
-                    None => return Err(Error::not_found(id.as_str())),
-                    Some(info) if info.status.is_finished() => return Ok(info),
-                    Some(_) => notified.await,
-                }
-            }
+            self.finish_of(id, Unknown::Refuse)
+                .await
+                .ok_or_else(|| Error::not_found(id.as_str()))
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::protocol::Status;
+
+    fn fact(id: &InstanceId, kind: FactKind) -> Fact {
+        Fact::new(id.clone(), "work", SystemTime::now(), kind)
+    }
+
+    fn finished(id: &InstanceId) -> Fact {
+        fact(
+            id,
+            FactKind::Finished {
+                status: Status::Succeeded,
+                result: vec![0x91, 0x00],
+            },
+        )
+    }
+
+    fn started(id: &InstanceId) -> Fact {
+        fact(id, FactKind::Started { parent: None })
+    }
+
+    fn waiting(store: &MemoryStore, id: &InstanceId) -> usize {
+        store.book().waiters.get(id).map_or(0, Vec::len)
+    }
+
+    #[tokio::test]
+    async fn a_finish_wakes_the_waiters_of_its_instance_and_no_other() {
+        let store = MemoryStore::new();
+        let (a, b) = (InstanceId::new("a").unwrap(), InstanceId::new("b").unwrap());
+        store.apply(&[started(&a), started(&b)]);
+        let wait_a = tokio::spawn({
+            let (store, a) = (store.clone(), a.clone());
+            async move { store.wait_finished(&a).await }
+        });
+        let wait_b = tokio::spawn({
+            let (store, b) = (store.clone(), b.clone());
+            async move { store.until_finished(&b).await }
+        });
+        while waiting(&store, &a) == 0 || waiting(&store, &b) == 0 {
+            tokio::task::yield_now().await;
+        }
+        store.apply(&[finished(&b)]);
+        let info = wait_b.await.unwrap();
+        assert_eq!(info.status, Status::Succeeded);
+        // `a`'s waiter was not woken: it still waits, registered once.
+        assert_eq!(waiting(&store, &a), 1);
+        assert!(!wait_a.is_finished());
+        store.apply(&[finished(&a)]);
+        assert_eq!(wait_a.await.unwrap().unwrap().status, Status::Succeeded);
+        assert!(store.book().waiters.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_removed_instance_ends_its_waits_with_not_found_and_unknown_ids_are_refused() {
+        let store = MemoryStore::new();
+        let id = InstanceId::new("gone").unwrap();
+        let e = store.wait_finished(&id).await.unwrap_err();
+        assert!(e.is_not_found());
+        store.apply(&[started(&id)]);
+        let wait = tokio::spawn({
+            let (store, id) = (store.clone(), id.clone());
+            async move { store.wait_finished(&id).await }
+        });
+        while waiting(&store, &id) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Purges and the retention remove finished instances only, whose waiters the
+        // finish woke; a removal of any other still ends its waits rather than leaving
+        // them parked for good.
+        store.book().forget(&id);
+        assert!(wait.await.unwrap().unwrap_err().is_not_found());
+    }
+
+    #[tokio::test]
+    async fn waits_given_up_leave_nothing_behind() {
+        let store = MemoryStore::new();
+        let id = InstanceId::new("slow").unwrap();
+        store.apply(&[started(&id)]);
+        for _ in 0..100 {
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(1), store.wait_finished(&id)).await;
+            assert!(gave_up.is_err());
+        }
+        // Each new wait drops those given up before registering itself.
+        assert_eq!(waiting(&store, &id), 1);
     }
 }

@@ -116,18 +116,32 @@ pub trait InstanceStore: Send + Sync + 'static {
         })
     }
 
-    /// The instance `id`, which is known to have finished: its finish was recorded before
-    /// the caller learnt that it finished (the reply to the client that started it comes
-    /// after the worker recorded the finish). Returns the result that stands, the first
-    /// recorded (a reply of redone work may carry another). The default is
-    /// [`InstanceStore::wait_finished`]; a store whose reads lag its writes waits for the
-    /// finish to show rather than syncing first. A store that wraps another (to count or
-    /// log its calls) must forward this method too, or it falls back to the default.
+    /// The instance `id`, which is known to have finished: the reply to the client that
+    /// started it came, which a worker sends once the finish is recorded, or while it is
+    /// being recorded when [`InstanceStore::replies_while_recording`] says so. Returns the
+    /// result that stands, the first recorded (a reply of redone work may carry another).
+    /// The default is [`InstanceStore::wait_finished`]; a store whose reads lag its writes
+    /// waits for the finish to show rather than syncing first. A store that wraps another
+    /// (to count or log its calls) must forward this method too, or it falls back to the
+    /// default.
     fn read_finished<'a>(
         &'a self,
         id: &'a InstanceId,
     ) -> BoxFuture<'a, Result<InstanceInfo, Error>> {
         self.wait_finished(id)
+    }
+
+    /// Whether a worker may send the reply to the client that started an instance while
+    /// the instance's finish is still being recorded, instead of once it is recorded.
+    ///
+    /// `true` suits a store whose [`InstanceStore::read_finished`] waits for the finish
+    /// to show whenever it was written (the reply then only wakes the reader, and the
+    /// client's `Handle::result` still returns the result recorded first): the reply no
+    /// longer waits for the write. Either way the worker acks the step only once both
+    /// are done. The default, `false`, records first, so that the client's one read
+    /// after the reply finds the finish. A store that wraps another must forward this.
+    fn replies_while_recording(&self) -> bool {
+        false
     }
 
     /// The payload store this instance store keeps (values over the payload threshold,
