@@ -253,28 +253,29 @@ async fn run_amqp(
                     raw::declare(admin, &spec.queue).await?;
                     out.raw.push(raw::handoff(&spec, broker.as_deref()).await?);
                 }
-                if w1b {
-                    step(&format!("RabbitMQ: W1b rep {}", rep + 1));
-                    out.set.w1b.push(
-                        workloads::w1b(&env, Some(admin), s, z.w1b, rep as u64 * 10_000_000)
-                            .await?,
-                    );
-                    // Each rep and each raw baseline on the same broker: no registers left.
-                    env.delete_registers(Some(admin)).await?;
-                }
-                if call {
-                    step(&format!("RabbitMQ: W1b with call, rep {}", rep + 1));
-                    out.set.w1b_call.push(
-                        workloads::w1b_via(
-                            &env,
-                            Some(admin),
-                            s,
-                            z.w1b,
-                            500_000_000 + rep as u64 * 10_000_000,
-                            workloads::Via::Call,
-                        )
-                        .await?,
-                    );
+                // W1b with start and with call take turns going first (S1 compares them,
+                // and the first of a pair runs right after the raw baseline).
+                for via in workloads::Via::pair(rep) {
+                    match via {
+                        workloads::Via::Start if w1b => {
+                            step(&format!("RabbitMQ: W1b rep {}", rep + 1));
+                            let base = rep as u64 * 10_000_000;
+                            out.set
+                                .w1b
+                                .push(workloads::w1b(&env, Some(admin), s, z.w1b, base).await?);
+                            // Each rep and each raw baseline on the same broker: no
+                            // registers left.
+                            env.delete_registers(Some(admin)).await?;
+                        }
+                        workloads::Via::Call if call => {
+                            step(&format!("RabbitMQ: W1b with call, rep {}", rep + 1));
+                            let base = 500_000_000 + rep as u64 * 10_000_000;
+                            out.set.w1b_call.push(
+                                workloads::w1b_via(&env, Some(admin), s, z.w1b, base, via).await?,
+                            );
+                        }
+                        _ => {}
+                    }
                 }
             }
             if a.wants("w1a") {

@@ -201,20 +201,19 @@ pub(crate) async fn s1_pg(
             .push(format!("PostgreSQL warm-up errors: {:?}", warm.errors));
     }
     for rep in 0..reps {
-        crate::step(&format!(
-            "RabbitMQ + PostgreSQL: W1b with call, rep {}",
-            rep + 1
-        ));
-        let base = 600_000_000 + rep as u64 * 10_000_000;
-        out.pg_call
-            .push(workloads::w1b_via(env, Some(admin), s, chains, base, Via::Call).await?);
-        crate::step(&format!(
-            "RabbitMQ + PostgreSQL: W1b with start, rep {}",
-            rep + 1
-        ));
-        let base = 700_000_000 + rep as u64 * 10_000_000;
-        out.pg_start
-            .push(workloads::w1b_via(env, Some(admin), s, chains, base, Via::Start).await?);
+        // Start and call take turns going first.
+        for via in Via::pair(rep) {
+            let (way, runs, base) = match via {
+                Via::Start => ("start", &mut out.pg_start, 700_000_000),
+                Via::Call => ("call", &mut out.pg_call, 600_000_000),
+            };
+            crate::step(&format!(
+                "RabbitMQ + PostgreSQL: W1b with {way}, rep {}",
+                rep + 1
+            ));
+            let base = base + rep as u64 * 10_000_000;
+            runs.push(workloads::w1b_via(env, Some(admin), s, chains, base, via).await?);
+        }
     }
     Ok(())
 }

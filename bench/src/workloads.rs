@@ -137,10 +137,22 @@ async fn collect(set: &mut JoinSet<Outcome>, expected: usize, run: &mut Run) {
 /// How W1b gets each chain's result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Via {
-    /// `Client::start`, then `Handle::result`: a result register per instance.
+    /// `Client::start`, then `Handle::result`: the root's facts in the instance store.
     Start,
     /// `Client::call`: the result on the client's reply queue.
     Call,
+}
+
+impl Via {
+    /// Both ways in the order repetition `rep` runs them: start first in even
+    /// repetitions, call first in odd ones, so that neither always runs first.
+    pub(crate) fn pair(rep: usize) -> [Via; 2] {
+        if rep % 2 == 0 {
+            [Via::Start, Via::Call]
+        } else {
+            [Via::Call, Via::Start]
+        }
+    }
 }
 
 /// W1b (and the warm-up): `n` chains of `s.steps` started at once.
@@ -353,4 +365,19 @@ pub(crate) async fn w3(
     }
     probe.finish(env, admin, &mut run).await?;
     Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Via;
+
+    #[test]
+    fn start_and_call_take_turns_going_first() {
+        let firsts: Vec<Via> = (0..4).map(|rep| Via::pair(rep)[0]).collect();
+        assert_eq!(firsts, [Via::Start, Via::Call, Via::Start, Via::Call]);
+        for rep in 0..4 {
+            let [a, b] = Via::pair(rep);
+            assert_ne!(a, b, "rep {rep} runs one way twice");
+        }
+    }
 }
