@@ -32,6 +32,11 @@ pub(crate) const H_RINGS: &str = "x-dtasks-rings";
 /// (`follow.rs` says why streams are nudged).
 pub(crate) const H_MARKER: &str = "x-dtasks-marker";
 
+/// Header of a reply whose result is the one the instance store recorded (`1`; absent
+/// otherwise): the client takes it without reading the store
+/// ([`Destination::Reply`](dtasks::transport::Destination::Reply)).
+pub(crate) const H_RECORDED: &str = "x-dtasks-recorded";
+
 /// Header: the W3C `traceparent` of the span the message was sent from.
 pub(crate) const H_TRACEPARENT: &str = "traceparent";
 /// Header: the W3C `tracestate` that goes with it.
@@ -103,6 +108,24 @@ pub(crate) fn header_str(props: &BasicProperties, key: &str) -> Option<String> {
         AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
         AMQPValue::ShortString(s) => Some(s.to_string()),
         _ => None,
+    }
+}
+
+/// Whether a reply carries [`H_RECORDED`] (any non-zero number or `true`).
+pub(crate) fn recorded(props: &BasicProperties) -> bool {
+    let Some(headers) = props.headers().as_ref() else {
+        return false;
+    };
+    match headers.inner().get(H_RECORDED) {
+        Some(AMQPValue::Boolean(b)) => *b,
+        Some(AMQPValue::ShortShortUInt(n)) => *n != 0,
+        Some(AMQPValue::ShortShortInt(n)) => *n != 0,
+        Some(AMQPValue::ShortUInt(n)) => *n != 0,
+        Some(AMQPValue::ShortInt(n)) => *n != 0,
+        Some(AMQPValue::LongUInt(n)) => *n != 0,
+        Some(AMQPValue::LongInt(n)) => *n != 0,
+        Some(AMQPValue::LongLongInt(n)) => *n != 0,
+        _ => false,
     }
 }
 

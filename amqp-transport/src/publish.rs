@@ -16,7 +16,9 @@ use tracing::{debug, warn};
 use crate::clock::{ceil_ms, now_ms};
 use crate::conn::{self, Backoff, ATTEMPT_TIMEOUT};
 use crate::error::{AmqpError, Context, Result};
-use crate::headers::{properties, with_headers, with_trace, H_AT, H_MARKER, H_RINGS, H_TARGET};
+use crate::headers::{
+    properties, with_headers, with_trace, H_AT, H_MARKER, H_RECORDED, H_RINGS, H_TARGET,
+};
 use crate::metrics::{CONFIRM_DURATION, PUBLISHED};
 use crate::pack::{self, Part, TaskPart, H_PACK, MAX_PACK_BYTES};
 use crate::records::{join_round, next_round, MAX_RINGS_LEN};
@@ -315,12 +317,16 @@ impl Shared {
                 },
                 props,
             ),
-            Destination::Reply { client } => (
+            Destination::Reply { client, recorded } => (
                 Route::Queue {
                     queue: self.topo.reply(client),
                     kind: Kind::Reply,
                 },
-                props,
+                if *recorded {
+                    with_headers(props, vec![(H_RECORDED, AMQPValue::ShortShortUInt(1))])
+                } else {
+                    props
+                },
             ),
             Destination::Cancel { .. } => (
                 Route::Queue {

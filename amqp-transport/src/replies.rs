@@ -14,7 +14,7 @@ use tracing::{info_span, warn, Instrument};
 
 use crate::conn;
 use crate::error::{AmqpError, Context, Result};
-use crate::headers::{header_str, H_INSTANCE};
+use crate::headers::{header_str, recorded, H_INSTANCE};
 use crate::settle::AmqpSettle;
 use crate::shared::Shared;
 use crate::supervise::{subscribe, supervised, End};
@@ -88,6 +88,7 @@ async fn pump_replies(
             None => return End::Lost("the reply consumer was cancelled".into()),
         };
         let instance = header_str(&d.properties, H_INSTANCE).and_then(|s| InstanceId::new(s).ok());
+        let recorded = recorded(&d.properties);
         let settle = AmqpSettle::new(
             shared.clone(),
             ch.clone(),
@@ -106,6 +107,7 @@ async fn pump_replies(
         let _ = tx.send(Ok(Reply {
             instance,
             body: d.data,
+            recorded,
             settle: Box::new(settle),
         }));
     }

@@ -351,4 +351,8 @@ impl InstanceStore for CountingStore {
     fn replies_while_recording(&self) -> bool {
         self.inner.replies_while_recording()
     }
+
+    fn reports_duplicates(&self) -> bool {
+        self.inner.reports_duplicates()
+    }
 }

@@ -438,7 +438,8 @@ pub fn as_next_revision(bytes: &[u8]) -> Option<Vec<u8>> {
 /// every other call to the store it wraps: a store that fails whenever a root reports
 /// `Running` or `Suspended`, for tests of what workers do when their store fails. Every
 /// method is forwarded, those with a default too ([`InstanceStore::read_finished`],
-/// [`InstanceStore::replies_while_recording`], [`InstanceStore::payloads`]), so the wrapped store behaves as it does alone.
+/// [`InstanceStore::replies_while_recording`], [`InstanceStore::reports_duplicates`],
+/// [`InstanceStore::payloads`]), so the wrapped store behaves as it does alone.
 ///
 /// ```
 /// # use std::sync::Arc;
@@ -510,6 +511,10 @@ impl InstanceStore for RefuseStatus {
 
     fn replies_while_recording(&self) -> bool {
         self.0.replies_while_recording()
+    }
+
+    fn reports_duplicates(&self) -> bool {
+        self.0.reports_duplicates()
     }
 
     fn payloads(&self) -> Option<Arc<dyn PayloadStore>> {

@@ -1308,3 +1308,35 @@ async fn a_worker_holds_at_most_twice_its_prefetch_in_messages_of_packs() -> any
     drop(deliveries);
     b.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_says_whether_it_carries_the_recorded_result() -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    let t = b.transport().await?;
+    let queues = t.replies().context("the transport has reply queues")?;
+    let mut replies = queues.consume_replies("probe-client").await?;
+    let (carried, unknown) = (InstanceId::random(), InstanceId::random());
+    let reply = |recorded: bool, id: &InstanceId| {
+        let to = Destination::Reply {
+            client: "probe-client".into(),
+            recorded,
+        };
+        out(to, b"result", &format!("{id}:result"), id)
+    };
+    t.publish(vec![reply(true, &carried), reply(false, &unknown)])
+        .await?;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let r = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .context("no reply within 10 s")?
+            .context("the stream ended")??;
+        assert_eq!(r.body, b"result");
+        seen.push((r.instance.clone(), r.recorded));
+        r.settle.ack().await?;
+    }
+    seen.sort_by_key(|(id, _)| *id == unknown);
+    assert_eq!(seen, [(carried, true), (unknown, false)]);
+    drop(replies);
+    b.cleanup().await
+}

@@ -322,6 +322,14 @@ impl InstanceStore for PgStore {
         self.wait(id).boxed()
     }
 
+    /// `true`: a transaction locks the rows it writes and applies the rules to what they
+    /// hold, so each result refused as a duplicate is counted for its caller (one whose
+    /// commit was lost and tried again finds its own result there, and counts it: it
+    /// says too little, never too much).
+    fn reports_duplicates(&self) -> bool {
+        true
+    }
+
     /// This store: values over the payload threshold go to its table
     /// `dtasks_payloads`.
     fn payloads(&self) -> Option<Arc<dyn PayloadStore>> {

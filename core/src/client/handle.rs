@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
-use super::no_store;
 use super::replies::{lock, ReplyHub, Waiting};
+use super::{no_store, outcome_bytes};
 use crate::error::Error;
 use crate::protocol::codec::decode_value;
 use crate::protocol::message::Status;
@@ -44,11 +44,12 @@ impl<T> Clone for Handle<T> {
 }
 
 /// The news that a root this process started finished, as its result comes back on the
-/// reply queue: awaited once, kept for every clone of the handle. Only the news is used:
-/// the result that stands is read from the store.
+/// reply queue: awaited once, kept for every clone of the handle. The result it carries
+/// is used only when the worker recorded it, as the first, before replying; else the
+/// result that stands is read from the store.
 pub(super) struct Early {
     waiting: Mutex<Option<Waiting>>,
-    finished: OnceCell<bool>,
+    news: OnceCell<News>,
     /// The reply queue's reader stays while a handle may wait on it, even when the
     /// client that started the instance is gone.
     _hub: Arc<OnceCell<ReplyHub>>,
@@ -58,24 +59,38 @@ impl Early {
     pub(super) fn new(waiting: Waiting, hub: Arc<OnceCell<ReplyHub>>) -> Self {
         Self {
             waiting: Mutex::new(Some(waiting)),
-            finished: OnceCell::new(),
+            news: OnceCell::new(),
             _hub: hub,
         }
     }
 
-    /// Whether the reply came (`false` when the reply queue's reader stopped first).
-    async fn finished(&self) -> bool {
-        *self
-            .finished
+    /// What the reply said.
+    async fn news(&self) -> &News {
+        self.news
             .get_or_init(|| async {
                 let waiting = lock(&self.waiting).take();
                 match waiting {
-                    Some(w) => w.result().await.is_ok(),
-                    None => false,
+                    Some(w) => match w.reply().await {
+                        Ok(came) if came.recorded => News::Recorded(came.body),
+                        Ok(_) => News::Finished,
+                        Err(_) => News::None,
+                    },
+                    None => News::None,
                 }
             })
             .await
     }
+}
+
+/// What a handle learnt from its reply.
+enum News {
+    /// Nothing: the reply queue's reader stopped first.
+    None,
+    /// The instance finished; the result that stands is in the store.
+    Finished,
+    /// The instance finished with this result (the encoded record), the one the store
+    /// recorded.
+    Recorded(Vec<u8>),
 }
 
 impl<T> fmt::Debug for Handle<T> {
@@ -107,21 +122,25 @@ impl<T> Handle<T> {
     /// Waits for the result and returns it as MessagePack bytes; [`Error::is_not_found`]
     /// at once when the store holds nothing of the instance.
     ///
-    /// A handle from [`Client::start`](super::Client::start) learns of the finish on the client's reply queue and
-    /// then reads the result (no polling); any other handle waits for it in the instance
-    /// store. Either way the result is the one the store recorded first.
+    /// A handle from [`Client::start`](super::Client::start) learns of the finish on the
+    /// client's reply queue (no polling): it returns the result the reply carries when
+    /// the worker recorded that result, as the first, before replying (a store that
+    /// reports duplicates at once: in memory, PostgreSQL), and else reads the result from
+    /// the store (the RabbitMQ-only stream store). Any other handle waits for it in the
+    /// instance store. Either way the result is the one the store recorded first.
     pub async fn result_bytes(&self) -> Result<Vec<u8>, Error> {
         let store = self.store.as_ref().ok_or_else(no_store)?;
         // The reply says that it finished; the store holds the result that stands (the
-        // first recorded: the reply of a step redone after a crash may carry another).
-        let finished = match &self.early {
-            Some(early) => early.finished().await,
-            None => false,
+        // first recorded: the reply of a step redone after a crash may carry another),
+        // unless the reply says that it carries that one.
+        let news = match &self.early {
+            Some(early) => early.news().await,
+            None => &News::None,
         };
-        let info = if finished {
-            store.read_finished(&self.id).await?
-        } else {
-            store.wait_finished(&self.id).await?
+        let info = match news {
+            News::Recorded(record) => return self.payloads.resolve(outcome_bytes(record)?).await,
+            News::Finished => store.read_finished(&self.id).await?,
+            News::None => store.wait_finished(&self.id).await?,
         };
         let bytes = info
             .result_bytes()

@@ -13,7 +13,14 @@ use crate::error::Error;
 use crate::protocol::state::InstanceId;
 use crate::transport::{Reply, Transport};
 
-type Waiters = Arc<Mutex<HashMap<InstanceId, oneshot::Sender<Vec<u8>>>>>;
+type Waiters = Arc<Mutex<HashMap<InstanceId, oneshot::Sender<Came>>>>;
+
+/// A reply as it came: the encoded result, and whether it is the one the instance store
+/// recorded ([`Reply::recorded`]).
+pub(super) struct Came {
+    pub(super) body: Vec<u8>,
+    pub(super) recorded: bool,
+}
 
 /// A client's reply queue: one reader task hands each result to the call waiting for it.
 pub(super) struct ReplyHub {
@@ -68,11 +75,17 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(super) struct Waiting {
     id: InstanceId,
     waiters: Waiters,
-    rx: oneshot::Receiver<Vec<u8>>,
+    rx: oneshot::Receiver<Came>,
 }
 
 impl Waiting {
-    pub(super) async fn result(mut self) -> Result<Vec<u8>, Error> {
+    /// The encoded result.
+    pub(super) async fn result(self) -> Result<Vec<u8>, Error> {
+        Ok(self.reply().await?.body)
+    }
+
+    /// The reply.
+    pub(super) async fn reply(mut self) -> Result<Came, Error> {
         (&mut self.rx)
             .await
             .map_err(|_| Error::transport("the reply queue's reader stopped"))
@@ -92,7 +105,10 @@ async fn read_replies(mut replies: BoxStream<'static, Result<Reply, Error>>, wai
                 let waiting = lock(&waiters).remove(&reply.instance);
                 match waiting {
                     Some(tx) => {
-                        let _ = tx.send(reply.body);
+                        let _ = tx.send(Came {
+                            body: reply.body,
+                            recorded: reply.recorded,
+                        });
                     }
                     // A second result of redone work, or the result of a dropped call.
                     None => debug!(instance = %reply.instance, "a reply nobody waits for"),

@@ -54,6 +54,14 @@ pub enum Destination {
     Reply {
         /// The client's reply queue name.
         client: String,
+        /// Whether the result it carries is the one the instance store recorded: the
+        /// worker wrote the instance's finish, as its first, before it sent the reply
+        /// ([`InstanceStore::reports_duplicates`](crate::store::InstanceStore::reports_duplicates)).
+        /// The client then takes the result from the reply without reading the store. A
+        /// transport that cannot carry it delivers the reply with
+        /// [`Reply::recorded`](crate::transport::Reply::recorded) `false`, which only
+        /// costs that read.
+        recorded: bool,
     },
     /// The transport's cancel records (`Cancels`): the
     /// message is the durable record that `instance` is cancelled.
@@ -466,8 +474,10 @@ impl Outgoing {
             let body = encode(&ResultRecord {
                 outcome: outcome.clone(),
             });
+            // Set by the worker once the finish is recorded (`runtime/facts.rs`).
             let dest = Destination::Reply {
                 client: client.clone(),
+                recorded: false,
             };
             out.push(Self::about(dest, body, MessageId::Result(&state.id), state));
         }

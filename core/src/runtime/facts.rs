@@ -17,7 +17,10 @@ use crate::transport::{Destination, Outgoing, Published, Transport};
 ///
 /// Both go out at once, except when the batch also replies to a client and the store
 /// wants its facts first ([`InstanceStore::replies_while_recording`]): the facts are
-/// recorded first then, so that a client that has its reply finds the result by id.
+/// recorded first then, so that a client that has its reply finds the result by id; and
+/// when the store says that none was a duplicate
+/// ([`InstanceStore::reports_duplicates`]), the replies say so, and their clients take
+/// the result from them.
 pub(super) async fn emit(
     transport: &dyn Transport,
     store: Option<&Arc<dyn InstanceStore>>,
@@ -46,11 +49,33 @@ pub(super) async fn emit(
         .iter()
         .any(|o| matches!(o.destination, Destination::Reply { .. }));
     if replies && !store.replies_while_recording() {
+        let finished: HashSet<InstanceId> = facts
+            .iter()
+            .filter(|f| matches!(f.kind, FactKind::Finished { .. }))
+            .map(|f| f.instance.clone())
+            .collect();
         let duplicates = store.record(facts).await?;
+        let mut rest = rest;
+        if duplicates == 0 && store.reports_duplicates() {
+            // Each finish was its instance's first: the replies carry the results that
+            // stand, and their clients need not read them back.
+            mark_recorded(&mut rest, &finished);
+        }
         return Ok((transport.publish(rest).await?, duplicates));
     }
     let (recorded, published) = tokio::join!(store.record(facts), transport.publish(rest));
     Ok((published?, recorded?))
+}
+
+/// Marks the replies about the instances in `finished` as carrying the recorded result.
+fn mark_recorded(outputs: &mut [Outgoing], finished: &HashSet<InstanceId>) {
+    for o in outputs {
+        if let Destination::Reply { recorded, .. } = &mut o.destination {
+            if finished.contains(&o.instance) {
+                *recorded = true;
+            }
+        }
+    }
 }
 
 /// Drops the status facts a batch made stale: every one of an instance but its last, and

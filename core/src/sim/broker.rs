@@ -656,6 +656,8 @@ impl Broker {
         let reply = Reply {
             instance,
             body,
+            // The simulated broker keeps no headers: its clients always read the store.
+            recorded: false,
             settle: (self.settler)(shared, c, session, tag, "reply".into()),
         };
         if let Some((_, tx)) = &self.conns[&c].replies {

@@ -168,7 +168,7 @@ fn land_one(
                 }
             }
         }
-        Destination::Reply { client } => {
+        Destination::Reply { client, .. } => {
             let q = QueueRef::Reply(client.clone());
             if b.has_queue(&q) {
                 let msg = Msg {

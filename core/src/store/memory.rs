@@ -293,6 +293,11 @@ impl Book {
 }
 
 impl InstanceStore for MemoryStore {
+    /// `true`: a write applies its facts at once and counts each duplicate result.
+    fn reports_duplicates(&self) -> bool {
+        true
+    }
+
     fn record(&self, facts: Vec<Fact>) -> BoxFuture<'_, Result<u64, Error>> {
         let applied = self.apply(&facts);
         let duplicates = applied.iter().filter(|a| **a == Applied::Duplicate).count();

@@ -166,6 +166,9 @@ pub struct Reply {
     pub instance: InstanceId,
     /// The encoded result.
     pub body: Vec<u8>,
+    /// What its [`Destination::Reply`] said: the result is the one the instance store
+    /// recorded (`false` when unknown, or when the transport does not carry it).
+    pub recorded: bool,
     /// Settles it: ack removes it from the reply queue, requeue puts it back.
     pub settle: Box<dyn Settle>,
 }
@@ -175,6 +178,7 @@ impl fmt::Debug for Reply {
         f.debug_struct("Reply")
             .field("instance", &self.instance)
             .field("len", &self.body.len())
+            .field("recorded", &self.recorded)
             .finish_non_exhaustive()
     }
 }

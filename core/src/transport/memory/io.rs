@@ -237,18 +237,18 @@ impl ReplyQueues for MemoryTransport {
                 {
                     let mut mem = shared.lock();
                     let next = mem.replies.get_mut(&client).and_then(VecDeque::pop_front);
-                    if let Some((instance, body)) = next {
+                    if let Some(stored) = next {
                         mem.unsettled += 1;
                         drop(mem);
                         let reply = Reply {
-                            instance: instance.clone(),
-                            body: body.clone(),
+                            instance: stored.instance.clone(),
+                            body: stored.body.clone(),
+                            recorded: stored.recorded,
                             settle: Box::new(MemSettle {
                                 shared: shared.clone(),
                                 token: Some(Token::Reply {
                                     client: client.clone(),
-                                    instance,
-                                    body,
+                                    reply: stored,
                                 }),
                             }),
                         };

@@ -130,6 +130,15 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+/// A reply waiting in a client's reply queue.
+#[derive(Clone)]
+pub(super) struct StoredReply {
+    pub(super) instance: InstanceId,
+    pub(super) body: Vec<u8>,
+    /// What its [`Destination::Reply`] said.
+    pub(super) recorded: bool,
+}
+
 struct Shared {
     mem: Mutex<Mem>,
     changed: Notify,
@@ -171,7 +180,7 @@ struct Mem {
     /// When each mailbox was created or last drained.
     mailbox_used: HashMap<InstanceId, SystemTime>,
     /// Client reply queues: the instance each result is for, and the result.
-    replies: HashMap<String, VecDeque<(InstanceId, Vec<u8>)>>,
+    replies: HashMap<String, VecDeque<StoredReply>>,
     dead: VecDeque<DeadLetter>,
     /// Deliveries and mailbox messages handed out and not yet settled.
     unsettled: usize,
@@ -414,11 +423,15 @@ impl MemoryTransport {
                 }
                 mem.deliver_to_mailbox(instance, msg.body, msg.trace);
             }
-            Destination::Reply { client } => {
+            Destination::Reply { client, recorded } => {
                 mem.replies
                     .entry(client.clone())
                     .or_default()
-                    .push_back((about, msg.body));
+                    .push_back(StoredReply {
+                        instance: about,
+                        body: msg.body,
+                        recorded: *recorded,
+                    });
             }
             Destination::Cancel { .. } => {
                 if let Err(e) = self.shared.cancels.insert_encoded(&msg.body) {

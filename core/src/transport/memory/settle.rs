@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::{Msg, Shared};
+use super::{Msg, Shared, StoredReply};
 use crate::error::Error;
 use crate::protocol::InstanceId;
 use crate::trace::TraceContext;
@@ -28,8 +28,7 @@ pub(super) enum Token {
     },
     Reply {
         client: String,
-        instance: InstanceId,
-        body: Vec<u8>,
+        reply: StoredReply,
     },
 }
 
@@ -95,21 +94,11 @@ impl MemSettle {
                 mem.bury(body, reason);
             }
             (Token::Reply { .. }, How::Ack) => {}
-            (
-                Token::Reply {
-                    client,
-                    instance,
-                    body,
-                },
-                How::Requeue,
-            ) => {
-                mem.replies
-                    .entry(client)
-                    .or_default()
-                    .push_front((instance, body));
+            (Token::Reply { client, reply }, How::Requeue) => {
+                mem.replies.entry(client).or_default().push_front(reply);
             }
-            (Token::Reply { body, .. }, How::Dead(reason)) => {
-                mem.bury(body, reason);
+            (Token::Reply { reply, .. }, How::Dead(reason)) => {
+                mem.bury(reply.body, reason);
             }
         }
         drop(mem);
