@@ -66,7 +66,8 @@ async fn workers_hold_their_work_while_the_database_is_cut_and_finish_it_once_wh
     }
     tokio::time::sleep(Duration::from_millis(30)).await;
     proxy.cut();
-    // Starts made during the outage wait for the database (their facts come first).
+    // Starts made during the outage wait for the database: each for its Started fact
+    // (the start itself goes out meanwhile, and its run's finish waits in turn).
     let late = {
         let client = client.clone();
         tokio::spawn(async move {
