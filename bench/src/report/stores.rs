@@ -150,7 +150,7 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "{} chains of {} steps at once, each way {} times (medians). On the stream store these are W1b's and W1b (call)'s runs (alternated with the raw baseline); on PostgreSQL a pair of runs per repetition after them; in each pair start goes first in odd repetitions and call in even ones. With `start` the client records the root's Started fact while it publishes the start; the result comes back on its reply queue once the worker has recorded the Finished fact (PostgreSQL) or while it appends it (stream store: the client then waits for the finish in the stream). `call` records nothing.\n",
+            "{} chains of {} steps at once, each way {} times (medians). On the stream store these are W1b's and W1b (call)'s runs (alternated with the raw baseline); on PostgreSQL a pair of runs per repetition after them; in each pair start goes first in odd repetitions and call in even ones. With `start` the client records the root's Started fact while it publishes the start; the result comes back on its reply queue once the worker has recorded the Finished fact (PostgreSQL: the reply then carries the recorded result, and the client reads nothing back) or while it appends it (stream store: the client then waits for the finish in the stream). `call` records nothing.\n",
             self.sizes.w1b, self.settings.steps, self.sizes.reps
         );
         let _ = writeln!(

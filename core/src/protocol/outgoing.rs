@@ -56,11 +56,10 @@ pub enum Destination {
         client: String,
         /// Whether the result it carries is the one the instance store recorded: the
         /// worker wrote the instance's finish, as its first, before it sent the reply
-        /// ([`InstanceStore::reports_duplicates`](crate::store::InstanceStore::reports_duplicates)).
+        /// (the instance store's `reports_duplicates`).
         /// The client then takes the result from the reply without reading the store. A
-        /// transport that cannot carry it delivers the reply with
-        /// [`Reply::recorded`](crate::transport::Reply::recorded) `false`, which only
-        /// costs that read.
+        /// transport that cannot carry it delivers the reply with `Reply::recorded`
+        /// `false`, which only costs that read.
         recorded: bool,
     },
     /// The transport's cancel records (`Cancels`): the

@@ -147,13 +147,12 @@ pub trait InstanceStore: Send + Sync + 'static {
     /// Whether [`InstanceStore::record`] counts every result it refused as a duplicate:
     /// when it does, a count of 0 says that each finish it recorded was the first of its
     /// instance, the result that stands. A worker then marks its reply to the client
-    /// that started the instance ([`Destination::Reply`]'s `recorded`), and the client
-    /// returns the result from the reply instead of reading the store. The default,
+    /// that started the instance (the `recorded` of the transport's `Destination::Reply`),
+    /// and the client returns the result from the reply instead of reading the store. The
+    /// default,
     /// `false`, suits a store that answers 0 because it cannot tell (one that keeps a
     /// log of facts); saying `true` wrongly would hand a client a result other than the
     /// one recorded. A store that wraps another must forward this.
-    ///
-    /// [`Destination::Reply`]: crate::transport::Destination::Reply
     fn reports_duplicates(&self) -> bool {
         false
     }
