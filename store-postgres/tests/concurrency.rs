@@ -52,10 +52,19 @@ async fn one_result_wins_among_100_concurrent_finishes_from_two_stores() {
         }));
     }
     let mut duplicates = 0;
-    for t in tasks {
-        duplicates += t.await.unwrap().unwrap();
+    let mut first = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let d = t.await.unwrap().unwrap();
+        if d == 0 {
+            first.push(i as u64);
+        }
+        duplicates += d;
     }
     assert_eq!(duplicates, 99, "every result but one is refused");
+    // What `reports_duplicates` promises (a worker's reply then carries its result as the
+    // recorded one): the one write that reported no duplicate is the one that stands.
+    assert!(a.reports_duplicates() && b.reports_duplicates());
+    assert_eq!(first.len(), 1, "{first:?}");
     let info = a.get(&id("r")).await.unwrap().unwrap();
     assert_eq!(info.duplicate_results, 99);
     let result = String::from_utf8(info.result.clone().unwrap()).unwrap();
@@ -66,6 +75,7 @@ async fn one_result_wins_among_100_concurrent_finishes_from_two_stores() {
         Status::Succeeded
     };
     assert_eq!(info.status, expected, "the status is the winning result's");
+    assert_eq!(first, [winner], "the write told it was first is the one that stands");
     assert_eq!(info.updated_at, common::at(10 + winner));
     assert_eq!(b.get(&id("r")).await.unwrap().unwrap(), info);
     drop((a, b));
