@@ -75,7 +75,11 @@ async fn one_result_wins_among_100_concurrent_finishes_from_two_stores() {
         Status::Succeeded
     };
     assert_eq!(info.status, expected, "the status is the winning result's");
-    assert_eq!(first, [winner], "the write told it was first is the one that stands");
+    assert_eq!(
+        first,
+        [winner],
+        "the write told it was first is the one that stands"
+    );
     assert_eq!(info.updated_at, common::at(10 + winner));
     assert_eq!(b.get(&id("r")).await.unwrap().unwrap(), info);
     drop((a, b));
