@@ -189,7 +189,8 @@ impl MemoryStore {
                 }
                 let (tx, rx) = oneshot::channel();
                 let waiting = book.waiters.entry(id.clone()).or_default();
-                // Waits given up (a timeout around them) leave nothing behind.
+                // Waits given up (a timeout around them) are dropped here, by the next
+                // wait for the same instance, or by its finish: at most one stays.
                 waiting.retain(|w| !w.is_closed());
                 waiting.push(tx);
                 rx
@@ -411,7 +412,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn waits_given_up_leave_nothing_behind() {
+    async fn waits_given_up_do_not_pile_up() {
         let store = MemoryStore::new();
         let id = InstanceId::new("slow").unwrap();
         store.apply(&[started(&id)]);
