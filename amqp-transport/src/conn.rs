@@ -2,7 +2,8 @@
 //! away; and the pace of retries while it is away.
 
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
@@ -29,6 +30,8 @@ pub(crate) struct Connections {
     name: String,
     /// The index in `urls` of the node that took the last connection.
     next: AtomicUsize,
+    /// Connections opened so far, shared by the pools of one transport.
+    opened: Arc<AtomicU64>,
 }
 
 impl managed::Manager for Connections {
@@ -50,6 +53,8 @@ impl managed::Manager for Connections {
                         info!(node = i, "connected to another broker node");
                     }
                     self.next.store(i, Ordering::Relaxed);
+                    self.opened.fetch_add(1, Ordering::Relaxed);
+                    ::metrics::counter!(crate::metrics::CONNECTIONS_OPENED).increment(1);
                     return Ok(conn);
                 }
                 Ok(Err(e)) => failures.push(format!("node {i}: {e}")),
@@ -74,11 +79,13 @@ impl managed::Manager for Connections {
 /// A pool of connections: a dead connection is replaced on the next get.
 pub(crate) type ConnectionPool = managed::Pool<Connections>;
 
-/// A pool of `size` connections to the broker nodes at `urls` (tried in turn).
+/// A pool of `size` connections to the broker nodes at `urls` (tried in turn); each
+/// connection it opens counts in `opened`.
 pub(crate) fn connection_pool(
     urls: &[String],
     name: String,
     size: usize,
+    opened: Arc<AtomicU64>,
 ) -> Result<ConnectionPool> {
     if urls.is_empty() {
         return Err(AmqpError::Config("no broker address".into()));
@@ -87,6 +94,7 @@ pub(crate) fn connection_pool(
         urls: urls.to_vec(),
         name,
         next: AtomicUsize::new(0),
+        opened,
     };
     managed::Pool::builder(conns)
         .max_size(size)

@@ -12,3 +12,6 @@ pub const PACKED: &str = "dtasks_amqp_packed_total";
 /// Counter: task messages written several to one AMQP message (a task pack: the messages
 /// of one publish that went to the same task queue, such as a fan-out's child starts).
 pub const TASK_PACKED: &str = "dtasks_amqp_task_packed_total";
+/// Counter: connections to RabbitMQ opened by transports' pools (a publisher and a
+/// consumer connection each, then one more each time one was lost and replaced).
+pub const CONNECTIONS_OPENED: &str = "dtasks_amqp_connections_opened_total";

@@ -1,20 +1,28 @@
 //! [`Shared`]: what every clone of a transport shares, and declaring queues through it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use deadpool::managed::Object;
-use lapin::options::QueueDeclareOptions;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::Channel;
+use lapin::{Channel, Confirmation};
 use tracing::{debug, warn};
 
 use crate::config::AmqpConfig;
 use crate::conn::{self, ChannelPool};
 use crate::error::{is_inequivalent, AmqpError, Context, Result};
+use crate::headers::{properties, with_headers, H_MARKER};
 use crate::records::{Declared, Doorbells, Ringer};
 
-use crate::topology::{short, Kind, Topology};
+use crate::topology::{short, text, Kind, Topology};
 
 /// The most control channels of a process (see [`Shared::control`]).
 const CONTROL_CHANNELS: usize = 4;
+
+/// How long [`Shared::warm_stream`] tries before it gives up (with a warning).
+const WARM_LIMIT: Duration = Duration::from_secs(10);
 
 pub(crate) struct Shared {
     pub(crate) cfg: AmqpConfig,
@@ -38,6 +46,11 @@ pub(crate) struct Shared {
     pub(crate) cancel_nudges: std::sync::atomic::AtomicBool,
     /// Set by `AmqpTransport::close`: every consumer of this process stops.
     closed: tokio::sync::watch::Sender<bool>,
+    /// The connections the two pools opened (`AmqpTransport::connections_opened`).
+    pub(crate) opened: Arc<AtomicU64>,
+    /// Held while a stream is checked (`Shared::warm_stream`), so that tasks of this
+    /// process that declare one stream at once check it once.
+    warming: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -45,10 +58,19 @@ impl Shared {
     /// first use).
     pub(crate) fn new(cfg: AmqpConfig) -> Result<Self> {
         cfg.validate().map_err(AmqpError::Config)?;
-        let publish_conns =
-            conn::connection_pool(&cfg.urls, format!("dtasks {} publisher", cfg.prefix), 1)?;
-        let consume_conns =
-            conn::connection_pool(&cfg.urls, format!("dtasks {} consumer", cfg.prefix), 1)?;
+        let opened = Arc::new(AtomicU64::new(0));
+        let publish_conns = conn::connection_pool(
+            &cfg.urls,
+            format!("dtasks {} publisher", cfg.prefix),
+            1,
+            opened.clone(),
+        )?;
+        let consume_conns = conn::connection_pool(
+            &cfg.urls,
+            format!("dtasks {} consumer", cfg.prefix),
+            1,
+            opened.clone(),
+        )?;
         let channels = conn::channel_pool(publish_conns.clone(), cfg.publish_channels)?;
         let control = conn::channel_pool(publish_conns, CONTROL_CHANNELS)?;
         Ok(Self {
@@ -63,6 +85,8 @@ impl Shared {
             cancel_nudges: std::sync::atomic::AtomicBool::new(false),
             cancels: dtasks::transport::CancelBook::new(),
             closed: tokio::sync::watch::Sender::new(false),
+            opened,
+            warming: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -157,8 +181,109 @@ impl Shared {
             .await
             .context(|| format!("declaring queue `{queue}`"))?;
         debug!(queue, "queue declared");
+        if matches!(kind, Kind::Cancels | Kind::Facts | Kind::Payloads)
+            && !self.declared.contains(queue)
+        {
+            let _one = self.warming.lock().await;
+            if !self.declared.contains(queue) {
+                self.warm_stream(queue).await;
+            }
+        }
         self.declared.remember(queue);
         Ok(())
+    }
+
+    /// Before this process first writes to the stream `queue`: waits until a write to it
+    /// is confirmed, made on a connection of its own.
+    ///
+    /// RabbitMQ 3.10 answers the declaration of a stream that another process is creating
+    /// at that moment before the stream's leader is known, and a channel that publishes to
+    /// it then (its first publish to that stream) makes the broker close its whole
+    /// connection (`INTERNAL_ERROR`, `osiris_writer:write` `function_clause` in the broker's
+    /// log), with every consumer and unconfirmed publish on it. A write confirmed here means
+    /// that the leader is known, so the transport's own connections never meet that
+    /// window; a check that loses its connection to it is tried again. The write is a
+    /// marker that nobody waits for, which every reader of a stream skips. After
+    /// [`WARM_LIMIT`] the check gives up with a warning and the stream is used as it is.
+    async fn warm_stream(&self, queue: &str) {
+        let deadline = tokio::time::Instant::now() + WARM_LIMIT;
+        let mut pause = Duration::from_millis(20);
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let attempt = tokio::time::timeout(conn::ATTEMPT_TIMEOUT, self.try_warm(queue));
+            let failed = match attempt.await {
+                Ok(Ok(())) => {
+                    debug!(queue, tries, "stream ready");
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no confirm within {:?}", conn::ATTEMPT_TIMEOUT),
+            };
+            if tokio::time::Instant::now() + pause >= deadline {
+                warn!(queue, tries, error = %failed, "a new stream could not be checked; using it as it is");
+                return;
+            }
+            debug!(queue, tries, error = %failed, "a stream is not ready yet; checking again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// One check of [`Shared::warm_stream`]: a connection to the first node that takes
+    /// one, a marker published to `queue` with a confirm, the connection closed.
+    async fn try_warm(&self, queue: &str) -> Result<()> {
+        let mut last = None;
+        for url in self.cfg.urls() {
+            let props = lapin::ConnectionProperties::default()
+                .with_connection_name(format!("dtasks {} stream check", self.cfg.prefix).into());
+            match lapin::Connection::connect(url, props).await {
+                Ok(conn) => {
+                    let res = warm_on(&conn, queue).await;
+                    let _ = conn.close(200, "OK".into()).await;
+                    return res;
+                }
+                Err(e) => last = Some(AmqpError::broker("connecting to check a stream", e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| AmqpError::Config("no broker address".into())))
+    }
+
+    /// The connections this transport's pools have opened so far.
+    pub(crate) fn connections_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+}
+
+/// Publishes a marker nobody waits for to the stream `queue` on `conn` and waits for its
+/// confirm.
+async fn warm_on(conn: &lapin::Connection, queue: &str) -> Result<()> {
+    let ch = conn
+        .create_channel()
+        .await
+        .context(|| "opening a channel".into())?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context(|| "enabling publisher confirms".into())?;
+    let marker = format!("ready-{}", dtasks::InstanceId::random());
+    let props = with_headers(properties(&marker, "", ""), vec![(H_MARKER, text(&marker))]);
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            short(queue)?,
+            BasicPublishOptions::default(),
+            &[],
+            props,
+        )
+        .await
+        .context(|| format!("publishing to `{queue}`"))?
+        .await
+        .context(|| format!("waiting for the confirm of `{queue}`"))?;
+    match confirm {
+        Confirmation::Ack(_) => Ok(()),
+        other => Err(AmqpError::Invalid(format!(
+            "a check of stream `{queue}` was answered with {other:?}"
+        ))),
     }
 }
 

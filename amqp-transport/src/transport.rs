@@ -123,6 +123,15 @@ impl AmqpTransport {
         self.shared.ringer.task_packed()
     }
 
+    /// How many connections to RabbitMQ this transport (and its clones) opened: its
+    /// publisher and its consumer connection once each are used, then one more each time
+    /// one of them was lost (closed by the broker, or cut by the network) and replaced.
+    /// Also recorded as the metric
+    /// [`CONNECTIONS_OPENED`](crate::metrics::CONNECTIONS_OPENED).
+    pub fn connections_opened(&self) -> u64 {
+        self.shared.connections_opened()
+    }
+
     /// How many doorbells this transport's consumers handed to their worker, each one a
     /// drain of a mailbox and a merge (spent doorbells, acked without a drain, are not
     /// counted): where the merges of fan-ins ran.

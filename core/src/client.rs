@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::OnceCell;
@@ -57,9 +56,6 @@ pub struct Client {
     /// Whether the payload store was given ([`Client::with_payloads`]), rather than taken
     /// from the instance store or the transport.
     payloads_given: bool,
-    /// Whether a start of this client (or a clone) has had its Started fact recorded in
-    /// `store`: until then a start records before it publishes (see `publish_start`).
-    store_written: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for Client {
@@ -86,7 +82,6 @@ impl Client {
             records_children: false,
             payloads,
             payloads_given: false,
-            store_written: Arc::default(),
         }
     }
 
@@ -119,7 +114,6 @@ impl Client {
             self.payloads.store = payloads_of(Some(&store), &self.transport);
         }
         self.store = Some(store);
-        self.store_written = Arc::default();
         self
     }
 
@@ -366,12 +360,11 @@ impl Client {
         let start = info_span!("dtask.start", instance = %id, dtask = %state.name)
             .in_scope(|| Outgoing::start(&state));
         self.check_size(&format!("the start of `{}`", state.name), &start)?;
-        // Recorded while the start goes out, not before it (but for the first start,
-        // below): the store's rules take the facts of an instance in any order (a
-        // Started fact after the worker's first status or even its finish changes no
-        // status), and both are durable before this returns, so a read by id from any
-        // process then finds the instance. A failed record fails the start, which may be
-        // out then, as after a publish whose confirm was lost.
+        // Recorded while the start goes out, not before it: the store's rules take the
+        // facts of an instance in any order (a Started fact after the worker's first status
+        // or even its finish changes no status), and both are durable before this returns,
+        // so a read by id from any process then finds the instance. A failed record fails
+        // the start, which may be out then, as after a publish whose confirm was lost.
         let started = Fact::new(
             id.clone(),
             state.name.clone(),
@@ -379,21 +372,10 @@ impl Client {
             FactKind::Started { parent: None },
         )
         .with_records_children(state.records_children);
-        if self.store_written.load(Ordering::Relaxed) {
-            futures::try_join!(
-                store.record(vec![started]),
-                self.transport.publish(vec![start])
-            )?;
-        } else {
-            // The first write of this client may be the one that creates the store's
-            // home (the RabbitMQ-only store's stream). It is confirmed before the start
-            // goes out, so that the workers' writes the start leads to never reach a
-            // store still being made (RabbitMQ 3.10 closes the connection of a publish to
-            // a stream whose leader is not known yet).
-            store.record(vec![started]).await?;
-            self.store_written.store(true, Ordering::Relaxed);
-            self.transport.publish(vec![start]).await?;
-        }
+        futures::try_join!(
+            store.record(vec![started]),
+            self.transport.publish(vec![start])
+        )?;
         // Claimed only once the start is out: a client that dies before this leaves a
         // start that a worker claims for it, never a claim with nothing started.
         if let (ClaimId::Yes, Some(nonce)) = (claim, state.claim) {

@@ -179,6 +179,8 @@ async fn a_worker_process_serves_counters_that_move_by_what_ran() -> anyhow::Res
     let confirms = format!("{}_count", dtasks_amqp::metrics::CONFIRM_DURATION);
     assert!(s.sum(&confirms, &[]) > 0.0);
     assert!(s.sum(dtasks_amqp::metrics::PUBLISHED, &[]) >= 10.0);
+    // The worker's publisher and consumer connections, none lost.
+    assert_eq!(s.sum(dtasks_amqp::metrics::CONNECTIONS_OPENED, &[]), 2.0);
     assert_eq!(
         s.sum(dtasks_amqp::metrics::PACKED, &[]),
         0.0,

@@ -440,3 +440,54 @@ async fn a_reply_sent_while_the_finish_is_appended_still_gives_the_result_record
     workers.stop().await?;
     b.cleanup().await
 }
+
+/// Two processes that write the first facts of a deployment at once: one creates the
+/// stream while the other finds it declared. RabbitMQ 3.10 answers the second declaration
+/// before the stream's leader is known, and closes the connection of a channel that
+/// publishes to it then; each transport checks a new stream first, so that neither loses
+/// a connection. Without the check, this fails within a few rounds here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_that_write_a_new_stream_at_once_keep_their_connections() -> anyhow::Result<()> {
+    const ROUNDS: usize = 30;
+    let mut lost = Vec::new();
+    for round in 0..ROUNDS {
+        let b = Broker::start().await?;
+        let (ta, tb) = (b.transport().await?, b.transport().await?);
+        let (a, bs) = (ta.instance_store(), tb.instance_store());
+        let (ia, ib) = (InstanceId::random(), InstanceId::random());
+        let t0 = SystemTime::now();
+        let started = FactKind::Started { parent: None };
+        let (ra, rb) = tokio::join!(
+            a.record(vec![fact(&ia, t0, started.clone())]),
+            bs.record(vec![fact(&ib, t0, started.clone())]),
+        );
+        ra?;
+        rb?;
+        // What the same write costs on a stream that is already there.
+        let tc = b.transport().await?;
+        tc.instance_store()
+            .record(vec![fact(&InstanceId::random(), t0, started)])
+            .await?;
+        let usual = tc.connections_opened();
+        assert!(usual >= 1, "a write opens a connection");
+        for (who, t) in [("first", &ta), ("second", &tb)] {
+            if t.connections_opened() != usual {
+                lost.push(format!(
+                    "round {round}: the {who} process opened {} connections, not {usual}",
+                    t.connections_opened()
+                ));
+            }
+        }
+        // Both facts are in the stream.
+        for id in [&ia, &ib] {
+            assert_eq!(
+                a.get(id).await?.map(|i| i.status),
+                Some(Status::Pending),
+                "round {round}"
+            );
+        }
+        b.cleanup().await?;
+    }
+    assert!(lost.is_empty(), "connections were lost: {lost:#?}");
+    Ok(())
+}
