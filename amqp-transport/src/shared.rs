@@ -279,6 +279,9 @@ async fn warm_on(conn: &lapin::Connection, queue: &str) -> Result<()> {
         .context(|| format!("publishing to `{queue}`"))?
         .await
         .context(|| format!("waiting for the confirm of `{queue}`"))?;
+    // Closed before its connection, which would otherwise log the channel's close as a
+    // connection error.
+    let _ = ch.close(200, "OK".into()).await;
     match confirm {
         Confirmation::Ack(_) => Ok(()),
         other => Err(AmqpError::Invalid(format!(
@@ -313,6 +316,9 @@ async fn declare_on(
         ch.queue_declare(short(queue)?, opts, args)
             .await
             .context(|| format!("declaring queue `{queue}`"))?;
+        // Closed before its connection, which would otherwise log the channel's close as
+        // a connection error.
+        let _ = ch.close(200, "OK".into()).await;
         Ok(())
     }
     .await;
