@@ -61,6 +61,30 @@ async fn store(url: &str, writers: usize) -> anyhow::Result<PgStore> {
         .await?)
 }
 
+/// Records one fact of `kind` for each of `ids`, each write on its own, through `stores`
+/// in turn; the `i`-th of `n` waits `spread × i ÷ n` first.
+async fn record_each(
+    ids: &[InstanceId],
+    stores: &[PgStore],
+    spread: Duration,
+    kind: impl Fn() -> FactKind,
+) -> anyhow::Result<()> {
+    let mut set = JoinSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let store = stores[i % stores.len()].clone();
+        let fact = Fact::new(id.clone(), "cost", SystemTime::now(), kind());
+        let after = spread.mul_f64(i as f64 / ids.len() as f64);
+        set.spawn(async move {
+            tokio::time::sleep(after).await;
+            store.record(vec![fact]).await
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let url = setting(
@@ -80,42 +104,21 @@ async fn main() -> anyhow::Result<()> {
         let ids: Vec<InstanceId> = (0..roots)
             .map(|i| InstanceId::new(format!("cost-{rep}-{i}")))
             .collect::<Result<_, _>>()?;
-        let mut set = JoinSet::new();
-
+        let started = FactKind::Started { parent: None };
         let (cpu, t) = (server_cpu_ms(), Instant::now());
-        for id in &ids {
-            let (store, id) = (client.clone(), id.clone());
-            set.spawn(async move {
-                let started = FactKind::Started { parent: None };
-                store
-                    .record(vec![Fact::new(id, "cost", SystemTime::now(), started)])
-                    .await
-            });
-        }
-        while let Some(done) = set.join_next().await {
-            done??;
-        }
+        record_each(&ids, std::slice::from_ref(&client), Duration::ZERO, || {
+            started.clone()
+        })
+        .await?;
         start_wall += t.elapsed();
         start_cpu += server_cpu_ms() - cpu;
 
+        let finished = FactKind::Finished {
+            status: Status::Succeeded,
+            result: vec![1; 20],
+        };
         let (cpu, t) = (server_cpu_ms(), Instant::now());
-        for (i, id) in ids.iter().enumerate() {
-            let (store, id) = (workers[i % 2].clone(), id.clone());
-            let after = spread.mul_f64(i as f64 / roots as f64);
-            set.spawn(async move {
-                tokio::time::sleep(after).await;
-                let finished = FactKind::Finished {
-                    status: Status::Succeeded,
-                    result: vec![1; 20],
-                };
-                store
-                    .record(vec![Fact::new(id, "cost", SystemTime::now(), finished)])
-                    .await
-            });
-        }
-        while let Some(done) = set.join_next().await {
-            done??;
-        }
+        record_each(&ids, &workers, spread, || finished.clone()).await?;
         finish_wall += t.elapsed();
         finish_cpu += server_cpu_ms() - cpu;
     }
