@@ -159,12 +159,12 @@ impl Shared {
         kind: Kind,
     ) -> Result<()> {
         let (opts, args) = self.topo.declaration_of(queue, kind);
-        // One of several task queues of a DTask (or the pack queue that goes with it), on
-        // a cluster: declared through a connection to node `i mod nodes`, so that the
-        // leaders of a DTask's queues land on distinct nodes whatever else the nodes lead
-        // (a `balanced` locator can put two on one node when they are declared at once).
-        // A node out of reach leaves the choice to the node of `ch`.
-        if let (Some(i), true) = (self.topo.node_part_of(queue), self.cfg.urls().len() > 1) {
+        // One of several task queues of a DTask, on a cluster: declared through a
+        // connection to node `i mod nodes`, so that the leaders of a DTask's queues land on
+        // distinct nodes whatever else the nodes lead (a `balanced` locator can put two on
+        // one node when they are declared at once). A node out of reach leaves the choice
+        // to the node of `ch`.
+        if let (Some(i), true) = (self.topo.task_part_of(queue), self.cfg.urls().len() > 1) {
             let url = &self.cfg.urls()[usize::from(i) % self.cfg.urls().len()];
             match declare_on(url, queue, opts, args.clone()).await {
                 Ok(()) => {

@@ -103,24 +103,6 @@ impl Topology {
         i.parse().ok().filter(|i| *i < self.task_queues)
     }
 
-    /// The part `i` of `queue` when it is one of several task queues of a DTask
-    /// ([`Topology::task_part_of`]) or one of the pack queues that go with them
-    /// (`P.packs.<name>.<i>`): the queues a transport declares through a connection to
-    /// node `i mod nodes` of a cluster. A pack queue takes no leader locator argument:
-    /// queues made by earlier versions have none, and the broker refuses a declaration
-    /// whose arguments differ; the broker's default locator (`client-local`) puts its
-    /// leader on that node.
-    pub(crate) fn node_part_of(&self, queue: &str) -> Option<u16> {
-        if self.task_queues <= 1 {
-            return None;
-        }
-        let rest = queue.strip_prefix(&format!("{}.packs.", self.prefix));
-        match rest.and_then(|r| r.rsplit_once('.')) {
-            Some((_, i)) => i.parse().ok().filter(|i| *i < self.task_queues),
-            None => self.task_part_of(queue),
-        }
-    }
-
     /// Every task queue of DTask `name`: the one `P.task.<name>`, or `P.task.<name>.<i>`
     /// for each `i` below the count (`AmqpConfig::with_task_queues`).
     pub(crate) fn tasks(&self, name: &str) -> Vec<String> {
@@ -501,14 +483,6 @@ mod tests {
             Some(text("client-local"))
         );
         assert_eq!(locator(&three, "p.wake.t", Kind::Task), None);
-        // The pack queue of part `i` is declared on the node of part `i`, without the
-        // argument (see `node_part_of`).
-        assert_eq!(three.node_part_of("p.packs.t.2"), Some(2));
-        assert_eq!(three.node_part_of("p.task.t.1"), Some(1));
-        assert_eq!(three.node_part_of("p.packs.t.3"), None);
-        assert_eq!(three.node_part_of("p.wake.t"), None);
-        assert_eq!(one.node_part_of("p.packs.t"), None);
-        assert_eq!(locator(&three, "p.packs.t.2", Kind::Task), None);
         assert_eq!(locator(&one, "p.task.t", Kind::Task), None);
         let used: std::collections::BTreeSet<String> = (0..60)
             .map(|i| three.task_for("t", &format!("instance-{i}")))
