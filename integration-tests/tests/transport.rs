@@ -966,6 +966,10 @@ async fn cancel_records_are_followed_by_nudges_of_their_stream() -> anyhow::Resu
     let is_nudge = |d: &lapin::message::Delivery| {
         long_string(header(d, "x-dtasks-marker")).is_some_and(|m| m.starts_with("nudge-"))
     };
+    // The marker of the check a process makes before it first writes to a stream.
+    let is_check = |d: &lapin::message::Delivery| {
+        long_string(header(d, "x-dtasks-marker")).is_some_and(|m| m.starts_with("ready-"))
+    };
     // One at once after each record, then the sequence's two, 1 s and 4 s after the
     // first record.
     wait_for(Duration::from_secs(10), || async {
@@ -981,6 +985,8 @@ async fn cancel_records_are_followed_by_nudges_of_their_stream() -> anyhow::Resu
         .map(|d| {
             if is_nudge(d) {
                 "nudge".to_string()
+            } else if is_check(d) {
+                "check".to_string()
             } else {
                 String::from_utf8_lossy(&d.data).into_owned()
             }
@@ -988,7 +994,7 @@ async fn cancel_records_are_followed_by_nudges_of_their_stream() -> anyhow::Resu
         .collect();
     assert_eq!(
         kinds,
-        ["first", "nudge", "second", "nudge", "nudge", "nudge"]
+        ["check", "first", "nudge", "second", "nudge", "nudge", "nudge"]
     );
     b.cleanup().await
 }
