@@ -239,7 +239,13 @@ async fn a_snapshot_of_changed_code_is_refused_after_a_redeploy() -> anyhow::Res
     })
     .await
     .context("both instances suspended at `gate`")?;
-    assert_eq!(changed.status().await?, Status::Suspended);
+    // The worker records the status while it publishes the child's start, and acks the
+    // step once both are durable: the status may come just after the child's start.
+    wait_for(Duration::from_secs(20), || async {
+        Ok(changed.status().await? == Status::Suspended)
+    })
+    .await
+    .context("the changed instance is recorded as suspended")?;
     old.stop().await?;
     // The second deployment: `it.snapshot.deployed` changed, `unchanged` did not.
     let new = b
