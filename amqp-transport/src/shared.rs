@@ -47,7 +47,7 @@ pub(crate) struct Shared {
     /// Set by `AmqpTransport::close`: every consumer of this process stops.
     closed: tokio::sync::watch::Sender<bool>,
     /// The connections the two pools opened (`AmqpTransport::connections_opened`).
-    pub(crate) opened: Arc<AtomicU64>,
+    opened: Arc<AtomicU64>,
     /// Held while a stream is checked (`Shared::warm_stream`), so that tasks of this
     /// process that declare one stream at once check it once.
     warming: tokio::sync::Mutex<()>,
