@@ -51,6 +51,10 @@ pub(crate) struct Shared {
     /// Held while a stream is checked (`Shared::warm_stream`), so that tasks of this
     /// process that declare one stream at once check it once.
     warming: tokio::sync::Mutex<()>,
+    /// A connection to each node of a cluster that task queue parts were declared
+    /// through (`Shared::declare_on`), by node: opened on first use and kept, so that a
+    /// process declares all its parts on a few connections instead of one each.
+    nodes: tokio::sync::Mutex<std::collections::HashMap<usize, Arc<lapin::Connection>>>,
 }
 
 impl Shared {
@@ -87,12 +91,21 @@ impl Shared {
             closed: tokio::sync::watch::Sender::new(false),
             opened,
             warming: tokio::sync::Mutex::new(()),
+            nodes: tokio::sync::Mutex::default(),
         })
     }
 
     /// Stops every consumer of this process (`AmqpTransport::close`).
     pub(crate) fn close(&self) {
         self.closed.send_replace(true);
+    }
+
+    /// Closes the connections to single nodes (`Shared::declare_on`).
+    pub(crate) async fn close_nodes(&self) {
+        let nodes: Vec<_> = self.nodes.lock().await.drain().map(|(_, c)| c).collect();
+        for conn in nodes {
+            let _ = conn.close(200, "OK".into()).await;
+        }
     }
 
     /// Resolves once the transport is closed.
@@ -165,8 +178,8 @@ impl Shared {
         // one node when they are declared at once). A node out of reach leaves the choice
         // to the node of `ch`.
         if let (Some(i), true) = (self.topo.task_part_of(queue), self.cfg.urls().len() > 1) {
-            let url = &self.cfg.urls()[usize::from(i) % self.cfg.urls().len()];
-            match declare_on(url, queue, opts, args.clone()).await {
+            let node = usize::from(i) % self.cfg.urls().len();
+            match self.declare_on(node, queue, opts, args.clone()).await {
                 Ok(()) => {
                     debug!(queue, node = %i, "queue declared on its node");
                     self.declared.remember(queue);
@@ -249,6 +262,52 @@ impl Shared {
         Err(last.unwrap_or_else(|| AmqpError::Config("no broker address".into())))
     }
 
+    /// Declares `queue` through this process's connection to the node `node` of the
+    /// cluster (`cfg.urls()[node]`), opened on first use; a connection found lost is
+    /// replaced once.
+    async fn declare_on(
+        &self,
+        node: usize,
+        queue: &str,
+        opts: QueueDeclareOptions,
+        args: FieldTable,
+    ) -> Result<()> {
+        let conn = self.node(node, false).await?;
+        match declare_with(&conn, queue, opts, args.clone()).await {
+            Err(_) if !conn.status().connected() => {
+                let conn = self.node(node, true).await?;
+                declare_with(&conn, queue, opts, args).await
+            }
+            done => done,
+        }
+    }
+
+    /// The connection to node `node`: the one kept, unless it is lost or `fresh`.
+    async fn node(&self, node: usize, fresh: bool) -> Result<Arc<lapin::Connection>> {
+        let mut nodes = self.nodes.lock().await;
+        if let Some(conn) = nodes.get(&node) {
+            if !fresh && conn.status().connected() {
+                return Ok(conn.clone());
+            }
+        }
+        let url = &self.cfg.urls()[node];
+        let props = lapin::ConnectionProperties::default()
+            .with_connection_name(format!("dtasks {} declarations", self.cfg.prefix).into());
+        let connect = lapin::Connection::connect(url, props);
+        let conn = tokio::time::timeout(conn::ATTEMPT_TIMEOUT, connect)
+            .await
+            .map_err(|_| {
+                AmqpError::Connect(format!(
+                    "no answer from a node within {:?}",
+                    conn::ATTEMPT_TIMEOUT
+                ))
+            })?
+            .map_err(|e| AmqpError::broker("connecting to a node".to_string(), e))?;
+        let conn = Arc::new(conn);
+        nodes.insert(node, conn.clone());
+        Ok(conn)
+    }
+
     /// The connections this transport's pools have opened so far.
     pub(crate) fn connections_opened(&self) -> u64 {
         self.opened.load(Ordering::Relaxed)
@@ -290,38 +349,25 @@ async fn warm_on(conn: &lapin::Connection, queue: &str) -> Result<()> {
     }
 }
 
-/// Declares `queue` through a connection of its own to the broker node at `url`, closed
-/// afterwards (once per queue and process).
-async fn declare_on(
-    url: &str,
+/// Declares `queue` on a channel of its own on `conn`, closed afterwards.
+async fn declare_with(
+    conn: &lapin::Connection,
     queue: &str,
     opts: QueueDeclareOptions,
     args: FieldTable,
 ) -> Result<()> {
-    let connect = lapin::Connection::connect(url, lapin::ConnectionProperties::default());
-    let conn = tokio::time::timeout(conn::ATTEMPT_TIMEOUT, connect)
+    let ch = conn
+        .create_channel()
         .await
-        .map_err(|_| {
-            AmqpError::Connect(format!(
-                "no answer from a node within {:?}",
-                conn::ATTEMPT_TIMEOUT
-            ))
-        })?
-        .map_err(|e| AmqpError::broker("connecting to a node".to_string(), e))?;
-    let declared = async {
-        let ch = conn
-            .create_channel()
-            .await
-            .map_err(|e| AmqpError::broker("opening a channel".to_string(), e))?;
-        ch.queue_declare(short(queue)?, opts, args)
-            .await
-            .context(|| format!("declaring queue `{queue}`"))?;
-        // Closed before its connection, which would otherwise log the channel's close as
-        // a connection error.
+        .map_err(|e| AmqpError::broker("opening a channel".to_string(), e))?;
+    let declared = ch
+        .queue_declare(short(queue)?, opts, args)
+        .await
+        .context(|| format!("declaring queue `{queue}`"))
+        .map(|_| ());
+    // A refused declaration closed the channel already.
+    if ch.status().connected() {
         let _ = ch.close(200, "OK".into()).await;
-        Ok(())
     }
-    .await;
-    let _ = conn.close(200, "OK".into()).await;
     declared
 }

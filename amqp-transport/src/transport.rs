@@ -57,6 +57,7 @@ impl AmqpTransport {
         self.shared.consume_conns.close();
         self.shared.channels.close();
         self.shared.control.close();
+        self.shared.close_nodes().await;
     }
 
     /// The RabbitMQ-only instance store of this transport (what
