@@ -4,6 +4,9 @@
 #
 #   deploy/cluster.sh start          start rabbit1..3@localhost and join them (idempotent)
 #   deploy/cluster.sh stop           stop every node and remove the cluster's directory
+#   deploy/cluster.sh discard        kill every node (no orderly stop, which takes a node
+#                                    with hundreds of quorum queues a minute) and remove
+#                                    the cluster's directory: for a cluster thrown away
 #   deploy/cluster.sh status         the cluster status as node 1 sees it
 #   deploy/cluster.sh urls           the AMQP URLs of the nodes, one a line
 #   deploy/cluster.sh pid N          the process id of node N's Erlang VM (for `kill -9`)
@@ -112,8 +115,14 @@ pid_of() {
 case "${1:-}" in
   start)
     mkdir -p "$DIR"
+    # The nodes boot side by side (each waits for its own startup), then join node 1.
+    pids=()
     for n in $(seq 1 $NODES); do
-      start_node "$n"
+      start_node "$n" &
+      pids+=("$!")
+    done
+    for p in "${pids[@]}"; do
+      wait "$p"
     done
     for n in $(seq 2 $NODES); do
       if ! ctl 1 cluster_status --formatter json | grep -q "$(node "$n")"; then
@@ -143,6 +152,16 @@ case "${1:-}" in
     rm -rf "$DIR"
     echo "cluster stopped"
     ;;
+  discard)
+    for n in $(seq 1 $NODES); do
+      f="$DIR/rabbit$n/pid"
+      if [ -s "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
+        kill -9 "$(cat "$f")" || true
+      fi
+    done
+    rm -rf "$DIR"
+    echo "cluster discarded"
+    ;;
   status)
     ctl 1 cluster_status
     ;;
@@ -155,7 +174,7 @@ case "${1:-}" in
     pid_of "${2:?node number}"
     ;;
   *)
-    echo "usage: $0 start|stop|status|urls|pid N|start-node N" >&2
+    echo "usage: $0 start|stop|discard|status|urls|pid N|start-node N" >&2
     exit 2
     ;;
 esac

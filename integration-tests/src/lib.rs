@@ -486,6 +486,22 @@ impl Broker {
         names
     }
 
+    /// Leaves the prefix's queues where they are, for a broker the test throws away or
+    /// cleans up itself (dropping a `Broker` not cleaned up deletes them, which takes seconds per
+    /// quorum queue on a cluster whose node is down).
+    pub async fn leave_queues(mut self) {
+        let transports: Vec<AmqpTransport> = self
+            .transports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for t in &transports {
+            t.close().await;
+        }
+        self.cleaned = true;
+        let _ = std::fs::remove_dir_all(self.scratch_dir());
+    }
+
     /// Deletes every queue of the prefix, then checks (with `rabbitmqctl`, when
     /// available) that none is left. Stop the workers first (worker processes too).
     pub async fn cleanup(mut self) -> anyhow::Result<()> {

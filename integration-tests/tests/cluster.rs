@@ -1,11 +1,13 @@
-//! A 3-node RabbitMQ cluster (`deploy/cluster.sh`, started and stopped by this test) loses
+//! A 3-node RabbitMQ cluster (`deploy/cluster.sh`, started and stopped by these tests) loses
 //! the node that leads the busiest queues (`kill -9` of its Erlang VM) in the middle of a
 //! run of chains of child calls (W1b-like) and of `when_all` fan-ins (W2-like), with three
 //! worker processes and a client that know every node: nothing is lost, every instance
 //! completes once with its whole result, and the stall is measured. Each DTask has three
 //! task queues, whose leaders the cluster places on its three nodes. A second test
 //! publishes, from a channel that never wrote to a queue, right after that queue's
-//! leader was killed: the publish goes through once the queue has a new leader.
+//! leader was killed: the publish goes through once the queue has a new leader. The two
+//! tests share one cluster, the publish first: the run's test then starts again the node
+//! the first killed, which rejoins, and deletes the first one's queues.
 //!
 //! The test needs `rabbitmq-server` on this machine (it fails, not skips, without it):
 //! the cluster's nodes listen on 5681-5683 and keep their files in their own directory,
@@ -57,18 +59,112 @@ fn cluster(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The tests of this file each start the one cluster of its directory: one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// The one cluster of this file's directory, which its tests share, one after the other
+/// in a fixed order: the first starts it from nothing (a cluster left by an earlier run is
+/// removed first), the next starts again the node the first killed (it rejoins) and
+/// deletes the first one's queues, and the last to end discards it.
+struct Shared {
+    started: bool,
+    /// The turn of the test that runs next.
+    next: usize,
+    /// Tests of this file that have not ended yet.
+    left: usize,
+    /// The prefix of the queues the test before left on the cluster.
+    leftover: Option<String>,
+}
 
-/// Stops the cluster when the test ends, whatever the outcome.
-struct Running;
+static CLUSTER: tokio::sync::Mutex<Shared> = tokio::sync::Mutex::const_new(Shared {
+    started: false,
+    next: 0,
+    left: 2,
+    leftover: None,
+});
 
-impl Drop for Running {
+/// The cluster, every node running, held for the length of a test. Dropped when the test
+/// ends, whatever the outcome: the next test's turn comes, and the last one's discards
+/// the cluster.
+struct Up {
+    shared: tokio::sync::MutexGuard<'static, Shared>,
+    /// How long starting the cluster (or its killed node) took.
+    took: Duration,
+}
+
+impl Up {
+    /// Leaves the queues of `prefix` for the next test to delete, once every node runs
+    /// again (deleting a quorum queue one of whose members is down takes seconds each).
+    fn leave(&mut self, prefix: &str) {
+        self.shared.leftover = Some(prefix.to_string());
+    }
+}
+
+/// Waits for the turn `turn` (from 0) and for the cluster, and starts what of it is not
+/// running.
+async fn cluster_up(turn: usize) -> anyhow::Result<Up> {
+    let mut shared = loop {
+        let shared = CLUSTER.lock().await;
+        if shared.next >= turn {
+            break shared;
+        }
+        drop(shared);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let t = Instant::now();
+    let fresh = !shared.started;
+    shared.started = true;
+    let leftover = shared.leftover.take();
+    let mut up = Up {
+        shared,
+        took: Duration::ZERO,
+    };
+    if fresh {
+        cluster(&["stop"])?;
+    }
+    // Idempotent: on a running cluster, only a node that is not running starts (and
+    // rejoins).
+    cluster(&["start"])?;
+    up.took = t.elapsed();
+    if let Some(prefix) = leftover {
+        let urls: Vec<String> = cluster(&["urls"])?.lines().map(str::to_string).collect();
+        delete_queues_of(&urls, &prefix).await?;
+    }
+    Ok(up)
+}
+
+impl Drop for Up {
     fn drop(&mut self) {
-        if let Err(e) = cluster(&["stop"]) {
-            eprintln!("stopping the cluster: {e}");
+        self.shared.next += 1;
+        self.shared.left -= 1;
+        if self.shared.left == 0 {
+            // Thrown away: killed rather than stopped in order, which takes a node leading
+            // hundreds of quorum queues a minute.
+            if let Err(e) = cluster(&["discard"]) {
+                eprintln!("stopping the cluster: {e}");
+            }
         }
     }
+}
+
+/// Deletes the queues of the deployment `prefix` from the cluster at `urls`.
+async fn delete_queues_of(urls: &[String], prefix: &str) -> anyhow::Result<()> {
+    let out = ctl(&["list_queues", "name", "--quiet", "--no-table-headers"])?;
+    let start = format!("{prefix}.");
+    let mut conn = None;
+    for url in urls {
+        if let Ok(c) = lapin::Connection::connect(url, Default::default()).await {
+            conn = Some(c);
+            break;
+        }
+    }
+    let conn = conn.context("no node of the cluster takes a connection")?;
+    let ch = conn.create_channel().await?;
+    for q in out.lines().map(str::trim).filter(|q| q.starts_with(&start)) {
+        ch.queue_delete(q.into(), Default::default())
+            .await
+            .with_context(|| format!("deleting {q}"))?;
+    }
+    let _ = ch.close(200, "OK".into()).await;
+    let _ = conn.close(200, "OK".into()).await;
+    Ok(())
 }
 
 /// `rabbitmqctl args` on the first node of the cluster that answers.
@@ -149,13 +245,8 @@ fn leaders(prefix: &str) -> anyhow::Result<BTreeMap<String, Replicated>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    // Starting from nothing: a cluster left by an earlier run is removed first.
-    cluster(&["stop"])?;
-    let up = Instant::now();
-    cluster(&["start"])?;
-    let _running = Running;
-    let started_in = up.elapsed();
+    // Second: it restarts the node the first test killed.
+    let up = cluster_up(1).await?;
     let urls: Vec<String> = cluster(&["urls"])?.lines().map(str::to_string).collect();
     assert_eq!(urls.len(), 3, "{urls:?}");
 
@@ -288,13 +379,13 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
     let duplicates: u64 = reports.iter().map(|r| r.duplicate_results).sum();
     let restarts: u64 = reports.iter().map(|r| r.restarts).sum();
     println!(
-        "3-node cluster up in {} ms; {CHAINS} chains of {STEPS} child calls and {FANS} \
+        "3-node cluster up again in {} ms (the node the publish test killed restarted); {CHAINS} chains of {STEPS} child calls and {FANS} \
          when_all of {CHILDREN} on 3 worker processes; {victim_node} (leading {} of {} \
          quorum queues and streams; per node {:?}) killed {} ms after the start with {completed_before} of {total} \
          instances done; all {total} completed once, the last {} ms after the kill; longest \
          stall without a completion after the kill {} ms; {duplicates} duplicate results \
          refused, {restarts} consumer restarts",
-        started_in.as_millis(),
+        up.took.as_millis(),
         per_node[victim],
         before.len(),
         &per_node[1..],
@@ -303,7 +394,8 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
         stall.as_millis(),
     );
     drop(c);
-    drop(b);
+    // The cluster is thrown away with them.
+    b.leave_queues().await;
     Ok(())
 }
 
@@ -315,10 +407,8 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
 /// that, it is refused until the publish timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_publish_right_after_a_leader_died_goes_through() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    cluster(&["stop"])?;
-    cluster(&["start"])?;
-    let _running = Running;
+    // First: its deployment has a handful of queues, which the next test deletes.
+    let mut up = cluster_up(0).await?;
     let urls: Vec<String> = cluster(&["urls"])?.lines().map(str::to_string).collect();
     assert_eq!(urls.len(), 3, "{urls:?}");
     let b = Broker::start_at(&urls.join(",")).await?;
@@ -389,6 +479,8 @@ async fn a_first_publish_right_after_a_leader_died_goes_through() -> anyhow::Res
          rabbit{leader}@localhost was killed went through {} ms after the kill",
         took.as_millis()
     );
-    drop(b);
+    up.leave(b.prefix());
+    drop((t, first));
+    b.leave_queues().await;
     Ok(())
 }
