@@ -46,7 +46,8 @@ pub(crate) struct Shared {
     pub(crate) cancel_nudges: std::sync::atomic::AtomicBool,
     /// Set by `AmqpTransport::close`: every consumer of this process stops.
     closed: tokio::sync::watch::Sender<bool>,
-    /// The connections the two pools opened (`AmqpTransport::connections_opened`).
+    /// The connections the two pools and `nodes` opened
+    /// (`AmqpTransport::connections_opened`).
     opened: Arc<AtomicU64>,
     /// Held while a stream is checked (`Shared::warm_stream`), so that tasks of this
     /// process that declare one stream at once check it once.
@@ -303,6 +304,8 @@ impl Shared {
                 ))
             })?
             .map_err(|e| AmqpError::broker("connecting to a node".to_string(), e))?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        ::metrics::counter!(crate::metrics::CONNECTIONS_OPENED).increment(1);
         let conn = Arc::new(conn);
         nodes.insert(node, conn.clone());
         Ok(conn)

@@ -127,6 +127,9 @@ impl AmqpTransport {
     /// How many connections to RabbitMQ this transport (and its clones) opened: its
     /// publisher and its consumer connection once each are used, then one more each time
     /// one of them was lost (closed by the broker, or cut by the network) and replaced.
+    /// On a cluster with several task queues per DTask, the connection to each node that
+    /// task queues are declared through counts too (once per node, and again when lost
+    /// and replaced). The short connection that checks a new stream does not.
     /// Also recorded as the metric
     /// [`CONNECTIONS_OPENED`](crate::metrics::CONNECTIONS_OPENED).
     pub fn connections_opened(&self) -> u64 {

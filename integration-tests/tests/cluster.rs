@@ -266,7 +266,7 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
                 .with_task_queues(3)
         })
         .await?;
-    let c = Client::new(t);
+    let c = Client::new(t.clone());
 
     // Every quorum queue of the deployment is replicated over the 3 nodes.
     let before = leaders(b.prefix())?;
@@ -326,6 +326,10 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
         }));
     }
     let total = runs.len();
+    // The client declared the 3 task queues of each of its 2 DTasks through one
+    // connection per node, besides its publisher and consumer connections.
+    let opened = t.connections_opened();
+    assert!(opened <= 2 + 3, "the client opened {opened} connections");
 
     // Mid-run: once a few instances completed and every replicated queue of the
     // deployment (every fan-in's mailbox among them) runs on all 3 of its members. (A
