@@ -1,13 +1,14 @@
 //! Values over the payload threshold stored out of band on the embedded runtime: a 50 MB
 //! result and a 50 MB argument go through a 4 MiB state budget, an event value over the
 //! threshold is received, a value gone from the payload store fails its reader clearly,
-//! and a payload store out of reach delays steps without failing any instance.
+//! a purge takes the values of what it removes, and a payload store out of reach delays
+//! steps without failing any instance.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtasks::store::{MemoryPayloads, PayloadRef, PayloadStore};
+use dtasks::store::{Filter, MemoryPayloads, PayloadRef, PayloadStore};
 use dtasks::{dtask, DTask, Runtime, Status, WorkerConfig};
 use futures::future::BoxFuture;
 
@@ -138,6 +139,30 @@ async fn a_value_gone_from_the_payload_store_fails_its_reader_clearly() -> TestR
     let f = e.failure().expect("a failure of the instance");
     assert!(f.message().contains("gone from the payload store"), "{f}");
     assert_eq!(h.status().await?, Status::Failed);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_purge_takes_the_values_of_what_it_removes_and_no_other() -> TestResult {
+    let rt = Runtime::new(config().payload_threshold(1024))?;
+    let c = rt.client();
+    let values = rt.transport().memory_payloads();
+    // `relay` stores two values: its child's 4 KiB result (written by the child) and the
+    // same text as its other child's argument (written by `relay` itself).
+    let relayed = c.start(relay(4096)).await?;
+    assert_eq!(relayed.result().await?, 4096 + 2048);
+    let kept = c.start(make(4096)).await?;
+    assert_eq!(kept.result().await?.len(), 4096);
+    assert_eq!(values.len(), 3);
+    // Purging the root removes its values and its children's, and nothing else.
+    assert_eq!(c.purge(&Filter::new().name("payloads.relay")).await?, 1);
+    assert_eq!(values.len(), 1);
+    assert_eq!(kept.result().await?.len(), 4096);
+    // A purge that removes nothing removes no value.
+    assert_eq!(c.purge(&Filter::new().name("payloads.relay")).await?, 0);
+    assert_eq!(values.len(), 1);
+    assert_eq!(c.purge(&Filter::new()).await?, 1);
+    assert!(values.is_empty());
     Ok(())
 }
 

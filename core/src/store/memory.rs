@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::error::Error;
 use crate::protocol::InstanceId;
+use crate::store::MemoryPayloads;
 
 use super::query::millis;
 use super::{Applied, Fact, FactKind, Filter, InstanceInfo, InstanceStore, Listing, Query};
@@ -21,7 +22,8 @@ use super::{Applied, Fact, FactKind, Filter, InstanceInfo, InstanceStore, Listin
 ///
 /// Facts are applied by [`InstanceInfo::apply`]; finished instances are dropped once they
 /// are older than the retention ([`MemoryStore::with_retention`]; by default they are
-/// kept until purged).
+/// kept until purged). With [`MemoryStore::with_payloads`], the values an instance stored
+/// out of band go with it.
 ///
 /// ```
 /// use dtasks::store::{Fact, FactKind, InstanceStore, MemoryStore};
@@ -55,6 +57,8 @@ struct Book {
     retention: Option<Duration>,
     /// When the retention was last applied.
     swept: Option<SystemTime>,
+    /// Where the instances' values stored out of band are, removed with their instance.
+    payloads: Option<MemoryPayloads>,
     /// Who waits for the finish of each instance: woken when it finishes or is removed,
     /// and only then (a finish wakes its own waiters, not every waiter of the store).
     waiters: HashMap<InstanceId, Vec<oneshot::Sender<()>>>,
@@ -78,6 +82,24 @@ impl MemoryStore {
     /// ago.
     pub fn with_retention(self, retention: Duration) -> Self {
         self.book().retention = Some(retention);
+        self
+    }
+
+    /// Removes the values that an instance and its children (ids `<instance>.<n>…`) stored
+    /// in `payloads` when the instance goes: purged, or dropped by the retention. This is
+    /// what the PostgreSQL store does with the values it keeps, and what the embedded
+    /// runtime's store does with its transport's values
+    /// ([`MemoryTransport::memory_payloads`](crate::MemoryTransport::memory_payloads)),
+    /// so that a process that purges what finished does not keep its values for good.
+    ///
+    /// ```
+    /// use dtasks::store::{Filter, MemoryPayloads, MemoryStore};
+    /// let payloads = MemoryPayloads::new();
+    /// let store = MemoryStore::new().with_payloads(payloads.clone());
+    /// assert_eq!(store.remove(&Filter::new()), 0);
+    /// ```
+    pub fn with_payloads(self, payloads: MemoryPayloads) -> Self {
+        self.book().payloads = Some(payloads);
         self
     }
 
@@ -162,6 +184,7 @@ impl MemoryStore {
         for id in &gone {
             book.forget(id);
         }
+        book.drop_values(&gone);
         gone.len() as u64
     }
 
@@ -224,6 +247,7 @@ impl Book {
                 .is_some_and(|i| i.status.is_finished());
             if finished {
                 self.forget(&fact.instance);
+                self.drop_values(std::slice::from_ref(&fact.instance));
                 return Applied::Changed;
             }
             return Applied::Stale;
@@ -289,6 +313,15 @@ impl Book {
             .collect();
         for id in &gone {
             self.forget(id);
+        }
+        self.drop_values(&gone);
+    }
+
+    /// Removes the values of the instances `gone` and of their children from the payload
+    /// store, if the store has one (in one pass over its values).
+    fn drop_values(&self, gone: &[InstanceId]) {
+        if let (Some(payloads), false) = (&self.payloads, gone.is_empty()) {
+            payloads.remove_instances(gone.iter().map(InstanceId::as_str));
         }
     }
 }
@@ -423,5 +456,60 @@ mod tests {
         }
         // Each new wait drops those given up before registering itself.
         assert_eq!(waiting(&store, &id), 1);
+    }
+
+    #[tokio::test]
+    async fn values_go_with_their_instance_when_purged_or_past_the_retention() {
+        use crate::store::{PayloadRef, PayloadStore};
+
+        let payloads = MemoryPayloads::new();
+        let store = MemoryStore::new()
+            .with_retention(Duration::from_secs(3600))
+            .with_payloads(payloads.clone());
+        let put = |id: &str| {
+            let payloads = payloads.clone();
+            let id = InstanceId::new(id).unwrap();
+            async move {
+                let r = PayloadRef::of(&id, id.as_str().as_bytes());
+                payloads.put(&r, id.as_str().as_bytes()).await.unwrap();
+            }
+        };
+        for id in ["old", "old.1", "purged", "purged.2", "running", "kept"] {
+            put(id).await;
+        }
+        let t0 = SystemTime::now() - Duration::from_secs(7200);
+        let at = |id: &str, t: SystemTime, kind: FactKind| {
+            Fact::new(InstanceId::new(id).unwrap(), "work", t, kind)
+        };
+        let done = || FactKind::Finished {
+            status: Status::Succeeded,
+            result: vec![0xc0],
+        };
+        let started = || FactKind::Started { parent: None };
+        let now = SystemTime::now();
+        store.apply(&[
+            at("old", t0, started()),
+            at("old", t0, done()),
+            at("running", t0, started()),
+            at("purged", now, started()),
+            at("purged", now, done()),
+            at("kept", now, started()),
+            at("kept", now, done()),
+        ]);
+        // The retention dropped `old` (finished two hours ago), with its child's value;
+        // `running` started as long ago but is not finished.
+        assert!(store.instance(&InstanceId::new("old").unwrap()).is_none());
+        assert_eq!(payloads.len(), 4);
+        let purged = store.remove(&Filter::new().id_prefix("purged"));
+        assert_eq!(purged, 1);
+        assert_eq!(payloads.len(), 2);
+        // A store without a payload store leaves values alone.
+        let other = MemoryStore::new();
+        other.apply(&[at("kept", now, started()), at("kept", now, done())]);
+        assert_eq!(other.remove(&Filter::new()), 1);
+        assert_eq!(payloads.len(), 2);
+        // A purge written as a fact (what stores that fold a log apply) takes them too.
+        store.apply(&[at("kept", now, FactKind::Purged)]);
+        assert_eq!(payloads.len(), 1);
     }
 }

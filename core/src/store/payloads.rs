@@ -13,7 +13,7 @@
 //! RabbitMQ-only store of `dtasks-amqp` (a stream, kept for its retention). Workers and
 //! clients must use the same one, as they do the instance store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
@@ -109,27 +109,40 @@ impl MemoryPayloads {
     /// Removes the values written by `instance` and by its children (ids
     /// `<instance>.<n>…`); returns how many were removed.
     pub fn remove_instance(&self, instance: &InstanceId) -> usize {
+        self.remove_instances([instance.as_str()])
+    }
+
+    /// Removes the values written by each of `instances` and by their children, in one
+    /// pass over the values; returns how many were removed.
+    pub(crate) fn remove_instances<'a>(
+        &self,
+        instances: impl IntoIterator<Item = &'a str>,
+    ) -> usize {
+        let roots: HashSet<&str> = instances.into_iter().collect();
         let mut values = self.lock();
         let before = values.len();
         values.retain(|key, _| {
             let owner = key.rsplit_once('/').map_or("", |(i, _)| i);
-            !written_under(owner, instance.as_str())
+            !written_under_any(owner, &roots)
         });
         before - values.len()
     }
 }
 
-/// Whether the instance `owner` is `root` or one of its descendants (`root.<n>.<n>…`).
-pub(crate) fn written_under(owner: &str, root: &str) -> bool {
-    match owner.strip_prefix(root) {
-        Some("") => true,
-        Some(rest) => {
-            rest.starts_with('.')
-                && rest[1..]
-                    .split('.')
-                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+/// Whether the instance `owner` is one of `roots` or a descendant of one: `owner` itself
+/// or what is left of it once trailing `.<n>` parts are taken off, one at a time.
+fn written_under_any(owner: &str, roots: &HashSet<&str>) -> bool {
+    let mut at = owner;
+    loop {
+        if roots.contains(at) {
+            return true;
         }
-        None => false,
+        match at.rsplit_once('.') {
+            Some((parent, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                at = parent;
+            }
+            _ => return false,
+        }
     }
 }
 
@@ -233,13 +246,36 @@ mod tests {
 
     #[test]
     fn children_are_written_under_their_root_and_other_roots_are_not() {
-        assert!(written_under("a", "a"));
-        assert!(written_under("a.1", "a"));
-        assert!(written_under("a.1.20", "a"));
-        assert!(!written_under("a.b", "a"));
-        assert!(!written_under("ab", "a"));
-        assert!(!written_under("a.", "a"));
-        assert!(!written_under("b.1", "a"));
+        let under = |owner: &str, roots: &[&str]| {
+            written_under_any(owner, &roots.iter().copied().collect::<HashSet<_>>())
+        };
+        assert!(under("a", &["a"]));
+        assert!(under("a.1", &["a"]));
+        assert!(under("a.1.20", &["a"]));
+        assert!(under("a.1.20", &["a.1"]));
+        assert!(!under("a.1", &["a.1.20"]));
+        assert!(!under("a.b", &["a"]));
+        assert!(under("a.b", &["a.b"]));
+        assert!(under("a.b.3", &["x", "a.b"]));
+        assert!(!under("ab", &["a"]));
+        assert!(!under("a.", &["a"]));
+        assert!(!under("a..1", &["a"]));
+        assert!(!under("b.1", &["a"]));
+        assert!(!under("a", &[]));
+    }
+
+    #[test]
+    fn the_values_of_several_instances_go_in_one_pass_and_others_stay() {
+        let store = MemoryPayloads::new();
+        let mut values = store.lock();
+        for owner in ["a", "a.1", "a.1.2", "b", "b.1", "c", "ab"] {
+            values.insert(format!("{owner}/k"), Arc::new(vec![1]));
+        }
+        drop(values);
+        assert_eq!(store.remove_instances(["a", "b.1"]), 4);
+        let mut left: Vec<String> = store.lock().keys().cloned().collect();
+        left.sort();
+        assert_eq!(left, ["ab/k", "b/k", "c/k"]);
     }
 
     #[tokio::test]

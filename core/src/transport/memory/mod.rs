@@ -91,6 +91,7 @@ impl MemoryTransportBuilder {
         } else {
             None
         };
+        let payloads = MemoryPayloads::new();
         MemoryTransport {
             shared: Arc::new(Shared {
                 mem: Mutex::new(Mem {
@@ -102,8 +103,9 @@ impl MemoryTransportBuilder {
                 max_redeliveries: self.max_redeliveries.unwrap_or(u32::MAX),
                 mailbox_retention: self.mailbox_retention,
                 cancels: CancelBook::new(),
-                store: MemoryStore::new(),
-                payloads: MemoryPayloads::new(),
+                // A purge takes the values of what it removes with it.
+                store: MemoryStore::new().with_payloads(payloads.clone()),
+                payloads,
             }),
         }
     }
@@ -277,7 +279,9 @@ impl MemoryTransport {
     }
 
     /// The values its workers and clients stored out of band (shared by every clone): to
-    /// look at them, or remove an instance's ([`MemoryPayloads::remove_instance`]).
+    /// look at them, or remove an instance's ([`MemoryPayloads::remove_instance`]). Its
+    /// instance store removes the values of the instances it purges
+    /// ([`MemoryStore::with_payloads`]).
     pub fn memory_payloads(&self) -> MemoryPayloads {
         self.shared.payloads.clone()
     }
