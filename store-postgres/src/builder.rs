@@ -98,9 +98,12 @@ impl PgStoreBuilder {
         self
     }
 
-    /// Removes instances that finished longer ago than `retention` (and their claims),
-    /// from a background task that runs every tenth of the retention (at most once a
-    /// minute, at least every 100 ms).
+    /// Removes instances that finished longer ago than `retention` (with their claims and
+    /// the values they stored out of band), from a background task that runs every tenth
+    /// of the retention (at most once a minute, at least every 100 ms). Values stored
+    /// longer ago than `retention` whose instance has no row, nor any instance it
+    /// descends from, go too: those of a start whose client died before recording it.
+    /// Values of instances that still run or wait stay, however old.
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = Some(retention);
         self

@@ -1,6 +1,8 @@
 //! The retention: a background task that removes instances finished longer ago than the
-//! retention, with their claims, and claims older than the retention whose instance is
-//! gone.
+//! retention, with their claims and values, claims older than the retention whose
+//! instance is gone, and values stored out of band before the retention whose instance
+//! never had a row (a client that stored a start's argument and died before it recorded
+//! the start) or is gone.
 //!
 //! It runs every tenth of the retention (see [`PgStoreBuilder::retention`]), removing at
 //! most 10,000 rows per statement (repeated while there are more) so that no statement
@@ -9,6 +11,7 @@
 //!
 //! [`PgStoreBuilder::retention`]: crate::PgStoreBuilder::retention
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -45,16 +48,21 @@ pub(crate) async fn run(
             sweep(&pool, &sql, cutoff),
         );
         match bounded.await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => info!(removed = n, "finished instances past the retention removed"),
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((n, values))) => info!(
+                removed = n,
+                orphan_values = values,
+                "finished instances past the retention removed"
+            ),
             Ok(Err(e)) => debug!(error = %e, "the retention could not run; it runs again later"),
             Err(_) => debug!("the retention did not finish in time; it runs again later"),
         }
     }
 }
 
-/// Removes what finished before `cutoff`; returns how many instances.
-async fn sweep(pool: &Pool, sql: &Sql, cutoff: SystemTime) -> Result<u64, PgError> {
+/// Removes what finished before `cutoff`; returns how many instances, and how many
+/// values of no instance.
+async fn sweep(pool: &Pool, sql: &Sql, cutoff: SystemTime) -> Result<(u64, u64), PgError> {
     let client = pool.get().await?;
     let expire = client.prepare_cached(&sql.expire).await?;
     let mut removed = 0u64;
@@ -68,5 +76,79 @@ async fn sweep(pool: &Pool, sql: &Sql, cutoff: SystemTime) -> Result<u64, PgErro
     }
     let claims = client.prepare_cached(&sql.expire_claims).await?;
     client.execute(&claims, &[&cutoff]).await?;
-    Ok(removed)
+    let values = orphan_values(&client, sql, cutoff).await?;
+    Ok((removed, values))
+}
+
+/// Removes the values stored before `cutoff` that belong to no instance: neither the
+/// instance that stored one nor any it descends from (`<root>.<n>…`) has a row. Values
+/// of instances that have one stay, however old (a root that waits for months keeps its
+/// values). Reads the old values a page at a time, in the order they were stored.
+async fn orphan_values(
+    client: &deadpool_postgres::Object,
+    sql: &Sql,
+    cutoff: SystemTime,
+) -> Result<u64, PgError> {
+    let page = client.prepare_cached(&sql.old_payloads).await?;
+    let present = client.prepare_cached(&sql.present).await?;
+    let drop = client.prepare_cached(&sql.drop_payloads).await?;
+    let mut after = (SystemTime::UNIX_EPOCH, String::new());
+    let mut removed = 0u64;
+    loop {
+        let rows = client
+            .query(&page, &[&cutoff, &after.0, &after.1, &CHUNK])
+            .await?;
+        let mut values: Vec<(String, String)> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            values.push((row.try_get(0)?, row.try_get(1)?));
+        }
+        if let Some(last) = rows.last() {
+            after = (last.try_get(2)?, values[values.len() - 1].0.clone());
+        }
+        let lines: HashSet<&str> = values
+            .iter()
+            .flat_map(|(_, instance)| lineage(instance))
+            .collect();
+        let lines: Vec<&str> = lines.into_iter().collect();
+        let found: HashSet<String> = client
+            .query(&present, &[&lines])
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let orphans: Vec<&str> = values
+            .iter()
+            .filter(|(_, instance)| !lineage(instance).any(|id| found.contains(id)))
+            .map(|(key, _)| key.as_str())
+            .collect();
+        if !orphans.is_empty() {
+            removed += client.execute(&drop, &[&orphans, &cutoff]).await?;
+        }
+        if (rows.len() as i64) < CHUNK {
+            return Ok(removed);
+        }
+    }
+}
+
+/// The instance `id` and those it descends from: `id`, then `id` without its last
+/// `.<n>` part, and so on (`a.1.2`, `a.1`, `a`).
+fn lineage(id: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(id), |at| match at.rsplit_once('.') {
+        Some((parent, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => Some(parent),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lineage;
+
+    #[test]
+    fn a_lineage_takes_off_numbered_parts_only() {
+        let of = |id| lineage(id).collect::<Vec<_>>();
+        assert_eq!(of("a.1.20"), ["a.1.20", "a.1", "a"]);
+        assert_eq!(of("order.v2.3"), ["order.v2.3", "order.v2"]);
+        assert_eq!(of("a..1"), ["a..1", "a."]);
+        assert_eq!(of("a"), ["a"]);
+    }
 }

@@ -45,6 +45,13 @@ pub(crate) struct Sql {
     pub(crate) payload_put: String,
     /// The value under `$1`.
     pub(crate) payload_get: String,
+    /// A page of the values stored before `$1`, after (`$2` time, `$3` key) in that
+    /// order, at most `$4`: key, instance.
+    pub(crate) old_payloads: String,
+    /// Which of the ids `$1` have a row.
+    pub(crate) present: String,
+    /// Removes the values under the keys `$1` stored before `$2`.
+    pub(crate) drop_payloads: String,
 }
 
 impl Sql {
@@ -59,6 +66,14 @@ impl Sql {
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO NOTHING"
             ),
             payload_get: format!("SELECT value FROM {payloads} WHERE key = $1"),
+            old_payloads: format!(
+                "SELECT key, instance, created_at FROM {payloads} WHERE created_at < $1 \
+                 AND (created_at, key) > ($2, $3) ORDER BY created_at, key LIMIT $4"
+            ),
+            present: format!("SELECT id FROM {instances} WHERE id = ANY($1::text[])"),
+            drop_payloads: format!(
+                "DELETE FROM {payloads} WHERE key = ANY($1::text[]) AND created_at < $2"
+            ),
             channel: format!("{schema}_finished"),
             get: format!("SELECT {COLUMNS} FROM {instances} WHERE id = $1"),
             insert_missing: format!(

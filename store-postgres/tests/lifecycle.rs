@@ -262,22 +262,30 @@ async fn the_retention_removes_what_finished_longer_ago_and_keeps_the_rest() {
         .await
         .unwrap();
     // Values stored out of band long ago: those of a removed root and of its child go
-    // with it; those of a root that still runs stay, however old.
-    for (key, instance) in [
-        ("v1", "old"),
-        ("v2", "old.1"),
-        ("v3", "running"),
-        ("v4", "running.2.1"),
-        ("v5", "old-failed"),
+    // with it; those of a root that still runs stay, however old, and so do those of a
+    // root that finished recently. Those of a root that was never recorded (its client
+    // died between storing its argument and recording its start) go once they are older
+    // than the retention; a young one stays.
+    for (key, instance, age) in [
+        ("v1", "old", "1 hour"),
+        ("v2", "old.1", "1 hour"),
+        ("v3", "running", "1 hour"),
+        ("v4", "running.2.1", "1 hour"),
+        ("v5", "old-failed", "1 hour"),
+        ("v6", "never", "1 hour"),
+        ("v7", "never.3", "1 hour"),
+        ("v8", "never-young", "0 seconds"),
+        ("v9", "recent.1", "1 hour"),
+        ("va", "runningx", "1 hour"),
     ] {
         client
             .execute(
                 &format!(
                     "INSERT INTO \"{}\".dtasks_payloads (key, instance, len, value, created_at) \
-                     VALUES ($1, $2, 1, 'x', now() - interval '1 hour')",
+                     VALUES ($1, $2, 1, 'x', now() - $3::text::interval)",
                     schema.name
                 ),
-                &[&key, &instance],
+                &[&key, &instance, &age],
             )
             .await
             .unwrap();
@@ -318,6 +326,7 @@ async fn the_retention_removes_what_finished_longer_ago_and_keeps_the_rest() {
     while store.get(&id("old")).await.unwrap().is_some()
         || store.get(&id("old-failed")).await.unwrap().is_some()
         || claims().await != ["fresh-orphan"]
+        || values().await.len() > 4
     {
         assert!(t.elapsed() < Duration::from_secs(20), "the retention runs");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -329,11 +338,80 @@ async fn the_retention_removes_what_finished_longer_ago_and_keeps_the_rest() {
     assert!(store.get(&id("recent")).await.unwrap().is_some());
     assert!(store.get(&id("running")).await.unwrap().is_some());
     assert_eq!(claims().await, ["fresh-orphan"]);
-    assert_eq!(values().await, ["v3", "v4"]);
+    assert_eq!(values().await, ["v3", "v4", "v8", "v9"]);
     assert!(
         store.claim(&id("old"), 6).await.unwrap(),
         "the id is free again"
     );
+    drop(store);
+    schema.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_reads_old_values_of_no_instance_page_after_page() {
+    // More old values than one page of the retention (10,000): those of a root that
+    // still runs fill the first page and more, all stored at the same time (the pages go
+    // by time, then key); those of no instance were stored after them.
+    let schema = TestSchema::new("retention_pages");
+    let store = schema
+        .builder()
+        .retention(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    let long_ago = SystemTime::now() - Duration::from_secs(60);
+    store
+        .record(vec![fact_at(
+            "live",
+            long_ago,
+            FactKind::Started { parent: None },
+        )])
+        .await
+        .unwrap();
+    let client = schema.client().await;
+    client
+        .execute(
+            &format!(
+                "INSERT INTO \"{}\".dtasks_payloads (key, instance, len, value, created_at) \
+                 SELECT 'k' || lpad(i::text, 5, '0'), \
+                 CASE WHEN i % 2 = 0 THEN 'live.' || i ELSE 'gone' || i END, \
+                 1, 'x', now() - CASE WHEN i % 2 = 0 THEN interval '2 hours' \
+                 ELSE interval '1 hour' END FROM generate_series(1, 20101) AS i",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let count = || async {
+        client
+            .query_one(
+                &format!("SELECT count(*) FROM \"{}\".dtasks_payloads", schema.name),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let t = Instant::now();
+    while count().await > 10_050 {
+        assert!(t.elapsed() < Duration::from_secs(30), "the retention runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Only the running root's values are left, every one of them.
+    let left = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE instance LIKE 'live.%') FROM \"{}\".dtasks_payloads",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(left, 10_050);
+    assert_eq!(count().await, 10_050);
     drop(store);
     schema.drop_schema().await;
 }
