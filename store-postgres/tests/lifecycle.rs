@@ -205,15 +205,20 @@ fn fact_at(x: &str, at: SystemTime, kind: FactKind) -> Fact {
     Fact::new(id(x), "kept", at, kind)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_retention_removes_what_finished_longer_ago_and_keeps_the_rest() {
-    let schema = TestSchema::new("retention");
-    let store = schema
+/// A store of `schema` with a retention of 5 s (which runs every 500 ms).
+async fn retained(schema: &TestSchema) -> PgStore {
+    schema
         .builder()
         .retention(Duration::from_secs(5))
         .connect()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_removes_what_finished_longer_ago_and_keeps_the_rest() {
+    let schema = TestSchema::new("retention");
+    let store = retained(&schema).await;
     let now = SystemTime::now();
     let long_ago = now - Duration::from_secs(60);
     let done = |status| FactKind::Finished {
@@ -353,12 +358,7 @@ async fn the_retention_reads_old_values_of_no_instance_page_after_page() {
     // still runs fill the first page and more, all stored at the same time (the pages go
     // by time, then key); those of no instance were stored after them.
     let schema = TestSchema::new("retention_pages");
-    let store = schema
-        .builder()
-        .retention(Duration::from_secs(5))
-        .connect()
-        .await
-        .unwrap();
+    let store = retained(&schema).await;
     let long_ago = SystemTime::now() - Duration::from_secs(60);
     store
         .record(vec![fact_at(
