@@ -32,6 +32,7 @@ pub struct PgStoreBuilder {
     pub(crate) schema: String,
     pub(crate) pool_size: usize,
     pub(crate) retention: Option<Duration>,
+    pub(crate) orphan_retention: Option<Duration>,
     pub(crate) write_timeout: Duration,
     pub(crate) query_timeout: Duration,
     pub(crate) connect_timeout: Duration,
@@ -46,6 +47,7 @@ impl fmt::Debug for PgStoreBuilder {
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
             .field("retention", &self.retention)
+            .field("orphan_retention", &self.orphan_retention)
             .field("write_timeout", &self.write_timeout)
             .field("query_timeout", &self.query_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -67,6 +69,7 @@ impl PgStoreBuilder {
             schema: "dtasks".to_owned(),
             pool_size: 10,
             retention: None,
+            orphan_retention: None,
             write_timeout: Duration::from_secs(180),
             query_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
@@ -100,12 +103,27 @@ impl PgStoreBuilder {
 
     /// Removes instances that finished longer ago than `retention` (with their claims and
     /// the values they stored out of band), from a background task that runs every tenth
-    /// of the retention (at most once a minute, at least every 100 ms). Values stored
-    /// longer ago than `retention` whose instance has no row, nor any instance it
-    /// descends from, go too: those of a start whose client died before recording it.
-    /// Values of instances that still run or wait stay, however old.
+    /// of the retention (at most once a minute, at least every 100 ms). Values of
+    /// instances that still run or wait stay, however old.
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = Some(retention);
+        self
+    }
+
+    /// Removes the values stored out of band longer ago than `age` that no instance of
+    /// the store owns: neither the instance that stored one nor any it descends from
+    /// (`<root>.<n>…`) has a row. By default such values stay until deleted by hand.
+    ///
+    /// They are the values of roots started with `Client::call`, which record nothing in
+    /// the store (an argument or a result over the payload threshold), and of a start
+    /// whose client died between storing its argument and recording the start. **A
+    /// `call` that runs longer than `age` loses its values** (its next step that reads
+    /// one fails the instance, as with a value gone): pick an `age` longer than any
+    /// call's run, or start long-running work with `Client::start`, whose values live as
+    /// long as its instance. Runs with the retention's task, every tenth of the shorter
+    /// of the two settings.
+    pub fn orphan_retention(mut self, age: Duration) -> Self {
+        self.orphan_retention = Some(age);
         self
     }
 
@@ -176,6 +194,11 @@ impl PgStoreBuilder {
         }
         if self.retention.is_some_and(|r| r.is_zero()) {
             return Err(Error::invalid("the retention cannot be zero"));
+        }
+        if self.orphan_retention.is_some_and(|r| r.is_zero()) {
+            return Err(Error::invalid(
+                "the retention of orphan values cannot be zero",
+            ));
         }
         let mut config = tokio_postgres::Config::from_str(&self.url)
             .map_err(|e| Error::invalid(format!("not a PostgreSQL URL: {e}")))?;

@@ -1,15 +1,16 @@
 //! The retention: a background task that removes instances finished longer ago than the
-//! retention, with their claims and values, claims older than the retention whose
-//! instance is gone, and values stored out of band before the retention whose instance
-//! never had a row (a client that stored a start's argument and died before it recorded
-//! the start) or is gone.
+//! retention, with their claims and values, and claims older than the retention whose
+//! instance is gone ([`PgStoreBuilder::retention`]); and, when asked
+//! ([`PgStoreBuilder::orphan_retention`]), values stored out of band longer ago than that
+//! which no instance owns.
 //!
-//! It runs every tenth of the retention (see [`PgStoreBuilder::retention`]), removing at
-//! most 10,000 rows per statement (repeated while there are more) so that no statement
-//! holds many locks for long. "Finished at" is the row's `updated_at`, the time of its
-//! result; the cutoff is this process's clock, like the facts' times.
+//! It runs every tenth of the shorter setting, removing at most 10,000 rows per
+//! statement (repeated while there are more) so that no statement holds many locks for
+//! long. "Finished at" is the row's `updated_at`, the time of its result; the cutoff is
+//! this process's clock, like the facts' times.
 //!
 //! [`PgStoreBuilder::retention`]: crate::PgStoreBuilder::retention
+//! [`PgStoreBuilder::orphan_retention`]: crate::PgStoreBuilder::orphan_retention
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,11 +26,30 @@ use crate::sql::Sql;
 /// The most rows one statement of the retention removes.
 const CHUNK: i64 = 10_000;
 
+/// What the task removes, by age.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Keep {
+    /// Instances finished longer ago than this (with their claims and values).
+    pub(crate) finished: Option<Duration>,
+    /// Values stored longer ago than this that no instance owns.
+    pub(crate) orphans: Option<Duration>,
+}
+
+impl Keep {
+    /// The shorter of the two settings: `None` when neither is set (no task).
+    pub(crate) fn shortest(&self) -> Option<Duration> {
+        match (self.finished, self.orphans) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// Applies `keep` every `every` until `stop` is dropped.
 pub(crate) async fn run(
     pool: Pool,
     sql: Arc<Sql>,
-    keep: Duration,
+    keep: Keep,
     every: Duration,
     mut stop: watch::Receiver<()>,
 ) {
@@ -40,19 +60,18 @@ pub(crate) async fn run(
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
-        let Some(cutoff) = SystemTime::now().checked_sub(keep) else {
-            continue;
-        };
+        let now = SystemTime::now();
+        let cutoff = |age: Option<Duration>| age.and_then(|a| now.checked_sub(a));
         let bounded = tokio::time::timeout(
             every.max(Duration::from_secs(30)),
-            sweep(&pool, &sql, cutoff),
+            sweep(&pool, &sql, cutoff(keep.finished), cutoff(keep.orphans)),
         );
         match bounded.await {
             Ok(Ok((0, 0))) => {}
-            Ok(Ok((n, values))) => info!(
-                removed = n,
-                orphan_values = values,
-                "finished instances past the retention removed"
+            Ok(Ok((finished, orphans))) => info!(
+                finished,
+                orphan_values = orphans,
+                "finished instances and values of no instance past their retention removed"
             ),
             Ok(Err(e)) => debug!(error = %e, "the retention could not run; it runs again later"),
             Err(_) => debug!("the retention did not finish in time; it runs again later"),
@@ -60,23 +79,34 @@ pub(crate) async fn run(
     }
 }
 
-/// Removes what finished before `cutoff`; returns how many instances, and how many
-/// values of no instance.
-async fn sweep(pool: &Pool, sql: &Sql, cutoff: SystemTime) -> Result<(u64, u64), PgError> {
+/// Removes what finished before `finished` and the values of no instance stored before
+/// `orphans` (each when given); returns how many instances, and how many values of no
+/// instance.
+async fn sweep(
+    pool: &Pool,
+    sql: &Sql,
+    finished: Option<SystemTime>,
+    orphans: Option<SystemTime>,
+) -> Result<(u64, u64), PgError> {
     let client = pool.get().await?;
-    let expire = client.prepare_cached(&sql.expire).await?;
     let mut removed = 0u64;
-    loop {
-        let row = client.query_one(&expire, &[&cutoff, &CHUNK]).await?;
-        let n: i64 = row.try_get(0)?;
-        removed += n.max(0) as u64;
-        if n < CHUNK {
-            break;
+    if let Some(cutoff) = finished {
+        let expire = client.prepare_cached(&sql.expire).await?;
+        loop {
+            let row = client.query_one(&expire, &[&cutoff, &CHUNK]).await?;
+            let n: i64 = row.try_get(0)?;
+            removed += n.max(0) as u64;
+            if n < CHUNK {
+                break;
+            }
         }
+        let claims = client.prepare_cached(&sql.expire_claims).await?;
+        client.execute(&claims, &[&cutoff]).await?;
     }
-    let claims = client.prepare_cached(&sql.expire_claims).await?;
-    client.execute(&claims, &[&cutoff]).await?;
-    let values = orphan_values(&client, sql, cutoff).await?;
+    let values = match orphans {
+        Some(cutoff) => orphan_values(&client, sql, cutoff).await?,
+        None => 0,
+    };
     Ok((removed, values))
 }
 

@@ -146,12 +146,16 @@ impl PgStore {
             finishes.clone(),
             stopped.clone(),
         ));
-        if let Some(keep) = b.retention {
+        let keep = retention::Keep {
+            finished: b.retention,
+            orphans: b.orphan_retention,
+        };
+        if let Some(shortest) = keep.shortest() {
             tokio::spawn(retention::run(
                 pool.clone(),
                 sql.clone(),
                 keep,
-                PgStoreBuilder::retention_every(keep),
+                PgStoreBuilder::retention_every(shortest),
                 stopped,
             ));
         }
@@ -363,10 +367,13 @@ impl PgStore {
 /// Values stored out of band, in the table `dtasks_payloads` (schema version 4): one row
 /// per value, written once (a second put of a key changes nothing). A value is deleted
 /// with the purge of its root (the values of the root and of its children, ids
-/// `<root>.<n>…`) and by the retention ([`PgStoreBuilder::retention`]: values stored
-/// longer ago than it, whatever their instance's status).
+/// `<root>.<n>…`) and with its root's removal by the retention
+/// ([`PgStoreBuilder::retention`]), never while its root runs or waits. A value that no
+/// instance owns (a `Client::call`'s, which records nothing) is deleted only by
+/// [`PgStoreBuilder::orphan_retention`], when set.
 ///
 /// [`PgStoreBuilder::retention`]: crate::PgStoreBuilder::retention
+/// [`PgStoreBuilder::orphan_retention`]: crate::PgStoreBuilder::orphan_retention
 impl PayloadStore for PgStore {
     fn put<'a>(&'a self, r: &'a PayloadRef, value: &'a [u8]) -> BoxFuture<'a, Result<u64, Error>> {
         async move {

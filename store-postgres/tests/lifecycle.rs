@@ -159,6 +159,14 @@ async fn settings_and_facts_a_store_cannot_use_are_refused() {
         .await
         .unwrap_err();
     assert!(err.is_bad_input(), "{err}");
+    for builder in [
+        PgStoreBuilder::new(common::url()).retention(Duration::ZERO),
+        PgStoreBuilder::new(common::url()).orphan_retention(Duration::ZERO),
+    ] {
+        let err = builder.connect().await.unwrap_err();
+        assert!(err.is_bad_input(), "{err}");
+        assert!(err.to_string().contains("cannot be zero"), "{err}");
+    }
 
     let schema = TestSchema::new("input");
     let store = schema.store().await;
@@ -205,20 +213,34 @@ fn fact_at(x: &str, at: SystemTime, kind: FactKind) -> Fact {
     Fact::new(id(x), "kept", at, kind)
 }
 
-/// A store of `schema` with a retention of 5 s (which runs every 500 ms).
-async fn retained(schema: &TestSchema) -> PgStore {
-    schema
-        .builder()
-        .retention(Duration::from_secs(5))
-        .connect()
+/// A store of `schema` whose retention (of finished instances, of values of no instance,
+/// or both) is 5 s, and runs every 500 ms.
+async fn retained(schema: &TestSchema, finished: bool, orphans: bool) -> PgStore {
+    let mut b = schema.builder();
+    if finished {
+        b = b.retention(Duration::from_secs(5));
+    }
+    if orphans {
+        b = b.orphan_retention(Duration::from_secs(5));
+    }
+    b.connect().await.unwrap()
+}
+
+/// The first column, as text, of every row `query` answers.
+async fn texts(client: &tokio_postgres::Client, query: &str) -> Vec<String> {
+    client
+        .query(query, &[])
         .await
         .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retention_removes_what_finished_longer_ago_and_keeps_the_rest() {
     let schema = TestSchema::new("retention");
-    let store = retained(&schema).await;
+    let store = retained(&schema, true, true).await;
     let now = SystemTime::now();
     let long_ago = now - Duration::from_secs(60);
     let done = |status| FactKind::Finished {
@@ -295,36 +317,16 @@ async fn the_retention_removes_what_finished_longer_ago_and_keeps_the_rest() {
             .await
             .unwrap();
     }
-    let values = || async {
-        client
-            .query(
-                &format!(
-                    "SELECT key FROM \"{}\".dtasks_payloads ORDER BY key",
-                    schema.name
-                ),
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect::<Vec<_>>()
-    };
-    let claims = || async {
-        client
-            .query(
-                &format!(
-                    "SELECT id FROM \"{}\".dtasks_claims ORDER BY id",
-                    schema.name
-                ),
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect::<Vec<_>>()
-    };
+    let values_sql = format!(
+        "SELECT key FROM \"{}\".dtasks_payloads ORDER BY key",
+        schema.name
+    );
+    let values = || texts(&client, &values_sql);
+    let claims_sql = format!(
+        "SELECT id FROM \"{}\".dtasks_claims ORDER BY id",
+        schema.name
+    );
+    let claims = || texts(&client, &claims_sql);
     let t = Instant::now();
     // The instances finished long ago go, with their claims, and so do old claims of no
     // instance.
@@ -358,14 +360,23 @@ async fn the_retention_reads_old_values_of_no_instance_page_after_page() {
     // still runs fill the first page and more, all stored at the same time (the pages go
     // by time, then key); those of no instance were stored after them.
     let schema = TestSchema::new("retention_pages");
-    let store = retained(&schema).await;
+    let store = retained(&schema, false, true).await;
     let long_ago = SystemTime::now() - Duration::from_secs(60);
+    // Without the retention of finished instances, one that finished long ago stays, and
+    // so do its values.
     store
-        .record(vec![fact_at(
-            "live",
-            long_ago,
-            FactKind::Started { parent: None },
-        )])
+        .record(vec![
+            fact_at("live", long_ago, FactKind::Started { parent: None }),
+            fact_at("done", long_ago, FactKind::Started { parent: None }),
+            fact_at(
+                "done",
+                long_ago,
+                FactKind::Finished {
+                    status: Status::Succeeded,
+                    result: b"r".to_vec(),
+                },
+            ),
+        ])
         .await
         .unwrap();
     let client = schema.client().await;
@@ -374,7 +385,8 @@ async fn the_retention_reads_old_values_of_no_instance_page_after_page() {
             &format!(
                 "INSERT INTO \"{}\".dtasks_payloads (key, instance, len, value, created_at) \
                  SELECT 'k' || lpad(i::text, 5, '0'), \
-                 CASE WHEN i % 2 = 0 THEN 'live.' || i ELSE 'gone' || i END, \
+                 CASE WHEN i % 2 = 0 THEN 'live.' || i WHEN i = 1 THEN 'done' \
+                 ELSE 'gone' || i END, \
                  1, 'x', now() - CASE WHEN i % 2 = 0 THEN interval '2 hours' \
                  ELSE interval '1 hour' END FROM generate_series(1, 20101) AS i",
                 schema.name
@@ -394,24 +406,77 @@ async fn the_retention_reads_old_values_of_no_instance_page_after_page() {
             .get::<_, i64>(0)
     };
     let t = Instant::now();
-    while count().await > 10_050 {
+    while count().await > 10_051 {
         assert!(t.elapsed() < Duration::from_secs(30), "the retention runs");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Only the running root's values are left, every one of them.
+    // Only the values of the running root and of the finished one are left, every one.
     let left = client
         .query_one(
             &format!(
-                "SELECT count(*) FILTER (WHERE instance LIKE 'live.%') FROM \"{}\".dtasks_payloads",
+                "SELECT count(*) FILTER (WHERE instance LIKE 'live.%'), \
+                 count(*) FILTER (WHERE instance = 'done') FROM \"{}\".dtasks_payloads",
                 schema.name
             ),
             &[],
         )
         .await
-        .unwrap()
-        .get::<_, i64>(0);
-    assert_eq!(left, 10_050);
-    assert_eq!(count().await, 10_050);
+        .unwrap();
+    assert_eq!((left.get::<_, i64>(0), left.get::<_, i64>(1)), (10_050, 1));
+    assert_eq!(count().await, 10_051);
+    assert!(store.get(&id("done")).await.unwrap().is_some());
+    drop(store);
+    schema.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_no_instance_stay_without_a_retention_of_their_own() {
+    // A `call`'s values have no row to go with: only `orphan_retention` removes them.
+    let schema = TestSchema::new("retention_calls");
+    let store = retained(&schema, true, false).await;
+    let long_ago = SystemTime::now() - Duration::from_secs(60);
+    // The values first: the retention may run as soon as the instance is recorded.
+    let client = schema.client().await;
+    client
+        .execute(
+            &format!(
+                "INSERT INTO \"{}\".dtasks_payloads (key, instance, len, value, created_at) \
+                 VALUES ('v1', 'old', 1, 'x', now() - interval '1 hour'), \
+                 ('v2', 'a-call', 1, 'x', now() - interval '1 hour')",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    store
+        .record(vec![
+            fact_at("old", long_ago, FactKind::Started { parent: None }),
+            fact_at(
+                "old",
+                long_ago,
+                FactKind::Finished {
+                    status: Status::Succeeded,
+                    result: b"r".to_vec(),
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+
+    let t = Instant::now();
+    while store.get(&id("old")).await.unwrap().is_some() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the retention runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Several runs later, the value of no instance is still there.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let keys = texts(
+        &client,
+        &format!("SELECT key FROM \"{}\".dtasks_payloads", schema.name),
+    )
+    .await;
+    assert_eq!(keys, ["v2"]);
     drop(store);
     schema.drop_schema().await;
 }
