@@ -78,14 +78,17 @@ EOF
   echo '[].' >"$d/enabled_plugins"
   : >"$d/rabbitmq-env.conf"
   cp "$HERE/rabbitmq-advanced.config" "$d/advanced.config"
+  # Started from its own directory: a node keeps the directory it was started in, and
+  # cannot start Erlang helpers (its epmd monitor among them) once that one is gone.
   # shellcheck disable=SC2046
   if [ "$(id -u)" -eq 0 ] && id rabbitmq >/dev/null 2>&1; then
     chown -R rabbitmq:rabbitmq "$DIR"
-    setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
+    (cd "$d" && setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
       env $(node_env "$n") ERL_FLAGS="$DIST_FLAGS" \
-      bash -c "ulimit -n $(ulimit -Hn); exec $SERVER -detached"
+      bash -c "ulimit -n $(ulimit -Hn); exec $SERVER -detached")
   else
-    env $(node_env "$n") ERL_FLAGS="$DIST_FLAGS" bash -c "ulimit -n $(ulimit -Hn); exec $SERVER -detached"
+    (cd "$d" && env $(node_env "$n") ERL_FLAGS="$DIST_FLAGS" \
+      bash -c "ulimit -n $(ulimit -Hn); exec $SERVER -detached")
   fi
   wait_node "$n"
 }
