@@ -1,8 +1,9 @@
 //! Values over the payload threshold stored out of band on the embedded runtime: a 50 MB
 //! result and a 50 MB argument go through a 4 MiB state budget, an event value over the
 //! threshold is received, a value gone from the payload store fails its reader clearly,
-//! a purge takes the values of what it removes, and a payload store out of reach delays
-//! steps without failing any instance.
+//! a purge takes the values of what it removes, a payload retention bounds the values
+//! calls leave, and a payload store out of reach delays steps without failing any
+//! instance.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -163,6 +164,34 @@ async fn a_purge_takes_the_values_of_what_it_removes_and_no_other() -> TestResul
     assert_eq!(values.len(), 1);
     assert_eq!(c.purge(&Filter::new()).await?, 1);
     assert!(values.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_payload_retention_bounds_the_values_calls_leave() -> TestResult {
+    // A call records nothing, so no purge reaches its values: only the retention does.
+    let rt = Runtime::builder(config().payload_threshold(1024))
+        .payload_retention(Duration::from_secs(1))
+        .build()?;
+    let c = rt.client();
+    let values = rt.transport().memory_payloads();
+    assert_eq!(c.call(make(4096)).await?.len(), 4096);
+    assert_eq!(c.call(make(4096)).await?.len(), 4096);
+    assert_eq!(values.len(), 2);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The next value stored takes the two older ones away.
+    assert_eq!(c.call(make(4096)).await?.len(), 4096);
+    assert_eq!(values.len(), 1);
+    // Without a retention they stay.
+    let kept = Runtime::new(config().payload_threshold(1024))?;
+    kept.client().call(make(4096)).await?;
+    assert_eq!(kept.transport().memory_payloads().len(), 1);
+    // A zero retention is refused.
+    let zero = Runtime::builder(config())
+        .payload_retention(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(zero.is_bad_input(), "{zero}");
     Ok(())
 }
 

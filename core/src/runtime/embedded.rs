@@ -11,13 +11,14 @@ use crate::client::Client;
 use crate::error::Error;
 use crate::transport::{MemoryTransport, MemoryTransportBuilder};
 
-/// Configures a [`Runtime`] beyond its workers' settings: how many workers, and the
-/// in-memory transport's test modes.
+/// Configures a [`Runtime`] beyond its workers' settings: how many workers, the
+/// in-memory transport's test modes, and its retentions.
 #[derive(Debug)]
 pub struct RuntimeBuilder {
     config: WorkerConfig,
     workers: usize,
     transport: MemoryTransportBuilder,
+    payload_retention: Option<Duration>,
 }
 
 impl RuntimeBuilder {
@@ -47,6 +48,17 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Values stored out of band longer ago than `retention` are removed, whatever their
+    /// instance (see [`MemoryTransportBuilder::payload_retention`]): a bound on the memory
+    /// that large values take, the values of `Client::call` roots included, which no
+    /// purge reaches. An instance that waits longer than that loses its values. A zero
+    /// retention is refused by [`build`](Self::build).
+    pub fn payload_retention(mut self, retention: Duration) -> Self {
+        self.payload_retention = Some(retention);
+        self.transport = self.transport.payload_retention(retention);
+        self
+    }
+
     /// Starts the workers on the current tokio runtime; fails with every problem of the
     /// workers' configuration.
     ///
@@ -54,6 +66,9 @@ impl RuntimeBuilder {
     /// Outside of a tokio runtime.
     pub fn build(self) -> Result<Runtime, Error> {
         self.config.validate()?;
+        if self.payload_retention.is_some_and(|r| r.is_zero()) {
+            return Err(Error::invalid("the payload retention cannot be zero"));
+        }
         let transport = self.transport.build();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers = Vec::new();
@@ -148,6 +163,7 @@ impl Runtime {
             config,
             workers: 1,
             transport: MemoryTransport::builder(),
+            payload_retention: None,
         }
     }
 

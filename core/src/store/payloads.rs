@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
@@ -72,10 +73,41 @@ impl IntoPayloads for Arc<dyn PayloadStore> {
 
 /// Values stored out of band in this process's memory: the in-memory transport's payload
 /// store. Cheap to clone; clones share the values. Values are kept until
-/// [`MemoryPayloads::remove_instance`] or the process ends.
+/// [`MemoryPayloads::remove_instance`] (which the embedded runtime's store calls when it
+/// purges an instance, see [`MemoryStore::with_payloads`](crate::store::MemoryStore::with_payloads)),
+/// until they are older than the retention ([`MemoryPayloads::with_retention`]), or until
+/// the process ends.
 #[derive(Clone, Default)]
 pub struct MemoryPayloads {
-    values: Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>>,
+    held: Arc<Mutex<Held>>,
+}
+
+#[derive(Default)]
+struct Held {
+    /// Each value by key, with when it was last stored.
+    values: HashMap<String, (Arc<Vec<u8>>, Instant)>,
+    retention: Option<Duration>,
+    /// When values past the retention were last removed.
+    swept: Option<Instant>,
+}
+
+impl Held {
+    /// Removes the values stored longer ago than the retention, at most once every tenth
+    /// of it.
+    fn sweep(&mut self, now: Instant) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        if self
+            .swept
+            .is_some_and(|t| now.duration_since(t) < retention / 10)
+        {
+            return;
+        }
+        self.swept = Some(now);
+        self.values
+            .retain(|_, (_, at)| now.duration_since(*at) < retention);
+    }
 }
 
 impl std::fmt::Debug for MemoryPayloads {
@@ -92,13 +124,27 @@ impl MemoryPayloads {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Vec<u8>>>> {
-        self.values.lock().unwrap_or_else(|p| p.into_inner())
+    /// Removes the values stored longer ago than `retention`, whatever their instance, as
+    /// the RabbitMQ stream of values does (`AmqpConfig::with_payload_retention`): a bound
+    /// on the memory that values take, those of `Client::call` roots included (a call
+    /// records nothing in the instance store, so no purge reaches its values). Applied
+    /// when a value is stored, at most once every tenth of the retention, on the process's
+    /// clock (also under a transport's virtual time); storing a value again restarts its
+    /// time. **An instance that waits longer than `retention` loses
+    /// its values** (its next step that reads one fails it, as with a value gone).
+    /// `Duration::ZERO` keeps each value only until the next one is stored.
+    pub fn with_retention(self, retention: Duration) -> Self {
+        self.lock().retention = Some(retention);
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How many values it holds.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().values.len()
     }
 
     /// Whether it holds none.
@@ -119,7 +165,7 @@ impl MemoryPayloads {
         instances: impl IntoIterator<Item = &'a str>,
     ) -> usize {
         let roots: HashSet<&str> = instances.into_iter().collect();
-        let mut values = self.lock();
+        let values = &mut self.lock().values;
         let before = values.len();
         values.retain(|key, _| {
             let owner = key.rsplit_once('/').map_or("", |(i, _)| i);
@@ -149,15 +195,25 @@ fn written_under_any(owner: &str, roots: &HashSet<&str>) -> bool {
 impl PayloadStore for MemoryPayloads {
     fn put<'a>(&'a self, r: &'a PayloadRef, value: &'a [u8]) -> BoxFuture<'a, Result<u64, Error>> {
         Box::pin(async move {
-            self.lock()
+            let now = Instant::now();
+            let mut held = self.lock();
+            held.sweep(now);
+            held.values
                 .entry(r.key().to_string())
-                .or_insert_with(|| Arc::new(value.to_vec()));
+                .and_modify(|(_, at)| *at = now)
+                .or_insert_with(|| (Arc::new(value.to_vec()), now));
             Ok(0)
         })
     }
 
     fn get<'a>(&'a self, r: &'a PayloadRef) -> BoxFuture<'a, Result<Option<Vec<u8>>, Error>> {
-        Box::pin(async move { Ok(self.lock().get(r.key()).map(|v| v.as_ref().clone())) })
+        Box::pin(async move {
+            Ok(self
+                .lock()
+                .values
+                .get(r.key())
+                .map(|(v, _)| v.as_ref().clone()))
+        })
     }
 }
 
@@ -267,15 +323,48 @@ mod tests {
     #[test]
     fn the_values_of_several_instances_go_in_one_pass_and_others_stay() {
         let store = MemoryPayloads::new();
-        let mut values = store.lock();
+        let mut held = store.lock();
         for owner in ["a", "a.1", "a.1.2", "b", "b.1", "c", "ab"] {
-            values.insert(format!("{owner}/k"), Arc::new(vec![1]));
+            held.values
+                .insert(format!("{owner}/k"), (Arc::new(vec![1]), Instant::now()));
         }
-        drop(values);
+        drop(held);
         assert_eq!(store.remove_instances(["a", "b.1"]), 4);
-        let mut left: Vec<String> = store.lock().keys().cloned().collect();
+        let mut left: Vec<String> = store.lock().values.keys().cloned().collect();
         left.sort();
         assert_eq!(left, ["ab/k", "b/k", "c/k"]);
+    }
+
+    #[tokio::test]
+    async fn values_past_the_retention_go_when_a_value_is_stored() {
+        let store = MemoryPayloads::new().with_retention(Duration::from_secs(1));
+        let put = |id: &str| {
+            let store = store.clone();
+            let r = PayloadRef::of(&InstanceId::new(id).unwrap(), id.as_bytes());
+            async move {
+                store.put(&r, r.key().as_bytes()).await.unwrap();
+                r
+            }
+        };
+        let old = put("old").await;
+        let again = put("again").await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // Stored again: its time starts over.
+        put("again").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // `old` is at least 1.1 s old, `again` about 0.5 s: storing a value removes `old`
+        // only.
+        let young = put("young").await;
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.get(&old).await.unwrap(), None);
+        assert!(store.get(&again).await.unwrap().is_some());
+        assert!(store.get(&young).await.unwrap().is_some());
+        // Without a retention, nothing goes by age.
+        let kept = MemoryPayloads::new();
+        kept.put(&old, b"x").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        kept.put(&young, b"y").await.unwrap();
+        assert_eq!(kept.len(), 2);
     }
 
     #[tokio::test]

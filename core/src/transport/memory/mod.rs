@@ -49,6 +49,7 @@ pub struct MemoryTransportBuilder {
     duplicate: bool,
     max_redeliveries: Option<u32>,
     mailbox_retention: Option<Duration>,
+    payload_retention: Option<Duration>,
 }
 
 impl MemoryTransportBuilder {
@@ -84,6 +85,15 @@ impl MemoryTransportBuilder {
         self
     }
 
+    /// Removes values stored out of band longer ago than `retention`, whatever their
+    /// instance (default: a value stays until its instance is purged, or the process
+    /// ends): see [`MemoryPayloads::with_retention`], and its warning about instances that
+    /// wait longer than that.
+    pub fn payload_retention(mut self, retention: Duration) -> Self {
+        self.payload_retention = Some(retention);
+        self
+    }
+
     /// Builds the transport.
     pub fn build(self) -> MemoryTransport {
         let clock = if self.virtual_time {
@@ -91,7 +101,10 @@ impl MemoryTransportBuilder {
         } else {
             None
         };
-        let payloads = MemoryPayloads::new();
+        let mut payloads = MemoryPayloads::new();
+        if let Some(retention) = self.payload_retention {
+            payloads = payloads.with_retention(retention);
+        }
         MemoryTransport {
             shared: Arc::new(Shared {
                 mem: Mutex::new(Mem {
