@@ -226,6 +226,21 @@ async fn retained(schema: &TestSchema, finished: bool, orphans: bool) -> PgStore
     b.connect().await.unwrap()
 }
 
+/// The start and the success of `x`, both at `at`.
+fn done_at(x: &str, at: SystemTime) -> [Fact; 2] {
+    [
+        fact_at(x, at, FactKind::Started { parent: None }),
+        fact_at(
+            x,
+            at,
+            FactKind::Finished {
+                status: Status::Succeeded,
+                result: b"r".to_vec(),
+            },
+        ),
+    ]
+}
+
 /// The first column, as text, of every row `query` answers.
 async fn texts(client: &tokio_postgres::Client, query: &str) -> Vec<String> {
     client
@@ -364,21 +379,13 @@ async fn the_retention_reads_old_values_of_no_instance_page_after_page() {
     let long_ago = SystemTime::now() - Duration::from_secs(60);
     // Without the retention of finished instances, one that finished long ago stays, and
     // so do its values.
-    store
-        .record(vec![
-            fact_at("live", long_ago, FactKind::Started { parent: None }),
-            fact_at("done", long_ago, FactKind::Started { parent: None }),
-            fact_at(
-                "done",
-                long_ago,
-                FactKind::Finished {
-                    status: Status::Succeeded,
-                    result: b"r".to_vec(),
-                },
-            ),
-        ])
-        .await
-        .unwrap();
+    let mut facts = vec![fact_at(
+        "live",
+        long_ago,
+        FactKind::Started { parent: None },
+    )];
+    facts.extend(done_at("done", long_ago));
+    store.record(facts).await.unwrap();
     let client = schema.client().await;
     client
         .execute(
@@ -450,17 +457,7 @@ async fn values_of_no_instance_stay_without_a_retention_of_their_own() {
         .await
         .unwrap();
     store
-        .record(vec![
-            fact_at("old", long_ago, FactKind::Started { parent: None }),
-            fact_at(
-                "old",
-                long_ago,
-                FactKind::Finished {
-                    status: Status::Succeeded,
-                    result: b"r".to_vec(),
-                },
-            ),
-        ])
+        .record(done_at("old", long_ago).to_vec())
         .await
         .unwrap();
 
