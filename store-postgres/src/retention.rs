@@ -55,6 +55,10 @@ pub(crate) async fn run(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Where the reading of old values stopped: a run cut short by its time bound goes on
+    // from there next time, so that values of long-lived instances at the front cannot
+    // keep later ones from ever being read.
+    let mut cursor = Cursor::start();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -64,7 +68,13 @@ pub(crate) async fn run(
         let cutoff = |age: Option<Duration>| age.and_then(|a| now.checked_sub(a));
         let bounded = tokio::time::timeout(
             every.max(Duration::from_secs(30)),
-            sweep(&pool, &sql, cutoff(keep.finished), cutoff(keep.orphans)),
+            sweep(
+                &pool,
+                &sql,
+                cutoff(keep.finished),
+                cutoff(keep.orphans),
+                &mut cursor,
+            ),
         );
         match bounded.await {
             Ok(Ok((0, 0))) => {}
@@ -87,6 +97,7 @@ async fn sweep(
     sql: &Sql,
     finished: Option<SystemTime>,
     orphans: Option<SystemTime>,
+    cursor: &mut Cursor,
 ) -> Result<(u64, u64), PgError> {
     let client = pool.get().await?;
     let mut removed = 0u64;
@@ -104,36 +115,45 @@ async fn sweep(
         client.execute(&claims, &[&cutoff]).await?;
     }
     let values = match orphans {
-        Some(cutoff) => orphan_values(&client, sql, cutoff).await?,
+        Some(cutoff) => orphan_values(&client, sql, cutoff, cursor).await?,
         None => 0,
     };
     Ok((removed, values))
 }
 
+/// A position in the values, in the order they were stored: after the value stored at
+/// `.0` under the key `.1`.
+pub(crate) struct Cursor(SystemTime, String);
+
+impl Cursor {
+    /// Before every value.
+    fn start() -> Self {
+        Self(SystemTime::UNIX_EPOCH, String::new())
+    }
+}
+
 /// Removes the values stored before `cutoff` that belong to no instance: neither the
 /// instance that stored one nor any it descends from (`<root>.<n>…`) has a row. Values
 /// of instances that have one stay, however old (a root that waits for months keeps its
-/// values). Reads the old values a page at a time, in the order they were stored.
+/// values). Reads the old values a page at a time, in the order they were stored, from
+/// `cursor`, which it moves past each page read; back to the start once it read them all.
 async fn orphan_values(
     client: &deadpool_postgres::Object,
     sql: &Sql,
     cutoff: SystemTime,
+    cursor: &mut Cursor,
 ) -> Result<u64, PgError> {
     let page = client.prepare_cached(&sql.old_payloads).await?;
     let present = client.prepare_cached(&sql.present).await?;
-    let drop = client.prepare_cached(&sql.drop_payloads).await?;
-    let mut after = (SystemTime::UNIX_EPOCH, String::new());
+    let remove = client.prepare_cached(&sql.drop_payloads).await?;
     let mut removed = 0u64;
     loop {
         let rows = client
-            .query(&page, &[&cutoff, &after.0, &after.1, &CHUNK])
+            .query(&page, &[&cutoff, &cursor.0, &cursor.1, &CHUNK])
             .await?;
         let mut values: Vec<(String, String)> = Vec::with_capacity(rows.len());
         for row in &rows {
             values.push((row.try_get(0)?, row.try_get(1)?));
-        }
-        if let Some(last) = rows.last() {
-            after = (last.try_get(2)?, values[values.len() - 1].0.clone());
         }
         let lines: HashSet<&str> = values
             .iter()
@@ -152,10 +172,16 @@ async fn orphan_values(
             .map(|(key, _)| key.as_str())
             .collect();
         if !orphans.is_empty() {
-            removed += client.execute(&drop, &[&orphans, &cutoff]).await?;
+            removed += client.execute(&remove, &[&orphans, &cutoff]).await?;
         }
-        if (rows.len() as i64) < CHUNK {
-            return Ok(removed);
+        match (rows.last(), values.pop()) {
+            (Some(last), Some((key, _))) if (rows.len() as i64) == CHUNK => {
+                *cursor = Cursor(last.try_get(2)?, key);
+            }
+            _ => {
+                *cursor = Cursor::start();
+                return Ok(removed);
+            }
         }
     }
 }

@@ -93,10 +93,31 @@ impl MemoryStore {
     /// so that a process that purges what finished does not keep its values for good.
     ///
     /// ```
-    /// use dtasks::store::{Filter, MemoryPayloads, MemoryStore};
+    /// use std::time::SystemTime;
+    /// use dtasks::store::{
+    ///     Fact, FactKind, Filter, InstanceStore, MemoryPayloads, MemoryStore, PayloadRef,
+    ///     PayloadStore,
+    /// };
+    /// use dtasks::{InstanceId, Status};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dtasks::Error> {
     /// let payloads = MemoryPayloads::new();
     /// let store = MemoryStore::new().with_payloads(payloads.clone());
-    /// assert_eq!(store.remove(&Filter::new()), 0);
+    /// let id = InstanceId::new("order-1")?;
+    /// // A large value that the instance stored out of band.
+    /// let value = vec![7u8; 1 << 20];
+    /// payloads.put(&PayloadRef::of(&id, &value), &value).await?;
+    /// let now = SystemTime::now();
+    /// let done = FactKind::Finished { status: Status::Succeeded, result: vec![0xc0] };
+    /// store
+    ///     .record(vec![
+    ///         Fact::new(id.clone(), "order", now, FactKind::Started { parent: None }),
+    ///         Fact::new(id.clone(), "order", now, done),
+    ///     ])
+    ///     .await?;
+    /// assert_eq!(store.purge(&Filter::new()).await?, 1);
+    /// assert!(payloads.is_empty());
+    /// # Ok(()) }
     /// ```
     pub fn with_payloads(self, payloads: MemoryPayloads) -> Self {
         self.book().payloads = Some(payloads);
