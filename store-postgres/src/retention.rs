@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Pool;
+use dtasks::store::lineage;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
@@ -183,28 +184,5 @@ async fn orphan_values(
                 return Ok(removed);
             }
         }
-    }
-}
-
-/// The instance `id` and those it descends from: `id`, then `id` without its last
-/// `.<n>` part, and so on (`a.1.2`, `a.1`, `a`).
-fn lineage(id: &str) -> impl Iterator<Item = &str> {
-    std::iter::successors(Some(id), |at| match at.rsplit_once('.') {
-        Some((parent, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => Some(parent),
-        _ => None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::lineage;
-
-    #[test]
-    fn a_lineage_takes_off_numbered_parts_only() {
-        let of = |id| lineage(id).collect::<Vec<_>>();
-        assert_eq!(of("a.1.20"), ["a.1.20", "a.1", "a"]);
-        assert_eq!(of("order.v2.3"), ["order.v2.3", "order.v2"]);
-        assert_eq!(of("a..1"), ["a..1", "a."]);
-        assert_eq!(of("a"), ["a"]);
     }
 }

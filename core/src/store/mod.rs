@@ -56,7 +56,7 @@ pub use crate::protocol::fact::{Fact, FactKind, StepKind, Steps};
 pub use memory::MemoryStore;
 pub(crate) use payloads::Payloads;
 pub use payloads::{
-    IntoPayloads, MemoryPayloads, PayloadRef, PayloadStore, DEFAULT_PAYLOAD_THRESHOLD,
+    lineage, IntoPayloads, MemoryPayloads, PayloadRef, PayloadStore, DEFAULT_PAYLOAD_THRESHOLD,
     PAYLOAD_EXT_TYPE,
 };
 pub use query::{

@@ -175,21 +175,27 @@ impl MemoryPayloads {
     }
 }
 
-/// Whether the instance `owner` is one of `roots` or a descendant of one: `owner` itself
-/// or what is left of it once trailing `.<n>` parts are taken off, one at a time.
+/// Whether the instance `owner` is one of `roots` or a descendant of one.
 fn written_under_any(owner: &str, roots: &HashSet<&str>) -> bool {
-    let mut at = owner;
-    loop {
-        if roots.contains(at) {
-            return true;
-        }
-        match at.rsplit_once('.') {
-            Some((parent, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
-                at = parent;
-            }
-            _ => return false,
-        }
-    }
+    lineage(owner).any(|id| roots.contains(id))
+}
+
+/// The instance `id` and the instances it descends from, nearest first: `id`, then `id`
+/// without its last `.<n>` part, and so on. A child's id is its parent's followed by
+/// `.<position>`, so these are the ids whose purge removes the values `id` stored (a
+/// store that keeps values out of band decides by them which instance owns a value).
+///
+/// ```
+/// use dtasks::store::lineage;
+/// assert_eq!(lineage("order-7.1.20").collect::<Vec<_>>(), ["order-7.1.20", "order-7.1", "order-7"]);
+/// // Only numbered parts are positions: `v2` is part of the root's own id.
+/// assert_eq!(lineage("order.v2.3").collect::<Vec<_>>(), ["order.v2.3", "order.v2"]);
+/// ```
+pub fn lineage(id: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(id), |at| match at.rsplit_once('.') {
+        Some((parent, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => Some(parent),
+        _ => None,
+    })
 }
 
 impl PayloadStore for MemoryPayloads {
