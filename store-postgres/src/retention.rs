@@ -124,7 +124,7 @@ async fn sweep(
 
 /// A position in the values, in the order they were stored: after the value stored at
 /// `.0` under the key `.1`.
-pub(crate) struct Cursor(SystemTime, String);
+struct Cursor(SystemTime, String);
 
 impl Cursor {
     /// Before every value.

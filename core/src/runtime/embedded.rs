@@ -18,7 +18,6 @@ pub struct RuntimeBuilder {
     config: WorkerConfig,
     workers: usize,
     transport: MemoryTransportBuilder,
-    payload_retention: Option<Duration>,
 }
 
 impl RuntimeBuilder {
@@ -54,7 +53,6 @@ impl RuntimeBuilder {
     /// purge reaches. An instance that waits longer than that loses its values. A zero
     /// retention is refused by [`build`](Self::build).
     pub fn payload_retention(mut self, retention: Duration) -> Self {
-        self.payload_retention = Some(retention);
         self.transport = self.transport.payload_retention(retention);
         self
     }
@@ -66,7 +64,11 @@ impl RuntimeBuilder {
     /// Outside of a tokio runtime.
     pub fn build(self) -> Result<Runtime, Error> {
         self.config.validate()?;
-        if self.payload_retention.is_some_and(|r| r.is_zero()) {
+        if self
+            .transport
+            .payload_retention
+            .is_some_and(|r| r.is_zero())
+        {
             return Err(Error::invalid("the payload retention cannot be zero"));
         }
         let transport = self.transport.build();
@@ -163,7 +165,6 @@ impl Runtime {
             config,
             workers: 1,
             transport: MemoryTransport::builder(),
-            payload_retention: None,
         }
     }
 

@@ -49,7 +49,8 @@ pub struct MemoryTransportBuilder {
     duplicate: bool,
     max_redeliveries: Option<u32>,
     mailbox_retention: Option<Duration>,
-    payload_retention: Option<Duration>,
+    /// Read by `RuntimeBuilder::build`, which refuses a zero retention.
+    pub(crate) payload_retention: Option<Duration>,
 }
 
 impl MemoryTransportBuilder {
