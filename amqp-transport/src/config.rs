@@ -67,6 +67,9 @@ pub struct AmqpConfig {
     pub(crate) quorum_mailboxes: bool,
     pub(crate) task_queues: u16,
     pub(crate) task_packs: u16,
+    /// Variables [`AmqpConfig::from_env`] found set but could not read: reported by
+    /// [`AmqpConfig::validate`], so that a mistyped setting is an error, not a default.
+    pub(crate) env_problems: Vec<String>,
 }
 
 impl AmqpConfig {
@@ -92,16 +95,23 @@ impl AmqpConfig {
             quorum_mailboxes: false,
             task_queues: 1,
             task_packs: DEFAULT_TASK_PACKS,
+            env_problems: Vec::new(),
         }
     }
 
     /// A configuration from the environment: `AMQP_URL` (default [`DEFAULT_URL`]; the
     /// addresses of several nodes of a cluster separated by commas, see
     /// [`AmqpConfig::with_urls`]), `DTASKS_PREFIX` (default [`DEFAULT_PREFIX`]),
-    /// `DTASKS_QUORUM_MAILBOXES` (`1` or `true`: [`AmqpConfig::with_quorum_mailboxes`]),
-    /// `DTASKS_TASK_QUEUES` ([`AmqpConfig::with_task_queues`]),
-    /// `DTASKS_TASK_PACKS` ([`AmqpConfig::with_task_packs`]) and
-    /// `DTASKS_PUBLISH_CHANNELS` ([`AmqpConfig::with_publish_channels`]).
+    /// `DTASKS_QUORUM_MAILBOXES` (`1` or `true`, `0` or `false`:
+    /// [`AmqpConfig::with_quorum_mailboxes`]), `DTASKS_TASK_QUEUES`
+    /// ([`AmqpConfig::with_task_queues`]), `DTASKS_TASK_PACKS`
+    /// ([`AmqpConfig::with_task_packs`]) and `DTASKS_PUBLISH_CHANNELS`
+    /// ([`AmqpConfig::with_publish_channels`]).
+    ///
+    /// A variable that is set but cannot be read (`DTASKS_TASK_QUEUES=abc`) is not
+    /// ignored: [`AmqpTransport::connect`](crate::AmqpTransport::connect) then fails with
+    /// an error that names it ([`Error::is_bad_input`](dtasks::Error::is_bad_input)), as
+    /// it does for an address that is not an AMQP URL and for an invalid prefix.
     pub fn from_env() -> Self {
         let url = std::env::var("AMQP_URL")
             .ok()
@@ -120,27 +130,26 @@ impl AmqpConfig {
         {
             cfg.prefix = p;
         }
-        if std::env::var("DTASKS_QUORUM_MAILBOXES").is_ok_and(|v| v == "1" || v == "true") {
-            cfg.quorum_mailboxes = true;
+        let mut problems = Vec::new();
+        if let Some(v) = env_value("DTASKS_QUORUM_MAILBOXES") {
+            match v.as_str() {
+                "1" | "true" => cfg.quorum_mailboxes = true,
+                "0" | "false" => cfg.quorum_mailboxes = false,
+                _ => problems.push(format!(
+                    "DTASKS_QUORUM_MAILBOXES is `{v}`: use 1, true, 0 or false"
+                )),
+            }
         }
-        if let Some(n) = std::env::var("DTASKS_TASK_QUEUES")
-            .ok()
-            .and_then(|v| v.parse::<u16>().ok())
-        {
+        if let Some(n) = env_number::<u16>("DTASKS_TASK_QUEUES", &mut problems) {
             cfg.task_queues = n;
         }
-        if let Some(n) = std::env::var("DTASKS_TASK_PACKS")
-            .ok()
-            .and_then(|v| v.parse::<u16>().ok())
-        {
+        if let Some(n) = env_number::<u16>("DTASKS_TASK_PACKS", &mut problems) {
             cfg.task_packs = n;
         }
-        if let Some(n) = std::env::var("DTASKS_PUBLISH_CHANNELS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-        {
+        if let Some(n) = env_number::<usize>("DTASKS_PUBLISH_CHANNELS", &mut problems) {
             cfg.publish_channels = n;
         }
+        cfg.env_problems = problems;
         cfg
     }
 
@@ -353,7 +362,38 @@ impl AmqpConfig {
         &self.urls
     }
 
+    /// The broker addresses for a log or a banner: separated by commas, each password
+    /// replaced by `***`.
+    ///
+    /// ```
+    /// use dtasks_amqp::AmqpConfig;
+    ///
+    /// let cfg = AmqpConfig::new("amqp://app:s3cret@10.0.0.1:5672/%2f");
+    /// assert_eq!(cfg.urls_for_display(), "amqp://app:***@10.0.0.1:5672/%2f");
+    /// ```
+    pub fn urls_for_display(&self) -> String {
+        self.urls
+            .iter()
+            .map(|u| without_password(u))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub(crate) fn validate(&self) -> Result<(), String> {
+        if let Some(problem) = self.env_problems.first() {
+            return Err(problem.clone());
+        }
+        for (i, url) in self.urls.iter().enumerate() {
+            // The parser's message, not the address: it may hold a password.
+            if let Err(e) = url.parse::<lapin::uri::AMQPUri>() {
+                return Err(format!(
+                    "broker address {} of {} is not an AMQP URL \
+                     (amqp://user:password@host:port/vhost): {e}",
+                    i + 1,
+                    self.urls.len()
+                ));
+            }
+        }
         let p = &self.prefix;
         let ok = !p.is_empty()
             && p.len() <= 48
@@ -402,6 +442,39 @@ impl AmqpConfig {
     }
 }
 
+/// `url` with the password of its user info (`user:password@`) replaced by `***`.
+fn without_password(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let authority_end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    let Some(at) = url[start..authority_end].rfind('@').map(|i| start + i) else {
+        return url.to_string();
+    };
+    match url[start..at].find(':').map(|i| start + i) {
+        Some(colon) => format!("{}***{}", &url[..=colon], &url[at..]),
+        None => url.to_string(),
+    }
+}
+
+/// The value of the environment variable `name`, when set and not empty.
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|s| !s.is_empty())
+}
+
+/// The number in the environment variable `name`, when set; a value that is not one is
+/// noted in `problems`.
+fn env_number<T: std::str::FromStr>(name: &str, problems: &mut Vec<String>) -> Option<T> {
+    let v = env_value(name)?;
+    match v.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            problems.push(format!("{name} is `{v}`, not a number"));
+            None
+        }
+    }
+}
+
 impl Default for AmqpConfig {
     /// The same as [`AmqpConfig::from_env`].
     fn default() -> Self {
@@ -416,6 +489,43 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert_eq!(AmqpConfig::new("amqp://x").validate(), Ok(()));
+    }
+
+    #[test]
+    fn addresses_are_shown_without_their_passwords() {
+        for (url, shown) in [
+            ("amqp://u:p@h:5672/%2f", "amqp://u:***@h:5672/%2f"),
+            ("amqps://user@h/v", "amqps://user@h/v"),
+            ("amqp://h:5672", "amqp://h:5672"),
+            ("amqp://u:p@ss@h/v", "amqp://u:***@h/v"),
+            ("amqp://h/v@x", "amqp://h/v@x"),
+        ] {
+            assert_eq!(without_password(url), shown, "{url}");
+        }
+        let two = AmqpConfig::new("x").with_urls(["amqp://a:1@h1", "amqp://b:2@h2"]);
+        assert_eq!(two.urls_for_display(), "amqp://a:***@h1, amqp://b:***@h2");
+    }
+
+    #[test]
+    fn an_unreadable_variable_or_address_is_refused_without_the_password() {
+        let mut cfg = AmqpConfig::new("amqp://x");
+        cfg.env_problems = vec!["DTASKS_TASK_QUEUES is `abc`, not a number".into()];
+        let e = cfg.validate().expect_err("refused");
+        assert!(e.contains("DTASKS_TASK_QUEUES"), "{e}");
+        let e = AmqpConfig::new("amqp://x")
+            .with_urls([
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                "http://u:s3cret@h/",
+            ])
+            .validate()
+            .expect_err("refused");
+        assert!(e.contains("address 2 of 2"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        assert_eq!(
+            AmqpConfig::new("amqps://u:p@h:5671/v").validate(),
+            Ok(()),
+            "amqps is an AMQP URL"
+        );
     }
 
     #[test]

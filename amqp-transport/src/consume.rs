@@ -162,7 +162,7 @@ impl Drop for Spread {
 }
 
 /// The number of consumers of `queue`.
-async fn consumers(shared: &Shared, queue: &str) -> Result<usize> {
+pub(crate) async fn consumers(shared: &Shared, queue: &str) -> Result<usize> {
     let ch = conn::get_channel(&shared.control).await?;
     let passive = QueueDeclareOptions {
         passive: true,

@@ -20,6 +20,9 @@ pub(crate) enum AmqpError {
     Timeout(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// What the caller gave cannot be used (a name past the broker's limit).
+    #[error("{0}")]
+    Input(String),
     #[error("{0}")]
     Invalid(String),
     /// One failure that several waiters share (a batch written for all of them).
@@ -53,7 +56,7 @@ impl AmqpError {
     /// with other arguments, refused access).
     pub(crate) fn is_permanent(&self) -> bool {
         match self {
-            Self::Config(_) | Self::Invalid(_) => true,
+            Self::Config(_) | Self::Input(_) | Self::Invalid(_) => true,
             Self::Shared(e) => e.is_permanent(),
             _ => matches!(
                 self.reply_code(),
@@ -90,9 +93,28 @@ fn reply_code(e: &lapin::Error) -> Option<u16> {
     }
 }
 
+impl AmqpError {
+    /// The caller's configuration or input is at fault, not the broker: retrying
+    /// cannot help, and the error says what to change.
+    fn is_input(&self) -> bool {
+        match self {
+            Self::Config(_) | Self::Input(_) => true,
+            Self::Shared(e) => e.is_input(),
+            _ => false,
+        }
+    }
+}
+
 impl From<AmqpError> for dtasks::Error {
+    /// A configuration or an input the transport cannot use is
+    /// [`is_bad_input`](dtasks::Error::is_bad_input); everything else
+    /// [`is_transport`](dtasks::Error::is_transport).
     fn from(e: AmqpError) -> Self {
-        dtasks::Error::transport(e)
+        if e.is_input() {
+            dtasks::Error::invalid(e.to_string())
+        } else {
+            dtasks::Error::transport(e)
+        }
     }
 }
 

@@ -255,9 +255,12 @@ impl InstanceStore for StreamStore {
                 .map(|i| Fact::new(i.id, i.name, now, FactKind::Purged))
                 .collect();
             let n = gone.len() as u64;
+            let ids: Vec<InstanceId> = gone.iter().map(|f| f.instance.clone()).collect();
             for chunk in gone.chunks(1000) {
                 self.append(chunk.to_vec()).await?;
             }
+            // Their claims go too: a purged id is unknown, and may be started again.
+            self.shared.delete_claims(&ids).await?;
             Ok(n)
         }
         .boxed()

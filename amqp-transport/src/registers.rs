@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use deadpool::managed::Object;
-use lapin::options::QueueDeclareOptions;
+use dtasks::InstanceId;
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use tracing::warn;
 
@@ -75,6 +76,41 @@ impl Shared {
             }
         })
         .await
+    }
+
+    /// Deletes the claim registers of `ids` (missing ones too: deleting a missing queue
+    /// succeeds), one after another on one channel, so that a purged id can be started
+    /// again as on the other stores. Retries through connection failures like a claim.
+    pub(crate) async fn delete_claims(&self, ids: &[InstanceId]) -> Result<()> {
+        let queues: Vec<String> = ids.iter().map(|id| self.topo.claim(id.as_str())).collect();
+        let mut done = 0;
+        while done < queues.len() {
+            let first = queues[done].clone();
+            done += self
+                .retrying("deleting claim registers", &first, || async {
+                    let ch = conn::get_channel(&self.control).await?;
+                    let mut deleted = 0;
+                    for queue in &queues[done..] {
+                        if let Err(e) = ch
+                            .queue_delete(short(queue)?, QueueDeleteOptions::default())
+                            .await
+                        {
+                            drop(Object::take(ch));
+                            return if deleted > 0 {
+                                // Progress: the next attempt goes on from here.
+                                Ok(deleted)
+                            } else {
+                                Err(AmqpError::broker(format!("deleting `{queue}`"), e))
+                            };
+                        }
+                        self.declared.forget(queue);
+                        deleted += 1;
+                    }
+                    Ok(deleted)
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     /// Whether `queue` exists.

@@ -357,7 +357,7 @@ fn claim_arg(nonce: u64) -> i64 {
 /// A queue name as the broker takes it.
 pub(crate) fn short(s: &str) -> Result<ShortString> {
     ShortString::try_new(s).map_err(|_| {
-        AmqpError::Invalid(format!(
+        AmqpError::Input(format!(
             "`{s}` is longer than 255 bytes, the broker's limit for names"
         ))
     })

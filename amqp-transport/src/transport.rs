@@ -170,6 +170,23 @@ impl AmqpTransport {
         self.shared.topo.task(name)
     }
 
+    /// How many worker sessions consume the task queue of the DTask `name`: 0 means
+    /// that no running worker registers it, and a start of `name` waits in its queue
+    /// until one does (a worker session consumes the task queues of every DTask its
+    /// worker registers). A queue that does not exist yet has no consumer either.
+    pub async fn task_consumers(&self, name: &str) -> std::result::Result<usize, dtasks::Error> {
+        let queue = self.shared.topo.task(name);
+        match crate::consume::consumers(&self.shared, &queue).await {
+            Ok(n) => Ok(n),
+            Err(crate::error::AmqpError::Broker { source, .. })
+                if crate::error::is_not_found(&source) =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The name of the queue due timers of DTask `name` are delivered from.
     pub fn wake_queue(&self, name: &str) -> String {
         self.shared.topo.wake(name)

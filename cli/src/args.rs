@@ -1,18 +1,37 @@
 //! The command line's grammar (clap derive): subcommands, options, their help.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use dtasks::Status;
 
-use crate::time::parse_time;
+use crate::time::{parse_duration, parse_time};
+
+/// A bound on a wait: a duration above zero (`90s`, `15m`, `1h30m`).
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s.trim()) {
+        Some(d) if !d.is_zero() => Ok(d),
+        Some(_) => Err("a timeout of zero waits for nothing: leave out --wait".into()),
+        None => Err(format!(
+            "`{s}` is not a duration (90s, 15m, 1h, 1h30m, 500ms)"
+        )),
+    }
+}
 
 const AFTER_HELP: &str = "\
-Environment:
-  AMQP_URL          the broker (default amqp://guest:guest@127.0.0.1:5672/%2f)
-  DTASKS_PREFIX     the deployment's queue prefix (default dtasks)
-  DATABASE_URL      when set, the PostgreSQL instance store; else the RabbitMQ-only store
-  DTASKS_PG_SCHEMA  the PostgreSQL store's schema (default dtasks)
+Environment (the same values as the deployment's workers):
+  AMQP_URL                 the broker (default amqp://guest:guest@127.0.0.1:5672/%2f;
+                           a cluster's nodes separated by commas)
+  DTASKS_PREFIX            the deployment's queue prefix (default dtasks)
+  DTASKS_TASK_QUEUES       task queues per DTask (default 1)
+  DTASKS_TASK_PACKS        task messages per AMQP message at most (default 16)
+  DTASKS_QUORUM_MAILBOXES  1 or true: the deployment's mailboxes are quorum queues
+  DTASKS_PUBLISH_CHANNELS  publish channels per process (default 2)
+  DATABASE_URL             when set, the PostgreSQL instance store; else the
+                           RabbitMQ-only store
+  DTASKS_PG_SCHEMA         the PostgreSQL store's schema (default dtasks)
+  RUST_LOG                 the libraries' logs on stderr (default: none)
+A variable that is set but cannot be read is an error (exit code 2).
 
 Exit codes:
   0 success, 1 the operation failed (e.g. the instance failed), 2 bad usage,
@@ -28,7 +47,8 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// List root instances, newest start first, a page at a time.
+    /// List instances, newest start first, a page at a time: roots, and the children
+    /// of roots that record them (`start --record-children`).
     List(ListArgs),
     /// Show what the store knows of an instance.
     Status(StatusArgs),
@@ -129,7 +149,7 @@ pub(crate) struct ListArgs {
     pub(crate) after: Option<String>,
     /// Print JSON: one object per line (`lines`, the default) or one array (`array`).
     #[arg(long, value_enum, value_name = "FORM", num_args = 0..=1,
-          default_missing_value = "lines", require_equals = true)]
+          default_missing_value = "lines")]
     pub(crate) json: Option<JsonForm>,
 }
 
@@ -156,13 +176,17 @@ pub(crate) struct StatusArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Exit codes: 0 it succeeded (the value is on stdout), 1 it failed or was cancelled (the
-failure is on stderr), 3 no such instance, 5 it has not finished (without --wait).")]
+failure is on stderr), 3 no such instance, 5 it has not finished (without --wait, or
+not within --timeout).")]
 pub(crate) struct ResultArgs {
     /// The instance id.
     pub(crate) id: String,
     /// Wait until the instance finishes.
     #[arg(long)]
     pub(crate) wait: bool,
+    /// With --wait: wait at most this long (90s, 15m, 1h30m), then exit with code 5.
+    #[arg(long, value_name = "DURATION", requires = "wait", value_parser = parse_timeout)]
+    pub(crate) timeout: Option<Duration>,
     /// Print one JSON object with the id, the status and the value or the failure.
     #[arg(long)]
     pub(crate) json: bool,
@@ -170,9 +194,10 @@ pub(crate) struct ResultArgs {
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Example: dtasks start add_one '[41]' --id order-17 --wait
+Example: dtasks start add_one '[41]' --id order-17 --wait --timeout 1m
 The DTask must be registered by a running worker; the start waits in its task queue
-until one takes it. With --id, an id already started is refused (exit code 1).")]
+until one takes it (a line on stderr says so when no worker consumes that queue now).
+With --id, an id already started is refused (exit code 1).")]
 pub(crate) struct StartArgs {
     /// The DTask's registered name.
     pub(crate) name: String,
@@ -185,6 +210,10 @@ pub(crate) struct StartArgs {
     /// Wait for the result and print it after the id (exit codes as `result`).
     #[arg(long)]
     pub(crate) wait: bool,
+    /// With --wait: wait at most this long (90s, 15m, 1h30m), then exit with code 5
+    /// (the instance goes on).
+    #[arg(long, value_name = "DURATION", requires = "wait", value_parser = parse_timeout)]
+    pub(crate) timeout: Option<Duration>,
     /// Record the instance's children in the store too (`Client::recording_children`):
     /// `list --parent ID` then lists them, and `fingerprints` counts the snapshot
     /// machines they hold.
@@ -207,7 +236,9 @@ pub(crate) struct SignalArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Prints `cancelled` when the cancellation was recorded for a running instance, or
-`already finished` when it had finished (its result stands).")]
+`already finished` when it had finished (its result stands). The instance stops at its
+next step: at once when it waits in its mailbox, but when its state rides in a timer
+(DTask::delay) only when that timer fires; a line on stderr then says when that is.")]
 pub(crate) struct CancelArgs {
     /// The instance id.
     pub(crate) id: String,
@@ -228,8 +259,9 @@ pub(crate) struct CancelArgs {
         .args(["all", "status", "name", "prefix", "until"])
 ))]
 #[command(after_help = "\
-Running instances are never removed (cancel them first). Purged ids are unknown
-afterwards. Give --all, or at least one filter.")]
+Only finished instances are removed (cancel running ones first): --status takes
+succeeded, failed and cancelled. Purged ids are unknown afterwards. Give --all, or at
+least one filter.")]
 pub(crate) struct PurgeArgs {
     #[command(flatten)]
     pub(crate) select: Selection,

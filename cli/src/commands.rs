@@ -2,13 +2,15 @@
 //! work and output.
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use dtasks::store::{Cursor, Filter, InstanceInfo, Query};
-use dtasks::{Client, InstanceId, Status, Untyped};
+use dtasks::{Client, InstanceId, Status, Untyped, Wait};
 
-use crate::conn::client;
+use crate::conn::{client, connected};
 use serde_json::{json, Value};
 
 use crate::args::{
@@ -47,12 +49,15 @@ where
     }
 }
 
-/// Warnings and errors of the libraries on stderr (`RUST_LOG` sets more).
+/// The libraries' logs on stderr, only when `RUST_LOG` asks for them: a command's own
+/// message says what went wrong, and stays the last line of stderr for a script to read.
+/// Colours only on a terminal.
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -238,20 +243,61 @@ async fn fingerprints(a: FingerprintsArgs) -> Done {
     Ok(())
 }
 
-/// Waits until `id` has finished (a failure counts), with the store's wait.
-async fn wait_finished(client: &Client, id: &InstanceId) -> Done {
-    match client.handle::<Untyped>(id.clone()).result_bytes().await {
+/// Waits until `id` has finished (a failure counts), with the store's wait; at most
+/// `timeout`, after which it has not finished (exit code 5, with its status).
+async fn wait_finished(client: &Client, id: &InstanceId, timeout: Option<Duration>) -> Done {
+    let handle = client.handle::<Untyped>(id.clone());
+    let waited = match timeout {
+        None => handle.result_bytes().await,
+        Some(t) => match tokio::time::timeout(t, handle.result_bytes()).await {
+            Ok(r) => r,
+            Err(_) => {
+                let status = match client.instance(id).await {
+                    Ok(info) => status_name(info.status).to_string(),
+                    Err(e) => format!("unread: {e}"),
+                };
+                return Err(Exit::new(
+                    NOT_FINISHED,
+                    format!(
+                        "instance {id} has not finished within {} (status {status})",
+                        humanize(t)
+                    ),
+                ));
+            }
+        },
+    };
+    match waited {
         Ok(_) => Ok(()),
         Err(e) if e.is_failed() => Ok(()),
         Err(e) => Err(Exit::from_error(&format!("waiting for {id}"), &e)),
     }
 }
 
+/// `d` as the command line takes it back: `90s`, `1m30s`, `250ms`.
+fn humanize(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
+}
+
 async fn result(a: ResultArgs) -> Done {
     let id = instance_id(&a.id)?;
     let client = client().await?;
     if a.wait {
-        wait_finished(&client, &id).await?;
+        wait_finished(&client, &id, a.timeout).await?;
     }
     let info = client
         .instance(&id)
@@ -319,7 +365,7 @@ async fn start(a: StartArgs) -> Done {
     };
     let input = args_to_msgpack(&args).map_err(Exit::usage)?;
     let id = a.id.as_deref().map(instance_id).transpose()?;
-    let client = client().await?;
+    let (client, transport) = connected().await?;
     let client = if a.record_children {
         client.recording_children()
     } else {
@@ -331,8 +377,19 @@ async fn start(a: StartArgs) -> Done {
     };
     let handle = started.doing(|| format!("starting {}", a.name))?;
     out(handle.id().as_str());
+    // The client cannot know which DTasks the workers register; the broker can say
+    // whether any worker takes this one's queue now.
+    if let Ok(0) = transport.task_consumers(&a.name).await {
+        eprintln!(
+            "no worker consumes the task queue of `{}` ({}) now: the start waits there \
+             until a worker that registers `{}` runs",
+            a.name,
+            transport.task_queue(&a.name),
+            a.name
+        );
+    }
     if a.wait {
-        wait_finished(&client, handle.id()).await?;
+        wait_finished(&client, handle.id(), a.timeout).await?;
         let info = client
             .instance(handle.id())
             .await
@@ -357,8 +414,8 @@ async fn signal(a: SignalArgs) -> Done {
 
 async fn cancel(a: CancelArgs) -> Done {
     let id = instance_id(&a.id)?;
-    let cancelled = client()
-        .await?
+    let client = client().await?;
+    let cancelled = client
         .cancel(&id, a.reason.clone())
         .await
         .doing(|| format!("cancelling {id}"))?;
@@ -367,10 +424,34 @@ async fn cancel(a: CancelArgs) -> Done {
     } else {
         "already finished"
     });
+    if cancelled {
+        // An instance whose state rides in its timer stops only when the timer fires:
+        // a published message cannot be recalled.
+        if let Ok(info) = client.instance(&id).await {
+            if let [Wait::Timer { at_ms }] = info.waits.as_slice() {
+                eprintln!(
+                    "{id} waits for a timer: it stops when the timer fires, at {}",
+                    format_time(dtasks::store::from_millis(*at_ms))
+                );
+            }
+        }
+    }
     Ok(())
 }
 
 async fn purge(a: PurgeArgs) -> Done {
+    if let Some(s) = a
+        .select
+        .status
+        .iter()
+        .find(|s| !Status::from(**s).is_finished())
+    {
+        return Err(Exit::usage(format!(
+            "`--status {}` selects unfinished instances, which are never purged (cancel \
+             them first); use succeeded, failed or cancelled",
+            status_name(Status::from(*s))
+        )));
+    }
     // `--all` conflicts with every filter (clap checks); without it, one is given.
     let filter = if a.all {
         Filter::new()

@@ -14,10 +14,14 @@ fn broker_config() -> AmqpConfig {
 
 /// A client of the deployment, on the store the environment selects.
 pub(crate) async fn client() -> Result<Client, Exit> {
-    let (client, _transport) = crate::connect(broker_config())
+    Ok(connected().await?.0)
+}
+
+/// A client of the deployment and its transport.
+pub(crate) async fn connected() -> Result<(Client, AmqpTransport), Exit> {
+    crate::connect(broker_config())
         .await
-        .doing(|| "connecting".to_string())?;
-    Ok(client)
+        .doing(|| "connecting".to_string())
 }
 
 /// The transport alone (for the dead letters, which need no store).

@@ -9,8 +9,8 @@
 //! dtasks list [--status S]... [--name N] [--prefix P] [--since T] [--until T]
 //!             [--parent ID | --roots] [--limit N] [--after CURSOR] [--json[=lines|array]]
 //! dtasks status <id> [--json]
-//! dtasks result <id> [--wait] [--json]
-//! dtasks start <name> <json-args> [--id ID] [--wait] [--record-children]
+//! dtasks result <id> [--wait [--timeout D]] [--json]
+//! dtasks start <name> <json-args> [--id ID] [--wait [--timeout D]] [--record-children]
 //! dtasks signal <id> <event-name> <json-value>
 //! dtasks cancel <id> [--reason R]
 //! dtasks purge (--all | [--status S]... [--name N] [--prefix P] [--until T])
@@ -25,8 +25,10 @@
 //!
 //! ## Output
 //!
-//! - `list` prints a table (id, name, status, started, updated, waits); with `--json`,
-//!   one JSON object per instance and line, with `--json=array` one array. Each object
+//! - `list` lists roots, and the children of roots that record them (`start
+//!   --record-children`). It prints a table (id, name, status, started, updated, waits);
+//!   with `--json`, one JSON object per instance and line, with `--json=array` (or
+//!   `--json array`) one array. Each object
 //!   holds `id`, `name`, `status`, `parent`, `started`, `updated`, `finished`, `waits`
 //!   (as the store keeps them: `{"Event": "approval"}`, `{"Timer": {"at_ms": ..}}`),
 //!   `duplicates`, `runs` (1 plus one per continue-as-new), `fingerprint` (the code that
@@ -48,11 +50,21 @@
 //! - `result` prints the value as JSON on one line; with `--json`, an object with the
 //!   `id`, the `status` and the `value`, or for a failure the `failure` and its
 //!   `message` (and the failure on standard error, exit code 1).
-//! - `start` prints the id; with `--wait`, the result on the next line. With
+//! - `start` prints the id; with `--wait`, the result on the next line. When no worker
+//!   consumes the DTask's task queue at that moment, a line on standard error says so
+//!   (the start waits in the queue until a worker that registers the DTask runs; the
+//!   client cannot know which DTasks the workers register). `--timeout` bounds a wait
+//!   of `start` or `result` (`90s`, `15m`, `1h30m`): past it, exit code 5 and the status
+//!   on standard error; the instance goes on. With
 //!   `--record-children` the instance's children are recorded too
 //!   (`Client::recording_children`), so `list --parent` lists them and `fingerprints`
 //!   counts them.
-//! - `cancel` prints `cancelled` or `already finished`; `purge` the number removed.
+//! - `cancel` prints `cancelled` or `already finished`. The instance stops at its next
+//!   step: at once when it waits in its mailbox, but when its state rides in a timer
+//!   (a lone `DTask::delay`) only when that timer fires, which a line on standard error
+//!   then says (`ID waits for a timer: it stops when the timer fires, at T`).
+//! - `purge` prints the number removed; only finished instances are removed, so
+//!   `--status` takes `succeeded`, `failed` and `cancelled` (others are bad usage).
 //! - `dead-letters list` prints the letters numbered from 1 (id, source queue, size,
 //!   reason), `show` one letter's headers and a hex dump of its body; `replay` prints
 //!   `replayed ID to QUEUE` for each. `show <n>` and `replay <n>` number as the list does
@@ -64,10 +76,15 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `AMQP_URL` | the broker (default `amqp://guest:guest@127.0.0.1:5672/%2f`) |
+//! | `AMQP_URL` | the broker (default `amqp://guest:guest@127.0.0.1:5672/%2f`; a cluster's nodes separated by commas) |
 //! | `DTASKS_PREFIX` | the deployment's queue prefix (default `dtasks`) |
+//! | `DTASKS_TASK_QUEUES`, `DTASKS_TASK_PACKS`, `DTASKS_QUORUM_MAILBOXES`, `DTASKS_PUBLISH_CHANNELS` | the topology's settings ([`AmqpConfig::from_env`]): the workers' values |
 //! | `DATABASE_URL` | when set, the PostgreSQL instance store (`dtasks-postgres`); when not, the RabbitMQ-only store (the stream `P.facts`) |
 //! | `DTASKS_PG_SCHEMA` | the PostgreSQL store's schema (default `dtasks`) |
+//! | `RUST_LOG` | the libraries' logs on standard error (default: none, so that the command's own message is the last line there) |
+//!
+//! A variable that is set but cannot be read (`DTASKS_TASK_QUEUES=abc`), an `AMQP_URL`
+//! that is not an AMQP URL and an invalid prefix are errors (exit code 2), not defaults.
 //!
 //! Workers and the command line must agree: a worker that records facts in PostgreSQL
 //! is read by a `dtasks` that has the same `DATABASE_URL` and schema. `dtasks` makes no
@@ -82,10 +99,10 @@
 //! |---|---|
 //! | 0 | success |
 //! | 1 | the operation failed (the instance asked for its result failed or was cancelled, an event for a finished instance, an id already started) |
-//! | 2 | bad usage: unknown options, an invalid id, time, cursor or JSON argument |
+//! | 2 | bad usage: unknown options, an invalid id, time, cursor or JSON argument, a setting of the environment that cannot be used |
 //! | 3 | not found: no such instance or dead letter |
 //! | 4 | the broker or the database cannot be reached (or failed) |
-//! | 5 | `result` without `--wait`: the instance has not finished |
+//! | 5 | not finished: `result` without `--wait`, or a wait past its `--timeout` |
 //!
 //! ## Values
 //!

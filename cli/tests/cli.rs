@@ -134,8 +134,10 @@ async fn scenario(mut d: Deployment) -> anyhow::Result<()> {
     let ids = instances(&d).await?;
     listing(&d, &ids).await?;
     purging(&d, &ids).await?;
+    bounded_waits_and_hints(&d).await?;
     dead_letters(&mut d).await?;
     unreachable(&d).await?;
+    misconfigured(&d).await?;
     d.cleanup().await
 }
 
@@ -156,6 +158,11 @@ async fn usage_and_not_found(d: &Deployment) -> anyhow::Result<()> {
         &["status", "not an id"],
         &["signal", "x", "approval", "not json"],
         &["dead-letters", "replay"],
+        &["purge", "--status", "running"],
+        &["purge", "--status", "succeeded,suspended"],
+        &["result", "x", "--timeout", "5s"],
+        &["result", "x", "--wait", "--timeout", "0s"],
+        &["start", "cli.add_one", "[1]", "--wait", "--timeout", "soon"],
     ] {
         let out = d.fails(2, args).await?;
         assert!(!out.stderr.is_empty(), "{args:?}: {out:?}");
@@ -244,6 +251,11 @@ async fn instances(d: &Deployment) -> anyhow::Result<Ids> {
         .fails(1, &["start", "cli.approval", "[]", "--id", approved])
         .await?;
     assert!(again.stderr.contains("already"), "{again:?}");
+    // The command's own message alone: no library log (the broker closes the channel
+    // of the refused claim), no colour codes.
+    assert_eq!(again.stderr.lines().count(), 1, "{again:?}");
+    assert!(again.stderr.starts_with("dtasks: "), "{again:?}");
+    assert!(!again.stderr.contains('\x1b'), "{again:?}");
     let out = d.ok(&["signal", approved, "approval", "\"Ada\""]).await?;
     assert!(
         out.stdout.is_empty() && out.stderr.contains("approval"),
@@ -453,6 +465,107 @@ async fn purging(d: &Deployment, ids: &Ids) -> anyhow::Result<()> {
     assert_eq!(d.ok(&["purge", "--all"]).await?.stdout, "4\n");
     let left = d.ok(&["list", "--json"]).await?.json_lines();
     assert_eq!(ids_of(&left), vec![running.to_string()]);
+    Ok(())
+}
+
+/// Waits bounded by `--timeout`; a start no worker takes; a cancel that waits for a
+/// timer; `list --json array`.
+async fn bounded_waits_and_hints(d: &Deployment) -> anyhow::Result<()> {
+    // A wait that ends before the instance: exit code 5, the id still on stdout.
+    let out = d
+        .fails(
+            5,
+            &[
+                "start",
+                "cli.approval",
+                "[]",
+                "--id",
+                "slow-1",
+                "--wait",
+                "--timeout",
+                "1s",
+            ],
+        )
+        .await?;
+    assert_eq!(out.stdout, "slow-1\n", "{out:?}");
+    assert!(out.stderr.contains("has not finished within 1s"), "{out:?}");
+    let out = d
+        .fails(5, &["result", "slow-1", "--wait", "--timeout", "500ms"])
+        .await?;
+    assert!(out.stderr.contains("status suspended"), "{out:?}");
+    // The workers run it: no hint.
+    assert!(!out.stderr.contains("no worker"), "{out:?}");
+
+    // No worker runs this DTask: said on stderr, and the wait ends at its bound.
+    let out = d
+        .fails(
+            5,
+            &[
+                "start",
+                "cli.unregistered",
+                "[]",
+                "--wait",
+                "--timeout",
+                "1s",
+            ],
+        )
+        .await?;
+    assert!(
+        out.stderr
+            .contains("no worker consumes the task queue of `cli.unregistered`"),
+        "{out:?}"
+    );
+    let registered = d.ok(&["start", "cli.add_one", "[1]"]).await?;
+    assert!(registered.stderr.is_empty(), "{registered:?}");
+
+    // A cancel of an instance whose state rides in its timer says when it stops.
+    d.ok(&["start", "cli.nap", "[3600]", "--id", "nap-1"])
+        .await?;
+    let info = d
+        .status_until("nap-1", |v| v["status"] == "suspended")
+        .await?;
+    assert!(info["waits"][0]["Timer"].is_object(), "{info}");
+    let out = d.ok(&["cancel", "nap-1"]).await?;
+    assert_eq!(out.stdout, "cancelled\n");
+    assert!(
+        out.stderr
+            .contains("nap-1 waits for a timer: it stops when the timer fires, at "),
+        "{out:?}"
+    );
+    // One waiting in its mailbox stops at once: no such line.
+    let out = d.ok(&["cancel", "slow-1"]).await?;
+    assert!(out.stderr.is_empty(), "{out:?}");
+    d.status_until("slow-1", |v| v["status"] == "cancelled")
+        .await?;
+
+    // `--json array` as well as `--json=array`.
+    let spaced = d.ok(&["list", "--json", "array"]).await?.json();
+    let joined = d.ok(&["list", "--json=array"]).await?.json();
+    assert!(spaced.as_array().is_some_and(|a| !a.is_empty()), "{spaced}");
+    assert_eq!(ids_of_array(&spaced), ids_of_array(&joined));
+    Ok(())
+}
+
+fn ids_of_array(v: &Value) -> Vec<String> {
+    ids_of(v.as_array().map(Vec::as_slice).unwrap_or_default())
+}
+
+/// Settings the command cannot use: exit code 2 with the setting named, before any
+/// broker or database is asked.
+async fn misconfigured(d: &Deployment) -> anyhow::Result<()> {
+    for (env, named) in [
+        (("DTASKS_TASK_QUEUES", "abc"), "DTASKS_TASK_QUEUES"),
+        (
+            ("DTASKS_QUORUM_MAILBOXES", "yes"),
+            "DTASKS_QUORUM_MAILBOXES",
+        ),
+        (("AMQP_URL", "not-a-url"), "not an AMQP URL"),
+        (("DTASKS_PREFIX", "bad prefix!"), "prefix"),
+    ] {
+        let out = d.run_with(&["list"], &[env]).await?;
+        assert_eq!(out.code, 2, "{env:?}: {out:?}");
+        assert!(out.stderr.contains(named), "{env:?}: {out:?}");
+    }
     Ok(())
 }
 

@@ -222,6 +222,38 @@ async fn pages_run_newest_first_and_a_purge_is_seen_by_every_process() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_id_can_be_claimed_again_and_a_running_ones_claim_stays() -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    let store = b.transport().await?.instance_store();
+    let other = b.transport().await?.instance_store();
+    let t0 = SystemTime::now();
+    let done = InstanceId::new(format!("claimed-done-{}", InstanceId::random()))?;
+    let running = InstanceId::new(format!("claimed-running-{}", InstanceId::random()))?;
+    for id in [&done, &running] {
+        assert!(store.claim(id, 1).await?);
+        assert!(
+            !other.claim(id, 2).await?,
+            "a claim holds against another nonce"
+        );
+    }
+    store
+        .record(vec![
+            fact(&done, t0, FactKind::Started { parent: None }),
+            fact(&done, t0, finished_with(1).await?),
+            fact(&running, t0, FactKind::Started { parent: None }),
+        ])
+        .await?;
+    let purged = store.purge(&Filter::new().id_prefix("claimed-")).await?;
+    assert_eq!(purged, 1);
+    // Unknown afterwards, and free to be started again, from any process; the running
+    // one is neither purged nor unclaimed.
+    assert!(other.get(&done).await?.is_none());
+    assert!(other.claim(&done, 3).await?);
+    assert!(!other.claim(&running, 3).await?);
+    b.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_steps_and_parents_written_by_one_process_are_read_by_another() -> anyhow::Result<()>
 {
     let b = Broker::start().await?;

@@ -711,7 +711,8 @@ async fn a_deleted_queue_is_declared_again_and_bad_names_are_errors() -> anyhow:
         .publish(vec![out(too_long, b"x", "x", &id)])
         .await
         .unwrap_err();
-    assert!(err.is_transport(), "{err}");
+    // The caller's name is at fault, not the broker: retrying cannot help.
+    assert!(err.is_bad_input(), "{err}");
     assert!(err.to_string().contains("255"), "{err}");
     b.cleanup().await
 }
@@ -729,6 +730,12 @@ async fn an_unreachable_broker_is_an_error() -> anyhow::Result<()> {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("prefix"), "{err}");
+    assert!(err.is_bad_input(), "{err}");
+    let err = dtasks_amqp::AmqpTransport::connect(dtasks_amqp::AmqpConfig::new("not-a-url"))
+        .await
+        .unwrap_err();
+    assert!(err.is_bad_input(), "{err}");
+    assert!(err.to_string().contains("not an AMQP URL"), "{err}");
     Ok(())
 }
 

@@ -37,14 +37,28 @@ impl PgError {
         }
     }
 
-    /// The error a caller gets.
+    /// The error a caller gets: its message holds every cause, down to the server's
+    /// own words (`database "x" does not exist`, `Connection refused`), which the
+    /// database client's errors show only through their sources.
     pub(crate) fn into_error(self) -> Error {
-        match self {
-            PgError::Db(e) => Error::store(e),
-            PgError::Pool(e) => Error::store(e),
-            other => Error::store(other.to_string()),
-        }
+        Error::store(described(&self))
     }
+}
+
+/// `e` and each of its causes, as one message: each cause once, and none that the
+/// message already holds.
+pub(crate) fn described(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !more.is_empty() && !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Whether the database client's error `e` may pass: any error without an SQLSTATE (the
@@ -71,7 +85,15 @@ impl fmt::Display for PgError {
     }
 }
 
-impl std::error::Error for PgError {}
+impl std::error::Error for PgError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PgError::Db(e) => Some(e),
+            PgError::Pool(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> Self {

@@ -132,7 +132,10 @@ impl PgStore {
             .build()
             .map_err(|e| Error::invalid(format!("the connection pool: {e}")))?;
         {
-            let mut client = pool.get().await.map_err(Error::store)?;
+            let mut client = pool
+                .get()
+                .await
+                .map_err(|e| PgError::Pool(e).into_error())?;
             schema::migrate(&mut client, &b.schema)
                 .await
                 .map_err(PgError::into_error)?;

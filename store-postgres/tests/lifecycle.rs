@@ -63,6 +63,31 @@ async fn stores_starting_at_once_migrate_the_schema_once() {
     schema.drop_schema().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_cannot_be_used_is_an_error_that_says_why() {
+    // The server's own words, not only the client's "db error".
+    let url = common::url();
+    let (server, _) = url.rsplit_once('/').unwrap();
+    let err = PgStore::builder(format!("{server}/dtasks_no_such_database"))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(err.is_store(), "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+
+    // A port nothing listens on: the operating system's refusal.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let err = PgStore::builder(format!("postgres://postgres@127.0.0.1:{port}/test"))
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(err.is_store(), "{err}");
+    assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
+}
+
 /// A schema as the first version of the code left it, with an instance in it: a store
 /// of this version migrates it (history, steps, the indexes by parent, runs,
 /// fingerprints, whether children are recorded), and the instance

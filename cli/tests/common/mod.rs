@@ -41,6 +41,14 @@ pub async fn hold(runs: u32) -> u32 {
     DTask::continue_as_new(hold(runs - 1)).await
 }
 
+/// Sleeps `secs` seconds on a durable timer (its state rides in the timer), then
+/// returns them.
+#[dtask(name = "cli.nap")]
+pub async fn nap(secs: u64) -> u64 {
+    DTask::delay(Duration::from_secs(secs)).await;
+    secs
+}
+
 /// A result with fields: dtasks encodes it as an array of them.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Receipt {
@@ -159,7 +167,8 @@ impl Deployment {
             .register(explode)
             .register(approval)
             .register(receipt)
-            .register(hold);
+            .register(hold)
+            .register(nap);
         let schema = if with_postgres {
             let schema = Schema::new();
             let store = PgStoreBuilder::new(database_url())
@@ -260,9 +269,10 @@ impl Deployment {
     }
 
     /// Deletes the queues that only `dtasks` declared (every one must be a claim register
-    /// of an id started with `--id`, or a mailbox of an instance sent an event or a
-    /// cancel: anything else, a reply queue say, fails the test), then the broker corner
-    /// and the schema.
+    /// of an id started with `--id`, a mailbox of an instance sent an event or a cancel,
+    /// or the task queue of `cli.unregistered`, which no worker runs and a start made:
+    /// anything else, a reply queue say, fails the test), then the broker corner and the
+    /// schema.
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
         self.stop_workers().await?;
         let known = self.broker.known_queues();
@@ -272,7 +282,9 @@ impl Deployment {
             .context("listing the queues of dtasks needs rabbitmqctl")?;
         let theirs: Vec<String> = listed.into_iter().filter(|q| !known.contains(q)).collect();
         let expected = |q: &str| {
-            q.starts_with(&format!("{prefix}.claim.")) || q.starts_with(&format!("{prefix}.mbox."))
+            q.starts_with(&format!("{prefix}.claim."))
+                || q.starts_with(&format!("{prefix}.mbox."))
+                || q == format!("{prefix}.task.cli.unregistered")
         };
         let unexpected: Vec<&String> = theirs.iter().filter(|q| !expected(q)).collect();
         let ch = self.broker.channel().await?;

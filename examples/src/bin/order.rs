@@ -21,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
         let config = AmqpConfig::from_env();
         println!(
             "dtasks order example on RabbitMQ at {} (prefix `{}`), facts in {}",
-            config.url(),
+            config.urls_for_display(),
             config.prefix(),
             dtasks_cli::store_choice_from_env()
         );

@@ -136,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
         let config = AmqpConfig::from_env();
         println!(
             "dtasks web example on RabbitMQ at {} (prefix `{}`), facts in {}, listening on http://{local} (pages at http://{local}/ui)",
-            config.url(),
+            config.urls_for_display(),
             config.prefix(),
             dtasks_cli::store_choice_from_env()
         );
