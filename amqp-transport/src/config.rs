@@ -63,6 +63,7 @@ pub struct AmqpConfig {
     pub(crate) redelivery_pause: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) reply_queues: bool,
+    pub(crate) existing_only: bool,
     pub(crate) dead_letters: u32,
     pub(crate) quorum_mailboxes: bool,
     pub(crate) task_queues: u16,
@@ -91,6 +92,7 @@ impl AmqpConfig {
             redelivery_pause: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
             reply_queues: true,
+            existing_only: false,
             dead_letters: DEFAULT_DEAD_LETTERS,
             quorum_mailboxes: false,
             task_queues: 1,
@@ -281,6 +283,18 @@ impl AmqpConfig {
     /// wait in the instance store, and a handle's result is read from the store.
     pub fn with_reply_queues(mut self, on: bool) -> Self {
         self.reply_queues = on;
+        self
+    }
+
+    /// Whether [`AmqpTransport::connect`](crate::AmqpTransport::connect) only joins a
+    /// deployment that exists (default `false`: it declares the deployment's shared
+    /// queues, which a deployment's first process must do). With `true`, connect fails
+    /// with [`Error::is_bad_input`](dtasks::Error::is_bad_input) when the prefix has no
+    /// dead-letter queue (`P.dead`, declared by every process of a deployment), instead of
+    /// making a new deployment under a mistyped prefix: for tools that read a deployment
+    /// (the `dtasks` command line), not for its workers.
+    pub fn with_existing_deployment(mut self, only: bool) -> Self {
+        self.existing_only = only;
         self
     }
 

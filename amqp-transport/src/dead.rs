@@ -312,6 +312,85 @@ impl AmqpTransport {
     }
 }
 
+impl AmqpTransport {
+    /// Removes the dead letter `id` (a [`DeadLetter::id`]) from the dead-letter queue for
+    /// good: a message that should never run (a poison message, one whose work was done
+    /// another way). Returns the letter removed. Other letters stay; those read before
+    /// it go back to the queue, so their order may change.
+    ///
+    /// [`Error::is_not_found`](dtasks::Error::is_not_found) when the queue holds no such
+    /// letter.
+    pub async fn discard_dead_letter(
+        &self,
+        id: &str,
+    ) -> std::result::Result<DeadLetter, dtasks::Error> {
+        let mut held = Held::open(&self.shared).await.map_err(to_error)?;
+        let mut outcome = Err(dtasks::Error::not_found(format!("dead letter {id}")));
+        loop {
+            let (d, _) = match held.take().await {
+                Ok(Some(got)) => got,
+                Ok(None) => break,
+                Err(e) => {
+                    outcome = Err(to_error(e));
+                    break;
+                }
+            };
+            let letter = DeadLetter::of(&d);
+            if letter.id != id {
+                held.taken.push(d);
+                continue;
+            }
+            outcome = match d.acker.ack(BasicAckOptions::default()).await {
+                Ok(_) => {
+                    info!(id = %letter.id, "dead letter discarded");
+                    Ok(letter)
+                }
+                Err(e) => {
+                    held.taken.push(d);
+                    Err(to_error(AmqpError::broker("discarding a dead letter", e)))
+                }
+            };
+            break;
+        }
+        held.put_back().await;
+        outcome
+    }
+
+    /// Removes every dead letter in the queue when the call begins (letters dead-lettered
+    /// meanwhile stay); returns those removed, oldest first.
+    pub async fn discard_dead_letters(
+        &self,
+    ) -> std::result::Result<Vec<DeadLetter>, dtasks::Error> {
+        let mut held = Held::open(&self.shared).await.map_err(to_error)?;
+        let mut discarded = Vec::new();
+        let mut left: Option<u32> = None;
+        let outcome = loop {
+            if left == Some(0) {
+                break Ok(());
+            }
+            let (d, after) = match held.take().await {
+                Ok(Some(got)) => got,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            // The first message counts those behind it: no more than these are taken.
+            left = Some(left.map_or(after, |n| n - 1));
+            let letter = DeadLetter::of(&d);
+            match d.acker.ack(BasicAckOptions::default()).await {
+                Ok(_) => discarded.push(letter),
+                Err(e) => {
+                    held.taken.push(d);
+                    break Err(AmqpError::broker("discarding a dead letter", e));
+                }
+            }
+        };
+        held.put_back().await;
+        outcome.map_err(to_error)?;
+        info!(count = discarded.len(), "dead letters discarded");
+        Ok(discarded)
+    }
+}
+
 /// A refusal is bad input (the caller asked for what cannot be done); the rest is the
 /// broker's.
 fn to_error(e: AmqpError) -> dtasks::Error {

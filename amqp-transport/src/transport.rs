@@ -18,7 +18,7 @@ use crate::cancels;
 use crate::config::AmqpConfig;
 use crate::conn;
 use crate::consume;
-use crate::error::Result;
+use crate::error::{AmqpError, Result};
 use crate::facts::{FactIndex, StreamStore};
 use crate::payloads::StreamPayloads;
 use crate::replies;
@@ -83,6 +83,15 @@ impl AmqpTransport {
 
     async fn connect_inner(cfg: AmqpConfig) -> Result<Self> {
         let shared = Arc::new(Shared::new(cfg)?);
+        if shared.cfg.existing_only && !shared.exists(&shared.topo.dead()).await? {
+            return Err(AmqpError::Input(format!(
+                "no dtasks deployment under the prefix `{}` at this broker (it has no \
+                 queue `{}`, which every process of a deployment declares): check \
+                 DTASKS_PREFIX and AMQP_URL",
+                shared.topo.prefix(),
+                shared.topo.dead()
+            )));
+        }
         shared.declare_dead().await?;
         let ch = conn::get_channel(&shared.control).await?;
         shared

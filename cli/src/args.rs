@@ -292,4 +292,14 @@ pub(crate) enum DeadLettersCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Remove dead letters for good (a poison message, work done another way); prints
+    /// `dropped ID` for each.
+    #[command(group(ArgGroup::new("which").required(true).args(["n", "all"])))]
+    Drop {
+        /// Its number in `dead-letters list`.
+        n: Option<usize>,
+        /// Every dead letter in the queue now.
+        #[arg(long)]
+        all: bool,
+    },
 }

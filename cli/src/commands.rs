@@ -10,7 +10,7 @@ use clap::Parser;
 use dtasks::store::{Cursor, Filter, InstanceInfo, Query};
 use dtasks::{Client, InstanceId, Status, Untyped, Wait};
 
-use crate::conn::{client, connected};
+use crate::conn::{client, starting};
 use serde_json::{json, Value};
 
 use crate::args::{
@@ -365,7 +365,7 @@ async fn start(a: StartArgs) -> Done {
     };
     let input = args_to_msgpack(&args).map_err(Exit::usage)?;
     let id = a.id.as_deref().map(instance_id).transpose()?;
-    let (client, transport) = connected().await?;
+    let (client, transport) = starting().await?;
     let client = if a.record_children {
         client.recording_children()
     } else {

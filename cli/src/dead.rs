@@ -1,4 +1,5 @@
-//! `dtasks dead-letters`: the transport's dead-letter queue, listed, shown and replayed.
+//! `dtasks dead-letters`: the transport's dead-letter queue, listed, shown, replayed and
+//! dropped.
 
 use dtasks_amqp::DeadLetter;
 use serde_json::json;
@@ -81,6 +82,38 @@ pub(crate) async fn run(command: DeadLettersCommand) -> Done {
                         false => Exit::from_error(&format!("replaying dead letter {n} ({id})"), &e),
                     })?;
             out(&format!("replayed {} to {queue}", letter.id));
+            Ok(())
+        }
+        DeadLettersCommand::Drop { n: Some(n), .. } => {
+            let all = letters().await?;
+            let id = nth(&all, n)?.id.clone();
+            let letter =
+                transport
+                    .discard_dead_letter(&id)
+                    .await
+                    .map_err(|e| match e.is_not_found() {
+                        true => Exit::new(
+                            NOT_FOUND,
+                            format!("dead letter {n} ({id}) is no longer in the queue"),
+                        ),
+                        false => Exit::from_error(&format!("dropping dead letter {n} ({id})"), &e),
+                    })?;
+            out(&format!("dropped {}", letter.id));
+            Ok(())
+        }
+        DeadLettersCommand::Drop { n: None, .. } => {
+            let dropped = transport
+                .discard_dead_letters()
+                .await
+                .doing(|| "dropping the dead letters".to_string())?;
+            for letter in &dropped {
+                out(&format!("dropped {}", letter.id));
+            }
+            eprintln!(
+                "{} dropped from {}",
+                dropped.len(),
+                transport.dead_letter_queue()
+            );
             Ok(())
         }
         DeadLettersCommand::Replay { n: None, .. } => {

@@ -18,6 +18,7 @@
 //! dtasks dead-letters list [--json]
 //! dtasks dead-letters show <n>
 //! dtasks dead-letters replay (<n> | --all)
+//! dtasks dead-letters drop (<n> | --all)
 //! ```
 //!
 //! Every subcommand has `--help`. Data goes to standard output, messages to standard
@@ -67,8 +68,9 @@
 //!   `--status` takes `succeeded`, `failed` and `cancelled` (others are bad usage).
 //! - `dead-letters list` prints the letters numbered from 1 (id, source queue, size,
 //!   reason), `show` one letter's headers and a hex dump of its body; `replay` prints
-//!   `replayed ID to QUEUE` for each. `show <n>` and `replay <n>` number as the list does
-//!   at that moment; a replay takes the letter by its id, never another one.
+//!   `replayed ID to QUEUE` for each, `drop` (for good) `dropped ID`. `show <n>`,
+//!   `replay <n>` and `drop <n>` number as the list does at that moment; a replay or a
+//!   drop takes the letter by its id, never another one.
 //!
 //! ## Environment
 //!
@@ -85,6 +87,10 @@
 //!
 //! A variable that is set but cannot be read (`DTASKS_TASK_QUEUES=abc`), an `AMQP_URL`
 //! that is not an AMQP URL and an invalid prefix are errors (exit code 2), not defaults.
+//! Every command but `start` joins only a deployment that exists ([`connect_existing`]):
+//! a prefix with no deployment under it, or a schema without the store's tables, is an
+//! error (exit code 2) that names it, and nothing is made under it. `start` makes them
+//! when missing, as a deployment's first process does.
 //!
 //! Workers and the command line must agree: a worker that records facts in PostgreSQL
 //! is read by a `dtasks` that has the same `DATABASE_URL` and schema. `dtasks` makes no
@@ -226,6 +232,26 @@ pub async fn store_from_env(transport: &AmqpTransport) -> Result<Arc<dyn Instanc
 pub async fn connect(cfg: AmqpConfig) -> Result<(Client, AmqpTransport), Error> {
     let transport = AmqpTransport::connect(cfg).await?;
     let store = store_from_env(&transport).await?;
+    let client = Client::new(transport.clone()).with_store(store);
+    Ok((client, transport))
+}
+
+/// [`connect`] to a deployment that exists: a prefix without the deployment's queues
+/// ([`AmqpConfig::with_existing_deployment`]) or a PostgreSQL schema without the store's
+/// tables ([`PgStoreBuilder::existing_schema`]) is an error
+/// ([`Error::is_bad_input`]) that names it, not a new, empty deployment.
+pub async fn connect_existing(cfg: AmqpConfig) -> Result<(Client, AmqpTransport), Error> {
+    let transport = AmqpTransport::connect(cfg.with_existing_deployment(true)).await?;
+    let store: Arc<dyn InstanceStore> = match store_choice_from_env() {
+        StoreChoice::Stream => Arc::new(transport.instance_store()),
+        StoreChoice::Postgres { schema } => {
+            let mut builder = PgStoreBuilder::from_env()?.existing_schema(true);
+            if let Some(schema) = schema {
+                builder = builder.schema(schema);
+            }
+            Arc::new(builder.connect().await?)
+        }
+    };
     let client = Client::new(transport.clone()).with_store(store);
     Ok((client, transport))
 }

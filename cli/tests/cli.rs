@@ -10,8 +10,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use common::{Deployment, Out};
-use dtasks_integration_tests::wait_for;
+use dtasks_integration_tests::{listed_queues, wait_for};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use serde_json::{json, Value};
@@ -158,6 +160,7 @@ async fn usage_and_not_found(d: &Deployment) -> anyhow::Result<()> {
         &["status", "not an id"],
         &["signal", "x", "approval", "not json"],
         &["dead-letters", "replay"],
+        &["dead-letters", "drop"],
         &["purge", "--status", "running"],
         &["purge", "--status", "succeeded,suspended"],
         &["result", "x", "--timeout", "5s"],
@@ -566,6 +569,46 @@ async fn misconfigured(d: &Deployment) -> anyhow::Result<()> {
         assert_eq!(out.code, 2, "{env:?}: {out:?}");
         assert!(out.stderr.contains(named), "{env:?}: {out:?}");
     }
+    // A mistyped prefix or schema: an error that names it, and nothing made under it.
+    let typo = format!("{}x", d.broker.prefix());
+    for args in [&["status", "x"][..], &["list"], &["dead-letters", "list"]] {
+        let out = d.run_with(args, &[("DTASKS_PREFIX", &typo)]).await?;
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert!(
+            out.stderr
+                .contains(&format!("no dtasks deployment under the prefix `{typo}`")),
+            "{args:?}: {out:?}"
+        );
+    }
+    let made = listed_queues(&typo)
+        .await
+        .context("listing queues needs rabbitmqctl")?;
+    assert_eq!(
+        made,
+        Vec::<String>::new(),
+        "queues made under a mistyped prefix"
+    );
+    if let Some(schema) = &d.schema {
+        let typo = format!("{}_typo", schema.name);
+        let out = d
+            .run_with(&["list"], &[("DTASKS_PG_SCHEMA", &typo)])
+            .await?;
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.stderr.contains(&format!("no dtasks schema `{typo}`")),
+            "{out:?}"
+        );
+        let (client, connection) =
+            tokio_postgres::connect(&common::database_url(), tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        let made = client
+            .query_one(
+                "SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1",
+                &[&typo],
+            )
+            .await?;
+        assert_eq!(made.get::<_, i64>(0), 0, "the mistyped schema was created");
+    }
     Ok(())
 }
 
@@ -724,6 +767,35 @@ async fn dead_letters(d: &mut Deployment) -> anyhow::Result<()> {
             .any(|l| l.starts_with("size:") && l.contains("70000 bytes, cut to the first 65536")),
         "{shown}"
     );
+
+    // Dropped for good: one by its number (the others stay; those read before it go back
+    // to the queue, so the order may change), then the rest.
+    for id in ["poison-4", "poison-5"] {
+        publish(d, &dead, b"drop me", id, &[]).await?;
+    }
+    let out = d.ok(&["dead-letters", "drop", "2"]).await?;
+    assert_eq!(out.stdout, "dropped poison-4\n");
+    let left = d
+        .ok(&["dead-letters", "list", "--json"])
+        .await?
+        .json_lines();
+    let mut left = ids_of(&left);
+    left.sort();
+    assert_eq!(left, vec!["poison-3", "poison-5"]);
+    d.fails(3, &["dead-letters", "drop", "3"]).await?;
+    let out = d.ok(&["dead-letters", "drop", "--all"]).await?;
+    let mut dropped = out.lines();
+    dropped.sort_unstable();
+    assert_eq!(
+        dropped,
+        vec!["dropped poison-3", "dropped poison-5"],
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("2 dropped"), "{out:?}");
+    wait_for(Duration::from_secs(10), || async {
+        Ok(d.broker.queue_len(&dead).await? == Some(0))
+    })
+    .await?;
     Ok(())
 }
 

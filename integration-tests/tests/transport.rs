@@ -718,6 +718,33 @@ async fn a_deleted_queue_is_declared_again_and_bad_names_are_errors() -> anyhow:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_only_an_existing_deployment_refuses_a_prefix_that_has_none() -> anyhow::Result<()>
+{
+    let b = Broker::start().await?;
+    // The test's corner exists once a transport connected the usual way.
+    let _first = b.transport().await?;
+    let joined =
+        dtasks_amqp::AmqpTransport::connect(b.config().with_existing_deployment(true)).await?;
+    assert_eq!(joined.prefix(), b.prefix());
+    let typo = format!("{}x", b.prefix());
+    let err = dtasks_amqp::AmqpTransport::connect(
+        b.config()
+            .with_prefix(typo.clone())
+            .with_existing_deployment(true),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_bad_input(), "{err}");
+    assert!(err.to_string().contains(&typo), "{err}");
+    assert_eq!(
+        dtasks_integration_tests::listed_queues(&typo).await,
+        Some(Vec::new()),
+        "nothing declared under the refused prefix"
+    );
+    b.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_an_error() -> anyhow::Result<()> {
     let cfg = dtasks_amqp::AmqpConfig::new("amqp://guest:guest@127.0.0.1:1/%2f");
     let started = std::time::Instant::now();
@@ -725,7 +752,8 @@ async fn an_unreachable_broker_is_an_error() -> anyhow::Result<()> {
     assert!(err.is_transport(), "{err}");
     assert!(started.elapsed() < Duration::from_secs(15));
     let err = dtasks_amqp::AmqpTransport::connect(
-        dtasks_amqp::AmqpConfig::new("x").with_prefix("bad prefix"),
+        dtasks_amqp::AmqpConfig::new("amqp://guest:guest@127.0.0.1:1/%2f")
+            .with_prefix("bad prefix"),
     )
     .await
     .unwrap_err();

@@ -30,6 +30,7 @@ pub const DATABASE_URL: &str = "DATABASE_URL";
 pub struct PgStoreBuilder {
     pub(crate) url: String,
     pub(crate) schema: String,
+    pub(crate) existing_only: bool,
     pub(crate) pool_size: usize,
     pub(crate) retention: Option<Duration>,
     pub(crate) orphan_retention: Option<Duration>,
@@ -45,6 +46,7 @@ impl fmt::Debug for PgStoreBuilder {
         // The URL may hold a password: it is left out.
         f.debug_struct("PgStoreBuilder")
             .field("schema", &self.schema)
+            .field("existing_only", &self.existing_only)
             .field("pool_size", &self.pool_size)
             .field("retention", &self.retention)
             .field("orphan_retention", &self.orphan_retention)
@@ -67,6 +69,7 @@ impl PgStoreBuilder {
         Self {
             url: url.into(),
             schema: "dtasks".to_owned(),
+            existing_only: false,
             pool_size: 10,
             retention: None,
             orphan_retention: None,
@@ -90,6 +93,18 @@ impl PgStoreBuilder {
     /// database know nothing of each other.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = schema.into();
+        self
+    }
+
+    /// Whether [`connect`](Self::connect) only opens a schema that exists (default
+    /// `false`: it creates a missing schema and migrates an older one, which a
+    /// deployment's first process must do). With `true`, a schema without the store's
+    /// tables fails the connect with [`Error::is_bad_input`], instead of a new, empty
+    /// store under a mistyped name: for tools that read a deployment (the `dtasks`
+    /// command line), not for its workers. A schema of an older version is still
+    /// migrated.
+    pub fn existing_schema(mut self, only: bool) -> Self {
+        self.existing_only = only;
         self
     }
 

@@ -86,6 +86,18 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this code writes.
 pub(crate) const VERSION: i32 = MIGRATIONS.len() as i32;
 
+/// Whether `schema` holds the store's tables (its migrations table).
+pub(crate) async fn exists(client: &Object, schema: &str) -> Result<bool, PgError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.tables \
+             WHERE table_schema = $1 AND table_name = 'dtasks_schema_migrations')",
+            &[&schema],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
 /// Creates the schema `schema` and its tables, or brings them to [`VERSION`]; refuses a
 /// schema of a later version (written by newer code).
 pub(crate) async fn migrate(client: &mut Object, schema: &str) -> Result<(), PgError> {

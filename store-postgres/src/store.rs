@@ -136,6 +136,17 @@ impl PgStore {
                 .get()
                 .await
                 .map_err(|e| PgError::Pool(e).into_error())?;
+            if b.existing_only
+                && !schema::exists(&client, &b.schema)
+                    .await
+                    .map_err(PgError::into_error)?
+            {
+                return Err(Error::invalid(format!(
+                    "no dtasks schema `{}` in this database (its workers create it): \
+                     check DTASKS_PG_SCHEMA and DATABASE_URL",
+                    b.schema
+                )));
+            }
             schema::migrate(&mut client, &b.schema)
                 .await
                 .map_err(PgError::into_error)?;

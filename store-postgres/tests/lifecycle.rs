@@ -64,6 +64,43 @@ async fn stores_starting_at_once_migrate_the_schema_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_schema_only_is_opened_and_a_missing_one_is_not_made() {
+    let schema = TestSchema::new("existing");
+    let err = schema
+        .builder()
+        .existing_schema(true)
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(err.is_bad_input(), "{err}");
+    assert!(err.to_string().contains(&schema.name), "{err}");
+    let client = schema.client().await;
+    let made: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1",
+            &[&schema.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(made, 0, "the refused schema was created");
+    // Made by a store the usual way, then opened.
+    drop(schema.store().await);
+    let store = schema
+        .builder()
+        .existing_schema(true)
+        .connect()
+        .await
+        .unwrap();
+    store
+        .record(vec![started("x", "n", 0, None)])
+        .await
+        .unwrap();
+    drop(store);
+    schema.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_cannot_be_used_is_an_error_that_says_why() {
     // The server's own words, not only the client's "db error".
     let url = common::url();
