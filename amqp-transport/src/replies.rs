@@ -30,6 +30,11 @@ pub(crate) async fn consume_replies(
     client: &str,
 ) -> Result<BoxStream<'static, ReplyOutput>> {
     let queue = shared.topo.reply(client);
+    shared
+        .reply_queues
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(queue.clone());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (first_tx, first_rx) = oneshot::channel();
     let span = info_span!("dtasks.amqp.replies", queue = %queue);

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::Object;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation};
 use tracing::{debug, warn};
@@ -56,6 +58,9 @@ pub(crate) struct Shared {
     /// through (`Shared::declare_on`), by node: opened on first use and kept, so that a
     /// process declares all its parts on a few connections instead of one each.
     nodes: tokio::sync::Mutex<std::collections::HashMap<usize, Arc<lapin::Connection>>>,
+    /// The reply queues of this transport's clients: deleted by `AmqpTransport::close`,
+    /// since no other process ever reads them (a client's id is its own, made at random).
+    pub(crate) reply_queues: std::sync::Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -93,12 +98,38 @@ impl Shared {
             opened,
             warming: tokio::sync::Mutex::new(()),
             nodes: tokio::sync::Mutex::default(),
+            reply_queues: std::sync::Mutex::default(),
         })
     }
 
     /// Stops every consumer of this process (`AmqpTransport::close`).
     pub(crate) fn close(&self) {
         self.closed.send_replace(true);
+    }
+
+    /// Deletes the reply queues of this transport's clients, so that a process that
+    /// closes its transport leaves none behind for the result retention. Results still on
+    /// their way to them are dropped by their workers, as for any client that is gone.
+    pub(crate) async fn delete_reply_queues(&self) {
+        let queues =
+            std::mem::take(&mut *self.reply_queues.lock().unwrap_or_else(|p| p.into_inner()));
+        if queues.is_empty() {
+            return;
+        }
+        let Ok(ch) = conn::get_channel(&self.control).await else {
+            warn!(
+                queues = queues.len(),
+                "no channel to delete the reply queues; they expire after the result retention"
+            );
+            return;
+        };
+        for queue in queues {
+            let Ok(name) = short(&queue) else { continue };
+            if let Err(e) = ch.queue_delete(name, QueueDeleteOptions::default()).await {
+                warn!(error = %e, queue, "deleting a reply queue failed; it expires after the result retention");
+                break;
+            }
+        }
     }
 
     /// Closes the connections to single nodes (`Shared::declare_on`).

@@ -48,11 +48,16 @@ impl std::fmt::Debug for AmqpTransport {
 
 impl AmqpTransport {
     /// Closes this transport (every clone): its consumers stop (a worker's stream ends,
-    /// the reply and record followers stop, nothing is subscribed again) and its
-    /// connections close. Messages handed out and not yet settled are requeued by the
-    /// broker. For a process that is about to exit, or a test that deletes its queues.
+    /// the reply and record followers stop, nothing is subscribed again), the reply
+    /// queues of its clients are deleted (no other process reads them: results still on
+    /// their way are dropped, as for a client that is gone) and its connections close.
+    /// Messages handed out and not yet settled are requeued by the broker. For a process
+    /// that is about to exit, or a test that deletes its queues: a process that exits
+    /// without it leaves its clients' reply queues until they expire (the result
+    /// retention, 7 days by default).
     pub async fn close(&self) {
         self.shared.close();
+        self.shared.delete_reply_queues().await;
         // Consumers stop as their tasks see the flag; the connections go with the pools.
         self.shared.consume_conns.close();
         self.shared.channels.close();

@@ -16,7 +16,8 @@ const WORKER: &str = env!("CARGO_BIN_EXE_it-worker");
 async fn calls_return_their_results_and_create_no_instance_queues() -> anyhow::Result<()> {
     let b = Broker::start().await?;
     let w = b.worker_processes(WORKER, 2).await?;
-    let c = b.client().await?;
+    let transport = b.transport().await?;
+    let c = dtasks::Client::new(transport.clone());
     let (v, pids) = within(Duration::from_secs(30), "a chain call", c.call(chain(5, 4))).await??;
     assert_eq!((v, pids.len()), (9, 4));
     let (sum, _) = within(Duration::from_secs(30), "a fan call", c.call(fan(30))).await??;
@@ -45,8 +46,16 @@ async fn calls_return_their_results_and_create_no_instance_queues() -> anyhow::R
         .filter(|q| q.contains(".result.") || q.contains(".status."))
         .collect();
     assert!(per_instance.is_empty(), "{per_instance:?}");
-    // The client's reply consumer would declare its queue again after the cleanup.
+    // Closing the transport takes the reply queue with it (nobody else reads it), and
+    // its consumer does not declare it again.
     drop(c);
+    transport.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queues = listed_queues(b.prefix())
+        .await
+        .expect("rabbitmqctl lists the queues");
+    let replies: Vec<&String> = queues.iter().filter(|q| q.contains(".reply.")).collect();
+    assert!(replies.is_empty(), "{replies:?}");
     w.stop(Duration::from_secs(20)).await?;
     b.cleanup().await
 }

@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var_os("AMQP_URL").is_none() {
         return demo().await;
     }
-    let (client, _transport) = dtasks_cli::connect_from_env().await?;
+    let (client, transport) = dtasks_cli::connect_from_env().await?;
     let arg = |i: usize, what: &str| {
         args.get(i)
             .cloned()
@@ -66,6 +66,8 @@ async fn main() -> anyhow::Result<()> {
         }
         other => bail!("unknown command `{other}`; see the usage at the top of approval.rs"),
     }
+    // Its client's reply queue, if a command made one, goes with it.
+    transport.close().await;
     Ok(())
 }
 

@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         let transport = AmqpTransport::connect(config).await?;
         let store = dtasks_cli::store_from_env(&transport).await?;
         let client = Client::new(transport.clone()).with_store(store.clone());
+        let closing = transport.clone();
         let pod = WorkerPod::builder(
             transport,
             WorkerConfig::new()
@@ -48,6 +49,8 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await?;
+        // Its client's reply queue goes with it.
+        closing.close().await;
     } else {
         println!(
             "dtasks order example on the embedded in-memory runtime (set AMQP_URL for RabbitMQ)"

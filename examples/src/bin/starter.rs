@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(5);
     let cooling_off_ms = env_or("ORDER_COOLING_OFF_MS", 1_500u64);
-    let (client, _transport) = dtasks_cli::connect_from_env().await?;
+    let (client, transport) = dtasks_cli::connect_from_env().await?;
     let mut handles = Vec::new();
     for id in 1..=count {
         let h = client
@@ -35,5 +35,7 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => println!("{}: order failed: {e}", h.id()),
         }
     }
+    // Its client's reply queue goes with it.
+    transport.close().await;
     Ok(())
 }
