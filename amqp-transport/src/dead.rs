@@ -240,33 +240,10 @@ impl AmqpTransport {
         &self,
         id: &str,
     ) -> std::result::Result<(DeadLetter, String), dtasks::Error> {
-        let mut held = Held::open(&self.shared).await.map_err(to_error)?;
-        let mut outcome = Err(dtasks::Error::not_found(format!("dead letter {id}")));
-        loop {
-            let (d, _) = match held.take().await {
-                Ok(Some(got)) => got,
-                Ok(None) => break,
-                Err(e) => {
-                    outcome = Err(to_error(e));
-                    break;
-                }
-            };
-            let letter = DeadLetter::of(&d);
-            if letter.id != id {
-                held.taken.push(d);
-                continue;
-            }
-            outcome = match self.shared.replay_one(&d, &letter).await {
-                Ok(queue) => Ok((letter, queue)),
-                Err(e) => {
-                    held.taken.push(d);
-                    Err(to_error(e))
-                }
-            };
-            break;
-        }
-        held.put_back().await;
-        outcome
+        self.on_letter(id, async |d, letter| {
+            self.shared.replay_one(d, letter).await
+        })
+        .await
     }
 
     /// Replays every dead letter that can be replayed, as
@@ -279,40 +256,17 @@ impl AmqpTransport {
     pub async fn replay_dead_letters(
         &self,
     ) -> std::result::Result<Vec<(DeadLetter, String)>, dtasks::Error> {
-        let mut held = Held::open(&self.shared).await.map_err(to_error)?;
-        let mut replayed = Vec::new();
-        let mut left: Option<u32> = None;
-        let outcome = loop {
-            if left == Some(0) {
-                break Ok(());
+        self.on_letters(async |d, letter| match self.shared.replay_one(d, letter).await {
+            Ok(queue) => Ok(Some(queue)),
+            Err(e @ AmqpError::Invalid(_)) => {
+                warn!(id = %letter.id, error = %e, "a dead letter cannot be replayed; it stays");
+                Ok(None)
             }
-            let (d, after) = match held.take().await {
-                Ok(Some(got)) => got,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
-            };
-            // The first message counts those behind it: no more than these are taken.
-            left = Some(left.map_or(after, |n| n - 1));
-            let letter = DeadLetter::of(&d);
-            match self.shared.replay_one(&d, &letter).await {
-                Ok(queue) => replayed.push((letter, queue)),
-                Err(e @ AmqpError::Invalid(_)) => {
-                    warn!(id = %letter.id, error = %e, "a dead letter cannot be replayed; it stays");
-                    held.taken.push(d);
-                }
-                Err(e) => {
-                    held.taken.push(d);
-                    break Err(e);
-                }
-            }
-        };
-        held.put_back().await;
-        outcome.map_err(to_error)?;
-        Ok(replayed)
+            Err(e) => Err(e),
+        })
+        .await
     }
-}
 
-impl AmqpTransport {
     /// Removes the dead letter `id` (a [`DeadLetter::id`]) from the dead-letter queue for
     /// good: a message that should never run (a poison message, one whose work was done
     /// another way). Returns the letter removed. Other letters stay; those read before
@@ -324,6 +278,31 @@ impl AmqpTransport {
         &self,
         id: &str,
     ) -> std::result::Result<DeadLetter, dtasks::Error> {
+        let (letter, ()) = self.on_letter(id, async |d, _| discard(d).await).await?;
+        info!(id = %letter.id, "dead letter discarded");
+        Ok(letter)
+    }
+
+    /// Removes every dead letter in the queue when the call begins (letters dead-lettered
+    /// meanwhile stay); returns those removed, oldest first.
+    pub async fn discard_dead_letters(
+        &self,
+    ) -> std::result::Result<Vec<DeadLetter>, dtasks::Error> {
+        let discarded = self
+            .on_letters(async |d, _| discard(d).await.map(Some))
+            .await?;
+        info!(count = discarded.len(), "dead letters discarded");
+        Ok(discarded.into_iter().map(|(letter, ())| letter).collect())
+    }
+
+    /// Takes the dead letters up to the one with `id` and does `act` with it (which acks
+    /// it when it succeeds); puts back every other one taken, and this one when `act`
+    /// fails.
+    async fn on_letter<T>(
+        &self,
+        id: &str,
+        act: impl AsyncFnOnce(&Delivery, &DeadLetter) -> Result<T>,
+    ) -> std::result::Result<(DeadLetter, T), dtasks::Error> {
         let mut held = Held::open(&self.shared).await.map_err(to_error)?;
         let mut outcome = Err(dtasks::Error::not_found(format!("dead letter {id}")));
         loop {
@@ -340,14 +319,11 @@ impl AmqpTransport {
                 held.taken.push(d);
                 continue;
             }
-            outcome = match d.acker.ack(BasicAckOptions::default()).await {
-                Ok(_) => {
-                    info!(id = %letter.id, "dead letter discarded");
-                    Ok(letter)
-                }
+            outcome = match act(&d, &letter).await {
+                Ok(v) => Ok((letter, v)),
                 Err(e) => {
                     held.taken.push(d);
-                    Err(to_error(AmqpError::broker("discarding a dead letter", e)))
+                    Err(to_error(e))
                 }
             };
             break;
@@ -356,13 +332,15 @@ impl AmqpTransport {
         outcome
     }
 
-    /// Removes every dead letter in the queue when the call begins (letters dead-lettered
-    /// meanwhile stay); returns those removed, oldest first.
-    pub async fn discard_dead_letters(
+    /// Does `act` with each dead letter in the queue when the call begins, oldest first:
+    /// `Some` means it was acked, `None` that it stays (put back, as every letter taken
+    /// after a failure). Returns the letters acted on, with what `act` said.
+    async fn on_letters<T>(
         &self,
-    ) -> std::result::Result<Vec<DeadLetter>, dtasks::Error> {
+        mut act: impl AsyncFnMut(&Delivery, &DeadLetter) -> Result<Option<T>>,
+    ) -> std::result::Result<Vec<(DeadLetter, T)>, dtasks::Error> {
         let mut held = Held::open(&self.shared).await.map_err(to_error)?;
-        let mut discarded = Vec::new();
+        let mut done = Vec::new();
         let mut left: Option<u32> = None;
         let outcome = loop {
             if left == Some(0) {
@@ -376,19 +354,28 @@ impl AmqpTransport {
             // The first message counts those behind it: no more than these are taken.
             left = Some(left.map_or(after, |n| n - 1));
             let letter = DeadLetter::of(&d);
-            match d.acker.ack(BasicAckOptions::default()).await {
-                Ok(_) => discarded.push(letter),
+            match act(&d, &letter).await {
+                Ok(Some(v)) => done.push((letter, v)),
+                Ok(None) => held.taken.push(d),
                 Err(e) => {
                     held.taken.push(d);
-                    break Err(AmqpError::broker("discarding a dead letter", e));
+                    break Err(e);
                 }
             }
         };
         held.put_back().await;
         outcome.map_err(to_error)?;
-        info!(count = discarded.len(), "dead letters discarded");
-        Ok(discarded)
+        Ok(done)
     }
+}
+
+/// Acks the dead letter `d`: gone for good.
+async fn discard(d: &Delivery) -> Result<()> {
+    d.acker
+        .ack(BasicAckOptions::default())
+        .await
+        .map(drop)
+        .map_err(|e| AmqpError::broker("discarding a dead letter", e))
 }
 
 /// A refusal is bad input (the caller asked for what cannot be done); the rest is the

@@ -70,34 +70,20 @@ pub(crate) async fn run(command: DeadLettersCommand) -> Done {
         DeadLettersCommand::Replay { n: Some(n), .. } => {
             let all = letters().await?;
             let id = nth(&all, n)?.id.clone();
-            let (letter, queue) =
-                transport
-                    .replay_dead_letter(&id)
-                    .await
-                    .map_err(|e| match e.is_not_found() {
-                        true => Exit::new(
-                            NOT_FOUND,
-                            format!("dead letter {n} ({id}) is no longer in the queue"),
-                        ),
-                        false => Exit::from_error(&format!("replaying dead letter {n} ({id})"), &e),
-                    })?;
+            let (letter, queue) = transport
+                .replay_dead_letter(&id)
+                .await
+                .map_err(|e| letter_failed("replaying", n, &id, &e))?;
             out(&format!("replayed {} to {queue}", letter.id));
             Ok(())
         }
         DeadLettersCommand::Drop { n: Some(n), .. } => {
             let all = letters().await?;
             let id = nth(&all, n)?.id.clone();
-            let letter =
-                transport
-                    .discard_dead_letter(&id)
-                    .await
-                    .map_err(|e| match e.is_not_found() {
-                        true => Exit::new(
-                            NOT_FOUND,
-                            format!("dead letter {n} ({id}) is no longer in the queue"),
-                        ),
-                        false => Exit::from_error(&format!("dropping dead letter {n} ({id})"), &e),
-                    })?;
+            let letter = transport
+                .discard_dead_letter(&id)
+                .await
+                .map_err(|e| letter_failed("dropping", n, &id, &e))?;
             out(&format!("dropped {}", letter.id));
             Ok(())
         }
@@ -132,6 +118,19 @@ pub(crate) async fn run(command: DeadLettersCommand) -> Done {
             );
             Ok(())
         }
+    }
+}
+
+/// The exit for `e`, met while `doing` dead letter `n` (`id`): not found when it left the
+/// queue since it was listed.
+fn letter_failed(doing: &str, n: usize, id: &str, e: &dtasks::Error) -> Exit {
+    if e.is_not_found() {
+        Exit::new(
+            NOT_FOUND,
+            format!("dead letter {n} ({id}) is no longer in the queue"),
+        )
+    } else {
+        Exit::from_error(&format!("{doing} dead letter {n} ({id})"), e)
     }
 }
 
