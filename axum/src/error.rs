@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-use axum::http::StatusCode;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -17,6 +18,8 @@ use serde_json::json;
 /// | status | `error` | when |
 /// |---|---|---|
 /// | 400 | `bad_input` | an invalid id, event name, query parameter, JSON body, callback URL, or arguments that cannot be encoded |
+/// | 413, 415, 422 | `bad_input` | a body that axum's `Json` extractor refuses ([`From<JsonRejection>`](#impl-From%3CJsonRejection%3E-for-ApiError)): past the body limit (2 MB by default, axum's `DefaultBodyLimit`), without `Content-Type: application/json`, or JSON that does not fit the handler's type |
+/// | 404, 405 | `not_found`, `method_not_allowed` | a path no route serves, or a method it does not take, when the router uses [`fallback`](crate::fallback) and [`method_not_allowed`](crate::method_not_allowed) |
 /// | 400 | `unknown_dtask` | a start names a DTask the client's registry does not have |
 /// | 404 | `not_found` | no instance with this id is known (never started, started with `Client::call`, or purged) |
 /// | 409 | `finished` | an event or a cancellation for an instance that has finished |
@@ -25,7 +28,9 @@ use serde_json::json;
 /// | 500 | `internal` | anything else (a misconfiguration, a stored value that does not decode) |
 ///
 /// Its own handlers can return it too: `From<dtasks::Error>` makes `?` work on any dtasks
-/// call.
+/// call, and `From<JsonRejection>` on a body taken as `Result<Json<T>, JsonRejection>`,
+/// so that a refused body is answered in JSON like every other error (axum's own answer
+/// is plain text).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -99,6 +104,51 @@ impl From<dtasks::Error> for ApiError {
             code,
             message: e.to_string(),
         }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    /// The status axum chose (400 for JSON that does not parse, 413, 415, 422), with the
+    /// code `bad_input` and axum's explanation.
+    fn from(e: JsonRejection) -> Self {
+        Self {
+            status: e.status(),
+            code: "bad_input",
+            message: e.body_text(),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    /// The status axum chose (413 past the body limit), with the code `bad_input`.
+    fn from(e: BytesRejection) -> Self {
+        Self {
+            status: e.status(),
+            code: "bad_input",
+            message: e.body_text(),
+        }
+    }
+}
+
+/// A handler for [`Router::fallback`](axum::Router::fallback): a 404 `not_found` in JSON
+/// for a path no route serves (axum's own answer has an empty body). Install it on the
+/// application's router (after [`Api::routes`](crate::Api::routes) is merged), so that every
+/// answer of the API is JSON.
+pub async fn fallback(uri: Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: format!("no route serves `{}`", uri.path()),
+    }
+}
+
+/// A handler for [`Router::method_not_allowed_fallback`](axum::Router::method_not_allowed_fallback):
+/// a 405 `method_not_allowed` in JSON, as [`fallback`] is for unknown paths.
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: format!("`{}` does not take {method}", uri.path()),
     }
 }
 

@@ -18,6 +18,7 @@
 //!
 //! ```
 //! use axum::body::Body;
+//! use axum::extract::rejection::JsonRejection;
 //! use axum::extract::State;
 //! use axum::http::{header, Request, StatusCode};
 //! use axum::routing::post;
@@ -31,7 +32,12 @@
 //!     x * 2
 //! }
 //!
-//! async fn post_double(State(api): State<Api>, Json(x): Json<u64>) -> Result<Accepted, ApiError> {
+//! // Taken as a `Result`, a refused body is answered in JSON too (`ApiError`).
+//! async fn post_double(
+//!     State(api): State<Api>,
+//!     body: Result<Json<u64>, JsonRejection>,
+//! ) -> Result<Accepted, ApiError> {
+//!     let Json(x) = body?;
 //!     api.start(double(x)).await
 //! }
 //!
@@ -42,7 +48,21 @@
 //! let app: Router = Router::new()
 //!     .route("/double", post(post_double))
 //!     .with_state(api.clone())
-//!     .merge(api.routes());
+//!     .merge(api.routes())
+//!     // Unknown paths and methods answered in JSON as well.
+//!     .fallback(dtasks_axum::fallback)
+//!     .method_not_allowed_fallback(dtasks_axum::method_not_allowed);
+//!
+//! let bad = Request::post("/double")
+//!     .header(header::CONTENT_TYPE, "application/json")
+//!     .body(Body::from("twenty-one"))?;
+//! let answer = app.clone().oneshot(bad).await?;
+//! assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+//! let body = axum::body::to_bytes(answer.into_body(), 1 << 20).await?;
+//! let error: serde_json::Value = serde_json::from_slice(&body)?;
+//! assert_eq!(error["error"], "bad_input");
+//! let nowhere = Request::get("/nowhere").body(Body::empty())?;
+//! assert_eq!(app.clone().oneshot(nowhere).await?.status(), StatusCode::NOT_FOUND);
 //!
 //! let start = Request::post("/double")
 //!     .header(header::CONTENT_TYPE, "application/json")
@@ -73,7 +93,7 @@
 //! | `GET /instances/{id}` | 200 and the instance: `{"id", "name", "status", "parent", "started", "updated", "finished", "waits", "duplicates", "history", "history_dropped", "steps", "runs", "fingerprint", "records_children", "result_url"}`; `history` holds the status changes workers reported (`{"at", "status", "waits", "steps"}`, at most the latest 50), `steps` the journal as the latest of them summarised it (the store's own JSON of [`Steps`](dtasks::store::Steps)); `runs`: 1 plus one per continue-as-new; `fingerprint`: the code that saved a suspended snapshot machine, hexadecimal, or `null`; `records_children`: whether its children are recorded too (`Client::recording_children`) |
 //! | `GET /instances/{id}/result` | 200 and the outcome once the instance finished; 202, `Retry-After: 1` and `{"id", "status"}` while it runs; `?wait=SECONDS` (at most 60) waits for the finish first |
 //! | `GET /instances` | 200 and `{"instances": [..], "next": cursor or null}`: newest start first; filters `status` (repeated or comma-separated), `name` (the DTask), `prefix` (of the id), `since` and `until` (start time: RFC 3339 or milliseconds since the Unix epoch), `parent` (the children of this id), `roots` (`true`: roots only), `limit` (1–1000, default 100), `cursor` (the `next` of the page before) |
-//! | `POST /instances/{id}/signal/{name}` | 202 and `{"id", "event"}`: the body (empty: `null`) was sent as the event `name` ([`Client::signal`](dtasks::Client::signal)); durable once answered |
+//! | `POST /instances/{id}/signal/{name}` | 202 and `{"id", "event"}`: the body (empty: `null`; read as JSON whatever its content type) was sent as the event `name` (1 to 200 bytes, any of them; [`Client::signal`](dtasks::Client::signal)); durable once answered. The route cannot know the type the instance waits for: a body that does not decode as it fails the instance when its wait takes it, so a service whose events come from outside should check them and send them from a route of its own |
 //! | `POST /instances/{id}/cancel` | 202 and `{"id", "cancelled": true, "reason"}`: the cancellation was recorded ([`Client::cancel`](dtasks::Client::cancel)); the body is empty or `{"reason": "..."}` |
 //!
 //! An **outcome** is `{"id", "status": "succeeded", "value": <the result>}`, or for an
@@ -94,7 +114,13 @@
 //! **Errors** answer `{"error": "<code>", "message": "<text>"}` with one status per kind
 //! (see [`ApiError`]): 400 bad input (an invalid id, parameter or body; an unknown query
 //! parameter too), 404 unknown instance, 409 already finished or already started, 503
-//! the broker or the instance store unavailable, 500 otherwise.
+//! the broker or the instance store unavailable, 500 otherwise. A body the routes refuse
+//! before reading it is `bad_input` too, with axum's status: 413 past the body limit
+//! (axum's `DefaultBodyLimit`, 2 MB unless the application sets another). Handlers of the
+//! application that take their body as `Result<Json<T>, JsonRejection>` answer their
+//! refusals the same way (400, 415, 422: `?` turns them into an [`ApiError`]); with
+//! [`fallback`] and [`method_not_allowed`] on the router, unknown paths (404) and methods
+//! (405) are answered in JSON as well.
 //!
 //! ## Web pages
 //!
@@ -153,5 +179,5 @@ mod routes;
 mod webhook;
 
 pub use api::{Accepted, Api, Start};
-pub use error::ApiError;
+pub use error::{fallback, method_not_allowed, ApiError};
 pub use webhook::{webhook, AnyValue, Webhook, WEBHOOK_DTASK};

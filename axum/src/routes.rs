@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -185,9 +185,10 @@ async fn list(
 async fn signal(
     State(api): State<Api>,
     path: Result<Path<(String, String)>, PathRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path((id, name)) = path.map_err(|e| ApiError::bad_input(e.body_text()))?;
+    let body = body?;
     let id = InstanceId::new(id)?;
     let value = json_body(&body)?;
     api.client().signal(&id, &name, &value).await?;
@@ -202,9 +203,10 @@ async fn signal(
 async fn cancel(
     State(api): State<Api>,
     id: Result<Path<String>, PathRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
+    let body = body?;
     let reason = match json_body(&body)? {
         Value::Null => DEFAULT_REASON.to_string(),
         Value::Object(mut fields) => match fields.remove("reason") {

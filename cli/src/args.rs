@@ -228,7 +228,8 @@ pub(crate) struct SignalArgs {
     /// The event's name, as the instance waits for it.
     #[arg(value_name = "EVENT-NAME")]
     pub(crate) event: String,
-    /// The event's value as JSON, e.g. `42`, `"Ada"`, `{"Approve": "Ada"}`.
+    /// The event's value as JSON, e.g. `42`, `"Ada"`, `{"Approve": "Ada"}`. It must fit
+    /// the type the instance waits for: one that does not fails the instance.
     #[arg(value_name = "JSON-VALUE")]
     pub(crate) value: String,
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -70,8 +71,9 @@ struct StartBody {
 async fn start(
     State(api): State<Api>,
     Path(kind): Path<String>,
-    Json(b): Json<StartBody>,
+    body: Result<Json<StartBody>, JsonRejection>,
 ) -> Result<Accepted, ApiError> {
+    let Json(b) = body?;
     macro_rules! go {
         ($call:expr) => {{
             let mut start = api.start($call);
@@ -96,12 +98,15 @@ async fn start(
     }
 }
 
-/// The service: `POST /start/{kind}` and the routes of `api`.
+/// The service: `POST /start/{kind}` and the routes of `api`; unknown paths and methods
+/// answered in JSON.
 pub fn app(api: Api) -> Router {
     Router::new()
         .route("/start/{kind}", post(start))
         .with_state(api.clone())
         .merge(api.routes())
+        .fallback(dtasks_axum::fallback)
+        .method_not_allowed_fallback(dtasks_axum::method_not_allowed)
 }
 
 /// Serves `app` on 127.0.0.1 at a port of its own; returns its base URL.
@@ -190,6 +195,20 @@ impl Http {
             .post(format!("{}{path}", self.base))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(body)?);
+        self.answer(req).await
+    }
+
+    /// `POST {base}{path}` with `body` as it is and `content_type`, if any.
+    pub async fn post_body(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+    ) -> anyhow::Result<Answer> {
+        let mut req = self.client.post(format!("{}{path}", self.base)).body(body);
+        if let Some(t) = content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, t);
+        }
         self.answer(req).await
     }
 
@@ -471,6 +490,36 @@ pub async fn start_poll_signal(http: &Http) -> anyhow::Result<()> {
         .await?
         .expect(200)?;
     assert_eq!(done.body["value"], json!(8));
+    Ok(())
+}
+
+/// Requests refused before any route's work, each answered in JSON (`Answer` fails on a
+/// body that is not JSON): bodies the `Json` extractor refuses, a body past the limit,
+/// unknown paths and methods.
+pub async fn refused_requests(http: &Http) -> anyhow::Result<()> {
+    let json = Some("application/json");
+    for (body, content_type, status) in [
+        (&b"{not json"[..], json, 400),
+        (&br#"{"x": 1}"#[..], None, 415),
+        (&br#"{"y": 1}"#[..], json, 422),
+    ] {
+        let a = http
+            .post_body("/start/double", body.to_vec(), content_type)
+            .await?
+            .expect(status)?;
+        ensure!(a.body["error"] == "bad_input", "{status}: {}", a.body);
+        ensure!(a.body["message"].is_string(), "{status}: {}", a.body);
+    }
+    let big = vec![b'1'; 3 << 20];
+    let a = http
+        .post_body("/instances/someone/signal/go", big, json)
+        .await?
+        .expect(413)?;
+    ensure!(a.body["error"] == "bad_input", "{}", a.body);
+    let a = http.get("/nowhere").await?.expect(404)?;
+    ensure!(a.body["error"] == "not_found", "{}", a.body);
+    let a = http.post("/instances", &Value::Null).await?.expect(405)?;
+    ensure!(a.body["error"] == "method_not_allowed", "{}", a.body);
     Ok(())
 }
 

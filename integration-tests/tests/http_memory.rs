@@ -20,6 +20,14 @@ async fn start_poll_signal() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn refused_requests_are_answered_in_json() -> anyhow::Result<()> {
+    let (rt, http) = service().await?;
+    common::refused_requests(&http).await?;
+    rt.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn cancel() -> anyhow::Result<()> {
     let (rt, http) = service().await?;
     common::cancel(&http).await?;

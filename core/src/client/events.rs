@@ -37,6 +37,13 @@ impl Client {
     /// runs), or that it never waits for, is not received: it is dropped with the
     /// instance's mailbox, with a warning in the worker's log.
     ///
+    /// The name has 1 to 200 bytes, any of them ([`Error::is_bad_input`] otherwise). The
+    /// sender cannot know the type the instance waits for: a value that does not decode as
+    /// that type **fails the instance** when its wait takes it
+    /// ([`Failure::is_bad_input`](crate::Failure::is_bad_input), naming the event). Where
+    /// values come from outside (an HTTP body, a shell), check them against the type
+    /// before sending.
+    ///
     /// ```
     /// use dtasks::{dtask, DTask, Runtime, WorkerConfig};
     ///

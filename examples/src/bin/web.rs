@@ -30,6 +30,7 @@
 
 use std::time::Duration;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -81,7 +82,11 @@ fn with_options<T>(
     Ok(start)
 }
 
-async fn post_order(State(api): State<Api>, Json(o): Json<NewOrder>) -> Result<Accepted, ApiError> {
+async fn post_order(
+    State(api): State<Api>,
+    body: Result<Json<NewOrder>, JsonRejection>,
+) -> Result<Accepted, ApiError> {
+    let Json(o) = body?;
     let order = Order {
         id: o.order,
         customer: o.customer,
@@ -95,8 +100,9 @@ async fn post_order(State(api): State<Api>, Json(o): Json<NewOrder>) -> Result<A
 
 async fn post_refund(
     State(api): State<Api>,
-    Json(r): Json<NewRefund>,
+    body: Result<Json<NewRefund>, JsonRejection>,
 ) -> Result<Accepted, ApiError> {
+    let Json(r) = body?;
     let timeout_ms = r.timeout_s.unwrap_or(3600).saturating_mul(1000);
     let start = api.start(refund_with_approval(r.order, r.cents, timeout_ms));
     with_options(start, r.id, r.callback_url)?.await
@@ -113,6 +119,9 @@ fn app(client: Client) -> Router {
         .with_state(api.clone())
         .merge(api.routes())
         .merge(api.pages())
+        // Every answer in JSON, unknown paths and methods included.
+        .fallback(dtasks_axum::fallback)
+        .method_not_allowed_fallback(dtasks_axum::method_not_allowed)
 }
 
 /// Every DTask the service starts, and the webhook that delivers their outcomes.
