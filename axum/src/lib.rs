@@ -113,7 +113,7 @@
 //!
 //! **Errors** answer `{"error": "<code>", "message": "<text>"}` with one status per kind
 //! (see [`ApiError`]): 400 bad input (an invalid id, parameter or body; an unknown query
-//! parameter too), 404 unknown instance, 409 already finished or already started, 503
+//! parameter too, and one given twice, but `status`, whose values add up), 404 unknown instance, 409 already finished or already started, 503
 //! the broker or the instance store unavailable, 500 otherwise. A body the routes refuse
 //! before reading it is `bad_input` too, with axum's status: 413 past the body limit
 //! (axum's `DefaultBodyLimit`, 2 MB unless the application sets another). Handlers of the

@@ -55,11 +55,21 @@ fn path_id(path: Result<Path<String>, PathRejection>) -> Result<InstanceId, ApiE
     Ok(InstanceId::new(id)?)
 }
 
-/// The query's pairs, or a 400.
+/// The query's pairs, or a 400: also for a parameter given twice, but those of
+/// `repeatable` (rather than one of the two values silently winning).
 fn pairs(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    repeatable: &[&str],
 ) -> Result<Vec<(String, String)>, ApiError> {
     let Query(pairs) = query.map_err(|e| ApiError::bad_input(e.body_text()))?;
+    let mut seen = std::collections::HashSet::new();
+    for (k, _) in &pairs {
+        if !repeatable.contains(&k.as_str()) && !seen.insert(k.as_str()) {
+            return Err(ApiError::bad_input(format!(
+                "the query parameter `{k}` is given twice"
+            )));
+        }
+    }
     Ok(pairs)
 }
 
@@ -81,7 +91,7 @@ async fn result(
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
     let mut wait = Duration::ZERO;
-    for (k, v) in pairs(query)? {
+    for (k, v) in pairs(query, &[])? {
         match k.as_str() {
             "wait" => {
                 let secs: f64 = v
@@ -126,7 +136,7 @@ async fn list(
     let mut filter = Filter::new();
     let mut limit = None;
     let mut cursor = None;
-    for (k, v) in pairs(query)? {
+    for (k, v) in pairs(query, &["status"])? {
         match k.as_str() {
             "status" => {
                 for s in v.split(',').filter(|s| !s.is_empty()) {

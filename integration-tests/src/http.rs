@@ -516,6 +516,25 @@ pub async fn refused_requests(http: &Http) -> anyhow::Result<()> {
         .await?
         .expect(413)?;
     ensure!(a.body["error"] == "bad_input", "{}", a.body);
+    // A parameter given twice is refused, not settled by the last one; `status` repeats.
+    let a = http
+        .get("/instances?limit=1&limit=1000")
+        .await?
+        .expect(400)?;
+    ensure!(a.body["error"] == "bad_input", "{}", a.body);
+    ensure!(
+        a.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`limit` is given twice")),
+        "{}",
+        a.body
+    );
+    http.get("/instances/someone/result?wait=1&wait=2")
+        .await?
+        .expect(400)?;
+    http.get("/instances?status=succeeded&status=failed")
+        .await?
+        .expect(200)?;
     let a = http.get("/nowhere").await?.expect(404)?;
     ensure!(a.body["error"] == "not_found", "{}", a.body);
     let a = http.post("/instances", &Value::Null).await?.expect(405)?;
