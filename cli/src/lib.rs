@@ -215,10 +215,19 @@ pub fn store_choice_from_env() -> StoreChoice {
 /// workers ([`WorkerConfig::store`](dtasks::WorkerConfig::store)) and the clients
 /// ([`Client::with_store`]) of a deployment alike.
 pub async fn store_from_env(transport: &AmqpTransport) -> Result<Arc<dyn InstanceStore>, Error> {
+    store_of_env(transport, false).await
+}
+
+/// [`store_from_env`]; with `existing`, a PostgreSQL schema without the store's tables is
+/// refused ([`PgStoreBuilder::existing_schema`]) instead of made.
+async fn store_of_env(
+    transport: &AmqpTransport,
+    existing: bool,
+) -> Result<Arc<dyn InstanceStore>, Error> {
     match store_choice_from_env() {
         StoreChoice::Stream => Ok(Arc::new(transport.instance_store())),
         StoreChoice::Postgres { schema } => {
-            let mut builder = PgStoreBuilder::from_env()?;
+            let mut builder = PgStoreBuilder::from_env()?.existing_schema(existing);
             if let Some(schema) = schema {
                 builder = builder.schema(schema);
             }
@@ -242,16 +251,7 @@ pub async fn connect(cfg: AmqpConfig) -> Result<(Client, AmqpTransport), Error> 
 /// ([`Error::is_bad_input`]) that names it, not a new, empty deployment.
 pub async fn connect_existing(cfg: AmqpConfig) -> Result<(Client, AmqpTransport), Error> {
     let transport = AmqpTransport::connect(cfg.with_existing_deployment(true)).await?;
-    let store: Arc<dyn InstanceStore> = match store_choice_from_env() {
-        StoreChoice::Stream => Arc::new(transport.instance_store()),
-        StoreChoice::Postgres { schema } => {
-            let mut builder = PgStoreBuilder::from_env()?.existing_schema(true);
-            if let Some(schema) = schema {
-                builder = builder.schema(schema);
-            }
-            Arc::new(builder.connect().await?)
-        }
-    };
+    let store = store_of_env(&transport, true).await?;
     let client = Client::new(transport.clone()).with_store(store);
     Ok((client, transport))
 }
