@@ -23,6 +23,11 @@ pub const DEAD_LETTER_BYTES: u64 = 256 * 1024 * 1024;
 /// [`DeadLetter::truncated`]: crate::DeadLetter::truncated
 pub const DEAD_LETTER_BODY: usize = 64 * 1024;
 
+/// The default of [`AmqpConfig::with_timer_hop`]: 2^20 ms (about 17.5 minutes), the
+/// longest a timer waits before a worker looks at it again, and so the longest a cancel
+/// takes to reach an instance asleep on a timer.
+pub const DEFAULT_TIMER_HOP: Duration = Duration::from_millis(1 << 20);
+
 /// The queue name prefix used when `DTASKS_PREFIX` is not set.
 pub const DEFAULT_PREFIX: &str = "dtasks";
 
@@ -60,6 +65,7 @@ pub struct AmqpConfig {
     pub(crate) publish_channels: usize,
     pub(crate) publish_timeout: Duration,
     pub(crate) timer_hold: Duration,
+    pub(crate) timer_hop: Duration,
     pub(crate) redelivery_pause: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) reply_queues: bool,
@@ -89,6 +95,7 @@ impl AmqpConfig {
             publish_channels: 2,
             publish_timeout: Duration::from_secs(60),
             timer_hold: Duration::from_secs(1),
+            timer_hop: DEFAULT_TIMER_HOP,
             redelivery_pause: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
             reply_queues: true,
@@ -254,6 +261,27 @@ impl AmqpConfig {
     pub fn with_timer_hold(mut self, d: Duration) -> Self {
         self.timer_hold = d;
         self
+    }
+
+    /// The longest a timer waits in one delay level before a worker looks at it again
+    /// (default [`DEFAULT_TIMER_HOP`], 2^20 ms: about 17.5 minutes), rounded down to a
+    /// power of two of milliseconds; from 1 s to 2^32 ms (about 50 days).
+    ///
+    /// At each look, a timer of an instance that a cancel record may stop is brought to
+    /// a worker before its time, and the sleep ends cancelled
+    /// ([`Client::cancel`](dtasks::Client::cancel)): this bounds how long a cancel takes
+    /// to stop an instance asleep on a timer. Each look costs a dead-letter and a
+    /// confirmed publish, so a timer of `d` costs about `d / hop` more of them: shorter
+    /// hops stop sleeping instances sooner, at the price of those hops for every timer
+    /// that waits longer than one.
+    pub fn with_timer_hop(mut self, d: Duration) -> Self {
+        self.timer_hop = d;
+        self
+    }
+
+    /// The delay level a timer waits in at most ([`AmqpConfig::with_timer_hop`]).
+    pub(crate) fn hop_level(&self) -> u8 {
+        crate::topology::level_for(self.timer_hop.as_millis().min(u128::from(u64::MAX)) as u64)
     }
 
     /// How many publisher channels are kept open (default 2). A channel is held only
@@ -443,6 +471,15 @@ impl AmqpConfig {
                 self.timer_hold
             ));
         }
+        if self.timer_hop < Duration::from_secs(1)
+            || self.timer_hop.as_millis() > 1u128 << crate::topology::MAX_LEVEL
+        {
+            return Err(format!(
+                "a timer hop of {:?} is out of range (1 s to 2^{} ms, about 50 days)",
+                self.timer_hop,
+                crate::topology::MAX_LEVEL
+            ));
+        }
         for (what, d) in [
             ("mailbox retention", self.mailbox_retention),
             ("result retention", self.register_retention),
@@ -568,5 +605,33 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("timer hold"), "{e}");
         assert_eq!(base().with_timer_hold(Duration::ZERO).validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_timer_hop_is_a_level_within_range() {
+        let base = || AmqpConfig::new(DEFAULT_URL);
+        assert_eq!(base().hop_level(), 20);
+        // Rounded down to a power of two of milliseconds: 2 s waits in 1,024 ms levels.
+        assert_eq!(
+            base().with_timer_hop(Duration::from_secs(2)).hop_level(),
+            10
+        );
+        assert_eq!(
+            base().with_timer_hop(Duration::from_secs(1)).validate(),
+            Ok(())
+        );
+        let longest = Duration::from_millis(1 << crate::topology::MAX_LEVEL);
+        assert_eq!(base().with_timer_hop(longest).validate(), Ok(()));
+        assert_eq!(
+            base().with_timer_hop(longest).hop_level(),
+            crate::topology::MAX_LEVEL
+        );
+        for d in [
+            Duration::from_millis(999),
+            longest + Duration::from_millis(1),
+        ] {
+            let e = base().with_timer_hop(d).validate().unwrap_err();
+            assert!(e.contains("timer hop"), "{e}");
+        }
     }
 }

@@ -12,6 +12,11 @@
 //! puts it back there), else to the DTask's wake queue (consumed like its task queue). A
 //! level never holds a message longer than it has left, so a timer is never early; one
 //! TTL per queue keeps each queue in FIFO order, so a long timer never blocks a short one.
+//!
+//! No timer waits in a level above the hop (`AmqpConfig::with_timer_hop`), so that a
+//! worker looks at each at least once a hop: a timer whose instance a cancel record this
+//! process has read may stop is then handled as due at once, and the worker's engine ends
+//! the sleep cancelled or sends the timer on (architecture, section 11).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +32,7 @@ use crate::clock::now_ms;
 use crate::conn;
 use crate::delivery::Due;
 use crate::error::{Context, Result};
-use crate::headers::{header_i64, header_str, H_AT, H_TARGET};
+use crate::headers::{header_i64, header_str, H_AT, H_INSTANCE, H_TARGET};
 use crate::publish::{RawItem, Route};
 use crate::settle::{settled, AmqpSettle};
 use crate::shared::Shared;
@@ -74,6 +79,26 @@ pub(crate) async fn reroute(shared: Arc<Shared>, ch: Channel, d: AmqpDelivery, d
         let _ = Box::new(settle).dead_letter(reason).await;
         return;
     };
+    if at_ms > now_ms() && cancelled(&shared, &d.properties) {
+        // Its instance may be cancelled: brought to a worker now, whose engine ends the
+        // sleep cancelled (or, for a sleep the cancel does not reach, sends it on to wait
+        // the rest).
+        debug!(
+            target,
+            early_ms = at_ms - now_ms(),
+            "timer of a cancelled instance brought early"
+        );
+        if due.serves(&target) {
+            due.hand_over(&shared, &ch, shared.topo.delay_ready(), d);
+        } else {
+            let route = Route::Queue {
+                queue: shared.topo.wake(&target),
+                kind: Kind::Task,
+            };
+            forward(&shared, &ch, d, route, &target).await;
+        }
+        return;
+    }
     let hold = shared.cfg.timer_hold.as_millis() as i64;
     loop {
         let remaining = at_ms - now_ms();
@@ -92,11 +117,25 @@ pub(crate) async fn reroute(shared: Arc<Shared>, ch: Channel, d: AmqpDelivery, d
         due.hand_over(&shared, &ch, shared.topo.delay_ready(), d);
         return;
     }
+    let route = Route::Delayed {
+        target: target.clone(),
+        at_ms,
+    };
+    forward(&shared, &ch, d, route, &target).await;
+}
+
+/// Whether a cancel record this process has read may stop the instance a timer is
+/// about (`CancelBook::may_cancel`; the engine decides from the state).
+fn cancelled(shared: &Shared, props: &BasicProperties) -> bool {
+    header_str(props, H_INSTANCE).is_some_and(|i| shared.cancels.may_cancel(&i))
+}
+
+/// Publishes the timer `d` on `route` and acks it once confirmed; puts it back in the
+/// ready queue when the publish fails (dead-letters it when that would fail forever).
+async fn forward(shared: &Arc<Shared>, ch: &Channel, d: AmqpDelivery, route: Route, target: &str) {
+    let at_ms = header_i64(&d.properties, H_AT).unwrap_or_default();
     let mut item = [RawItem {
-        route: Route::Delayed {
-            target: target.clone(),
-            at_ms,
-        },
+        route,
         body: d.data,
         props: without_broker_headers(d.properties),
         done: None,
@@ -104,7 +143,7 @@ pub(crate) async fn reroute(shared: Arc<Shared>, ch: Channel, d: AmqpDelivery, d
     match shared.publish_raw(&mut item).await {
         Ok(()) => {
             debug!(target, remaining_ms = at_ms - now_ms(), "timer moved on");
-            let _ = settled(&ch, d.acker.ack(BasicAckOptions::default())).await;
+            let _ = settled(ch, d.acker.ack(BasicAckOptions::default())).await;
         }
         Err(e) => {
             warn!(target, error = %e, "moving a timer failed; it goes back to the ready queue");
@@ -121,12 +160,10 @@ pub(crate) async fn reroute(shared: Arc<Shared>, ch: Channel, d: AmqpDelivery, d
                 );
                 let _ = Box::new(settle).dead_letter(e.to_string()).await;
             } else {
-                let _ = settled(&ch, d.acker.reject(BasicRejectOptions { requeue: true })).await;
+                let _ = settled(ch, d.acker.reject(BasicRejectOptions { requeue: true })).await;
             }
         }
     }
-    // The channel stays open until the message is settled.
-    drop(ch);
 }
 
 impl Shared {

@@ -118,7 +118,7 @@ mod transport;
 
 pub use config::{
     AmqpConfig, DEAD_LETTER_BODY, DEAD_LETTER_BYTES, DEFAULT_DEAD_LETTERS, DEFAULT_PREFIX,
-    DEFAULT_TASK_PACKS, DEFAULT_URL,
+    DEFAULT_TASK_PACKS, DEFAULT_TIMER_HOP, DEFAULT_URL,
 };
 pub use dead::DeadLetter;
 pub use facts::StreamStore;

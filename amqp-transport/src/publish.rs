@@ -102,7 +102,9 @@ impl Shared {
                 if remaining <= 0 {
                     (self.topo.wake(target), Kind::Task)
                 } else {
-                    let level = topology::level_for(remaining as u64);
+                    // A worker looks at every timer at least once a hop: a cancel may
+                    // bring it before its time (`delay.rs`).
+                    let level = topology::level_for(remaining as u64).min(self.cfg.hop_level());
                     (self.topo.delay_level(level), Kind::DelayLevel(level))
                 }
             }

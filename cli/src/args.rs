@@ -238,8 +238,10 @@ pub(crate) struct SignalArgs {
 #[command(after_help = "\
 Prints `cancelled` when the cancellation was recorded for a running instance, or
 `already finished` when it had finished (its result stands). The instance stops at its
-next step: at once when it waits in its mailbox, but when its state rides in a timer
-(DTask::delay) only when that timer fires; a line on stderr then says when that is.")]
+next step: at once when it waits in its mailbox; when its state rides in a timer
+(DTask::delay), at the timer's next hop through a worker (within the workers' timer hop,
+about 17.5 minutes by default) or when it fires, whichever comes first, and a line on
+stderr then says so.")]
 pub(crate) struct CancelArgs {
     /// The instance id.
     pub(crate) id: String,

@@ -425,12 +425,14 @@ async fn cancel(a: CancelArgs) -> Done {
         "already finished"
     });
     if cancelled {
-        // An instance whose state rides in its timer stops only when the timer fires:
-        // a published message cannot be recalled.
+        // An instance whose state rides in its timer stops when a worker next looks at
+        // the timer (a published message cannot be recalled), at the latest when it fires.
         if let Ok(info) = client.instance(&id).await {
             if let [Wait::Timer { at_ms }] = info.waits.as_slice() {
                 eprintln!(
-                    "{id} waits for a timer: it stops when the timer fires, at {}",
+                    "{id} waits for a timer: it stops at the timer's next hop through a \
+                     worker (within the workers' timer hop, about 17.5 minutes by default) \
+                     or when the timer fires at {}, whichever comes first",
                     format_time(dtasks::store::from_millis(*at_ms))
                 );
             }

@@ -61,9 +61,11 @@
 //!   (`Client::recording_children`), so `list --parent` lists them and `fingerprints`
 //!   counts them.
 //! - `cancel` prints `cancelled` or `already finished`. The instance stops at its next
-//!   step: at once when it waits in its mailbox, but when its state rides in a timer
-//!   (a lone `DTask::delay`) only when that timer fires, which a line on standard error
-//!   then says (`ID waits for a timer: it stops when the timer fires, at T`).
+//!   step: at once when it waits in its mailbox; when its state rides in a timer (a
+//!   lone `DTask::delay`), at the timer's next hop through a worker
+//!   (`AmqpConfig::with_timer_hop`, about 17.5 minutes by default) or when it fires,
+//!   whichever comes first, which a line on standard error then says (`ID waits for a
+//!   timer: it stops at the timer's next hop … or when the timer fires at T, …`).
 //! - `purge` prints the number removed; only finished instances are removed, so
 //!   `--status` takes `succeeded`, `failed` and `cancelled` (others are bad usage).
 //! - `dead-letters list` prints the letters numbered from 1 (id, source queue, size,

@@ -532,7 +532,7 @@ async fn bounded_waits_and_hints(d: &Deployment) -> anyhow::Result<()> {
     assert_eq!(out.stdout, "cancelled\n");
     assert!(
         out.stderr
-            .contains("nap-1 waits for a timer: it stops when the timer fires, at "),
+            .contains("nap-1 waits for a timer: it stops at the timer's next hop through a worker"),
         "{out:?}"
     );
     // One waiting in its mailbox stops at once: no such line.

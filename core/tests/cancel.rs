@@ -144,6 +144,12 @@ async fn one_timer(tag: String) -> u32 {
     1
 }
 
+/// Waits on one sleeper: its state rides in the sleeper's start, then in its timer.
+#[dtask]
+async fn waits_on(tag: String, secs: u64) -> u64 {
+    sleeper(tag, secs).await
+}
+
 // ---- snapshot model ----
 
 #[dtask(snapshot)]
@@ -152,6 +158,11 @@ async fn sleeper_s(tag: String, secs: u64) -> u64 {
     DTask::yield_now().await;
     DTask::run(move || async move { mark(&tag, format!("sleeper finished {secs}")) }).await;
     secs
+}
+
+#[dtask(snapshot)]
+async fn waits_on_s(tag: String, secs: u64) -> u64 {
+    sleeper_s(tag, secs).await
 }
 
 #[dtask(snapshot)]
@@ -238,6 +249,12 @@ impl Model {
             Model::Snapshot => deadline_s(tag.into(), secs),
         }
     }
+    fn waits_on(self, tag: &str, secs: u64) -> Call<u64> {
+        match self {
+            Model::Replay => waits_on(tag.into(), secs),
+            Model::Snapshot => waits_on_s(tag.into(), secs),
+        }
+    }
     fn order(self, tag: &str) -> Call<String> {
         match self {
             Model::Replay => order(tag.into()),
@@ -259,6 +276,8 @@ fn runtime() -> Result<Runtime, dtasks::Error> {
         .register(refund)
         .register(order)
         .register(one_timer)
+        .register(waits_on)
+        .register(waits_on_s)
         .register(sleeper_s)
         .register(branch_s)
         .register(tree_s)
@@ -293,8 +312,10 @@ async fn a_fan_out_stops_with_its_children_and_grandchildren(model: Model) -> Te
         "{stopped:?}"
     );
 
-    // The sleepers' states ride in their timers (the broker cannot recall them): each
-    // stops when its timer fires, at its next distributed await; none finishes.
+    // The sleepers' states ride in their timers: the transport brings each timer to a
+    // worker before its time, and each sleep ends cancelled; none finishes, then or
+    // later.
+    assert_eq!(count(&tag, "sleeper finished"), 0, "{:?}", log(&tag));
     rt.advance(3 * HOUR);
     rt.wait_idle().await;
     assert_eq!(count(&tag, "sleeper finished"), 0, "{:?}", log(&tag));
@@ -326,17 +347,24 @@ async fn a_clean_up_scope_runs_the_compensation(model: Model) -> TestResult {
     assert_eq!(log(&tag), vec!["charged 250".to_string()]);
     assert!(rt.client().cancel(h.id(), "out of stock").await?);
     rt.wait_idle().await;
-    // The order waits on the shipment alone (its state rides in the shipment's start):
-    // it stops when the shipment, cancelled too, replies, after the shipment's timer.
+    // The order waits on the shipment alone (its state rides in the shipment's start,
+    // which rides in its timer): the timer is brought before its time, the shipment
+    // ends cancelled, and the order's clean-up begins, with no time passing.
     assert_eq!(h.status().await?, Status::Suspended);
-    rt.advance(HOUR);
+    assert_eq!(count(&tag, "refunded"), 0, "{:?}", log(&tag));
+    // The refund (a timer, a child) and the clean-up delay run despite the cancellation:
+    // their sleeps, in clean-up scopes, wait their full time.
+    rt.advance(Duration::from_millis(999));
     rt.wait_idle().await;
-    // The refund (a timer, a child) and the clean-up delay run despite the cancellation.
-    rt.advance(Duration::from_secs(1));
+    assert_eq!(count(&tag, "refunded"), 0, "{:?}", log(&tag));
+    rt.advance(Duration::from_millis(1));
     rt.wait_idle().await;
     assert_eq!(count(&tag, "refunded 250"), 1, "{:?}", log(&tag));
+    rt.advance(Duration::from_millis(4_999));
+    rt.wait_idle().await;
     assert_eq!(count(&tag, "compensated"), 0);
-    rt.advance(Duration::from_secs(5));
+    assert_eq!(h.try_result().await?, None);
+    rt.advance(Duration::from_millis(1));
     let err = h.result().await.unwrap_err();
     assert!(err.is_cancelled(), "{err}");
     assert_eq!(err.failure().expect("failed").message(), "out of stock");
@@ -462,19 +490,62 @@ async fn unknown_finished_and_twice() -> TestResult {
 }
 
 #[tokio::test]
-async fn an_instance_waiting_on_one_timer_stops_when_it_fires() -> TestResult {
+async fn an_instance_asleep_on_one_timer_stops_at_once() -> TestResult {
     let tag = "one_timer";
     let rt = runtime()?;
     let h = rt.client().start(one_timer(tag.into())).await?;
     rt.wait_idle().await;
+    assert_eq!(rt.transport().pending_timers().await?, Some(1));
     assert!(rt.client().cancel(h.id(), "stop").await?);
+    // No time passes: the timer that holds its state is brought to a worker before its
+    // time, and the sleep ends cancelled.
     rt.wait_idle().await;
-    // Its state rides in the timer, which the broker cannot recall.
-    assert_eq!(h.status().await?, Status::Suspended);
-    rt.advance(HOUR);
-    let err = h.result().await.unwrap_err();
+    let err = h.try_result().await.expect_err("ended cancelled");
     assert!(err.is_cancelled(), "{err}");
-    // Local work up to the next distributed await ran; nothing after it.
-    assert_eq!(log(tag), vec!["one_timer ran on".to_string()]);
+    assert_eq!(err.failure().expect("failed").message(), "stop");
+    // The sleep's own await failed: nothing after it ran.
+    assert_eq!(log(tag), Vec::<String>::new());
+    // Nothing stays parked: the timer was taken, and the tombstone's probe deletes the
+    // mailbox once its grace is over.
+    rt.advance(Duration::from_secs(1));
+    rt.wait_idle().await;
+    assert_eq!(rt.transport().pending_timers().await?, Some(0));
+    assert_eq!(rt.transport().mailboxes(), Vec::<InstanceId>::new());
+    rt.advance(HOUR);
+    rt.wait_idle().await;
+    assert_eq!(log(tag), Vec::<String>::new());
     Ok(())
+}
+
+/// A 30-day sleep, in a child whose state carries its parent's (one operation each):
+/// both end cancelled at once.
+async fn a_month_long_sleep_stops_at_once(model: Model) -> TestResult {
+    let tag = model.tag("month");
+    let rt = runtime()?;
+    let month = 30 * 24 * 3600;
+    let h = rt.client().start(model.waits_on(&tag, month)).await?;
+    rt.wait_idle().await;
+    assert_eq!(h.status().await?, Status::Suspended);
+    assert!(rt.client().cancel(h.id(), "not needed").await?);
+    rt.wait_idle().await;
+    let err = h.try_result().await.expect_err("ended cancelled");
+    assert!(err.is_cancelled(), "{err}");
+    assert_eq!(err.failure().expect("failed").message(), "not needed");
+    assert_eq!(h.status().await?, Status::Cancelled);
+    rt.advance(Duration::from_secs(1));
+    rt.wait_idle().await;
+    assert_eq!(rt.transport().pending_timers().await?, Some(0));
+    assert_eq!(count(&tag, "sleeper finished"), 0, "{:?}", log(&tag));
+    assert!(rt.transport().dead_letters().is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_month_long_sleep_stops_at_once_replay() -> TestResult {
+    a_month_long_sleep_stops_at_once(Model::Replay).await
+}
+
+#[tokio::test]
+async fn a_month_long_sleep_stops_at_once_snapshot() -> TestResult {
+    a_month_long_sleep_stops_at_once(Model::Snapshot).await
 }

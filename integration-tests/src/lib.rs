@@ -296,9 +296,19 @@ impl Broker {
 
     /// Starts `n` workers, each on a transport of its own, with the settings of `config`.
     pub async fn workers_with(&self, n: usize, config: WorkerConfig) -> anyhow::Result<Workers> {
+        self.workers_on(n, config, |c| c).await
+    }
+
+    /// [`Broker::workers_with`] on transports whose configuration `f` adjusts.
+    pub async fn workers_on(
+        &self,
+        n: usize,
+        config: WorkerConfig,
+        f: impl Fn(AmqpConfig) -> AmqpConfig,
+    ) -> anyhow::Result<Workers> {
         let mut workers = Vec::new();
         for _ in 0..n {
-            let t = self.transport().await?;
+            let t = self.transport_with(&f).await?;
             workers.push(Worker::new(t, config.clone())?);
         }
         let workers = Workers::run(workers);

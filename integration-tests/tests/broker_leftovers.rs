@@ -61,7 +61,8 @@ async fn fan_in(n: u64) -> u64 {
         .sum();
     // The loser replies two seconds after the winner.
     let (_, first) = DTask::when_any([quick(7), nap(2_000)]).await;
-    // The loser is cancelled; its state rides in its timer, and it stops when that fires.
+    // The loser is cancelled; its state rides in its timer, which a worker brings early:
+    // the sleep ends cancelled.
     let (_, raced) = DTask::race([quick(8), nap(5_000)]).await;
     let ((), q) = DTask::join((DTask::delay(ms(300)), quick(9))).await;
     // The timer loses and fires after the end.

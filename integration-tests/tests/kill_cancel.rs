@@ -1,14 +1,14 @@
 //! A cancellation survives the worker processes: the cancel is sent, every worker is
 //! killed with SIGKILL at once, and a worker process started afterwards still stops the
 //! whole tree — the instances waiting in their mailboxes at once (the cancel items wait
-//! there), the grandchildren whose timers fire later through the cancel record, which the
+//! there), the grandchildren asleep on their timers through the cancel record, which the
 //! new worker reads back from the stream of records.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use dtasks::Status;
+use dtasks::{InstanceId, Status};
 use dtasks_integration_tests::tasks::cancel_tree;
 use dtasks_integration_tests::{wait_for, within, Broker};
 
@@ -31,7 +31,8 @@ fn lines(file: &str) -> Vec<String> {
 async fn a_cancel_sent_before_every_worker_is_killed_still_stops_the_tree() -> anyhow::Result<()> {
     let b = Broker::start().await?;
     let mut w = b.worker_processes(WORKER, 2).await?;
-    let c = b.client().await?;
+    // Children are recorded, so that the grandchildren's ends can be read by id.
+    let c = b.client().await?.recording_children();
     let file = b.scratch_file("tree")?;
     let h = c.start(cancel_tree(N, NAP_MS, file.clone())).await?;
     wait_for(Duration::from_secs(20), || async {
@@ -92,26 +93,24 @@ async fn a_cancel_sent_before_every_worker_is_killed_still_stops_the_tree() -> a
         lines(&file)
     );
 
-    // The grandchildren's states ride in their timers: each wakes when its timer fires
-    // (on the new worker) and stops at its next distributed await. A grandchild whose
-    // first step was redone after the kill (at least once) found the cancellation then
-    // and stopped at its timer instead, without one.
-    let tags: Vec<String> = (0..N)
-        .flat_map(|i| [format!("{i}.0"), format!("{i}.1")])
-        .collect();
-    let ended = |tag: &str| {
-        let all = lines(&file);
-        let woke = all.iter().any(|l| *l == format!("woke {tag}"));
-        let redone = all[before.len().min(all.len())..]
-            .iter()
-            .any(|l| *l == format!("napping {tag}"));
-        woke || redone
-    };
+    // The grandchildren's states ride in their timers. Each ends cancelled whichever way
+    // the new worker reaches it: at its timer's next hop (the sleep ends cancelled), when
+    // its timer fires (it stops at its next distributed await, after `woke`), or, when
+    // its first step was redone after the kill, at once (its sleep is recorded cancelled).
+    let grandchildren: Vec<InstanceId> = (0..N)
+        .flat_map(|i| [format!("{}.{i}.0", h.id()), format!("{}.{i}.1", h.id())])
+        .map(InstanceId::new)
+        .collect::<Result<_, _>>()?;
     wait_for(Duration::from_secs(40), || async {
-        Ok(tags.iter().all(|t| ended(t)))
+        for g in &grandchildren {
+            if c.status(g).await? != Status::Cancelled {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     })
     .await
-    .with_context(|| format!("a grandchild neither woke nor stopped: {:?}", lines(&file)))?;
+    .with_context(|| format!("a grandchild did not end cancelled: {:?}", lines(&file)))?;
     // A grandchild that was not cancelled would yield and finish right after waking.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let all = lines(&file);

@@ -1,4 +1,5 @@
-//! Timers over RabbitMQ's delay levels: many at once, never early, and long ones parked.
+//! Timers over RabbitMQ's delay levels: many at once, never early, long ones parked, and
+//! a long sleep that a cancel stops at the timer's next hop.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -169,6 +170,64 @@ async fn a_ten_day_delay_is_parked_in_a_high_level() -> anyhow::Result<()> {
     );
     assert_eq!(h.try_result().await?, None);
     assert_eq!(b.transport().await?.pending_timers().await?, Some(1));
+    w.stop().await?;
+    b.cleanup().await
+}
+
+/// Sleeps `ms`.
+#[dtask]
+async fn nap(ms: u64) -> u64 {
+    DTask::delay(Duration::from_millis(ms)).await;
+    ms
+}
+
+/// Waits on one `nap`: its state rides in the nap's start, then in the nap's timer.
+#[dtask]
+async fn after_nap(ms: u64) -> u64 {
+    nap(ms).await + 1
+}
+
+/// An hour's sleep, two levels deep, stops within a hop of the cancel: the hop brings
+/// the timer that holds both states to a worker, the sleep ends cancelled, and the
+/// parent with it; then no timer is left (the tombstones' probes delete the mailboxes
+/// the cancel items went to, after a grace of a second with a 3-second retention).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_an_hour_long_sleep_at_the_next_hop() -> anyhow::Result<()> {
+    let b = Broker::start().await?;
+    let hop = Duration::from_secs(2);
+    let adjust = move |c: dtasks_amqp::AmqpConfig| {
+        c.with_timer_hop(hop)
+            .with_mailbox_retention(Duration::from_secs(3))
+    };
+    let config = dtasks::WorkerConfig::new().registry(&registry![nap, after_nap]);
+    let w = b.workers_on(2, config, adjust).await?;
+    let t = b.transport_with(adjust).await?;
+    let c = dtasks::Client::new(t.clone());
+    let h = c.start(after_nap(3_600_000)).await?;
+    wait_for(Duration::from_secs(20), || async {
+        Ok(h.status().await? == Status::Suspended && t.pending_timers().await? == Some(1))
+    })
+    .await
+    .context("the sleep did not begin")?;
+    // Several hops go by: the sleep goes on while nothing cancels it.
+    tokio::time::sleep(3 * hop).await;
+    assert_eq!(h.try_result().await?, None);
+    assert_eq!(h.status().await?, Status::Suspended);
+
+    assert!(c.cancel(h.id(), "not needed").await?);
+    let err = tokio::time::timeout(Duration::from_secs(60), h.result())
+        .await
+        .context("the cancel did not stop the sleep")?
+        .expect_err("cancelled");
+    assert!(err.is_cancelled(), "{err}");
+    assert_eq!(err.failure().expect("failed").message(), "not needed");
+    assert_eq!(h.status().await?, Status::Cancelled);
+    wait_for(Duration::from_secs(30), || async {
+        Ok(t.pending_timers().await? == Some(0))
+    })
+    .await
+    .context("a timer stayed parked")?;
+    assert_eq!(b.queue_len(&format!("{}.dead", b.prefix())).await?, Some(0));
     w.stop().await?;
     b.cleanup().await
 }

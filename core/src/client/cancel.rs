@@ -15,9 +15,12 @@ impl Client {
     /// clean-up scope ([`DTask::cleanup`](crate::DTask::cleanup)). It then ends with a
     /// failure that [`Failure::is_cancelled`](crate::Failure::is_cancelled), whose message
     /// is `reason`; its status reads [`Status::Cancelled`](crate::Status::Cancelled). An
-    /// instance waiting on one timer stops when the timer fires, one waiting on one child
-    /// when that child (cancelled too) replies: the broker cannot recall the message its
-    /// state rides in.
+    /// instance asleep on one timer (its state rides in the timer's message) is reached
+    /// through the timer, which the transport brings to a worker before its time: the
+    /// sleep ends cancelled, at once on the in-memory transport and at the timer's next
+    /// hop on RabbitMQ (within `AmqpConfig::with_timer_hop`, about 17.5 minutes by
+    /// default); a sleep in a clean-up scope waits its full time. One waiting on one child
+    /// stops when that child (cancelled too) replies.
     ///
     /// Returns `Ok(true)` when the cancellation was recorded for an instance that had not
     /// finished, `Ok(false)` when the instance had already finished (nothing changes: its

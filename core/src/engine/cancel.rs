@@ -25,6 +25,17 @@ impl Engine {
         }
     }
 
+    /// Whether a timer of `state` that came before its time is to end its sleep: a record
+    /// cancels the instance, which was not cancelled when the sleep began (a sleep that
+    /// began after is in a clean-up scope).
+    pub(super) fn cancel_wakes(&self, state: &InstanceState) -> bool {
+        state.cancelled.is_none()
+            && self
+                .cancels
+                .as_ref()
+                .is_some_and(|book| book.find(state).is_some())
+    }
+
     /// Follows the cancel records of `book`.
     pub(crate) fn with_cancels(mut self, book: crate::transport::CancelBook) -> Self {
         self.cancels = Some(book);

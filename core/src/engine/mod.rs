@@ -152,11 +152,14 @@ impl Engine {
                 if let Some((seq, outcome)) = completion {
                     if let Some(at) = state.entry(seq).and_then(|e| e.cmd.fire_at()) {
                         if at > now {
+                            let again = Outgoing::resume_again(&state, seq, &outcome, at, now);
+                            if self.cancel_wakes(&state) {
+                                // Brought early to a cancelled instance: the sleep ends
+                                // cancelled, unless it is in a clean-up scope.
+                                return self.step_woken(state, seq, again, now).await;
+                            }
                             // Arrived early (clock skew, delay rounding): wait the rest.
-                            return Ok(vec![Outgoing::resume_again(
-                                &state, seq, &outcome, at, now,
-                            )]
-                            .into());
+                            return Ok(vec![again].into());
                         }
                     }
                     if !state.record(seq, outcome) {
@@ -194,7 +197,31 @@ impl Engine {
 
     /// Runs one step of `state`; returns what to publish and the hand-off to run inline,
     /// or the error of the payload store (nothing was decided: the step is to run again).
-    async fn step_next(&self, mut state: InstanceState, now: SystemTime) -> Result<Stepped, Error> {
+    async fn step_next(&self, state: InstanceState, now: SystemTime) -> Result<Stepped, Error> {
+        self.step_or_sleep_on(state, None, now).await
+    }
+
+    /// Runs a step of `state`, cancelled, whose timer at `seq` came before its time, with
+    /// no result for the timer: the sleep's await ends cancelled. When it is in a
+    /// clean-up scope the await is still pending after the step: nothing of the step
+    /// goes out, and the timer goes on waiting (`again`).
+    async fn step_woken(
+        &self,
+        state: InstanceState,
+        seq: Seq,
+        again: Outgoing,
+        now: SystemTime,
+    ) -> Result<Stepped, Error> {
+        debug!(instance = %state.id, seq, "timer brought early to a cancelled instance");
+        self.step_or_sleep_on(state, Some((seq, again)), now).await
+    }
+
+    async fn step_or_sleep_on(
+        &self,
+        mut state: InstanceState,
+        woken: Option<(Seq, Outgoing)>,
+        now: SystemTime,
+    ) -> Result<Stepped, Error> {
         let mut watch = StepWatch::new(&state);
         let Some(reg) = self.registry.get(&state.name) else {
             watch.end("failed");
@@ -233,6 +260,13 @@ impl Engine {
         )
         .await;
         watch.ran();
+        if let Some((seq, again)) = woken {
+            if state.entry(seq).is_some_and(|e| e.result.is_none()) {
+                // The sleep is in a clean-up scope: it waits its time.
+                watch.end("suspended");
+                return Ok(vec![again].into());
+            }
+        }
         // Values over the threshold go out of band, durable before any message that
         // references them is published.
         let end = payloads::write_all(&self.payloads, &mut state, end, &mut child_inputs)

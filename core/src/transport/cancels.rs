@@ -98,6 +98,30 @@ impl CancelBook {
         records.get(instance).cloned()
     }
 
+    /// Whether a record may cancel the instance `instance`: one names it, or an id it
+    /// may descend from (each prefix of it that ends before a `.`). A transport that
+    /// holds a timer it cannot read asks this to bring the timer to a worker before its
+    /// time; the worker's engine then decides from the state, which knows the instance's
+    /// cancel scope, so a `true` for an instance the records do not cancel costs only
+    /// that early delivery.
+    ///
+    /// ```
+    /// use dtasks::transport::CancelBook;
+    /// let book = CancelBook::new();
+    /// assert!(!book.may_cancel("order-7.3"));
+    /// ```
+    pub fn may_cancel(&self, instance: &str) -> bool {
+        let records = self.records.read().unwrap_or_else(|p| p.into_inner());
+        if records.is_empty() {
+            return false;
+        }
+        let named = |id: &str| records.contains_key(&InstanceId::from_trusted(id));
+        named(instance)
+            || instance
+                .match_indices('.')
+                .any(|(i, _)| named(&instance[..i]))
+    }
+
     /// How many records the book holds.
     pub fn len(&self) -> usize {
         self.records.read().unwrap_or_else(|p| p.into_inner()).len()

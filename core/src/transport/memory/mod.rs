@@ -185,7 +185,9 @@ struct Mem {
     /// `Some` under virtual time.
     clock: Option<SystemTime>,
     tasks: HashMap<String, VecDeque<Msg>>,
-    timers: BTreeMap<(SystemTime, u64), (String, Msg)>,
+    /// Timers by due time: the DTask whose task queue each goes to, the instance it is
+    /// about, the message.
+    timers: BTreeMap<(SystemTime, u64), (String, InstanceId, Msg)>,
     timer_seq: u64,
     doorbells: VecDeque<InstanceId>,
     busy: HashSet<InstanceId>,
@@ -229,11 +231,29 @@ impl Mem {
             if entry.key().0 > now {
                 break;
             }
-            let (name, msg) = entry.remove();
+            let (name, _, msg) = entry.remove();
             self.tasks.entry(name).or_default().push_back(msg);
             fired = true;
         }
         fired
+    }
+
+    /// Moves the timers of the instances `cancels` may cancel to their task queues before
+    /// their time, as a RabbitMQ timer's next hop through a worker does: the engine ends
+    /// each sleep cancelled, or puts the timer back (a clean-up scope's sleep, an
+    /// instance the record does not cancel).
+    fn wake_cancelled(&mut self, cancels: &CancelBook) {
+        let woken: Vec<(SystemTime, u64)> = self
+            .timers
+            .iter()
+            .filter(|(_, (_, about, _))| cancels.may_cancel(about.as_str()))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in woken {
+            if let Some((name, _, msg)) = self.timers.remove(&key) {
+                self.tasks.entry(name).or_default().push_back(msg);
+            }
+        }
     }
 
     /// Deletes the mailboxes unused for `retention`.
@@ -412,7 +432,7 @@ impl MemoryTransport {
                 } else {
                     mem.timer_seq += 1;
                     let key = (*at, mem.timer_seq);
-                    mem.timers.insert(key, (name.clone(), msg));
+                    mem.timers.insert(key, (name.clone(), about, msg));
                 }
             }
             Destination::Mailbox { instance } => {
@@ -451,11 +471,10 @@ impl MemoryTransport {
                         recorded: *recorded,
                     });
             }
-            Destination::Cancel { .. } => {
-                if let Err(e) = self.shared.cancels.insert_encoded(&msg.body) {
-                    mem.bury(msg.body, e.to_string());
-                }
-            }
+            Destination::Cancel { .. } => match self.shared.cancels.insert_encoded(&msg.body) {
+                Ok(()) => mem.wake_cancelled(&self.shared.cancels),
+                Err(e) => mem.bury(msg.body, e.to_string()),
+            },
         }
         Published::Stored
     }
