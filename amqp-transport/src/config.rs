@@ -28,6 +28,9 @@ pub const DEAD_LETTER_BODY: usize = 64 * 1024;
 /// takes to reach an instance asleep on a timer.
 pub const DEFAULT_TIMER_HOP: Duration = Duration::from_millis(1 << 20);
 
+/// The longest timer hop: the longest delay level's TTL (2^32 ms).
+pub(crate) const LONGEST_TIMER_HOP: Duration = Duration::from_millis(1 << 32);
+
 /// The queue name prefix used when `DTASKS_PREFIX` is not set.
 pub const DEFAULT_PREFIX: &str = "dtasks";
 
@@ -279,11 +282,6 @@ impl AmqpConfig {
         self
     }
 
-    /// The delay level a timer waits in at most ([`AmqpConfig::with_timer_hop`]).
-    pub(crate) fn hop_level(&self) -> u8 {
-        crate::topology::level_for(self.timer_hop.as_millis().min(u128::from(u64::MAX)) as u64)
-    }
-
     /// How many publisher channels are kept open (default 2). A channel is held only
     /// while a batch is being sent, not while it waits for its confirms, so a few carry
     /// any number of batches at once; more spread the publishes over more of the
@@ -471,13 +469,10 @@ impl AmqpConfig {
                 self.timer_hold
             ));
         }
-        if self.timer_hop < Duration::from_secs(1)
-            || self.timer_hop.as_millis() > 1u128 << crate::topology::MAX_LEVEL
-        {
+        if self.timer_hop < Duration::from_secs(1) || self.timer_hop > LONGEST_TIMER_HOP {
             return Err(format!(
-                "a timer hop of {:?} is out of range (1 s to 2^{} ms, about 50 days)",
+                "a timer hop of {:?} is out of range (1 s to 2^32 ms, about 50 days)",
                 self.timer_hop,
-                crate::topology::MAX_LEVEL
             ));
         }
         for (what, d) in [
@@ -608,27 +603,16 @@ mod tests {
     }
 
     #[test]
-    fn the_timer_hop_is_a_level_within_range() {
+    fn the_timer_hop_is_within_range() {
         let base = || AmqpConfig::new(DEFAULT_URL);
-        assert_eq!(base().hop_level(), 20);
-        // Rounded down to a power of two of milliseconds: 2 s waits in 1,024 ms levels.
-        assert_eq!(
-            base().with_timer_hop(Duration::from_secs(2)).hop_level(),
-            10
-        );
         assert_eq!(
             base().with_timer_hop(Duration::from_secs(1)).validate(),
             Ok(())
         );
-        let longest = Duration::from_millis(1 << crate::topology::MAX_LEVEL);
-        assert_eq!(base().with_timer_hop(longest).validate(), Ok(()));
-        assert_eq!(
-            base().with_timer_hop(longest).hop_level(),
-            crate::topology::MAX_LEVEL
-        );
+        assert_eq!(base().with_timer_hop(LONGEST_TIMER_HOP).validate(), Ok(()));
         for d in [
             Duration::from_millis(999),
-            longest + Duration::from_millis(1),
+            LONGEST_TIMER_HOP + Duration::from_millis(1),
         ] {
             let e = base().with_timer_hop(d).validate().unwrap_err();
             assert!(e.contains("timer hop"), "{e}");

@@ -104,7 +104,8 @@ impl Shared {
                 } else {
                     // A worker looks at every timer at least once a hop: a cancel may
                     // bring it before its time (`delay.rs`).
-                    let level = topology::level_for(remaining as u64).min(self.cfg.hop_level());
+                    let level =
+                        topology::level_for(remaining as u64).min(topology::hop_level(&self.cfg));
                     (self.topo.delay_level(level), Kind::DelayLevel(level))
                 }
             }

@@ -388,6 +388,12 @@ fn fnv1a_from(basis: u64, bytes: &[u8]) -> u64 {
     h
 }
 
+/// The delay level a timer waits in at most: that of the hop
+/// ([`AmqpConfig::with_timer_hop`]), rounded down to a power of two of milliseconds.
+pub(crate) fn hop_level(cfg: &AmqpConfig) -> u8 {
+    level_for(cfg.timer_hop.as_millis().min(u128::from(u64::MAX)) as u64)
+}
+
 /// The delay level for a wait of `remaining_ms` (> 0): the largest `k` with
 /// `2^k <= remaining_ms`, so a message never waits longer than it has left.
 pub(crate) fn level_for(remaining_ms: u64) -> u8 {
@@ -436,6 +442,17 @@ mod tests {
             let k = level_for(r);
             assert!(1u64 << k <= r, "level {k} overshoots {r}");
         }
+    }
+
+    #[test]
+    fn the_hop_is_a_level() {
+        let base = AmqpConfig::default;
+        assert_eq!(hop_level(&base()), 20);
+        // Rounded down to a power of two of milliseconds: 2 s waits in 1,024 ms levels.
+        let two = base().with_timer_hop(Duration::from_secs(2));
+        assert_eq!(hop_level(&two), 10);
+        let longest = base().with_timer_hop(crate::config::LONGEST_TIMER_HOP);
+        assert_eq!(hop_level(&longest), MAX_LEVEL);
     }
 
     #[test]

@@ -203,6 +203,20 @@ async fn snap_forever(tag: u64) -> u32 {
     v + tag as u32
 }
 
+/// A root asleep on its own timer (its state rides in it): a cancel brings the timer
+/// before its time and ends the sleep.
+#[dtask(name = "sim.nap")]
+async fn nap(tag: u64) -> u64 {
+    DTask::delay(Duration::from_secs(1800)).await;
+    leaf(tag, 1).await
+}
+
+/// A root waiting on one sleeping child (its state rides in the child's timer).
+#[dtask(name = "sim.snap_on_nap", snapshot)]
+async fn snap_on_nap(tag: u64) -> u64 {
+    slow(tag, 2).await + 1
+}
+
 // ---- continue-as-new ----------------------------------------------------------------------
 
 /// A loop of `runs` runs, each continued as new; odd runs wait on two leaves at once (the
@@ -298,11 +312,12 @@ fn snapshot_plan(p: &mut Plan) {
 }
 
 /// Events sent to waiting instances (each must take every event once, in order) and
-/// cancellations of instances waiting for children, timers and events.
+/// cancellations of instances waiting for children, timers (in their mailboxes, or with
+/// their states riding in the timers) and events.
 fn events_plan(p: &mut Plan) {
     let roots = 1 + p.random(3);
     for tag in 0..roots {
-        match p.random(4) {
+        match p.random(6) {
             0 | 1 => {
                 let n = 1 + p.random(4) as u32;
                 let r = if p.random(2) == 0 {
@@ -324,8 +339,20 @@ fn events_plan(p: &mut Plan) {
                 p.cancel(r, at, "no longer needed");
                 p.expect_cancelled(r);
             }
-            _ => {
+            3 => {
                 let r = p.start(snap_forever(tag));
+                let at = Duration::from_millis(1 + p.random(2_000));
+                p.cancel(r, at, "no longer needed");
+                p.expect_cancelled(r);
+            }
+            4 => {
+                let r = p.start(nap(tag));
+                let at = Duration::from_millis(1 + p.random(2_000));
+                p.cancel(r, at, "no longer needed");
+                p.expect_cancelled(r);
+            }
+            _ => {
+                let r = p.start(snap_on_nap(tag));
                 let at = Duration::from_millis(1 + p.random(2_000));
                 p.cancel(r, at, "no longer needed");
                 p.expect_cancelled(r);
@@ -412,6 +439,12 @@ fn events_and_cancellations_survive_every_fault() {
         report.crashes > 0 && report.extra_deliveries > 0,
         "{report:?}"
     );
+    // The cancels reach sleeps through their timers, brought before their time.
+    let brought = (2_000_000..2_000_020)
+        .map(|seed| sim().trace(seed, events_plan).unwrap())
+        .filter(|trace| trace.iter().any(|l| l.contains("brought early")))
+        .count();
+    assert!(brought > 0, "no timer was brought early in 20 seeds");
 }
 
 #[test]

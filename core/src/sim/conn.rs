@@ -91,6 +91,11 @@ impl SimConn {
     }
 }
 
+/// The longest a timer waits before it passes a worker, which looks at the cancel
+/// records (`AmqpConfig::with_timer_hop` on RabbitMQ; shorter here, so that runs of a few
+/// virtual minutes reach the sleeps they cancel).
+const TIMER_HOP: Duration = Duration::from_secs(1);
+
 /// A publish on its way, counted until its confirm is back (or lost).
 struct InFlight(Shared);
 
@@ -137,13 +142,32 @@ fn land_one(
             b.pending_timers += 1;
             let shared = shared.clone();
             let name = name.clone();
+            let about = o.instance.as_str().to_string();
             tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
+                // As on RabbitMQ, the timer passes a worker at least once a hop, which
+                // brings it before its time when a cancel record may stop its instance.
+                let due = tokio::time::Instant::now() + wait;
+                let early = loop {
+                    let now = tokio::time::Instant::now();
+                    if now >= due {
+                        break false;
+                    }
+                    tokio::time::sleep((due - now).min(TIMER_HOP)).await;
+                    if tokio::time::Instant::now() < due && lock(&shared).cancels.may_cancel(&about)
+                    {
+                        break true;
+                    }
+                };
                 let mut b = lock(&shared);
                 b.pending_timers -= 1;
                 b.log(format!(
-                    "timer {} fires",
-                    msg.message_id.as_deref().unwrap_or("?")
+                    "timer {} {}",
+                    msg.message_id.as_deref().unwrap_or("?"),
+                    if early {
+                        "brought early (a cancel record)"
+                    } else {
+                        "fires"
+                    }
                 ));
                 b.enqueue(QueueRef::Task(name), msg);
                 b.dispatch(&shared);

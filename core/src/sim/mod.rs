@@ -4,7 +4,9 @@
 //!
 //! The simulated broker has the semantics dtasks relies on: at-least-once delivery,
 //! unacked messages returned when their consumer dies, publish confirms that travel and
-//! may be lost with the connection, FIFO queues, timers on the virtual clock, mailboxes
+//! may be lost with the connection, FIFO queues, timers on the virtual clock (each passes
+//! a worker at least once a virtual second, which brings it before its time when a cancel
+//! record may stop its instance, as RabbitMQ's timer hops do), mailboxes
 //! whose doorbells a single active consumer takes one at a time (handed over when it
 //! dies). The workers are the real [`Worker`](crate::Worker)s. The seed picks the faults
 //! ([`Faults`]): a worker crashes before or after any broker operation (publish, ack,
