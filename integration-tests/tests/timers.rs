@@ -139,39 +139,51 @@ async fn ten_days() -> String {
     "ten days later".to_string()
 }
 
+/// A ten-day delay waits in the level of the hop (the default, 2^20 ms: a worker looks
+/// at it about every 17.5 minutes, for a cancel), and with the longest hop in the largest
+/// level that does not overshoot: 10 days is 864,000,000 ms, and level 29 (2^29 ms,
+/// about 6.2 days) the largest below it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_day_delay_is_parked_in_a_high_level() -> anyhow::Result<()> {
-    let b = Broker::start().await?;
-    let w = b.workers(1, &registry![ten_days]).await?;
-    let c = b.client().await?;
-    let h = c.start(ten_days()).await?;
-    wait_for(Duration::from_secs(5), || async {
-        Ok(h.status().await? == Status::Suspended)
-    })
-    .await?;
-    // 10 days is 864,000,000 ms: level 29 (2^29 ms, about 6.2 days) is the largest that
-    // does not overshoot.
-    let parked = format!("{}.delay.29", b.prefix());
-    wait_for(Duration::from_secs(5), || async {
-        Ok(b.queue_len(&parked).await? == Some(1))
-    })
-    .await?;
-    let mut elsewhere = 0;
-    for level in (0..=32u8).filter(|l| *l != 29) {
-        elsewhere += b
-            .queue_len(&format!("{}.delay.{level}", b.prefix()))
-            .await?
-            .unwrap_or(0);
+    for (hop, level) in [(None, 20u8), (Some(Duration::from_millis(1 << 32)), 29)] {
+        let b = Broker::start().await?;
+        let config = dtasks::WorkerConfig::new().registry(&registry![ten_days]);
+        let w = b
+            .workers_on(1, config, |c| match hop {
+                Some(d) => c.with_timer_hop(d),
+                None => c,
+            })
+            .await?;
+        let c = b.client().await?;
+        let h = c.start(ten_days()).await?;
+        wait_for(Duration::from_secs(5), || async {
+            Ok(h.status().await? == Status::Suspended)
+        })
+        .await?;
+        let parked = format!("{}.delay.{level}", b.prefix());
+        wait_for(Duration::from_secs(5), || async {
+            Ok(b.queue_len(&parked).await? == Some(1))
+        })
+        .await
+        .with_context(|| format!("not parked in {parked}"))?;
+        let mut elsewhere = 0;
+        for other in (0..=32u8).filter(|l| *l != level) {
+            elsewhere += b
+                .queue_len(&format!("{}.delay.{other}", b.prefix()))
+                .await?
+                .unwrap_or(0);
+        }
+        assert_eq!(elsewhere, 0);
+        assert_eq!(
+            b.queue_len(&format!("{}.delay.ready", b.prefix())).await?,
+            Some(0)
+        );
+        assert_eq!(h.try_result().await?, None);
+        assert_eq!(b.transport().await?.pending_timers().await?, Some(1));
+        w.stop().await?;
+        b.cleanup().await?;
     }
-    assert_eq!(elsewhere, 0);
-    assert_eq!(
-        b.queue_len(&format!("{}.delay.ready", b.prefix())).await?,
-        Some(0)
-    );
-    assert_eq!(h.try_result().await?, None);
-    assert_eq!(b.transport().await?.pending_timers().await?, Some(1));
-    w.stop().await?;
-    b.cleanup().await
+    Ok(())
 }
 
 /// Sleeps `ms`.
