@@ -144,9 +144,11 @@ impl<T> Start<T> {
     /// `dtasks_axum.webhook`, which runs the call as its child (id `{id}.0`) and ends as
     /// it did. Its status, result, events and cancellation are the instance's as usual,
     /// with two differences: listings show it under the name `dtasks_axum.webhook`, and a
-    /// failure of the call reads as a `child_failure` quoting it. An event goes to the
-    /// root: a call that waits for events needs its own id to be signalled, so start
-    /// those without a webhook (or relay events in a DTask of your own).
+    /// failure of the call reads as a `child_failure` quoting it. An event sent through
+    /// the routes (`POST /instances/{id}/signal/{name}`) goes to the call, which waits for
+    /// it as `{id}.0`; from Rust, send it with
+    /// [`Client::signal_child`](dtasks::Client::signal_child) to `{id}.0` (an event
+    /// [`Client::signal`](dtasks::Client::signal) sends to the root is never taken).
     pub fn webhook(mut self, hook: Webhook) -> Self {
         self.webhook = Some(hook);
         self

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crate::api::Api;
 use crate::error::ApiError;
 use crate::json::{finished_json, instance_json, parse_time};
+use crate::webhook::WEBHOOK_DTASK;
 
 /// The longest `wait` a result request may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -33,7 +34,7 @@ impl Api {
     /// | `GET /instances/{id}` | 200: the instance (id, name, status, times, waits) |
     /// | `GET /instances/{id}/result` | 200: the outcome once finished; 202 while it runs |
     /// | `GET /instances?status=&name=&prefix=&since=&until=&parent=&roots=&limit=&cursor=` | 200: a page of instances, newest first, and the cursor of the next (`parent=ID`: its children; `roots=true`: roots only) |
-    /// | `POST /instances/{id}/signal/{name}` | 202: the JSON body was sent as the event `name` |
+    /// | `POST /instances/{id}/signal/{name}` | 202: the JSON body was sent as the event `name` (for an instance started with a [`Webhook`](crate::Webhook), to the call it runs) |
     /// | `POST /instances/{id}/cancel` | 202: the cancellation was recorded |
     pub fn routes<S>(&self) -> Router<S>
     where
@@ -201,7 +202,14 @@ async fn signal(
     let body = body?;
     let id = InstanceId::new(id)?;
     let value = json_body(&body)?;
-    api.client().signal(&id, &name, &value).await?;
+    let client = api.client();
+    if client.instance(&id).await?.name == WEBHOOK_DTASK {
+        // The call a webhook instance wraps runs as its child `{id}.0`, and waits there.
+        let call = InstanceId::new(format!("{id}.0"))?;
+        client.signal_child(&id, &call, &name, &value).await?;
+    } else {
+        client.signal(&id, &name, &value).await?;
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "id": id.as_str(), "event": name })),

@@ -83,6 +83,71 @@ impl Client {
         Ok(())
     }
 
+    /// Sends the event `name` with `value` to `child`, an instance that the root `root`
+    /// runs below it (a child's id is its parent's, `.` and its position: `{root}.0`,
+    /// `{root}.0.3`), where [`DTask::event`](crate::DTask::event) receives it: for a root
+    /// that runs the work waiting for events in a child, such as the completion webhook
+    /// of `dtasks-axum`, which runs the call it wraps as `{root}.0`.
+    ///
+    /// Checked against the root, as [`Client::signal`] checks its instance:
+    /// [`Error::is_not_found`] for an unknown root, [`Error::is_finished`] once it has
+    /// finished; [`Error::is_bad_input`] when `child` is not below `root`. The child need
+    /// not be recorded, nor have started yet: the event waits in its mailbox until a wait
+    /// for `name` takes it. An event for a child that has finished or never waits for
+    /// `name` is dropped with the child's mailbox, with a warning in the worker's log. The
+    /// same rules on names and values as [`Client::signal`] hold.
+    ///
+    /// ```
+    /// use dtasks::{dtask, DTask, InstanceId, Runtime, WorkerConfig};
+    ///
+    /// #[dtask]
+    /// async fn approve(order: u32) -> String {
+    ///     let by: String = DTask::event("approval").await;
+    ///     format!("order {order} approved by {by}")
+    /// }
+    ///
+    /// /// Runs the approval as its child (its position 0).
+    /// #[dtask]
+    /// async fn audited(order: u32) -> String {
+    ///     approve(order).await
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dtasks::Error> {
+    /// let rt = Runtime::new(WorkerConfig::new().register(approve).register(audited))?;
+    /// let client = rt.client();
+    /// let h = client.start(audited(7)).await?;
+    /// let child = InstanceId::new(format!("{}.0", h.id()))?;
+    /// client.signal_child(h.id(), &child, "approval", "Ada").await?;
+    /// assert_eq!(h.result().await?, "order 7 approved by Ada");
+    /// # Ok(()) }
+    /// ```
+    pub async fn signal_child<V: Serialize + ?Sized>(
+        &self,
+        root: &InstanceId,
+        child: &InstanceId,
+        name: &str,
+        value: &V,
+    ) -> Result<(), Error> {
+        let below = child
+            .as_str()
+            .strip_prefix(root.as_str())
+            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'));
+        if !below {
+            return Err(Error::bad_input(format!(
+                "`{child}` is not an instance below `{root}` (`{root}.<position>`)"
+            )));
+        }
+        let signal = self.make_signal(child, name, value).await?;
+        let message = Outgoing::signal(child, signal);
+        self.check_size(&format!("event `{name}`"), &message)?;
+        if self.status(root).await?.is_finished() {
+            return Err(Error::finished(root.as_str()));
+        }
+        self.transport.publish(vec![message]).await?;
+        Ok(())
+    }
+
     /// Starts `task` under `id` and sends it the event `name` with `value`, in one call:
     /// for a webhook whose first delivery should start the instance it is about. The
     /// event is kept until the instance waits for it.

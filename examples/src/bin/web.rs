@@ -24,9 +24,9 @@
 //! event and to cancel it.
 //!
 //! A refund started with a `callback_url` runs under the webhook DTask: the outcome is
-//! POSTed there when it finishes. Events go to the instance the id names, so the refund
-//! above, which waits for an approval, is started without a callback when it is to be
-//! approved over HTTP (see `Start::webhook`).
+//! POSTed there when it finishes. Its events go to the refund the webhook DTask runs
+//! (`refund-7.0`), which waits for them, so the approval above reaches it (see
+//! `Start::webhook`).
 
 use std::time::Duration;
 
