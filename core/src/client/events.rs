@@ -73,14 +73,7 @@ impl Client {
         name: &str,
         value: &V,
     ) -> Result<(), Error> {
-        let signal = self.make_signal(id, name, value).await?;
-        let message = Outgoing::signal(id, signal);
-        self.check_size(&format!("event `{name}`"), &message)?;
-        if self.status(id).await?.is_finished() {
-            return Err(Error::finished(id.as_str()));
-        }
-        self.transport.publish(vec![message]).await?;
-        Ok(())
+        self.send_signal(id, id, name, value).await
     }
 
     /// Sends the event `name` with `value` to `child`, an instance that the root `root`
@@ -138,8 +131,20 @@ impl Client {
                 "`{child}` is not an instance below `{root}` (`{root}.<position>`)"
             )));
         }
-        let signal = self.make_signal(child, name, value).await?;
-        let message = Outgoing::signal(child, signal);
+        self.send_signal(root, child, name, value).await
+    }
+
+    /// Sends the event `name` with `value` to the mailbox of `to`, unless the root `root`
+    /// (`to` itself, or an instance above it) is unknown or has finished.
+    async fn send_signal<V: Serialize + ?Sized>(
+        &self,
+        root: &InstanceId,
+        to: &InstanceId,
+        name: &str,
+        value: &V,
+    ) -> Result<(), Error> {
+        let signal = self.make_signal(to, name, value).await?;
+        let message = Outgoing::signal(to, signal);
         self.check_size(&format!("event `{name}`"), &message)?;
         if self.status(root).await?.is_finished() {
             return Err(Error::finished(root.as_str()));
