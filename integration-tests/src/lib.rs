@@ -23,8 +23,10 @@
 //!
 //! Two test binaries, `broker_restart` and `broker_restart_processes`, restart the broker's
 //! application with `rabbitmqctl` (`stop_app`, `start_app`) under everyone who uses it: CI
-//! runs them on a broker of its own. On a broker shared with others, skip them
-//! (`cargo test --workspace -- --skip broker_restart`: both test names contain it, no other
+//! runs them on a broker of its own, with no other test running beside them
+//! (`.config/nextest.toml`). On a broker shared with others, skip them
+//! (`.ci/test -E 'not test(/broker_restart/)'`, or
+//! `cargo test --workspace -- --skip broker_restart`: both test names contain it, no other
 //! does), or run them against a second node of your own, which `rabbitmqctl` reaches
 //! through `RABBITMQ_NODENAME`:
 //!

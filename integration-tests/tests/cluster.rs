@@ -6,8 +6,8 @@
 //! task queues, whose leaders the cluster places on its three nodes. A second test
 //! publishes, from a channel that never wrote to a queue, right after that queue's
 //! leader was killed: the publish goes through once the queue has a new leader. The two
-//! tests share one cluster, the publish first: the run's test then starts again the node
-//! the first killed, which rejoins, and deletes the first one's queues.
+//! scenarios share one cluster and run in one test, the publish first: the run then starts
+//! again the node the first killed, which rejoins, and deletes the first one's queues.
 //!
 //! The test needs `rabbitmq-server` on this machine (it fails, not skips, without it):
 //! the cluster's nodes listen on 5681-5683 and keep their files in their own directory,
@@ -59,7 +59,7 @@ fn cluster(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The one cluster of this file's directory, which its tests share, one after the other
+/// The one cluster of this file's directory, which its two scenarios share, one after the other
 /// in a fixed order: the first starts it from nothing (a cluster left by an earlier run is
 /// removed first), the next starts again the node the first killed (it rejoins) and
 /// deletes the first one's queues, and the last to end discards it.
@@ -243,7 +243,6 @@ fn leaders(prefix: &str) -> anyhow::Result<BTreeMap<String, Replicated>> {
     Ok(map)
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow::Result<()> {
     // Second: it restarts the node the first test killed.
     let up = cluster_up(1).await?;
@@ -409,7 +408,6 @@ async fn a_cluster_loses_the_node_leading_the_busiest_queues_mid_run() -> anyhow
 /// queue, for good. The transport closes a channel the broker refused a message on, so
 /// the retry goes through on a fresh channel once the queue has its new leader (without
 /// that, it is refused until the publish timeout).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_publish_right_after_a_leader_died_goes_through() -> anyhow::Result<()> {
     // First: its deployment has a handful of queues, which the next test deletes.
     let mut up = cluster_up(0).await?;
@@ -487,4 +485,15 @@ async fn a_first_publish_right_after_a_leader_died_goes_through() -> anyhow::Res
     drop((t, first));
     b.leave_queues().await;
     Ok(())
+}
+
+/// The file's one test: both scenarios on one cluster, in their order, in one process
+/// (a test runner that runs each test in a process of its own would otherwise start two
+/// clusters on the same ports). The second runs even when the first failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_keeps_its_work_when_queue_leaders_die() -> anyhow::Result<()> {
+    let publish = a_first_publish_right_after_a_leader_died_goes_through().await;
+    let run = a_cluster_loses_the_node_leading_the_busiest_queues_mid_run().await;
+    publish.context("a first publish right after a leader died")?;
+    run.context("a node leading the busiest queues killed mid-run")
 }

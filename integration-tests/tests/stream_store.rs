@@ -5,6 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use anyhow::Context as _;
 use dtasks::store::{Fact, FactKind, Filter, InstanceInfo, InstanceStore, Query, StepKind, Steps};
 use dtasks::{InstanceId, Status, Wait};
 use dtasks_amqp::StreamStore;
@@ -464,11 +465,20 @@ async fn a_reply_sent_while_the_finish_is_appended_still_gives_the_result_record
     let v = tokio::time::timeout(Duration::from_secs(30), h.result()).await??;
     // Not the 6 its reply carried: the finish appended first stands.
     assert_eq!(v, 99);
-    let info = client.instance(h.id()).await?;
-    assert_eq!(
-        (info.status, info.duplicate_results),
-        (Status::Succeeded, 1)
-    );
+    // The worker's own finish, appended after the earlier one, is counted as a duplicate
+    // once it shows in the stream (the result above did not wait for it).
+    let seen = std::sync::Mutex::new(None);
+    let (last, client) = (&seen, &client);
+    let id = h.id();
+    let waited = wait_for(Duration::from_secs(10), || async move {
+        let info = client.instance(id).await?;
+        *last.lock().unwrap() = Some((info.status, info.duplicate_results));
+        Ok(info.duplicate_results > 0)
+    })
+    .await;
+    let seen = seen.into_inner().unwrap();
+    waited.with_context(|| format!("status and duplicates: {seen:?}"))?;
+    assert_eq!(seen, Some((Status::Succeeded, 1)));
     workers.stop().await?;
     b.cleanup().await
 }
