@@ -145,8 +145,8 @@ impl<T> Start<T> {
     /// it did. Its status, result, events and cancellation are the instance's as usual,
     /// with two differences: listings show it under the name `dtasks_axum.webhook`, and a
     /// failure of the call reads as a `child_failure` quoting it. An event sent through
-    /// the routes (`POST /instances/{id}/signal/{name}`) goes to the call, which waits for
-    /// it as `{id}.0`; from Rust, send it with
+    /// the routes (`POST /instances/{id}/signal/{name}`) or the command line
+    /// (`dtasks signal`) goes to the call, which waits for it as `{id}.0`; from Rust, send it with
     /// [`Client::signal_child`](dtasks::Client::signal_child) to `{id}.0` (an event
     /// [`Client::signal`](dtasks::Client::signal) sends to the root is never taken).
     pub fn webhook(mut self, hook: Webhook) -> Self {

@@ -232,6 +232,11 @@ pub(crate) struct SignalArgs {
     /// the type the instance waits for: one that does not fails the instance.
     #[arg(value_name = "JSON-VALUE")]
     pub(crate) value: String,
+    /// Send the event to this instance below ID instead (a child: `ID.0`, `ID.0.3`), which
+    /// waits for it; checked against ID. An instance started with a completion webhook
+    /// (`dtasks_axum.webhook`) runs its call as `ID.0`: its events go there without this.
+    #[arg(long, value_name = "CHILD-ID")]
+    pub(crate) to: Option<String>,
 }
 
 #[derive(Debug, Args)]

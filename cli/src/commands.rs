@@ -403,14 +403,37 @@ async fn signal(a: SignalArgs) -> Done {
     let id = instance_id(&a.id)?;
     let value: Value = serde_json::from_str(&a.value)
         .map_err(|e| Exit::usage(format!("the value is not JSON ({e}): {}", a.value)))?;
-    client()
-        .await?
-        .signal(&id, &a.event, &value)
-        .await
-        .doing(|| format!("sending event `{}` to {id}", a.event))?;
-    eprintln!("sent event `{}` to {id}", a.event);
+    let client = client().await?;
+    let to = match &a.to {
+        Some(child) => Some(instance_id(child)?),
+        // The call a webhook instance wraps runs as its child `{id}.0`, and waits there
+        // (as the HTTP routes send it).
+        None => match client.instance(&id).await {
+            Ok(info) if info.name == WEBHOOK_DTASK => Some(instance_id(&format!("{id}.0"))?),
+            // Not found, finished, unreachable: `signal` says so below.
+            _ => None,
+        },
+    };
+    match &to {
+        Some(child) => client
+            .signal_child(&id, child, &a.event, &value)
+            .await
+            .doing(|| format!("sending event `{}` to {child} (below {id})", a.event))?,
+        None => client
+            .signal(&id, &a.event, &value)
+            .await
+            .doing(|| format!("sending event `{}` to {id}", a.event))?,
+    }
+    match to {
+        Some(child) => eprintln!("sent event `{}` to {child} (below {id})", a.event),
+        None => eprintln!("sent event `{}` to {id}", a.event),
+    }
     Ok(())
 }
+
+/// The name of `dtasks-axum`'s completion webhook DTask (`dtasks_axum::WEBHOOK_DTASK`),
+/// which runs the call it wraps as its child `{id}.0`.
+pub(crate) const WEBHOOK_DTASK: &str = "dtasks_axum.webhook";
 
 async fn cancel(a: CancelArgs) -> Done {
     let id = instance_id(&a.id)?;

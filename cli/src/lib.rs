@@ -11,7 +11,7 @@
 //! dtasks status <id> [--json]
 //! dtasks result <id> [--wait [--timeout D]] [--json]
 //! dtasks start <name> <json-args> [--id ID] [--wait [--timeout D]] [--record-children]
-//! dtasks signal <id> <event-name> <json-value>
+//! dtasks signal <id> <event-name> <json-value> [--to CHILD-ID]
 //! dtasks cancel <id> [--reason R]
 //! dtasks purge (--all | [--status S]... [--name N] [--prefix P] [--until T])
 //! dtasks fingerprints [--name N] [--json]

@@ -137,10 +137,68 @@ async fn scenario(mut d: Deployment) -> anyhow::Result<()> {
     listing(&d, &ids).await?;
     purging(&d, &ids).await?;
     bounded_waits_and_hints(&d).await?;
+    events_below_the_root(&d).await?;
     dead_letters(&mut d).await?;
     unreachable(&d).await?;
     misconfigured(&d).await?;
     d.cleanup().await
+}
+
+/// Events for an instance below a root: `signal --to`, checked against the root; and the
+/// call an instance started with a completion webhook runs, which `signal` reaches
+/// without `--to`, as the HTTP routes do.
+async fn events_below_the_root(d: &Deployment) -> anyhow::Result<()> {
+    let root = "audit-1";
+    d.ok(&["start", "cli.audited", "[]", "--id", root]).await?;
+    let out = d
+        .fails(
+            2,
+            &["signal", root, "approval", "\"Eve\"", "--to", "audit-2.0"],
+        )
+        .await?;
+    assert!(
+        out.stderr.contains("is not an instance below `audit-1`"),
+        "{out:?}"
+    );
+    let out = d
+        .ok(&["signal", root, "approval", "\"Ada\"", "--to", "audit-1.0"])
+        .await?;
+    assert!(
+        out.stderr.contains("to audit-1.0 (below audit-1)"),
+        "{out:?}"
+    );
+    let out = d
+        .ok(&["result", root, "--wait", "--timeout", "60s"])
+        .await?;
+    assert_eq!(out.stdout, "\"approved by Ada\"\n");
+
+    // A webhook instance, started as the HTTP API starts it; the test's client writes to
+    // the RabbitMQ-only store, which the command line reads there only.
+    if d.schema.is_none() {
+        let hooked = "hooked-1";
+        // Nothing listens there: one attempt, refused, logged; the instance ends as its
+        // call does.
+        let hook = dtasks_axum::Webhook::new("http://127.0.0.1:9/hook")?
+            .with_retry(dtasks::RetryPolicy::new().with_max_attempts(1));
+        dtasks_axum::Api::new(d.broker.client().await?)
+            .start(common::approval())
+            .id(dtasks::InstanceId::new(hooked)?)
+            .webhook(hook)
+            .await?;
+        let out = d.ok(&["signal", hooked, "approval", "\"Cy\""]).await?;
+        assert!(
+            out.stderr.contains("to hooked-1.0 (below hooked-1)"),
+            "{out:?}"
+        );
+        let out = d
+            .ok(&["result", hooked, "--wait", "--timeout", "60s"])
+            .await?;
+        assert_eq!(out.stdout, "\"approved by Cy\"\n");
+        // The name the command line looks for is the webhook's.
+        let info = d.ok(&["status", hooked, "--json"]).await?.json();
+        assert_eq!(info["name"], json!(dtasks_axum::WEBHOOK_DTASK));
+    }
+    Ok(())
 }
 
 /// Bad usage exits 2 (clap's errors and ours, before anything is reached); unknown

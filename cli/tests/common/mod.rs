@@ -31,6 +31,12 @@ pub async fn approval() -> String {
     format!("approved by {who}")
 }
 
+/// Runs `cli.approval` as its child (`{id}.0`), which waits for the event.
+#[dtask(name = "cli.audited")]
+pub async fn audited() -> String {
+    approval().await
+}
+
 /// A snapshot-model DTask that waits for `go`, then continues as new `runs` times.
 #[dtask(snapshot, name = "cli.hold")]
 pub async fn hold(runs: u32) -> u32 {
@@ -166,6 +172,8 @@ impl Deployment {
             .register(add_one)
             .register(explode)
             .register(approval)
+            .register(audited)
+            .register(dtasks_axum::webhook)
             .register(receipt)
             .register(hold)
             .register(nap);
