@@ -94,8 +94,13 @@ async fn race() -> (usize, String) {
 pub async fn when_any_returns_the_first_and_leaves_the_rest_running<E: Env>(env: E) -> Outcome {
     let w = workers(&env, 1, registry![race, sleep_then, slow_loser]).await?;
     let h = env.client().await?.start(race()).await?;
+    // On a broker in real time a busy machine may finish the race between two looks at
+    // its status: past the wait counts too.
     eventually(&env, SOON, "the race waits on its children", || async {
-        Ok(h.status().await? == Status::Suspended)
+        Ok(matches!(
+            h.status().await?,
+            Status::Suspended | Status::Succeeded
+        ))
     })
     .await?;
     env.advance(ms(300)).await;
