@@ -414,20 +414,16 @@ async fn signal(a: SignalArgs) -> Done {
             _ => None,
         },
     };
+    let what = match &to {
+        Some(child) => format!("event `{}` to {child} (below {id})", a.event),
+        None => format!("event `{}` to {id}", a.event),
+    };
     match &to {
-        Some(child) => client
-            .signal_child(&id, child, &a.event, &value)
-            .await
-            .doing(|| format!("sending event `{}` to {child} (below {id})", a.event))?,
-        None => client
-            .signal(&id, &a.event, &value)
-            .await
-            .doing(|| format!("sending event `{}` to {id}", a.event))?,
+        Some(child) => client.signal_child(&id, child, &a.event, &value).await,
+        None => client.signal(&id, &a.event, &value).await,
     }
-    match to {
-        Some(child) => eprintln!("sent event `{}` to {child} (below {id})", a.event),
-        None => eprintln!("sent event `{}` to {id}", a.event),
-    }
+    .doing(|| format!("sending {what}"))?;
+    eprintln!("sent {what}");
     Ok(())
 }
 
