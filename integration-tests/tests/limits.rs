@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use dtasks::test_util::RefuseStatus;
 use dtasks::transport::Transport;
 use dtasks::{Client, InstanceId, Status, WorkerConfig};
@@ -105,6 +106,14 @@ async fn a_message_that_fails_at_every_delivery_fails_its_instance() -> anyhow::
     assert!(f.is_dead_lettered(), "{f}");
     assert!(f.message().contains("retry budget exhausted"), "{f}");
     assert_eq!(h.status().await?, Status::Failed);
+    // The worker publishes the instance's failure before it dead-letters the message: the
+    // client can have the failure first.
+    wait_for(Duration::from_secs(10), || async {
+        let counted: u64 = workers.stats().iter().map(|s| s.dead_lettered).sum();
+        Ok(counted > 0 && !t.dead_letters().await?.is_empty())
+    })
+    .await
+    .context("the message was not dead-lettered")?;
     let dead = t.dead_letters().await?;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].instance.as_deref(), Some(h.id().as_str()));
