@@ -59,8 +59,8 @@ fn cluster(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The one cluster of this file's directory, which its two scenarios share, one after the other
-/// in a fixed order: the first starts it from nothing (a cluster left by an earlier run is
+/// The one cluster of this file's directory, which its two scenarios share, one after the
+/// other in a fixed order: the first starts it from nothing (a cluster left by an earlier run is
 /// removed first), the next starts again the node the first killed (it rejoins) and
 /// deletes the first one's queues, and the last to end discards it.
 struct Shared {
